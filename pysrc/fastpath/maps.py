@@ -1,0 +1,73 @@
+"""The dataplane's maps as the compiler hands them to a core.
+
+This is the contract between policy (fastpath.compiler) and execution (the compiled Engine in
+fastpath._core and its pure-Python twin fastpath.reference): both load the same `Maps` and must
+then produce the same verdicts and bytes. Everything here is already decided: a core never
+filters endpoints or interprets Kubernetes semantics, it only looks keys up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTOCOL_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One endpoint address and port. `id` is dense (1..N) and indexes the per-backend counters."""
+
+    id: int
+    ip: int  # IPv4 address as an unsigned 32-bit integer (network order read as big-endian)
+    port: int
+    name: str  # for reports: "10.244.1.5:8080 (namespace/pod-or-slice)"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service port. `id` is dense (1..N): the rev-NAT id and the per-service counter index.
+
+    `backends` are the ids of the backends new flows may select, in a stable order (the compiler
+    sorts them), so every node and every run builds the same selection table.
+    """
+
+    id: int
+    name: str  # "namespace/name:port-name" ("namespace/name" when the port is unnamed)
+    backends: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """An address the dataplane answers for: (ip, port, proto) -> service port."""
+
+    ip: int
+    port: int
+    proto: int  # PROTO_TCP or PROTO_UDP
+    service: int  # Service.id
+    kind: str = "ClusterIP"
+
+
+@dataclass(slots=True)
+class Maps:
+    """Everything a core needs; ids index these lists directly (entry i has id i + 1)."""
+
+    services: list[Service] = field(default_factory=list)
+    frontends: list[Frontend] = field(default_factory=list)
+    backends: list[Backend] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for position, item in enumerate(self.services):
+            if item.id != position + 1:
+                raise ValueError(f"service {item.name!r} has id {item.id}, expected {position + 1}")
+        for position, item in enumerate(self.backends):
+            if item.id != position + 1:
+                raise ValueError(f"backend {item.name!r} has id {item.id}, expected {position + 1}")
+        for frontend in self.frontends:
+            if not 1 <= frontend.service <= len(self.services):
+                raise ValueError(f"frontend {frontend} names an unknown service id")
+        for service in self.services:
+            for backend_id in service.backends:
+                if not 1 <= backend_id <= len(self.backends):
+                    raise ValueError(f"service {service.name!r} names unknown backend id {backend_id}")

@@ -1,0 +1,48 @@
+"""Per-packet verdicts and reasons: the stable vocabulary shared by the core, the twin, traces and stats.
+
+The numbers are part of the core's ABI (fastpath/core.pyx mirrors them; a test checks they agree).
+Names are stable: scripts match on them, so never renumber or rename, only append.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Verdict(enum.IntEnum):
+    """What happened to a packet, in XDP terms."""
+
+    PASS = 0  # left untouched (not service traffic, or traffic the dataplane does not translate)
+    DNAT = 1  # client -> frontend, rewritten to client -> backend (XDP_TX)
+    REVNAT = 2  # backend -> client reply, rewritten to frontend -> client (XDP_TX)
+    DROP = 3  # dropped; left out of the output capture
+
+
+class Reason(enum.IntEnum):
+    """Why a packet got its verdict (Cilium-style stable names, counted per reason)."""
+
+    PASS_NOT_IP = 0  # L3 protocol is not IP (ARP, LLDP, ...)
+    PASS_NO_SERVICE = 1  # IP, but neither a frontend nor a tracked flow
+    PASS_UNSUPPORTED = 2  # IP traffic the core does not translate yet (IPv6, fragments, non TCP/UDP)
+    PASS_UNKNOWN_LINK = 3  # the capture's link type has no parser
+    NEW_FLOW = 4  # first packet of a flow: backend selected, conntrack entry created (DNAT)
+    CT_ESTABLISHED = 5  # forward packet of a tracked flow (DNAT)
+    CT_REPLY = 6  # reply of a tracked flow (REVNAT)
+    DROP_NO_BACKEND = 7  # frontend hit, but the service port has no usable endpoint
+    DROP_TRUNCATED = 8  # L2/IP/L4 headers extend past the captured bytes
+    DROP_BAD_IP_HEADER = 9  # IPv4 version/IHL/total length inconsistent
+    DROP_BAD_L4_HEADER = 10  # TCP data offset < 5 or past the IP payload, UDP length < 8
+
+
+VERDICT_OF_REASON: dict[Reason, Verdict] = {
+    Reason.PASS_NOT_IP: Verdict.PASS,
+    Reason.PASS_NO_SERVICE: Verdict.PASS,
+    Reason.PASS_UNSUPPORTED: Verdict.PASS,
+    Reason.PASS_UNKNOWN_LINK: Verdict.PASS,
+    Reason.NEW_FLOW: Verdict.DNAT,
+    Reason.CT_ESTABLISHED: Verdict.DNAT,
+    Reason.CT_REPLY: Verdict.REVNAT,
+    Reason.DROP_NO_BACKEND: Verdict.DROP,
+    Reason.DROP_TRUNCATED: Verdict.DROP,
+    Reason.DROP_BAD_IP_HEADER: Verdict.DROP,
+    Reason.DROP_BAD_L4_HEADER: Verdict.DROP,
+}

@@ -1,0 +1,42 @@
+"""Builds the compiled core: the Cython sources in fastpath/ become modules of the fastpath package.
+
+Set FASTPATH_DEBUG=1 to build with Cython bounds/wraparound checks on, C asserts kept and no
+optimisation (the build the fuzzers and the debug CI job use).
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTPATH_DEBUG", "") not in ("", "0")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+compile_args = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
+macros = [] if DEBUG else [("NDEBUG", "1")]
+
+
+def extension(module: str, source: str) -> Extension:
+    return Extension(
+        f"fastpath.{module}",
+        [f"fastpath/{source}"],
+        include_dirs=["fastpath"],
+        extra_compile_args=compile_args,
+        define_macros=macros,
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [extension("_core", "core.pyx"), extension("_pcap", "pcap.pyx")],
+        include_path=["fastpath"],
+        compiler_directives=directives,
+        build_dir="build/cython",
+    ),
+)
