@@ -1,0 +1,213 @@
+# Connection tracking: a fixed pool of entries, each reachable by its original tuple
+# (client -> frontend) and its reply tuple (backend -> client) through one chained hash index,
+# with exact least-recently-used eviction through a doubly linked list.
+#
+# A chain link is a "ref": entry index * 2 + direction, so one bucket walk answers both
+# "is this a known flow?" and "is this a reply?" for a packet.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+
+from hashing cimport flow_hash
+
+cdef enum:
+    CT_NIL = 0xFFFFFFFF
+    DIR_ORIG = 0
+    DIR_REPLY = 1
+
+cdef enum:
+    STATE_FREE = 0
+    STATE_SYN_SENT = 1
+    STATE_ESTABLISHED = 2
+    STATE_CLOSING = 3
+    STATE_OTHER = 4
+    STATE_COUNT = 5
+
+
+ctypedef struct CtEntry:            # 56 bytes
+    uint32_t client_addr            # original tuple: client -> frontend
+    uint32_t frontend_addr
+    uint32_t backend_addr           # reply tuple: backend -> client
+    uint16_t client_port
+    uint16_t frontend_port
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t state
+    uint32_t service                # ids for the per-service and per-backend counters
+    uint32_t backend
+    uint64_t last_seen_ns
+    uint32_t lru_prev               # towards the least recently used end
+    uint32_t lru_next
+    uint32_t chain[2]               # next ref in the bucket chain, per direction
+
+
+ctypedef struct CtStats:
+    uint64_t inserts
+    uint64_t evictions
+    uint64_t expired
+    uint64_t reopened
+    uint64_t non_syn_miss
+    uint64_t insert_failures
+
+
+ctypedef struct Conntrack:
+    CtEntry* entries
+    uint32_t* buckets               # head ref per bucket
+    uint32_t bucket_mask
+    uint32_t capacity
+    uint32_t count
+    uint32_t never_used             # entries [never_used, capacity) have never been handed out
+    uint32_t free_list              # entries freed by deletion, linked through lru_next
+    uint32_t lru_oldest
+    uint32_t lru_newest
+    uint64_t timeout_ns[STATE_COUNT]
+    CtStats stats
+
+
+cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
+    cdef uint64_t nbuckets = 16, i
+    # Two refs per entry: keep chains short with one bucket per ref.
+    while nbuckets < 2 * <uint64_t>capacity:
+        nbuckets <<= 1
+    ct.entries = <CtEntry*>calloc(capacity, sizeof(CtEntry))
+    ct.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
+    if ct.entries == NULL or ct.buckets == NULL:
+        ct_free(ct)
+        return -1
+    for i in range(nbuckets):
+        ct.buckets[i] = CT_NIL
+    ct.bucket_mask = <uint32_t>(nbuckets - 1)
+    ct.capacity = capacity
+    ct.count = 0
+    ct.never_used = 0
+    ct.free_list = CT_NIL
+    ct.lru_oldest = CT_NIL
+    ct.lru_newest = CT_NIL
+    return 0
+
+
+cdef inline void ct_free(Conntrack* ct) noexcept nogil:
+    free(ct.entries)
+    free(ct.buckets)
+    ct.entries = NULL
+    ct.buckets = NULL
+
+
+cdef inline bint ct_matches(const CtEntry* e, uint32_t direction, uint32_t saddr, uint32_t daddr,
+                            uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+    if e.proto != proto or e.client_addr != (daddr if direction else saddr):
+        return False
+    if direction == DIR_ORIG:
+        return (e.frontend_addr == daddr and e.client_port == sport
+                and e.frontend_port == dport)
+    return e.backend_addr == saddr and e.backend_port == sport and e.client_port == dport
+
+
+cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t saddr, uint32_t daddr,
+                               uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+    """The ref (entry * 2 + direction) whose tuple equals the packet's, or CT_NIL."""
+    cdef uint32_t ref = ct.buckets[hash & ct.bucket_mask]
+    while ref != CT_NIL:
+        if ct_matches(&ct.entries[ref >> 1], ref & 1, saddr, daddr, sport, dport, proto):
+            return ref
+        ref = ct.entries[ref >> 1].chain[ref & 1]
+    return CT_NIL
+
+
+cdef inline uint64_t ct_tuple_hash(const CtEntry* e, uint32_t direction) noexcept nogil:
+    if direction == DIR_ORIG:
+        return flow_hash(e.client_addr, e.frontend_addr, e.client_port, e.frontend_port, e.proto)
+    return flow_hash(e.backend_addr, e.client_addr, e.backend_port, e.client_port, e.proto)
+
+
+cdef inline void ct_chain_link(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
+    cdef uint32_t* head = &ct.buckets[ct_tuple_hash(&ct.entries[index], direction) & ct.bucket_mask]
+    ct.entries[index].chain[direction] = head[0]
+    head[0] = index * 2 + direction
+
+
+cdef inline void ct_chain_unlink(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
+    cdef uint32_t target = index * 2 + direction
+    cdef uint32_t* link = &ct.buckets[ct_tuple_hash(&ct.entries[index], direction) & ct.bucket_mask]
+    while link[0] != CT_NIL:
+        if link[0] == target:
+            link[0] = ct.entries[index].chain[direction]
+            return
+        link = &ct.entries[link[0] >> 1].chain[link[0] & 1]
+
+
+cdef inline void ct_lru_unlink(Conntrack* ct, uint32_t index) noexcept nogil:
+    cdef CtEntry* e = &ct.entries[index]
+    if e.lru_prev != CT_NIL:
+        ct.entries[e.lru_prev].lru_next = e.lru_next
+    else:
+        ct.lru_oldest = e.lru_next
+    if e.lru_next != CT_NIL:
+        ct.entries[e.lru_next].lru_prev = e.lru_prev
+    else:
+        ct.lru_newest = e.lru_prev
+
+
+cdef inline void ct_lru_append(Conntrack* ct, uint32_t index) noexcept nogil:
+    cdef CtEntry* e = &ct.entries[index]
+    e.lru_prev = ct.lru_newest
+    e.lru_next = CT_NIL
+    if ct.lru_newest != CT_NIL:
+        ct.entries[ct.lru_newest].lru_next = index
+    else:
+        ct.lru_oldest = index
+    ct.lru_newest = index
+
+
+cdef inline void ct_touch(Conntrack* ct, uint32_t index) noexcept nogil:
+    """Make the entry the most recently used."""
+    if ct.lru_newest != index:
+        ct_lru_unlink(ct, index)
+        ct_lru_append(ct, index)
+
+
+cdef inline void ct_delete(Conntrack* ct, uint32_t index) noexcept nogil:
+    ct_chain_unlink(ct, index, DIR_ORIG)
+    ct_chain_unlink(ct, index, DIR_REPLY)
+    ct_lru_unlink(ct, index)
+    ct.entries[index].state = STATE_FREE
+    ct.entries[index].lru_next = ct.free_list
+    ct.free_list = index
+    ct.count -= 1
+
+
+cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_ns) noexcept nogil:
+    # Capture timestamps may step backwards: an earlier packet never expires an entry.
+    return now_ns > e.last_seen_ns and now_ns - e.last_seen_ns > ct.timeout_ns[e.state]
+
+
+cdef inline uint32_t ct_allocate(Conntrack* ct) noexcept nogil:
+    """A free entry index, evicting the least recently used entry when the table is full."""
+    cdef uint32_t index
+    if ct.count == ct.capacity:
+        ct.stats.evictions += 1
+        ct_delete(ct, ct.lru_oldest)
+    if ct.free_list != CT_NIL:
+        index = ct.free_list
+        ct.free_list = ct.entries[index].lru_next
+    else:
+        index = ct.never_used
+        ct.never_used += 1
+    ct.count += 1
+    return index
+
+
+cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogil:
+    """Track a new flow. Fails (CT_NIL) when its reply tuple is already a tracked tuple."""
+    cdef uint64_t reply_hash = flow_hash(flow.backend_addr, flow.client_addr, flow.backend_port,
+                                         flow.client_port, flow.proto)
+    if ct_lookup(ct, reply_hash, flow.backend_addr, flow.client_addr, flow.backend_port,
+                 flow.client_port, flow.proto) != CT_NIL:
+        ct.stats.insert_failures += 1
+        return CT_NIL
+    cdef uint32_t index = ct_allocate(ct)
+    ct.entries[index] = flow[0]
+    ct_chain_link(ct, index, DIR_ORIG)
+    ct_chain_link(ct, index, DIR_REPLY)
+    ct_lru_append(ct, index)
+    ct.stats.inserts += 1
+    return index
