@@ -1,0 +1,223 @@
+"""The `fastpath` command: a thin layer over the library (fastpath.replay and friends)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import TextIO
+
+from fastpath import __version__
+
+PROG = "fastpath"
+
+REPLAY_DESCRIPTION = """\
+Replay a capture through the Service dataplane of one node.
+
+Every packet of CAPTURE (pcap or pcapng) goes through the compiled dataplane built from the
+Kubernetes objects in --cluster: packets to a Service frontend are DNATed to an endpoint,
+replies from endpoints are translated back, everything else passes untouched, and dropped
+packets are left out of OUT. A summary (verdicts, per-service and per-backend packet counts,
+conntrack, packets/s) is printed at the end.
+"""
+
+REPLAY_EPILOG = """\
+exit status: 0 on success, 1 on a failure (unreadable or invalid capture or cluster file),
+2 on a usage error.
+
+example:
+  fastpath replay pcaps/demo.pcap --cluster pcaps/demo-cluster.yaml -o /tmp/out.pcap
+"""
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr (exit 1)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A Kubernetes Service dataplane with a compiled fast path; "
+        "replays captures through it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay a capture through the dataplane",
+        description=REPLAY_DESCRIPTION,
+        epilog=REPLAY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("capture", metavar="CAPTURE", help="input capture (pcap or pcapng)")
+    replay.add_argument(
+        "--cluster", metavar="PATH", action="append", required=True,
+        help="Kubernetes objects as `kubectl get -o yaml|json` prints them: a file or a folder "
+        "(read recursively); repeat for several",
+    )
+    replay.add_argument("--node", metavar="NAME", help="the node whose dataplane this is")
+    replay.add_argument(
+        "-o", "--output", metavar="OUT",
+        help="write the translated capture here (same format, link type and timestamps as "
+        "CAPTURE; dropped packets left out); written atomically",
+    )
+    replay.add_argument("--stats", metavar="FILE.json", help="also write the summary as JSON")
+    replay.add_argument(
+        "--ct-capacity", metavar="N", type=_positive_int, default=None,
+        help="conntrack table capacity in entries (default: %(default)s → 524288)",
+    )
+    replay.add_argument(
+        "--batch", metavar="N", type=_positive_int, default=None,
+        help="packets per batch handed to the core (default 65536)",
+    )
+    replay.add_argument(
+        "--core", choices=("compiled", "reference"), default="compiled",
+        help="compiled core (default) or the slow pure-Python twin, for cross-checking",
+    )
+    replay.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    replay.add_argument(
+        "--progress", choices=("auto", "always", "never"), default="auto",
+        help="progress bar on stderr (auto: only when stderr is a terminal)",
+    )
+    replay.set_defaults(run=run_replay)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from fastpath.dataplane import Dataplane
+    from fastpath.model import load_cluster
+    from fastpath.reference import DEFAULT_CT_CAPACITY
+    from fastpath.replay import DEFAULT_BATCH_PACKETS, replay
+
+    state = load_cluster(args.cluster)
+    dataplane = Dataplane(
+        state, node=args.node, core=args.core,
+        ct_capacity=args.ct_capacity or DEFAULT_CT_CAPACITY,
+    )
+    show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    bar = ProgressBar(sys.stderr) if show_progress else None
+    try:
+        stats = replay(
+            args.capture, args.output, dataplane,
+            batch_packets=args.batch or DEFAULT_BATCH_PACKETS,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    if stats.truncated_tail:
+        print(f"{PROG}: warning: {stats.truncated_tail}", file=sys.stderr)
+    if args.stats:
+        document = stats.to_dict()
+        document["cluster"] = {"sources": [str(s) for s in state.sources],
+                               "skipped": dict(state.skipped)}
+        _write_json_atomically(args.stats, document)
+    if not args.quiet:
+        print_summary(stats, sys.stdout)
+    return 0
+
+
+def _write_json_atomically(path: str, document: dict) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise CliError(f"cannot write stats to {path}: {error.strerror or error}") from None
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal, redrawn at most ten times a second."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def update(self, done: int, total: int, packets: int) -> None:
+        now = time.perf_counter()
+        if now - self.last_draw < 0.1 and done < total:
+            return
+        self.last_draw = now
+        fraction = min(done / total, 1.0) if total else 1.0
+        filled = int(fraction * self.WIDTH)
+        rate = packets / (now - self.started) if now > self.started else 0.0
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:6.1%}  "
+            f"{packets:,} packets  {rate:,.0f} packets/s"
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def print_summary(stats, out: TextIO) -> None:
+    target = stats.output or "(no output)"
+    out.write(f"{stats.capture} -> {target}  [{stats.format}, link type {stats.linktype}]\n")
+    out.write(
+        f"packets      {stats.packets:,} in, {stats.packets_written:,} written, "
+        f"{stats.elapsed_s:.3f} s, {stats.packets_per_second:,.0f} packets/s\n"
+    )
+    out.write("verdicts     " + "  ".join(f"{k} {v:,}" for k, v in stats.verdicts.items()) + "\n")
+    reasons = [(k, v) for k, v in stats.reasons.items() if v]
+    out.write("reasons      " + ("  ".join(f"{k} {v:,}" for k, v in reasons) or "-") + "\n")
+    _table(out, "service port", stats.services)
+    _table(out, "backend", stats.backends)
+    ct = stats.conntrack
+    out.write("conntrack    " + "  ".join(f"{k} {v:,}" for k, v in ct.items()) + "\n")
+
+
+def _table(out: TextIO, title: str, counts: dict[str, int]) -> None:
+    if not counts:
+        out.write(f"{title + 's':<12} -\n")
+        return
+    width = max(len(title), *(len(name) for name in counts))
+    out.write(f"{title:<{width}}  packets\n")
+    for name, count in sorted(counts.items()):
+        out.write(f"{name:<{width}}  {count:>7,}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fastpath.capture import CaptureError
+    from fastpath.model import ClusterError
+
+    try:
+        return args.run(args)
+    except (CliError, ClusterError, CaptureError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output written", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
