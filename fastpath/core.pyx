@@ -61,6 +61,17 @@ ctypedef struct Maps:
     uint32_t n_backends
 
 
+# The core's own numbering, exported so a test can check it against fastpath.verdicts.
+REASON_NUMBERS = {
+    "PASS_NOT_IP": PASS_NOT_IP, "PASS_NO_SERVICE": PASS_NO_SERVICE,
+    "PASS_UNSUPPORTED": PASS_UNSUPPORTED, "PASS_UNKNOWN_LINK": PASS_UNKNOWN_LINK,
+    "NEW_FLOW": NEW_FLOW, "CT_ESTABLISHED": CT_ESTABLISHED, "CT_REPLY": CT_REPLY,
+    "DROP_NO_BACKEND": DROP_NO_BACKEND, "DROP_TRUNCATED": DROP_TRUNCATED,
+    "DROP_BAD_IP_HEADER": DROP_BAD_IP_HEADER, "DROP_BAD_L4_HEADER": DROP_BAD_L4_HEADER,
+}
+VERDICT_NUMBERS = {"PASS": VERDICT_PASS, "DNAT": VERDICT_DNAT, "REVNAT": VERDICT_REVNAT,
+                   "DROP": VERDICT_DROP}
+
 cdef uint8_t VERDICT_OF[REASON_COUNT]
 VERDICT_OF[PASS_NOT_IP] = VERDICT_PASS
 VERDICT_OF[PASS_NO_SERVICE] = VERDICT_PASS
@@ -73,6 +84,13 @@ VERDICT_OF[DROP_NO_BACKEND] = VERDICT_DROP
 VERDICT_OF[DROP_TRUNCATED] = VERDICT_DROP
 VERDICT_OF[DROP_BAD_IP_HEADER] = VERDICT_DROP
 VERDICT_OF[DROP_BAD_L4_HEADER] = VERDICT_DROP
+
+
+def verdict_of_reason(int reason):
+    """The verdict the core gives a reason (for the vocabulary test)."""
+    if not 0 <= reason < REASON_COUNT:
+        raise ValueError(f"unknown reason {reason}")
+    return VERDICT_OF[reason]
 
 
 cdef void maps_free(Maps* m) noexcept nogil:

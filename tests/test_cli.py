@@ -1,0 +1,180 @@
+"""`fastpath replay` end to end on the bundled demo and on bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap, wrpcap
+
+from fastpath import Verdict, load_cluster
+
+WEB_VIP, DNS_VIP = "10.96.0.10", "10.96.0.53"
+
+
+def fastpath(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "fastpath", *map(str, args)],
+                            capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def ready_endpoints(cluster) -> set[tuple[str, int]]:
+    state = load_cluster([cluster])
+    ready = set()
+    for eps in state.endpoint_slices:
+        ports = [p.port for p in eps.ports]
+        for endpoint in eps.endpoints:
+            if endpoint.ready in (None, True):
+                ready.update((endpoint.addresses[0], port) for port in ports)
+    return ready
+
+
+def checksums_valid(packet) -> bool:
+    """Rebuild the packet with scapy computing every checksum; compare with what we wrote."""
+    rebuilt = packet.copy()
+    for layer in (IP, TCP, UDP):
+        if layer in rebuilt:
+            if layer is UDP and rebuilt[UDP].chksum == 0:
+                continue
+            del rebuilt[layer].chksum
+    return bytes(Ether(bytes(rebuilt))) == bytes(packet)
+
+
+@pytest.fixture(scope="module")
+def demo_replay(tmp_path_factory, demo_capture, demo_cluster):
+    out = tmp_path_factory.mktemp("replay")
+    result = fastpath("replay", demo_capture, "--cluster", demo_cluster,
+                      "-o", out / "out.pcap", "--stats", out / "stats.json", check=True)
+    return result, rdpcap(str(demo_capture)), rdpcap(str(out / "out.pcap")), \
+        json.loads((out / "stats.json").read_text())
+
+
+def test_demo_flows_go_to_ready_endpoints_and_replies_come_back(demo_replay, demo_cluster):
+    result, before, after, stats = demo_replay
+    ready = ready_endpoints(demo_cluster)
+    assert len(after) == len(before)  # nothing in the demo is dropped
+    translated = replies = 0
+    for original, rewritten in zip(before, after):
+        assert float(original.time) == float(rewritten.time)
+        if IP not in original:
+            assert bytes(original) == bytes(rewritten)
+            continue
+        l4 = TCP if TCP in original else UDP
+        if original[IP].dst in (WEB_VIP, DNS_VIP):
+            translated += 1
+            assert (rewritten[IP].dst, rewritten[l4].dport) in ready
+            assert rewritten[IP].src == original[IP].src
+        elif (original[IP].src, original[l4].sport) in ready and rewritten[IP].src != original[IP].src:
+            replies += 1
+            assert rewritten[IP].src in (WEB_VIP, DNS_VIP)
+            assert rewritten[l4].sport in (80, 53)
+        assert checksums_valid(rewritten), rewritten.summary()
+    assert translated > 0 and replies > 0
+    assert stats["verdicts"]["DNAT"] == translated
+    assert stats["verdicts"]["REVNAT"] == replies
+    # every web connection spreads over ready endpoints; the not-ready ones get nothing
+    used = {name.split(" ")[0] for name in stats["backends"]}
+    assert used <= {f"{ip}:{port}" for ip, port in ready}
+    assert "10.244.1.14:8080" not in used and "10.244.1.15:8080" not in used
+    assert len({u for u in used if u.endswith(":8080")}) >= 2
+
+
+def test_summary_names_services_and_backends(demo_replay):
+    result, *_ = demo_replay
+    assert "default/web:http" in result.stdout
+    assert "default/dns:dns" in result.stdout
+    assert "packets/s" in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_stats_json_shape(demo_replay):
+    *_, stats = demo_replay
+    assert stats["packets"] == stats["packets_written"] + stats["verdicts"]["DROP"]
+    assert set(stats["verdicts"]) == {v.name for v in Verdict}
+    assert stats["cluster"]["skipped"] == {"ConfigMap": 1}
+    assert stats["packets_per_second"] > 0
+
+
+def test_not_a_capture_is_one_line_error(tmp_path, demo_cluster):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello, this is not a capture\n")
+    result = fastpath("replay", bogus, "--cluster", demo_cluster, "-o", tmp_path / "out.pcap")
+    assert result.returncode == 1
+    assert result.stderr.startswith("fastpath: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.pcap").exists()
+
+
+def test_missing_capture_is_one_line_error(tmp_path, demo_cluster):
+    result = fastpath("replay", tmp_path / "nope.pcap", "--cluster", demo_cluster)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "nope.pcap" in result.stderr
+
+
+def test_cluster_syntax_error_names_the_file(tmp_path, demo_capture):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: Service\nmetadata: {name: web\n")
+    result = fastpath("replay", demo_capture, "--cluster", broken, "-o", tmp_path / "out.pcap")
+    assert result.returncode == 1
+    assert "broken.yaml" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.pcap").exists()
+
+
+def test_invalid_object_names_kind_name_and_field(tmp_path, demo_capture):
+    bad = tmp_path / "svc.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n"
+        "spec:\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 99999}\n"
+    )
+    result = fastpath("replay", demo_capture, "--cluster", bad)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "svc.yaml" in line and "Service shop/web" in line and "spec.ports[0].port" in line
+
+
+def test_usage_errors_exit_2(demo_capture):
+    assert fastpath("replay", demo_capture).returncode == 2  # --cluster is required
+    assert fastpath("replay", demo_capture, "--cluster", "x", "--batch", "0").returncode == 2
+    assert fastpath("frobnicate").returncode == 2
+
+
+def test_help_explains(demo_capture):
+    result = fastpath("replay", "--help", check=True)
+    assert "--cluster" in result.stdout and "exit status" in result.stdout
+
+
+def test_truncated_capture_keeps_complete_packets(tmp_path, demo_capture, demo_cluster):
+    data = demo_capture.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) - 7])
+    result = fastpath("replay", cut, "--cluster", demo_cluster, "-o", tmp_path / "out.pcap",
+                      "--stats", tmp_path / "s.json", check=True)
+    assert "warning" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["packets"] == len(rdpcap(str(demo_capture))) - 1
+    assert stats["truncated_tail"]
+
+
+def test_damaged_capture_leaves_no_output(tmp_path, demo_cluster):
+    frames = [Ether() / IP(dst="10.96.0.10") / TCP(dport=80, flags="S")] * 3
+    good = tmp_path / "good.pcap"
+    wrpcap(str(good), frames)
+    damaged = bytearray(good.read_bytes())
+    damaged[24 + 8: 24 + 12] = (1 << 30).to_bytes(4, "little")  # absurd incl_len in record 1
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(bytes(damaged))
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"previous contents")
+    result = fastpath("replay", bad, "--cluster", demo_cluster, "-o", out)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"previous contents"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == ["out.pcap"]

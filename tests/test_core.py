@@ -1,0 +1,115 @@
+"""The compiled Engine's own contract: vocabulary, argument checking, counters, conntrack size."""
+from __future__ import annotations
+
+from array import array
+
+import pytest
+from conftest import ip4
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from fastpath import _core
+from fastpath.maps import Backend, Frontend, Maps, Service
+from fastpath.reference import DEFAULT_CT_CAPACITY
+from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
+
+MAPS = Maps(
+    services=[Service(1, "default/web:http", (1, 2)), Service(2, "default/empty:http", ())],
+    frontends=[Frontend(ip4("10.96.0.10"), 80, 6, 1), Frontend(ip4("10.96.0.11"), 80, 6, 2)],
+    backends=[Backend(1, ip4("10.244.1.1"), 8080, "a"), Backend(2, ip4("10.244.1.2"), 8080, "b")],
+)
+
+
+def syn(dst="10.96.0.10", sport=40000):
+    return bytes(Ether() / IP(src="10.244.0.5", dst=dst) / TCP(sport=sport, dport=80, flags="S"))
+
+
+def test_vocabulary_matches_the_python_enums():
+    assert _core.REASON_NUMBERS == {r.name: r.value for r in Reason}
+    assert _core.VERDICT_NUMBERS == {v.name: v.value for v in Verdict}
+    for reason, verdict in VERDICT_OF_REASON.items():
+        assert _core.verdict_of_reason(reason) == verdict
+    assert set(VERDICT_OF_REASON) == set(Reason)
+
+
+def test_default_capacity_matches_the_twin():
+    assert _core.DEFAULT_CT_CAPACITY == DEFAULT_CT_CAPACITY
+    assert _core.Engine(MAPS).ct_capacity == DEFAULT_CT_CAPACITY
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 2**31, 1.5, "10"])
+def test_bad_capacity_is_refused(capacity):
+    with pytest.raises(ValueError, match="ct_capacity"):
+        _core.Engine(MAPS, ct_capacity=capacity)
+
+
+def test_packet_outside_the_buffer_is_refused_before_anything_runs():
+    engine = _core.Engine(MAPS)
+    buf = bytearray(syn())
+    verdicts, reasons = array("B", [9, 9]), array("B", [9, 9])
+    with pytest.raises(ValueError, match="packet 1 lies outside the buffer"):
+        engine.process(buf, array("Q", [0, 10]), array("I", [len(buf), len(buf)]),
+                       array("Q", [0, 0]), verdicts, reasons, 1)
+    assert list(verdicts) == [9, 9]
+    assert engine.counters()["conntrack"]["inserts"] == 0
+
+
+def test_short_result_arrays_are_refused():
+    engine = _core.Engine(MAPS)
+    buf = bytearray(syn())
+    with pytest.raises(ValueError, match="one slot per offset"):
+        engine.process(buf, array("Q", [0]), array("I", [len(buf)]), array("Q", [0]),
+                       array("B"), array("B", [0]), 1)
+
+
+def test_empty_batch_is_fine():
+    engine = _core.Engine(MAPS)
+    engine.process(bytearray(), array("Q"), array("I"), array("Q"), array("B"), array("B"), 1)
+    assert sum(engine.counters()["verdicts"].values()) == 0
+
+
+def test_counters_by_service_and_backend():
+    engine = _core.Engine(MAPS)
+    for port in range(40000, 40020):
+        verdict, reason, _ = engine.process_packet(syn(sport=port), 1)
+        assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    verdict, reason, _ = engine.process_packet(syn(dst="10.96.0.11"), 1)
+    assert (verdict, reason) == (Verdict.DROP, Reason.DROP_NO_BACKEND)
+    counters = engine.counters()
+    assert counters["services"] == [20, 1]
+    assert sum(counters["backends"]) == 20 and min(counters["backends"]) > 0
+    assert counters["conntrack"]["inserts"] == counters["conntrack"]["entries"] == 20
+
+
+def test_load_keeps_tracked_flows():
+    engine = _core.Engine(MAPS)
+    _, _, first = engine.process_packet(syn(), 1)
+    # The service loses every backend: the tracked flow still reaches its backend.
+    engine.load(Maps(services=[Service(1, "default/web:http", ())],
+                     frontends=[Frontend(ip4("10.96.0.10"), 80, 6, 1)], backends=[]))
+    ack = bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / TCP(sport=40000, dport=80, flags="A"))
+    verdict, reason, rewritten = engine.process_packet(ack, 2)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.CT_ESTABLISHED)
+    assert Ether(rewritten)[IP].dst == Ether(first)[IP].dst
+    # A new flow now finds no backend.
+    assert engine.process_packet(syn(sport=40001), 3)[1] == Reason.DROP_NO_BACKEND
+
+
+def test_duplicate_frontend_is_refused_and_old_maps_stay():
+    engine = _core.Engine(MAPS)
+    duplicate = Maps(services=MAPS.services,
+                     frontends=MAPS.frontends + [Frontend(ip4("10.96.0.10"), 80, 6, 2)],
+                     backends=MAPS.backends)
+    with pytest.raises(ValueError, match="duplicate frontend"):
+        engine.load(duplicate)
+    assert engine.process_packet(syn(), 1)[1] == Reason.NEW_FLOW
+
+
+def test_udp_zero_checksum_stays_zero():
+    maps = Maps(services=[Service(1, "kube-system/dns:dns", (1,))],
+                frontends=[Frontend(ip4("10.96.0.53"), 53, 17, 1)],
+                backends=[Backend(1, ip4("10.244.2.2"), 5353, "dns")])
+    frame = Ether() / IP(src="10.244.0.5", dst="10.96.0.53") / UDP(sport=5000, dport=53, chksum=0)
+    verdict, _, out = _core.Engine(maps).process_packet(bytes(frame), 1)
+    assert verdict == Verdict.DNAT
+    assert Ether(out)[UDP].chksum == 0 and Ether(out)[UDP].dport == 5353

@@ -1,0 +1,117 @@
+"""Generated traffic for differential tests: a random but reproducible mix of service flows,
+replies, unrelated packets and malformed frames, over several link types."""
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, CookedLinux, Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+
+from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, Service
+
+TCP_FLAGS = ["S", "S", "A", "PA", "PA", "FA", "R", "SA", "F", "RA"]
+
+
+def addr(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def random_maps(rng: random.Random, n_services: int = 24, n_backends: int = 40) -> Maps:
+    backends = [
+        Backend(i + 1, int(ipaddress.IPv4Address("10.244.0.0")) + rng.randrange(1, 4000),
+                rng.choice([80, 8080, 53, 5353, 9000 + i]), f"backend-{i + 1}")
+        for i in range(n_backends)
+    ]
+    services, frontends = [], []
+    for sid in range(1, n_services + 1):
+        count = rng.choice([0, 1, 2, 3, 5, 8]) if sid > 2 else 3
+        chosen = tuple(sorted(rng.sample(range(1, n_backends + 1), count)))
+        services.append(Service(sid, f"ns/svc-{sid}:p", chosen))
+        vip = int(ipaddress.IPv4Address("10.96.0.0")) + sid
+        frontends.append(Frontend(vip, rng.choice([80, 443, 53, 8080]), rng.choice([PROTO_TCP, PROTO_UDP]), sid))
+    return Maps(services=services, frontends=frontends, backends=backends)
+
+
+def l4(proto: int, sport: int, dport: int, rng: random.Random):
+    if proto == PROTO_TCP:
+        return TCP(sport=sport, dport=dport, flags=rng.choice(TCP_FLAGS), seq=rng.randrange(2**32))
+    udp = UDP(sport=sport, dport=dport)
+    if rng.random() < 0.2:
+        udp.chksum = 0  # "no checksum" must stay 0
+    return udp
+
+
+def frame(ip_packet, rng: random.Random, linktype: int) -> bytes:
+    if linktype == 1:
+        tags = rng.choice([0, 0, 0, 1, 2])
+        outer = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        if tags == 1:
+            return bytes(outer / Dot1Q(vlan=rng.randrange(1, 4095)) / ip_packet)
+        if tags == 2:
+            return bytes(outer / Dot1AD(vlan=10) / Dot1Q(vlan=20) / ip_packet)
+        return bytes(outer / ip_packet)
+    if linktype == 113:
+        return bytes(CookedLinux(pkttype=0, proto=0x0800) / ip_packet)
+    if linktype == 0:
+        return struct.pack("<I", 2) + bytes(ip_packet)
+    return bytes(ip_packet)
+
+
+def corrupt(data: bytes, rng: random.Random) -> bytes:
+    choice = rng.randrange(4)
+    if choice == 0:
+        return data[: rng.randrange(len(data) + 1)]
+    buf = bytearray(data)
+    for _ in range(rng.randrange(1, 4)):
+        buf[rng.randrange(len(buf))] = rng.randrange(256)
+    return bytes(buf)
+
+
+def random_traffic(maps: Maps, rng: random.Random, count: int, linktype: int = 1):
+    """(ts_ns, frame) pairs; time mostly advances, sometimes jumps past timeouts or steps back."""
+    clients = [f"10.244.{rng.randrange(8)}.{rng.randrange(1, 250)}" for _ in range(30)]
+    flows = []  # (client, client port, frontend) of flows opened so far
+    ts = 1_700_000_000 * 10**9
+    packets = []
+    for _ in range(count):
+        ts += rng.choice([1_000, 50_000, 2_000_000, 11 * 10**9, 61 * 10**9]) if rng.random() < 0.98 else -5 * 10**9
+        kind = rng.random()
+        if kind < 0.45 or not flows:
+            fe = rng.choice(maps.frontends)
+            flow = (rng.choice(clients), rng.randrange(1024, 65536), fe)
+            if rng.random() < 0.5 or not flows:
+                flows.append(flow)
+            else:
+                flow = rng.choice(flows)
+            client, cport, fe = flow
+            pkt = IP(src=client, dst=addr(fe.ip)) / l4(fe.proto, cport, fe.port, rng)
+        elif kind < 0.75:
+            client, cport, fe = rng.choice(flows)
+            service = maps.services[fe.service - 1]
+            if service.backends:
+                backend = maps.backends[rng.choice(service.backends) - 1]
+                src, sport = addr(backend.ip), backend.port
+            else:
+                src, sport = addr(fe.ip), fe.port
+            pkt = IP(src=src, dst=client) / l4(fe.proto, sport, cport, rng)
+        elif kind < 0.85:
+            pkt = rng.choice([
+                IP(src=rng.choice(clients), dst="8.8.8.8") / UDP(sport=5000, dport=53),
+                IP(src=rng.choice(clients), dst="10.96.0.1") / ICMP(),
+                IP(src=rng.choice(clients), dst="10.96.0.3", flags="MF") / UDP(sport=1, dport=2),
+                IPv6(src="fd00::1", dst="fd00::2") / TCP(),
+            ])
+        else:
+            fe = rng.choice(maps.frontends)
+            pkt = IP(src=rng.choice(clients), dst=addr(fe.ip), ihl=rng.choice([5, 6, 4])) / l4(fe.proto, 1234, fe.port, rng)
+        data = frame(pkt / Raw(b"x" * rng.randrange(0, 40)), rng, linktype)
+        if kind >= 0.9:
+            data = corrupt(data, rng)
+        if linktype == 1 and rng.random() < 0.01:
+            data = bytes(Ether() / ARP())
+        packets.append((ts, data))
+    return packets
