@@ -206,8 +206,9 @@ cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogi
         return CT_NIL
     cdef uint32_t index = ct_allocate(ct)
     ct.entries[index] = flow[0]
-    ct_chain_link(ct, index, DIR_ORIG)
+    # Reply first: chains are LIFO, so an entry whose two tuples are equal answers as ORIG.
     ct_chain_link(ct, index, DIR_REPLY)
+    ct_chain_link(ct, index, DIR_ORIG)
     ct_lru_append(ct, index)
     ct.stats.inserts += 1
     return index

@@ -198,10 +198,10 @@ cdef class Engine:
 
     cdef _resize_counters(self, uint32_t n_services, uint32_t n_backends):
         # Ids are stable across recompiles of the same objects, so counts carry over by id.
-        self.service_packets = _grow(self.service_packets, self.counter_services, n_services)
-        self.counter_services = max(self.counter_services, n_services)
-        self.backend_packets = _grow(self.backend_packets, self.counter_backends, n_backends)
-        self.counter_backends = max(self.counter_backends, n_backends)
+        self.service_packets = _resized(self.service_packets, self.counter_services, n_services)
+        self.counter_services = n_services
+        self.backend_packets = _resized(self.backend_packets, self.counter_backends, n_backends)
+        self.counter_backends = n_backends
 
     def process(self, unsigned char[::1] buf not None, const uint64_t[::1] offsets not None,
                 const uint32_t[::1] lengths not None, const uint64_t[::1] timestamps_ns not None,
@@ -334,16 +334,14 @@ cdef class Engine:
         }
 
 
-cdef uint64_t* _grow(uint64_t* counts, uint32_t old_n, uint32_t new_n) except? NULL:
-    """A counter array for ids 0..max(old_n, new_n), keeping the existing counts."""
-    if counts != NULL and new_n <= old_n:
-        return counts
-    cdef uint64_t* grown = <uint64_t*>calloc(<size_t>new_n + 1, sizeof(uint64_t))
-    if grown == NULL:
+cdef uint64_t* _resized(uint64_t* counts, uint32_t old_n, uint32_t new_n) except? NULL:
+    """A counter array for ids 0..new_n keeping the counts of ids both arrays have."""
+    cdef uint64_t* resized = <uint64_t*>calloc(<size_t>new_n + 1, sizeof(uint64_t))
+    if resized == NULL:
         raise MemoryError("cannot allocate counters")
     cdef uint32_t i
     if counts != NULL:
-        for i in range(old_n + 1):
-            grown[i] = counts[i]
+        for i in range(min(old_n, new_n) + 1):
+            resized[i] = counts[i]
         free(counts)
-    return grown
+    return resized

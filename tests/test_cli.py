@@ -29,7 +29,7 @@ def ready_endpoints(cluster) -> set[tuple[str, int]]:
     for eps in state.endpoint_slices:
         ports = [p.port for p in eps.ports]
         for endpoint in eps.endpoints:
-            if endpoint.ready in (None, True):
+            if endpoint.conditions.ready in (None, True):
                 ready.update((endpoint.addresses[0], port) for port in ports)
     return ready
 

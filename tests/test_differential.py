@@ -29,7 +29,7 @@ def assert_same(compiled, reference, packets, linktype):
     assert compiled.counters() == reference.counters()
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("linktype", [1, 101, 113, 0])
 def test_generated_traffic(seed, linktype):
     rng = random.Random(seed * 1000 + linktype)
@@ -37,7 +37,7 @@ def test_generated_traffic(seed, linktype):
     capacity = rng.choice([1, 8, 64, 4096])
     compiled, reference = Engine(maps, ct_capacity=capacity), ReferenceEngine(maps, ct_capacity=capacity)
     for round_ in range(3):
-        packets = random_traffic(maps, rng, 700, linktype)
+        packets = random_traffic(maps, rng, 500, linktype)
         assert_same(compiled, reference, packets, linktype)
         # New cluster state between batches: both keep conntrack and reload the maps.
         maps = random_maps(random.Random(seed + round_), n_backends=40)

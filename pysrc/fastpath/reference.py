@@ -105,3 +105,612 @@ or frontend's service, DROP_NO_BACKEND to the frontend's service); per backend: 
 REVNAT); ct_inserts, ct_evictions, ct_expired, ct_reopened, ct_non_syn_miss, ct_insert_failures;
 ct_entries (current).
 """
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from fastpath.maps import PROTO_TCP, PROTO_UDP, Maps
+from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
+
+__all__ = [
+    "DEFAULT_CT_CAPACITY",
+    "CT_SYN_SENT",
+    "CT_ESTABLISHED",
+    "CT_CLOSING",
+    "CT_OTHER",
+    "CT_TIMEOUT_NS",
+    "fmix64",
+    "flow_hash",
+    "select_backend",
+    "ConntrackEntry",
+    "ReferenceEngine",
+]
+
+DEFAULT_CT_CAPACITY = 1 << 19
+
+MASK16 = 0xFFFF
+MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
+
+# Link types (pcap LINKTYPE_*).
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_LINUX_SLL2 = 276
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+VLAN_ETHERTYPES = frozenset((0x8100, 0x88A8, 0x9100))
+NULL_AF_INET = 2
+NULL_AF_INET6 = frozenset((24, 28, 30))
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+# Conntrack states and their timeouts.
+CT_SYN_SENT = 0
+CT_ESTABLISHED = 1
+CT_CLOSING = 2
+CT_OTHER = 3
+_SECOND_NS = 1_000_000_000
+CT_TIMEOUT_NS = {
+    CT_SYN_SENT: 60 * _SECOND_NS,
+    CT_ESTABLISHED: 8000 * _SECOND_NS,
+    CT_CLOSING: 10 * _SECOND_NS,
+    CT_OTHER: 60 * _SECOND_NS,
+}
+CT_STATE_NAMES = {
+    CT_SYN_SENT: "SYN_SENT",
+    CT_ESTABLISHED: "ESTABLISHED",
+    CT_CLOSING: "CLOSING",
+    CT_OTHER: "OTHER",
+}
+
+CT_COUNTER_NAMES = (
+    "inserts",
+    "evictions",
+    "expired",
+    "reopened",
+    "non_syn_miss",
+    "insert_failures",
+)
+
+# A 5-tuple: (src ip, dst ip, src port, dst port, proto).
+Tuple5 = tuple[int, int, int, int, int]
+
+
+# --------------------------------------------------------------------------- hash and selection
+
+
+def fmix64(x: int) -> int:
+    """The 64-bit finaliser of MurmurHash3, modulo 2**64."""
+    x &= MASK64
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & MASK64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & MASK64
+    x ^= x >> 33
+    return x
+
+
+def flow_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int) -> int:
+    """64-bit hash of a 5-tuple (addresses 32-bit, ports 16-bit, proto 8-bit)."""
+    ports = (sport << 24) | (dport << 8) | proto
+    return fmix64((((saddr << 32) | daddr) ^ fmix64(ports)) & MASK64)
+
+
+def select_backend(
+    service_backends: Sequence[int], saddr: int, daddr: int, sport: int, dport: int, proto: int
+) -> int:
+    """The backend id a new flow with this 5-tuple selects among `service_backends`.
+
+    Raises ValueError when there are no backends (the engine drops such packets before selecting).
+    """
+    n = len(service_backends)
+    if n == 0:
+        raise ValueError("select_backend: the service has no backends")
+    h = flow_hash(saddr, daddr, sport, dport, proto)
+    return service_backends[((h & MASK32) * n) >> 32]
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def _fold(total: int) -> int:
+    """End-around carry: fold a non-negative sum into 16 bits."""
+    while total > MASK16:
+        total = (total & MASK16) + (total >> 16)
+    return total
+
+
+def _csum_update_word(hc: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3 for one 16-bit word: HC' = ~(~HC + ~m + m')."""
+    return ~_fold((~hc & MASK16) + (~old & MASK16) + new) & MASK16
+
+
+def _csum_update_words(hc: int, old_words: Sequence[int], new_words: Sequence[int]) -> int:
+    for old, new in zip(old_words, new_words):
+        hc = _csum_update_word(hc, old, new)
+    return hc
+
+
+def _words32(value: int) -> tuple[int, int]:
+    return (value >> 16) & MASK16, value & MASK16
+
+
+def _get16(buf: memoryview, pos: int) -> int:
+    return (buf[pos] << 8) | buf[pos + 1]
+
+
+def _put16(buf: memoryview, pos: int, value: int) -> None:
+    buf[pos] = (value >> 8) & 0xFF
+    buf[pos + 1] = value & 0xFF
+
+
+def _get32(buf: memoryview, pos: int) -> int:
+    return (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
+
+
+def _put32(buf: memoryview, pos: int, value: int) -> None:
+    _put16(buf, pos, (value >> 16) & MASK16)
+    _put16(buf, pos + 2, value & MASK16)
+
+
+# --------------------------------------------------------------------------- conntrack
+
+
+@dataclass(slots=True)
+class ConntrackEntry:
+    """One tracked flow (twin only: the compiled core keeps the same fields in a C array)."""
+
+    orig: Tuple5  # (client ip, frontend ip, client port, frontend port, proto)
+    reply: Tuple5  # (backend ip, client ip, backend port, client port, proto)
+    frontend: int  # index of the frontend used (the rev-NAT id)
+    backend: int  # Backend.id
+    service: int  # Service.id
+    state: int
+    last_seen_ns: int
+
+
+class _Conntrack:
+    """Fixed-capacity table with exact LRU eviction and two indexes (orig tuple, reply tuple).
+
+    `lru` holds the entries, least recently used first, keyed by their orig tuple; `by_orig` and
+    `by_reply` map a tuple to its entry.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lru: OrderedDict[Tuple5, ConntrackEntry] = OrderedDict()
+        self.by_orig: dict[Tuple5, ConntrackEntry] = {}
+        self.by_reply: dict[Tuple5, ConntrackEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self.lru)
+
+    def lookup(self, key: Tuple5) -> tuple[ConntrackEntry | None, bool]:
+        """(entry, is_reply). Orig tuples are searched first.
+
+        Only an entry whose own orig and reply tuples are equal can match both (insertion rejects
+        a reply tuple equal to another entry's tuple); it is then seen in the ORIG direction.
+        """
+        entry = self.by_orig.get(key)
+        if entry is not None:
+            return entry, False
+        entry = self.by_reply.get(key)
+        if entry is not None:
+            return entry, True
+        return None, False
+
+    def touch(self, entry: ConntrackEntry) -> None:
+        self.lru.move_to_end(entry.orig)
+
+    def delete(self, entry: ConntrackEntry) -> None:
+        del self.lru[entry.orig]
+        del self.by_orig[entry.orig]
+        del self.by_reply[entry.reply]
+
+    def collides(self, reply: Tuple5) -> bool:
+        return reply in self.by_orig or reply in self.by_reply
+
+    def evict_lru(self) -> ConntrackEntry:
+        entry = next(iter(self.lru.values()))
+        self.delete(entry)
+        return entry
+
+    def insert(self, entry: ConntrackEntry) -> None:
+        self.lru[entry.orig] = entry
+        self.by_orig[entry.orig] = entry
+        self.by_reply[entry.reply] = entry
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """Where the IPv4 and L4 headers of a TCP/UDP packet are (positions within the packet)."""
+
+    l3: int
+    l4: int
+    proto: int
+    saddr: int
+    daddr: int
+    sport: int
+    dport: int
+    tcp_flags: int
+
+
+def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
+    """Parse one packet (`buf` is exactly its captured bytes, so an out-of-bounds read raises).
+
+    Returns a `Reason` when processing ends at parsing, else the header positions.
+    """
+    end = len(buf)
+
+    # L2: find the L3 protocol and where its header starts.
+    if linktype == LINKTYPE_ETHERNET:
+        if end < 14:
+            return Reason.DROP_TRUNCATED
+        ethertype = _get16(buf, 12)
+        l3 = 14
+        while ethertype in VLAN_ETHERTYPES:
+            if l3 + 4 > end:
+                return Reason.DROP_TRUNCATED
+            ethertype = _get16(buf, l3 + 2)
+            l3 += 4
+    elif linktype == LINKTYPE_LINUX_SLL:
+        if end < 16:
+            return Reason.DROP_TRUNCATED
+        ethertype = _get16(buf, 14)
+        l3 = 16
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        if end < 20:
+            return Reason.DROP_TRUNCATED
+        ethertype = _get16(buf, 0)
+        l3 = 20
+    elif linktype == LINKTYPE_NULL:
+        if end < 4:
+            return Reason.DROP_TRUNCATED
+        big = _get32(buf, 0)
+        little = buf[0] | (buf[1] << 8) | (buf[2] << 16) | (buf[3] << 24)
+        if NULL_AF_INET in (big, little):
+            ethertype = ETHERTYPE_IPV4
+        elif big in NULL_AF_INET6 or little in NULL_AF_INET6:
+            ethertype = ETHERTYPE_IPV6
+        else:
+            return Reason.PASS_NOT_IP
+        l3 = 4
+    elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+        if end < 1:
+            return Reason.DROP_TRUNCATED
+        version = buf[0] >> 4
+        if version == 4:
+            ethertype = ETHERTYPE_IPV4
+        elif version == 6:
+            ethertype = ETHERTYPE_IPV6
+        else:
+            return Reason.PASS_NOT_IP
+        l3 = 0
+    else:
+        return Reason.PASS_UNKNOWN_LINK
+
+    if ethertype == ETHERTYPE_IPV6:
+        return Reason.PASS_UNSUPPORTED
+    if ethertype != ETHERTYPE_IPV4:
+        return Reason.PASS_NOT_IP
+
+    # IPv4.
+    if end - l3 < 20:
+        return Reason.DROP_TRUNCATED
+    version = buf[l3] >> 4
+    ihl = buf[l3] & 0x0F
+    if version != 4 or ihl < 5:
+        return Reason.DROP_BAD_IP_HEADER
+    ip_header_len = ihl * 4
+    if l3 + ip_header_len > end:
+        return Reason.DROP_TRUNCATED
+    total_length = _get16(buf, l3 + 2)
+    if total_length < ip_header_len:
+        return Reason.DROP_BAD_IP_HEADER
+    frag = _get16(buf, l3 + 6)
+    if frag & 0x2000 or frag & 0x1FFF:
+        return Reason.PASS_UNSUPPORTED
+    proto = buf[l3 + 9]
+    if proto != PROTO_TCP and proto != PROTO_UDP:
+        return Reason.PASS_UNSUPPORTED
+    l4 = l3 + ip_header_len
+    l4_end = min(l3 + total_length, end)
+    l4_len = l4_end - l4  # >= 0: total_length >= IHL*4 and the IP header is captured
+
+    # L4.
+    if proto == PROTO_TCP:
+        if l4_len < 20:
+            return Reason.DROP_TRUNCATED
+        data_offset = buf[l4 + 12] >> 4
+        if data_offset < 5 or data_offset * 4 > total_length - ip_header_len:
+            return Reason.DROP_BAD_L4_HEADER
+        flags = buf[l4 + 13]
+    else:
+        if l4_len < 8:
+            return Reason.DROP_TRUNCATED
+        if _get16(buf, l4 + 4) < 8:
+            return Reason.DROP_BAD_L4_HEADER
+        flags = 0
+
+    return _Parsed(
+        l3=l3,
+        l4=l4,
+        proto=proto,
+        saddr=_get32(buf, l3 + 12),
+        daddr=_get32(buf, l3 + 16),
+        sport=_get16(buf, l4),
+        dport=_get16(buf, l4 + 2),
+        tcp_flags=flags,
+    )
+
+
+# --------------------------------------------------------------------------- rewrite
+
+
+def _rewrite(buf: memoryview, p: _Parsed, *, dst: bool, new_ip: int, new_port: int) -> None:
+    """Rewrite the destination (DNAT) or source (REVNAT) address and port of a parsed packet.
+
+    Every 16-bit word of the rewritten fields goes through the RFC 1624 update, changed or not.
+    """
+    addr_pos = p.l3 + (16 if dst else 12)
+    port_pos = p.l4 + (2 if dst else 0)
+    old_ip = _get32(buf, addr_pos)
+    old_port = _get16(buf, port_pos)
+    old_words = (*_words32(old_ip), old_port)
+    new_words = (*_words32(new_ip), new_port)
+
+    end = len(buf)
+    ip_csum_pos = p.l3 + 10
+    if ip_csum_pos + 2 <= end:
+        hc = _get16(buf, ip_csum_pos)
+        _put16(buf, ip_csum_pos, _csum_update_words(hc, old_words[:2], new_words[:2]))
+
+    l4_csum_pos = p.l4 + (16 if p.proto == PROTO_TCP else 6)
+    if l4_csum_pos + 2 <= end:
+        hc = _get16(buf, l4_csum_pos)
+        if p.proto == PROTO_TCP:
+            _put16(buf, l4_csum_pos, _csum_update_words(hc, old_words, new_words))
+        elif hc != 0:  # UDP: 0 means "no checksum" and stays 0
+            hc = _csum_update_words(hc, old_words, new_words)
+            _put16(buf, l4_csum_pos, hc if hc != 0 else 0xFFFF)
+
+    _put32(buf, addr_pos, new_ip)
+    _put16(buf, port_pos, new_port)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _writable_bytes(buf: Any) -> memoryview:
+    view = memoryview(buf)
+    if view.readonly:
+        raise TypeError("process: buf must be writable")
+    return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+
+
+class ReferenceEngine:
+    """The readable twin of `fastpath._core.Engine` (see the module docstring)."""
+
+    def __init__(self, maps: Maps, ct_capacity: int = DEFAULT_CT_CAPACITY) -> None:
+        if int(ct_capacity) < 1:
+            raise ValueError(f"ct_capacity must be >= 1, got {ct_capacity}")
+        self._ct = _Conntrack(int(ct_capacity))
+        self._verdict_counts = [0] * len(Verdict)
+        self._reason_counts = [0] * len(Reason)
+        self._ct_counts = dict.fromkeys(CT_COUNTER_NAMES, 0)
+        self._service_counts: list[int] = []
+        self._backend_counts: list[int] = []
+        self.load(maps)
+
+    # -- maps ------------------------------------------------------------------------------------
+
+    def load(self, maps: Maps) -> None:
+        """Replace frontends/services/backends; conntrack and all counters are kept.
+
+        Per-service/per-backend counters are indexed by id: they grow with zeros or shrink to the
+        new number of services/backends.
+        """
+        frontends: dict[tuple[int, int, int], int] = {}
+        for index, frontend in enumerate(maps.frontends):
+            # The first frontend listed for a key wins.
+            frontends.setdefault((frontend.ip, frontend.port, frontend.proto), index)
+        self._maps = maps
+        self._frontends = frontends
+        self._service_counts = _resized(self._service_counts, len(maps.services))
+        self._backend_counts = _resized(self._backend_counts, len(maps.backends))
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def process(
+        self,
+        buf: Any,
+        offsets: Any,
+        lengths: Any,
+        timestamps_ns: Any,
+        verdicts: Any,
+        reasons: Any,
+        linktype: int,
+    ) -> None:
+        """Process one batch in place (see "Batch interface" in the module docstring).
+
+        The batch size is len(offsets); the other arrays must have the same length and every
+        packet must lie inside buf, else ValueError before any packet is processed.
+        """
+        data = _writable_bytes(buf)
+        offsets_v = memoryview(offsets)
+        lengths_v = memoryview(lengths)
+        stamps_v = memoryview(timestamps_ns)
+        verdicts_v = memoryview(verdicts)
+        reasons_v = memoryview(reasons)
+        if verdicts_v.readonly or reasons_v.readonly:
+            raise TypeError("process: verdicts and reasons must be writable")
+        count = len(offsets_v)
+        for name, view in (
+            ("lengths", lengths_v),
+            ("timestamps_ns", stamps_v),
+            ("verdicts", verdicts_v),
+            ("reasons", reasons_v),
+        ):
+            if len(view) != count:
+                raise ValueError(f"process: {name} has {len(view)} items, offsets has {count}")
+        size = len(data)
+        for i in range(count):
+            if offsets_v[i] + lengths_v[i] > size:
+                raise ValueError(
+                    f"process: packet {i} [{offsets_v[i]}, {offsets_v[i] + lengths_v[i]})"
+                    f" lies outside the {size}-byte buffer"
+                )
+        for i in range(count):
+            start = offsets_v[i]
+            # A zero-copy view of exactly the packet's captured bytes: writes go to buf, and
+            # a read outside the packet would raise IndexError instead of going unnoticed.
+            packet = data[start : start + lengths_v[i]]
+            reason = self._process_one(packet, stamps_v[i], linktype)
+            verdict = VERDICT_OF_REASON[reason]
+            verdicts_v[i] = int(verdict)
+            reasons_v[i] = int(reason)
+            self._verdict_counts[verdict] += 1
+            self._reason_counts[reason] += 1
+
+    def process_packet(self, data: bytes, ts_ns: int, linktype: int = 1) -> tuple[Verdict, Reason, bytes]:
+        """Process one packet; returns (verdict, reason, the packet's bytes after rewriting)."""
+        buf = bytearray(data)
+        verdicts = array("B", [0])
+        reasons = array("B", [0])
+        offsets, lengths, stamps = array("Q", [0]), array("I", [len(buf)]), array("Q", [ts_ns])
+        self.process(buf, offsets, lengths, stamps, verdicts, reasons, linktype)
+        return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf)
+
+    def _process_one(self, buf: memoryview, ts: int, linktype: int) -> Reason:
+        parsed = _parse(buf, linktype)
+        if isinstance(parsed, Reason):
+            return parsed
+        p = parsed
+        key: Tuple5 = (p.saddr, p.daddr, p.sport, p.dport, p.proto)
+        is_tcp = p.proto == PROTO_TCP
+        fin_or_rst = is_tcp and bool(p.tcp_flags & (TCP_FIN | TCP_RST))
+        pure_syn = is_tcp and (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+        ct = self._ct
+
+        # 1. Conntrack lookup.
+        entry, is_reply = ct.lookup(key)
+        # 2. Expired entries are deleted and the packet goes on as a miss (a timestamp earlier
+        #    than last_seen gives a negative age: never expired).
+        if entry is not None and ts - entry.last_seen_ns > CT_TIMEOUT_NS[entry.state]:
+            ct.delete(entry)
+            self._ct_counts["expired"] += 1
+            entry = None
+        # 3. A pure SYN reopens a closing flow: forget it and select again.
+        if entry is not None and not is_reply and pure_syn and entry.state == CT_CLOSING:
+            ct.delete(entry)
+            self._ct_counts["reopened"] += 1
+            entry = None
+
+        # 4. Tracked flow.
+        if entry is not None:
+            entry.last_seen_ns = max(entry.last_seen_ns, ts)
+            ct.touch(entry)
+            if is_tcp:
+                if fin_or_rst:
+                    entry.state = CT_CLOSING
+                elif is_reply and entry.state == CT_SYN_SENT:
+                    entry.state = CT_ESTABLISHED
+            self._count_flow(entry.service, entry.backend)
+            if is_reply:
+                _rewrite(buf, p, dst=False, new_ip=entry.orig[1], new_port=entry.orig[3])
+                return Reason.CT_REPLY
+            _rewrite(buf, p, dst=True, new_ip=entry.reply[0], new_port=entry.reply[2])
+            return Reason.CT_ESTABLISHED
+
+        # 5. New flow: frontend lookup and backend selection.
+        frontend_index = self._frontends.get((p.daddr, p.dport, p.proto))
+        if frontend_index is None:
+            return Reason.PASS_NO_SERVICE
+        service_id = self._maps.frontends[frontend_index].service
+        service = self._maps.services[service_id - 1]
+        if not service.backends:
+            self._count_service(service_id)
+            return Reason.DROP_NO_BACKEND
+        backend_id = select_backend(service.backends, *key)
+        backend = self._maps.backends[backend_id - 1]
+        if is_tcp and not pure_syn:
+            self._ct_counts["non_syn_miss"] += 1
+        if not is_tcp:
+            state = CT_OTHER
+        elif fin_or_rst:
+            state = CT_CLOSING
+        elif pure_syn:
+            state = CT_SYN_SENT
+        else:
+            state = CT_ESTABLISHED
+        reply: Tuple5 = (backend.ip, p.saddr, backend.port, p.sport, p.proto)
+        if ct.collides(reply):
+            # Checked before eviction: a failed insert evicts nothing.
+            self._ct_counts["insert_failures"] += 1
+        else:
+            if len(ct) >= ct.capacity:
+                ct.evict_lru()
+                self._ct_counts["evictions"] += 1
+            ct.insert(
+                ConntrackEntry(
+                    orig=key,
+                    reply=reply,
+                    frontend=frontend_index,
+                    backend=backend_id,
+                    service=service_id,
+                    state=state,
+                    last_seen_ns=ts,
+                )
+            )
+            self._ct_counts["inserts"] += 1
+        self._count_flow(service_id, backend_id)
+        _rewrite(buf, p, dst=True, new_ip=backend.ip, new_port=backend.port)
+        return Reason.NEW_FLOW
+
+    def _count_service(self, service_id: int) -> None:
+        # An entry created before load() may name an id the current maps no longer have.
+        if 1 <= service_id <= len(self._service_counts):
+            self._service_counts[service_id - 1] += 1
+
+    def _count_flow(self, service_id: int, backend_id: int) -> None:
+        self._count_service(service_id)
+        if 1 <= backend_id <= len(self._backend_counts):
+            self._backend_counts[backend_id - 1] += 1
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        """All counters (see "Counters" in the module docstring); a fresh dict each call."""
+        conntrack = dict(self._ct_counts)
+        conntrack["entries"] = len(self._ct)
+        return {
+            "verdicts": {v.name: self._verdict_counts[v] for v in Verdict},
+            "reasons": {r.name: self._reason_counts[r] for r in Reason},
+            "services": list(self._service_counts),
+            "backends": list(self._backend_counts),
+            "conntrack": conntrack,
+        }
+
+    def conntrack_entries(self) -> list[ConntrackEntry]:
+        """Twin only (for tests): copies of the entries, least recently used first."""
+        return [
+            ConntrackEntry(e.orig, e.reply, e.frontend, e.backend, e.service, e.state, e.last_seen_ns)
+            for e in self._ct.lru.values()
+        ]
+
+
+def _resized(counts: list[int], size: int) -> list[int]:
+    return (counts + [0] * size)[:size]

@@ -1,0 +1,212 @@
+# cython: language_level=3
+"""Classic pcap record scanning and writing, compiled (the module fastpath._pcap).
+
+Only the two per-batch loops live here; pysrc/fastpath/capture.py owns files, chunks and errors.
+
+Batch layout shared with capture.py: packet i is buf[offsets[i] : offsets[i] + lengths[i]] and the
+16 bytes before it are the slot of its pcap record header. A batch read from a classic pcap file
+keeps the file's own record headers there (so the writer can reuse their timestamp fields
+verbatim); `header_flags` says how those headers are encoded, -1 when the slots hold no header.
+
+Neither loop touches a Python object: the GIL is released, memory is reached through typed
+memoryviews, and every read is bounds-checked against the buffer by hand (a damaged capture
+must never make us read outside it).
+"""
+from cpython cimport array
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+import array as _array_module
+
+cdef enum:
+    # header_flags bits: how a pcap record header is encoded.
+    _HDR_BIG_ENDIAN = 1
+    _HDR_NANOSECOND = 2
+    # scan_records status.
+    _SCAN_FULL = 0  # max_packets reached; more complete records may follow in the buffer
+    _SCAN_NEED_MORE = 1  # stopped at the end of the data or at a record the buffer cuts
+    _SCAN_BAD_RECORD = 2  # the record at `pos` has an impossible captured length
+    _RECORD_HEADER = 16
+    _VERDICT_DROP = 3  # fastpath.verdicts.Verdict.DROP
+
+cdef extern from *:
+    # A literal (not a global) so that / and % by it compile to multiplications.
+    """
+    #define FASTPATH_NS_PER_S 1000000000ULL
+    """
+    const uint64_t _NS_PER_S "FASTPATH_NS_PER_S"
+
+HDR_BIG_ENDIAN = _HDR_BIG_ENDIAN
+HDR_NANOSECOND = _HDR_NANOSECOND
+SCAN_FULL = _SCAN_FULL
+SCAN_NEED_MORE = _SCAN_NEED_MORE
+SCAN_BAD_RECORD = _SCAN_BAD_RECORD
+RECORD_HEADER = _RECORD_HEADER
+
+cdef array.array _u64_template = _array_module.array("Q")
+cdef array.array _u32_template = _array_module.array("I")
+
+
+cdef inline uint32_t _load32(const uint8_t* p, bint big) noexcept nogil:
+    # Byte-by-byte with shifts: host-independent, and compilers turn it into one load (+ bswap).
+    if big:
+        return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+cdef inline void _store32(uint8_t* p, uint32_t v, bint big) noexcept nogil:
+    if big:
+        p[0] = <uint8_t>(v >> 24); p[1] = <uint8_t>(v >> 16); p[2] = <uint8_t>(v >> 8); p[3] = <uint8_t>v
+    else:
+        p[3] = <uint8_t>(v >> 24); p[2] = <uint8_t>(v >> 16); p[1] = <uint8_t>(v >> 8); p[0] = <uint8_t>v
+
+
+cdef inline uint64_t _decode_ts(const uint8_t* hdr, int flags) noexcept nogil:
+    cdef bint big = (flags & _HDR_BIG_ENDIAN) != 0
+    cdef uint64_t sec = _load32(hdr, big)
+    cdef uint64_t frac = _load32(hdr + 4, big)
+    if flags & _HDR_NANOSECOND:
+        return sec * _NS_PER_S + frac
+    return sec * _NS_PER_S + frac * 1000
+
+
+def scan_records(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t end, int header_flags,
+                 uint32_t max_caplen, Py_ssize_t max_packets):
+    """Index the complete pcap records in buf[start:end], at most max_packets of them.
+
+    Returns (offsets, lengths, wire_lengths, timestamps_ns, pos, status, need): arrays sized to
+    the number of records found (offsets point at packet data, the header is at offset - 16);
+    pos is where scanning stopped; status is SCAN_*; need is the size in bytes of the record at
+    pos (header included; 16 when its header itself is cut) when status is SCAN_NEED_MORE, and
+    its captured length when status is SCAN_BAD_RECORD (caplen > max_caplen).
+    """
+    if start < 0 or end < start or end > buf.shape[0]:
+        raise ValueError(f"scan range [{start}, {end}) outside a buffer of {buf.shape[0]} bytes")
+    if max_packets < 1:
+        raise ValueError("max_packets must be at least 1")
+    # At most one record per 16 bytes: no need to allocate max_packets entries for a small tail.
+    cdef Py_ssize_t capacity = min(max_packets, (end - start) // _RECORD_HEADER)
+    cdef array.array offsets = array.clone(_u64_template, capacity, False)
+    cdef array.array lengths = array.clone(_u32_template, capacity, False)
+    cdef array.array wire_lengths = array.clone(_u32_template, capacity, False)
+    cdef array.array timestamps = array.clone(_u64_template, capacity, False)
+    cdef uint64_t* off_p = <uint64_t*>offsets.data.as_ulonglongs
+    cdef uint32_t* len_p = <uint32_t*>lengths.data.as_uints
+    cdef uint32_t* wire_p = <uint32_t*>wire_lengths.data.as_uints
+    cdef uint64_t* ts_p = <uint64_t*>timestamps.data.as_ulonglongs
+
+    cdef const uint8_t* base = &buf[0] if buf.shape[0] > 0 else NULL
+    cdef bint big = (header_flags & _HDR_BIG_ENDIAN) != 0
+    cdef Py_ssize_t pos = start, count = 0, need = 0
+    cdef int status = _SCAN_NEED_MORE
+    cdef uint32_t caplen
+    cdef const uint8_t* hdr
+    with nogil:
+        while True:
+            if end - pos < _RECORD_HEADER:
+                need = _RECORD_HEADER
+                break
+            hdr = base + pos
+            caplen = _load32(hdr + 8, big)
+            # Checked before completeness: a damaged length must not make the caller buffer GiBs.
+            if caplen > max_caplen:
+                status = _SCAN_BAD_RECORD
+                need = caplen
+                break
+            if end - pos - _RECORD_HEADER < <Py_ssize_t>caplen:
+                need = _RECORD_HEADER + caplen
+                break
+            if count == capacity:
+                # Only reachable when capacity == max_packets: fewer records cannot fill it.
+                status = _SCAN_FULL
+                break
+            off_p[count] = <uint64_t>(pos + _RECORD_HEADER)
+            len_p[count] = caplen
+            wire_p[count] = _load32(hdr + 12, big)
+            ts_p[count] = _decode_ts(hdr, header_flags)
+            count += 1
+            pos += _RECORD_HEADER + caplen
+    if count < capacity:
+        array.resize(offsets, count)
+        array.resize(lengths, count)
+        array.resize(wire_lengths, count)
+        array.resize(timestamps, count)
+    return offsets, lengths, wire_lengths, timestamps, pos, status, need
+
+
+def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uint32_t[::1] lengths,
+                  const uint32_t[::1] wire_lengths, const uint64_t[::1] timestamps_ns,
+                  const uint8_t[::1] verdicts, int batch_flags, int out_flags, bytearray out,
+                  Py_ssize_t start=0, Py_ssize_t stop=-1):
+    """Write the pcap records of packets start..stop-1 whose verdict is not DROP to `out`.
+
+    `verdicts` may be None (keep everything); stop=-1 means the end of the batch. `out` grows
+    when too small (it must not be exported meanwhile). Returns (bytes written, packets written).
+    A record header is rebuilt from the arrays in the `out_flags` encoding, except its timestamp
+    fields: when the batch's header slots use the same encoding (`batch_flags` == `out_flags`)
+    and decode to timestamps_ns[i], they are copied verbatim, so a rewritten file keeps even
+    non-canonical fields (a microsecond field >= 10**6) byte for byte.
+    """
+    cdef Py_ssize_t n = offsets.shape[0]
+    if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
+        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
+    cdef bint has_verdicts = verdicts is not None
+    if has_verdicts and verdicts.shape[0] != n:
+        raise ValueError(f"{verdicts.shape[0]} verdicts for {n} packets")
+    if stop < 0:
+        stop = n
+    if start < 0 or start > stop or stop > n:
+        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    cdef const uint8_t* src = &buf[0] if buf.shape[0] > 0 else NULL
+    cdef uint64_t buf_len = <uint64_t>buf.shape[0]
+    cdef Py_ssize_t i, bad = -1, total = 0, kept = 0
+    cdef uint64_t max_ts = (<uint64_t>0xFFFFFFFF) * _NS_PER_S + (_NS_PER_S - 1)
+
+    # Pass 1: validate (never copy from outside buf) and size the output.
+    with nogil:
+        for i in range(start, stop):
+            if has_verdicts and verdicts[i] == _VERDICT_DROP:
+                continue
+            if offsets[i] > buf_len or lengths[i] > buf_len - offsets[i] or timestamps_ns[i] > max_ts:
+                bad = i
+                break
+            total += _RECORD_HEADER + lengths[i]
+            kept += 1
+    if bad >= 0:
+        if timestamps_ns[bad] > max_ts:
+            raise ValueError(f"packet {bad}: timestamp {timestamps_ns[bad]} ns is past 2106, "
+                             "beyond a pcap record's 32-bit seconds")
+        raise ValueError(f"packet {bad}: [{offsets[bad]}, +{lengths[bad]}) is outside the "
+                         f"{buf_len}-byte batch buffer")
+    if len(out) < total:
+        PyByteArray_Resize(out, total)
+    cdef uint8_t* dst = <uint8_t*>PyByteArray_AS_STRING(out)
+
+    # Pass 2: copy.
+    cdef bint big = (out_flags & _HDR_BIG_ENDIAN) != 0
+    cdef bint reuse = batch_flags == out_flags
+    cdef uint64_t ts, off
+    cdef uint32_t caplen
+    cdef Py_ssize_t pos = 0
+    with nogil:
+        for i in range(start, stop):
+            if has_verdicts and verdicts[i] == _VERDICT_DROP:
+                continue
+            off = offsets[i]
+            caplen = lengths[i]
+            ts = timestamps_ns[i]
+            if reuse and off >= _RECORD_HEADER and _decode_ts(src + off - _RECORD_HEADER, batch_flags) == ts:
+                memcpy(dst + pos, src + off - _RECORD_HEADER, 8)
+            else:
+                _store32(dst + pos, <uint32_t>(ts // _NS_PER_S), big)
+                if out_flags & _HDR_NANOSECOND:
+                    _store32(dst + pos + 4, <uint32_t>(ts % _NS_PER_S), big)
+                else:
+                    _store32(dst + pos + 4, <uint32_t>((ts % _NS_PER_S) // 1000), big)
+            _store32(dst + pos + 8, caplen, big)
+            _store32(dst + pos + 12, wire_lengths[i], big)
+            if caplen:
+                memcpy(dst + pos + _RECORD_HEADER, src + off, caplen)
+            pos += _RECORD_HEADER + caplen
+    return pos, kept
