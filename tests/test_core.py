@@ -10,7 +10,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath import _core
 from fastpath.maps import Backend, Frontend, Maps, Service
-from fastpath.reference import DEFAULT_CT_CAPACITY
+from fastpath.reference import DEFAULT_CT_CAPACITY, DEFAULT_TIMEOUTS_S, ReferenceEngine
 from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
 
 MAPS = Maps(
@@ -32,8 +32,9 @@ def test_vocabulary_matches_the_python_enums():
     assert set(VERDICT_OF_REASON) == set(Reason)
 
 
-def test_default_capacity_matches_the_twin():
+def test_defaults_match_the_twin():
     assert _core.DEFAULT_CT_CAPACITY == DEFAULT_CT_CAPACITY
+    assert _core.DEFAULT_TIMEOUTS_S == DEFAULT_TIMEOUTS_S
     assert _core.Engine(MAPS).ct_capacity == DEFAULT_CT_CAPACITY
 
 
@@ -95,14 +96,21 @@ def test_load_keeps_tracked_flows():
     assert engine.process_packet(syn(sport=40001), 3)[1] == Reason.DROP_NO_BACKEND
 
 
-def test_duplicate_frontend_is_refused_and_old_maps_stay():
-    engine = _core.Engine(MAPS)
-    duplicate = Maps(services=MAPS.services,
-                     frontends=MAPS.frontends + [Frontend(ip4("10.96.0.10"), 80, 6, 2)],
-                     backends=MAPS.backends)
+def test_duplicate_frontend_is_refused():
     with pytest.raises(ValueError, match="duplicate frontend"):
-        engine.load(duplicate)
-    assert engine.process_packet(syn(), 1)[1] == Reason.NEW_FLOW
+        Maps(services=MAPS.services,
+             frontends=MAPS.frontends + [Frontend(ip4("10.96.0.10"), 80, 6, 2)],
+             backends=MAPS.backends)
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_timeouts_are_configurable(engine_class):
+    engine = engine_class(MAPS, timeouts_s={"syn_sent": 1})
+    engine.process_packet(syn(), 0)
+    # 2 s later the SYN-only entry has expired: the retransmitted SYN is a new flow.
+    assert engine.process_packet(syn(), 2 * 10**9)[1] == Reason.NEW_FLOW
+    assert engine.counters()["conntrack"]["expired"] == 1
+    assert engine.process_packet(syn(), 2 * 10**9 + 1)[1] == Reason.CT_ESTABLISHED
 
 
 def test_udp_zero_checksum_stays_zero():

@@ -852,14 +852,14 @@ def test_drop_no_backend():
     assert eng.counters()["conntrack"]["non_syn_miss"] == 0
 
 
-def test_first_frontend_wins_for_duplicate_keys():
+def test_duplicate_frontend_keys_are_refused_by_the_maps():
     maps = make_maps()
-    maps = Maps(
-        services=maps.services,
-        frontends=maps.frontends + [Frontend(ip=ip4(VIP), port=80, proto=PROTO_TCP, service=3)],
-        backends=maps.backends,
-    )
-    assert run(engine(maps=maps), eth(tcp()))[1] == Reason.NEW_FLOW
+    with pytest.raises(ValueError, match="duplicate frontend"):
+        Maps(
+            services=maps.services,
+            frontends=maps.frontends + [Frontend(ip=ip4(VIP), port=80, proto=PROTO_TCP, service=3)],
+            backends=maps.backends,
+        )
 
 
 def test_self_colliding_entry_is_inserted_and_seen_as_orig():

@@ -64,9 +64,14 @@ class Maps:
         for position, item in enumerate(self.backends):
             if item.id != position + 1:
                 raise ValueError(f"backend {item.name!r} has id {item.id}, expected {position + 1}")
+        keys = set()
         for frontend in self.frontends:
             if not 1 <= frontend.service <= len(self.services):
                 raise ValueError(f"frontend {frontend} names an unknown service id")
+            key = (frontend.ip, frontend.port, frontend.proto)
+            if key in keys:
+                raise ValueError(f"duplicate frontend {frontend}")
+            keys.add(key)
         for service in self.services:
             for backend_id in service.backends:
                 if not 1 <= backend_id <= len(self.backends):

@@ -110,7 +110,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from fastpath.maps import PROTO_TCP, PROTO_UDP, Maps
 from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
@@ -121,7 +121,8 @@ __all__ = [
     "CT_ESTABLISHED",
     "CT_CLOSING",
     "CT_OTHER",
-    "CT_TIMEOUT_NS",
+    "CT_TIMEOUT_KEYS",
+    "DEFAULT_TIMEOUTS_S",
     "fmix64",
     "flow_hash",
     "select_backend",
@@ -160,11 +161,13 @@ CT_ESTABLISHED = 1
 CT_CLOSING = 2
 CT_OTHER = 3
 _SECOND_NS = 1_000_000_000
-CT_TIMEOUT_NS = {
-    CT_SYN_SENT: 60 * _SECOND_NS,
-    CT_ESTABLISHED: 8000 * _SECOND_NS,
-    CT_CLOSING: 10 * _SECOND_NS,
-    CT_OTHER: 60 * _SECOND_NS,
+# Defaults (Cilium's), overridable per engine with timeouts_s={"established": ..., ...}.
+DEFAULT_TIMEOUTS_S = {"syn_sent": 60, "established": 8000, "closing": 10, "other": 60}
+CT_TIMEOUT_KEYS = {
+    CT_SYN_SENT: "syn_sent",
+    CT_ESTABLISHED: "established",
+    CT_CLOSING: "closing",
+    CT_OTHER: "other",
 }
 CT_STATE_NAMES = {
     CT_SYN_SENT: "SYN_SENT",
@@ -504,10 +507,19 @@ def _writable_bytes(buf: Any) -> memoryview:
 class ReferenceEngine:
     """The readable twin of `fastpath._core.Engine` (see the module docstring)."""
 
-    def __init__(self, maps: Maps, ct_capacity: int = DEFAULT_CT_CAPACITY) -> None:
+    def __init__(
+        self,
+        maps: Maps,
+        ct_capacity: int = DEFAULT_CT_CAPACITY,
+        timeouts_s: Mapping[str, float] | None = None,
+    ) -> None:
         if int(ct_capacity) < 1:
             raise ValueError(f"ct_capacity must be >= 1, got {ct_capacity}")
         self._ct = _Conntrack(int(ct_capacity))
+        seconds = {**DEFAULT_TIMEOUTS_S, **(timeouts_s or {})}
+        self._timeout_ns = {
+            state: int(seconds[name] * _SECOND_NS) for state, name in CT_TIMEOUT_KEYS.items()
+        }
         self._verdict_counts = [0] * len(Verdict)
         self._reason_counts = [0] * len(Reason)
         self._ct_counts = dict.fromkeys(CT_COUNTER_NAMES, 0)
@@ -609,7 +621,7 @@ class ReferenceEngine:
         entry, is_reply = ct.lookup(key)
         # 2. Expired entries are deleted and the packet goes on as a miss (a timestamp earlier
         #    than last_seen gives a negative age: never expired).
-        if entry is not None and ts - entry.last_seen_ns > CT_TIMEOUT_NS[entry.state]:
+        if entry is not None and ts - entry.last_seen_ns > self._timeout_ns[entry.state]:
             ct.delete(entry)
             self._ct_counts["expired"] += 1
             entry = None

@@ -1,0 +1,38 @@
+"""Typed interface of the compiled core (fastpath/core.pyx); behaviour in fastpath.reference."""
+from collections.abc import Mapping
+from typing import Any
+
+from fastpath.maps import Maps
+from fastpath.verdicts import Reason, Verdict
+
+DEFAULT_CT_CAPACITY: int
+DEFAULT_TIMEOUTS_S: dict[str, int]
+REASON_NUMBERS: dict[str, int]
+VERDICT_NUMBERS: dict[str, int]
+
+def verdict_of_reason(reason: int) -> int: ...
+
+class Engine:
+    def __init__(
+        self,
+        maps: Maps,
+        ct_capacity: int = ...,
+        timeouts_s: Mapping[str, float] | None = ...,
+    ) -> None: ...
+    @property
+    def ct_capacity(self) -> int: ...
+    def load(self, maps: Maps) -> None: ...
+    def process(
+        self,
+        buf: Any,
+        offsets: Any,
+        lengths: Any,
+        timestamps_ns: Any,
+        verdicts: Any,
+        reasons: Any,
+        linktype: int = 1,
+    ) -> None: ...
+    def process_packet(
+        self, data: bytes, ts_ns: int = 0, linktype: int = 1
+    ) -> tuple[Verdict, Reason, bytes]: ...
+    def counters(self) -> dict[str, Any]: ...

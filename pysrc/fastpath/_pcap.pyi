@@ -1,0 +1,41 @@
+"""Typed stub of fastpath._pcap (compiled from fastpath/pcap.pyx): classic pcap record loops."""
+from array import array
+
+from typing_extensions import Buffer
+
+# header_flags bits: how the 16-byte pcap record headers in a batch buffer are encoded
+# (-1: the header slots hold nothing).
+HDR_BIG_ENDIAN: int
+HDR_NANOSECOND: int
+# scan_records status
+SCAN_FULL: int
+SCAN_NEED_MORE: int
+SCAN_BAD_RECORD: int
+RECORD_HEADER: int  # 16
+
+def scan_records(
+    buf: Buffer,
+    start: int,
+    end: int,
+    header_flags: int,
+    max_caplen: int,
+    max_packets: int,
+) -> tuple[array[int], array[int], array[int], array[int], int, int, int]:
+    """Index complete records in buf[start:end]: (offsets 'Q', lengths 'I', wire_lengths 'I',
+    timestamps_ns 'Q', pos, status, need)."""
+
+def build_records(
+    buf: Buffer,
+    offsets: Buffer,
+    lengths: Buffer,
+    wire_lengths: Buffer,
+    timestamps_ns: Buffer,
+    verdicts: Buffer | None,
+    batch_flags: int,
+    out_flags: int,
+    out: bytearray,
+    start: int = 0,
+    stop: int = -1,
+) -> tuple[int, int]:
+    """Write the records of packets start..stop-1 not dropped (verdict 3) to out:
+    (bytes written, packets written)."""

@@ -1,0 +1,535 @@
+"""Capture I/O: classic pcap through fastpath._pcap, pcapng through scapy, atomic output."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import struct
+import subprocess
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastpath import _pcap
+from fastpath.capture import (
+    Batch,
+    CaptureError,
+    CaptureInfo,
+    open_capture,
+    open_output,
+)
+
+PYSRC = Path(__file__).resolve().parent.parent / "pysrc"
+DROP, PASS = 3, 0
+
+# (byte order, nanosecond) -> magic value, written in that byte order
+VARIANTS = [("<", False), (">", False), ("<", True), (">", True)]
+VARIANT_IDS = ["le-us", "be-us", "le-ns", "be-ns"]
+
+
+def make_packets(n: int, seed: int = 1, nanosecond: bool = True) -> list[tuple[int, bytes, int]]:
+    """(ts_ns, data, wire_len): varied sizes (empty, tiny, MTU-sized, jumbo), some snaplen-cut."""
+    rng = random.Random(seed)
+    packets = []
+    ts = 1_700_000_000 * 10**9 + 123_456_789
+    for i in range(n):
+        size = rng.choice([0, 1, 14, 60, 61, 74, 590, 1514, 9000])
+        data = bytes(rng.getrandbits(8) for _ in range(size))
+        wire = size + rng.choice([0, 0, 0, 100])
+        ts += rng.randrange(0, 3 * 10**9)
+        packets.append((ts if nanosecond else ts // 1000 * 1000, data, wire))
+    return packets
+
+
+def pcap_bytes(packets, byteorder="<", nanosecond=False, snaplen=65535, linktype=1) -> bytes:
+    magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+    out = [struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for ts, data, *wire in packets:
+        sec, frac = divmod(ts, 10**9)
+        if not nanosecond:
+            frac //= 1000
+        out.append(struct.pack(byteorder + "IIII", sec, frac, len(data), wire[0] if wire else len(data)))
+        out.append(data)
+    return b"".join(out)
+
+
+def pcapng_bytes(packets, linktypes=(1,), tsresol_exp=9, iface_of=lambda i: 0) -> bytes:
+    """A little-endian pcapng: one IDB per link type, EPBs with 10**-tsresol_exp timestamps."""
+    def block(btype, body):
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    for linktype in linktypes:
+        opts = struct.pack("<HHB3x", 9, 1, tsresol_exp) + struct.pack("<HH", 0, 0)
+        out.append(block(1, struct.pack("<HHI", linktype, 0, 262144) + opts))
+    for i, (ts, data, *wire) in enumerate(packets):
+        t = ts * 10**tsresol_exp // 10**9
+        out.append(block(6, struct.pack("<IIIII", iface_of(i), t >> 32, t & 0xFFFFFFFF, len(data),
+                                        wire[0] if wire else len(data)) + data))
+    return b"".join(out)
+
+
+def read_all(path, **kwargs) -> tuple[list[tuple[int, bytes, int]], object]:
+    max_packets = kwargs.pop("max_packets", 65536)
+    with open_capture(path, **kwargs) as reader:
+        got = []
+        for batch in reader.batches(max_packets=max_packets):
+            assert batch.count == len(batch.lengths) == len(batch.wire_lengths) == len(batch.timestamps_ns)
+            for i in range(batch.count):
+                got.append((batch.timestamps_ns[i], batch.packet(i), batch.wire_lengths[i]))
+        return got, reader
+
+
+def copy_capture(src, dst, drop=lambda i: False, max_packets=65536, **kwargs) -> None:
+    n = 0
+    with open_capture(src, **kwargs) as reader, open_output(dst, like=reader) as writer:
+        for batch in reader.batches(max_packets=max_packets):
+            verdicts = array("B", [DROP if drop(n + i) else PASS for i in range(batch.count)])
+            writer.write_batch(batch, verdicts)
+            n += batch.count
+
+
+# --- classic pcap ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("byteorder", "nanosecond"), VARIANTS, ids=VARIANT_IDS)
+def test_classic_round_trip_is_byte_identical(tmp_path, byteorder, nanosecond):
+    packets = make_packets(300, nanosecond=nanosecond)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, byteorder, nanosecond, linktype=113))
+    got, reader = read_all(src, chunk_size=4096, max_packets=17)
+    assert got == packets
+    assert (reader.format, reader.linktype, reader.snaplen) == ("pcap", 113, 65535)
+    assert (reader.byteorder, reader.nanosecond) == (byteorder, nanosecond)
+    assert reader.truncated_tail is None and reader.truncated_bytes == 0
+    assert reader.position_bytes == reader.size_bytes == src.stat().st_size
+    copy_capture(src, tmp_path / "out.pcap", chunk_size=4096)
+    assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(("byteorder", "nanosecond"), VARIANTS, ids=VARIANT_IDS)
+def test_dropping_removes_exactly_those_packets(tmp_path, byteorder, nanosecond):
+    packets = make_packets(200, seed=2, nanosecond=nanosecond)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, byteorder, nanosecond))
+    copy_capture(src, tmp_path / "out.pcap", drop=lambda i: i % 3 == 1, chunk_size=3000, max_packets=7)
+    kept = [p for i, p in enumerate(packets) if i % 3 != 1]
+    assert (tmp_path / "out.pcap").read_bytes() == pcap_bytes(kept, byteorder, nanosecond)
+
+
+def test_drop_everything_leaves_a_valid_empty_capture(tmp_path):
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(make_packets(20)))
+    copy_capture(src, tmp_path / "out.pcap", drop=lambda i: True)
+    assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()[:24]
+    assert read_all(tmp_path / "out.pcap")[0] == []
+
+
+def test_non_canonical_timestamp_fields_are_copied_verbatim(tmp_path):
+    # A microsecond field >= 10**6 cannot be re-encoded from ns; the writer copies it as it was.
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    record = struct.pack("<IIII", 1_700_000_000, 2_500_000, 3, 3) + b"abc"
+    src = tmp_path / "in.pcap"
+    src.write_bytes(header + record)
+    got, _ = read_all(src)
+    assert got == [(1_700_000_002_500_000_000, b"abc", 3)]
+    copy_capture(src, tmp_path / "out.pcap")
+    assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 17, 100, 1515, 9016, 9017, 1 << 20])
+def test_records_cut_by_chunk_ends_are_carried_over(tmp_path, chunk_size):
+    packets = make_packets(120, seed=3)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, ">", True))
+    for max_packets in (1, 5, 65536):
+        got, reader = read_all(src, chunk_size=chunk_size, max_packets=max_packets)
+        assert got == packets
+        assert reader.truncated_tail is None
+    copy_capture(src, tmp_path / "out.pcap", chunk_size=chunk_size)
+    assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()
+
+
+def test_batches_keep_headers_in_place_and_stay_valid(tmp_path):
+    packets = make_packets(50, seed=4)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, "<", True))
+    with open_capture(src, chunk_size=2000) as reader:
+        batches = list(reader.batches(max_packets=4))  # held across chunk refills
+    flat = [p for b in batches for p in b.packets()]
+    assert flat == [(ts, data) for ts, data, _ in packets]
+    for batch in batches:
+        assert batch.header_flags == _pcap.HDR_NANOSECOND
+        for i in range(batch.count):
+            header = batch.buf[batch.offsets[i] - 16 : batch.offsets[i]]
+            sec, frac, incl, orig = struct.unpack("<IIII", header)
+            assert (sec * 10**9 + frac, incl, orig) == (
+                batch.timestamps_ns[i], batch.lengths[i], batch.wire_lengths[i])
+
+
+def test_in_place_rewrites_reach_the_output(tmp_path):
+    packets = [(10**18 + i, bytes([i]) * 20, 20) for i in range(10)]
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    with open_capture(src) as reader, open_output(tmp_path / "out.pcap", like=reader) as writer:
+        for batch in reader.batches():
+            for i in range(batch.count):
+                batch.buf[batch.offsets[i]] = 0xEE  # what the core does: rewrite in place
+            writer.write_batch(batch)
+    got, _ = read_all(tmp_path / "out.pcap")
+    assert [d for _, d, _ in got] == [b"\xee" + bytes([i]) * 19 for i in range(10)]
+
+
+# --- damaged and odd files ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cut", [1, 8, 15, 16, 17, 50])
+def test_truncated_tail_is_reported_not_raised(tmp_path, cut):
+    packets = [(i * 10**9, bytes(60), 60) for i in range(5)]
+    data = pcap_bytes(packets)
+    src = tmp_path / "cut.pcap"
+    src.write_bytes(data[:-76] + data[-76:][:cut])  # the last record (16 + 60 bytes) cut short
+    got, reader = read_all(src, chunk_size=64)
+    assert got == packets[:4]
+    assert reader.truncated_bytes == cut
+    assert str(src) in reader.truncated_tail and "\n" not in reader.truncated_tail
+    assert f"byte offset {len(data) - 76}" in reader.truncated_tail
+
+
+@pytest.mark.parametrize("caplen", [262145, 16 << 20, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_absurd_record_length_raises_after_earlier_packets(tmp_path, caplen):
+    packets = [(i * 10**9, bytes([i]) * 40, 40) for i in range(3)]
+    data = bytearray(pcap_bytes(packets + [(9, b"x" * 40, 40)], snaplen=65535))
+    bad_at = 24 + 3 * 56
+    data[bad_at + 8 : bad_at + 12] = struct.pack("<I", caplen)
+    src = tmp_path / "bad.pcap"
+    src.write_bytes(bytes(data))
+    delivered = []
+    with open_capture(src, chunk_size=100) as reader:
+        with pytest.raises(CaptureError) as error:
+            for batch in reader.batches(max_packets=2):
+                delivered += [batch.packet(i) for i in range(batch.count)]
+    assert delivered == [p[1] for p in packets]
+    message = str(error.value)
+    assert str(src) in message and f"byte offset {bad_at}" in message and "\n" not in message
+
+
+def test_record_limit_follows_a_large_snaplen_up_to_16_mib(tmp_path):
+    big = bytes(300_000)
+    src = tmp_path / "jumbo.pcap"
+    src.write_bytes(pcap_bytes([(0, big, len(big))], snaplen=1 << 20))
+    assert read_all(src, chunk_size=1000)[0] == [(0, big, len(big))]
+    src.write_bytes(pcap_bytes([(0, big, len(big))], snaplen=65535))  # > max(snaplen, 262144)
+    with pytest.raises(CaptureError, match="byte offset 24"):
+        read_all(src)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (b"\xd4\xc3", "truncated capture file header"),
+        (b"\x0a\x0d\x0d", "truncated capture file header"),
+        (pcap_bytes([])[:23], r"truncated pcap file header \(23 of 24 bytes\)"),
+        (b"\x1f\x8b\x08\x00rest", r"not a pcap or pcapng capture \(starts with 0x1f8b0800\)"),
+        (b"hello, world\n", r"not a pcap or pcapng capture \(starts with 0x68656c6c\)"),
+        (b"ab", r"not a pcap or pcapng capture \(starts with 0x6162\)"),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00", "pcapng section header"),
+    ],
+)
+def test_not_a_capture_is_one_line_error(tmp_path, content, message):
+    src = tmp_path / "x.cap"
+    src.write_bytes(content)
+    with pytest.raises(CaptureError, match=message) as error:
+        open_capture(src)
+    assert str(error.value).startswith(f"{src}: ") and "\n" not in str(error.value)
+
+
+def test_header_only_capture_has_no_batches(tmp_path):
+    src = tmp_path / "empty.pcap"
+    src.write_bytes(pcap_bytes([], linktype=101))
+    got, reader = read_all(src)
+    assert got == [] and reader.linktype == 101 and reader.truncated_tail is None
+
+
+# --- atomic output --------------------------------------------------------------------------
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("pre_existing", [False, True])
+def test_failure_inside_the_writer_leaves_no_output(tmp_path, exc, pre_existing):
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(make_packets(30)))
+    out = tmp_path / "out.pcap"
+    if pre_existing:
+        out.write_bytes(b"previous contents")
+    with pytest.raises(exc):
+        with open_capture(src) as reader, open_output(out, like=reader) as writer:
+            for batch in reader.batches(max_packets=10):
+                writer.write_batch(batch)
+                raise exc()
+    assert out.read_bytes() == b"previous contents" if pre_existing else not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_commit_then_close_protocol(tmp_path):
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"old")
+    info = CaptureInfo("pcap", 1, 65535, False, "<")
+    writer = open_output(out, like=info)
+    writer.write_packet(5 * 10**9 + 7000, b"abc")
+    assert out.read_bytes() == b"old"  # nothing visible before commit
+    writer.commit()
+    writer.close()  # after commit: no-op
+    assert read_all(out)[0] == [(5 * 10**9 + 7000, b"abc", 3)]
+    with pytest.raises(ValueError):
+        writer.write_packet(0, b"late")
+
+    discarded = open_output(tmp_path / "never.pcap", like=info)
+    discarded.write_packet(0, b"x")
+    discarded.close()  # close without commit discards
+    assert not (tmp_path / "never.pcap").exists() and _leftovers(tmp_path) == []
+
+
+def test_output_to_a_device_is_written_in_place(tmp_path):
+    with open_output(os.devnull, like=("pcap", 1, 65535, False)) as writer:
+        writer.write_packet(0, b"abc")
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+
+
+def test_write_packet_inserts_between_batch_packets(tmp_path):
+    packets = [(i * 10**9, bytes([i]) * 30, 30) for i in range(6)]
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    with open_capture(src) as reader, open_output(tmp_path / "out.pcap", like=reader) as writer:
+        (batch,) = reader.batches()
+        verdicts = array("B", [PASS, DROP, PASS, PASS, PASS, PASS])
+        assert writer.write_batch(batch, verdicts, 0, 3) == 2
+        writer.write_packet(2 * 10**9 + 1, b"reply", 60)
+        assert writer.write_batch(batch, verdicts, 3) == 3
+        assert writer.packets_written == 6
+    want = [packets[0], packets[2], (2 * 10**9 + 1, b"reply", 60)] + packets[3:]
+    assert read_all(tmp_path / "out.pcap")[0] == want
+
+
+@pytest.mark.parametrize(("byteorder", "nanosecond"), VARIANTS, ids=VARIANT_IDS)
+def test_library_batches_write_in_every_variant(tmp_path, byteorder, nanosecond):
+    packets = make_packets(40, seed=5, nanosecond=nanosecond)
+    batch = Batch.from_packets(packets)
+    assert batch.header_flags == -1
+    out = tmp_path / "out.pcap"
+    with open_output(out, like=CaptureInfo("pcap", 1, 65535, nanosecond, byteorder)) as writer:
+        writer.write_batch(batch)
+    assert out.read_bytes() == pcap_bytes(packets, byteorder, nanosecond)
+
+
+def test_converting_encodings_re_encodes_headers(tmp_path):
+    packets = make_packets(40, seed=6, nanosecond=False)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, "<", False))
+    with open_capture(src) as reader:
+        info = dataclasses.replace(reader.info, byteorder=">", nanosecond=True)
+        with open_output(tmp_path / "out.pcap", like=info) as writer:
+            for batch in reader.batches(max_packets=9):
+                writer.write_batch(batch)
+    assert (tmp_path / "out.pcap").read_bytes() == pcap_bytes(packets, ">", True)
+
+
+# --- pcapng ---------------------------------------------------------------------------------
+
+def test_pcapng_round_trip_keeps_link_type_timestamps_and_order(tmp_path):
+    packets = make_packets(150, seed=7)
+    src = tmp_path / "in.pcapng"
+    src.write_bytes(pcapng_bytes(packets, linktypes=(101,)))
+    got, reader = read_all(src, chunk_size=5000, max_packets=33)
+    assert got == packets
+    assert (reader.format, reader.linktype, reader.nanosecond) == ("pcapng", 101, True)
+    assert reader.truncated_tail is None
+    copy_capture(src, tmp_path / "out.pcapng", drop=lambda i: i % 4 == 0)
+    got, reader = read_all(tmp_path / "out.pcapng")
+    assert got == [p for i, p in enumerate(packets) if i % 4]
+    assert (reader.format, reader.linktype, reader.nanosecond) == ("pcapng", 101, True)
+
+
+def test_pcapng_microsecond_output_stays_microsecond(tmp_path):
+    packets = make_packets(20, seed=8, nanosecond=False)
+    src = tmp_path / "in.pcapng"
+    src.write_bytes(pcapng_bytes(packets, tsresol_exp=6))
+    copy_capture(src, tmp_path / "out.pcapng")
+    got, reader = read_all(tmp_path / "out.pcapng")
+    assert got == packets and not reader.nanosecond
+
+
+def test_scapy_written_pcapng_is_read(tmp_path):
+    from scapy.all import IP, TCP, Ether, PcapNgWriter, rdpcap
+
+    frames = [Ether() / IP(dst=f"10.0.0.{i}") / TCP() for i in range(5)]
+    for i, frame in enumerate(frames):
+        frame.time = 1_700_000_000 + i
+    with PcapNgWriter(str(tmp_path / "s.pcapng")) as w:
+        for frame in frames:
+            w.write(frame)
+    got, reader = read_all(tmp_path / "s.pcapng")
+    assert [(ts, data) for ts, data, _ in got] == [((1_700_000_000 + i) * 10**9, bytes(f))
+                                                  for i, f in enumerate(frames)]
+    copy_capture(tmp_path / "s.pcapng", tmp_path / "out.pcapng")
+    back = rdpcap(str(tmp_path / "out.pcapng"))
+    assert [bytes(p) for p in back] == [bytes(f) for f in frames]
+    assert [int(p.time) for p in back] == [1_700_000_000 + i for i in range(5)]
+
+
+@pytest.mark.parametrize("nanosecond", [False, True])
+def test_pcap_and_pcapng_give_identical_batches(tmp_path, nanosecond):
+    packets = make_packets(60, seed=9, nanosecond=nanosecond)
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets, "<", nanosecond))
+    (tmp_path / "a.pcapng").write_bytes(pcapng_bytes(packets, tsresol_exp=9 if nanosecond else 6))
+    with open_capture(tmp_path / "a.pcap") as p, open_capture(tmp_path / "a.pcapng") as n:
+        assert (p.linktype, p.nanosecond) == (n.linktype, n.nanosecond)
+        (a,) = p.batches()
+        (b,) = n.batches()
+    assert a.count == b.count == len(packets)
+    for name in ("offsets", "lengths", "wire_lengths", "timestamps_ns"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert [a.packet(i) for i in range(a.count)] == [b.packet(i) for i in range(b.count)]
+
+
+def test_pcapng_with_mixed_link_types_is_rejected(tmp_path):
+    packets = make_packets(6, seed=10)
+    src = tmp_path / "mixed.pcapng"
+    src.write_bytes(pcapng_bytes(packets, linktypes=(1, 113), iface_of=lambda i: int(i >= 4)))
+    delivered = []
+    with open_capture(src) as reader:
+        with pytest.raises(CaptureError, match=r"different link types \(1 and 113\)"):
+            for batch in reader.batches():
+                delivered += [batch.packet(i) for i in range(batch.count)]
+    assert delivered == [p[1] for p in packets[:4]]
+
+
+def test_pcapng_same_link_type_on_several_interfaces_is_fine(tmp_path):
+    packets = make_packets(6, seed=11)
+    src = tmp_path / "two.pcapng"
+    src.write_bytes(pcapng_bytes(packets, linktypes=(1, 1), iface_of=lambda i: i % 2))
+    assert read_all(src)[0] == packets
+
+
+def test_pcapng_truncated_tail_is_reported(tmp_path, capfd):
+    packets = make_packets(5, seed=12)
+    data = pcapng_bytes(packets)
+    src = tmp_path / "cut.pcapng"
+    src.write_bytes(data[:-10])
+    got, reader = read_all(src)
+    assert got == packets[:4]
+    assert reader.truncated_bytes > 0 and str(src) in reader.truncated_tail
+    assert capfd.readouterr().err == ""  # scapy's own warnings are folded into the message
+
+
+def _epb_positions(data: bytes) -> list[int]:
+    positions, pos = [], 0
+    while pos < len(data):
+        block_type, length = struct.unpack_from("<II", data, pos)
+        if block_type == 6:
+            positions.append(pos)
+        pos += length
+    return positions
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    (4, 0xFFFFFFF0, "block length 4294967280"),  # leading length absurd
+    (-4, 0x1234, "trailing block length differs"),  # trailing length disagrees
+])
+def test_pcapng_damaged_block_raises_after_earlier_packets(tmp_path, field, value, match):
+    packets = make_packets(5, seed=15)
+    data = bytearray(pcapng_bytes(packets))
+    epb = _epb_positions(bytes(data))[2]
+    length = struct.unpack_from("<I", data, epb + 4)[0]
+    at = epb + 4 if field == 4 else epb + length - 4
+    data[at : at + 4] = struct.pack("<I", value)
+    src = tmp_path / "damaged.pcapng"
+    src.write_bytes(bytes(data))
+    delivered = []
+    with open_capture(src) as reader:
+        with pytest.raises(CaptureError, match=f"byte offset {epb}: {match}"):
+            for batch in reader.batches():
+                delivered += [batch.packet(i) for i in range(batch.count)]
+    assert delivered == [p[1] for p in packets[:2]]
+
+
+def test_pcapng_trailing_non_packet_blocks_are_a_clean_end(tmp_path):
+    packets = make_packets(3, seed=13)
+    isb = struct.pack("<II", 5, 24) + struct.pack("<IIII", 0, 0, 0, 24)  # interface statistics
+    src = tmp_path / "isb.pcapng"
+    src.write_bytes(pcapng_bytes(packets) + isb)
+    got, reader = read_all(src)
+    assert got == packets and reader.truncated_tail is None
+
+
+def test_pcap_to_pcapng_and_back(tmp_path):
+    packets = make_packets(30, seed=14)
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets, ">", True, linktype=113))
+    with open_capture(tmp_path / "a.pcap") as reader:
+        with open_output(tmp_path / "b.pcapng", like=dataclasses.replace(reader.info, format="pcapng")) as w:
+            for batch in reader.batches():
+                w.write_batch(batch)
+    with open_capture(tmp_path / "b.pcapng") as reader:
+        assert reader.linktype == 113
+        info = dataclasses.replace(reader.info, format="pcap", byteorder=">")
+        with open_output(tmp_path / "c.pcap", like=info) as w:
+            for batch in reader.batches():
+                w.write_batch(batch)
+    assert (tmp_path / "c.pcap").read_bytes() == (tmp_path / "a.pcap").read_bytes()
+
+
+# --- start-up cost --------------------------------------------------------------------------
+
+def test_classic_pcap_never_imports_scapy(tmp_path):
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(make_packets(10)))
+    script = f"""
+import sys
+from fastpath.capture import open_capture, open_output
+with open_capture({str(src)!r}) as r, open_output({str(tmp_path / 'out.pcap')!r}, like=r) as w:
+    for b in r.batches():
+        w.write_batch(b)
+    w.write_packet(0, b"x")
+loaded = sorted(m for m in sys.modules if m == "scapy" or m.startswith("scapy."))
+print(loaded)
+"""
+    env = dict(os.environ, PYTHONPATH=str(PYSRC))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# --- property: any packets, any chunking ----------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=40),
+    chunk_size=st.integers(1, 700),
+    max_packets=st.integers(1, 50),
+    variant=st.sampled_from(VARIANTS),
+    cut=st.integers(0, 400),
+)
+def test_any_chunking_delivers_every_complete_record(tmp_path_factory, sizes, chunk_size,
+                                                     max_packets, variant, cut):
+    byteorder, nanosecond = variant
+    packets = [(i * 1_000_001_000, bytes([i % 256]) * size, size) for i, size in enumerate(sizes)]
+    data = pcap_bytes(packets, byteorder, nanosecond)
+    data = data[: max(24, len(data) - cut)]
+    complete, end = [], 24
+    for p in packets:
+        if end + 16 + len(p[1]) > len(data):
+            break
+        complete.append(p)
+        end += 16 + len(p[1])
+    src = tmp_path_factory.mktemp("prop") / "p.pcap"
+    src.write_bytes(data)
+    got, reader = read_all(src, chunk_size=chunk_size, max_packets=max_packets)
+    assert got == complete
+    assert reader.truncated_bytes == len(data) - end
