@@ -78,6 +78,21 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type (a palindrome: 
 _PCAP_FILE_HEADER = 24
 
 
+# Link types the core parses (pcap LINKTYPE_* numbers), by name for summaries.
+LINKTYPE_NAMES = {
+    0: "BSD loopback",
+    1: "Ethernet",
+    101: "raw IP",
+    113: "Linux cooked v1",
+    228: "raw IPv4",
+    276: "Linux cooked v2",
+}
+
+
+def linktype_name(linktype: int) -> str:
+    return LINKTYPE_NAMES.get(linktype, f"link type {linktype} (not parsed: packets pass)")
+
+
 class CaptureError(Exception):
     """A capture that cannot be read (or written) as asked; the message is one line."""
 

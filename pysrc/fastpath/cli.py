@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--stats", metavar="FILE.json", help="also write the summary as JSON")
     replay.add_argument(
         "--ct-capacity", metavar="N", type=_positive_int, default=None,
-        help="conntrack table capacity in entries (default: %(default)s → 524288)",
+        help="conntrack table capacity in entries (default 524288); the least recently used "
+        "flow is evicted when it is full",
     )
     replay.add_argument(
         "--batch", metavar="N", type=_positive_int, default=None,
@@ -126,6 +127,7 @@ def run_replay(args: argparse.Namespace) -> int:
         _write_json_atomically(args.stats, document)
     if not args.quiet:
         print_summary(stats, sys.stdout)
+        print_cluster(state, dataplane, sys.stdout)
     return 0
 
 
@@ -175,8 +177,10 @@ class ProgressBar:
 
 
 def print_summary(stats, out: TextIO) -> None:
+    from fastpath.capture import linktype_name
+
     target = stats.output or "(no output)"
-    out.write(f"{stats.capture} -> {target}  [{stats.format}, link type {stats.linktype}]\n")
+    out.write(f"{stats.capture} -> {target}  [{stats.format}, {linktype_name(stats.linktype)}]\n")
     out.write(
         f"packets      {stats.packets:,} in, {stats.packets_written:,} written, "
         f"{stats.elapsed_s:.3f} s, {stats.packets_per_second:,.0f} packets/s\n"
@@ -188,6 +192,16 @@ def print_summary(stats, out: TextIO) -> None:
     _table(out, "backend", stats.backends)
     ct = stats.conntrack
     out.write("conntrack    " + "  ".join(f"{k} {v:,}" for k, v in ct.items()) + "\n")
+
+
+def print_cluster(state, dataplane, out: TextIO) -> None:
+    maps = dataplane.maps
+    skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(state.skipped.items()))
+    out.write(
+        f"cluster      {len(maps.services)} service ports, {len(maps.frontends)} frontends, "
+        f"{len(maps.backends)} backends from {len(state.sources)} file(s)"
+        + (f"; skipped {skipped}" if skipped else "") + "\n"
+    )
 
 
 def _table(out: TextIO, title: str, counts: dict[str, int]) -> None:

@@ -1,0 +1,146 @@
+"""File-to-file replay of the workload capture, on tmpfs (/dev/shm when present).
+
+The capture and cluster dump are copied to a private tmpfs folder once per session, and the
+output goes there too, so the cases measure fastpath rather than the disk. Every replay case
+records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over the bytes) and
+`x_cat` (the case's median over it) in extra_info.
+
+  library_to_file     fastpath.replay(capture, output, Dataplane(maps)): pcap read, core, pcap
+                      write (the Dataplane with an empty conntrack is built in untimed setup)
+  library_no_output   the same with output=None: read and core only
+  cli                 `python -m fastpath replay CAPTURE --cluster YAML -o OUT -q` in a
+                      subprocess: interpreter start-up, imports, YAML load and compile, replay
+  cli_empty_capture   the same on a header-only capture: the fixed cost (start-up, cluster) alone
+  cluster_load        fastpath.load_cluster + compile_maps of the workload's cluster.yaml, in-process
+  cat                 `cat CAPTURE > tmpfs/x`, timed like the others, for the table
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import workload
+from conftest import record_rates
+
+replay_module = pytest.importorskip("fastpath.replay", reason="fastpath.replay is not importable")
+from fastpath.dataplane import Dataplane  # noqa: E402
+from fastpath.replay import replay  # noqa: E402
+
+pytestmark = pytest.mark.benchmark(group="replay: capture file to capture file on tmpfs")
+
+
+def _fastpath_env() -> dict[str, str]:
+    """The subprocess imports the same fastpath as this process."""
+    import fastpath
+
+    env = dict(os.environ)
+    package_parent = str(Path(fastpath.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    return env
+
+
+def _record(benchmark, workload_files, cat_seconds, **extra):
+    capture = workload_files.meta["capture"]
+    record_rates(benchmark, capture["packets"], capture["bytes"], cat_s=round(cat_seconds, 4),
+                 **extra)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None and cat_seconds > 0:
+        benchmark.extra_info["x_cat"] = round(stats.median / cat_seconds, 2)
+
+
+def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds):
+    if output is not None:
+        output = tmpfs_dir / output
+    results = []
+
+    def setup():
+        if output is not None and output.exists():
+            output.unlink()
+        return (tmpfs_capture, output, Dataplane(maps)), {}
+
+    def target(capture, out, dataplane):
+        results.append(replay(capture, out, dataplane))
+
+    benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
+    stats = results[-1]
+    assert stats.verdicts["REVNAT"] > 0 and stats.verdicts["DNAT"] > 0
+    if output is not None:
+        assert output.stat().st_size == tmpfs_capture.stat().st_size  # nothing dropped
+        output.unlink()
+    return stats
+
+
+def test_library_to_file(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds,
+                         rounds):
+    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "replayed.pcap", rounds(5))
+    assert stats.packets == workload_files.meta["capture"]["packets"]
+    _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
+
+
+def test_library_no_output(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds,
+                           rounds):
+    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, None, rounds(5))
+    _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
+
+
+def _cli(capture: Path, cluster: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "fastpath", "replay", str(capture), "--cluster", str(cluster),
+            "-o", str(output), "-q", "--progress", "never"]
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}: {result.stderr}")
+
+
+def test_cli(benchmark, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir, cat_seconds,
+             rounds):
+    output = tmpfs_dir / "cli.pcap"
+    env = _fastpath_env()
+    command = _cli(tmpfs_capture, tmpfs_cluster, output)
+    benchmark.extra_info["command"] = " ".join(command)
+    benchmark.pedantic(_run, args=(command, env), rounds=rounds(5), warmup_rounds=1, iterations=1)
+    assert output.stat().st_size == tmpfs_capture.stat().st_size
+    output.unlink()
+    _record(benchmark, workload_files, cat_seconds)
+
+
+def test_cli_empty_capture(benchmark, workload_files, tmpfs_cluster, tmpfs_dir, rounds):
+    empty = tmpfs_dir / "empty.pcap"
+    empty.write_bytes(workload.PCAP_HEADER)
+    output = tmpfs_dir / "empty-out.pcap"
+    command = _cli(empty, tmpfs_cluster, output)
+    benchmark.extra_info["command"] = " ".join(command)
+    benchmark.pedantic(_run, args=(command, _fastpath_env()), rounds=rounds(5), warmup_rounds=1,
+                       iterations=1)
+    benchmark.extra_info["services"] = workload_files.meta["services"]
+
+
+def test_cluster_load(benchmark, workload_files, tmpfs_cluster, maps, rounds):
+    from fastpath.compiler import compile_maps
+    from fastpath.model import load_cluster
+
+    def load():
+        return compile_maps(load_cluster([tmpfs_cluster])).maps
+
+    compiled = benchmark.pedantic(load, rounds=rounds(5), warmup_rounds=1, iterations=1)
+    assert compiled == maps  # the YAML and workload_maps() describe the same dataplane
+    benchmark.extra_info["services"] = workload_files.meta["services"]
+    benchmark.extra_info["backends"] = workload_files.meta["backends"]
+
+
+def test_cat(benchmark, workload_files, tmpfs_capture, tmpfs_dir, rounds):
+    target = tmpfs_dir / "cat.out"
+    command = f"cat '{tmpfs_capture}' > '{target}'"
+    benchmark.extra_info["command"] = command
+    benchmark.pedantic(subprocess.run, args=(command,), kwargs={"shell": True, "check": True},
+                       rounds=rounds(5), warmup_rounds=1, iterations=1)
+    target.unlink()
+    capture = workload_files.meta["capture"]
+    record_rates(benchmark, capture["packets"], capture["bytes"])

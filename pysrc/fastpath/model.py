@@ -1,0 +1,1104 @@
+"""The cluster model: Kubernetes objects read from `kubectl get -o yaml|json` output, validated.
+
+Input shapes: multi-document YAML, `kind: List` (and typed lists such as `ServiceList`, nested
+lists too), JSON objects and arrays, and folders of *.yaml / *.yml / *.json files read
+recursively in sorted order. Understood kinds become frozen dataclasses; every other kind is
+skipped and counted. Validation follows the API server's rules where the dataplane depends on
+them, and every problem is one `ClusterError` line naming the file, the object and the field.
+
+This module decides nothing about routing: that is the compiler's job.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The C loader is an order of magnitude faster on large dumps; PyYAML built without libyaml lacks it.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+CLUSTER_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+SESSION_AFFINITIES = ("None", "ClientIP")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+LB_IP_MODES = ("VIP", "Proxy")
+PROXY_MODES = ("", "iptables", "ipvs", "nftables", "kernelspace")
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; the API server's default for ClientIP affinity
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class ClusterError(Exception):
+    """Bad cluster input. str() is one line: `file[:line]: Kind namespace/name: field.path: message`.
+
+    Parts that do not apply are left out (a missing file has no object; a YAML syntax error has a
+    line but no object).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        obj: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.line = line
+        self.obj = obj
+        self.path = path
+
+    def __str__(self) -> str:
+        parts = []
+        if self.source:
+            parts.append(f"{self.source}:{self.line}" if self.line else self.source)
+        parts.extend(part for part in (self.obj, self.path) if part)
+        parts.append(self.message)
+        # Several consumers print this as the single line of a CLI error: never let a newline in.
+        return ": ".join(parts).replace("\r", " ").replace("\n", " ")
+
+    def __reduce__(self) -> Any:  # keep the fields across pickling (multiprocessing)
+        return (_rebuild_error, (self.message, self.source, self.line, self.obj, self.path))
+
+
+def _rebuild_error(message: str, source: Any, line: Any, obj: Any, path: Any) -> ClusterError:
+    return ClusterError(message, source=source, line=line, obj=obj, path=path)
+
+
+def _shown(value: Any) -> str:
+    """A value as it appears in an error: JSON-like (strings quoted), cut short."""
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses (kube-proxy's "sloppy" parsing: leading zeros are decimal, not octal)
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+def normalize_ip(text: Any) -> str:
+    """The canonical text of an IP address (see parse_ip); ValueError if invalid."""
+    if isinstance(text, str) and _CANONICAL_IPV4.fullmatch(text):
+        return text  # the common case, a dozen times cheaper than parsing
+    return str(parse_ip(text))
+
+
+def parse_ip(text: str) -> IPv4Address | IPv6Address:
+    """Parse an IP address the way Kubernetes' ParseIPSloppy does; ValueError if invalid.
+
+    "172.30.0.041" is 172.30.0.41 (older API servers accepted such addresses, so old objects
+    still carry them). IPv6 zones ("%eth0") are not addresses Kubernetes accepts.
+    """
+    if not isinstance(text, str) or "%" in text:
+        raise ValueError(text)
+    if ":" in text:
+        head, sep, tail = text.rpartition(":")
+        if "." in tail:  # embedded IPv4 ("::ffff:10.0.0.010") gets the same leniency
+            text = head + sep + str(_parse_ipv4(tail))
+        return IPv6Address(text)
+    return _parse_ipv4(text)
+
+
+def _parse_ipv4(text: str) -> IPv4Address:
+    parts = text.split(".")
+    if len(parts) != 4:
+        raise ValueError(text)
+    value = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit()):
+            raise ValueError(text)
+        octet = int(part, 10)
+        if octet > 255:
+            raise ValueError(text)
+        value = (value << 8) | octet
+    return IPv4Address(value)
+
+
+def parse_cidr(text: str) -> str:
+    """Normalise a CIDR ("10.0.0.7/8" -> "10.0.0.0/8"; leading zeros decimal); ValueError if invalid."""
+    address, slash, prefix = text.strip().partition("/")
+    if not slash or not (prefix.isascii() and prefix.isdigit()):
+        raise ValueError(text)
+    # Host bits are masked off, as Go's net.ParseCIDR does.
+    return str(ip_network(f"{parse_ip(address)}/{int(prefix, 10)}", strict=False))
+
+
+def ip_family(address: str) -> int:
+    """4 or 6 for a normalised address string as stored in the model."""
+    return 6 if ":" in address else 4
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str  # "" when unnamed
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    port: int
+    target_port: int | str  # a number, or a container port name resolved per pod
+    node_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerIngress:
+    ip: str | None  # None for hostname-only ingress (those get no dataplane entry)
+    hostname: str | None = None
+    ip_mode: str | None = None  # "VIP" | "Proxy" | None (unset behaves as VIP)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: str  # "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    cluster_ips: tuple[str, ...]  # normalised; empty for headless and ExternalName
+    headless: bool  # clusterIP "None"
+    ports: tuple[ServicePort, ...]
+    selector: tuple[tuple[str, str], ...] | None  # sorted pairs; None when no (or an empty) selector
+    session_affinity: str = "None"  # "None" | "ClientIP"
+    affinity_timeout: int | None = None  # seconds, set only with ClientIP affinity
+    external_ips: tuple[str, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    load_balancer_ingress: tuple[LoadBalancerIngress, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()  # normalised CIDRs
+    external_name: str | None = None
+    publish_not_ready_addresses: bool = False
+
+    @property
+    def cluster_ip(self) -> str | None:
+        """The primary cluster IP (spec.clusterIP), None for headless and ExternalName services."""
+        return self.cluster_ips[0] if self.cluster_ips else None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    name: str  # "" when unnamed
+    protocol: str
+    port: int | None  # None: the slice does not restrict ports (kube-proxy ignores such ports)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConditions:
+    """Conditions as written; None means absent. The properties apply the API's meaning of absent."""
+
+    ready: bool | None = None
+    serving: bool | None = None
+    terminating: bool | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready is None or self.ready
+
+    @property
+    def is_serving(self) -> bool:
+        return self.serving is None or self.serving
+
+    @property
+    def is_terminating(self) -> bool:
+        return bool(self.terminating)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectReference:
+    kind: str | None
+    namespace: str | None
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]  # normalised for IPv4/IPv6 slices; only the first one is used
+    conditions: EndpointConditions = EndpointConditions()
+    node_name: str | None = None
+    zone: str | None = None
+    hints_for_zones: tuple[str, ...] = ()
+    hints_for_nodes: tuple[str, ...] = ()
+    target_ref: ObjectReference | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str | None  # label kubernetes.io/service-name
+    address_type: str  # "IPv4" | "IPv6" | "FQDN"
+    ports: tuple[EndpointPort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    type: str  # "InternalIP", "ExternalIP", "Hostname", ...
+    address: str  # normalised for InternalIP / ExternalIP
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    addresses: tuple[NodeAddress, ...]
+    zone: str | None = None
+    pod_cidrs: tuple[str, ...] = ()  # for detectLocalMode NodeCIDR
+
+    def ips(self, family: int | None = None) -> tuple[str, ...]:
+        """InternalIP then ExternalIP addresses (of one family if given), in the listed order."""
+        found = [a.address for kind in ("InternalIP", "ExternalIP") for a in self.addresses if a.type == kind]
+        return tuple(ip for ip in found if family is None or ip_family(ip) == family)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """Just what endpoint building from selectors needs."""
+
+    namespace: str
+    name: str
+    labels: tuple[tuple[str, str], ...]  # sorted pairs
+    node_name: str | None
+    pod_ips: tuple[str, ...]  # normalised, status.podIPs (or status.podIP)
+    phase: str | None
+    ready: bool  # condition Ready is "True"
+    terminating: bool  # metadata.deletionTimestamp is set
+    host_network: bool
+    ports: tuple[ContainerPort, ...]  # of spec.containers, for named targetPorts
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackConfig:
+    """kube-proxy's conntrack settings; durations in seconds, None when not set."""
+
+    max_per_core: int | None = None
+    min: int | None = None
+    tcp_established_timeout: float | None = None
+    tcp_close_wait_timeout: float | None = None
+    tcp_be_liberal: bool = False
+    udp_timeout: float | None = None
+    udp_stream_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KubeProxyConfiguration:
+    cluster_cidrs: tuple[str, ...] = ()  # clusterCIDR, comma separated for dual-stack
+    node_port_addresses: tuple[str, ...] = ()  # normalised CIDRs and/or "primary"
+    masquerade_all: bool = False
+    mode: str = ""  # "" is the platform default (iptables on Linux)
+    detect_local_mode: str = ""  # "" is ClusterCIDR
+    bridge_interface: str | None = None
+    interface_name_prefix: str | None = None
+    hostname_override: str | None = None
+    ipvs_scheduler: str = ""
+    conntrack: ConntrackConfig = ConntrackConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """Everything read from the inputs, in reading order."""
+
+    services: tuple[Service, ...] = ()
+    endpoint_slices: tuple[EndpointSlice, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    proxy_config: KubeProxyConfiguration | None = None
+    skipped: Counter[str] = field(default_factory=Counter)  # objects of other kinds, per kind
+    sources: tuple[str, ...] = ()  # files read, in order
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]], source: str = "<memory>") -> ClusterState:
+        """Build a state from already-decoded objects (dicts shaped like kubectl's JSON, Lists too)."""
+        collector = _Collector()
+        with _collection_paused():
+            for number, obj in enumerate(objects, start=1):
+                collector.add(obj, source, f"object {number}")
+        return collector.state((source,))
+
+    def node(self, name: str) -> Node | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return next((s for s in self.services if s.namespace == namespace and s.name == name), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Field readers: each takes the raw value and its path, returns a checked value or raises
+
+
+class _Object:
+    """Where we are while reading one object: the file and "Kind namespace/name" for errors."""
+
+    __slots__ = ("label", "source")
+
+    def __init__(self, source: str, label: str) -> None:
+        self.source = source
+        self.label = label
+
+    def error(self, path: str, message: str) -> ClusterError:
+        return ClusterError(message, source=self.source, obj=self.label, path=path)
+
+    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(path, f"must be a mapping, got {_shown(value)}")
+        return value
+
+    def list(self, value: Any, path: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(path, f"must be a list, got {_shown(value)}")
+        return value
+
+    def string(self, value: Any, path: str, *, required: bool = False) -> str | None:
+        if value is None or (value == "" and required):
+            if required:
+                raise self.error(path, "required")
+            return None
+        if not isinstance(value, str):
+            raise self.error(path, f"must be a string, got {_shown(value)}")
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(path, f"must be true or false, got {_shown(value)}")
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(path, f"must be an integer {low}-{high}, got {_shown(value)}")
+        return value
+
+    def port(self, value: Any, path: str) -> int:
+        return self.integer(value, path, 1, 65535)
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...], default: str) -> str:
+        if value is None or value == "":
+            return default
+        if value not in choices:
+            shown = ", ".join(c for c in choices if c)
+            raise self.error(path, f"must be one of {shown}, got {_shown(value)}")
+        return str(value)
+
+    def protocol(self, value: Any, path: str) -> str:
+        return self.choice(value, path, PROTOCOLS, "TCP")
+
+    def ip(self, value: Any, path: str, family: int | None = None) -> str:
+        try:
+            address = normalize_ip(value)
+        except ValueError:
+            raise self.error(path, f"must be an IP address, got {_shown(value)}") from None
+        if family is not None and ip_family(address) != family:
+            raise self.error(path, f"must be an IPv{family} address, got {_shown(value)}")
+        return address
+
+    def cidr(self, value: Any, path: str) -> str:
+        if isinstance(value, str):
+            try:
+                return parse_cidr(value)
+            except ValueError:
+                pass
+        raise self.error(path, f"must be a CIDR such as 10.0.0.0/8, got {_shown(value)}")
+
+    def labels(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for key, item in self.mapping(value, path).items():
+            if not isinstance(key, str) or not isinstance(item, str):
+                raise self.error(f"{path}[{_shown(key)}]", f"must map strings to strings, got {_shown(item)}")
+            pairs.append((key, item))
+        return tuple(sorted(pairs))
+
+    def names(self, value: Any, path: str) -> tuple[str, ...]:
+        """A list of {name: ...} entries (EndpointSlice hints)."""
+        names = []
+        for index, entry in enumerate(self.list(value, path)):
+            entry_path = f"{path}[{index}]"
+            names.append(self.string(self.mapping(entry, entry_path).get("name"), f"{entry_path}.name", required=True))
+        return tuple(name for name in names if name is not None)
+
+    def duration(self, value: Any, path: str) -> float | None:
+        if value is None:
+            return None
+        seconds = _parse_go_duration(value) if isinstance(value, str) else None
+        if seconds is None:
+            raise self.error(path, f"must be a duration such as 1h30m0s, got {_shown(value)}")
+        return seconds
+
+
+_GO_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def _parse_go_duration(text: str) -> float | None:
+    """Seconds in a Go time.Duration string ("24h0m0s", "1.5h", "300ms"); None if malformed."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    total, position = 0.0, 0
+    for match in _GO_DURATION_PART.finditer(body):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _GO_DURATION_UNITS[match.group(2)]
+        position = match.end()
+    return sign * total if body and position == len(body) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Object readers
+
+
+def _parse_service(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> Service:
+    spec = o.mapping(obj.get("spec"), "spec")
+    status = o.mapping(obj.get("status"), "status")
+    service_type = o.choice(spec.get("type"), "spec.type", SERVICE_TYPES, "ClusterIP")
+
+    headless = False
+    cluster_ips: tuple[str, ...] = ()
+    if service_type != "ExternalName":  # its clusterIP fields are meaningless
+        headless, cluster_ips = _cluster_ips(o, spec)
+
+    ports: list[ServicePort] = []
+    seen_names: dict[tuple[str, str], int] = {}
+    seen_numbers: dict[tuple[int, str], int] = {}
+    for index, raw in enumerate(o.list(spec.get("ports"), "spec.ports")):
+        path = f"spec.ports[{index}]"
+        port = _service_port(o, o.mapping(raw, path), path)
+        # The compiler keys service ports by (name, protocol) and frontends by (port, protocol).
+        by_name, by_number = (port.name, port.protocol), (port.port, port.protocol)
+        if by_name in seen_names:
+            raise o.error(f"{path}.name", f"duplicates spec.ports[{seen_names[by_name]}] ({port.name}/{port.protocol})")
+        if by_number in seen_numbers:
+            raise o.error(f"{path}.port",
+                          f"duplicates spec.ports[{seen_numbers[by_number]}] ({port.port}/{port.protocol})")
+        seen_names[by_name] = seen_numbers[by_number] = index
+        ports.append(port)
+
+    affinity = o.choice(spec.get("sessionAffinity"), "spec.sessionAffinity", SESSION_AFFINITIES, "None")
+    timeout = None
+    if affinity == "ClientIP":
+        config_path = "spec.sessionAffinityConfig.clientIP"
+        client_ip = o.mapping(o.mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+                              .get("clientIP"), config_path)
+        raw_timeout = client_ip.get("timeoutSeconds")
+        timeout = (DEFAULT_AFFINITY_TIMEOUT if raw_timeout is None
+                   else o.integer(raw_timeout, f"{config_path}.timeoutSeconds", 1, 86400))
+
+    ingress = []
+    lb_path = "status.loadBalancer.ingress"
+    load_balancer = o.mapping(status.get("loadBalancer"), "status.loadBalancer")
+    for index, raw in enumerate(o.list(load_balancer.get("ingress"), lb_path)):
+        path = f"{lb_path}[{index}]"
+        entry = o.mapping(raw, path)
+        ip = entry.get("ip")
+        ingress.append(LoadBalancerIngress(
+            ip=None if ip in (None, "") else o.ip(ip, f"{path}.ip"),
+            hostname=o.string(entry.get("hostname"), f"{path}.hostname") or None,
+            ip_mode=o.choice(entry.get("ipMode"), f"{path}.ipMode", LB_IP_MODES, "") or None,
+        ))
+
+    ranges = o.list(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")
+    source_ranges = tuple(o.cidr(value, f"spec.loadBalancerSourceRanges[{index}]") for index, value in enumerate(ranges))
+    external_ips = tuple(o.ip(value, f"spec.externalIPs[{index}]")
+                         for index, value in enumerate(o.list(spec.get("externalIPs"), "spec.externalIPs")))
+    selector = o.labels(spec.get("selector"), "spec.selector")
+
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=service_type,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        ports=tuple(ports),
+        # An empty selector is stored as none by the API server: no endpoints are built from pods.
+        selector=selector or None,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
+        external_ips=external_ips,
+        external_traffic_policy=o.choice(spec.get("externalTrafficPolicy"), "spec.externalTrafficPolicy",
+                                         TRAFFIC_POLICIES, "Cluster"),
+        internal_traffic_policy=o.choice(spec.get("internalTrafficPolicy"), "spec.internalTrafficPolicy",
+                                         TRAFFIC_POLICIES, "Cluster"),
+        load_balancer_ingress=tuple(ingress),
+        load_balancer_source_ranges=source_ranges,
+        external_name=o.string(spec.get("externalName"), "spec.externalName") if service_type == "ExternalName" else None,
+        publish_not_ready_addresses=bool(o.boolean(spec.get("publishNotReadyAddresses"),
+                                                   "spec.publishNotReadyAddresses")),
+    )
+
+
+def _cluster_ips(o: _Object, spec: Mapping[str, Any]) -> tuple[bool, tuple[str, ...]]:
+    """(headless, normalised cluster IPs) from spec.clusterIP / spec.clusterIPs."""
+    primary = o.string(spec.get("clusterIP"), "spec.clusterIP")
+    listed = o.list(spec.get("clusterIPs"), "spec.clusterIPs")
+    if not listed:
+        listed, path = ([primary] if primary else []), "spec.clusterIP"
+    else:
+        path = "spec.clusterIPs"
+    if "None" in listed or primary == "None":
+        if listed != ["None"] or primary not in (None, "", "None"):
+            raise o.error(path, f'"None" (headless) cannot be combined with addresses, got {_shown(listed)}')
+        return True, ()
+    paths = [path] if path == "spec.clusterIP" else [f"{path}[{index}]" for index in range(len(listed))]
+    addresses = tuple(o.ip(value, where) for value, where in zip(listed, paths))
+    if len(addresses) > 2 or len({ip_family(a) for a in addresses}) != len(addresses):
+        raise o.error("spec.clusterIPs", f"must hold at most one address per family, got {_shown(listed)}")
+    if primary and path == "spec.clusterIPs" and o.ip(primary, "spec.clusterIP") != addresses[0]:
+        raise o.error("spec.clusterIP", f"must equal spec.clusterIPs[0] {_shown(listed[0])}, got {_shown(primary)}")
+    return False, addresses
+
+
+def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
+    number = o.port(raw.get("port"), f"{path}.port")
+    target: Any = raw.get("targetPort")
+    if target is None or target == 0:
+        target = number  # the API server's default
+    elif isinstance(target, str):
+        # A port name must contain a letter (IANA service name); "8080" as a string is a mistake.
+        if not any(c.isalpha() for c in target):
+            raise o.error(f"{path}.targetPort", f"must be an integer 1-65535 or a port name, got {_shown(target)}")
+    else:
+        target = o.port(target, f"{path}.targetPort")
+    node_port = raw.get("nodePort")
+    return ServicePort(
+        name=o.string(raw.get("name"), f"{path}.name") or "",
+        protocol=o.protocol(raw.get("protocol"), f"{path}.protocol"),
+        port=number,
+        target_port=target,
+        node_port=None if node_port in (None, 0) else o.port(node_port, f"{path}.nodePort"),
+    )
+
+
+def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
+    labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
+    service_name = o.string(labels.get(LABEL_SERVICE_NAME), f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]")
+    address_type = obj.get("addressType")
+    if address_type not in ADDRESS_TYPES:
+        raise o.error("addressType", f"must be one of {', '.join(ADDRESS_TYPES)}, got {_shown(address_type)}")
+    family = {"IPv4": 4, "IPv6": 6}.get(address_type)
+
+    ports = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, raw in enumerate(o.list(obj.get("ports"), "ports")):
+        path = f"ports[{index}]"
+        entry = o.mapping(raw, path)
+        number = entry.get("port")
+        port = EndpointPort(
+            name=o.string(entry.get("name"), f"{path}.name") or "",
+            protocol=o.protocol(entry.get("protocol"), f"{path}.protocol"),
+            port=None if number is None else o.port(number, f"{path}.port"),
+        )
+        key = (port.name, port.protocol)
+        if key in seen:  # matching by name and protocol must be unambiguous
+            raise o.error(f"{path}.name", f"duplicates ports[{seen[key]}] ({port.name}/{port.protocol})")
+        seen[key] = index
+        ports.append(port)
+
+    endpoints = []
+    for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
+        endpoints.append(_endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family))
+    return EndpointSlice(namespace=namespace, name=name, service_name=service_name, address_type=address_type,
+                         ports=tuple(ports), endpoints=tuple(endpoints))
+
+
+def _endpoint(o: _Object, raw: Mapping[str, Any], path: str, family: int | None) -> Endpoint:
+    raw_addresses = o.list(raw.get("addresses"), f"{path}.addresses")
+    if not raw_addresses:
+        raise o.error(f"{path}.addresses", "must hold at least one address")
+    if family is None:  # FQDN slices: names, not addresses
+        addresses = tuple(o.string(a, f"{path}.addresses[{i}]", required=True) or "" for i, a in enumerate(raw_addresses))
+    else:
+        addresses = tuple(o.ip(a, f"{path}.addresses[{i}]", family) for i, a in enumerate(raw_addresses))
+    conditions = o.mapping(raw.get("conditions"), f"{path}.conditions")
+    hints = o.mapping(raw.get("hints"), f"{path}.hints")
+    target_ref = None
+    if raw.get("targetRef") is not None:
+        ref = o.mapping(raw.get("targetRef"), f"{path}.targetRef")
+        target_ref = ObjectReference(
+            kind=o.string(ref.get("kind"), f"{path}.targetRef.kind"),
+            namespace=o.string(ref.get("namespace"), f"{path}.targetRef.namespace"),
+            name=o.string(ref.get("name"), f"{path}.targetRef.name"),
+        )
+    return Endpoint(
+        addresses=addresses,
+        conditions=EndpointConditions(
+            ready=o.boolean(conditions.get("ready"), f"{path}.conditions.ready"),
+            serving=o.boolean(conditions.get("serving"), f"{path}.conditions.serving"),
+            terminating=o.boolean(conditions.get("terminating"), f"{path}.conditions.terminating"),
+        ),
+        node_name=o.string(raw.get("nodeName"), f"{path}.nodeName") or None,
+        zone=o.string(raw.get("zone"), f"{path}.zone") or None,
+        hints_for_zones=o.names(hints.get("forZones"), f"{path}.hints.forZones"),
+        hints_for_nodes=o.names(hints.get("forNodes"), f"{path}.hints.forNodes"),
+        target_ref=target_ref,
+    )
+
+
+def _parse_node(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> Node:
+    labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
+    spec = o.mapping(obj.get("spec"), "spec")
+    status = o.mapping(obj.get("status"), "status")
+    addresses = []
+    for index, raw in enumerate(o.list(status.get("addresses"), "status.addresses")):
+        path = f"status.addresses[{index}]"
+        entry = o.mapping(raw, path)
+        kind = o.string(entry.get("type"), f"{path}.type", required=True) or ""
+        address = o.string(entry.get("address"), f"{path}.address", required=True) or ""
+        if kind in ("InternalIP", "ExternalIP"):
+            address = o.ip(address, f"{path}.address")
+        addresses.append(NodeAddress(type=kind, address=address))
+    cidrs = o.list(spec.get("podCIDRs"), "spec.podCIDRs")
+    cidr_paths = [f"spec.podCIDRs[{index}]" for index in range(len(cidrs))]
+    if not cidrs and spec.get("podCIDR"):
+        cidrs, cidr_paths = [spec.get("podCIDR")], ["spec.podCIDR"]
+    return Node(
+        name=name,
+        addresses=tuple(addresses),
+        zone=o.string(labels.get(LABEL_ZONE), f"metadata.labels[{_shown(LABEL_ZONE)}]") or None,
+        pod_cidrs=tuple(o.cidr(value, where) for value, where in zip(cidrs, cidr_paths)),
+    )
+
+
+def _parse_pod(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> Pod:
+    metadata = o.mapping(obj.get("metadata"), "metadata")
+    spec = o.mapping(obj.get("spec"), "spec")
+    status = o.mapping(obj.get("status"), "status")
+    raw_ips = [o.mapping(entry, f"status.podIPs[{index}]").get("ip")
+               for index, entry in enumerate(o.list(status.get("podIPs"), "status.podIPs"))]
+    ip_paths = [f"status.podIPs[{index}].ip" for index in range(len(raw_ips))]
+    if not raw_ips and status.get("podIP"):
+        raw_ips, ip_paths = [status.get("podIP")], ["status.podIP"]
+    ready = False
+    for index, raw in enumerate(o.list(status.get("conditions"), "status.conditions")):
+        condition = o.mapping(raw, f"status.conditions[{index}]")
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+    ports = []
+    for c_index, raw in enumerate(o.list(spec.get("containers"), "spec.containers")):
+        container_path = f"spec.containers[{c_index}]"
+        container = o.mapping(raw, container_path)
+        for p_index, raw_port in enumerate(o.list(container.get("ports"), f"{container_path}.ports")):
+            path = f"{container_path}.ports[{p_index}]"
+            entry = o.mapping(raw_port, path)
+            ports.append(ContainerPort(
+                name=o.string(entry.get("name"), f"{path}.name") or "",
+                protocol=o.protocol(entry.get("protocol"), f"{path}.protocol"),
+                port=o.port(entry.get("containerPort"), f"{path}.containerPort"),
+            ))
+    return Pod(
+        namespace=namespace,
+        name=name,
+        labels=o.labels(metadata.get("labels"), "metadata.labels"),
+        node_name=o.string(spec.get("nodeName"), "spec.nodeName") or None,
+        pod_ips=tuple(o.ip(value, where) for value, where in zip(raw_ips, ip_paths)),
+        phase=o.string(status.get("phase"), "status.phase") or None,
+        ready=ready,
+        terminating=metadata.get("deletionTimestamp") is not None,
+        host_network=bool(o.boolean(spec.get("hostNetwork"), "spec.hostNetwork")),
+        ports=tuple(ports),
+    )
+
+
+def _parse_proxy_config(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> KubeProxyConfiguration:
+    raw_cidrs = o.string(obj.get("clusterCIDR"), "clusterCIDR") or ""
+    cidrs = tuple(o.cidr(part, "clusterCIDR") for part in raw_cidrs.split(",") if part.strip())
+    node_port_addresses = []
+    for index, value in enumerate(o.list(obj.get("nodePortAddresses"), "nodePortAddresses")):
+        path = f"nodePortAddresses[{index}]"
+        node_port_addresses.append("primary" if value == "primary" else o.cidr(value, path))
+    detect_local = o.mapping(obj.get("detectLocal"), "detectLocal")
+    conntrack = o.mapping(obj.get("conntrack"), "conntrack")
+    ipvs = o.mapping(obj.get("ipvs"), "ipvs")
+
+    def count(key: str) -> int | None:
+        value = conntrack.get(key)
+        return None if value is None else o.integer(value, f"conntrack.{key}", 0, 2**31 - 1)
+
+    return KubeProxyConfiguration(
+        cluster_cidrs=cidrs,
+        node_port_addresses=tuple(node_port_addresses),
+        masquerade_all=bool(o.boolean(obj.get("masqueradeAll"), "masqueradeAll")),
+        mode=o.choice(obj.get("mode"), "mode", PROXY_MODES, ""),
+        detect_local_mode=o.string(obj.get("detectLocalMode"), "detectLocalMode") or "",
+        bridge_interface=o.string(detect_local.get("bridgeInterface"), "detectLocal.bridgeInterface") or None,
+        interface_name_prefix=o.string(detect_local.get("interfaceNamePrefix"),
+                                       "detectLocal.interfaceNamePrefix") or None,
+        hostname_override=o.string(obj.get("hostnameOverride"), "hostnameOverride") or None,
+        ipvs_scheduler=o.string(ipvs.get("scheduler"), "ipvs.scheduler") or "",
+        conntrack=ConntrackConfig(
+            max_per_core=count("maxPerCore"),
+            min=count("min"),
+            tcp_established_timeout=o.duration(conntrack.get("tcpEstablishedTimeout"),
+                                               "conntrack.tcpEstablishedTimeout"),
+            tcp_close_wait_timeout=o.duration(conntrack.get("tcpCloseWaitTimeout"), "conntrack.tcpCloseWaitTimeout"),
+            tcp_be_liberal=bool(o.boolean(conntrack.get("tcpBeLiberal"), "conntrack.tcpBeLiberal")),
+            udp_timeout=o.duration(conntrack.get("udpTimeout"), "conntrack.udpTimeout"),
+            udp_stream_timeout=o.duration(conntrack.get("udpStreamTimeout"), "conntrack.udpStreamTimeout"),
+        ),
+    )
+
+
+_Model = Service | EndpointSlice | Node | Pod | KubeProxyConfiguration
+_Reader = Callable[[_Object, Mapping[str, Any], str, str], _Model]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    api_version: str
+    reader: _Reader
+    namespaced: bool
+    named: bool = True  # KubeProxyConfiguration files carry no metadata.name
+
+
+_KINDS: dict[str, _Kind] = {
+    "Service": _Kind("v1", _parse_service, namespaced=True),
+    "EndpointSlice": _Kind("discovery.k8s.io/v1", _parse_endpoint_slice, namespaced=True),
+    "Node": _Kind("v1", _parse_node, namespaced=False),
+    "Pod": _Kind("v1", _parse_pod, namespaced=True),
+    "KubeProxyConfiguration": _Kind("kubeproxy.config.k8s.io/v1alpha1", _parse_proxy_config,
+                                    namespaced=False, named=False),
+}
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0] if "/" in api_version else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting objects from decoded documents
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.objects: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
+        self.first_seen: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> source
+        self.skipped: Counter[str] = Counter()
+
+    def add(self, obj: Any, source: str, where: str) -> None:
+        """One decoded document or array element: an object, a List of objects, or nothing."""
+        if obj is None:  # an empty YAML document ("---" at the end of a file)
+            return
+        if not isinstance(obj, Mapping):
+            raise ClusterError(f"expected a Kubernetes object (a mapping), got {_shown(obj)}", source=source, obj=where)
+        kind, api_version = _required_string(obj, "kind", source, where), _required_string(obj, "apiVersion", source, where)
+        if _is_list(obj, kind):
+            self._add_list(obj, kind, api_version, source, where)
+            return
+        spec = _KINDS.get(kind)
+        if spec is None:
+            self.skipped[kind] += 1
+            return
+        if _group(api_version) != _group(spec.api_version):
+            # Same kind name in another API group (Knative's Service, ...): not ours.
+            self.skipped[f"{kind} ({api_version})"] += 1
+            return
+        self._add_object(obj, kind, api_version, spec, source)
+
+    def _add_list(self, obj: Mapping[str, Any], kind: str, api_version: str, source: str, where: str) -> None:
+        items = obj.get("items")
+        if items is None:
+            return
+        if not isinstance(items, list):
+            raise ClusterError(f"must be a list, got {_shown(items)}", source=source, obj=where, path="items")
+        # Typed lists from the raw API (ServiceList) leave kind and apiVersion out of their items.
+        item_kind = kind[: -len("List")] if kind != "List" else None
+        for index, item in enumerate(items):
+            if item_kind and isinstance(item, Mapping) and "kind" not in item:
+                item = {"kind": item_kind, "apiVersion": api_version, **item}
+            self.add(item, source, f"{where} items[{index}]")
+
+    def _add_object(self, obj: Mapping[str, Any], kind: str, api_version: str, spec: _Kind, source: str) -> None:
+        raw_metadata = obj.get("metadata")
+        metadata = raw_metadata if isinstance(raw_metadata, Mapping) else {}
+        name = metadata.get("name")
+        # Hand-written objects often leave the namespace out; kubectl would apply them to "default".
+        namespace = (metadata.get("namespace") or "default") if spec.namespaced else ""
+        if not spec.named and not name:
+            label = kind
+        else:
+            label = _object_label(kind, namespace if spec.namespaced else None, name)
+        o = _Object(source, label)
+        if api_version != spec.api_version:
+            raise o.error("apiVersion", f"must be {spec.api_version}, got {_shown(api_version)}")
+        o.mapping(raw_metadata, "metadata")
+        o.string(name, "metadata.name", required=spec.named)
+        o.string(namespace, "metadata.namespace")
+        # One KubeProxyConfiguration describes the node: a second one, named or not, is a conflict.
+        key = (kind, str(namespace), str(name) if spec.named else "")
+        if key in self.first_seen:
+            first = self.first_seen[key]
+            raise o.error("", f"duplicate object (first read from {first})" if first != source
+                          else "duplicate object (appears twice in this file)")
+        self.first_seen[key] = source
+        self.objects[kind].append(spec.reader(o, obj, namespace, name or ""))
+
+    def state(self, sources: tuple[str, ...]) -> ClusterState:
+        configs = self.objects["KubeProxyConfiguration"]
+        return ClusterState(
+            services=tuple(self.objects["Service"]),
+            endpoint_slices=tuple(self.objects["EndpointSlice"]),
+            nodes=tuple(self.objects["Node"]),
+            pods=tuple(self.objects["Pod"]),
+            proxy_config=configs[0] if configs else None,
+            skipped=self.skipped,
+            sources=sources,
+        )
+
+
+def _required_string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        message = "required" if value in (None, "") else f"must be a string, got {_shown(value)}"
+        raise ClusterError(message, source=source, obj=where, path=key)
+    return value
+
+
+def _is_list(obj: Mapping[str, Any], kind: str) -> bool:
+    # "List" from kubectl; "ServiceList" etc. from the raw API. A kind that merely ends in "List"
+    # but has a spec is an ordinary object.
+    return kind == "List" or (kind.endswith("List") and isinstance(obj.get("items"), list) and "spec" not in obj)
+
+
+def _object_label(kind: str, namespace: str | None, name: Any) -> str:
+    shown = name if isinstance(name, str) and name else "(no name)"
+    return f"{kind} {namespace}/{shown}" if namespace is not None else f"{kind} {shown}"
+
+
+# --------------------------------------------------------------------------------------------
+# Files and folders
+
+
+def load_cluster(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> ClusterState:
+    """Read cluster state from files and folders (folders recursively, *.yaml/*.yml/*.json, sorted).
+
+    A file given twice (directly or through a folder) is read once. Raises ClusterError.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    collector = _Collector()
+    sources: list[str] = []
+    read: set[str] = set()
+    with _collection_paused():
+        for path in paths:
+            for file in _cluster_files(Path(path)):
+                identity = os.path.realpath(file)
+                if identity in read:
+                    continue
+                read.add(identity)
+                source = str(file)
+                sources.append(source)
+                for number, document in enumerate(_decode_file(file, source), start=1):
+                    collector.add(document, source, f"document {number}")
+    return collector.state(tuple(sources))
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while reading.
+
+    Decoding a dump allocates millions of containers and no cycles; the collector's repeated full
+    passes over the growing heap would otherwise make loading about twice as slow.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _cluster_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        found: list[Path] = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git and editor droppings
+            found.extend(Path(root, f) for f in files
+                         if f.endswith(CLUSTER_FILE_SUFFIXES) and not f.startswith("."))
+        if not found:
+            raise ClusterError("no *.yaml, *.yml or *.json files in this folder", source=str(path))
+        return sorted(found, key=lambda file: file.relative_to(path).parts)
+    if path.is_file():
+        return [path]
+    if path.exists():
+        raise ClusterError("not a regular file or folder", source=str(path))
+    raise ClusterError("no such file or folder", source=str(path))
+
+
+_LOOKS_LIKE_JSON = re.compile(r"\s*[\[{]")
+
+
+def _decode_file(file: Path, source: str) -> Iterator[Any]:
+    """The documents of one file: JSON by suffix or by content, YAML otherwise."""
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ClusterError(f"cannot read: {error.strerror or error}", source=source) from None
+    # PowerShell's `>` writes UTF-16 with a byte order mark; everything else is UTF-8.
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
+        raise ClusterError(f"not {name} text (byte {error.start})", source=source) from None
+    if file.suffix == ".json" or _LOOKS_LIKE_JSON.match(text):
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError as error:
+            if file.suffix == ".json":
+                raise ClusterError(f"invalid JSON: {error.msg} (column {error.colno})",
+                                   source=source, line=error.lineno) from None
+            # YAML flow style also starts with { or [: let the YAML parser judge.
+        else:
+            # A JSON array is a list of objects, as `jq -s` or hand-written files give.
+            yield from (decoded if isinstance(decoded, list) else [decoded])
+            return
+    try:
+        yield from _load_yaml(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or error.context or "syntax error"
+        raise ClusterError(f"invalid YAML: {problem}" + (f" (column {mark.column + 1})" if mark else ""),
+                           source=source, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as error:
+        raise ClusterError(f"invalid YAML: {error}", source=source) from None
+
+
+# --------------------------------------------------------------------------------------------
+# YAML: a fast path for plain data
+#
+# PyYAML builds a node graph and then constructs Python objects from it in Python, which costs
+# about 4x more than the C parse itself. kubectl output is plain data (no anchors, no explicit
+# tags), so the documents are built straight from the parser's events; scalars are resolved with
+# the loader's own implicit resolvers and constructors, so the result is identical. Anything
+# else falls back to a normal load, keeping PyYAML's exact behaviour for hand-written files.
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class _NotPlainData(Exception):
+    """The stream uses a YAML feature the fast path leaves to PyYAML."""
+
+
+def _load_yaml(text: str) -> list[Any]:
+    try:
+        return _load_plain_yaml(text)
+    except _NotPlainData:
+        return list(yaml.load_all(text, Loader=_YAML_LOADER))
+
+
+def _plain_scalar_reader() -> Callable[[str], Any]:
+    resolvers = _YAML_LOADER.yaml_implicit_resolvers
+    wildcard = resolvers.get(None, [])
+    constructor = yaml.constructor.SafeConstructor()
+    cache: dict[str, Any] = {}  # kubectl output repeats the same few scalars endlessly
+
+    def read(value: str) -> Any:
+        if value in cache:
+            return cache[value]
+        tag = next((tag for tag, regexp in resolvers.get(value[:1], []) + wildcard if regexp.match(value)), _STR_TAG)
+        if tag == _STR_TAG:
+            result: Any = value
+        else:
+            construct = constructor.yaml_constructors.get(tag)
+            if construct is None:  # "<<" (merge) or "=" (value): PyYAML's own rules apply
+                raise _NotPlainData
+            result = construct(constructor, yaml.ScalarNode(tag, value))
+        cache[value] = result
+        return result
+
+    return read
+
+
+def _load_plain_yaml(text: str) -> list[Any]:
+    events = yaml.events
+    read_plain = _plain_scalar_reader()
+    documents: list[Any] = []
+    containers: list[Any] = []  # open mappings and sequences, innermost last
+    pending_keys: list[Any] = []  # per open container: the key waiting for its value
+    no_key = object()
+    root: Any = None
+    stream: Iterator[Any] = yaml.parse(text, Loader=_YAML_LOADER)
+    for event in stream:
+        kind = type(event)
+        if kind is events.ScalarEvent:
+            if event.anchor is not None:
+                raise _NotPlainData
+            if event.tag is None or event.tag == "!":
+                value = read_plain(event.value) if event.implicit[0] else event.value
+            elif event.tag == _STR_TAG:
+                value = event.value
+            else:
+                raise _NotPlainData
+        elif kind is events.MappingStartEvent or kind is events.SequenceStartEvent:
+            if event.anchor is not None or event.tag not in (None, "!"):
+                raise _NotPlainData
+            value = {} if kind is events.MappingStartEvent else []
+        elif kind is events.MappingEndEvent or kind is events.SequenceEndEvent:
+            containers.pop()
+            pending_keys.pop()
+            continue
+        elif kind is events.DocumentStartEvent:
+            root = None
+            continue
+        elif kind is events.DocumentEndEvent:
+            documents.append(root)
+            continue
+        elif kind is events.AliasEvent:
+            raise _NotPlainData
+        else:  # stream start and end
+            continue
+
+        if not containers:
+            root = value
+        elif type(containers[-1]) is list:
+            containers[-1].append(value)
+        elif pending_keys[-1] is no_key:
+            if kind is not events.ScalarEvent:  # complex keys
+                raise _NotPlainData
+            pending_keys[-1] = value
+            continue
+        else:
+            containers[-1][pending_keys[-1]] = value
+            pending_keys[-1] = no_key
+        if kind is not events.ScalarEvent:
+            containers.append(value)
+            pending_keys.append(no_key)
+    return documents

@@ -1,0 +1,550 @@
+"""fastpath.model: reading kubectl output into validated dataclasses, and its one-line errors."""
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastpath.model import (
+    ClusterError,
+    ClusterState,
+    ContainerPort,
+    EndpointConditions,
+    EndpointPort,
+    LoadBalancerIngress,
+    NodeAddress,
+    ObjectReference,
+    ServicePort,
+    _load_plain_yaml,
+    _load_yaml,
+    _NotPlainData,
+    load_cluster,
+    parse_cidr,
+    parse_ip,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+DATA = Path(__file__).parent / "data" / "cluster"
+SHOP = DATA / "shop"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def service(name: str = "web", namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    body = {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    body.update(spec)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": body}
+
+
+def error_of(objects: list[Any]) -> str:
+    with pytest.raises(ClusterError) as caught:
+        ClusterState.from_objects(objects)
+    return str(caught.value)
+
+
+def load_error(*paths: str | Path) -> str:
+    with pytest.raises(ClusterError) as caught:
+        load_cluster(paths)
+    return str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading paths
+
+
+def test_folder_is_read_recursively_in_sorted_order() -> None:
+    state = load_cluster([DATA])
+    relative = [str(Path(source).relative_to(DATA)) for source in state.sources]
+    # README.txt is not a cluster file; nodes/ sorts between kube-proxy.yaml and services.yaml.
+    assert relative == ["kube-system.json", "shop/endpointslices.json", "shop/kube-proxy.yaml",
+                        "shop/nodes/nodes.yml", "shop/services.yaml"]
+    assert state.skipped == Counter({"ConfigMap": 2, "DaemonSet": 1})
+    assert len(state.services) == 9
+    assert len(state.endpoint_slices) == 8
+    assert [node.name for node in state.nodes] == ["node-a", "node-b"]
+    assert [pod.name for pod in state.pods] == ["coredns-7db6d8ff4d-vx5lm"]
+    assert state.proxy_config is not None
+
+
+def test_kind_list_yaml_services() -> None:
+    state = load_cluster([SHOP / "services.yaml"])
+    by_name = {s.name: s for s in state.services}
+    assert list(by_name) == ["frontend", "cart", "db", "payments", "checkout", "storefront", "voip", "legacy"]
+
+    frontend = by_name["frontend"]
+    assert (frontend.namespace, frontend.type, frontend.cluster_ips, frontend.headless) == (
+        "shop", "ClusterIP", ("10.96.10.10",), False)
+    assert frontend.ports == (ServicePort("http", "TCP", 80, "http"), ServicePort("metrics", "TCP", 9090, 9090))
+    assert frontend.selector == (("app", "frontend"),)
+    assert (frontend.session_affinity, frontend.affinity_timeout) == ("None", None)
+    assert (frontend.external_traffic_policy, frontend.internal_traffic_policy) == ("Cluster", "Cluster")
+
+    assert by_name["cart"].cluster_ip == "10.96.10.20"  # written 10.96.10.020: decimal, not octal
+    assert by_name["cart"].ports == (ServicePort("", "TCP", 80, 8080),)
+    assert by_name["db"].headless and by_name["db"].cluster_ips == () and by_name["db"].cluster_ip is None
+    assert by_name["payments"].type == "ExternalName"
+    assert by_name["payments"].external_name == "payments.example.com"
+    assert by_name["checkout"].ports[0].node_port == 30080
+
+    lb = by_name["storefront"]
+    assert lb.type == "LoadBalancer"
+    assert lb.external_traffic_policy == "Local"
+    assert (lb.session_affinity, lb.affinity_timeout) == ("ClientIP", 600)
+    assert lb.external_ips == ("198.51.100.7",)
+    assert lb.load_balancer_source_ranges == ("198.51.100.0/24", "10.0.0.0/8")  # trimmed, host bits masked
+    assert lb.load_balancer_ingress == (
+        LoadBalancerIngress(ip="203.0.113.10", ip_mode="VIP"),
+        LoadBalancerIngress(ip=None, hostname="storefront.lb.example.net", ip_mode="Proxy"),
+    )
+    assert by_name["voip"].cluster_ips == ("10.96.10.60", "fd00:10:96::60")
+    assert by_name["voip"].ports[1].protocol == "SCTP"
+    assert by_name["legacy"].selector is None
+
+
+def test_json_kind_list_endpoint_slices() -> None:
+    state = load_cluster([SHOP / "endpointslices.json"])
+    slices = {s.name: s for s in state.endpoint_slices}
+    assert len(slices) == 7
+    frontend = slices["frontend-7xk2p"]
+    assert (frontend.namespace, frontend.service_name, frontend.address_type) == ("shop", "frontend", "IPv4")
+    assert frontend.ports == (EndpointPort("metrics", "TCP", 9090), EndpointPort("http", "TCP", 8080))
+    first = frontend.endpoints[0]
+    assert first.addresses == ("10.244.1.10",)
+    assert first.conditions == EndpointConditions(ready=True, serving=True, terminating=False)
+    assert (first.node_name, first.zone) == ("node-a", "zone-a")
+    assert first.target_ref == ObjectReference("Pod", "shop", "frontend-6d8f9c7b5-k2x4q")
+    assert slices["cart-m9v2d"].ports == (EndpointPort("", "TCP", 8080),)
+    checkout = slices["checkout-c3d5f"].endpoints[0].conditions
+    assert (checkout.is_ready, checkout.is_serving, checkout.is_terminating) == (False, True, True)
+    assert slices["voip-p2q4r"].address_type == "IPv6"
+    assert slices["voip-p2q4r"].endpoints[0].addresses == ("fd00:10:244:1::60",)
+
+
+def test_json_array_with_pod_and_skipped_kind() -> None:
+    state = load_cluster([DATA / "kube-system.json"])
+    assert [s.name for s in state.services] == ["kube-dns"]
+    assert [p.protocol for p in state.services[0].ports] == ["UDP", "TCP", "TCP"]
+    assert state.skipped == Counter({"ConfigMap": 1})
+    pod = state.pods[0]
+    assert (pod.namespace, pod.node_name, pod.pod_ips, pod.phase, pod.ready, pod.terminating) == (
+        "kube-system", "node-a", ("10.244.1.2",), "Running", True, False)
+    assert pod.labels == (("k8s-app", "kube-dns"), ("pod-template-hash", "7db6d8ff4d"))
+    assert pod.ports[0] == ContainerPort("dns", "UDP", 53)
+
+
+def test_multi_document_yaml_with_proxy_config() -> None:
+    state = load_cluster([SHOP / "kube-proxy.yaml"])
+    assert state.skipped == Counter({"ConfigMap": 1, "DaemonSet": 1})  # the trailing empty document is nothing
+    config = state.proxy_config
+    assert config is not None
+    assert config.cluster_cidrs == ("10.244.0.0/16", "fd00:10:244::/56")
+    assert config.node_port_addresses == ("primary", "192.168.0.0/16")
+    assert (config.masquerade_all, config.mode, config.detect_local_mode, config.ipvs_scheduler) == (
+        False, "nftables", "ClusterCIDR", "mh")
+    conntrack = config.conntrack
+    assert (conntrack.max_per_core, conntrack.min) == (32768, 131072)
+    assert (conntrack.tcp_established_timeout, conntrack.tcp_close_wait_timeout) == (86400.0, 3600.0)
+    assert (conntrack.udp_timeout, conntrack.udp_stream_timeout) == (30.0, 120.0)
+
+
+def test_multi_document_nodes() -> None:
+    state = load_cluster([SHOP / "nodes" / "nodes.yml"])
+    node_a, node_b = state.nodes
+    assert node_a.zone == "zone-a" and node_a.pod_cidrs == ("10.244.1.0/24",)
+    assert node_a.addresses == (NodeAddress("InternalIP", "192.168.1.11"), NodeAddress("Hostname", "node-a"))
+    assert node_b.pod_cidrs == ("10.244.2.0/24",)  # from the single podCIDR field
+    assert node_b.ips() == ("192.168.1.12", "203.0.113.12")
+    assert node_b.ips(6) == ()
+    assert state.node("node-b") is node_b and state.node("node-c") is None
+
+
+def test_nested_and_typed_lists() -> None:
+    nested = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "List", "items": [service("a")]},
+        service("b"),
+    ]}
+    # The raw API's typed lists leave kind/apiVersion out of their items.
+    typed = {"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "9"},
+             "items": [{k: v for k, v in service("c").items() if k not in ("kind", "apiVersion")}]}
+    state = ClusterState.from_objects([nested, typed, {"apiVersion": "v1", "kind": "List", "items": []}])
+    assert [s.name for s in state.services] == ["a", "b", "c"]
+    assert state.sources == ("<memory>",)
+
+
+def test_same_kind_in_another_api_group_is_skipped() -> None:
+    knative = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "x"},
+               "spec": {"template": {}}}
+    state = ClusterState.from_objects([knative, {"apiVersion": "apps/v1", "kind": "Deployment"}])
+    assert state.services == ()
+    assert state.skipped == Counter({"Service (serving.knative.dev/v1)": 1, "Deployment": 1})
+
+
+def test_yaml_file_holding_json_and_json_file_holding_one_object(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", json.dumps(service("a"), indent=2))  # `kubectl -o json > a.yaml`
+    write(tmp_path, "b.json", json.dumps(service("b")))
+    write(tmp_path, "c.yaml", "{apiVersion: v1, kind: Service, metadata: {name: c}, spec: {clusterIP: None}}\n")
+    state = load_cluster([tmp_path])
+    assert [s.name for s in state.services] == ["a", "b", "c"]
+    assert state.services[2].headless
+
+
+def test_byte_order_marks(tmp_path: Path) -> None:
+    text = json.dumps(service())
+    (tmp_path / "utf8.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "utf16.yaml").write_bytes(yaml.safe_dump(service("b")).encode("utf-16"))  # PowerShell `>`
+    assert [s.name for s in load_cluster([tmp_path]).services] == ["b", "web"]
+
+
+def test_single_path_argument_and_files_read_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "svc.yaml", json.dumps(service()))
+    assert len(load_cluster(str(path)).services) == 1
+    state = load_cluster([tmp_path, path, tmp_path / "." / "svc.yaml"])
+    assert len(state.services) == 1 and state.sources == (str(path),)
+
+
+def test_hidden_folders_and_other_suffixes_are_ignored(tmp_path: Path) -> None:
+    write(tmp_path, "svc.yaml", json.dumps(service()))
+    write(tmp_path, ".git/svc.yaml", json.dumps(service()))  # would be a duplicate if read
+    write(tmp_path, "notes.txt", "not yaml: [")
+    assert len(load_cluster([tmp_path]).services) == 1
+
+
+def test_absent_conditions_and_defaults_are_kept_as_written() -> None:
+    endpoint_slice = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "ports": [{"port": 8080}, {"name": "all"}],
+        "endpoints": [{"addresses": ["10.0.0.1", "10.0.0.2"],
+                       "hints": {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "n1"}]}},
+                      {"addresses": ["10.0.0.3"], "conditions": {"terminating": True}}],
+    }
+    state = ClusterState.from_objects([endpoint_slice, service(ports=[{"port": 80}])])
+    (parsed,) = state.endpoint_slices
+    assert parsed.ports == (EndpointPort("", "TCP", 8080), EndpointPort("all", "TCP", None))
+    first, second = parsed.endpoints
+    assert first.conditions == EndpointConditions(None, None, None)
+    assert (first.conditions.is_ready, first.conditions.is_serving, first.conditions.is_terminating) == (
+        True, True, False)
+    assert (first.hints_for_zones, first.hints_for_nodes, first.target_ref) == (("zone-a",), ("n1",), None)
+    assert second.conditions == EndpointConditions(None, None, True)
+    assert state.services[0].ports == (ServicePort("", "TCP", 80, 80),)  # targetPort defaults to port
+    assert state.services[0].namespace == "default"
+
+
+def test_kube_proxy_configuration_without_metadata_and_defaults() -> None:
+    state = ClusterState.from_objects([{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                                        "kind": "KubeProxyConfiguration"}])
+    config = state.proxy_config
+    assert config is not None
+    assert (config.cluster_cidrs, config.node_port_addresses, config.masquerade_all, config.mode) == ((), (), False, "")
+    assert config.conntrack.tcp_established_timeout is None
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("172.30.0.041", "172.30.0.41"),
+    ("010.000.001.1", "10.0.1.1"),
+    ("10.96.0.10", "10.96.0.10"),
+    ("fd00:10:96::a", "fd00:10:96::a"),
+    ("FD00:0010::0A", "fd00:10::a"),
+    ("::ffff:10.0.0.010", "::ffff:10.0.0.10"),
+])
+def test_parse_ip_is_sloppy_like_kubernetes(text: str, expected: str) -> None:
+    assert parse_ip(text) == ip_address(expected)
+
+
+@pytest.mark.parametrize("text", ["1.2.3", "1.2.3.256", " 1.2.3.4", "1.2.3.4/32", "fe80::1%eth0", "１.2.3.4",
+                                  "1.2.3.-4", "", "::g"])
+def test_parse_ip_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_ip(text)
+
+
+def test_parse_cidr() -> None:
+    assert parse_cidr(" 10.0.0.7/8 ") == "10.0.0.0/8"
+    assert parse_cidr("192.168.001.0/24") == "192.168.1.0/24"
+    assert parse_cidr("fd00::1/64") == "fd00::/64"
+    for bad in ("10.0.0.0", "10.0.0.0/33", "10.0.0.0/x"):
+        with pytest.raises(ValueError):
+            parse_cidr(bad)
+
+
+def test_leading_zero_addresses_everywhere() -> None:
+    endpoint_slice = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                      "metadata": {"name": "web-1"}, "endpoints": [{"addresses": ["10.244.01.005"]}]}
+    state = ClusterState.from_objects([
+        service(clusterIP="10.96.000.010", clusterIPs=["10.96.000.010"], externalIPs=["192.0.2.07"]),
+        endpoint_slice,
+    ])
+    assert state.services[0].cluster_ips == ("10.96.0.10",)
+    assert state.services[0].external_ips == ("192.0.2.7",)
+    assert state.endpoint_slices[0].endpoints[0].addresses == ("10.244.1.5",)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: one line naming file, object and field
+
+
+def test_error_shape_matches_the_documented_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "cluster.yaml", """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - name: a
+    port: 80
+  - name: b
+    port: http
+""")
+    with pytest.raises(ClusterError) as caught:
+        load_cluster(["cluster.yaml"])
+    error = caught.value
+    assert str(error) == 'cluster.yaml: Service default/web: spec.ports[1].port: must be an integer 1-65535, got "http"'
+    assert (error.source, error.obj, error.path) == ("cluster.yaml", "Service default/web", "spec.ports[1].port")
+    assert pickle.loads(pickle.dumps(error)).path == "spec.ports[1].port"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"ports": [{"port": 70000}]}, "spec.ports[0].port: must be an integer 1-65535, got 70000"),
+    ({"ports": [{"port": 0}]}, "spec.ports[0].port: must be an integer 1-65535, got 0"),
+    ({"ports": [{"port": True}]}, "spec.ports[0].port: must be an integer 1-65535, got true"),
+    ({"ports": [{"port": 80, "protocol": "HTTP"}]},
+     'spec.ports[0].protocol: must be one of TCP, UDP, SCTP, got "HTTP"'),
+    ({"ports": [{"port": 80, "targetPort": "8080"}]},
+     'spec.ports[0].targetPort: must be an integer 1-65535 or a port name, got "8080"'),
+    ({"ports": [{"port": 80, "targetPort": 65536}]}, "spec.ports[0].targetPort: must be an integer 1-65535, got 65536"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]},
+     "spec.ports[1].name: duplicates spec.ports[0] (a/TCP)"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]},
+     "spec.ports[1].port: duplicates spec.ports[0] (80/TCP)"),
+    ({"clusterIP": "10.96.0.300"}, 'spec.clusterIP: must be an IP address, got "10.96.0.300"'),
+    ({"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "bogus"]},
+     'spec.clusterIPs[1]: must be an IP address, got "bogus"'),
+    ({"clusterIP": "10.96.0.2", "clusterIPs": ["10.96.0.1"]},
+     'spec.clusterIP: must equal spec.clusterIPs[0] "10.96.0.1", got "10.96.0.2"'),
+    ({"clusterIPs": ["10.96.0.1", "10.96.0.2"]},
+     'spec.clusterIPs: must hold at most one address per family, got ["10.96.0.1", "10.96.0.2"]'),
+    ({"externalIPs": ["203.0.113.1", "nope"]}, 'spec.externalIPs[1]: must be an IP address, got "nope"'),
+    ({"type": "Ingress"}, 'spec.type: must be one of ClusterIP, NodePort, LoadBalancer, ExternalName, got "Ingress"'),
+    ({"loadBalancerSourceRanges": ["10.0.0.0/40"]},
+     'spec.loadBalancerSourceRanges[0]: must be a CIDR such as 10.0.0.0/8, got "10.0.0.0/40"'),
+    ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: must be an integer 1-86400, got 0"),
+    ({"selector": {"app": 1}}, 'spec.selector["app"]: must map strings to strings, got 1'),
+    ({"ports": {"port": 80}}, 'spec.ports: must be a list, got {"port": 80}'),
+])
+def test_service_field_errors(spec: dict[str, Any], message: str) -> None:
+    assert error_of([service(**spec)]) == f"<memory>: Service default/web: {message}"
+
+
+def test_load_balancer_ingress_errors() -> None:
+    bad_ip = service()
+    bad_ip["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.999"}]}}
+    assert error_of([bad_ip]) == ('<memory>: Service default/web: status.loadBalancer.ingress[0].ip: '
+                                  'must be an IP address, got "203.0.113.999"')
+    bad_mode = service()
+    bad_mode["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9", "ipMode": "Direct"}]}}
+    assert error_of([bad_mode]).endswith('ipMode: must be one of VIP, Proxy, got "Direct"')
+
+
+def slice_object(**fields: Any) -> dict[str, Any]:
+    body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-abc", "namespace": "prod", "labels": {"kubernetes.io/service-name": "web"}}}
+    body.update(fields)
+    return body
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"addressType": "IPv5"}, 'addressType: must be one of IPv4, IPv6, FQDN, got "IPv5"'),
+    ({"endpoints": [{"addresses": ["fd00::1"]}]},
+     'endpoints[0].addresses[0]: must be an IPv4 address, got "fd00::1"'),
+    ({"addressType": "IPv6", "endpoints": [{"addresses": ["10.0.0.1"]}]},
+     'endpoints[0].addresses[0]: must be an IPv6 address, got "10.0.0.1"'),
+    ({"endpoints": [{"addresses": []}]}, "endpoints[0].addresses: must hold at least one address"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]},
+     'endpoints[0].conditions.ready: must be true or false, got "yes"'),
+    ({"ports": [{"name": "http", "port": 99999}]}, "ports[0].port: must be an integer 1-65535, got 99999"),
+    ({"ports": [{"name": "http", "port": 80, "protocol": "ICMP"}]},
+     'ports[0].protocol: must be one of TCP, UDP, SCTP, got "ICMP"'),
+    ({"ports": [{"name": "http", "port": 80}, {"name": "http", "port": 81}]},
+     "ports[1].name: duplicates ports[0] (http/TCP)"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "hints": {"forZones": [{}]}}]},
+     "endpoints[0].hints.forZones[0].name: required"),
+])
+def test_endpoint_slice_field_errors(fields: dict[str, Any], message: str) -> None:
+    assert error_of([slice_object(**fields)]) == f"<memory>: EndpointSlice prod/web-abc: {message}"
+
+
+def test_node_and_proxy_config_errors() -> None:
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.300"}]}}
+    assert error_of([node]) == ('<memory>: Node n1: status.addresses[0].address: '
+                                'must be an IP address, got "192.168.1.300"')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+              "conntrack": {"tcpEstablishedTimeout": "1 day"}}
+    assert error_of([config]) == ('<memory>: KubeProxyConfiguration: conntrack.tcpEstablishedTimeout: '
+                                  'must be a duration such as 1h30m0s, got "1 day"')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+              "clusterCIDR": "10.244.0.0/16,10.300.0.0/16"}
+    assert error_of([config]) == ('<memory>: KubeProxyConfiguration: clusterCIDR: '
+                                  'must be a CIDR such as 10.0.0.0/8, got "10.300.0.0/16"')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "bpf"}
+    assert error_of([config]).endswith('mode: must be one of iptables, ipvs, nftables, kernelspace, got "bpf"')
+
+
+def test_object_level_errors() -> None:
+    assert error_of([{"apiVersion": "v1", "metadata": {"name": "x"}}]) == "<memory>: object 1: kind: required"
+    assert error_of([{"kind": "Service"}]) == "<memory>: object 1: apiVersion: required"
+    assert error_of([["not", "an", "object"]]) == (
+        '<memory>: object 1: expected a Kubernetes object (a mapping), got ["not", "an", "object"]')
+    assert error_of([{"apiVersion": "v1", "kind": "List", "items": [service(), 7]}]) == (
+        "<memory>: object 1 items[1]: expected a Kubernetes object (a mapping), got 7")
+    nameless = service()
+    del nameless["metadata"]["name"]
+    assert error_of([nameless]) == "<memory>: Service default/(no name): metadata.name: required"
+    old = slice_object(apiVersion="discovery.k8s.io/v1beta1")
+    assert error_of([old]) == ('<memory>: EndpointSlice prod/web-abc: apiVersion: '
+                               'must be discovery.k8s.io/v1, got "discovery.k8s.io/v1beta1"')
+
+
+def test_duplicate_objects(tmp_path: Path) -> None:
+    assert error_of([service(), service(name="other"), service()]) == (
+        "<memory>: Service default/web: duplicate object (appears twice in this file)")
+    # Same name in another namespace or of another kind is fine.
+    ClusterState.from_objects([service(), service(namespace="prod"), slice_object(metadata={"name": "web"})])
+
+    write(tmp_path, "a.yaml", json.dumps(service()))
+    write(tmp_path, "b.yaml", json.dumps(service()))
+    assert load_error(tmp_path) == (
+        f"{tmp_path / 'b.yaml'}: Service default/web: duplicate object (first read from {tmp_path / 'a.yaml'})")
+
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration"}
+    assert error_of([config, config]) == "<memory>: KubeProxyConfiguration: duplicate object (appears twice in this file)"
+
+
+def test_syntax_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad_yaml = write(tmp_path, "bad.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: [web\n")
+    message = load_error(bad_yaml)
+    assert message.startswith(f"{bad_yaml}:5: invalid YAML: ")
+    assert "\n" not in message
+
+    second_doc = write(tmp_path, "second.yaml", "apiVersion: v1\nkind: ConfigMap\n---\nkind: Service\n  x: : y\n")
+    assert load_error(second_doc).startswith(f"{second_doc}:5: invalid YAML: ")
+
+    bad_json = write(tmp_path, "bad.json", '{\n  "kind": "Service",\n  "apiVersion": v1\n}\n')
+    assert load_error(bad_json) == f"{bad_json}:3: invalid JSON: Expecting value (column 17)"
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"kind: \xff\xfe\n")
+    assert load_error(binary) == f"{binary}: not UTF-8 text (byte 6)"
+
+
+def test_missing_paths(tmp_path: Path) -> None:
+    assert load_error(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: no such file or folder"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write(empty, "README.md", "nothing here")
+    assert load_error(empty) == f"{empty}: no *.yaml, *.yml or *.json files in this folder"
+
+
+def test_error_values_with_newlines_stay_on_one_line() -> None:
+    message = error_of([service(clusterIP="10.0.0.1\nkind: evil")])
+    assert "\n" not in message
+    assert message == r'<memory>: Service default/web: spec.clusterIP: must be an IP address, got "10.0.0.1\nkind: evil"'
+
+
+# --------------------------------------------------------------------------------------------
+# The YAML fast path must read exactly what PyYAML's SafeLoader reads
+
+TRICKY_YAML = [
+    "a: 1\nb: 0o17\nc: 017\nd: 0x1F\ne: 1_000\nf: 1:20\ng: -3\n",
+    "a: yes\nb: No\nc: on\nd: OFF\ne: true\nf: ~\ng: null\nh:\ni: ''\n",
+    "a: 1.5\nb: .inf\nc: -.Inf\nd: 6.8523015e+5\ne: 1e3\n",
+    'a: 2024-06-11T08:02:17Z\nb: 2024-06-11\nc: "2024-06-11T08:02:17Z"\n',
+    "a: !!str 80\nb: '80'\nc: \"true\"\nd: |\n  multi\n  line\ne: >\n  folded\n  text\n",
+    "{a: [1, 2, {b: c}], d: {}}\n",
+    "---\n---\na: 1\n...\n---\n- x\n- - y\n  - z\n",
+    "base: &base {port: 80}\nsvc:\n  <<: *base\n  name: web\n",  # anchors and merge keys
+    "? [complex, key]\n: value\n",
+    "a: !!int '42'\nb: !!float 1\nc: !!binary aGVsbG8=\n",
+    "dup: 1\ndup: 2\n",
+    "",
+    "# only a comment\n",
+    "- 10.96.0.10\n- fd00::10\n- 10:20:30\n- 0.0.0.0/0\n- 1.2.3.4:80\n",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_YAML)
+def test_yaml_fast_path_matches_pyyaml(text: str) -> None:
+    try:
+        expected = list(yaml.load_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as error:  # e.g. an unhashable key: the same error, with its line
+        with pytest.raises(type(error)):
+            _load_yaml(text)
+    else:
+        assert _load_yaml(text) == expected
+
+
+def test_yaml_fast_path_leaves_anchors_tags_and_complex_keys_to_pyyaml() -> None:
+    assert _load_plain_yaml(TRICKY_YAML[0]) == [{"a": 1, "b": "0o17", "c": 15, "d": 31, "e": 1000, "f": 80, "g": -3}]
+    for text in (TRICKY_YAML[7], TRICKY_YAML[8], TRICKY_YAML[9]):
+        with pytest.raises(_NotPlainData):
+            _load_plain_yaml(text)
+
+
+def test_yaml_fast_path_on_the_fixtures() -> None:
+    for path in sorted(DATA.rglob("*.y*ml")):
+        text = path.read_text()
+        assert _load_plain_yaml(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader)), path
+
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["yes", "no", "on", "~", "null", "1:20", "0o7", "017", "0x1f", "1e3", "2024-01-02", "<<",
+                     "=", "10.96.0.010", "-", "?", ":", "#", "'", '"']),
+)
+_documents = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.one_of(st.text(max_size=8), st.integers()),
+                                                                 inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_documents, min_size=1, max_size=3), st.sampled_from([False, True, None]))
+def test_yaml_fast_path_matches_pyyaml_on_generated_documents(documents: list[Any], flow: bool | None) -> None:
+    text = yaml.safe_dump_all(documents, default_flow_style=flow, allow_unicode=True)
+    assert _load_yaml(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader))
+
+
+def test_pure_python_loader_gives_the_same_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = load_cluster([DATA])
+    monkeypatch.setattr("fastpath.model._YAML_LOADER", yaml.SafeLoader)  # PyYAML built without libyaml
+    assert load_cluster([DATA]) == fast
+
+
+def test_yaml_constructor_errors_are_reported_like_syntax_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "keys.yaml", "apiVersion: v1\nkind: Service\n? [a, b]\n: c\n")
+    assert load_error(path) == f"{path}:3: invalid YAML: found unhashable key (column 3)"
