@@ -37,6 +37,7 @@ setup(
         [extension("_core", "core.pyx"), extension("_pcap", "pcap.pyx")],
         include_path=["fastpath"],
         compiler_directives=directives,
-        build_dir="build/cython",
+        # Directives change the generated C: keep the two builds' C files apart.
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
     ),
 )

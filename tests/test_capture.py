@@ -23,7 +23,6 @@ from fastpath.capture import (
     open_output,
 )
 
-PYSRC = Path(__file__).resolve().parent.parent / "pysrc"
 DROP, PASS = 3, 0
 
 # (byte order, nanosecond) -> magic value, written in that byte order
@@ -500,8 +499,8 @@ with open_capture({str(src)!r}) as r, open_output({str(tmp_path / 'out.pcap')!r}
 loaded = sorted(m for m in sys.modules if m == "scapy" or m.startswith("scapy."))
 print(loaded)
 """
-    env = dict(os.environ, PYTHONPATH=str(PYSRC))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+    # Same interpreter and environment as the tests: the fastpath under test is imported.
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "[]"
 
