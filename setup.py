@@ -19,7 +19,7 @@ directives = {
     "embedsignature": True,
 }
 compile_args = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
-macros = [] if DEBUG else [("NDEBUG", "1")]
+macros = [("FASTPATH_DEBUG", "1")] if DEBUG else [("NDEBUG", "1")]
 
 
 def extension(module: str, source: str) -> Extension:

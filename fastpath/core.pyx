@@ -27,6 +27,17 @@ from wire cimport (
 
 from fastpath.verdicts import Reason, Verdict
 
+cdef extern from *:
+    """
+    #ifndef FASTPATH_DEBUG
+    #define FASTPATH_DEBUG 0
+    #endif
+    """
+    const int FASTPATH_DEBUG
+
+# True when built with FASTPATH_DEBUG=1 (bounds checks on, no optimisation).
+DEBUG_BUILD = bool(FASTPATH_DEBUG)
+
 DEFAULT_CT_CAPACITY = 1 << 19
 SECOND_NS = 1_000_000_000
 

@@ -5,6 +5,7 @@ from typing import Any
 from fastpath.maps import Maps
 from fastpath.verdicts import Reason, Verdict
 
+DEBUG_BUILD: bool
 DEFAULT_CT_CAPACITY: int
 DEFAULT_TIMEOUTS_S: dict[str, int]
 REASON_NUMBERS: dict[str, int]
