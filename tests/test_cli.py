@@ -178,3 +178,20 @@ def test_damaged_capture_leaves_no_output(tmp_path, demo_cluster):
     assert len(result.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == b"previous contents"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == ["out.pcap"]
+
+
+def test_progress_bar_when_asked(tmp_path, demo_capture, demo_cluster):
+    result = fastpath("replay", demo_capture, "--cluster", demo_cluster, "--progress", "always",
+                      "-q", check=True)
+    assert "100.0%" in result.stderr and "packets/s" in result.stderr
+    assert result.stdout == ""
+
+
+def test_closed_stdout_is_not_an_error(demo_capture, demo_cluster):
+    process = subprocess.Popen([sys.executable, "-m", "fastpath", "replay", str(demo_capture),
+                                "--cluster", str(demo_cluster)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # like `| head -0`
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) in (0, 141)
+    assert "Traceback" not in stderr and "error" not in stderr

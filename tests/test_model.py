@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fastpath.kubeyaml import _load_plain_yaml, _NotPlainData, load_yaml
 from fastpath.model import (
     ClusterError,
     ClusterState,
@@ -20,9 +21,6 @@ from fastpath.model import (
     NodeAddress,
     ObjectReference,
     ServicePort,
-    _load_plain_yaml,
-    _load_yaml,
-    _NotPlainData,
     load_cluster,
     parse_cidr,
     parse_ip,
@@ -500,9 +498,9 @@ def test_yaml_fast_path_matches_pyyaml(text: str) -> None:
         expected = list(yaml.load_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as error:  # e.g. an unhashable key: the same error, with its line
         with pytest.raises(type(error)):
-            _load_yaml(text)
+            load_yaml(text)
     else:
-        assert _load_yaml(text) == expected
+        assert load_yaml(text) == expected
 
 
 def test_yaml_fast_path_leaves_anchors_tags_and_complex_keys_to_pyyaml() -> None:
@@ -536,12 +534,12 @@ _documents = st.recursive(
 @given(st.lists(_documents, min_size=1, max_size=3), st.sampled_from([False, True, None]))
 def test_yaml_fast_path_matches_pyyaml_on_generated_documents(documents: list[Any], flow: bool | None) -> None:
     text = yaml.safe_dump_all(documents, default_flow_style=flow, allow_unicode=True)
-    assert _load_yaml(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader))
+    assert load_yaml(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader))
 
 
 def test_pure_python_loader_gives_the_same_state(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = load_cluster([DATA])
-    monkeypatch.setattr("fastpath.model._YAML_LOADER", yaml.SafeLoader)  # PyYAML built without libyaml
+    monkeypatch.setattr("fastpath.kubeyaml.YAML_LOADER", yaml.SafeLoader)  # PyYAML built without libyaml
     assert load_cluster([DATA]) == fast
 
 

@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # The reader of our stdout went away (`| head`): stop quietly, like a SIGPIPE'd tool.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CliError, ClusterError, CaptureError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     except OSError as error:
