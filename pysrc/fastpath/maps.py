@@ -29,13 +29,22 @@ class Backend:
 class Service:
     """One service port. `id` is dense (1..N): the rev-NAT id and the per-service counter index.
 
-    `backends` are the ids of the backends new flows may select, in a stable order (the compiler
-    sorts them), so every node and every run builds the same selection table.
+    Backend tuples hold backend ids in a stable order (the compiler sorts them), so every node and
+    every run builds the same selection table.
     """
 
     id: int
     name: str  # "namespace/name:port-name" ("namespace/name" when the port is unnamed)
-    backends: tuple[int, ...]
+    backends: tuple[int, ...]  # the cluster set: what new flows choose from by default
+    # The local set (endpoints on this node), used under a Local traffic policy.
+    local_backends: tuple[int, ...] = ()
+    # Every serving endpoint (ready or terminating). When new maps are loaded, tracked UDP flows
+    # whose backend is not serving any more are forgotten, so their next packet selects again.
+    serving: tuple[int, ...] = ()
+    affinity_timeout_s: int = 0  # ClientIP session affinity timeout; 0: no affinity
+
+
+FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +55,24 @@ class Frontend:
     port: int
     proto: int  # PROTO_TCP or PROTO_UDP
     service: int  # Service.id
-    kind: str = "ClusterIP"
+    kind: str = "ClusterIP"  # one of FRONTEND_KINDS
+    # internalTrafficPolicy Local (ClusterIP) or externalTrafficPolicy Local (the other kinds).
+    local_policy: bool = False
+    # loadBalancerSourceRanges as (network, prefix length); empty allows every source.
+    source_ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the dataplane knows of the node it runs on (all IPv4 as integers)."""
+
+    primary_ip: int = 0  # masquerade (SNAT) address; 0: no masquerading possible
+    local_ips: tuple[int, ...] = ()  # the node's own addresses (node-local sources)
+    pod_cidrs: tuple[tuple[int, int], ...] = ()  # clusterCIDR: which sources are pod traffic
+    masquerade_all: bool = False
+    # Addresses of ClusterIP services: a packet to one of them on a port no service has is
+    # rejected, like kube-proxy does.
+    service_ips: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -56,6 +82,7 @@ class Maps:
     services: list[Service] = field(default_factory=list)
     frontends: list[Frontend] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
+    node: NodeView = field(default_factory=NodeView)
 
     def __post_init__(self) -> None:
         for position, item in enumerate(self.services):
@@ -72,7 +99,10 @@ class Maps:
             if key in keys:
                 raise ValueError(f"duplicate frontend {frontend}")
             keys.add(key)
+        for frontend in self.frontends:
+            if frontend.kind not in FRONTEND_KINDS:
+                raise ValueError(f"frontend {frontend} has an unknown kind")
         for service in self.services:
-            for backend_id in service.backends:
+            for backend_id in (*service.backends, *service.local_backends, *service.serving):
                 if not 1 <= backend_id <= len(self.backends):
                     raise ValueError(f"service {service.name!r} names unknown backend id {backend_id}")

@@ -10,15 +10,15 @@ Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY)   ct_capacity >= 1
   .load(maps)      replace frontends/services/backends between batches; conntrack is kept
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
-                    "backends": [n for id 1..], "conntrack": {"inserts", "evictions", "expired",
-                    "reopened", "non_syn_miss", "insert_failures", "entries"}}
+                    "backends": [n for id 1..], "conntrack": {...}, "affinity": {...}}
                    (every Verdict/Reason name present, zeros included)
 Arrays: offsets array('Q'), lengths array('I'), timestamps_ns array('Q'), verdicts and reasons
 array('B') (any writable buffer of those C types works).
 
 Batch interface
 ---------------
-process(buf, offsets, lengths, timestamps_ns, verdicts, reasons, linktype)
+process(buf, offsets, lengths, timestamps_ns, verdicts, reasons, linktype,
+        services=None, backends=None, flags=None)
   buf: writable bytes-like holding packets; packet i is buf[offsets[i] : offsets[i] + lengths[i]]
   (lengths are captured lengths). Packets are rewritten in place. verdicts[i] / reasons[i] receive
   a `Verdict` / `Reason` number. timestamps_ns[i] is the packet time in ns since the epoch.
@@ -65,10 +65,12 @@ Conntrack
 ---------
 A fixed capacity of entries with exact least-recently-used eviction. An entry holds:
   orig tuple  (client ip, frontend ip, client port, frontend port, proto)
-  reply tuple (backend ip, client ip, backend port, client port, proto)
-  frontend index (the rev-NAT id: which frontend was used), backend id, service id, state,
+  reply tuple (backend ip, reply-dst ip, backend port, reply-dst port, proto) where reply-dst is
+              the SNAT address and port when the flow is masqueraded, else the client's
+  snat ip/port (0 when not masqueraded), frontend kind, service id, backend id, state,
   last_seen_ns.
-States and timeouts: SYN_SENT 60 s, ESTABLISHED 8000 s, CLOSING 10 s, OTHER (UDP) 60 s.
+States and timeouts: SYN_SENT 60 s, ESTABLISHED 8000 s, CLOSING 10 s, OTHER (UDP) 60 s
+(overridable per engine: timeouts_s={"syn_sent", "established", "closing", "other"}).
 An entry is expired when ts - last_seen_ns > timeout(state) (ts earlier than last_seen is never
 expired).
 
@@ -78,32 +80,79 @@ Per TCP/UDP IPv4 packet with key K = (src ip, dst ip, src port, dst port, proto)
  3. Found ORIG, TCP, pure SYN, entry state CLOSING: delete it (ct_reopened += 1), not found.
  4. Found: last_seen = max(last_seen, ts); the entry becomes most recently used; state update
     (TCP only): FIN or RST -> CLOSING; else if REPLY and state SYN_SENT -> ESTABLISHED.
-    ORIG: DNAT (dst ip := backend ip, dst port := backend port), reason CT_ESTABLISHED.
-    REPLY: REVNAT (src ip := frontend ip, src port := frontend port), reason CT_REPLY.
- 5. Not found: frontend lookup (dst ip, dst port, proto). Miss -> PASS_NO_SERVICE.
-    Hit, service with no backends -> DROP_NO_BACKEND (no entry created).
-    Hit: choose the backend as above. TCP and not pure SYN -> ct_non_syn_miss += 1 (the flow is
-    picked up mid-stream, like nf_conntrack's loose mode). Initial state: UDP OTHER; TCP with FIN
-    or RST -> CLOSING; pure SYN -> SYN_SENT; other TCP -> ESTABLISHED. If the table holds
-    `capacity` entries, the least recently used one is evicted first (ct_evictions += 1).
-    Insert (ct_inserts += 1), last_seen = ts, most recently used. DNAT, reason NEW_FLOW.
-    A new flow whose reply tuple equals a tuple (orig or reply) of an entry present in the table
-    is not inserted: ct_insert_failures += 1, and the packet is still DNATed (reason NEW_FLOW).
+    ORIG: DNAT (dst := backend ip/port; and src := snat ip/port when masqueraded), reason
+    CT_ESTABLISHED.
+    REPLY: REVNAT (src := frontend ip/port; and dst := client ip/port when masqueraded), reason
+    CT_REPLY.
+ 5. Not found: a new flow, see "New flows". Only a packet that ends in NEW_FLOW creates state.
+
+New flows (policy is in the maps; the core follows these steps in this order)
+--------------------------------------------------------------------------------
+ a. Frontend lookup (dst ip, dst port, proto). Miss: dst in node.service_ips ->
+    REJECT_UNKNOWN_PORT, else PASS_NO_SERVICE.
+ b. The frontend has source_ranges and src ip is in none of them -> DROP_SOURCE_RANGE.
+ c. The service's cluster set (Service.backends) is empty -> REJECT_NO_ENDPOINT.
+ d. Source class: "pod" when src ip is in a node.pod_cidrs prefix; "node" when src ip is one of
+    node.local_ips; else "other". Set and masquerade:
+      ClusterIP frontend: set = local_backends if local_policy else backends;
+                          masq = node.masquerade_all or (node.pod_cidrs non-empty and class
+                          is not pod).
+      other kinds, local_policy false: set = backends, masq = true.
+      other kinds, local_policy true: pod -> backends, no masq; node -> backends, masq;
+                          other -> local_backends, no masq (the client IP is preserved).
+    The set is empty -> DROP_NO_LOCAL_ENDPOINT.
+ e. Session affinity (Service.affinity_timeout_s > 0): look up (src ip, service id) in the
+    affinity table. An entry older than the timeout (ts - last_used_ns > timeout) is deleted
+    (affinity_expired += 1). A live entry whose backend (ip, port) is in the set chooses it;
+    otherwise choose by hash. Then the entry is written (backend, last_used_ns = ts) and becomes
+    most recently used; a full table (capacity = ct capacity) evicts its least recently used
+    entry first (affinity_evictions += 1).
+    Without affinity: backend = set[((flow_hash(K) & 0xFFFFFFFF) * len(set)) >> 32].
+ f. Hairpin: the chosen backend's ip equals src ip -> masq = true.
+ g. masq and node.primary_ip == 0 -> masq = false (nothing to masquerade to; counted in
+    snat_unavailable).
+ h. SNAT port (masq only): start from the client port p; while the reply tuple (backend ip,
+    primary ip, backend port, p, proto) is present in conntrack, p = 1024 + (p - 1024 + 1) %
+    64512 for p >= 1024, p + 1 below 1024; at most 64 tries, then give up (snat_failures += 1):
+    the packet is still translated with the last p tried and nothing is inserted.
+ i. TCP and not pure SYN -> ct_non_syn_miss += 1. Initial state: UDP OTHER; TCP with FIN or RST
+    -> CLOSING; pure SYN -> SYN_SENT; other TCP -> ESTABLISHED. Insert: the reply tuple present
+    in the table (without masq) -> not inserted, ct_insert_failures += 1; otherwise evict the
+    least recently used entry if the table holds `capacity` entries (ct_evictions += 1), insert
+    (ct_inserts += 1), last_seen = ts, most recently used.
+ j. DNAT (+ SNAT when masq), reason NEW_FLOW.
+
+REJECT packets are not rewritten and are left out of the output; the caller inserts the reply
+built by fastpath.icmp.port_unreachable right after them.
+
+load(maps): between batches
+---------------------------
+Old ids are mapped to new ones by name (services by Service.name, backends by (ip, port)); ids
+with no counterpart become 0. Conntrack and affinity entries, and the per-service and
+per-backend counters, follow the mapping (a counter whose id has no counterpart is dropped).
+Then every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
+service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
+entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
 
 Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word at a time)
-  IPv4 header checksum: updated for the changed address.
-  TCP checksum: updated for the changed address (pseudo-header) and port.
+  For each changed address then its port (destination first, then source): IPv4 header
+  checksum for the address; TCP/UDP checksum for the address (pseudo-header) and the port.
   UDP checksum: 0 stays 0 (no checksum); otherwise updated like TCP, and a result of 0 is
-  written as 0xFFFF.
-  The checksum field is updated only if it lies within the captured bytes; the header fields
-  are always within them (checked by parsing).
+  written as 0xFFFF (after all updates of the packet).
+
+Per-packet trace (optional arrays given to process)
+----------------------------------------------------
+services[i]: the service id the packet was attributed to (0: none); backends[i]: the backend id
+(0: none); flags[i]: bits 0-2 frontend kind + 1 (ClusterIP 1, NodePort 2, LoadBalancer 3,
+ExternalIP 4; 0: no frontend), bit 3: masqueraded. NEW_FLOW, CT_* and DROP_NO_LOCAL_ENDPOINT,
+DROP_SOURCE_RANGE, REJECT_NO_ENDPOINT fill what they know; other reasons give zeros.
 
 Counters
 --------
-packets per verdict, per reason; per service: packets (DNAT + REVNAT attributed to the entry's
-or frontend's service, DROP_NO_BACKEND to the frontend's service); per backend: packets (DNAT and
-REVNAT); ct_inserts, ct_evictions, ct_expired, ct_reopened, ct_non_syn_miss, ct_insert_failures;
-ct_entries (current).
+packets per verdict, per reason; per service: packets attributed to it (as in the trace); per
+backend: packets DNATed or REVNATed to/from it; conntrack: inserts, evictions, expired,
+reopened, non_syn_miss, insert_failures, flushed, snat_failures, snat_unavailable, entries
+(current); affinity: evictions, expired, entries (current).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ class Verdict(enum.IntEnum):
     DNAT = 1  # client -> frontend, rewritten to client -> backend (XDP_TX)
     REVNAT = 2  # backend -> client reply, rewritten to frontend -> client (XDP_TX)
     DROP = 3  # dropped; left out of the output capture
+    REJECT = 4  # dropped, and an ICMP port unreachable goes back to the client (like kube-proxy)
 
 
 class Reason(enum.IntEnum):
@@ -27,10 +28,13 @@ class Reason(enum.IntEnum):
     NEW_FLOW = 4  # first packet of a flow: backend selected, conntrack entry created (DNAT)
     CT_ESTABLISHED = 5  # forward packet of a tracked flow (DNAT)
     CT_REPLY = 6  # reply of a tracked flow (REVNAT)
-    DROP_NO_BACKEND = 7  # frontend hit, but the service port has no usable endpoint
+    DROP_NO_LOCAL_ENDPOINT = 7  # Local traffic policy and no endpoint on this node
     DROP_TRUNCATED = 8  # L2/IP/L4 headers extend past the captured bytes
     DROP_BAD_IP_HEADER = 9  # IPv4 version/IHL/total length inconsistent
     DROP_BAD_L4_HEADER = 10  # TCP data offset < 5 or past the IP payload, UDP length < 8
+    REJECT_NO_ENDPOINT = 11  # the service port has no usable endpoint anywhere
+    REJECT_UNKNOWN_PORT = 12  # a ClusterIP, on a port/protocol none of its services has
+    DROP_SOURCE_RANGE = 13  # source outside the LoadBalancer's loadBalancerSourceRanges
 
 
 VERDICT_OF_REASON: dict[Reason, Verdict] = {
@@ -41,8 +45,23 @@ VERDICT_OF_REASON: dict[Reason, Verdict] = {
     Reason.NEW_FLOW: Verdict.DNAT,
     Reason.CT_ESTABLISHED: Verdict.DNAT,
     Reason.CT_REPLY: Verdict.REVNAT,
-    Reason.DROP_NO_BACKEND: Verdict.DROP,
+    Reason.DROP_NO_LOCAL_ENDPOINT: Verdict.DROP,
     Reason.DROP_TRUNCATED: Verdict.DROP,
     Reason.DROP_BAD_IP_HEADER: Verdict.DROP,
     Reason.DROP_BAD_L4_HEADER: Verdict.DROP,
+    Reason.REJECT_NO_ENDPOINT: Verdict.REJECT,
+    Reason.REJECT_UNKNOWN_PORT: Verdict.REJECT,
+    Reason.DROP_SOURCE_RANGE: Verdict.DROP,
 }
+
+
+class FrontendKind(enum.IntEnum):
+    """Trace flag values (bits 0-2 of a trace flag byte); 0 means no frontend."""
+
+    ClusterIP = 1
+    NodePort = 2
+    LoadBalancer = 3
+    ExternalIP = 4
+
+
+TRACE_MASQUERADED = 0x08  # trace flag bit: the flow is SNATed to the node's address
