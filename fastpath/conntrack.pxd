@@ -23,18 +23,26 @@ cdef enum:
     STATE_COUNT = 5
 
 
-ctypedef struct CtEntry:            # 56 bytes
+cdef enum:
+    FLAG_KIND_MASK = 0x07           # frontend kind + 1, as in the trace flags
+    FLAG_MASQUERADED = 0x08
+
+
+ctypedef struct CtEntry:            # 64 bytes: one cache line
+    uint64_t last_seen_ns
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
-    uint32_t backend_addr           # reply tuple: backend -> client
+    uint32_t backend_addr           # reply tuple: backend -> reply address (SNAT or client)
+    uint32_t reply_addr
     uint16_t client_port
     uint16_t frontend_port
     uint16_t backend_port
+    uint16_t reply_port
     uint8_t proto
     uint8_t state
+    uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED
     uint32_t service                # ids for the per-service and per-backend counters
     uint32_t backend
-    uint64_t last_seen_ns
     uint32_t lru_prev               # towards the least recently used end
     uint32_t lru_next
     uint32_t chain[2]               # next ref in the bucket chain, per direction
@@ -47,6 +55,9 @@ ctypedef struct CtStats:
     uint64_t reopened
     uint64_t non_syn_miss
     uint64_t insert_failures
+    uint64_t flushed
+    uint64_t snat_failures
+    uint64_t snat_unavailable
 
 
 ctypedef struct Conntrack:
@@ -94,12 +105,13 @@ cdef inline void ct_free(Conntrack* ct) noexcept nogil:
 
 cdef inline bint ct_matches(const CtEntry* e, uint32_t direction, uint32_t saddr, uint32_t daddr,
                             uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
-    if e.proto != proto or e.client_addr != (daddr if direction else saddr):
+    if e.proto != proto:
         return False
     if direction == DIR_ORIG:
-        return (e.frontend_addr == daddr and e.client_port == sport
+        return (e.client_addr == saddr and e.frontend_addr == daddr and e.client_port == sport
                 and e.frontend_port == dport)
-    return e.backend_addr == saddr and e.backend_port == sport and e.client_port == dport
+    return (e.backend_addr == saddr and e.reply_addr == daddr and e.backend_port == sport
+            and e.reply_port == dport)
 
 
 cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t saddr, uint32_t daddr,
@@ -116,7 +128,7 @@ cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t sadd
 cdef inline uint64_t ct_tuple_hash(const CtEntry* e, uint32_t direction) noexcept nogil:
     if direction == DIR_ORIG:
         return flow_hash(e.client_addr, e.frontend_addr, e.client_port, e.frontend_port, e.proto)
-    return flow_hash(e.backend_addr, e.client_addr, e.backend_port, e.client_port, e.proto)
+    return flow_hash(e.backend_addr, e.reply_addr, e.backend_port, e.reply_port, e.proto)
 
 
 cdef inline void ct_chain_link(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
@@ -196,12 +208,16 @@ cdef inline uint32_t ct_allocate(Conntrack* ct) noexcept nogil:
     return index
 
 
+cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t daddr,
+                                  uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+    return ct_lookup(ct, flow_hash(saddr, daddr, sport, dport, proto), saddr, daddr, sport, dport,
+                     proto) != CT_NIL
+
+
 cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogil:
     """Track a new flow. Fails (CT_NIL) when its reply tuple is already a tracked tuple."""
-    cdef uint64_t reply_hash = flow_hash(flow.backend_addr, flow.client_addr, flow.backend_port,
-                                         flow.client_port, flow.proto)
-    if ct_lookup(ct, reply_hash, flow.backend_addr, flow.client_addr, flow.backend_port,
-                 flow.client_port, flow.proto) != CT_NIL:
+    if ct_tuple_present(ct, flow.backend_addr, flow.reply_addr, flow.backend_port,
+                        flow.reply_port, flow.proto):
         ct.stats.insert_failures += 1
         return CT_NIL
     cdef uint32_t index = ct_allocate(ct)

@@ -5,26 +5,34 @@ The behaviour is specified in fastpath/reference.py (the pure-Python twin); the 
 byte for byte. Policy never lives here: the maps arrive fully decided from fastpath.compiler.
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
+from affinity cimport (
+    AFF_NIL, Affinity, affinity_delete, affinity_find, affinity_free, affinity_init,
+    affinity_record, affinity_rehash,
+)
 from conntrack cimport (
-    CT_NIL, DIR_ORIG, DIR_REPLY, STATE_CLOSING, STATE_ESTABLISHED, STATE_OTHER, STATE_SYN_SENT,
-    Conntrack, CtEntry, ct_delete, ct_expired, ct_free, ct_init, ct_insert, ct_lookup, ct_touch,
+    CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
+    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, Conntrack, CtEntry, ct_delete, ct_expired, ct_free,
+    ct_init, ct_insert, ct_lookup, ct_touch, ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
     frontend_map_put,
 )
 from hashing cimport flow_hash, scale_hash
-from nat cimport dnat, reverse_nat
+from nat cimport translate
 from wire cimport (
-    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_NO_BACKEND,
-    DROP_TRUNCATED, IPPROTO_TCP, NEW_FLOW, PARSED, PASS_NO_SERVICE, PASS_NOT_IP, PASS_UNKNOWN_LINK,
-    PASS_UNSUPPORTED, REASON_COUNT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VERDICT_COUNT, VERDICT_DNAT,
-    VERDICT_DROP, VERDICT_PASS, VERDICT_REVNAT, Packet, parse_packet,
+    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_NO_LOCAL_ENDPOINT,
+    DROP_SOURCE_RANGE, DROP_TRUNCATED, IPPROTO_TCP, IPPROTO_UDP, NEW_FLOW, PARSED,
+    PASS_NO_SERVICE, PASS_NOT_IP, PASS_UNKNOWN_LINK, PASS_UNSUPPORTED, REASON_COUNT,
+    REJECT_NO_ENDPOINT, REJECT_UNKNOWN_PORT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VERDICT_COUNT,
+    VERDICT_DNAT, VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT, VERDICT_REVNAT, Packet,
+    parse_packet,
 )
 
+from fastpath.maps import FRONTEND_KINDS
 from fastpath.verdicts import Reason, Verdict
 
 cdef extern from *:
@@ -41,20 +49,36 @@ DEBUG_BUILD = bool(FASTPATH_DEBUG)
 DEFAULT_CT_CAPACITY = 1 << 19
 SECOND_NS = 1_000_000_000
 
-# Conntrack timeouts per state (Cilium's defaults), in nanoseconds of packet time.
+# Conntrack timeouts per state (Cilium's defaults), in seconds of packet time.
 DEFAULT_TIMEOUTS_S = {"syn_sent": 60, "established": 8000, "closing": 10, "other": 60}
+
+cdef enum:
+    KIND_CLUSTER_IP = 1             # frontend kind + 1, as in the trace flags
+    SNAT_TRIES = 64
 
 
 ctypedef struct FrontendEntry:
     uint32_t addr
     uint16_t port
     uint8_t proto
+    uint8_t kind                    # KIND_* (FRONTEND_KINDS index + 1)
+    uint8_t local_policy
     uint32_t service
+    uint32_t first_range            # loadBalancerSourceRanges: ranges[first_range, +n_ranges)
+    uint32_t n_ranges
+
+
+ctypedef struct Prefix:
+    uint32_t network
+    uint32_t mask
 
 
 ctypedef struct ServiceEntry:
-    uint32_t first_slot             # this service's backend ids are slots[first_slot, +count)
-    uint32_t count
+    uint32_t first_cluster          # slots[first_cluster, +n_cluster): the cluster set
+    uint32_t n_cluster
+    uint32_t first_local            # slots[first_local, +n_local): the local set
+    uint32_t n_local
+    uint64_t affinity_timeout_ns    # 0: no session affinity
 
 
 ctypedef struct BackendEntry:
@@ -65,11 +89,27 @@ ctypedef struct BackendEntry:
 ctypedef struct Maps:
     FrontendMap frontend_map
     FrontendEntry* frontends
+    Prefix* ranges
     ServiceEntry* services          # indexed by service id (0 unused)
     uint32_t* slots
     BackendEntry* backends          # indexed by backend id (0 unused)
     uint32_t n_services
     uint32_t n_backends
+    # The node view
+    uint32_t primary_ip
+    uint32_t* local_ips
+    uint32_t n_local_ips
+    Prefix* pod_cidrs
+    uint32_t n_pod_cidrs
+    bint masquerade_all
+    FrontendMap service_ips         # ClusterIPs, keyed frontend_key(ip, 0, 0)
+    bint any_affinity
+
+
+ctypedef struct TraceOut:           # what one packet's trace records
+    uint32_t service
+    uint32_t backend
+    uint8_t flags
 
 
 # The core's own numbering, exported so a test can check it against fastpath.verdicts.
@@ -77,11 +117,13 @@ REASON_NUMBERS = {
     "PASS_NOT_IP": PASS_NOT_IP, "PASS_NO_SERVICE": PASS_NO_SERVICE,
     "PASS_UNSUPPORTED": PASS_UNSUPPORTED, "PASS_UNKNOWN_LINK": PASS_UNKNOWN_LINK,
     "NEW_FLOW": NEW_FLOW, "CT_ESTABLISHED": CT_ESTABLISHED, "CT_REPLY": CT_REPLY,
-    "DROP_NO_BACKEND": DROP_NO_BACKEND, "DROP_TRUNCATED": DROP_TRUNCATED,
+    "DROP_NO_LOCAL_ENDPOINT": DROP_NO_LOCAL_ENDPOINT, "DROP_TRUNCATED": DROP_TRUNCATED,
     "DROP_BAD_IP_HEADER": DROP_BAD_IP_HEADER, "DROP_BAD_L4_HEADER": DROP_BAD_L4_HEADER,
+    "REJECT_NO_ENDPOINT": REJECT_NO_ENDPOINT, "REJECT_UNKNOWN_PORT": REJECT_UNKNOWN_PORT,
+    "DROP_SOURCE_RANGE": DROP_SOURCE_RANGE,
 }
 VERDICT_NUMBERS = {"PASS": VERDICT_PASS, "DNAT": VERDICT_DNAT, "REVNAT": VERDICT_REVNAT,
-                   "DROP": VERDICT_DROP}
+                   "DROP": VERDICT_DROP, "REJECT": VERDICT_REJECT}
 
 cdef uint8_t VERDICT_OF[REASON_COUNT]
 VERDICT_OF[PASS_NOT_IP] = VERDICT_PASS
@@ -91,10 +133,13 @@ VERDICT_OF[PASS_UNKNOWN_LINK] = VERDICT_PASS
 VERDICT_OF[NEW_FLOW] = VERDICT_DNAT
 VERDICT_OF[CT_ESTABLISHED] = VERDICT_DNAT
 VERDICT_OF[CT_REPLY] = VERDICT_REVNAT
-VERDICT_OF[DROP_NO_BACKEND] = VERDICT_DROP
+VERDICT_OF[DROP_NO_LOCAL_ENDPOINT] = VERDICT_DROP
 VERDICT_OF[DROP_TRUNCATED] = VERDICT_DROP
 VERDICT_OF[DROP_BAD_IP_HEADER] = VERDICT_DROP
 VERDICT_OF[DROP_BAD_L4_HEADER] = VERDICT_DROP
+VERDICT_OF[REJECT_NO_ENDPOINT] = VERDICT_REJECT
+VERDICT_OF[REJECT_UNKNOWN_PORT] = VERDICT_REJECT
+VERDICT_OF[DROP_SOURCE_RANGE] = VERDICT_DROP
 
 
 def verdict_of_reason(int reason):
@@ -106,10 +151,14 @@ def verdict_of_reason(int reason):
 
 cdef void maps_free(Maps* m) noexcept nogil:
     frontend_map_free(&m.frontend_map)
+    frontend_map_free(&m.service_ips)
     free(m.frontends)
+    free(m.ranges)
     free(m.services)
     free(m.slots)
     free(m.backends)
+    free(m.local_ips)
+    free(m.pod_cidrs)
     memset(m, 0, sizeof(Maps))
 
 
@@ -129,17 +178,41 @@ cdef inline uint8_t tcp_initial_state(uint8_t flags) noexcept nogil:
     return STATE_ESTABLISHED
 
 
+cdef inline bint in_prefixes(uint32_t addr, const Prefix* prefixes, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    for i in range(n):
+        if addr & prefixes[i].mask == prefixes[i].network:
+            return True
+    return False
+
+
+cdef inline uint16_t next_snat_port(uint16_t port) noexcept nogil:
+    # Walk the unprivileged range and wrap inside it; privileged ports just count up.
+    if port >= 1024:
+        return <uint16_t>(1024 + (port - 1024 + 1) % 64512)
+    return port + 1
+
+
+cdef Prefix _prefix(network, length) except *:
+    cdef Prefix p
+    if not 0 <= length <= 32:
+        raise ValueError(f"prefix length {length} out of range")
+    p.mask = <uint32_t>((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF) if length else 0
+    p.network = network & p.mask
+    return p
+
+
 cdef class Engine:
     """The compiled dataplane. See fastpath.reference for the specification of every method."""
 
     cdef Maps maps
+    cdef object py_maps                # the fastpath.maps.Maps loaded, for remapping on load()
     cdef Conntrack ct
+    cdef Affinity affinity
     cdef uint64_t verdict_packets[VERDICT_COUNT]
     cdef uint64_t reason_packets[REASON_COUNT]
     cdef uint64_t* service_packets     # indexed by service id
     cdef uint64_t* backend_packets     # indexed by backend id
-    cdef uint32_t counter_services
-    cdef uint32_t counter_backends
 
     def __cinit__(self, maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None):
         if not isinstance(ct_capacity, int) or not 1 <= ct_capacity <= 0x7FFFFFFF:
@@ -157,6 +230,7 @@ cdef class Engine:
     def __dealloc__(self):
         maps_free(&self.maps)
         ct_free(&self.ct)
+        affinity_free(&self.affinity)
         free(self.service_packets)
         free(self.backend_packets)
 
@@ -164,68 +238,88 @@ cdef class Engine:
     def ct_capacity(self):
         return self.ct.capacity
 
+    # -- maps ----------------------------------------------------------------------------------
+
     def load(self, maps):
-        """Replace frontends, services and backends (between batches); conntrack is kept."""
+        """Replace the maps between batches. Tracked flows, affinity and counters follow the new
+        ids (matched by service name and backend address); UDP flows to a backend that is no
+        longer serving are forgotten."""
         cdef Maps m
         memset(&m, 0, sizeof(Maps))
-        cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
-        cdef uint32_t n_frontends = len(maps.frontends)
-        cdef uint32_t n_slots = sum(len(s.backends) for s in maps.services)
-        cdef uint32_t i, slot = 0
         try:
-            if frontend_map_init(&m.frontend_map, n_frontends) != 0:
-                raise MemoryError("cannot allocate the frontend map")
-            m.frontends = <FrontendEntry*>calloc(n_frontends + 1, sizeof(FrontendEntry))
-            m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
-            m.slots = <uint32_t*>calloc(n_slots + 1, sizeof(uint32_t))
-            m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
-            if not (m.frontends and m.services and m.slots and m.backends):
-                raise MemoryError("cannot allocate the service maps")
-            m.n_services = n_services
-            m.n_backends = n_backends
-            for backend in maps.backends:
-                m.backends[backend.id].addr = backend.ip
-                m.backends[backend.id].port = backend.port
-            for service in maps.services:
-                m.services[service.id].first_slot = slot
-                m.services[service.id].count = len(service.backends)
-                for backend_id in service.backends:
-                    m.slots[slot] = backend_id
-                    slot += 1
-            for i, frontend in enumerate(maps.frontends):
-                m.frontends[i].addr = frontend.ip
-                m.frontends[i].port = frontend.port
-                m.frontends[i].proto = frontend.proto
-                m.frontends[i].service = frontend.service
-                if not frontend_map_put(&m.frontend_map,
-                                        frontend_key(frontend.ip, frontend.port, frontend.proto), i):
-                    raise ValueError(f"duplicate frontend {frontend}")
+            _build_maps(&m, maps)
+            if m.any_affinity and self.affinity.entries == NULL:
+                if affinity_init(&self.affinity, self.ct.capacity) != 0:
+                    raise MemoryError("cannot allocate the session affinity table")
         except BaseException:
             maps_free(&m)
             raise
-        self._resize_counters(n_services, n_backends)
+        service_ids, backend_ids = _id_mapping(self.py_maps, maps)
+        self._remap_counters(service_ids, backend_ids, len(maps.services), len(maps.backends))
+        if self.py_maps is not None:
+            self._remap_state(service_ids, backend_ids, maps)
         maps_free(&self.maps)
         self.maps = m
+        self.py_maps = maps
 
-    cdef _resize_counters(self, uint32_t n_services, uint32_t n_backends):
-        # Ids are stable across recompiles of the same objects, so counts carry over by id.
-        self.service_packets = _resized(self.service_packets, self.counter_services, n_services)
-        self.counter_services = n_services
-        self.backend_packets = _resized(self.backend_packets, self.counter_backends, n_backends)
-        self.counter_backends = n_backends
+    cdef _remap_counters(self, list service_ids, list backend_ids, uint32_t n_services,
+                         uint32_t n_backends):
+        self.service_packets = _remapped(self.service_packets, service_ids, n_services)
+        self.backend_packets = _remapped(self.backend_packets, backend_ids, n_backends)
+
+    cdef _remap_state(self, list service_ids, list backend_ids, maps):
+        cdef uint32_t index, following
+        cdef CtEntry* e
+        serving = [None] + [
+            {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
+            for s in maps.services
+        ]
+        index = self.ct.lru_oldest
+        while index != CT_NIL:
+            e = &self.ct.entries[index]
+            following = e.lru_next
+            e.service = service_ids[e.service] if e.service < len(service_ids) else 0
+            e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
+            if e.proto == IPPROTO_UDP and (
+                    e.service == 0 or (e.backend_addr, e.backend_port) not in serving[e.service]):
+                self.ct.stats.flushed += 1
+                ct_delete(&self.ct, index)
+            index = following
+        if self.affinity.entries == NULL:
+            return
+        index = self.affinity.lru_oldest
+        while index != AFF_NIL:
+            following = self.affinity.entries[index].lru_next
+            old = self.affinity.entries[index].service
+            new = service_ids[old] if old < len(service_ids) else 0
+            if new == 0:
+                affinity_delete(&self.affinity, index)
+            elif new != old:
+                affinity_rehash(&self.affinity, index, new)
+            index = following
+
+    # -- the packet loop -----------------------------------------------------------------------
 
     def process(self, unsigned char[::1] buf not None, const uint64_t[::1] offsets not None,
                 const uint32_t[::1] lengths not None, const uint64_t[::1] timestamps_ns not None,
-                uint8_t[::1] verdicts not None, uint8_t[::1] reasons not None, int linktype=1):
-        """Run one batch: packet i is buf[offsets[i]:offsets[i]+lengths[i]], rewritten in place."""
+                uint8_t[::1] verdicts not None, uint8_t[::1] reasons not None, int linktype=1,
+                uint32_t[::1] services=None, uint32_t[::1] backends=None,
+                uint8_t[::1] flags=None):
+        """Run one batch: packet i is buf[offsets[i]:offsets[i]+lengths[i]], rewritten in place.
+        services/backends/flags, when given, receive the per-packet trace."""
         cdef Py_ssize_t n = offsets.shape[0], i
-        if lengths.shape[0] < n or timestamps_ns.shape[0] < n or verdicts.shape[0] < n \
-                or reasons.shape[0] < n:
+        if lengths.shape[0] != n or timestamps_ns.shape[0] != n or verdicts.shape[0] != n \
+                or reasons.shape[0] != n:
             raise ValueError("lengths, timestamps_ns, verdicts and reasons need one slot per offset")
+        cdef bint tracing = services is not None or backends is not None or flags is not None
+        if tracing and (services is None or backends is None or flags is None
+                        or services.shape[0] != n or backends.shape[0] != n or flags.shape[0] != n):
+            raise ValueError("services, backends and flags go together, one slot per packet")
         cdef uint64_t size = buf.shape[0]
         cdef uint8_t* base = &buf[0] if size else NULL
         cdef Py_ssize_t bad = -1
         cdef uint8_t reason
+        cdef TraceOut trace
         with nogil:
             for i in range(n):
                 if offsets[i] > size or lengths[i] > size - offsets[i]:
@@ -233,17 +327,29 @@ cdef class Engine:
                     break
             if bad < 0:
                 for i in range(n):
-                    reason = self._packet(base + offsets[i], lengths[i], timestamps_ns[i], linktype)
+                    trace.service = 0
+                    trace.backend = 0
+                    trace.flags = 0
+                    reason = self._packet(base + offsets[i], lengths[i], timestamps_ns[i],
+                                          linktype, &trace)
                     reasons[i] = reason
                     verdicts[i] = VERDICT_OF[reason]
                     self.reason_packets[reason] += 1
                     self.verdict_packets[VERDICT_OF[reason]] += 1
+                    if trace.service:
+                        self.service_packets[trace.service] += 1
+                    if trace.backend:
+                        self.backend_packets[trace.backend] += 1
+                    if tracing:
+                        services[i] = trace.service
+                        backends[i] = trace.backend
+                        flags[i] = trace.flags
         if bad >= 0:
             raise ValueError(f"packet {bad} lies outside the buffer "
                              f"(offset {offsets[bad]}, length {lengths[bad]}, buffer {size})")
 
     cdef inline uint8_t _packet(self, uint8_t* data, uint32_t caplen, uint64_t now,
-                                int linktype) noexcept nogil:
+                                int linktype, TraceOut* trace) noexcept nogil:
         cdef Packet pkt
         cdef int parsed = parse_packet(data, caplen, linktype, &pkt)
         if parsed != PARSED:
@@ -262,44 +368,114 @@ cdef class Engine:
                 self.ct.stats.reopened += 1
                 ct_delete(&self.ct, ref >> 1)
             else:
-                return self._tracked(&pkt, e, ref, now)
-        return self._new_flow(&pkt, hash, now)
+                return self._tracked(&pkt, e, ref, now, trace)
+        return self._new_flow(&pkt, hash, now, trace)
 
-    cdef inline uint8_t _tracked(self, Packet* pkt, CtEntry* e, uint32_t ref,
-                                 uint64_t now) noexcept nogil:
+    cdef inline uint8_t _tracked(self, Packet* pkt, CtEntry* e, uint32_t ref, uint64_t now,
+                                 TraceOut* trace) noexcept nogil:
         if now > e.last_seen_ns:
             e.last_seen_ns = now
         ct_touch(&self.ct, ref >> 1)
         if pkt.proto == IPPROTO_TCP:
             e.state = tcp_state_after(e.state, pkt.tcp_flags, ref & 1)
-        self._count(e.service, e.backend)
+        trace.service = e.service
+        trace.backend = e.backend
+        trace.flags = e.flags
+        cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
         if (ref & 1) == DIR_ORIG:
-            dnat(pkt, e.backend_addr, e.backend_port)
+            translate(pkt, True, e.backend_addr, e.backend_port,
+                      masqueraded, e.reply_addr, e.reply_port)
             return CT_ESTABLISHED
-        reverse_nat(pkt, e.frontend_addr, e.frontend_port)
+        translate(pkt, masqueraded, e.client_addr, e.client_port,
+                  True, e.frontend_addr, e.frontend_port)
         return CT_REPLY
 
-    cdef inline uint8_t _new_flow(self, Packet* pkt, uint64_t hash, uint64_t now) noexcept nogil:
-        cdef int64_t index = frontend_map_get(&self.maps.frontend_map,
+    cdef inline uint8_t _new_flow(self, Packet* pkt, uint64_t hash, uint64_t now,
+                                  TraceOut* trace) noexcept nogil:
+        cdef Maps* m = &self.maps
+        cdef int64_t index = frontend_map_get(&m.frontend_map,
                                               frontend_key(pkt.daddr, pkt.dport, pkt.proto))
         if index < 0:
+            if frontend_map_get(&m.service_ips, frontend_key(pkt.daddr, 0, 0)) >= 0:
+                return REJECT_UNKNOWN_PORT
             return PASS_NO_SERVICE
-        cdef uint32_t service_id = self.maps.frontends[index].service
-        cdef ServiceEntry* service = &self.maps.services[service_id]
-        if service.count == 0:
-            self._count(service_id, 0)
-            return DROP_NO_BACKEND
-        cdef uint32_t backend_id = self.maps.slots[service.first_slot + scale_hash(hash, service.count)]
-        cdef BackendEntry* backend = &self.maps.backends[backend_id]
+        cdef FrontendEntry* frontend = &m.frontends[index]
+        cdef ServiceEntry* service = &m.services[frontend.service]
+        trace.service = frontend.service
+        trace.flags = frontend.kind
+        if frontend.n_ranges and not in_prefixes(pkt.saddr, m.ranges + frontend.first_range,
+                                                 frontend.n_ranges):
+            return DROP_SOURCE_RANGE
+        if service.n_cluster == 0:
+            return REJECT_NO_ENDPOINT
+
+        # Which endpoints, and whether to masquerade: kube-proxy's rules by frontend kind, traffic
+        # policy and source class (the compiler put each decision's inputs in the maps).
+        cdef bint from_pod = in_prefixes(pkt.saddr, m.pod_cidrs, m.n_pod_cidrs)
+        cdef bint use_local, masq
+        if frontend.kind == KIND_CLUSTER_IP:
+            use_local = frontend.local_policy
+            masq = m.masquerade_all or (m.n_pod_cidrs > 0 and not from_pod)
+        elif not frontend.local_policy:
+            use_local = False
+            masq = True
+        elif from_pod:
+            use_local = False
+            masq = False
+        elif self._node_local(pkt.saddr):
+            use_local = False
+            masq = True
+        else:
+            use_local = True
+            masq = False
+        cdef uint32_t first = service.first_local if use_local else service.first_cluster
+        cdef uint32_t count = service.n_local if use_local else service.n_cluster
+        if count == 0:
+            return DROP_NO_LOCAL_ENDPOINT
+
+        cdef uint32_t backend_id = 0
+        if service.affinity_timeout_ns:
+            backend_id = self._affinity_choice(pkt.saddr, frontend.service, first, count,
+                                               service.affinity_timeout_ns, now)
+        if backend_id == 0:
+            backend_id = m.slots[first + scale_hash(hash, count)]
+        cdef BackendEntry* backend = &m.backends[backend_id]
+        if service.affinity_timeout_ns:
+            affinity_record(&self.affinity, pkt.saddr, frontend.service, backend.addr,
+                            backend.port, now)
+
+        if backend.addr == pkt.saddr:
+            masq = True                 # hairpin: the endpoint talks to itself via the service
+        if masq and m.primary_ip == 0:
+            masq = False
+            self.ct.stats.snat_unavailable += 1
+        cdef uint32_t reply_addr = pkt.saddr
+        cdef uint16_t reply_port = pkt.sport
+        cdef bint tracked = True
+        cdef int tries = 1
+        if masq:
+            reply_addr = m.primary_ip
+            while ct_tuple_present(&self.ct, backend.addr, reply_addr, backend.port, reply_port,
+                                   pkt.proto):
+                if tries == SNAT_TRIES:
+                    self.ct.stats.snat_failures += 1
+                    tracked = False
+                    break
+                reply_port = next_snat_port(reply_port)
+                tries += 1
+
         cdef CtEntry flow
         flow.client_addr = pkt.saddr
         flow.frontend_addr = pkt.daddr
         flow.backend_addr = backend.addr
+        flow.reply_addr = reply_addr
         flow.client_port = pkt.sport
         flow.frontend_port = pkt.dport
         flow.backend_port = backend.port
+        flow.reply_port = reply_port
         flow.proto = pkt.proto
-        flow.service = service_id
+        flow.flags = frontend.kind | (FLAG_MASQUERADED if masq else 0)
+        flow.service = frontend.service
         flow.backend = backend_id
         flow.last_seen_ns = now
         if pkt.proto == IPPROTO_TCP:
@@ -308,16 +484,40 @@ cdef class Engine:
             flow.state = tcp_initial_state(pkt.tcp_flags)
         else:
             flow.state = STATE_OTHER
-        ct_insert(&self.ct, &flow)
-        self._count(service_id, backend_id)
-        dnat(pkt, backend.addr, backend.port)
+        if tracked:
+            ct_insert(&self.ct, &flow)
+        trace.backend = backend_id
+        trace.flags = flow.flags
+        translate(pkt, True, backend.addr, backend.port, masq, reply_addr, reply_port)
         return NEW_FLOW
 
-    cdef inline void _count(self, uint32_t service_id, uint32_t backend_id) noexcept nogil:
-        if service_id <= self.counter_services:
-            self.service_packets[service_id] += 1
-        if backend_id and backend_id <= self.counter_backends:
-            self.backend_packets[backend_id] += 1
+    cdef inline bint _node_local(self, uint32_t addr) noexcept nogil:
+        cdef uint32_t i
+        for i in range(self.maps.n_local_ips):
+            if self.maps.local_ips[i] == addr:
+                return True
+        return False
+
+    cdef inline uint32_t _affinity_choice(self, uint32_t client, uint32_t service_id,
+                                          uint32_t first, uint32_t count, uint64_t timeout,
+                                          uint64_t now) noexcept nogil:
+        """The backend id the client's affinity entry names, if alive and in the set; else 0."""
+        cdef uint32_t index = affinity_find(&self.affinity, client, service_id), k, candidate
+        if index == AFF_NIL:
+            return 0
+        if now > self.affinity.entries[index].last_used_ns \
+                and now - self.affinity.entries[index].last_used_ns > timeout:
+            self.affinity.expired += 1
+            affinity_delete(&self.affinity, index)
+            return 0
+        for k in range(count):
+            candidate = self.maps.slots[first + k]
+            if self.maps.backends[candidate].addr == self.affinity.entries[index].backend_addr \
+                    and self.maps.backends[candidate].port == self.affinity.entries[index].backend_port:
+                return candidate
+        return 0
+
+    # -- conveniences --------------------------------------------------------------------------
 
     def process_packet(self, data, uint64_t ts_ns=0, int linktype=1):
         """One packet in, (Verdict, Reason, bytes after the rewrite) out."""
@@ -340,19 +540,105 @@ cdef class Engine:
             "conntrack": {
                 "inserts": s.inserts, "evictions": s.evictions, "expired": s.expired,
                 "reopened": s.reopened, "non_syn_miss": s.non_syn_miss,
-                "insert_failures": s.insert_failures, "entries": self.ct.count,
+                "insert_failures": s.insert_failures, "flushed": s.flushed,
+                "snat_failures": s.snat_failures, "snat_unavailable": s.snat_unavailable,
+                "entries": self.ct.count,
+            },
+            "affinity": {
+                "evictions": self.affinity.evictions, "expired": self.affinity.expired,
+                "entries": self.affinity.count,
             },
         }
 
 
-cdef uint64_t* _resized(uint64_t* counts, uint32_t old_n, uint32_t new_n) except? NULL:
-    """A counter array for ids 0..new_n keeping the counts of ids both arrays have."""
-    cdef uint64_t* resized = <uint64_t*>calloc(<size_t>new_n + 1, sizeof(uint64_t))
-    if resized == NULL:
+cdef _build_maps(Maps* m, maps):
+    """Fill the C maps from a fastpath.maps.Maps (m is freed by the caller on error)."""
+    cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
+    cdef uint32_t n_frontends = len(maps.frontends)
+    cdef uint32_t n_slots = sum(len(s.backends) + len(s.local_backends) for s in maps.services)
+    cdef uint32_t n_ranges = sum(len(f.source_ranges) for f in maps.frontends)
+    cdef uint32_t i, slot = 0, range_index = 0
+    cdef ServiceEntry* entry
+    node = maps.node
+    if frontend_map_init(&m.frontend_map, n_frontends) != 0 \
+            or frontend_map_init(&m.service_ips, len(node.service_ips)) != 0:
+        raise MemoryError("cannot allocate the frontend maps")
+    m.frontends = <FrontendEntry*>calloc(n_frontends + 1, sizeof(FrontendEntry))
+    m.ranges = <Prefix*>calloc(n_ranges + 1, sizeof(Prefix))
+    m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
+    m.slots = <uint32_t*>calloc(n_slots + 1, sizeof(uint32_t))
+    m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
+    m.local_ips = <uint32_t*>calloc(len(node.local_ips) + 1, sizeof(uint32_t))
+    m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
+    if not (m.frontends and m.ranges and m.services and m.slots and m.backends and m.local_ips
+            and m.pod_cidrs):
+        raise MemoryError("cannot allocate the service maps")
+    m.n_services = n_services
+    m.n_backends = n_backends
+    for backend in maps.backends:
+        m.backends[backend.id].addr = backend.ip
+        m.backends[backend.id].port = backend.port
+    for service in maps.services:
+        entry = &m.services[service.id]
+        entry.first_cluster = slot
+        entry.n_cluster = len(service.backends)
+        for backend_id in service.backends:
+            m.slots[slot] = backend_id
+            slot += 1
+        entry.first_local = slot
+        entry.n_local = len(service.local_backends)
+        for backend_id in service.local_backends:
+            m.slots[slot] = backend_id
+            slot += 1
+        entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
+        m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
+    for i, frontend in enumerate(maps.frontends):
+        m.frontends[i].addr = frontend.ip
+        m.frontends[i].port = frontend.port
+        m.frontends[i].proto = frontend.proto
+        m.frontends[i].kind = FRONTEND_KINDS.index(frontend.kind) + 1
+        m.frontends[i].local_policy = frontend.local_policy
+        m.frontends[i].service = frontend.service
+        m.frontends[i].first_range = range_index
+        m.frontends[i].n_ranges = len(frontend.source_ranges)
+        for network, length in frontend.source_ranges:
+            m.ranges[range_index] = _prefix(network, length)
+            range_index += 1
+        if not frontend_map_put(&m.frontend_map,
+                                frontend_key(frontend.ip, frontend.port, frontend.proto), i):
+            raise ValueError(f"duplicate frontend {frontend}")
+    m.primary_ip = node.primary_ip
+    m.masquerade_all = node.masquerade_all
+    m.n_local_ips = len(node.local_ips)
+    for i, address in enumerate(node.local_ips):
+        m.local_ips[i] = address
+    m.n_pod_cidrs = len(node.pod_cidrs)
+    for i, (network, length) in enumerate(node.pod_cidrs):
+        m.pod_cidrs[i] = _prefix(network, length)
+    for address in node.service_ips:
+        frontend_map_put(&m.service_ips, frontend_key(address, 0, 0), 0)
+
+
+def _id_mapping(old, new):
+    """old id -> new id lists (index 0 unused) for services (by name) and backends (by address)."""
+    if old is None:
+        return [0], [0]
+    by_name = {service.name: service.id for service in new.services}
+    by_address = {(backend.ip, backend.port): backend.id for backend in new.backends}
+    services = [0] + [by_name.get(service.name, 0) for service in old.services]
+    backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
+    return services, backends
+
+
+cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:
+    """Counters for ids 0..new_n, each old id's count moved to its new id."""
+    cdef uint64_t* remapped = <uint64_t*>calloc(<size_t>new_n + 1, sizeof(uint64_t))
+    if remapped == NULL:
         raise MemoryError("cannot allocate counters")
-    cdef uint32_t i
+    cdef Py_ssize_t old_id
     if counts != NULL:
-        for i in range(min(old_n, new_n) + 1):
-            resized[i] = counts[i]
+        for old_id in range(1, len(new_ids)):
+            if new_ids[old_id]:
+                remapped[<uint32_t>new_ids[old_id]] += counts[old_id]
         free(counts)
-    return resized
+    return remapped

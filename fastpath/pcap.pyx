@@ -28,7 +28,7 @@ cdef enum:
     _SCAN_NEED_MORE = 1  # stopped at the end of the data or at a record the buffer cuts
     _SCAN_BAD_RECORD = 2  # the record at `pos` has an impossible captured length
     _RECORD_HEADER = 16
-    _VERDICT_DROP = 3  # fastpath.verdicts.Verdict.DROP
+    _VERDICT_DROP = 3  # fastpath.verdicts.Verdict.DROP; DROP and REJECT (4) are left out
 
 cdef extern from *:
     # A literal (not a global) so that / and % by it compile to multiplications.
@@ -139,7 +139,7 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
                   const uint32_t[::1] wire_lengths, const uint64_t[::1] timestamps_ns,
                   const uint8_t[::1] verdicts, int batch_flags, int out_flags, bytearray out,
                   Py_ssize_t start=0, Py_ssize_t stop=-1):
-    """Write the pcap records of packets start..stop-1 whose verdict is not DROP to `out`.
+    """Write the pcap records of packets start..stop-1 whose verdict is not DROP or REJECT to `out`.
 
     `verdicts` may be None (keep everything); stop=-1 means the end of the batch. `out` grows
     when too small (it must not be exported meanwhile). Returns (bytes written, packets written).
@@ -166,7 +166,7 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     # Pass 1: validate (never copy from outside buf) and size the output.
     with nogil:
         for i in range(start, stop):
-            if has_verdicts and verdicts[i] == _VERDICT_DROP:
+            if has_verdicts and verdicts[i] >= _VERDICT_DROP:
                 continue
             if offsets[i] > buf_len or lengths[i] > buf_len - offsets[i] or timestamps_ns[i] > max_ts:
                 bad = i
@@ -191,7 +191,7 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     cdef Py_ssize_t pos = 0
     with nogil:
         for i in range(start, stop):
-            if has_verdicts and verdicts[i] == _VERDICT_DROP:
+            if has_verdicts and verdicts[i] >= _VERDICT_DROP:
                 continue
             off = offsets[i]
             caplen = lengths[i]

@@ -12,11 +12,14 @@ cdef enum:
     NEW_FLOW = 4
     CT_ESTABLISHED = 5
     CT_REPLY = 6
-    DROP_NO_BACKEND = 7
+    DROP_NO_LOCAL_ENDPOINT = 7
     DROP_TRUNCATED = 8
     DROP_BAD_IP_HEADER = 9
     DROP_BAD_L4_HEADER = 10
-    REASON_COUNT = 11
+    REJECT_NO_ENDPOINT = 11
+    REJECT_UNKNOWN_PORT = 12
+    DROP_SOURCE_RANGE = 13
+    REASON_COUNT = 14
     PARSED = 255          # not a reason: the packet is IPv4 TCP/UDP and fully parsed
 
 cdef enum:
@@ -24,7 +27,8 @@ cdef enum:
     VERDICT_DNAT = 1
     VERDICT_REVNAT = 2
     VERDICT_DROP = 3
-    VERDICT_COUNT = 4
+    VERDICT_REJECT = 4
+    VERDICT_COUNT = 5
 
 cdef enum:
     LINKTYPE_NULL = 0

@@ -75,7 +75,7 @@ def test_counters_by_service_and_backend():
         verdict, reason, _ = engine.process_packet(syn(sport=port), 1)
         assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
     verdict, reason, _ = engine.process_packet(syn(dst="10.96.0.11"), 1)
-    assert (verdict, reason) == (Verdict.DROP, Reason.DROP_NO_BACKEND)
+    assert (verdict, reason) == (Verdict.REJECT, Reason.REJECT_NO_ENDPOINT)
     counters = engine.counters()
     assert counters["services"] == [20, 1]
     assert sum(counters["backends"]) == 20 and min(counters["backends"]) > 0
@@ -92,8 +92,8 @@ def test_load_keeps_tracked_flows():
     verdict, reason, rewritten = engine.process_packet(ack, 2)
     assert (verdict, reason) == (Verdict.DNAT, Reason.CT_ESTABLISHED)
     assert Ether(rewritten)[IP].dst == Ether(first)[IP].dst
-    # A new flow now finds no backend.
-    assert engine.process_packet(syn(sport=40001), 3)[1] == Reason.DROP_NO_BACKEND
+    # A new flow now finds no endpoint: kube-proxy rejects it.
+    assert engine.process_packet(syn(sport=40001), 3)[1] == Reason.REJECT_NO_ENDPOINT
 
 
 def test_duplicate_frontend_is_refused():

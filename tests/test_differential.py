@@ -14,18 +14,20 @@ from fastpath.reference import ReferenceEngine
 
 def run(engine, packets, linktype):
     batch = Batch.from_packets(packets)
-    verdicts = array("B", bytes(batch.count))
-    reasons = array("B", bytes(batch.count))
+    n = batch.count
+    verdicts, reasons = array("B", bytes(n)), array("B", bytes(n))
+    services, backends, flags = array("I", bytes(4 * n)), array("I", bytes(4 * n)), array("B", bytes(n))
     engine.process(batch.buf, batch.offsets, batch.lengths, batch.timestamps_ns, verdicts, reasons,
-                   linktype)
-    return [batch.packet(i) for i in range(batch.count)], list(verdicts), list(reasons)
+                   linktype, services, backends, flags)
+    return [(verdicts[i], reasons[i], services[i], backends[i], flags[i], batch.packet(i))
+            for i in range(n)]
 
 
 def assert_same(compiled, reference, packets, linktype):
     got = run(compiled, packets, linktype)
     want = run(reference, packets, linktype)
-    for i, (a, b) in enumerate(zip(got[0], want[0])):
-        assert (got[1][i], got[2][i], a) == (want[1][i], want[2][i], b), f"packet {i} differs"
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a == b, f"packet {i} differs"
     assert compiled.counters() == reference.counters()
 
 

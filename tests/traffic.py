@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, Service
+from fastpath.maps import FRONTEND_KINDS, PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, NodeView, Service
 
 TCP_FLAGS = ["S", "S", "A", "PA", "PA", "FA", "R", "SA", "F", "RA"]
 
@@ -21,19 +21,48 @@ def addr(value: int) -> str:
 
 
 def random_maps(rng: random.Random, n_services: int = 24, n_backends: int = 40) -> Maps:
+    """Maps exercising every routing input: kinds, Local policies, source ranges, affinity,
+    node addresses, pod CIDRs. Service names are drawn from a small pool, so two calls share
+    some names (load() maps ids by name)."""
+    base = int(ipaddress.IPv4Address("10.244.0.0"))
     backends = [
-        Backend(i + 1, int(ipaddress.IPv4Address("10.244.0.0")) + rng.randrange(1, 4000),
-                rng.choice([80, 8080, 53, 5353, 9000 + i]), f"backend-{i + 1}")
+        Backend(i + 1, base + rng.randrange(1, 4000), rng.choice([80, 8080, 53, 5353, 9000 + i]),
+                f"backend-{i + 1}")
         for i in range(n_backends)
     ]
+    # Distinct (ip, port): the compiler never emits two backends for one address.
+    seen, unique = set(), []
+    for b in backends:
+        if (b.ip, b.port) not in seen:
+            seen.add((b.ip, b.port))
+            unique.append(Backend(len(unique) + 1, b.ip, b.port, b.name))
+    backends = unique
+    ids = range(1, len(backends) + 1)
+    names = sorted(rng.sample(range(40), n_services))
     services, frontends = [], []
-    for sid in range(1, n_services + 1):
+    for sid, name in enumerate(names, start=1):
         count = rng.choice([0, 1, 2, 3, 5, 8]) if sid > 2 else 3
-        chosen = tuple(sorted(rng.sample(range(1, n_backends + 1), count)))
-        services.append(Service(sid, f"ns/svc-{sid}:p", chosen))
-        vip = int(ipaddress.IPv4Address("10.96.0.0")) + sid
-        frontends.append(Frontend(vip, rng.choice([80, 443, 53, 8080]), rng.choice([PROTO_TCP, PROTO_UDP]), sid))
-    return Maps(services=services, frontends=frontends, backends=backends)
+        cluster = tuple(sorted(rng.sample(ids, count)))
+        local = tuple(sorted(rng.sample(cluster, rng.randrange(len(cluster) + 1))))
+        serving = tuple(sorted(set(cluster) | set(rng.sample(ids, rng.randrange(3)))))
+        affinity = rng.choice([0, 0, 0, 5, 100])
+        services.append(Service(sid, f"ns/svc-{name}:p", cluster, local, serving, affinity))
+        vip = int(ipaddress.IPv4Address("10.96.0.0")) + name
+        kind = rng.choice(FRONTEND_KINDS)
+        ranges = ()
+        if kind == "LoadBalancer" and rng.random() < 0.5:
+            ranges = ((base, 20), (int(ipaddress.IPv4Address("192.168.0.0")), 16))
+        frontends.append(Frontend(vip, rng.choice([80, 443, 53, 8080]),
+                                  rng.choice([PROTO_TCP, PROTO_UDP]), sid, kind,
+                                  rng.random() < 0.4, ranges))
+    node = NodeView(
+        primary_ip=rng.choice([0, int(ipaddress.IPv4Address("192.168.1.10"))]),
+        local_ips=(int(ipaddress.IPv4Address("192.168.1.10")), base + 7),
+        pod_cidrs=rng.choice([(), ((base, 21),)]),
+        masquerade_all=rng.random() < 0.2,
+        service_ips=tuple(f.ip for f in frontends[::2]),
+    )
+    return Maps(services=services, frontends=frontends, backends=backends, node=node)
 
 
 def l4(proto: int, sport: int, dport: int, rng: random.Random):
@@ -73,7 +102,8 @@ def corrupt(data: bytes, rng: random.Random) -> bytes:
 
 def random_traffic(maps: Maps, rng: random.Random, count: int, linktype: int = 1):
     """(ts_ns, frame) pairs; time mostly advances, sometimes jumps past timeouts or steps back."""
-    clients = [f"10.244.{rng.randrange(8)}.{rng.randrange(1, 250)}" for _ in range(30)]
+    clients = [f"10.244.{rng.randrange(12)}.{rng.randrange(1, 250)}" for _ in range(30)]
+    clients += ["192.168.1.10", "203.0.113.9", addr(rng.choice(maps.backends).ip)]
     flows = []  # (client, client port, frontend) of flows opened so far
     ts = 1_700_000_000 * 10**9
     packets = []
@@ -82,7 +112,9 @@ def random_traffic(maps: Maps, rng: random.Random, count: int, linktype: int = 1
         kind = rng.random()
         if kind < 0.45 or not flows:
             fe = rng.choice(maps.frontends)
-            flow = (rng.choice(clients), rng.randrange(1024, 65536), fe)
+            # A few popular source ports make masqueraded flows collide on the SNAT tuple.
+            port = rng.choice([rng.randrange(1024, 65536), 40000, 40001, 80])
+            flow = (rng.choice(clients), port, fe)
             if rng.random() < 0.5 or not flows:
                 flows.append(flow)
             else:
@@ -97,13 +129,16 @@ def random_traffic(maps: Maps, rng: random.Random, count: int, linktype: int = 1
                 src, sport = addr(backend.ip), backend.port
             else:
                 src, sport = addr(fe.ip), fe.port
-            pkt = IP(src=src, dst=client) / l4(fe.proto, sport, cport, rng)
+            # Replies go to the client, or to the node's address when the flow was masqueraded.
+            dst = client if rng.random() < 0.7 or not maps.node.primary_ip else addr(maps.node.primary_ip)
+            pkt = IP(src=src, dst=dst) / l4(fe.proto, sport, cport, rng)
         elif kind < 0.85:
             pkt = rng.choice([
                 IP(src=rng.choice(clients), dst="8.8.8.8") / UDP(sport=5000, dport=53),
                 IP(src=rng.choice(clients), dst="10.96.0.1") / ICMP(),
                 IP(src=rng.choice(clients), dst="10.96.0.3", flags="MF") / UDP(sport=1, dport=2),
                 IPv6(src="fd00::1", dst="fd00::2") / TCP(),
+                IP(src=rng.choice(clients), dst=addr(rng.choice(maps.frontends).ip)) / TCP(dport=1),
             ])
         else:
             fe = rng.choice(maps.frontends)

@@ -3,7 +3,7 @@
     with open_capture("in.pcap") as reader, open_output("out.pcap", like=reader) as writer:
         for batch in reader.batches():
             verdicts = ...                      # one Verdict number per packet, array('B')
-            writer.write_batch(batch, verdicts)  # DROP (3) packets are left out
+            writer.write_batch(batch, verdicts)  # DROP and REJECT packets are left out
     # out.pcap appears only here, complete (atomic rename); on an exception it never appears.
 
 A `Batch` is what the core's `process()` takes: one contiguous writable `buf` and per-packet
@@ -61,7 +61,8 @@ DEFAULT_BATCH_PACKETS = 65536
 DEFAULT_SNAPLEN = 262144  # tcpdump's default, also used when a file says 0
 MAX_RECORD = 16 << 20  # a captured length beyond this is a damaged file, whatever the snaplen
 RECORD_HEADER = 16
-DROP = 3  # fastpath.verdicts.Verdict.DROP (not imported: keep this module's imports minimal)
+# fastpath.verdicts.Verdict.DROP; verdicts from DROP on (DROP, REJECT) are left out.
+DROP = 3  # not imported from fastpath.verdicts: keep this module's imports minimal
 
 PathLike = Union[str, "os.PathLike[str]"]
 Format = Literal["pcap", "pcapng"]
@@ -620,7 +621,7 @@ class CaptureWriter:
         start: int = 0,
         stop: int | None = None,
     ) -> int:
-        """Write packets start..stop-1 of a batch whose verdict is not DROP; returns how many.
+        """Write packets start..stop-1 of a batch whose verdict is not DROP or REJECT; returns how many.
 
         verdicts: one Verdict number per packet of the whole batch (array('B') or any uint8
         buffer), None to keep all. The range lets a caller insert packets (write_packet)
@@ -642,7 +643,7 @@ class CaptureWriter:
                 raise ValueError(f"packet range [{start}, {stop}) outside a batch of {batch.count}")
             kept = 0
             for i in range(start, stop):
-                if verdicts is None or verdicts[i] != DROP:
+                if verdicts is None or verdicts[i] < DROP:
                     self._write_ng(batch.timestamps_ns[i], batch.packet(i), batch.wire_lengths[i])
                     kept += 1
         self.packets_written += kept

@@ -7,9 +7,10 @@ or whole batches through it.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from fastpath.icmp import port_unreachable
 from fastpath.maps import Maps
 from fastpath.reference import DEFAULT_CT_CAPACITY, ReferenceEngine
 from fastpath.verdicts import Reason, Verdict
@@ -25,12 +26,19 @@ class PacketResult(NamedTuple):
     verdict: Verdict
     reason: Reason
     data: bytes  # the packet after any rewrite
+    reply: bytes | None = None  # the ICMP port unreachable sent back for a REJECT
 
 
 @dataclass(slots=True)
 class BatchResult:
     verdicts: array  # array('B') of Verdict numbers, one per packet
     reasons: array  # array('B') of Reason numbers
+    replies: dict[int, bytes] = field(default_factory=dict)  # packet index -> REJECT reply
+    # Per-packet trace (with trace=True): service id, backend id, and flag bits (frontend kind
+    # + 1 in bits 0-2, TRACE_MASQUERADED); ids index Dataplane.maps (0: none).
+    services: array | None = None
+    backends: array | None = None
+    flags: array | None = None
 
 
 def _engine_class(core: CoreName):
@@ -60,33 +68,59 @@ class Dataplane:
     ) -> None:
         self.node = node
         self.core = core
+        self.notes: tuple[str, ...] = ()
+        self.timeouts_s: dict[str, float] = {}
         self.maps = self._compile(cluster)
-        self.engine = _engine_class(core)(self.maps, ct_capacity=ct_capacity)
+        self.engine = _engine_class(core)(
+            self.maps, ct_capacity=ct_capacity, timeouts_s=self.timeouts_s or None
+        )
 
     def _compile(self, cluster: ClusterState | Maps) -> Maps:
         if isinstance(cluster, Maps):
             return cluster
         from fastpath.compiler import compile_maps
 
-        return compile_maps(cluster, node=self.node).maps
+        compiled = compile_maps(cluster, node=self.node)
+        self.notes = compiled.notes
+        self.timeouts_s = dict(getattr(compiled, "timeouts_s", {}) or {})
+        return compiled.maps
 
     def update(self, cluster: ClusterState | Maps) -> None:
-        """Apply new cluster state between batches; tracked flows keep their backends."""
+        """Apply new cluster state between batches: tracked TCP flows keep their backends
+        (terminating ones drain), UDP flows to endpoints no longer serving select again."""
         self.maps = self._compile(cluster)
         self.engine.load(self.maps)
 
-    def process(self, batch: Batch, linktype: int = 1) -> BatchResult:
-        """Run a batch through the core; packets are rewritten in place in batch.buf."""
-        result = BatchResult(array("B", bytes(batch.count)), array("B", bytes(batch.count)))
+    def process(self, batch: Batch, linktype: int = 1, *, trace: bool = False) -> BatchResult:
+        """Run a batch through the core; packets are rewritten in place in batch.buf.
+
+        REJECTed packets stay as they were; their ICMP replies are in `result.replies`.
+        """
+        n = batch.count
+        result = BatchResult(array("B", bytes(n)), array("B", bytes(n)))
+        if trace:
+            result.services, result.backends = array("I", bytes(4 * n)), array("I", bytes(4 * n))
+            result.flags = array("B", bytes(n))
         self.engine.process(
             batch.buf, batch.offsets, batch.lengths, batch.timestamps_ns,
             result.verdicts, result.reasons, linktype,
+            result.services, result.backends, result.flags,
         )
+        verdicts = bytes(result.verdicts)
+        index = verdicts.find(Verdict.REJECT)
+        while index >= 0:
+            reply = port_unreachable(batch.packet(index), linktype)
+            if reply is not None:
+                result.replies[index] = reply
+            index = verdicts.find(Verdict.REJECT, index + 1)
         return result
 
     def process_packet(self, data: bytes, ts_ns: int = 0, linktype: int = 1) -> PacketResult:
-        """One packet (from link-layer header on) in, its verdict and rewritten bytes out."""
-        return PacketResult(*self.engine.process_packet(data, ts_ns, linktype))
+        """One packet (from link-layer header on) in; its verdict, reason, rewritten bytes and,
+        for a REJECT, the ICMP reply out."""
+        verdict, reason, rewritten = self.engine.process_packet(data, ts_ns, linktype)
+        reply = port_unreachable(data, linktype) if verdict == Verdict.REJECT else None
+        return PacketResult(verdict, reason, rewritten, reply)
 
     def counters(self) -> dict:
         """The engine's counters with services and backends keyed by name."""
@@ -97,4 +131,5 @@ class Dataplane:
             "services": {s.name: n for s, n in zip(self.maps.services, raw["services"])},
             "backends": {b.name: n for b, n in zip(self.maps.backends, raw["backends"])},
             "conntrack": raw["conntrack"],
+            "affinity": raw.get("affinity", {}),
         }

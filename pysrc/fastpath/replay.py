@@ -1,7 +1,8 @@
 """Replay a capture through a dataplane: read batches, process, write what survives.
 
-Streams: memory stays bounded by the batch size whatever the capture's size. The output is
-written atomically (nothing is left behind if the replay fails or is interrupted).
+Streams: memory stays bounded by the batch size whatever the capture's size. The output (and the
+optional per-packet trace, see fastpath.trace) is written atomically: nothing is left behind if
+the replay fails or is interrupted.
 """
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import IO, Union
 
 from fastpath.capture import open_capture, open_output
 from fastpath.dataplane import Dataplane
+from fastpath.trace import TraceWriter
 from fastpath.verdicts import Verdict
 
 DEFAULT_BATCH_PACKETS = 65536
 
 # progress(bytes_done, bytes_total, packets_done) is called after every batch.
 ProgressCallback = Callable[[int, int, int], None]
+
+# Where a trace goes: a path (written atomically), an open writable file (text or binary), or a
+# TraceWriter the caller manages (replay writes to it but neither commits nor closes it).
+TraceTarget = Union[str, "os.PathLike[str]", IO[str], IO[bytes], TraceWriter]
 
 
 @dataclass(slots=True)
@@ -28,6 +35,7 @@ class ReplayStats:
     output: str | None
     format: str
     linktype: int
+    trace: str | None = None  # where the per-packet trace went (a path or a stream's name)
     packets: int = 0
     packets_written: int = 0
     bytes: int = 0
@@ -37,6 +45,7 @@ class ReplayStats:
     services: dict[str, int] = field(default_factory=dict)
     backends: dict[str, int] = field(default_factory=dict)
     conntrack: dict[str, int] = field(default_factory=dict)
+    affinity: dict[str, int] = field(default_factory=dict)
     truncated_tail: str | None = None
 
     @property
@@ -57,8 +66,14 @@ def replay(
     *,
     batch_packets: int = DEFAULT_BATCH_PACKETS,
     progress: ProgressCallback | None = None,
+    trace: TraceTarget | None = None,
 ) -> ReplayStats:
     """Replay `capture` through `dataplane`, writing kept packets to `output` (None: no output).
+
+    trace: also write one JSON line per input packet (verdict, reason, service, frontend,
+    backend, masquerade; see fastpath.trace) to this path (atomically, committed together with
+    the output), open file, or TraceWriter. Without it the core fills no per-packet trace and
+    replay does no per-packet Python work.
 
     Counts in the returned stats are those of this replay only, even if the dataplane ran other
     traffic before.
@@ -73,26 +88,53 @@ def replay(
             linktype=reader.linktype,
         )
         total = reader.size_bytes
-        writer = open_output(output, like=reader) if output is not None else None
+        writer = tracer = None
         try:
+            writer = open_output(output, like=reader) if output is not None else None
+            if isinstance(trace, TraceWriter):
+                tracer = trace
+                tracer.set_maps(dataplane.maps)
+            elif trace is not None:
+                tracer = TraceWriter(trace, dataplane.maps)
+            if tracer is not None:
+                stats.trace = tracer.name
+            tracing = tracer is not None
             for batch in reader.batches(max_packets=batch_packets):
-                result = dataplane.process(batch, reader.linktype)
+                result = dataplane.process(batch, reader.linktype, trace=tracing)
                 if writer is not None:
-                    writer.write_batch(batch, result.verdicts)
+                    _write(writer, batch, result)
+                if tracer is not None:
+                    tracer.write_batch(batch, result)
                 stats.packets += batch.count
-                stats.packets_written += batch.count - result.verdicts.count(Verdict.DROP)
+                stats.packets_written += (batch.count - result.verdicts.count(Verdict.DROP)
+                                          - result.verdicts.count(Verdict.REJECT)
+                                          + len(result.replies))
                 stats.bytes += sum(batch.lengths)
                 if progress is not None:
                     progress(reader.position_bytes, total, stats.packets)
             if writer is not None:
                 writer.commit()
+            if tracer is not None and tracer is not trace:
+                tracer.commit()
         finally:
             if writer is not None:
                 writer.close()
+            if tracer is not None and tracer is not trace:
+                tracer.close()
         stats.truncated_tail = reader.truncated_tail
     stats.elapsed_s = time.perf_counter() - started
     _fill_counts(stats, before, dataplane.counters())
     return stats
+
+
+def _write(writer, batch, result) -> None:
+    """Kept packets in order, each REJECT's ICMP reply right after the rejected packet."""
+    start = 0
+    for index, reply in sorted(result.replies.items()):
+        writer.write_batch(batch, result.verdicts, start, index + 1)
+        writer.write_packet(batch.timestamps_ns[index], reply)
+        start = index + 1
+    writer.write_batch(batch, result.verdicts, start, batch.count)
 
 
 def _fill_counts(stats: ReplayStats, before: dict, after: dict) -> None:
@@ -106,3 +148,6 @@ def _fill_counts(stats: ReplayStats, before: dict, after: dict) -> None:
     stats.backends = {name: n for name, n in delta("backends").items() if n}
     stats.conntrack = delta("conntrack")
     stats.conntrack["entries"] = after["conntrack"]["entries"]
+    if after.get("affinity"):
+        stats.affinity = delta("affinity")
+        stats.affinity["entries"] = after["affinity"]["entries"]

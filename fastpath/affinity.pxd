@@ -1,0 +1,154 @@
+# ClientIP session affinity: (client address, service id) -> the backend it last used, with
+# exact least-recently-used eviction (a pool of entries, one chained hash index, an LRU list).
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+
+from hashing cimport fmix64
+
+cdef enum:
+    AFF_NIL = 0xFFFFFFFF
+
+
+ctypedef struct AffinityEntry:      # 40 bytes
+    uint64_t last_used_ns
+    uint32_t client_addr
+    uint32_t service
+    uint32_t backend_addr
+    uint16_t backend_port
+    uint32_t lru_prev
+    uint32_t lru_next
+    uint32_t chain
+
+
+ctypedef struct Affinity:
+    AffinityEntry* entries          # NULL until a service with affinity is loaded
+    uint32_t* buckets
+    uint32_t bucket_mask
+    uint32_t capacity
+    uint32_t count
+    uint32_t never_used
+    uint32_t free_list
+    uint32_t lru_oldest
+    uint32_t lru_newest
+    uint64_t evictions
+    uint64_t expired
+
+
+cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
+    cdef uint64_t nbuckets = 16, i
+    while nbuckets < <uint64_t>capacity:
+        nbuckets <<= 1
+    a.entries = <AffinityEntry*>calloc(capacity, sizeof(AffinityEntry))
+    a.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
+    if a.entries == NULL or a.buckets == NULL:
+        affinity_free(a)
+        return -1
+    for i in range(nbuckets):
+        a.buckets[i] = AFF_NIL
+    a.bucket_mask = <uint32_t>(nbuckets - 1)
+    a.capacity = capacity
+    a.count = 0
+    a.never_used = 0
+    a.free_list = AFF_NIL
+    a.lru_oldest = AFF_NIL
+    a.lru_newest = AFF_NIL
+    return 0
+
+
+cdef inline void affinity_free(Affinity* a) noexcept nogil:
+    free(a.entries)
+    free(a.buckets)
+    a.entries = NULL
+    a.buckets = NULL
+
+
+cdef inline uint32_t* affinity_bucket(Affinity* a, uint32_t client, uint32_t service) noexcept nogil:
+    return &a.buckets[fmix64((<uint64_t>client << 32) | service) & a.bucket_mask]
+
+
+cdef inline uint32_t affinity_find(Affinity* a, uint32_t client, uint32_t service) noexcept nogil:
+    cdef uint32_t index = affinity_bucket(a, client, service)[0]
+    while index != AFF_NIL:
+        if a.entries[index].client_addr == client and a.entries[index].service == service:
+            return index
+        index = a.entries[index].chain
+    return AFF_NIL
+
+
+cdef inline void affinity_lru_unlink(Affinity* a, uint32_t index) noexcept nogil:
+    cdef AffinityEntry* e = &a.entries[index]
+    if e.lru_prev != AFF_NIL:
+        a.entries[e.lru_prev].lru_next = e.lru_next
+    else:
+        a.lru_oldest = e.lru_next
+    if e.lru_next != AFF_NIL:
+        a.entries[e.lru_next].lru_prev = e.lru_prev
+    else:
+        a.lru_newest = e.lru_prev
+
+
+cdef inline void affinity_lru_append(Affinity* a, uint32_t index) noexcept nogil:
+    a.entries[index].lru_prev = a.lru_newest
+    a.entries[index].lru_next = AFF_NIL
+    if a.lru_newest != AFF_NIL:
+        a.entries[a.lru_newest].lru_next = index
+    else:
+        a.lru_oldest = index
+    a.lru_newest = index
+
+
+cdef inline void affinity_delete(Affinity* a, uint32_t index) noexcept nogil:
+    cdef uint32_t* link = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
+    while link[0] != AFF_NIL:
+        if link[0] == index:
+            link[0] = a.entries[index].chain
+            break
+        link = &a.entries[link[0]].chain
+    affinity_lru_unlink(a, index)
+    a.entries[index].lru_next = a.free_list
+    a.free_list = index
+    a.count -= 1
+
+
+cdef inline void affinity_rehash(Affinity* a, uint32_t index, uint32_t new_service) noexcept nogil:
+    """Give an entry a new service id (ids are remapped when maps are reloaded)."""
+    cdef uint32_t* link = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
+    while link[0] != AFF_NIL:
+        if link[0] == index:
+            link[0] = a.entries[index].chain
+            break
+        link = &a.entries[link[0]].chain
+    a.entries[index].service = new_service
+    link = affinity_bucket(a, a.entries[index].client_addr, new_service)
+    a.entries[index].chain = link[0]
+    link[0] = index
+
+
+cdef inline void affinity_record(Affinity* a, uint32_t client, uint32_t service,
+                                 uint32_t backend_addr, uint16_t backend_port,
+                                 uint64_t now) noexcept nogil:
+    """Remember (or refresh) which backend the client uses for the service."""
+    cdef uint32_t index = affinity_find(a, client, service)
+    cdef uint32_t* head
+    if index != AFF_NIL:
+        affinity_lru_unlink(a, index)
+    else:
+        if a.count == a.capacity:
+            a.evictions += 1
+            affinity_delete(a, a.lru_oldest)
+        if a.free_list != AFF_NIL:
+            index = a.free_list
+            a.free_list = a.entries[index].lru_next
+        else:
+            index = a.never_used
+            a.never_used += 1
+        a.count += 1
+        a.entries[index].client_addr = client
+        a.entries[index].service = service
+        head = affinity_bucket(a, client, service)
+        a.entries[index].chain = head[0]
+        head[0] = index
+    a.entries[index].backend_addr = backend_addr
+    a.entries[index].backend_port = backend_port
+    a.entries[index].last_used_ns = now
+    affinity_lru_append(a, index)
