@@ -1,4 +1,4 @@
-"""The `fastpath` command: a thin layer over the library (fastpath.replay and friends)."""
+"""The `fastpath` command: a thin layer over the library (fastpath.replay, fastpath.explain)."""
 from __future__ import annotations
 
 import argparse
@@ -18,16 +18,55 @@ Replay a capture through the Service dataplane of one node.
 Every packet of CAPTURE (pcap or pcapng) goes through the compiled dataplane built from the
 Kubernetes objects in --cluster: packets to a Service frontend are DNATed to an endpoint,
 replies from endpoints are translated back, everything else passes untouched, and dropped
-packets are left out of OUT. A summary (verdicts, per-service and per-backend packet counts,
-conntrack, packets/s) is printed at the end.
+packets are left out of OUT (a rejected one is replaced by the ICMP port unreachable sent back).
+A summary (verdicts, per-service and per-backend packet counts, conntrack, packets/s) is printed
+at the end.
+
+--trace FILE.jsonl records every decision: one JSON object per input packet, in input order:
+  {"frame": 2, "time": "1714641247.123456000", "verdict": "DNAT", "reason": "NEW_FLOW",
+   "service": "default/web:http", "frontend": "ClusterIP", "backend": "10.244.1.12:8080",
+   "masquerade": null}
+frame is the packet's 1-based number in CAPTURE; time its timestamp in seconds with nine
+decimals, as a string (exact); service, frontend (ClusterIP, NodePort, LoadBalancer,
+ExternalIP), backend and masquerade (the node address the flow is SNATed to) are null when they
+do not apply; REJECT lines add "reply": "icmp-port-unreachable".
 """
 
 REPLAY_EPILOG = """\
 exit status: 0 on success, 1 on a failure (unreadable or invalid capture or cluster file),
 2 on a usage error.
 
-example:
+examples:
   fastpath replay pcaps/demo.pcap --cluster pcaps/demo-cluster.yaml -o /tmp/out.pcap
+  fastpath replay pcaps/demo.pcap --cluster pcaps/demo-cluster.yaml --trace /tmp/trace.jsonl
+  fastpath replay pcaps/demo.pcap --cluster pcaps/demo-cluster.yaml --trace - -q \\
+      | jq -c 'select(.verdict == "REJECT")'
+"""
+
+EXPLAIN_DESCRIPTION = """\
+Explain where one flow would go on a node's Service dataplane, and why. No capture needed.
+
+The flow's first packet (a TCP SYN, or a UDP datagram) is built and run through a fresh
+dataplane compiled from --cluster, so the verdict and the endpoint are the ones a replay of that
+5-tuple gets. The answer says which frontend the destination is (kind and service port), the
+policy in force (traffic policy, whether the source counts as a pod, the node or other, and
+whether the flow is masqueraded, each with the reason), every endpoint of the service port with
+its conditions (ready, serving, terminating), node and zone, which of them are candidates and
+which one this flow picks; or the rule that makes it DROP or REJECT; or that the destination is
+not a service address and the packet passes untouched.
+"""
+
+EXPLAIN_EPILOG = """\
+The endpoint picked depends on the whole 5-tuple: give the source port (--src IP:PORT) to get
+the answer for one connection; without it, source port 40000 is assumed.
+
+exit status: 0 whatever the verdict, 1 on bad input (an address, or an unreadable or invalid
+cluster file), 2 on a usage error.
+
+examples:
+  fastpath explain --cluster pcaps/demo-cluster.yaml --src 10.244.0.5:41001 --dst 10.96.0.10:80
+  fastpath explain --cluster pcaps/demo-cluster.yaml --node fp-node \\
+      --src 10.244.0.5 --dst 10.96.0.53:53 --proto udp --json
 """
 
 
@@ -39,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A Kubernetes Service dataplane with a compiled fast path; "
-        "replays captures through it.",
+        "replays captures through it and explains its decisions.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -65,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--stats", metavar="FILE.json", help="also write the summary as JSON")
     replay.add_argument(
+        "--trace", metavar="FILE.jsonl",
+        help="also write one JSON line per input packet: frame, time, verdict, reason, service, "
+        "frontend, backend, masquerade (see above); written atomically; - for stdout (the "
+        "summary then goes to stderr)",
+    )
+    replay.add_argument(
         "--ct-capacity", metavar="N", type=_positive_int, default=None,
         help="conntrack table capacity in entries (default 524288); the least recently used "
         "flow is evicted when it is full",
@@ -83,6 +128,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (auto: only when stderr is a terminal)",
     )
     replay.set_defaults(run=run_replay)
+
+    explain = commands.add_parser(
+        "explain",
+        help="explain where one flow would go, and why",
+        description=EXPLAIN_DESCRIPTION,
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "--cluster", metavar="PATH", action="append", required=True,
+        help="Kubernetes objects as `kubectl get -o yaml|json` prints them: a file or a folder "
+        "(read recursively); repeat for several",
+    )
+    explain.add_argument("--node", metavar="NAME", help="the node whose dataplane this is")
+    explain.add_argument("--src", metavar="IP[:PORT]", required=True,
+                         help="the client: an IPv4 address, with its port if known")
+    explain.add_argument("--dst", metavar="IP:PORT", required=True,
+                         help="where the client sends to: a ClusterIP, node, load-balancer or "
+                         "external IP and port, or any other address")
+    explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp",
+                         help="transport protocol (default tcp)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the explanation as one JSON object instead of text")
+    explain.add_argument(
+        "--core", choices=("compiled", "reference"), default="compiled",
+        help="compiled core (default) or the pure-Python twin",
+    )
+    explain.set_defaults(run=run_explain)
     return parser
 
 
@@ -109,15 +182,19 @@ def run_replay(args: argparse.Namespace) -> int:
     )
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     bar = ProgressBar(sys.stderr) if show_progress else None
+    trace_to_stdout = args.trace == "-"
     try:
         stats = replay(
             args.capture, args.output, dataplane,
             batch_packets=args.batch or DEFAULT_BATCH_PACKETS,
             progress=bar.update if bar else None,
+            trace=sys.stdout if trace_to_stdout else args.trace,
         )
     finally:
         if bar:
             bar.close()
+    if trace_to_stdout:
+        sys.stdout.flush()
     if stats.truncated_tail:
         print(f"{PROG}: warning: {stats.truncated_tail}", file=sys.stderr)
     if args.stats:
@@ -126,8 +203,26 @@ def run_replay(args: argparse.Namespace) -> int:
                                "skipped": dict(state.skipped)}
         _write_json_atomically(args.stats, document)
     if not args.quiet:
-        print_summary(stats, sys.stdout)
-        print_cluster(state, dataplane, sys.stdout)
+        out = sys.stderr if trace_to_stdout else sys.stdout
+        print_summary(stats, out)
+        print_cluster(state, dataplane, out)
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from fastpath.explain import ExplainError, explain
+    from fastpath.model import load_cluster
+
+    state = load_cluster(args.cluster)
+    try:
+        answer = explain(state, args.src, args.dst, args.proto, node=args.node, core=args.core)
+    except ExplainError as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        json.dump(answer.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(answer.render())
     return 0
 
 
@@ -181,6 +276,8 @@ def print_summary(stats, out: TextIO) -> None:
 
     target = stats.output or "(no output)"
     out.write(f"{stats.capture} -> {target}  [{stats.format}, {linktype_name(stats.linktype)}]\n")
+    if stats.trace:
+        out.write(f"trace        {stats.trace} ({stats.packets:,} lines)\n")
     out.write(
         f"packets      {stats.packets:,} in, {stats.packets_written:,} written, "
         f"{stats.elapsed_s:.3f} s, {stats.packets_per_second:,.0f} packets/s\n"

@@ -1,0 +1,269 @@
+"""Per-packet decision traces: one JSON object per input packet (JSON Lines).
+
+    with TraceWriter("trace.jsonl", dataplane.maps) as trace:     # atomic, like the output capture
+        for batch in reader.batches():
+            result = dataplane.process(batch, reader.linktype, trace=True)
+            trace.write_batch(batch, result)
+    # trace.jsonl appears only here, complete; on an exception it never appears.
+
+Every line describes one packet of the input capture, in input order:
+
+    {"frame": 12, "time": "1714641247.123456000", "verdict": "DNAT", "reason": "NEW_FLOW",
+     "service": "default/web:http", "frontend": "ClusterIP", "backend": "10.244.1.12:8080",
+     "masquerade": null}
+
+frame       1-based number of the packet in the input capture (Wireshark's frame.number).
+time        the capture timestamp as a decimal string of seconds since the epoch with nine
+            fractional digits ("1714641247.123456000", like tshark's frame.time_epoch): exact,
+            whatever the capture's resolution, and safe from float rounding in any JSON reader.
+verdict     a fastpath.verdicts.Verdict name: PASS, DNAT, REVNAT, DROP, REJECT.
+reason      a fastpath.verdicts.Reason name (NEW_FLOW, CT_REPLY, REJECT_NO_ENDPOINT, ...).
+service     the service port the packet was attributed to, "namespace/name:port-name"
+            ("namespace/name" for an unnamed port), or null.
+frontend    the kind of frontend the flow came in through: "ClusterIP", "NodePort",
+            "LoadBalancer", "ExternalIP", or null.
+backend     the endpoint, "ip:port", or null.
+masquerade  the node address the flow is SNATed to (its primary IP), or null.
+reply       REJECT lines only: "icmp-port-unreachable" (the ICMP reply written right after the
+            rejected packet in the output capture), or null if none could be built.
+
+Which of service/frontend/backend/masquerade a reason fills is the core's "Per-packet trace"
+contract (fastpath.reference): NEW_FLOW, CT_ESTABLISHED, CT_REPLY, DROP_NO_LOCAL_ENDPOINT,
+DROP_SOURCE_RANGE and REJECT_NO_ENDPOINT fill what they know, every other reason gives nulls.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import socket
+import stat
+from types import TracebackType
+from typing import IO, Any, Union
+
+from fastpath.maps import Maps
+from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
+
+__all__ = ["REPLY_PORT_UNREACHABLE", "TraceWriter", "format_time", "trace_fields"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+REPLY_PORT_UNREACHABLE = "icmp-port-unreachable"
+FRONTEND_KIND_MASK = 0x07
+_NS_PER_S = 1_000_000_000
+_BUFFER = 1 << 20
+
+
+def format_time(ts_ns: int) -> str:
+    """A timestamp in ns as the trace writes it: seconds with nine fractional digits."""
+    seconds, fraction = divmod(ts_ns, _NS_PER_S)
+    return f"{seconds}.{fraction:09d}"
+
+
+def _ip(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def _name(enum: type[Verdict] | type[Reason], number: int) -> str:
+    try:
+        return enum(number).name
+    except ValueError:  # a core newer than this module's vocabulary
+        return f"{enum.__name__.upper()}_{number}"
+
+
+def trace_fields(maps: Maps, verdict: int, reason: int, service: int, backend: int, flags: int,
+                 reply: bool = True) -> dict[str, Any]:
+    """The fields of one trace line after frame and time, from one packet's core output.
+
+    `reply`: whether an ICMP reply was built (used on REJECT lines only). Ids outside the maps
+    give null.
+    """
+    kind = flags & FRONTEND_KIND_MASK
+    fields: dict[str, Any] = {
+        "verdict": _name(Verdict, verdict),
+        "reason": _name(Reason, reason),
+        "service": maps.services[service - 1].name if 1 <= service <= len(maps.services) else None,
+        "frontend": FrontendKind(kind).name if 1 <= kind <= len(FrontendKind) else None,
+        "backend": None,
+        "masquerade": None,
+    }
+    if 1 <= backend <= len(maps.backends):
+        entry = maps.backends[backend - 1]
+        fields["backend"] = f"{_ip(entry.ip)}:{entry.port}"
+    if flags & TRACE_MASQUERADED and maps.node.primary_ip:
+        fields["masquerade"] = _ip(maps.node.primary_ip)
+    if verdict == Verdict.REJECT:
+        fields["reply"] = REPLY_PORT_UNREACHABLE if reply else None
+    return fields
+
+
+class TraceWriter:
+    """Writes a JSON Lines trace of a replay, one line per packet, a batch at a time.
+
+    destination: a path (written atomically: a temporary file beside it, renamed over it on
+    commit(); close() without commit() or an exception in `with` leaves nothing behind and a
+    pre-existing file untouched; a target that is not a regular file, like /dev/stdout, is written
+    in place), or an open writable file object, text or binary (written as is, flushed on
+    commit, never closed: the caller owns it).
+
+    maps: the maps the packets were processed with (service and backend ids index them); call
+    set_maps() after Dataplane.update() so later lines use the new names.
+    """
+
+    def __init__(self, destination: PathLike | IO[str] | IO[bytes], maps: Maps) -> None:
+        self.lines_written = 0
+        self._maps = maps
+        self._suffixes: dict[tuple[int, int, int, int, int, bool], str] = {}
+        self._done = False
+        self._tmp: str | None = None
+        self._owned = False
+        self._file: Any = None
+        self._binary = False
+        if hasattr(destination, "write"):
+            self.path: str | None = None
+            self._file = destination
+            self._binary = not isinstance(destination, io.TextIOBase) and (
+                isinstance(destination, (io.RawIOBase, io.BufferedIOBase))
+                or "b" in str(getattr(destination, "mode", ""))
+            )
+        else:
+            self.path = os.fspath(destination)  # type: ignore[arg-type]
+            self._file = os.fdopen(self._create(), "w", encoding="utf-8", buffering=_BUFFER)
+            self._owned = True
+
+    @property
+    def name(self) -> str:
+        """The path written, or a description of the stream."""
+        if self.path is not None:
+            return self.path
+        return str(getattr(self._file, "name", "<stream>"))
+
+    def _create(self) -> int:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(f"{self.path}: is a directory")
+            return os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        directory, name = os.path.split(os.path.abspath(self.path))
+        while True:
+            tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as error:  # name the file the user asked for, not the temporary one
+                raise type(error)(error.errno, error.strerror, self.path) from None
+            self._tmp = tmp
+            return fd
+
+    def set_maps(self, maps: Maps) -> None:
+        """Use these maps (names of service and backend ids) for the packets written from now on."""
+        if maps is not self._maps:
+            self._maps = maps
+            self._suffixes.clear()
+
+    def write_batch(self, batch: Any, result: Any) -> int:
+        """Write one line per packet of `batch` (a fastpath.capture.Batch, or anything with a
+        `timestamps_ns` array) from its BatchResult, which must come from
+        Dataplane.process(..., trace=True). Returns the number of lines written."""
+        self._check_open()
+        count = len(result.verdicts)
+        if result.services is None or result.backends is None or result.flags is None:
+            raise ValueError("the batch was processed without trace=True: no trace arrays")
+        if len(batch.timestamps_ns) != count:
+            raise ValueError(f"{count} verdicts for {len(batch.timestamps_ns)} packets")
+        suffixes = self._suffixes
+        replies = result.replies
+        reject = Verdict.REJECT
+        lines = []
+        append = lines.append
+        frame = self.lines_written
+        for index, ts, verdict, reason, service, backend, flags in zip(
+            range(count), batch.timestamps_ns, result.verdicts, result.reasons,
+            result.services, result.backends, result.flags,
+        ):
+            frame += 1
+            key = (verdict, reason, service, backend, flags, verdict == reject and index in replies)
+            suffix = suffixes.get(key)
+            if suffix is None:
+                suffix = self._suffix(key)
+            seconds, fraction = divmod(ts, _NS_PER_S)
+            append(f'{{"frame": {frame}, "time": "{seconds}.{fraction:09d}", {suffix}\n')
+        text = "".join(lines)
+        self._file.write(text.encode() if self._binary else text)
+        self.lines_written = frame
+        return count
+
+    def _suffix(self, key: tuple[int, int, int, int, int, bool]) -> str:
+        # The line's text after `{"frame": N, "time": "T", ` (the same for many packets).
+        suffix = json.dumps(trace_fields(self._maps, *key), ensure_ascii=False)[1:]
+        self._suffixes[key] = suffix
+        return suffix
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise ValueError(f"{self.name}: trace writer already committed or closed")
+
+    def commit(self) -> None:
+        """Flush (and sync), and move the trace into place."""
+        self._check_open()
+        self._done = True
+        try:
+            self._file.flush()
+            if self._owned:
+                if self._tmp is not None:
+                    os.fsync(self._file.fileno())
+                self._file.close()
+                if self._tmp is not None:
+                    assert self.path is not None
+                    os.replace(self._tmp, self.path)
+                    self._tmp = None
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        """Discard the trace (the temporary file); a pre-existing target stays as it was."""
+        self._done = True
+        self._discard()
+
+    def close(self) -> None:
+        """Discard the trace unless commit() was called."""
+        if not self._done:
+            self.abort()
+
+    def _discard(self) -> None:
+        if self._owned and self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not self._done:
+            self.commit()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_done", True) is False:
+            self.abort()

@@ -1,0 +1,354 @@
+"""`fastpath explain`: where one hand-written flow goes and why (fastpath.explain)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap, wrpcap
+
+from fastpath import Dataplane, load_cluster, replay
+from fastpath.explain import (
+    EndpointInfo,
+    ExplainError,
+    Explanation,
+    build_packet,
+    explain,
+    parse_address,
+)
+from fastpath.model import ClusterError, ClusterState
+
+CORES = ("compiled", "reference")
+WEB_VIP, DNS_VIP, CLIENT = "10.96.0.10", "10.96.0.53", "10.244.0.5"
+WEB_READY = {"10.244.1.11:8080", "10.244.1.12:8080", "10.244.1.13:8080"}
+
+
+def fastpath(*args: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastpath", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def demo_state(demo_cluster) -> ClusterState:
+    return load_cluster([demo_cluster])
+
+
+@pytest.fixture(scope="module")
+def demo_new_flows(tmp_path_factory, demo_capture, demo_cluster) -> dict[tuple, str]:
+    """(client ip, client port, vip, vip port, proto) -> backend, from a traced demo replay."""
+    path = tmp_path_factory.mktemp("explain") / "trace.jsonl"
+    replay(demo_capture, None, Dataplane(load_cluster([demo_cluster])), trace=path)
+    flows = {}
+    for packet, line in zip(rdpcap(str(demo_capture)),
+                            (json.loads(text) for text in path.read_text().splitlines())):
+        if line["reason"] == "NEW_FLOW":
+            l4 = TCP if TCP in packet else UDP
+            key = (packet[IP].src, packet[l4].sport, packet[IP].dst, packet[l4].dport,
+                   "tcp" if l4 is TCP else "udp")
+            flows[key] = line["backend"]
+    assert len(flows) == 14
+    return flows
+
+
+# --------------------------------------------------------------------------- ClusterIP hit
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_clusterip_hit_lists_web_endpoints_and_the_chosen_one(demo_state, core):
+    answer = explain(demo_state, f"{CLIENT}:41001", f"{WEB_VIP}:80", "tcp", core=core)
+    assert (answer.verdict, answer.reason) == ("DNAT", "NEW_FLOW")
+    assert answer.frontend == {"kind": "ClusterIP", "address": f"{WEB_VIP}:80/TCP",
+                               "service": "default/web:http", "port_name": "http",
+                               "target_port": "http"}
+    assert answer.policy is not None
+    assert answer.policy["name"] == "internalTrafficPolicy"
+    assert answer.policy["value"] == "Cluster" and answer.policy["set"] == "cluster"
+    assert answer.source is not None and answer.source["class"] in ("pod", "other")
+    assert answer.masquerade is not None and answer.masquerade["enabled"] is False
+    by_address = {e.address: e for e in answer.endpoints}
+    assert set(by_address) == WEB_READY | {"10.244.1.14:8080", "10.244.1.15:8080"}
+    candidates = {e.address for e in answer.endpoints if e.in_set}
+    assert candidates == WEB_READY and answer.set_size == 3
+    for address in WEB_READY:
+        e = by_address[address]
+        assert (e.ready, e.serving, e.terminating) == (True, True, False)
+        assert (e.node, e.zone) == ("fp-node", "zone-a")
+    not_ready, terminating = by_address["10.244.1.14:8080"], by_address["10.244.1.15:8080"]
+    assert (not_ready.ready, not_ready.serving, not_ready.in_set) == (False, False, False)
+    assert (terminating.serving, terminating.terminating, terminating.in_set) == (True, True, False)
+    [chosen] = [e for e in answer.endpoints if e.chosen]
+    assert chosen.address == answer.backend and answer.backend in WEB_READY
+    text = answer.render()
+    assert "default/web:http" in text and answer.backend in text and "not ready" in text
+
+
+def test_chosen_endpoint_is_what_a_replay_picks(tmp_path, demo_state, demo_new_flows):
+    # Every flow of the demo capture: explain agrees with the traced replay.
+    for (src, sport, dst, dport, proto), backend in demo_new_flows.items():
+        answer = explain(demo_state, f"{src}:{sport}", f"{dst}:{dport}", proto)
+        assert answer.backend == backend, (src, sport, dst, dport)
+    # And a 5-tuple the demo does not have, replayed from a pcap written here.
+    syn = Ether() / IP(src="10.244.0.77", dst=WEB_VIP) / TCP(sport=51234, dport=80, flags="S")
+    wrpcap(str(tmp_path / "one.pcap"), [syn])
+    replay(tmp_path / "one.pcap", None, Dataplane(demo_state), trace=tmp_path / "t.jsonl")
+    line = json.loads((tmp_path / "t.jsonl").read_text())
+    assert explain(demo_state, "10.244.0.77:51234", f"{WEB_VIP}:80").backend == line["backend"]
+
+
+def test_udp_and_no_source_port(demo_state):
+    answer = explain(demo_state, CLIENT, f"{DNS_VIP}:53", "udp")
+    assert answer.proto == "UDP" and answer.src == f"{CLIENT}:40000"
+    assert not answer.src_port_given and any("source port" in note for note in answer.notes)
+    assert answer.frontend["service"] == "default/dns:dns"
+    assert answer.backend in {"10.244.1.21:5353", "10.244.1.22:5353"}
+    # the same flow over TCP is no service: dns has UDP 53 only
+    assert explain(demo_state, CLIENT, f"{DNS_VIP}:53", "tcp").verdict in ("PASS", "REJECT")
+
+
+# --------------------------------------------------------------------------- other verdicts
+
+
+def test_unknown_address_passes(demo_state):
+    answer = explain(demo_state, f"{CLIENT}:41001", "10.0.0.1:80")
+    assert (answer.verdict, answer.reason) == ("PASS", "PASS_NO_SERVICE")
+    assert answer.summary == "not a service address: passes untouched"
+    assert answer.frontend is None and answer.backend is None and answer.endpoints == []
+    assert "passes untouched" in answer.render()
+
+
+def test_endpoint_address_passes_and_says_so(demo_state):
+    answer = explain(demo_state, f"{CLIENT}:45001", "10.244.1.12:8080")
+    assert answer.verdict == "PASS"
+    assert any("endpoint of default/web" in note for note in answer.notes)
+
+
+def no_endpoint_cluster() -> ClusterState:
+    return ClusterState.from_objects([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": "shop"},
+         "spec": {"type": "ClusterIP", "clusterIP": "10.96.5.5", "clusterIPs": ["10.96.5.5"],
+                  "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                             "targetPort": 8443}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+         "metadata": {"name": "api-x1", "namespace": "shop",
+                      "labels": {"kubernetes.io/service-name": "api"}},
+         "ports": [{"name": "https", "port": 8443, "protocol": "TCP"}],
+         "endpoints": [{"addresses": ["10.244.7.7"], "nodeName": "n1",
+                        "conditions": {"ready": False, "serving": False, "terminating": False}}]},
+    ])
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_no_endpoints_rejects(core):
+    answer = explain(no_endpoint_cluster(), "10.244.0.9:40000", "10.96.5.5:443", "tcp", core=core)
+    assert (answer.verdict, answer.reason) == ("REJECT", "REJECT_NO_ENDPOINT")
+    assert answer.reply == "icmp-port-unreachable"
+    assert answer.frontend["service"] == "shop/api:https"
+    assert answer.backend is None and answer.set_size == 0
+    assert answer.rule and "no usable endpoint" in answer.rule
+    [endpoint] = answer.endpoints
+    assert endpoint.address == "10.244.7.7:8443" and not endpoint.in_set
+    assert endpoint.note == "not ready"
+    text = answer.render()
+    assert "REJECT" in text and "ICMP port unreachable" in text
+
+
+def test_bad_addresses():
+    for src, dst, message in [
+        ("10.0.0.300", "10.96.0.10:80", "not an IPv4 address"),
+        ("10.0.0.1", "10.96.0.10", "port is required"),
+        ("10.0.0.1", "10.96.0.10:0", "port must be"),
+        ("10.0.0.1", "10.96.0.10:http", "port must be"),
+        ("fe80::1", "10.96.0.10:80", "IPv6"),
+        ("10.0.0.1", "[::1]:80", "IPv6"),
+    ]:
+        with pytest.raises(ExplainError, match=message):
+            explain(ClusterState(), src, dst)
+    with pytest.raises(ExplainError, match="tcp or udp"):
+        explain(ClusterState(), "10.0.0.1", "10.0.0.2:1", "sctp")
+    assert parse_address("10.0.0.010:80", port_required=True, what="x") == ("10.0.0.10", 80)
+
+
+def test_built_packet_is_a_valid_syn():
+    frame = Ether(build_packet("10.0.0.1", 1234, "10.96.0.10", 80, 6))
+    rebuilt = frame.copy()
+    del rebuilt[IP].chksum, rebuilt[TCP].chksum
+    assert bytes(Ether(bytes(rebuilt))) == bytes(frame)
+    assert frame[TCP].flags == "S"
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_text(demo_cluster):
+    result = fastpath("explain", "--cluster", demo_cluster, "--src", f"{CLIENT}:41001",
+                      "--dst", f"{WEB_VIP}:80")
+    assert result.returncode == 0, result.stderr
+    assert "DNAT" in result.stdout and "default/web:http" in result.stdout
+    for address in WEB_READY:
+        assert address in result.stdout
+
+
+def test_cli_json_shape(demo_cluster, demo_state):
+    result = fastpath("explain", "--cluster", demo_cluster, "--src", f"{CLIENT}:41002",
+                      "--dst", f"{WEB_VIP}:80", "--proto", "tcp", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == set(Explanation.__dataclass_fields__)
+    assert document["verdict"] == "DNAT" and document["reason"] == "NEW_FLOW"
+    assert document["src"] == f"{CLIENT}:41002" and document["dst"] == f"{WEB_VIP}:80"
+    assert document["proto"] == "TCP" and document["src_port_given"] is True
+    assert set(document["frontend"]) == {"kind", "address", "service", "port_name", "target_port"}
+    assert set(document["policy"]) == {"name", "value", "set", "why"}
+    assert set(document["source"]) == {"class", "why"}
+    assert set(document["masquerade"]) == {"enabled", "address", "why"}
+    assert len(document["endpoints"]) == 5
+    for endpoint in document["endpoints"]:
+        assert set(endpoint) == set(EndpointInfo.__dataclass_fields__)
+        assert isinstance(endpoint["ready"], bool) and isinstance(endpoint["chosen"], bool)
+    [chosen] = [e for e in document["endpoints"] if e["chosen"]]
+    assert chosen["address"] == document["backend"]
+    assert document == explain(demo_state, f"{CLIENT}:41002", f"{WEB_VIP}:80").to_dict()
+
+
+def test_cli_pass_and_reject_exit_0(tmp_path, demo_cluster):
+    result = fastpath("explain", "--cluster", demo_cluster, "--src", CLIENT, "--dst", "1.2.3.4:80")
+    assert result.returncode == 0 and "passes untouched" in result.stdout
+    cluster = tmp_path / "c.json"
+    cluster.write_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": "shop"},
+         "spec": {"clusterIP": "10.96.5.5", "ports": [{"port": 443}]}}]}))
+    result = fastpath("explain", "--cluster", cluster, "--src", CLIENT, "--dst", "10.96.5.5:443",
+                      "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"] == "REJECT"
+
+
+@pytest.mark.parametrize("args", [
+    ("--src", "10.244.0.999", "--dst", "10.96.0.10:80"),
+    ("--src", CLIENT, "--dst", "10.96.0.10"),
+    ("--src", CLIENT, "--dst", "10.96.0.10:80", "--node", "no-such-node"),
+])
+def test_cli_bad_input_is_one_line_exit_1(demo_cluster, args):
+    result = fastpath("explain", "--cluster", demo_cluster, *args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("fastpath: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_cli_usage_errors_exit_2(demo_cluster):
+    assert fastpath("explain", "--cluster", demo_cluster, "--src", CLIENT).returncode == 2
+    assert fastpath("explain", "--cluster", demo_cluster, "--src", CLIENT, "--dst",
+                    f"{WEB_VIP}:80", "--proto", "icmp").returncode == 2
+    assert fastpath("explain", "--src", CLIENT, "--dst", f"{WEB_VIP}:80").returncode == 2
+
+
+def test_cli_help_has_an_example():
+    result = fastpath("explain", "--help")
+    assert result.returncode == 0
+    assert "fastpath explain --cluster" in result.stdout and "exit status" in result.stdout
+    assert "explain" in fastpath("--help").stdout
+
+
+def test_unknown_node_is_a_cluster_error(demo_state):
+    with pytest.raises(ClusterError):
+        explain(demo_state, CLIENT, f"{WEB_VIP}:80", node="nope")
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def ip4(text: str) -> int:
+    return int.from_bytes(bytes(int(part) for part in text.split(".")), "big")
+
+
+@pytest.fixture
+def cart(monkeypatch) -> ClusterState:
+    """A NodePort/LoadBalancer service with externalTrafficPolicy Local, seen from node-a.
+
+    The maps are given by hand (what the compiler makes of such a service), so these tests
+    check the explanation, not the compiler.
+    """
+    from fastpath.compiler import CompileResult
+    from fastpath.maps import Backend, Frontend, Maps, NodeView, Service
+
+    node_ip = ip4("192.168.0.1")
+    maps = Maps(
+        services=[Service(id=1, name="default/cart:http", backends=(1, 2), local_backends=(1,),
+                          serving=(1, 2, 3))],
+        frontends=[
+            Frontend(ip=ip4("10.96.1.1"), port=80, proto=6, service=1, kind="ClusterIP"),
+            Frontend(ip=node_ip, port=30080, proto=6, service=1, kind="NodePort",
+                     local_policy=True),
+            Frontend(ip=ip4("198.51.100.1"), port=80, proto=6, service=1, kind="LoadBalancer",
+                     local_policy=True, source_ranges=((ip4("203.0.113.0"), 24),)),
+        ],
+        backends=[Backend(1, ip4("10.244.1.7"), 8080, "a"), Backend(2, ip4("10.244.2.7"), 8080, "b"),
+                  Backend(3, ip4("10.244.2.8"), 8080, "c")],
+        node=NodeView(primary_ip=node_ip, local_ips=(node_ip,),
+                      pod_cidrs=((ip4("10.244.0.0"), 16),), service_ips=(ip4("10.96.1.1"),)),
+    )
+    monkeypatch.setattr("fastpath.compiler.compile_maps",
+                        lambda state, node=None: CompileResult(maps=maps))
+
+    def ep(ip: str, node: str, **conditions: bool) -> dict[str, Any]:
+        return {"addresses": [ip], "nodeName": node, "conditions": conditions or {"ready": True}}
+
+    return ClusterState.from_objects([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "cart", "namespace": "default"},
+         "spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.1", "externalTrafficPolicy": "Local",
+                  "loadBalancerSourceRanges": ["203.0.113.0/24"],
+                  "ports": [{"name": "http", "port": 80, "nodePort": 30080, "targetPort": 8080}]},
+         "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+         "metadata": {"name": "cart-1", "namespace": "default",
+                      "labels": {"kubernetes.io/service-name": "cart"}},
+         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+         "endpoints": [ep("10.244.1.7", "node-a"), ep("10.244.2.7", "node-b"),
+                       ep("10.244.2.8", "node-b", ready=False, serving=True, terminating=True)]},
+    ])
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_external_local_policy_by_source_class(cart, core):
+    outside = explain(cart, "203.0.113.5:5555", "192.168.0.1:30080", node="node-a", core=core)
+    assert outside.frontend["kind"] == "NodePort"
+    assert outside.source["class"] == "other"
+    assert (outside.policy["name"], outside.policy["value"], outside.policy["set"]) == (
+        "externalTrafficPolicy", "Local", "local")
+    assert outside.masquerade["enabled"] is False and "client IP" in outside.masquerade["why"]
+    assert outside.backend == "10.244.1.7:8080"
+    notes = {e.address: e.note for e in outside.endpoints}
+    assert notes["10.244.2.7:8080"] == "not on this node"
+
+    pod = explain(cart, "10.244.1.9:5555", "192.168.0.1:30080", node="node-a", core=core)
+    assert pod.source["class"] == "pod" and pod.policy["set"] == "cluster"
+    assert pod.masquerade["enabled"] is False and pod.set_size == 2
+
+    node = explain(cart, "192.168.0.1:5555", "192.168.0.1:30080", node="node-a", core=core)
+    assert node.source["class"] == "node" and node.policy["set"] == "cluster"
+    assert node.masquerade == {"enabled": True, "address": "192.168.0.1",
+                               "why": "traffic from the node itself is masqueraded"}
+
+    clusterip = explain(cart, "192.168.9.9:1", "10.96.1.1:80", node="node-a", core=core)
+    assert clusterip.policy["name"] == "internalTrafficPolicy"
+    assert clusterip.masquerade["enabled"] is True
+    assert "outside the pod network" in clusterip.masquerade["why"]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_source_range_drop_and_unknown_port_reject(cart, core):
+    dropped = explain(cart, "8.8.8.8:1", "198.51.100.1:80", node="node-a", core=core)
+    assert (dropped.verdict, dropped.reason) == ("DROP", "DROP_SOURCE_RANGE")
+    assert dropped.frontend["kind"] == "LoadBalancer"
+    assert dropped.source_ranges == ["203.0.113.0/24"] and "loadBalancerSourceRanges" in dropped.rule
+    assert explain(cart, "203.0.113.5:1", "198.51.100.1:80", node="node-a", core=core).verdict == "DNAT"
+
+    rejected = explain(cart, "1.1.1.1:1", "10.96.1.1:81", node="node-a", core=core)
+    assert (rejected.verdict, rejected.reason) == ("REJECT", "REJECT_UNKNOWN_PORT")
+    assert rejected.frontend is None and rejected.reply == "icmp-port-unreachable"
+    assert any("80/TCP (default/cart:http)" in note for note in rejected.notes)
