@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastpath.compiler import CompileResult, compile_maps
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Frontend
+from fastpath.maps import PROTO_TCP, PROTO_UDP, Frontend, NodeView
 from fastpath.model import ClusterError, ClusterState, load_cluster
 
 DATA = Path(__file__).parent / "data" / "cluster"
@@ -66,23 +66,91 @@ def eps(name: str, service: str | None, ports: list[dict[str, Any]], endpoints: 
             "ports": ports, "endpoints": endpoints}
 
 
-def node(name: str, zone: str | None = None) -> dict[str, Any]:
+def node(name: str, zone: str | None = None, addresses: list[tuple[str, str]] | None = None,
+         pod_cidrs: list[str] | None = None) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": name}
     if zone:
         labels["topology.kubernetes.io/zone"] = zone
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}}
+    listed = [("InternalIP", "192.168.0.1")] if addresses is None else addresses
+    obj: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+        "status": {"addresses": [{"type": kind, "address": address} for kind, address in listed]
+                   + [{"type": "Hostname", "address": name}]}}
+    if pod_cidrs is not None:
+        obj["spec"] = {"podCIDR": pod_cidrs[0] if pod_cidrs else None, "podCIDRs": pod_cidrs}
+    return obj
+
+
+def proxy_config(**fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", **fields}
+
+
+def pod(name: str, ip: str | list[str] | None, labels: dict[str, str] | None = None, ready: bool = True,
+        node_name: str | None = None, ports: list[dict[str, Any]] | None = None, phase: str = "Running",
+        deleting: bool = False, namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    ips = [] if ip is None else [ip] if isinstance(ip, str) else ip
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {"app": "web"}}
+    if deleting:
+        metadata["deletionTimestamp"] = "2024-06-10T21:20:00Z"
+    body: dict[str, Any] = {"containers": [{"name": "main", "image": "registry.example/web:1",
+                                            "ports": ports or []}], **spec}
+    if node_name:
+        body["nodeName"] = node_name
+    status: dict[str, Any] = {"phase": phase, "conditions": [
+        {"type": "Initialized", "status": "True"},
+        {"type": "Ready", "status": "True" if ready else "False"}]}
+    if ips:
+        status["podIP"] = ips[0]
+        status["podIPs"] = [{"ip": address} for address in ips]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": body, "status": status}
+
+
+def container_port(number: int, name: str, protocol: str = "TCP") -> dict[str, Any]:
+    return {"containerPort": number, "name": name, "protocol": protocol}
 
 
 def compile_objects(objects: list[dict[str, Any]], node_name: str | None = None) -> CompileResult:
     return compile_maps(ClusterState.from_objects(objects), node_name)
 
 
-def backend_addresses(result: CompileResult, service_name: str) -> list[str]:
-    """The service's backends as "ip:port", in the order the maps hold them."""
-    service = next(s for s in result.maps.services if s.name == service_name)
+def ip(text: str) -> int:
+    return int(IPv4Address(text))
+
+
+def addresses(result: CompileResult, ids: tuple[int, ...]) -> list[str]:
     table = {b.id: b for b in result.maps.backends}
-    return [f"{IPv4Address(table[i].ip)}:{table[i].port}" for i in service.backends]
+    return [f"{IPv4Address(table[i].ip)}:{table[i].port}" for i in ids]
+
+
+def service_named(result: CompileResult, service_name: str) -> Any:
+    return next(s for s in result.maps.services if s.name == service_name)
+
+
+def backend_addresses(result: CompileResult, service_name: str) -> list[str]:
+    """The service's cluster set as "ip:port", in the order the maps hold it."""
+    return addresses(result, service_named(result, service_name).backends)
+
+
+def local_addresses(result: CompileResult, service_name: str) -> list[str]:
+    return addresses(result, service_named(result, service_name).local_backends)
+
+
+def serving_addresses(result: CompileResult, service_name: str) -> list[str]:
+    return addresses(result, service_named(result, service_name).serving)
+
+
+def frontends_of(result: CompileResult, service_name: str) -> list[tuple[str, str, bool, tuple[str, ...]]]:
+    """The service's frontends as (kind, "ip:port/proto", local_policy, source ranges as text)."""
+    service = service_named(result, service_name)
+    names = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
+    return [(f.kind, f"{IPv4Address(f.ip)}:{f.port}/{names[f.proto]}", f.local_policy,
+             tuple(f"{IPv4Address(n)}/{length}" for n, length in f.source_ranges))
+            for f in result.maps.frontends if f.service == service.id]
+
+
+def service_notes(result: CompileResult, prefix: str = "default/") -> tuple[str, ...]:
+    """The notes about services (node-level notes left out)."""
+    return tuple(note for note in result.notes if note.startswith(prefix))
 
 
 # The fixture cluster end to end --------------------------------------------------------------
@@ -113,22 +181,52 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
     ]
     assert [s.backends for s in maps.services] == [
         (1, 9), (1, 9), (2, 10), (5,), (6,), (3, 11), (4, 12), (), (7,), (8,)]
-    def ip(text: str) -> int:
-        return int(IPv4Address(text))
+    assert [s.local_backends for s in maps.services] == [(1,), (1,), (2,), (5,), (6,), (3,), (4,), (), (7,), (8,)]
+    assert [s.serving for s in maps.services] == [s.backends for s in maps.services]
+    assert [s.affinity_timeout_s for s in maps.services] == [0] * 8 + [600, 0]
 
+    ranges = ((ip("10.0.0.0"), 8), (ip("198.51.100.0"), 24))  # whitespace trimmed, host bits masked
     assert maps.frontends == [
         Frontend(ip("10.96.0.10"), 53, PROTO_UDP, 1), Frontend(ip("10.96.0.10"), 53, PROTO_TCP, 2),
         Frontend(ip("10.96.0.10"), 9153, PROTO_TCP, 3), Frontend(ip("10.96.10.20"), 80, PROTO_TCP, 4),
-        Frontend(ip("10.96.10.40"), 80, PROTO_TCP, 5), Frontend(ip("10.96.10.10"), 80, PROTO_TCP, 6),
+        Frontend(ip("10.96.10.40"), 80, PROTO_TCP, 5),
+        Frontend(ip("192.168.1.11"), 30080, PROTO_TCP, 5, "NodePort"),
+        Frontend(ip("10.96.10.10"), 80, PROTO_TCP, 6),
         Frontend(ip("10.96.10.10"), 9090, PROTO_TCP, 7), Frontend(ip("10.96.10.70"), 80, PROTO_TCP, 8),
-        Frontend(ip("10.96.10.50"), 443, PROTO_TCP, 9), Frontend(ip("10.96.10.60"), 5060, PROTO_TCP, 10),
+        # storefront: LoadBalancer, externalTrafficPolicy Local; the Proxy-mode hostname ingress gives nothing
+        Frontend(ip("10.96.10.50"), 443, PROTO_TCP, 9),
+        Frontend(ip("192.168.1.11"), 31443, PROTO_TCP, 9, "NodePort", local_policy=True),
+        Frontend(ip("203.0.113.10"), 443, PROTO_TCP, 9, "LoadBalancer", local_policy=True, source_ranges=ranges),
+        Frontend(ip("198.51.100.7"), 443, PROTO_TCP, 9, "ExternalIP", local_policy=True),
+        Frontend(ip("10.96.10.60"), 5060, PROTO_TCP, 10),
     ]
-    assert all(f.kind == "ClusterIP" for f in maps.frontends)  # NodePort/LB/external IPs come later
+    assert maps.node == NodeView(
+        primary_ip=ip("192.168.1.11"), local_ips=(ip("192.168.1.11"),), pod_cidrs=((ip("10.244.0.0"), 16),),
+        masquerade_all=False,
+        service_ips=tuple(ip(a) for a in ("10.96.0.10", "10.96.10.10", "10.96.10.20", "10.96.10.40",
+                                          "10.96.10.50", "10.96.10.60", "10.96.10.70")))
+    assert result.timeouts_s == {"established": 86400, "closing": 3600, "other": 30}
+    assert result.node == "node-a"
     assert result.skipped == Counter({"headless service": 1, "ExternalName service": 1, "SCTP service port": 1,
                                       "IPv6 EndpointSlice": 1, "IPv6 cluster IP": 1})
     assert "shop/legacy:web: no usable endpoint; traffic to it is rejected" in result.notes
     assert "shop/checkout:http: no ready endpoint; using 1 serving terminating endpoint(s)" in result.notes
     assert result.warnings == ()
+
+
+def test_fixture_cluster_from_the_other_node() -> None:
+    result = compile_maps(load_cluster([DATA]), "node-b")
+    maps = result.maps
+    # node-b's ExternalIP is a node address too, but outside nodePortAddresses 192.168.0.0/16
+    assert maps.node.local_ips == (ip("192.168.1.12"), ip("203.0.113.12"))
+    assert {(f.ip, f.port) for f in maps.frontends if f.kind == "NodePort"} == {
+        (ip("192.168.1.12"), 30080), (ip("192.168.1.12"), 31443)}
+    storefront = service_named(result, "shop/storefront:https")
+    assert (storefront.backends, storefront.local_backends) == ((7,), ())
+    assert ("shop/storefront:https: externalTrafficPolicy Local and no local endpoint (none on node node-b); "
+            "external clients are dropped") in result.notes
+    with pytest.raises(ClusterError, match=r"^several Nodes \(node-a, node-b\): choose one with --node$"):
+        compile_maps(load_cluster([DATA]))
 
 
 # Port matching ------------------------------------------------------------------------------
@@ -204,7 +302,9 @@ def test_fallback_to_serving_terminating_only_when_nothing_is_ready() -> None:
         ]),
     ])
     assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080"]
-    assert result.notes == ("default/web:http: no ready endpoint; using 2 serving terminating endpoint(s)",)
+    assert service_notes(result) == ("default/web:http: no ready endpoint; using 2 serving terminating endpoint(s)",)
+    # Serving is every serving endpoint, terminating or not.
+    assert serving_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.4:8080"]
 
 
 def test_service_without_usable_endpoints_keeps_its_frontend() -> None:
@@ -216,8 +316,8 @@ def test_service_without_usable_endpoints_keeps_its_frontend() -> None:
     assert [s.backends for s in result.maps.services] == [(), ()]
     assert len(result.maps.frontends) == 2  # packets to them are rejected, not passed
     assert result.maps.backends == []
-    assert result.notes == ("default/lonely:http: no usable endpoint; traffic to it is rejected",
-                            "default/web:http: no usable endpoint; traffic to it is rejected")
+    assert service_notes(result) == ("default/lonely:http: no usable endpoint; traffic to it is rejected",
+                                     "default/web:http: no usable endpoint; traffic to it is rejected")
 
 
 # Deduplication ----------------------------------------------------------------------------------
@@ -333,14 +433,6 @@ def test_headless_external_name_sctp_and_ipv6_are_skipped() -> None:
     assert "skipped 1 SCTP service port" in result.notes
 
 
-def test_node_port_and_load_balancer_services_get_only_their_cluster_ip() -> None:
-    lb = svc("lb", [{"name": "https", "port": 443, "protocol": "TCP", "nodePort": 31443}], type="LoadBalancer",
-             externalIPs=["198.51.100.7"])
-    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.10", "ipMode": "VIP"}]}}
-    result = compile_objects([lb, eps("lb-1", "lb", [port(8443, "https")], [ep("10.0.0.1")])])
-    assert result.maps.frontends == [Frontend(int(IPv4Address("10.96.0.10")), 443, PROTO_TCP, 1, "ClusterIP")]
-
-
 def test_frontend_conflict_keeps_the_first_and_warns() -> None:
     result = compile_objects([
         svc("b", [port(80, "http")], cluster_ip="10.96.0.1"),
@@ -349,7 +441,7 @@ def test_frontend_conflict_keeps_the_first_and_warns() -> None:
     assert [(f.service, result.maps.services[f.service - 1].name) for f in result.maps.frontends] == [
         (1, "default/a:http")]
     assert result.warnings == (
-        "default/b:http: 10.96.0.1:80/TCP is already the ClusterIP frontend of default/a:http; ignored",)
+        "default/b:http: 10.96.0.1:80/TCP (ClusterIP) is already the ClusterIP frontend of default/a:http; ignored",)
 
 
 # Node view: traffic policy and topology --------------------------------------------------------
@@ -366,20 +458,30 @@ def local_service_objects() -> list[dict[str, Any]]:
 
 
 def test_internal_traffic_policy_local_uses_local_endpoints() -> None:
-    assert backend_addresses(compile_objects(local_service_objects(), "n1"), "default/web:http") == ["10.0.0.1:8080"]
-    assert backend_addresses(compile_objects(local_service_objects(), "n2"), "default/web:http") == ["10.0.0.2:8080"]
+    for name, local in (("n1", "10.0.0.1:8080"), ("n2", "10.0.0.2:8080")):
+        result = compile_objects(local_service_objects(), name)
+        assert local_addresses(result, "default/web:http") == [local]
+        # The cluster set stays what it is: the core decides from local_policy which one to use.
+        assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080"]
+        assert [(f.kind, f.local_policy) for f in result.maps.frontends] == [("ClusterIP", True)]
 
 
 def test_internal_traffic_policy_local_falls_back_to_local_terminating() -> None:
     objects = local_service_objects()
     objects[3]["endpoints"][1]["conditions"] = {"ready": False, "serving": False}
-    assert backend_addresses(compile_objects(objects, "n2"), "default/web:http") == ["10.0.0.3:8080"]
+    result = compile_objects(objects, "n2")
+    assert local_addresses(result, "default/web:http") == ["10.0.0.3:8080"]
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]  # fallbacks are independent
 
 
 def test_internal_traffic_policy_local_without_a_node_has_no_endpoint() -> None:
-    result = compile_objects(local_service_objects())
-    assert backend_addresses(result, "default/web:http") == []
-    assert result.notes == ("default/web:http: internalTrafficPolicy Local and no local endpoint (no node given)",)
+    objects = [o for o in local_service_objects() if o["kind"] != "Node"]
+    result = compile_objects(objects)
+    assert local_addresses(result, "default/web:http") == []
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    assert result.notes == (
+        "no Node in the input: no node addresses, so no NodePort frontends and no masquerading",
+        "default/web:http: internalTrafficPolicy Local and no local endpoint (no node given)")
 
 
 def hinted(zones: list[list[str] | None], nodes: list[list[str] | None] | None = None) -> list[dict[str, Any]]:
@@ -404,8 +506,13 @@ def test_zone_hints_ignored_unless_complete_and_matching(zones: list[list[str] |
 
 
 def test_zone_hints_need_a_node() -> None:
-    result = compile_objects(hinted([["zone-a"], ["zone-b"]]))
+    objects = [o for o in hinted([["zone-a"], ["zone-b"]]) if o["kind"] != "Node"]
+    result = compile_objects(objects, "n1")  # a node name without its Node object: no zone known
     assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    # The only Node of the input is the node when none is named.
+    result = compile_objects(hinted([["zone-a"], ["zone-b"]]))
+    assert result.node == "n1"
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
 
 
 def test_node_hints_come_before_zone_hints() -> None:
@@ -418,4 +525,416 @@ def test_unknown_node_is_an_error() -> None:
         compile_objects(local_service_objects(), "n9")
     # Without any Node objects, a node name still decides locality.
     objects = [o for o in local_service_objects() if o["kind"] != "Node"]
-    assert backend_addresses(compile_objects(objects, "n1"), "default/web:http") == ["10.0.0.1:8080"]
+    result = compile_objects(objects, "n1")
+    assert local_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+    assert result.maps.node.primary_ip == 0
+    assert result.notes[0] == "Node n1 is not in the input: no node addresses, so no NodePort frontends and no masquerading"
+
+
+def test_several_nodes_need_a_choice() -> None:
+    objects = [*local_service_objects(), node("n0")]
+    with pytest.raises(ClusterError, match=r"^several Nodes \(n0, n1, n2\): choose one with --node$"):
+        compile_objects(objects)
+    many = [node(f"n{i}") for i in range(7)]
+    with pytest.raises(ClusterError, match=r"^several Nodes \(n0, n1, n2, n3, n4, \.\.\.\): choose one"):
+        compile_objects(many)
+    assert compile_objects(objects, "n0").node == "n0"
+
+
+# Frontends of every service type ----------------------------------------------------------------
+
+
+def web_slice(name: str = "web", endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return eps(f"{name}-1", name, [port(8080, "http")], endpoints or [ep("10.0.0.1", node="n1")])
+
+
+def lb_service(name: str = "web", ingress: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+    obj = svc(name, [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}], type="LoadBalancer",
+              **spec)
+    obj["status"] = {"loadBalancer": {"ingress": ingress if ingress is not None else [{"ip": "203.0.113.10"}]}}
+    return obj
+
+
+def test_node_port_listens_on_the_primary_ip_by_default() -> None:
+    nodes = [node("n1", addresses=[("InternalIP", "fd00::1"), ("InternalIP", "192.168.0.1"),
+                                   ("InternalIP", "192.168.0.2"), ("ExternalIP", "203.0.113.5")])]
+    objects = [*nodes, svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort"), web_slice()]
+    for extra in ([], [proxy_config()], [proxy_config(nodePortAddresses=["primary"])]):
+        result = compile_objects(objects + extra)
+        assert frontends_of(result, "default/web:http") == [
+            ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("NodePort", "192.168.0.1:30080/TCP", False, ())]
+        assert result.maps.node.local_ips == (ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5"))
+
+
+@pytest.mark.parametrize(("node_port_addresses", "expected"), [
+    (["192.168.0.0/24", "fd00::/64"], ["192.168.0.1", "192.168.0.2"]),
+    (["192.168.0.2/32", "198.51.100.0/24"], ["192.168.0.2"]),
+    (["10.0.0.0/8"], []),  # nothing of the node's inside: no NodePort at all
+    (["fd00::/64"], ["192.168.0.1", "192.168.0.2", "203.0.113.5"]),  # no IPv4 CIDR: every IPv4 address
+    (["0.0.0.0/0", "10.0.0.0/8"], ["192.168.0.1", "192.168.0.2", "203.0.113.5"]),
+])
+def test_node_port_addresses_cidrs_pick_node_addresses(node_port_addresses: list[str], expected: list[str]) -> None:
+    result = compile_objects([
+        node("n1", addresses=[("InternalIP", "192.168.0.1"), ("InternalIP", "192.168.0.2"),
+                              ("ExternalIP", "203.0.113.5")]),
+        proxy_config(nodePortAddresses=node_port_addresses),
+        svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort"), web_slice(),
+    ])
+    assert [address for kind, address, _, _ in frontends_of(result, "default/web:http") if kind == "NodePort"] == [
+        f"{a}:30080/TCP" for a in expected]
+
+
+def test_without_a_node_there_are_no_node_ports() -> None:
+    result = compile_objects([svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort"),
+                              proxy_config(clusterCIDR="10.244.0.0/16", masqueradeAll=True), web_slice()])
+    assert [f.kind for f in result.maps.frontends] == ["ClusterIP"]
+    assert result.node is None
+    # No address; what does not depend on the node is still there.
+    assert result.maps.node == NodeView(pod_cidrs=((ip("10.244.0.0"), 16),), masquerade_all=True,
+                                        service_ips=(ip("10.96.0.10"),))
+    assert result.notes[0] == "no Node in the input: no node addresses, so no NodePort frontends and no masquerading"
+
+
+def test_load_balancer_ingress_ips_with_vip_or_unset_mode() -> None:
+    result = compile_objects([
+        node("n1"),
+        lb_service(ingress=[{"ip": "203.0.113.10", "ipMode": "VIP"}, {"ip": "203.0.113.11"},
+                            {"ip": "203.0.113.12", "ipMode": "Proxy"}, {"hostname": "lb.example.net"},
+                            {"ip": "2001:db8::10"}],
+                   loadBalancerIP="203.0.113.99"),  # spec.loadBalancerIP alone is a request, not an address
+        web_slice(),
+    ])
+    assert frontends_of(result, "default/web:http") == [
+        ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("NodePort", "192.168.0.1:30080/TCP", False, ()),
+        ("LoadBalancer", "203.0.113.10:80/TCP", False, ()), ("LoadBalancer", "203.0.113.11:80/TCP", False, ())]
+    assert result.skipped["IPv6 load-balancer IP"] == 1
+
+
+def test_external_ips_on_any_service_type() -> None:
+    result = compile_objects([
+        node("n1"),
+        svc("web", [port(80, "http"), port(53, "dns", "UDP")], externalIPs=["198.51.100.8", "2001:db8::8",
+                                                                           "198.51.100.7"]),
+        web_slice(),
+    ])
+    assert frontends_of(result, "default/web:dns") == [
+        ("ClusterIP", "10.96.0.10:53/UDP", False, ()), ("ExternalIP", "198.51.100.7:53/UDP", False, ()),
+        ("ExternalIP", "198.51.100.8:53/UDP", False, ())]
+    assert [kind for kind, *_ in frontends_of(result, "default/web:http")] == ["ClusterIP", "ExternalIP", "ExternalIP"]
+    assert result.skipped["IPv6 external IP"] == 1  # counted once per service
+
+
+def test_dual_stack_service_gets_its_ipv4_cluster_ip() -> None:
+    result = compile_objects([
+        node("n1"),
+        svc("web", [port(80, "http")], cluster_ip="fd00::10", clusterIPs=["fd00::10", "10.96.0.10"]), web_slice(),
+    ])
+    assert frontends_of(result, "default/web:http") == [("ClusterIP", "10.96.0.10:80/TCP", False, ())]
+    assert result.maps.node.service_ips == (ip("10.96.0.10"),)
+
+
+def test_traffic_policies_on_frontends() -> None:
+    stale = svc("stale", [port(80, "http")], cluster_ip="10.96.0.12", externalTrafficPolicy="Local")
+    stale["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.12"}]}}
+    result = compile_objects([
+        node("n1"),
+        lb_service("lb", externalTrafficPolicy="Local", internalTrafficPolicy="Local", externalIPs=["198.51.100.7"]),
+        svc("ext", [port(80, "http")], cluster_ip="10.96.0.11", externalIPs=["198.51.100.8"],
+            externalTrafficPolicy="Local"),
+        stale,  # a ClusterIP service without external IPs: externalTrafficPolicy is not honoured
+    ])
+    assert [(kind, local) for kind, _, local, _ in frontends_of(result, "default/lb:http")] == [
+        ("ClusterIP", True), ("NodePort", True), ("LoadBalancer", True), ("ExternalIP", True)]
+    assert [(kind, local) for kind, _, local, _ in frontends_of(result, "default/ext:http")] == [
+        ("ClusterIP", False), ("ExternalIP", True)]
+    assert [(kind, local) for kind, _, local, _ in frontends_of(result, "default/stale:http")] == [
+        ("ClusterIP", False), ("LoadBalancer", False)]
+
+
+@pytest.mark.parametrize(("ranges", "expected"), [
+    ([" 198.51.100.0/24 ", "10.1.2.3/16"], ("10.1.0.0/16", "198.51.100.0/24")),
+    (["198.51.100.0/24", "2001:db8::/32"], ("198.51.100.0/24",)),  # the other family is ignored
+    (["2001:db8::/32"], ()),  # no IPv4 range: every IPv4 source is allowed
+    (["198.51.100.0/24", "0.0.0.0/0"], ()),  # a /0 allows all
+    (["192.168.0.0/16"], ("192.168.0.0/16", "203.0.113.10/32", "203.0.113.11/32")),  # holds the node's IP
+])
+def test_load_balancer_source_ranges(ranges: list[str], expected: tuple[str, ...]) -> None:
+    result = compile_objects([
+        node("n1"),
+        lb_service(ingress=[{"ip": "203.0.113.11"}, {"ip": "203.0.113.10"}], loadBalancerSourceRanges=ranges,
+                   externalIPs=["198.51.100.7"]),
+        web_slice(),
+    ])
+    found = {kind: source_ranges for kind, _, _, source_ranges in frontends_of(result, "default/web:http")}
+    assert found == {"ClusterIP": (), "NodePort": (), "ExternalIP": (), "LoadBalancer": expected}
+
+
+def test_source_range_holding_the_node_ip_needs_a_node() -> None:
+    result = compile_objects([lb_service(loadBalancerSourceRanges=["192.168.0.0/16"]), web_slice()])
+    lb = [f for f in result.maps.frontends if f.kind == "LoadBalancer"]
+    assert [f.source_ranges for f in lb] == [((ip("192.168.0.0"), 16),)]
+
+
+def test_frontend_claims_across_kinds() -> None:
+    # The node's own address as an external IP on a nodePort number: the external IP keeps it, as
+    # kube-proxy matches service addresses before NodePorts.
+    result = compile_objects([
+        node("n1"),
+        svc("a", [{"name": "http", "port": 80, "nodePort": 30080}], cluster_ip="10.96.0.1", type="NodePort"),
+        svc("b", [port(30080, "http")], cluster_ip="10.96.0.2", externalIPs=["192.168.0.1"]),
+        # The same address as external and load-balancer IP of one service: the LB frontend wins.
+        lb_service("c", ingress=[{"ip": "198.51.100.9"}], cluster_ip="10.96.0.3", externalIPs=["198.51.100.9"],
+                   loadBalancerSourceRanges=["198.51.100.0/24"]),
+    ])
+    assert [kind for kind, *_ in frontends_of(result, "default/a:http")] == ["ClusterIP"]
+    assert [kind for kind, *_ in frontends_of(result, "default/b:http")] == ["ClusterIP", "ExternalIP"]
+    assert [kind for kind, *_ in frontends_of(result, "default/c:http")] == ["ClusterIP", "LoadBalancer"]
+    assert result.warnings == (
+        ("default/c:http: 198.51.100.9:80/TCP (ExternalIP) is already the LoadBalancer frontend of default/c:http; "
+         "ignored"),
+        ("default/a:http: 192.168.0.1:30080/TCP (NodePort) is already the ExternalIP frontend of default/b:http; "
+         "ignored"),
+        ("default/c:http: 192.168.0.1:30080/TCP (NodePort) is already the ExternalIP frontend of default/b:http; "
+         "ignored"),
+    )
+
+
+def test_an_address_listed_twice_is_one_frontend() -> None:
+    result = compile_objects([node("n1"), lb_service(ingress=[{"ip": "203.0.113.10"}, {"ip": "203.0.113.10"}])])
+    assert [kind for kind, *_ in frontends_of(result, "default/web:http")] == ["ClusterIP", "NodePort", "LoadBalancer"]
+    assert result.warnings == ()
+
+
+# The node view ---------------------------------------------------------------------------------------
+
+
+def test_node_view_from_the_node_and_kube_proxy_configuration() -> None:
+    result = compile_objects([
+        node("n1", addresses=[("ExternalIP", "203.0.113.5"), ("InternalIP", "fd00::1"),
+                              ("InternalIP", "192.168.0.2"), ("InternalIP", "192.168.0.1")]),
+        proxy_config(clusterCIDR="10.244.0.0/16, fd00:10:244::/56,10.245.0.0/16", masqueradeAll=True),
+        svc("web", [port(80, "http")]),
+        svc("sctp-only", [port(9, "sig", "SCTP")], cluster_ip="10.96.0.20"),  # still a ClusterIP kube-proxy knows
+        svc("v6", [port(80, "http")], cluster_ip="fd00::30"),
+        svc("headless", [port(80, "http")], cluster_ip="None"),
+        svc("ext", [port(80, "http")], cluster_ip=None, type="ExternalName", externalName="db.example.com"),
+    ])
+    assert result.maps.node == NodeView(
+        primary_ip=ip("192.168.0.2"),  # the first IPv4 InternalIP
+        local_ips=(ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5")),
+        pod_cidrs=((ip("10.244.0.0"), 16), (ip("10.245.0.0"), 16)),
+        masquerade_all=True,
+        service_ips=(ip("10.96.0.10"), ip("10.96.0.20")),
+    )
+
+
+def test_primary_ip_falls_back_to_an_external_ip_and_bind_address_overrides_it() -> None:
+    objects = [node("n1", addresses=[("InternalIP", "fd00::1"), ("ExternalIP", "203.0.113.5")])]
+    assert compile_objects(objects).maps.node.primary_ip == ip("203.0.113.5")
+    assert compile_objects([*objects, proxy_config(bindAddress="0.0.0.0")]).maps.node.primary_ip == ip("203.0.113.5")
+    view = compile_objects([*objects, proxy_config(bindAddress="192.168.0.9")]).maps.node
+    assert (view.primary_ip, view.local_ips) == (ip("192.168.0.9"), (ip("192.168.0.9"), ip("203.0.113.5")))
+    result = compile_objects([node("n1", addresses=[("InternalIP", "fd00::1")]),
+                              svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort")])
+    assert (result.maps.node.primary_ip, result.maps.node.local_ips) == (0, ())
+    assert [f.kind for f in result.maps.frontends] == ["ClusterIP"]
+    assert "Node n1 has no IPv4 address: no NodePort frontends and no masquerading" in result.notes
+
+
+def test_detect_local_mode_node_cidr_uses_the_node_pod_cidrs() -> None:
+    objects = [node("n1", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"]),
+               proxy_config(clusterCIDR="10.244.0.0/16", detectLocalMode="NodeCIDR")]
+    result = compile_objects(objects)
+    assert result.maps.node.pod_cidrs == ((ip("10.244.1.0"), 24),)
+    result = compile_objects([node("n1"), objects[1]])
+    assert result.maps.node.pod_cidrs == ()
+    assert "detectLocalMode NodeCIDR and Node n1 has no IPv4 podCIDR: no source counts as pod traffic" in result.notes
+    assert compile_objects(objects[1:]).notes[:2] == (
+        "no Node in the input: no node addresses, so no NodePort frontends and no masquerading",
+        "detectLocalMode NodeCIDR and no Node: no source counts as pod traffic")
+
+
+def test_detect_local_by_interface_cannot_be_evaluated() -> None:
+    result = compile_objects([node("n1"), proxy_config(clusterCIDR="10.244.0.0/16", detectLocalMode="BridgeInterface",
+                                                       detectLocal={"bridgeInterface": "cbr0"})])
+    assert result.maps.node.pod_cidrs == ()
+    assert result.notes == (
+        "detectLocalMode BridgeInterface cannot be evaluated offline: no source counts as pod traffic",)
+
+
+def test_hostname_override_names_the_node() -> None:
+    objects = [node("n1", addresses=[("InternalIP", "192.168.0.1")]),
+               node("n2", addresses=[("InternalIP", "192.168.0.2")]),
+               proxy_config(hostnameOverride=" N2 ")]
+    result = compile_objects(objects)
+    assert (result.node, result.maps.node.primary_ip) == ("n2", ip("192.168.0.2"))
+    assert result.notes == ("node n2 chosen by the KubeProxyConfiguration's hostnameOverride",)
+    assert compile_objects(objects, "n1").node == "n1"  # an explicit node wins
+    objects[2] = proxy_config(hostnameOverride="n3")
+    with pytest.raises(ClusterError, match=r"^no Node named 'n3' \(the KubeProxyConfiguration's hostnameOverride\) "
+                                           r"in the cluster state \(Nodes: n1, n2\)$"):
+        compile_objects(objects)
+
+
+# Endpoint sets -------------------------------------------------------------------------------------
+
+
+def test_cluster_local_and_serving_sets() -> None:
+    result = compile_objects([
+        node("n1"),
+        svc("web", [port(80, "http")]),
+        eps("web-1", "web", [port(8080, "http")], [
+            ep("10.0.0.1", node="n1"),  # local, ready
+            ep("10.0.0.2", node="n2"),  # remote, ready
+            ep("10.0.0.3", node="n1", ready=False, serving=True, terminating=True),  # local, draining
+            ep("10.0.0.4", node="n2", ready=False, serving=False),  # not serving
+            ep("10.0.0.5", node="n2", ready=False, serving=True),  # serving, not ready, not terminating
+            ep("10.0.0.6", ready=True),  # no nodeName: remote
+        ]),
+    ])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.6:8080"]
+    assert local_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+    assert serving_addresses(result, "default/web:http") == [
+        "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.5:8080", "10.0.0.6:8080"]
+    # Every endpoint of any set is a backend; the not-serving one is none.
+    assert [b.name.split()[0] for b in result.maps.backends] == [
+        "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.5:8080", "10.0.0.6:8080"]
+
+
+def test_local_fallback_is_independent_of_the_cluster_set() -> None:
+    endpoints = [ep("10.0.0.1", node="n2"), ep("10.0.0.2", node="n1", ready=False, serving=True, terminating=True),
+                 ep("10.0.0.3", node="n1", ready=False, serving=False, terminating=True)]
+    result = compile_objects([node("n1"), svc("web", [port(80, "http")]), web_slice(endpoints=endpoints)])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+    assert local_addresses(result, "default/web:http") == ["10.0.0.2:8080"]
+    # Nothing ready anywhere: the cluster set falls back too, without a local endpoint here.
+    endpoints = [ep("10.0.0.1", node="n2", ready=False, serving=True, terminating=True)]
+    result = compile_objects([node("n1"), svc("web", [port(80, "http")]), web_slice(endpoints=endpoints)])
+    assert (backend_addresses(result, "default/web:http"), local_addresses(result, "default/web:http")) == (
+        ["10.0.0.1:8080"], [])
+
+
+def test_local_set_ignores_topology_hints() -> None:
+    endpoints = [ep("10.0.0.1", node="n1", zones=["zone-b"]), ep("10.0.0.2", node="n2", zones=["zone-a"])]
+    result = compile_objects([node("n1", "zone-a"), svc("web", [port(80, "http")]), web_slice(endpoints=endpoints)])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.2:8080"]
+    assert local_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+
+
+def test_external_traffic_policy_local_without_local_endpoint_is_noted() -> None:
+    result = compile_objects([node("n1"), lb_service(externalTrafficPolicy="Local"),
+                              web_slice(endpoints=[ep("10.0.0.1", node="n2")])])
+    assert service_notes(result) == (("default/web:http: externalTrafficPolicy Local and no local endpoint "
+                                      "(none on node n1); external clients are dropped"),)
+
+
+def test_session_affinity_timeout() -> None:
+    result = compile_objects([
+        svc("none", [port(80, "http")], cluster_ip="10.96.0.1"),
+        svc("default", [port(80, "http")], cluster_ip="10.96.0.2", sessionAffinity="ClientIP"),
+        svc("set", [port(80, "http"), port(81, "api")], cluster_ip="10.96.0.3", sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}),
+    ])
+    assert {s.name: s.affinity_timeout_s for s in result.maps.services} == {
+        "default/default:http": 10800, "default/none:http": 0, "default/set:api": 60, "default/set:http": 60}
+
+
+# Endpoints from Pods ---------------------------------------------------------------------------------
+
+
+def test_endpoints_from_selected_pods() -> None:
+    result = compile_objects([
+        node("n1"),
+        svc("web", [port(80, "http")]),
+        pod("web-ready", "10.0.0.1", node_name="n1"),
+        pod("web-remote", "10.0.0.2", node_name="n2"),
+        pod("web-starting", "10.0.0.3", ready=False, node_name="n1"),  # not serving: no set
+        pod("web-leaving", "10.0.0.4", deleting=True, node_name="n1"),  # serving, terminating
+        pod("web-done", "10.0.0.5", phase="Succeeded"),
+        pod("web-failed", "10.0.0.6", phase="Failed"),
+        pod("web-pending", None, ready=False, phase="Pending"),
+        pod("web-v6-first", ["fd00::7", "10.0.0.7"]),
+        pod("web-v6-only", "fd00::8"),
+        pod("other-app", "10.0.0.9", labels={"app": "other"}),
+        pod("web-elsewhere", "10.0.0.10", namespace="other"),
+        pod("web-extra-labels", "10.0.0.11", labels={"app": "web", "tier": "front"}),
+    ])
+    assert backend_addresses(result, "default/web:http") == [
+        "10.0.0.1:80", "10.0.0.2:80", "10.0.0.7:80", "10.0.0.11:80"]  # targetPort defaults to the port
+    assert local_addresses(result, "default/web:http") == ["10.0.0.1:80"]
+    assert serving_addresses(result, "default/web:http") == [
+        "10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "10.0.0.7:80", "10.0.0.11:80"]
+    assert result.maps.backends[0].name == "10.0.0.1:80 (default/web-ready)"
+    assert "endpoints of 1 service(s) built from Pods (no EndpointSlice in the input for them)" in result.notes
+
+
+def test_pods_terminating_are_the_fallback() -> None:
+    result = compile_objects([node("n1"), svc("web", [port(80, "http")]),
+                              pod("web-a", "10.0.0.1", deleting=True, node_name="n2"),
+                              pod("web-b", "10.0.0.2", deleting=True, ready=False, node_name="n1")])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:80"]
+    assert local_addresses(result, "default/web:http") == []
+
+
+def test_named_target_port_resolves_per_pod() -> None:
+    sidecar = {"name": "proxy", "restartPolicy": "Always", "ports": [container_port(15001, "http")]}
+    plain_init = {"name": "setup", "ports": [container_port(16001, "http")]}
+    result = compile_objects([
+        svc("web", [{"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"},
+                    {"name": "metrics", "port": 9090, "targetPort": 9100}]),
+        pod("web-a", "10.0.0.1", ports=[container_port(8080, "http"), container_port(5353, "dns", "UDP")]),
+        pod("web-b", "10.0.0.2", ports=[container_port(8081, "http"), container_port(5353, "dns")]),  # dns over TCP
+        pod("web-c", "10.0.0.3", ports=[], initContainers=[sidecar]),
+        pod("web-d", "10.0.0.4", ports=[], initContainers=[plain_init]),
+    ])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080", "10.0.0.2:8081", "10.0.0.3:15001"]
+    assert backend_addresses(result, "default/web:dns") == ["10.0.0.1:5353"]
+    assert backend_addresses(result, "default/web:metrics") == [
+        "10.0.0.1:9100", "10.0.0.2:9100", "10.0.0.3:9100", "10.0.0.4:9100"]
+
+
+def test_publish_not_ready_addresses_makes_every_pod_ready() -> None:
+    result = compile_objects([
+        svc("web", [port(80, "http")], publishNotReadyAddresses=True),
+        pod("web-a", "10.0.0.1", ready=False),
+        pod("web-b", "10.0.0.2", ready=False, deleting=True),
+        pod("web-c", "10.0.0.3", phase="Failed"),
+    ])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:80", "10.0.0.2:80"]
+    assert serving_addresses(result, "default/web:http") == []  # serving is still the Ready condition
+
+
+def test_slices_of_a_service_take_precedence_over_its_pods() -> None:
+    result = compile_objects([
+        svc("web", [port(80, "http")], cluster_ip="10.96.0.1"),
+        eps("web-1", "web", [port(8080, "http")], [ep("10.0.0.1")]),
+        svc("v6", [port(80, "http")], cluster_ip="10.96.0.2", selector={"app": "web"}),
+        eps("v6-1", "v6", [port(8080, "http")], [ep("fd00::1")], address_type="IPv6"),
+        svc("manual", [port(80, "http")], cluster_ip="10.96.0.3", selector=None),
+        pod("web-a", "10.0.0.2", ports=[container_port(8080, "http")]),
+    ])
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+    assert backend_addresses(result, "default/v6:http") == []  # an IPv6 slice is a slice too
+    assert backend_addresses(result, "default/manual:http") == []  # no selector: nothing from pods
+    assert not any("built from Pods" in note for note in result.notes)
+
+
+def test_same_pod_ip_twice_keeps_the_live_pod() -> None:
+    result = compile_objects([svc("web", [port(80, "http")]),
+                              pod("web-old", "10.0.0.1", deleting=True), pod("web-new", "10.0.0.1", ready=True)])
+    assert [b.name for b in result.maps.backends] == ["10.0.0.1:80 (default/web-new)"]
+
+
+# Conntrack timeouts -----------------------------------------------------------------------------------
+
+
+def test_conntrack_timeouts_only_those_set() -> None:
+    assert compile_objects([]).timeouts_s == {}
+    assert compile_objects([proxy_config()]).timeouts_s == {}
+    result = compile_objects([proxy_config(conntrack={"tcpEstablishedTimeout": "2h30m", "tcpCloseWaitTimeout": "0s",
+                                                      "udpTimeout": "1.5s", "maxPerCore": 0})])
+    assert result.timeouts_s == {"established": 9000, "other": 1.5}
+    result = compile_objects([proxy_config(conntrack={"udpStreamTimeout": "2m"})])
+    assert result.timeouts_s == {}
+    assert "conntrack.udpStreamTimeout is not used: the core has one UDP timeout (udpTimeout)" in result.notes

@@ -148,7 +148,8 @@ def test_multi_document_yaml_with_proxy_config() -> None:
     config = state.proxy_config
     assert config is not None
     assert config.cluster_cidrs == ("10.244.0.0/16", "fd00:10:244::/56")
-    assert config.node_port_addresses == ("primary", "192.168.0.0/16")
+    assert config.node_port_addresses == ("192.168.0.0/16",)
+    assert (config.bind_address, config.hostname_override) == ("0.0.0.0", None)
     assert (config.masquerade_all, config.mode, config.detect_local_mode, config.ipvs_scheduler) == (
         False, "nftables", "ClusterCIDR", "mh")
     conntrack = config.conntrack
@@ -408,6 +409,44 @@ def test_node_and_proxy_config_errors() -> None:
                                   'must be a CIDR such as 10.0.0.0/8, got "10.300.0.0/16"')
     config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "bpf"}
     assert error_of([config]).endswith('mode: must be one of iptables, ipvs, nftables, kernelspace, got "bpf"')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+              "nodePortAddresses": ["10.0.0.0/8", "primary"]}
+    assert error_of([config]) == ('<memory>: KubeProxyConfiguration: nodePortAddresses[1]: "primary" cannot be '
+                                  'combined with CIDRs, got ["10.0.0.0/8", "primary"]')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+              "detectLocalMode": "PodCIDR"}
+    assert error_of([config]).endswith('detectLocalMode: must be one of ClusterCIDR, NodeCIDR, BridgeInterface, '
+                                       'InterfaceNamePrefix, got "PodCIDR"')
+    config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+              "bindAddress": "0.0.0.0:10249"}
+    assert error_of([config]).endswith('bindAddress: must be an IP address, got "0.0.0.0:10249"')
+
+
+def test_kube_proxy_configuration_node_fields() -> None:
+    config = ClusterState.from_objects([{
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "nodePortAddresses": ["primary"], "bindAddress": "192.168.000.010", "detectLocalMode": "NodeCIDR",
+        "hostnameOverride": "node-a"}]).proxy_config
+    assert config is not None
+    assert (config.node_port_addresses, config.bind_address, config.detect_local_mode, config.hostname_override) == (
+        ("primary",), "192.168.0.10", "NodeCIDR", "node-a")
+
+
+def test_pod_named_ports_include_sidecars() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "shop"},
+           "spec": {"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}],
+                    "initContainers": [
+                        {"name": "setup", "ports": [{"name": "setup", "containerPort": 9000}]},
+                        {"name": "mesh", "restartPolicy": "Always",
+                         "ports": [{"name": "mesh", "containerPort": 15001, "protocol": "UDP"}]}]},
+           "status": {"phase": "Running", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]}}
+    (parsed,) = ClusterState.from_objects([pod]).pods
+    assert parsed.ports == (ContainerPort("http", "TCP", 8080), ContainerPort("mesh", "UDP", 15001))
+    assert parsed.pod_ips == ("10.244.1.5", "fd00::5")
+    assert (parsed.ready, parsed.terminating, parsed.node_name) == (False, False, None)
+    pod["spec"]["initContainers"][1]["ports"][0]["containerPort"] = 0
+    assert error_of([pod]) == ("<memory>: Pod shop/web-0: spec.initContainers[1].ports[0].containerPort: "
+                               "must be an integer 1-65535, got 0")
 
 
 def test_object_level_errors() -> None:

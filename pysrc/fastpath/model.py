@@ -38,6 +38,8 @@ SESSION_AFFINITIES = ("None", "ClientIP")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 LB_IP_MODES = ("VIP", "Proxy")
 PROXY_MODES = ("", "iptables", "ipvs", "nftables", "kernelspace")
+DETECT_LOCAL_MODES = ("", "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+NODE_PORT_ADDRESSES_PRIMARY = "primary"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; the API server's default for ClientIP affinity
 
 
@@ -298,7 +300,9 @@ class Pod:
     ready: bool  # condition Ready is "True"
     terminating: bool  # metadata.deletionTimestamp is set
     host_network: bool
-    ports: tuple[ContainerPort, ...]  # of spec.containers, for named targetPorts
+    # For named targetPorts: the ports of spec.containers, then of sidecars (spec.initContainers
+    # with restartPolicy Always), in that order, as Kubernetes searches them.
+    ports: tuple[ContainerPort, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,13 +321,15 @@ class ConntrackConfig:
 @dataclass(frozen=True, slots=True)
 class KubeProxyConfiguration:
     cluster_cidrs: tuple[str, ...] = ()  # clusterCIDR, comma separated for dual-stack
-    node_port_addresses: tuple[str, ...] = ()  # normalised CIDRs and/or "primary"
+    # Normalised CIDRs (both families), or just ("primary",); () when not set.
+    node_port_addresses: tuple[str, ...] = ()
     masquerade_all: bool = False
     mode: str = ""  # "" is the platform default (iptables on Linux)
-    detect_local_mode: str = ""  # "" is ClusterCIDR
+    detect_local_mode: str = ""  # one of DETECT_LOCAL_MODES; "" is ClusterCIDR
     bridge_interface: str | None = None
     interface_name_prefix: str | None = None
     hostname_override: str | None = None
+    bind_address: str | None = None  # normalised; an unspecified address (0.0.0.0, ::) is kept as written
     ipvs_scheduler: str = ""
     conntrack: ConntrackConfig = ConntrackConfig()
 
@@ -710,8 +716,14 @@ def _parse_pod(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) ->
         if condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
     ports = []
-    for c_index, raw in enumerate(o.list(spec.get("containers"), "spec.containers")):
-        container_path = f"spec.containers[{c_index}]"
+    containers = [(f"spec.containers[{index}]", raw)
+                  for index, raw in enumerate(o.list(spec.get("containers"), "spec.containers"))]
+    for index, raw in enumerate(o.list(spec.get("initContainers"), "spec.initContainers")):
+        # Sidecars (init containers that keep running) serve named ports too; other init
+        # containers have exited before the pod is ready.
+        if isinstance(raw, Mapping) and raw.get("restartPolicy") == "Always":
+            containers.append((f"spec.initContainers[{index}]", raw))
+    for container_path, raw in containers:
         container = o.mapping(raw, container_path)
         for p_index, raw_port in enumerate(o.list(container.get("ports"), f"{container_path}.ports")):
             path = f"{container_path}.ports[{p_index}]"
@@ -739,9 +751,17 @@ def _parse_proxy_config(o: _Object, obj: Mapping[str, Any], namespace: str, name
     raw_cidrs = o.string(obj.get("clusterCIDR"), "clusterCIDR") or ""
     cidrs = tuple(o.cidr(part, "clusterCIDR") for part in raw_cidrs.split(",") if part.strip())
     node_port_addresses = []
-    for index, value in enumerate(o.list(obj.get("nodePortAddresses"), "nodePortAddresses")):
+    raw_addresses = o.list(obj.get("nodePortAddresses"), "nodePortAddresses")
+    for index, value in enumerate(raw_addresses):
         path = f"nodePortAddresses[{index}]"
-        node_port_addresses.append("primary" if value == "primary" else o.cidr(value, path))
+        if value == NODE_PORT_ADDRESSES_PRIMARY:
+            if len(raw_addresses) != 1:  # kube-proxy refuses to start with such a list
+                raise o.error(path, f'"{NODE_PORT_ADDRESSES_PRIMARY}" cannot be combined with CIDRs, '
+                                    f"got {_shown(raw_addresses)}")
+            node_port_addresses.append(NODE_PORT_ADDRESSES_PRIMARY)
+        else:
+            node_port_addresses.append(o.cidr(value, path))
+    bind_address = obj.get("bindAddress")
     detect_local = o.mapping(obj.get("detectLocal"), "detectLocal")
     conntrack = o.mapping(obj.get("conntrack"), "conntrack")
     ipvs = o.mapping(obj.get("ipvs"), "ipvs")
@@ -755,11 +775,12 @@ def _parse_proxy_config(o: _Object, obj: Mapping[str, Any], namespace: str, name
         node_port_addresses=tuple(node_port_addresses),
         masquerade_all=bool(o.boolean(obj.get("masqueradeAll"), "masqueradeAll")),
         mode=o.choice(obj.get("mode"), "mode", PROXY_MODES, ""),
-        detect_local_mode=o.string(obj.get("detectLocalMode"), "detectLocalMode") or "",
+        detect_local_mode=o.choice(obj.get("detectLocalMode"), "detectLocalMode", DETECT_LOCAL_MODES, ""),
         bridge_interface=o.string(detect_local.get("bridgeInterface"), "detectLocal.bridgeInterface") or None,
         interface_name_prefix=o.string(detect_local.get("interfaceNamePrefix"),
                                        "detectLocal.interfaceNamePrefix") or None,
         hostname_override=o.string(obj.get("hostnameOverride"), "hostnameOverride") or None,
+        bind_address=None if bind_address in (None, "") else o.ip(bind_address, "bindAddress"),
         ipvs_scheduler=o.string(ipvs.get("scheduler"), "ipvs.scheduler") or "",
         conntrack=ConntrackConfig(
             max_per_core=count("maxPerCore"),
