@@ -110,18 +110,29 @@ cdef inline void affinity_delete(Affinity* a, uint32_t index) noexcept nogil:
     a.count -= 1
 
 
-cdef inline void affinity_rehash(Affinity* a, uint32_t index, uint32_t new_service) noexcept nogil:
-    """Give an entry a new service id (ids are remapped when maps are reloaded)."""
-    cdef uint32_t* link = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
-    while link[0] != AFF_NIL:
-        if link[0] == index:
-            link[0] = a.entries[index].chain
-            break
-        link = &a.entries[link[0]].chain
-    a.entries[index].service = new_service
-    link = affinity_bucket(a, a.entries[index].client_addr, new_service)
-    a.entries[index].chain = link[0]
-    link[0] = index
+cdef inline void affinity_remap(Affinity* a, const uint32_t* new_ids, uint32_t n_ids) noexcept nogil:
+    """Give every entry its new service id (ids change when maps are reloaded). Entries whose
+    service is gone are dropped; when two entries end up with one key the most recently used
+    stays. Rebuilds the index newest first, so the first entry to claim a key is the newest."""
+    cdef uint64_t i
+    cdef uint32_t index = a.lru_newest, older, new_id
+    cdef uint32_t* head
+    for i in range(<uint64_t>a.bucket_mask + 1):
+        a.buckets[i] = AFF_NIL
+    while index != AFF_NIL:
+        older = a.entries[index].lru_prev
+        new_id = new_ids[a.entries[index].service] if a.entries[index].service < n_ids else 0
+        if new_id == 0 or affinity_find(a, a.entries[index].client_addr, new_id) != AFF_NIL:
+            affinity_lru_unlink(a, index)
+            a.entries[index].lru_next = a.free_list
+            a.free_list = index
+            a.count -= 1
+        else:
+            a.entries[index].service = new_id
+            head = affinity_bucket(a, a.entries[index].client_addr, new_id)
+            a.entries[index].chain = head[0]
+            head[0] = index
+        index = older
 
 
 cdef inline void affinity_record(Affinity* a, uint32_t client, uint32_t service,

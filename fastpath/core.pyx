@@ -8,9 +8,11 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
+from array import array
+
 from affinity cimport (
     AFF_NIL, Affinity, affinity_delete, affinity_find, affinity_free, affinity_init,
-    affinity_record, affinity_rehash,
+    affinity_record, affinity_remap,
 )
 from conntrack cimport (
     CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
@@ -270,6 +272,7 @@ cdef class Engine:
     cdef _remap_state(self, list service_ids, list backend_ids, maps):
         cdef uint32_t index, following
         cdef CtEntry* e
+        cdef uint32_t[::1] new_service_ids
         serving = [None] + [
             {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
             for s in maps.services
@@ -285,18 +288,9 @@ cdef class Engine:
                 self.ct.stats.flushed += 1
                 ct_delete(&self.ct, index)
             index = following
-        if self.affinity.entries == NULL:
-            return
-        index = self.affinity.lru_oldest
-        while index != AFF_NIL:
-            following = self.affinity.entries[index].lru_next
-            old = self.affinity.entries[index].service
-            new = service_ids[old] if old < len(service_ids) else 0
-            if new == 0:
-                affinity_delete(&self.affinity, index)
-            elif new != old:
-                affinity_rehash(&self.affinity, index, new)
-            index = following
+        new_service_ids = array("I", service_ids)  # never empty: id 0 is always there
+        if self.affinity.entries != NULL:
+            affinity_remap(&self.affinity, &new_service_ids[0], new_service_ids.shape[0])
 
     # -- the packet loop -----------------------------------------------------------------------
 
@@ -623,8 +617,12 @@ def _id_mapping(old, new):
     """old id -> new id lists (index 0 unused) for services (by name) and backends (by address)."""
     if old is None:
         return [0], [0]
-    by_name = {service.name: service.id for service in new.services}
-    by_address = {(backend.ip, backend.port): backend.id for backend in new.backends}
+    # A name or address listed twice maps to its lowest id.
+    by_name, by_address = {}, {}
+    for service in new.services:
+        by_name.setdefault(service.name, service.id)
+    for backend in new.backends:
+        by_address.setdefault((backend.ip, backend.port), backend.id)
     services = [0] + [by_name.get(service.name, 0) for service in old.services]
     backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
     return services, backends

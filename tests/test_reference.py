@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from array import array
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,17 +18,19 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, Service
+from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, NodeView, Service
 from fastpath.reference import (
     CT_CLOSING,
     CT_ESTABLISHED,
     CT_OTHER,
     CT_SYN_SENT,
     DEFAULT_CT_CAPACITY,
+    SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
     flow_hash,
     fmix64,
+    next_snat_port,
     select_backend,
 )
 from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
@@ -131,8 +134,8 @@ def run(engine: ReferenceEngine, data: bytes, ts: int = T0, linktype: int = 1):
     assert isinstance(verdict, Verdict) and isinstance(reason, Reason)
     assert VERDICT_OF_REASON[reason] is verdict
     assert len(out) == len(data)
-    if verdict in (Verdict.PASS, Verdict.DROP):
-        assert out == data, "PASS and DROP never modify the packet"
+    if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
+        assert out == data, "PASS, DROP and REJECT never modify the packet"
     return verdict, reason, out
 
 
@@ -237,9 +240,10 @@ def test_new_tcp_flow_dnat_then_reply_revnat_then_established():
     assert c["services"] == [3, 0, 0]
     assert c["backends"][chosen.id - 1] == 3 and sum(c["backends"]) == 3
     assert c["conntrack"] == {
-        "inserts": 1, "evictions": 0, "expired": 0, "reopened": 0,
-        "non_syn_miss": 0, "insert_failures": 0, "entries": 1,
+        "inserts": 1, "evictions": 0, "expired": 0, "reopened": 0, "non_syn_miss": 0,
+        "insert_failures": 0, "flushed": 0, "snat_failures": 0, "snat_unavailable": 0, "entries": 1,
     }
+    assert c["affinity"] == {"evictions": 0, "expired": 0, "entries": 0}
 
 
 def test_ip_options_and_tcp_options_are_skipped_correctly():
@@ -820,34 +824,40 @@ def test_load_keeps_conntrack():
     assert c["reasons"]["NEW_FLOW"] == 1
 
 
-def test_load_resizes_per_id_counters():
+def test_load_drops_counters_and_ids_without_counterpart():
     eng = engine()
     run(eng, eth(tcp()))
     run(eng, eth(udp()))
     before = eng.counters()
     assert before["services"] == [1, 1, 0]
     eng.load(Maps(services=[Service(id=1, name="a", backends=())], frontends=[], backends=[]))
-    assert eng.counters()["services"] == [1]
+    # No service is named like an old one: every per-id counter is dropped.
+    assert eng.counters()["services"] == [0]
     assert eng.counters()["backends"] == []
-    # Entries naming ids the new maps lack still translate; their packets are not attributed.
-    assert run(eng, eth(udp()))[1] == Reason.CT_ESTABLISHED
-    assert eng.counters()["services"] == [1]
+    # The TCP entry names no service or backend any more but still translates, unattributed;
+    # the UDP entry (service gone) was flushed.
+    (entry,) = eng.conntrack_entries()
+    assert (entry.orig[4], entry.service, entry.backend) == (PROTO_TCP, 0, 0)
+    assert eng.counters()["conntrack"]["flushed"] == 1
+    assert run(eng, eth(tcp(flags="A")))[1] == Reason.CT_ESTABLISHED
+    assert run(eng, eth(udp()))[1] == Reason.PASS_NO_SERVICE
+    assert eng.counters()["services"] == [0]
     eng.load(make_maps())
-    assert eng.counters()["services"] == [1, 0, 0]
+    assert eng.counters()["services"] == [0, 0, 0]
 
 
-def test_drop_no_backend():
+def test_reject_no_endpoint():
     eng = engine()
     data = eth(tcp(dst=EMPTY_VIP, dport=443))
     verdict, reason, out = run(eng, data)
-    assert (verdict, reason) == (Verdict.DROP, Reason.DROP_NO_BACKEND)
+    assert (verdict, reason) == (Verdict.REJECT, Reason.REJECT_NO_ENDPOINT)
     assert out == data
     c = eng.counters()
     assert c["services"] == [0, 0, 1]
     assert sum(c["backends"]) == 0
     assert c["conntrack"]["entries"] == 0 and c["conntrack"]["inserts"] == 0
     assert c["conntrack"]["non_syn_miss"] == 0
-    # Also mid-stream packets: no non-SYN miss is counted for a dropped packet.
+    # Also mid-stream packets: no non-SYN miss is counted for a rejected packet.
     run(eng, eth(tcp(dst=EMPTY_VIP, dport=443, flags="A")))
     assert eng.counters()["conntrack"]["non_syn_miss"] == 0
 
@@ -896,15 +906,15 @@ def test_batch_in_shared_buffer():
     verdicts = array("B", [255] * len(packets))
     reasons = array("B", [255] * len(packets))
     eng.process(buf, offsets, lengths, stamps, verdicts, reasons, 1)
-    assert list(verdicts) == [1] * 6 + [3, 3]
-    assert list(reasons) == [Reason.NEW_FLOW] * 6 + [Reason.DROP_TRUNCATED, Reason.DROP_NO_BACKEND]
+    assert list(verdicts) == [1] * 6 + [3, 4]
+    assert list(reasons) == [Reason.NEW_FLOW] * 6 + [Reason.DROP_TRUNCATED, Reason.REJECT_NO_ENDPOINT]
     for n, (offset, length) in enumerate(zip(offsets, lengths)):
         assert buf[offset - 3: offset] == b"\xEE" * 3
         single = engine().process_packet(packets[n], T0 + n)[2]
         assert bytes(buf[offset: offset + length]) == single
     assert buf[-3:] == b"\xEE" * 3
     c = eng.counters()
-    assert c["verdicts"] == {"PASS": 0, "DNAT": 6, "REVNAT": 0, "DROP": 2}
+    assert c["verdicts"] == {"PASS": 0, "DNAT": 6, "REVNAT": 0, "DROP": 1, "REJECT": 1}
 
 
 def test_batch_argument_errors():
@@ -917,20 +927,23 @@ def test_batch_argument_errors():
         eng.process(data, array("Q", [0, 0]), array("I", [len(data)]), one_q, one_b, array("B", [0]), 1)
     with pytest.raises(TypeError):  # read-only buffer
         eng.process(bytes(data), one_q, array("I", [len(data)]), one_q, one_b, array("B", [0]), 1)
-    assert eng.counters()["verdicts"] == {"PASS": 0, "DNAT": 0, "REVNAT": 0, "DROP": 0}
+    assert eng.counters()["verdicts"] == {"PASS": 0, "DNAT": 0, "REVNAT": 0, "DROP": 0, "REJECT": 0}
     assert bytes(data) == eth(tcp())
     eng.process(data, array("Q"), array("I"), array("Q"), array("B"), array("B"), 1)  # empty batch
 
 
 def test_counters_shape():
     c = engine().counters()
-    assert set(c) == {"verdicts", "reasons", "services", "backends", "conntrack"}
+    assert set(c) == {"verdicts", "reasons", "services", "backends", "conntrack", "affinity"}
     assert c["verdicts"] == {v.name: 0 for v in Verdict}
     assert c["reasons"] == {r.name: 0 for r in Reason}
     assert c["services"] == [0, 0, 0] and c["backends"] == [0] * 6
-    assert c["conntrack"] == dict.fromkeys(
-        ["inserts", "evictions", "expired", "reopened", "non_syn_miss", "insert_failures", "entries"], 0
-    )
+    assert list(c["conntrack"]) == [
+        "inserts", "evictions", "expired", "reopened", "non_syn_miss", "insert_failures",
+        "flushed", "snat_failures", "snat_unavailable", "entries",
+    ]
+    assert set(c["conntrack"].values()) == {0}
+    assert c["affinity"] == {"evictions": 0, "expired": 0, "entries": 0}
 
 
 # --------------------------------------------------------------------------- properties
@@ -987,7 +1000,7 @@ def test_property_never_raises_and_stays_in_bounds(batch, prefix, gap, stamps, c
         assert VERDICT_OF_REASON[reason] is verdict
         assert buf[: len(prefix)] == before[: len(prefix)]
         assert buf[len(prefix) + len(data):] == before[len(prefix) + len(data):]
-        if verdict in (Verdict.PASS, Verdict.DROP):
+        if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
             assert buf == before
         else:
             assert reason in (Reason.NEW_FLOW, Reason.CT_ESTABLISHED, Reason.CT_REPLY)
@@ -1041,3 +1054,850 @@ def test_checksum_update_runs_on_every_word_even_unchanged():
     assert out[14 + 10: 14 + 12] == b"\x00\x00"
     assert out[14 + 20 + 16: 14 + 20 + 18] == b"\x00\x00"
     assert out[:14 + 10] == data[:14 + 10] and out[14 + 12: 14 + 20 + 16] == data[14 + 12: 14 + 20 + 16]
+
+
+# =========================================================================== Maps v2: new flows
+#
+# A node (primary 192.168.0.1, also 192.168.0.2; pod CIDR 10.244.0.0/16) with every frontend kind,
+# traffic policies, source ranges, session affinity and a node.service_ips list.
+
+NODE_IP = "192.168.0.1"
+NODE_IP2 = "192.168.0.2"
+POD_CLIENT = "10.244.9.9"
+EXT_CLIENT = "198.51.100.7"  # inside the LoadBalancer source range 198.51.100.0/24
+FAR_CLIENT = "172.16.5.5"  # outside it
+LB_RANGES = ((ip4("198.51.100.0"), 24),)
+
+WEB, REMOTE, DNS, EMPTY, STICKY, SINGLE, WEB_LOCAL = range(1, 8)  # service ids
+KIND = {"ClusterIP": 1, "NodePort": 2, "LoadBalancer": 3, "ExternalIP": 4}
+MASQ = 0x08
+
+V2_BACKENDS = [
+    backend(1, "10.244.1.1", 8080),  # on this node
+    backend(2, "10.244.2.2", 8080),
+    backend(3, "10.244.3.3", 8080),
+    backend(4, "10.244.1.4", 5353),  # on this node
+    backend(5, "10.244.2.5", 5353),
+    backend(6, "10.244.3.6", 5353),  # terminating: serving, not selectable
+]
+
+
+def fe(ip, port, service, kind="ClusterIP", proto=PROTO_TCP, local=False, ranges=()):
+    return Frontend(ip=ip4(ip), port=port, proto=proto, service=service, kind=kind,
+                    local_policy=local, source_ranges=ranges)
+
+
+def v2_maps(**node) -> Maps:
+    view = {"primary_ip": ip4(NODE_IP), "local_ips": (ip4(NODE_IP), ip4(NODE_IP2)),
+            "pod_cidrs": ((ip4("10.244.0.0"), 16),), "masquerade_all": False,
+            "service_ips": tuple(ip4(f"10.96.0.{n}") for n in (10, 12, 15, 16, 17, 53, 99))}
+    view.update(node)
+    return Maps(
+        services=[
+            Service(WEB, "default/web:http", (1, 2, 3), local_backends=(1,), serving=(1, 2, 3)),
+            Service(REMOTE, "default/remote:http", (2, 3), local_backends=(), serving=(2, 3)),
+            Service(DNS, "kube-system/dns:dns", (4, 5), local_backends=(4,), serving=(4, 5, 6)),
+            Service(EMPTY, "default/empty:https", ()),
+            Service(STICKY, "default/sticky:http", (1, 2, 3), local_backends=(1,), serving=(1, 2, 3),
+                    affinity_timeout_s=10),
+            Service(SINGLE, "default/single:http", (2,), serving=(2,)),
+            Service(WEB_LOCAL, "default/web-local:http", (1, 2, 3), local_backends=(1,), serving=(1, 2, 3)),
+        ],
+        frontends=[
+            fe("10.96.0.10", 80, WEB),
+            fe(NODE_IP, 30080, WEB, "NodePort"),
+            fe("203.0.113.10", 80, WEB, "LoadBalancer", ranges=LB_RANGES),
+            fe("198.51.100.200", 80, WEB, "ExternalIP"),
+            fe("10.96.0.12", 80, REMOTE, local=True),  # internalTrafficPolicy Local
+            fe(NODE_IP, 30082, REMOTE, "NodePort", local=True),
+            fe("10.96.0.53", 53, DNS, proto=PROTO_UDP),
+            fe(NODE_IP, 30053, DNS, "NodePort", proto=PROTO_UDP),
+            fe("10.96.0.99", 443, EMPTY),
+            fe("203.0.113.99", 443, EMPTY, "LoadBalancer", ranges=LB_RANGES),
+            fe(NODE_IP, 30099, EMPTY, "NodePort", local=True),
+            fe("10.96.0.15", 80, STICKY),
+            fe(NODE_IP, 30015, STICKY, "NodePort"),
+            fe("10.96.0.16", 80, SINGLE),
+            fe(NODE_IP, 30016, SINGLE, "NodePort"),
+            fe("10.96.0.17", 80, WEB_LOCAL),
+            fe(NODE_IP, 30090, WEB_LOCAL, "NodePort", local=True),
+            fe("203.0.113.11", 80, WEB_LOCAL, "LoadBalancer", local=True),
+            fe("198.51.100.201", 80, WEB_LOCAL, "ExternalIP", local=True),
+        ],
+        backends=list(V2_BACKENDS),
+        node=NodeView(**view),
+    )
+
+
+def v2_engine(capacity: int = DEFAULT_CT_CAPACITY, **node) -> ReferenceEngine:
+    return ReferenceEngine(v2_maps(**node), ct_capacity=capacity)
+
+
+def pick(ids, src, dst, sport, dport, proto=PROTO_TCP, table=V2_BACKENDS) -> Backend:
+    """The spec's hash choice among backend ids `ids` (independent spelling, see expected_backend)."""
+    by_id = {b.id: b for b in table}
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x ^= x >> 33
+        x = x * 0xFF51AFD7ED558CCD % (1 << 64)
+        x ^= x >> 33
+        x = x * 0xC4CEB9FE1A85EC53 % (1 << 64)
+        return x ^ (x >> 33)
+
+    h = mix((((ip4(src) << 32) | ip4(dst)) ^ mix((sport << 24) | (dport << 8) | proto)) & mask)
+    return by_id[ids[((h & 0xFFFFFFFF) * len(ids)) >> 32]]
+
+
+def go(eng: ReferenceEngine, packet: Packet, ts: int = T0):
+    """One Ethernet frame through the twin: (verdict, reason, IP layer of the output, trace)."""
+    data = eth(packet)
+    verdict, reason, out, trace = eng.trace_packet(data, ts)
+    assert VERDICT_OF_REASON[reason] is verdict
+    assert out[:14] == data[:14]
+    if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
+        assert out == data, "PASS, DROP and REJECT never modify the packet"
+    else:
+        assert_checksums_valid(out[14:])
+    return verdict, reason, IP(out[14:]), trace
+
+
+def endpoints(got: IP) -> tuple[str, int, str, int]:
+    l4 = got[TCP] if TCP in got else got[UDP]
+    return got.src, l4.sport, got.dst, l4.dport
+
+
+# --------------------------------------------------------------------------- a. frontend lookup
+
+
+def test_reject_unknown_port_on_a_service_ip():
+    eng = v2_engine()
+    for packet in (
+        tcp(src=POD_CLIENT, dst="10.96.0.10", dport=81),  # no such port
+        udp(src=POD_CLIENT, dst="10.96.0.10", dport=80),  # the port is TCP only
+        tcp(src=POD_CLIENT, dst="10.96.0.53", dport=53),  # the port is UDP only
+        tcp(src=EXT_CLIENT, dst="10.96.0.99", dport=80),  # a service without endpoints, other port
+    ):
+        verdict, reason, _, trace = go(eng, packet)
+        assert (verdict, reason, trace) == (Verdict.REJECT, Reason.REJECT_UNKNOWN_PORT, (0, 0, 0))
+    # Addresses outside node.service_ips pass, even the node's own or a LoadBalancer IP.
+    for packet in (tcp(src=POD_CLIENT, dst="10.96.0.11"), tcp(src=EXT_CLIENT, dst=NODE_IP, dport=31000),
+                   tcp(src=EXT_CLIENT, dst="203.0.113.10", dport=81)):
+        assert go(eng, packet)[1] == Reason.PASS_NO_SERVICE
+    c = eng.counters()
+    assert (c["verdicts"]["REJECT"], c["reasons"]["REJECT_UNKNOWN_PORT"]) == (4, 4)
+    assert sum(c["services"]) == 0 and c["conntrack"]["entries"] == 0
+
+
+def test_tracked_flow_goes_before_reject_unknown_port():
+    eng = v2_engine()
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))[1] == Reason.NEW_FLOW
+    maps = v2_maps()
+    maps.frontends = [f for f in maps.frontends if f.ip != ip4("10.96.0.10")]
+    eng.load(maps)
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"))[1] == Reason.CT_ESTABLISHED
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=40001))[1] == Reason.REJECT_UNKNOWN_PORT
+
+
+# --------------------------------------------------------------------------- b. source ranges
+
+
+def test_load_balancer_source_ranges():
+    eng = v2_engine()
+    verdict, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst="203.0.113.10"))
+    assert (verdict, reason, got.src) == (Verdict.DNAT, Reason.NEW_FLOW, NODE_IP)
+    assert trace[0] == WEB and trace[2] == KIND["LoadBalancer"] | MASQ
+    # Outside the ranges: dropped, pods included; attributed to the service and frontend kind.
+    for client in (FAR_CLIENT, POD_CLIENT, NODE_IP2):
+        verdict, reason, _, trace = go(eng, tcp(src=client, dst="203.0.113.10"))
+        assert (verdict, reason, trace) == (Verdict.DROP, Reason.DROP_SOURCE_RANGE, (WEB, 0, KIND["LoadBalancer"]))
+    # NodePorts and external IPs of the same service ignore the ranges.
+    assert go(eng, tcp(src=FAR_CLIENT, dst=NODE_IP, dport=30080))[1] == Reason.NEW_FLOW
+    assert go(eng, tcp(src=FAR_CLIENT, dst="198.51.100.200"))[1] == Reason.NEW_FLOW
+    # The range check comes before the endpoint check.
+    assert go(eng, tcp(src=FAR_CLIENT, dst="203.0.113.99", dport=443))[1] == Reason.DROP_SOURCE_RANGE
+    assert go(eng, tcp(src=EXT_CLIENT, dst="203.0.113.99", dport=443))[1] == Reason.REJECT_NO_ENDPOINT
+    c = eng.counters()
+    assert c["reasons"]["DROP_SOURCE_RANGE"] == 4
+    assert c["services"][WEB - 1] == 6 and c["services"][EMPTY - 1] == 2
+    assert c["conntrack"]["entries"] == 3 and c["conntrack"]["non_syn_miss"] == 0
+
+
+@pytest.mark.parametrize(
+    "ranges, allowed, refused",
+    [
+        (((ip4("10.0.0.0"), 8), (ip4("192.0.2.5"), 32)),
+         ["10.0.0.0", "10.255.255.255", "192.0.2.5"], ["11.0.0.1", "9.255.255.255", "192.0.2.4", "192.0.2.6"]),
+        (((ip4("10.1.2.3"), 8),), ["10.200.0.1"], ["11.1.2.3"]),  # host bits of the network are ignored
+        (((0, 0),), ["0.0.0.0", "255.255.255.255", "10.1.1.1"], []),  # /0 allows every source
+        (((ip4("128.0.0.0"), 1),), ["128.0.0.1", "255.1.1.1"], ["127.255.255.255", "1.1.1.1"]),
+    ],
+)
+def test_source_range_matching(ranges, allowed, refused):
+    maps = Maps(services=[Service(1, "ns/lb", (1,))],
+                frontends=[fe("203.0.113.1", 80, 1, "LoadBalancer", ranges=ranges)],
+                backends=[backend(1, "10.244.1.1", 8080)])
+    eng = ReferenceEngine(maps)
+    for n, client in enumerate(allowed):
+        assert go(eng, tcp(src=client, dst="203.0.113.1", sport=1000 + n))[1] == Reason.NEW_FLOW, client
+    for n, client in enumerate(refused):
+        assert go(eng, tcp(src=client, dst="203.0.113.1", sport=2000 + n))[1] == Reason.DROP_SOURCE_RANGE, client
+
+
+@pytest.mark.parametrize("length", [-1, 33, 64])
+def test_bad_prefix_lengths_are_refused(length):
+    good = v2_maps()
+    bad_range = Maps(services=good.services, backends=good.backends, node=good.node,
+                     frontends=[fe("203.0.113.1", 80, 1, "LoadBalancer", ranges=((ip4("10.0.0.0"), length),))])
+    bad_cidr = v2_maps(pod_cidrs=((ip4("10.244.0.0"), length),))
+    for maps in (bad_range, bad_cidr):
+        with pytest.raises(ValueError, match="prefix length"):
+            ReferenceEngine(maps)
+        eng = ReferenceEngine(good)
+        go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))
+        with pytest.raises(ValueError, match="prefix length"):
+            eng.load(maps)
+        # A refused load changes nothing.
+        assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"))[1] == Reason.CT_ESTABLISHED
+        assert eng.counters()["services"][WEB - 1] == 2
+
+
+# --------------------------------------------------------------------------- c. no endpoint
+
+
+def test_reject_no_endpoint_on_every_frontend_kind_and_before_local_policy():
+    eng = v2_engine()
+    for packet, kind in (
+        (tcp(src=POD_CLIENT, dst="10.96.0.99", dport=443), "ClusterIP"),
+        (tcp(src=EXT_CLIENT, dst="203.0.113.99", dport=443), "LoadBalancer"),
+        (tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30099, flags="A"), "NodePort"),  # Local policy too
+    ):
+        verdict, reason, _, trace = go(eng, packet)
+        assert (verdict, reason, trace) == (Verdict.REJECT, Reason.REJECT_NO_ENDPOINT, (EMPTY, 0, KIND[kind]))
+    c = eng.counters()
+    assert c["services"][EMPTY - 1] == 3 and c["verdicts"]["REJECT"] == 3
+    assert c["conntrack"]["non_syn_miss"] == 0 and c["conntrack"]["entries"] == 0
+
+
+# --------------------------------------------------------------------------- d. sets and masquerade
+
+
+@pytest.mark.parametrize(
+    "client, node, masq",
+    [
+        (POD_CLIENT, {}, False),  # pod traffic keeps its source
+        (NODE_IP2, {}, True),  # the node itself
+        (EXT_CLIENT, {}, True),  # anything else
+        (POD_CLIENT, {"masquerade_all": True}, True),
+        (EXT_CLIENT, {"pod_cidrs": ()}, False),  # no clusterCIDR: nothing is known to be non-pod
+        (NODE_IP2, {"pod_cidrs": ()}, False),
+        (EXT_CLIENT, {"pod_cidrs": (), "masquerade_all": True}, True),
+        (NODE_IP, {"pod_cidrs": ((ip4("192.168.0.0"), 24),)}, False),  # pod class wins over node
+    ],
+)
+def test_cluster_ip_source_classes(client, node, masq):
+    eng = v2_engine(**node)
+    verdict, reason, got, trace = go(eng, tcp(src=client, dst="10.96.0.10", sport=40000))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    want = pick((1, 2, 3), client, "10.96.0.10", 40000, 80)
+    assert endpoints(got) == ((NODE_IP if masq else client), 40000, txt(want.ip), 8080)
+    assert trace == (WEB, want.id, KIND["ClusterIP"] | (MASQ if masq else 0))
+    (entry,) = eng.conntrack_entries()
+    assert entry.masqueraded is masq and entry.kind == KIND["ClusterIP"]
+    assert (entry.snat_ip, entry.snat_port) == ((ip4(NODE_IP), 40000) if masq else (0, 0))
+
+
+@pytest.mark.parametrize("client", [POD_CLIENT, NODE_IP2, EXT_CLIENT, FAR_CLIENT])
+@pytest.mark.parametrize("dst, dport, kind", [(NODE_IP, 30080, "NodePort"), ("198.51.100.200", 80, "ExternalIP"),
+                                              ("203.0.113.10", 80, "LoadBalancer")])
+def test_external_kinds_with_cluster_policy_always_masquerade(client, dst, dport, kind):
+    eng = v2_engine()
+    verdict, reason, got, trace = go(eng, tcp(src=client, dst=dst, dport=dport, sport=41000))
+    if kind == "LoadBalancer" and client != EXT_CLIENT:
+        assert (verdict, reason) == (Verdict.DROP, Reason.DROP_SOURCE_RANGE)
+        return
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    want = pick((1, 2, 3), client, dst, 41000, dport)
+    assert endpoints(got) == (NODE_IP, 41000, txt(want.ip), 8080)
+    assert trace == (WEB, want.id, KIND[kind] | MASQ)
+
+
+@pytest.mark.parametrize("dst, dport, kind", [(NODE_IP, 30090, "NodePort"), ("198.51.100.201", 80, "ExternalIP"),
+                                              ("203.0.113.11", 80, "LoadBalancer")])
+def test_external_local_policy_by_source_class(dst, dport, kind):
+    eng = v2_engine()
+    seen = {"pod": set(), "node": set()}
+    for port in range(42000, 42040):
+        # A pod short-circuits to the cluster set, source kept.
+        _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst=dst, dport=dport, sport=port))
+        want = pick((1, 2, 3), POD_CLIENT, dst, port, dport)
+        assert (reason, endpoints(got)) == (Reason.NEW_FLOW, (POD_CLIENT, port, txt(want.ip), 8080))
+        assert trace == (WEB_LOCAL, want.id, KIND[kind])
+        seen["pod"].add(want.id)
+        # The node itself: cluster set, masqueraded.
+        _, reason, got, trace = go(eng, tcp(src=NODE_IP2, dst=dst, dport=dport, sport=port))
+        want = pick((1, 2, 3), NODE_IP2, dst, port, dport)
+        assert (reason, endpoints(got)) == (Reason.NEW_FLOW, (NODE_IP, port, txt(want.ip), 8080))
+        assert trace == (WEB_LOCAL, want.id, KIND[kind] | MASQ)
+        seen["node"].add(want.id)
+        # Anything else: the local set only, client IP preserved.
+        _, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst=dst, dport=dport, sport=port))
+        assert (reason, endpoints(got)) == (Reason.NEW_FLOW, (EXT_CLIENT, port, "10.244.1.1", 8080))
+        assert trace == (WEB_LOCAL, 1, KIND[kind])
+    assert seen == {"pod": {1, 2, 3}, "node": {1, 2, 3}}
+    # The service's ClusterIP (policy Cluster) is unaffected: cluster set, masqueraded for non-pods.
+    _, _, got, trace = go(eng, tcp(src=EXT_CLIENT, dst="10.96.0.17", sport=43000))
+    assert got.src == NODE_IP and trace[2] == KIND["ClusterIP"] | MASQ
+
+
+def test_drop_no_local_endpoint():
+    eng = v2_engine()
+    # internalTrafficPolicy Local, no endpoint on this node: dropped for every source.
+    for client in (POD_CLIENT, NODE_IP2, EXT_CLIENT):
+        verdict, reason, _, trace = go(eng, tcp(src=client, dst="10.96.0.12"))
+        assert (verdict, reason, trace) == (Verdict.DROP, Reason.DROP_NO_LOCAL_ENDPOINT, (REMOTE, 0, KIND["ClusterIP"]))
+    # externalTrafficPolicy Local: external clients dropped; pods and the node use the cluster set.
+    verdict, reason, _, trace = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30082, flags="A"))
+    assert (verdict, reason, trace) == (Verdict.DROP, Reason.DROP_NO_LOCAL_ENDPOINT, (REMOTE, 0, KIND["NodePort"]))
+    _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst=NODE_IP, dport=30082))
+    want = pick((2, 3), POD_CLIENT, NODE_IP, 40000, 30082)
+    assert (reason, endpoints(got), trace) == (Reason.NEW_FLOW, (POD_CLIENT, 40000, txt(want.ip), 8080),
+                                               (REMOTE, want.id, KIND["NodePort"]))
+    _, reason, got, _ = go(eng, tcp(src=NODE_IP2, dst=NODE_IP, dport=30082))
+    assert reason == Reason.NEW_FLOW and got.src == NODE_IP
+    c = eng.counters()
+    assert c["reasons"]["DROP_NO_LOCAL_ENDPOINT"] == 4 and c["services"][REMOTE - 1] == 6
+    assert c["conntrack"]["inserts"] == 2 and c["conntrack"]["non_syn_miss"] == 0
+
+
+def test_internal_local_policy_uses_the_local_set():
+    maps = v2_maps()
+    maps.frontends = [fe("10.96.0.10", 80, WEB, local=True) if f.ip == ip4("10.96.0.10") else f
+                      for f in maps.frontends]
+    eng = ReferenceEngine(maps)
+    for port in range(44000, 44020):
+        _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=port))
+        assert (reason, got.dst, got.src, trace) == (Reason.NEW_FLOW, "10.244.1.1", POD_CLIENT, (WEB, 1, 1))
+
+
+# --------------------------------------------------------------------------- masquerade rewrite
+
+
+def test_masquerade_tcp_forward_reply_and_established():
+    eng = v2_engine()
+    want = pick((1, 2, 3), EXT_CLIENT, NODE_IP, 40000, 30080)
+    syn = eth(tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080, flags="S", payload=b"hello"))
+    verdict, reason, out, trace = eng.trace_packet(syn, T0)
+    assert (verdict, reason, trace) == (Verdict.DNAT, Reason.NEW_FLOW, (WEB, want.id, KIND["NodePort"] | MASQ))
+    got = assert_checksums_valid(out[14:])
+    assert endpoints(got) == (NODE_IP, 40000, txt(want.ip), 8080)
+    assert got[Raw].load == b"hello" and out[:14] == syn[:14]
+    (entry,) = eng.conntrack_entries()
+    assert entry.orig == (ip4(EXT_CLIENT), ip4(NODE_IP), 40000, 30080, PROTO_TCP)
+    assert entry.reply == (want.ip, ip4(NODE_IP), 8080, 40000, PROTO_TCP)
+    assert (entry.snat_ip, entry.snat_port, entry.kind, entry.service, entry.backend) == (
+        ip4(NODE_IP), 40000, KIND["NodePort"], WEB, want.id)
+
+    # The backend answers the node's address; the reply goes back from the NodePort to the client.
+    synack = tcp(src=txt(want.ip), dst=NODE_IP, sport=8080, dport=40000, flags="SA", payload=b"x")
+    verdict, reason, got, trace = go(eng, synack, T0 + 1)
+    assert (verdict, reason, trace) == (Verdict.REVNAT, Reason.CT_REPLY, (WEB, want.id, KIND["NodePort"] | MASQ))
+    assert endpoints(got) == (NODE_IP, 30080, EXT_CLIENT, 40000)
+    assert eng.conntrack_entries()[0].state == CT_ESTABLISHED
+
+    verdict, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080, flags="A"), T0 + 2)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.CT_ESTABLISHED)
+    assert endpoints(got) == (NODE_IP, 40000, txt(want.ip), 8080)
+    # The client-side tuple answered by the backend without masquerade is not this flow.
+    assert go(eng, tcp(src=txt(want.ip), dst=EXT_CLIENT, sport=8080, dport=40000, flags="A"))[1] == Reason.PASS_NO_SERVICE
+    c = eng.counters()
+    assert c["backends"][want.id - 1] == 3 and c["services"][WEB - 1] == 3
+
+
+@pytest.mark.parametrize("chksum", [None, 0])
+def test_masquerade_udp_forward_and_reply(chksum):
+    eng = v2_engine()
+    want = pick((4, 5), EXT_CLIENT, NODE_IP, 50000, 30053, PROTO_UDP)
+    query = udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053, chksum=chksum)
+    _, reason, got, trace = go(eng, query)
+    assert (reason, trace) == (Reason.NEW_FLOW, (DNS, want.id, KIND["NodePort"] | MASQ))
+    assert endpoints(got) == (NODE_IP, 50000, txt(want.ip), 5353)
+    assert (got[UDP].chksum == 0) is (chksum == 0)
+    answer = udp(src=txt(want.ip), dst=NODE_IP, sport=5353, dport=50000, payload=b"answer", chksum=chksum)
+    _, reason, got, _ = go(eng, answer, T0 + 1)
+    assert reason == Reason.CT_REPLY
+    assert endpoints(got) == (NODE_IP, 30053, EXT_CLIENT, 50000)
+    assert (got[UDP].chksum == 0) is (chksum == 0)
+
+
+def test_masquerade_udp_computed_zero_checksum_is_written_as_ffff():
+    want = pick((4, 5), EXT_CLIENT, NODE_IP, 50000, 30053, PROTO_UDP)
+    # A payload word that makes the fully rewritten datagram's checksum compute to 0.
+    probe = IP(bytes(udp(src=NODE_IP, dst=txt(want.ip), sport=50000, dport=5353, payload=b"\x00\x00")))
+    payload = struct.pack("!H", probe[UDP].chksum)
+    original = udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053, payload=payload)
+    assert IP(bytes(original))[UDP].chksum not in (0, 0xFFFF)
+    _, reason, got, _ = go(v2_engine(), original)
+    assert reason == Reason.NEW_FLOW and got[UDP].chksum == 0xFFFF
+
+
+def test_masquerade_udp_intermediate_zero_checksum_keeps_updating():
+    """A checksum passing through 0 between the destination and the source updates is still a
+    checksum: only the original value 0 means "none", and 0 -> 0xFFFF happens once at the end."""
+    want = pick((4, 5), EXT_CLIENT, NODE_IP, 50000, 30053, PROTO_UDP)
+    base = IP(bytes(udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053, payload=b"\x00\x00")))[UDP].chksum
+
+    def words(ip):
+        return [(ip4(ip) >> 16) & 0xFFFF, ip4(ip) & 0xFFFF]
+
+    old, new = words(NODE_IP) + [30053], words(txt(want.ip)) + [5353]
+    for word in range(1, 0x10000):
+        checksum = _csum_update_word(base, 0, word)  # the original with payload `word`
+        after_dst = checksum
+        for m, m2 in zip(old, new):
+            after_dst = _csum_update_word(after_dst, m, m2)
+        if after_dst == 0 and checksum not in (0, 0xFFFF):
+            break
+    else:
+        pytest.fail("no payload word found")
+    original = udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053, payload=struct.pack("!H", word))
+    assert IP(bytes(original))[UDP].chksum == checksum
+    _, reason, got, _ = go(v2_engine(), original)  # go() checks the checksums
+    assert reason == Reason.NEW_FLOW and got[UDP].chksum not in (0,)
+    assert endpoints(got) == (NODE_IP, 50000, txt(want.ip), 5353)
+
+
+# --------------------------------------------------------------------------- f-h. hairpin, SNAT ports
+
+
+def test_next_snat_port():
+    assert [next_snat_port(p) for p in (0, 80, 1023, 1024, 40000, 65534, 65535)] == [
+        1, 81, 1024, 1025, 40001, 65535, 1024]
+    assert SNAT_TRIES == 64
+
+
+def test_snat_port_collisions_walk_to_the_next_free_port():
+    eng = v2_engine()
+    b = "10.244.2.2"
+
+    def open_flow(client, port):
+        _, reason, got, _ = go(eng, tcp(src=client, dst=NODE_IP, dport=30016, sport=port))
+        assert reason == Reason.NEW_FLOW and got.src == NODE_IP and got.dst == b
+        return got[TCP].sport
+
+    # Two clients, same source port, same backend: the second one gets the next port.
+    assert open_flow(EXT_CLIENT, 40000) == 40000
+    assert open_flow("198.51.100.8", 40000) == 40001
+    assert open_flow(FAR_CLIENT, 40001) == 40002  # its own port is taken by the second flow
+    # Wrap-around above 1024, and climbing below it.
+    assert open_flow("198.51.100.9", 65534) == 65534
+    assert open_flow("198.51.100.10", 65534) == 65535
+    assert open_flow("198.51.100.11", 65534) == 1024
+    assert open_flow("198.51.100.12", 80) == 80
+    assert open_flow("198.51.100.13", 80) == 81
+    c = eng.counters()["conntrack"]
+    assert (c["inserts"], c["insert_failures"], c["snat_failures"]) == (8, 0, 0)
+    # Each reply finds its own flow through its SNAT port.
+    for snat_port, client, client_port in ((40000, EXT_CLIENT, 40000), (40001, "198.51.100.8", 40000),
+                                           (40002, FAR_CLIENT, 40001), (1024, "198.51.100.11", 65534)):
+        _, reason, got, _ = go(eng, tcp(src=b, dst=NODE_IP, sport=8080, dport=snat_port, flags="SA"))
+        assert (reason, endpoints(got)) == (Reason.CT_REPLY, (NODE_IP, 30016, client, client_port))
+
+
+def test_snat_gives_up_after_64_ports():
+    eng = v2_engine()
+    clients = [f"172.16.0.{n}" for n in range(1, 66)]
+    for n, client in enumerate(clients[:64]):
+        _, reason, got, _ = go(eng, tcp(src=client, dst=NODE_IP, dport=30016, sport=50000), T0 + n)
+        assert (reason, got[TCP].sport) == (Reason.NEW_FLOW, 50000 + n)  # the 64th finds 50063
+    c = eng.counters()["conntrack"]
+    assert (c["inserts"], c["snat_failures"]) == (64, 0)
+    # The 65th finds 50000..50063 all taken: translated with the last port tried, not tracked.
+    verdict, reason, got, trace = go(eng, tcp(src=clients[64], dst=NODE_IP, dport=30016, sport=50000, flags="A"))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    assert endpoints(got) == (NODE_IP, 50063, "10.244.2.2", 8080)
+    assert trace == (SINGLE, 2, KIND["NodePort"] | MASQ)
+    c = eng.counters()["conntrack"]
+    assert (c["inserts"], c["snat_failures"], c["insert_failures"], c["evictions"], c["non_syn_miss"]) == (64, 1, 0, 0, 1)
+    assert c["entries"] == 64
+    # Replies to port 50063 belong to the 64th client; the 65th client's next packet is new again.
+    _, _, got, _ = go(eng, tcp(src="10.244.2.2", dst=NODE_IP, sport=8080, dport=50063, flags="SA"))
+    assert got.dst == clients[63]
+    assert go(eng, tcp(src=clients[64], dst=NODE_IP, dport=30016, sport=50000, flags="A"))[1] == Reason.NEW_FLOW
+    assert eng.counters()["conntrack"]["snat_failures"] == 2
+
+
+def test_an_expired_entry_still_holds_its_snat_port():
+    eng = v2_engine()
+    go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30016, sport=41000), T0)
+    later = T0 + 100 * SECOND  # past the SYN_SENT timeout, but the entry is only deleted on lookup
+    _, _, got, _ = go(eng, tcp(src=FAR_CLIENT, dst=NODE_IP, dport=30016, sport=41000), later)
+    assert got[TCP].sport == 41001
+    # The first client's retransmission finds its entry expired, deletes it, and gets its port back.
+    _, reason, got, _ = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30016, sport=41000), later)
+    assert (reason, got[TCP].sport) == (Reason.NEW_FLOW, 41000)
+    assert eng.counters()["conntrack"]["expired"] == 1
+
+
+def test_hairpin_is_always_masqueraded():
+    eng = v2_engine()
+    # A pod reaching its own service through the ClusterIP lands on itself.
+    _, reason, got, trace = go(eng, tcp(src="10.244.2.2", dst="10.96.0.16", sport=45000))
+    assert (reason, trace) == (Reason.NEW_FLOW, (SINGLE, 2, KIND["ClusterIP"] | MASQ))
+    assert endpoints(got) == (NODE_IP, 45000, "10.244.2.2", 8080)
+    _, reason, got, trace = go(eng, tcp(src="10.244.2.2", dst=NODE_IP, sport=8080, dport=45000, flags="SA"))
+    assert (reason, trace) == (Reason.CT_REPLY, (SINGLE, 2, KIND["ClusterIP"] | MASQ))
+    assert endpoints(got) == ("10.96.0.16", 80, "10.244.2.2", 45000)
+    # Same pod, another backend: no masquerade.
+    port = next(p for p in range(45001, 45100) if pick((1, 2, 3), "10.244.2.2", "10.96.0.10", p, 80).id != 2)
+    _, _, got, trace = go(eng, tcp(src="10.244.2.2", dst="10.96.0.10", sport=port))
+    assert got.src == "10.244.2.2" and got.dst != "10.244.2.2" and not trace[2] & MASQ
+
+
+def test_masquerade_without_a_node_address_is_counted_and_skipped():
+    eng = v2_engine(primary_ip=0)
+    _, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080))
+    want = pick((1, 2, 3), EXT_CLIENT, NODE_IP, 40000, 30080)
+    assert (reason, endpoints(got)) == (Reason.NEW_FLOW, (EXT_CLIENT, 40000, txt(want.ip), 8080))
+    assert trace == (WEB, want.id, KIND["NodePort"])
+    _, reason, got, _ = go(eng, tcp(src="10.244.2.2", dst="10.96.0.16", sport=45000))  # hairpin
+    assert (reason, got.src) == (Reason.NEW_FLOW, "10.244.2.2")
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))  # no masquerade wanted: not counted
+    c = eng.counters()["conntrack"]
+    assert (c["snat_unavailable"], c["inserts"]) == (2, 3)
+    assert not any(e.masqueraded for e in eng.conntrack_entries())
+
+
+# --------------------------------------------------------------------------- e. session affinity
+
+
+def _sticky(eng, client, port, ts, dst="10.96.0.15", dport=80):
+    _, reason, _, trace = go(eng, tcp(src=client, dst=dst, dport=dport, sport=port), ts)
+    assert reason == Reason.NEW_FLOW
+    return trace[1]
+
+
+def test_affinity_same_client_sticks_across_ports_and_frontends():
+    eng = v2_engine()
+    first = _sticky(eng, POD_CLIENT, 40000, T0)
+    assert first == pick((1, 2, 3), POD_CLIENT, "10.96.0.15", 40000, 80).id
+    hashed = set()
+    for n, port in enumerate(range(40001, 40031)):
+        assert _sticky(eng, POD_CLIENT, port, T0 + n * SECOND) == first
+        hashed.add(pick((1, 2, 3), POD_CLIENT, "10.96.0.15", port, 80).id)
+    assert len(hashed) > 1, "without affinity these flows would spread"
+    # The NodePort of the same service port shares the entry.
+    assert _sticky(eng, POD_CLIENT, 40100, T0 + 31 * SECOND, dst=NODE_IP, dport=30015) == first
+    # Another client has its own entry.
+    other = _sticky(eng, EXT_CLIENT, 40000, T0 + 32 * SECOND)
+    assert other == pick((1, 2, 3), EXT_CLIENT, "10.96.0.15", 40000, 80).id
+    entries = eng.affinity_entries()
+    assert [(e.client, e.service, e.backend, e.last_used_ns) for e in entries] == [
+        (ip4(POD_CLIENT), STICKY, first, T0 + 31 * SECOND), (ip4(EXT_CLIENT), STICKY, other, T0 + 32 * SECOND)]
+    assert eng.counters()["affinity"] == {"evictions": 0, "expired": 0, "entries": 2}
+    # Services without affinity keep no entries.
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))
+    assert eng.counters()["affinity"]["entries"] == 2
+
+
+def test_affinity_expires_after_its_timeout():
+    eng = v2_engine()
+    first = _sticky(eng, POD_CLIENT, 40000, T0)
+    # Ports whose own hash choice differs from the remembered backend.
+    ports = [p for p in range(41000, 42000) if pick((1, 2, 3), POD_CLIENT, "10.96.0.15", p, 80).id != first]
+    # Exactly at the timeout (10 s) the entry is alive, and its use refreshes it.
+    assert _sticky(eng, POD_CLIENT, ports[0], T0 + 10 * SECOND) == first
+    assert eng.counters()["affinity"]["expired"] == 0
+    # 1 ns past the refreshed timeout it has expired: the hash decides, and is remembered.
+    late = T0 + 20 * SECOND + 1
+    chosen = _sticky(eng, POD_CLIENT, ports[1], late)
+    assert chosen == pick((1, 2, 3), POD_CLIENT, "10.96.0.15", ports[1], 80).id != first
+    assert eng.counters()["affinity"] == {"evictions": 0, "expired": 1, "entries": 1}
+    assert _sticky(eng, POD_CLIENT, ports[2], late + SECOND) == chosen
+    (entry,) = eng.affinity_entries()
+    assert (entry.backend, entry.last_used_ns) == (chosen, late + SECOND)
+
+
+def test_affinity_is_ignored_when_its_backend_left_the_set():
+    eng = v2_engine()
+    first = _sticky(eng, POD_CLIENT, 40000, T0)
+    remaining = tuple(b for b in (1, 2, 3) if b != first)
+    maps = v2_maps()
+    maps.services[STICKY - 1] = Service(STICKY, "default/sticky:http", remaining, serving=remaining,
+                                        affinity_timeout_s=10)
+    eng.load(maps)
+    chosen = _sticky(eng, POD_CLIENT, 40001, T0 + 1)
+    assert chosen == pick(remaining, POD_CLIENT, "10.96.0.15", 40001, 80).id
+    assert eng.affinity_entries()[0].backend == chosen
+    assert eng.counters()["affinity"] == {"evictions": 0, "expired": 0, "entries": 1}
+    # The backend comes back: the entry now names the other one, which is still there.
+    eng.load(v2_maps())
+    assert _sticky(eng, POD_CLIENT, 40002, T0 + 2) == chosen
+
+
+def test_affinity_follows_backends_by_address_across_renumbering():
+    eng = v2_engine()
+    first = _sticky(eng, POD_CLIENT, 40000, T0)
+    address = (V2_BACKENDS[first - 1].ip, V2_BACKENDS[first - 1].port)
+    # Same cluster, backend ids reversed (6 -> 1, ..., 1 -> 6).
+    new_id = {old: 7 - old for old in range(1, 7)}
+    maps = v2_maps()
+    renumbered = Maps(
+        services=[replace(s, backends=tuple(sorted(new_id[b] for b in s.backends)),
+                          local_backends=tuple(sorted(new_id[b] for b in s.local_backends)),
+                          serving=tuple(sorted(new_id[b] for b in s.serving))) for s in maps.services],
+        frontends=maps.frontends,
+        backends=[replace(b, id=new_id[b.id]) for b in reversed(maps.backends)],
+        node=maps.node,
+    )
+    eng.load(renumbered)
+    assert eng.affinity_entries()[0].backend == new_id[first]
+    for port in range(40001, 40011):
+        chosen = _sticky(eng, POD_CLIENT, port, T0 + port)
+        b = renumbered.backends[chosen - 1]
+        assert (b.ip, b.port) == address
+
+
+def test_affinity_picks_the_first_set_member_with_the_remembered_address():
+    # Two backend ids share one address (possible in hand-made maps): the set's first one wins.
+    table = [backend(1, "10.244.1.1", 8080), backend(2, "10.244.2.2", 8080), backend(3, "10.244.1.1", 8080)]
+    maps = Maps(services=[Service(1, "ns/s", (1, 2), affinity_timeout_s=100)],
+                frontends=[fe("10.96.0.1", 80, 1)], backends=table)
+    eng = ReferenceEngine(maps)
+    client = next(f"10.244.9.{n}" for n in range(1, 250)
+                  if pick((1, 2), f"10.244.9.{n}", "10.96.0.1", 40000, 80, table=table).id == 1)
+    assert _sticky(eng, client, 40000, T0, dst="10.96.0.1") == 1
+    eng.load(Maps(services=[Service(1, "ns/s", (3, 2, 1), affinity_timeout_s=100)],
+                  frontends=[fe("10.96.0.1", 80, 1)], backends=table))
+    assert _sticky(eng, client, 40001, T0 + 1, dst="10.96.0.1") == 3
+
+
+def test_affinity_lru_eviction():
+    eng = v2_engine(capacity=2)
+    a = _sticky(eng, "10.244.5.1", 40000, T0)
+    _sticky(eng, "10.244.5.2", 40000, T0 + 1)
+    assert _sticky(eng, "10.244.5.1", 40001, T0 + 2) == a  # a is now the most recently used
+    _sticky(eng, "10.244.5.3", 40000, T0 + 3)  # evicts 10.244.5.2
+    assert [e.client for e in eng.affinity_entries()] == [ip4("10.244.5.1"), ip4("10.244.5.3")]
+    assert eng.counters()["affinity"] == {"evictions": 1, "expired": 0, "entries": 2}
+    # An expired entry is replaced in place: no eviction.
+    _sticky(eng, "10.244.5.1", 40002, T0 + 100 * SECOND)
+    assert eng.counters()["affinity"] == {"evictions": 1, "expired": 1, "entries": 2}
+    assert [e.client for e in eng.affinity_entries()] == [ip4("10.244.5.3"), ip4("10.244.5.1")]
+
+
+def test_dropped_packets_leave_no_affinity():
+    maps = v2_maps()
+    maps.frontends.append(fe("203.0.113.15", 80, STICKY, "LoadBalancer", ranges=LB_RANGES))
+    eng = ReferenceEngine(maps)
+    assert go(eng, tcp(src=FAR_CLIENT, dst="203.0.113.15"))[1] == Reason.DROP_SOURCE_RANGE
+    assert eng.counters()["affinity"]["entries"] == 0
+
+
+# --------------------------------------------------------------------------- load(): remapping
+
+
+def _renamed_order(maps: Maps, service_order, backend_order) -> Maps:
+    """The same maps with ids renumbered: service_order/backend_order list old ids in new order."""
+    s_new = {old: n for n, old in enumerate(service_order, start=1)}
+    b_new = {old: n for n, old in enumerate(backend_order, start=1)}
+
+    def ids(values):
+        return tuple(sorted(b_new[b] for b in values if b in b_new))
+
+    services = [replace(maps.services[old - 1], id=s_new[old], backends=ids(maps.services[old - 1].backends),
+                        local_backends=ids(maps.services[old - 1].local_backends),
+                        serving=ids(maps.services[old - 1].serving)) for old in service_order]
+    backends = [replace(maps.backends[old - 1], id=b_new[old]) for old in backend_order]
+    frontends = [replace(f, service=s_new[f.service]) for f in maps.frontends if f.service in s_new]
+    return Maps(services=services, frontends=frontends, backends=backends, node=maps.node)
+
+
+def test_load_remaps_ids_by_name():
+    eng = v2_engine()
+    _, _, _, web_trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))
+    _, _, _, dns_trace = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"))
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.99", dport=443))  # REJECT, counted for EMPTY
+    _sticky(eng, POD_CLIENT, 40001, T0)
+    before = eng.counters()
+    # New maps: services and backends in reverse order.
+    service_order, backend_order = list(range(7, 0, -1)), list(range(6, 0, -1))
+    maps = _renamed_order(v2_maps(), service_order, backend_order)
+    eng.load(maps)
+    after = eng.counters()
+    assert after["services"] == [before["services"][old - 1] for old in service_order]
+    assert after["backends"] == [before["backends"][old - 1] for old in backend_order]
+    web_id, dns_id = 8 - WEB, 8 - DNS
+    web_backend, dns_backend = 7 - web_trace[1], 7 - dns_trace[1]
+    entries = {txt(e.orig[1]): e for e in eng.conntrack_entries()}
+    assert (entries["10.96.0.10"].service, entries["10.96.0.10"].backend) == (web_id, web_backend)
+    assert (entries["10.96.0.53"].service, entries["10.96.0.53"].backend) == (dns_id, dns_backend)
+    assert eng.affinity_entries()[0].service == 8 - STICKY
+    assert after["conntrack"]["flushed"] == 0
+    # Tracked packets are attributed under the new ids.
+    _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"), T0 + 1)
+    assert (reason, trace) == (Reason.CT_ESTABLISHED, (web_id, web_backend, KIND["ClusterIP"]))
+    assert got.dst == txt(V2_BACKENDS[web_trace[1] - 1].ip)
+    assert eng.counters()["services"][web_id - 1] == after["services"][web_id - 1] + 1
+
+
+def test_load_drops_vanished_ids_and_merges_duplicates():
+    eng = v2_engine()
+    _, _, _, trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.16", sport=40001))  # SINGLE -> backend 2
+    _sticky(eng, POD_CLIENT, 40002, T0)
+    before = eng.counters()
+    # WEB and STICKY vanish; backend 2's address appears twice (ids 1 and 2: the lowest wins).
+    maps = Maps(
+        services=[Service(1, "default/single:http", (1,), serving=(1, 2))],
+        frontends=[fe("10.96.0.16", 80, 1)],
+        backends=[backend(1, "10.244.2.2", 8080), backend(2, "10.244.2.2", 8080)],
+    )
+    eng.load(maps)
+    c = eng.counters()
+    assert c["services"] == [before["services"][SINGLE - 1]]
+    assert c["backends"] == [before["backends"][1], 0]
+    assert c["affinity"]["entries"] == 0  # its service vanished
+    by_port = {e.orig[2]: e for e in eng.conntrack_entries()}
+    assert (by_port[40000].service, by_port[40000].backend) == (0, 1 if trace[1] == 2 else 0)
+    assert (by_port[40001].service, by_port[40001].backend) == (1, 1)
+    # The vanished service's TCP flow keeps translating, unattributed to any service.
+    _, reason, got, trace2 = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"), T0 + 1)
+    assert reason == Reason.CT_ESTABLISHED and got.dst == txt(V2_BACKENDS[trace[1] - 1].ip)
+    assert trace2[0] == 0 and eng.counters()["services"] == c["services"]
+    # Back to maps where both old backends 1 and 7 share an address: their counts add up.
+    eng2 = ReferenceEngine(Maps(
+        services=[Service(1, "a", (1,)), Service(2, "b", (2,))],
+        frontends=[fe("10.96.0.1", 80, 1), fe("10.96.0.2", 80, 2)],
+        backends=[backend(1, "10.244.1.1", 8080), backend(2, "10.244.1.1", 8080)]))
+    go(eng2, tcp(src=POD_CLIENT, dst="10.96.0.1"))
+    go(eng2, tcp(src=POD_CLIENT, dst="10.96.0.2"))
+    go(eng2, tcp(src=POD_CLIENT, dst="10.96.0.2", sport=40001))
+    assert eng2.counters()["backends"] == [1, 2]
+    eng2.load(Maps(services=[Service(1, "b", (2,)), Service(2, "a", (2,))],
+                   frontends=[fe("10.96.0.1", 80, 2), fe("10.96.0.2", 80, 1)],
+                   backends=[backend(1, "10.0.0.9", 80), backend(2, "10.244.1.1", 8080)]))
+    assert eng2.counters()["backends"] == [0, 3]
+    assert eng2.counters()["services"] == [2, 1]
+
+
+def test_load_merges_affinity_entries_keeping_the_most_recent():
+    table = [backend(1, "10.244.1.1", 8080), backend(2, "10.244.2.2", 8080)]
+    eng = ReferenceEngine(Maps(
+        services=[Service(1, "ns/x", (1,), affinity_timeout_s=100), Service(2, "ns/x", (2,), affinity_timeout_s=100)],
+        frontends=[fe("10.96.0.1", 80, 1), fe("10.96.0.2", 80, 2)], backends=table))
+    _sticky(eng, POD_CLIENT, 40000, T0 + 1, dst="10.96.0.2")
+    _sticky(eng, POD_CLIENT, 40001, T0 + 2, dst="10.96.0.1")  # most recent, backend 1
+    _sticky(eng, EXT_CLIENT, 40002, T0 + 3, dst="10.96.0.2")
+    eng.load(Maps(services=[Service(1, "ns/x", (1, 2), affinity_timeout_s=100)],
+                  frontends=[fe("10.96.0.1", 80, 1)], backends=table))
+    assert [(e.client, e.service, e.backend, e.last_used_ns) for e in eng.affinity_entries()] == [
+        (ip4(POD_CLIENT), 1, 1, T0 + 2), (ip4(EXT_CLIENT), 1, 2, T0 + 3)]
+
+
+def test_load_flushes_udp_flows_off_serving_backends_and_lets_tcp_drain():
+    eng = v2_engine()
+    _, _, _, (_, udp_backend, _) = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"))
+    _, _, _, (_, tcp_backend, _) = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10"))
+    # Both backends terminate: out of the selectable sets, still serving. Nothing is flushed.
+    maps = v2_maps()
+    udp_other = 9 - udp_backend  # 4 <-> 5
+    tcp_rest = tuple(b for b in (1, 2, 3) if b != tcp_backend)
+    maps.services[DNS - 1] = replace(maps.services[DNS - 1], backends=(udp_other,), serving=(4, 5, 6))
+    maps.services[WEB - 1] = replace(maps.services[WEB - 1], backends=tcp_rest, serving=(1, 2, 3))
+    eng.load(maps)
+    assert eng.counters()["conntrack"]["flushed"] == 0
+    assert go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 1)[3][1] == udp_backend
+    # Now they stop serving: the UDP flow is forgotten and selects again; the TCP flow drains.
+    maps.services[DNS - 1] = replace(maps.services[DNS - 1], serving=(udp_other,))
+    maps.services[WEB - 1] = replace(maps.services[WEB - 1], serving=tcp_rest)
+    eng.load(maps)
+    c = eng.counters()["conntrack"]
+    assert (c["flushed"], c["entries"]) == (1, 1)
+    reply = udp(src=txt(V2_BACKENDS[udp_backend - 1].ip), dst=POD_CLIENT, sport=5353, dport=50000)
+    assert go(eng, reply, T0 + 2)[1] == Reason.PASS_NO_SERVICE
+    _, reason, got, trace = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 3)
+    assert (reason, trace[1], got.dst) == (Reason.NEW_FLOW, udp_other, txt(V2_BACKENDS[udp_other - 1].ip))
+    _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"), T0 + 4)
+    assert (reason, trace[1]) == (Reason.CT_ESTABLISHED, tcp_backend)
+    # A UDP flow whose service disappears is flushed too; a masqueraded one by its backend address.
+    go(eng, udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053), T0 + 5)
+    eng.load(Maps(services=[], frontends=[], backends=[], node=maps.node))
+    c = eng.counters()["conntrack"]
+    assert (c["flushed"], c["entries"]) == (3, 1)
+    assert eng.conntrack_entries()[0].orig[4] == PROTO_TCP
+
+
+# --------------------------------------------------------------------------- trace arrays
+
+
+def test_trace_arrays_in_a_batch():
+    eng = v2_engine()
+    web = pick((1, 2, 3), EXT_CLIENT, NODE_IP, 40000, 30080)
+    pod_web = pick((1, 2, 3), POD_CLIENT, "10.96.0.10", 40000, 80)
+    cases = [
+        (tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080), Reason.NEW_FLOW, (WEB, web.id, 2 | MASQ)),
+        (tcp(src=txt(web.ip), dst=NODE_IP, sport=8080, dport=40000, flags="SA"), Reason.CT_REPLY, (WEB, web.id, 2 | MASQ)),
+        (tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080, flags="A"), Reason.CT_ESTABLISHED, (WEB, web.id, 2 | MASQ)),
+        (tcp(src=POD_CLIENT, dst="10.96.0.10"), Reason.NEW_FLOW, (WEB, pod_web.id, 1)),
+        (tcp(src=POD_CLIENT, dst="10.96.0.10", dport=81), Reason.REJECT_UNKNOWN_PORT, (0, 0, 0)),
+        (tcp(src=FAR_CLIENT, dst="203.0.113.10"), Reason.DROP_SOURCE_RANGE, (WEB, 0, 3)),
+        (tcp(src=EXT_CLIENT, dst="10.96.0.99", dport=443), Reason.REJECT_NO_ENDPOINT, (EMPTY, 0, 1)),
+        (tcp(src=EXT_CLIENT, dst="198.51.100.201"), Reason.NEW_FLOW, (WEB_LOCAL, 1, 4)),
+        (tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30082), Reason.DROP_NO_LOCAL_ENDPOINT, (REMOTE, 0, 2)),
+        (tcp(src=POD_CLIENT, dst="10.96.0.11"), Reason.PASS_NO_SERVICE, (0, 0, 0)),
+        (IP(src=POD_CLIENT, dst="10.96.0.10") / ICMP(), Reason.PASS_UNSUPPORTED, (0, 0, 0)),
+    ]
+    frames = [eth(packet) for packet, _, _ in cases] + [bytes(Ether(src=MAC_A, dst=MAC_B) / ARP()), b"\x00" * 5]
+    expected = [(reason, trace) for _, reason, trace in cases]
+    expected += [(Reason.PASS_NOT_IP, (0, 0, 0)), (Reason.DROP_TRUNCATED, (0, 0, 0))]
+    buf = bytearray(b"".join(frames))
+    offsets, lengths, start = array("Q"), array("I"), 0
+    for frame in frames:
+        offsets.append(start)
+        lengths.append(len(frame))
+        start += len(frame)
+    n = len(frames)
+    verdicts, reasons = array("B", [0xEE] * n), array("B", [0xEE] * n)
+    services, backends, flags = array("I", [0xEEEE] * n), array("I", [0xEEEE] * n), array("B", [0xEE] * n)
+    eng.process(buf, offsets, lengths, array("Q", [T0 + i for i in range(n)]), verdicts, reasons, 1,
+                services, backends, flags)
+    got = [(Reason(r), (s, b, f)) for r, s, b, f in zip(reasons, services, backends, flags)]
+    assert got == expected
+    assert list(verdicts) == [VERDICT_OF_REASON[r] for r, _ in expected]
+    # The per-id counters are the trace's tallies.
+    c = eng.counters()
+    for service_id in range(1, 8):
+        assert c["services"][service_id - 1] == list(services).count(service_id)
+    for backend_id in range(1, 7):
+        assert c["backends"][backend_id - 1] == list(backends).count(backend_id)
+    assert c["verdicts"]["REJECT"] == 2 and c["verdicts"]["DROP"] == 3
+
+
+def test_trace_arrays_are_optional_and_checked():
+    data = eth(tcp(src=POD_CLIENT, dst="10.96.0.10"))
+    want = pick((1, 2, 3), POD_CLIENT, "10.96.0.10", 40000, 80)
+
+    def call(eng, **trace):
+        buf = bytearray(data)
+        eng.process(buf, array("Q", [0]), array("I", [len(buf)]), array("Q", [T0]),
+                    array("B", [0]), array("B", [0]), 1, **trace)
+        return buf
+
+    # Any subset of the three arrays may be given.
+    only_flags = array("B", [0xEE])
+    out = call(v2_engine(), flags=only_flags)
+    assert list(only_flags) == [1]
+    assert out == call(v2_engine())
+    only_backends = array("I", [0])
+    call(v2_engine(), backends=only_backends)
+    assert list(only_backends) == [want.id]
+    # Wrong length or read-only: refused before anything runs.
+    eng = v2_engine()
+    with pytest.raises(ValueError, match="services"):
+        call(eng, services=array("I", [0, 0]))
+    with pytest.raises(ValueError, match="flags"):
+        call(eng, flags=array("B"))
+    with pytest.raises(TypeError, match="backends"):
+        call(eng, backends=memoryview(array("I", [0])).toreadonly())
+    assert sum(eng.counters()["verdicts"].values()) == 0

@@ -6,14 +6,16 @@ is the specification both implement.
 
 Python interface (identical for both engines)
 ---------------------------------------------
-Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY)   ct_capacity >= 1
-  .load(maps)      replace frontends/services/backends between batches; conntrack is kept
+Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None)   ct_capacity >= 1
+  .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
+                   a prefix length outside 0..32 (source_ranges, node.pod_cidrs) -> ValueError
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
                     "backends": [n for id 1..], "conntrack": {...}, "affinity": {...}}
                    (every Verdict/Reason name present, zeros included)
 Arrays: offsets array('Q'), lengths array('I'), timestamps_ns array('Q'), verdicts and reasons
-array('B') (any writable buffer of those C types works).
+array('B'), trace services and backends array('I'), flags array('B') (any writable buffer of those
+C types works).
 
 Batch interface
 ---------------
@@ -91,9 +93,10 @@ New flows (policy is in the maps; the core follows these steps in this order)
  a. Frontend lookup (dst ip, dst port, proto). Miss: dst in node.service_ips ->
     REJECT_UNKNOWN_PORT, else PASS_NO_SERVICE.
  b. The frontend has source_ranges and src ip is in none of them -> DROP_SOURCE_RANGE.
+    (src is in (network, length) when their top `length` bits are equal; length 0: every src.)
  c. The service's cluster set (Service.backends) is empty -> REJECT_NO_ENDPOINT.
  d. Source class: "pod" when src ip is in a node.pod_cidrs prefix; "node" when src ip is one of
-    node.local_ips; else "other". Set and masquerade:
+    node.local_ips (and not pod); else "other". Set and masquerade:
       ClusterIP frontend: set = local_backends if local_policy else backends;
                           masq = node.masquerade_all or (node.pod_cidrs non-empty and class
                           is not pod).
@@ -103,8 +106,9 @@ New flows (policy is in the maps; the core follows these steps in this order)
     The set is empty -> DROP_NO_LOCAL_ENDPOINT.
  e. Session affinity (Service.affinity_timeout_s > 0): look up (src ip, service id) in the
     affinity table. An entry older than the timeout (ts - last_used_ns > timeout) is deleted
-    (affinity_expired += 1). A live entry whose backend (ip, port) is in the set chooses it;
-    otherwise choose by hash. Then the entry is written (backend, last_used_ns = ts) and becomes
+    (affinity_expired += 1; timeout = affinity_timeout_s * 10**9 ns). A live entry whose backend
+    (ip, port) is in the set chooses the set's first backend with that (ip, port); otherwise
+    choose by hash. Then the entry is written (backend, last_used_ns = ts) and becomes
     most recently used; a full table (capacity = ct capacity) evicts its least recently used
     entry first (affinity_evictions += 1).
     Without affinity: backend = set[((flow_hash(K) & 0xFFFFFFFF) * len(set)) >> 32].
@@ -113,8 +117,11 @@ New flows (policy is in the maps; the core follows these steps in this order)
     snat_unavailable).
  h. SNAT port (masq only): start from the client port p; while the reply tuple (backend ip,
     primary ip, backend port, p, proto) is present in conntrack, p = 1024 + (p - 1024 + 1) %
-    64512 for p >= 1024, p + 1 below 1024; at most 64 tries, then give up (snat_failures += 1):
-    the packet is still translated with the last p tried and nothing is inserted.
+    64512 for p >= 1024, p + 1 below 1024; at most 64 tries (64 values of p checked, the
+    client port first), then give up (snat_failures += 1): the packet is still translated with
+    the last p tried and nothing is inserted (step i still counts non_syn_miss; no insert
+    failure, no eviction). "Present" (here and in i): equal to the orig or reply tuple of an
+    entry in the table, expired or not.
  i. TCP and not pure SYN -> ct_non_syn_miss += 1. Initial state: UDP OTHER; TCP with FIN or RST
     -> CLOSING; pure SYN -> SYN_SENT; other TCP -> ESTABLISHED. Insert: the reply tuple present
     in the table (without masq) -> not inserted, ct_insert_failures += 1; otherwise evict the
@@ -127,9 +134,12 @@ built by fastpath.icmp.port_unreachable right after them.
 
 load(maps): between batches
 ---------------------------
-Old ids are mapped to new ones by name (services by Service.name, backends by (ip, port)); ids
-with no counterpart become 0. Conntrack and affinity entries, and the per-service and
-per-backend counters, follow the mapping (a counter whose id has no counterpart is dropped).
+Old ids are mapped to new ones by name (services by Service.name, backends by (ip, port); the
+lowest new id with that key); ids with no counterpart become 0. Conntrack and affinity entries,
+and the per-service and per-backend counters, follow the mapping (a counter whose id has no
+counterpart is dropped; counters of old ids mapped to one new id add up). Affinity entries whose
+service has no counterpart are deleted (uncounted); of two affinity entries mapped to one key the
+most recently used stays. LRU orders are kept.
 Then every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
 service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
 entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
@@ -137,6 +147,7 @@ entries stay (a terminating backend drains; a vanished one keeps its flows as ku
 Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word at a time)
   For each changed address then its port (destination first, then source): IPv4 header
   checksum for the address; TCP/UDP checksum for the address (pseudo-header) and the port.
+  Every word of a rewritten field is updated, even one whose value does not change.
   UDP checksum: 0 stays 0 (no checksum); otherwise updated like TCP, and a result of 0 is
   written as 0xFFFF (after all updates of the packet).
 
@@ -145,7 +156,10 @@ Per-packet trace (optional arrays given to process)
 services[i]: the service id the packet was attributed to (0: none); backends[i]: the backend id
 (0: none); flags[i]: bits 0-2 frontend kind + 1 (ClusterIP 1, NodePort 2, LoadBalancer 3,
 ExternalIP 4; 0: no frontend), bit 3: masqueraded. NEW_FLOW, CT_* and DROP_NO_LOCAL_ENDPOINT,
-DROP_SOURCE_RANGE, REJECT_NO_ENDPOINT fill what they know; other reasons give zeros.
+DROP_SOURCE_RANGE, REJECT_NO_ENDPOINT fill what they know; other reasons give zeros. (CT_* give the
+entry's ids and kind, 0 for an id without counterpart after load(); the three drops/rejects give
+the frontend's service and kind, backend 0 and bit 3 clear: bit 3 is set only on translated
+packets of a masqueraded flow.) Each array may be given or None independently.
 
 Counters
 --------
@@ -158,11 +172,17 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Maps
-from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
+from fastpath.maps import PROTO_TCP, PROTO_UDP, Maps, Service
+from fastpath.verdicts import (
+    TRACE_MASQUERADED,
+    VERDICT_OF_REASON,
+    FrontendKind,
+    Reason,
+    Verdict,
+)
 
 __all__ = [
     "DEFAULT_CT_CAPACITY",
@@ -176,7 +196,10 @@ __all__ = [
     "flow_hash",
     "select_backend",
     "ConntrackEntry",
+    "AffinityEntry",
     "ReferenceEngine",
+    "SNAT_TRIES",
+    "next_snat_port",
 ]
 
 DEFAULT_CT_CAPACITY = 1 << 19
@@ -232,7 +255,21 @@ CT_COUNTER_NAMES = (
     "reopened",
     "non_syn_miss",
     "insert_failures",
+    "flushed",
+    "snat_failures",
+    "snat_unavailable",
 )
+AFFINITY_COUNTER_NAMES = ("evictions", "expired")
+
+# Masquerade: how many SNAT ports a new flow tries, and the range the walk wraps around in.
+SNAT_TRIES = 64
+SNAT_PORT_LOW = 1024
+SNAT_PORT_SPAN = 65536 - SNAT_PORT_LOW  # 64512
+
+# Source classes of a new flow (step d).
+SOURCE_POD = 0
+SOURCE_NODE = 1
+SOURCE_OTHER = 2
 
 # A 5-tuple: (src ip, dst ip, src port, dst port, proto).
 Tuple5 = tuple[int, int, int, int, int]
@@ -323,12 +360,20 @@ class ConntrackEntry:
     """One tracked flow (twin only: the compiled core keeps the same fields in a C array)."""
 
     orig: Tuple5  # (client ip, frontend ip, client port, frontend port, proto)
-    reply: Tuple5  # (backend ip, client ip, backend port, client port, proto)
-    frontend: int  # index of the frontend used (the rev-NAT id)
-    backend: int  # Backend.id
-    service: int  # Service.id
+    # (backend ip, reply-dst ip, backend port, reply-dst port, proto); reply-dst is the SNAT
+    # address and port of a masqueraded flow, else the client's.
+    reply: Tuple5
+    snat_ip: int  # node.primary_ip when masqueraded, else 0
+    snat_port: int  # 0 when not masqueraded
+    kind: int  # FrontendKind of the frontend the flow came in through
+    service: int  # Service.id (0: no counterpart after load())
+    backend: int  # Backend.id (0: no counterpart after load())
     state: int
     last_seen_ns: int
+
+    @property
+    def masqueraded(self) -> bool:
+        return self.snat_ip != 0
 
 
 class _Conntrack:
@@ -369,8 +414,9 @@ class _Conntrack:
         del self.by_orig[entry.orig]
         del self.by_reply[entry.reply]
 
-    def collides(self, reply: Tuple5) -> bool:
-        return reply in self.by_orig or reply in self.by_reply
+    def present(self, flow: Tuple5) -> bool:
+        """`flow` is the orig or the reply tuple of an entry in the table (expired or not)."""
+        return flow in self.by_orig or flow in self.by_reply
 
     def evict_lru(self) -> ConntrackEntry:
         entry = next(iter(self.lru.values()))
@@ -381,6 +427,61 @@ class _Conntrack:
         self.lru[entry.orig] = entry
         self.by_orig[entry.orig] = entry
         self.by_reply[entry.reply] = entry
+
+
+@dataclass(slots=True)
+class AffinityEntry:
+    """One ClientIP session affinity entry, keyed by (client ip, service id) (twin only)."""
+
+    client: int
+    service: int
+    backend: int  # Backend.id (0: no counterpart after load())
+    last_used_ns: int
+
+
+class _Affinity:
+    """Fixed-capacity (client ip, service id) -> AffinityEntry table with exact LRU eviction."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lru: OrderedDict[tuple[int, int], AffinityEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.lru)
+
+
+def next_snat_port(port: int) -> int:
+    """The SNAT port tried after `port` (step h): wraps within 1024..65535, climbs below 1024."""
+    if port >= SNAT_PORT_LOW:
+        return SNAT_PORT_LOW + (port - SNAT_PORT_LOW + 1) % SNAT_PORT_SPAN
+    return port + 1
+
+
+def _in_prefix(addr: int, network: int, length: int) -> bool:
+    """`addr` and `network` agree on their top `length` bits (length 0: every address)."""
+    shift = 32 - length
+    return (addr >> shift) == (network >> shift)
+
+
+def _in_any_prefix(addr: int, prefixes: Sequence[tuple[int, int]]) -> bool:
+    return any(_in_prefix(addr, network, length) for network, length in prefixes)
+
+
+def _id_mapping(old_keys: Sequence[Any], new_keys: Sequence[Any]) -> list[int]:
+    """mapping[old id] = the lowest new id with the same key, 0 if none (mapping[0] = 0)."""
+    first: dict[Any, int] = {}
+    for new_id, key in enumerate(new_keys, start=1):
+        first.setdefault(key, new_id)
+    return [0] + [first.get(key, 0) for key in old_keys]
+
+
+def _remapped_counts(counts: Sequence[int], mapping: Sequence[int], size: int) -> list[int]:
+    result = [0] * size
+    for old_id, count in enumerate(counts, start=1):
+        new_id = mapping[old_id]
+        if new_id:
+            result[new_id - 1] += count
+    return result
 
 
 # --------------------------------------------------------------------------- parsing
@@ -512,35 +613,41 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
 # --------------------------------------------------------------------------- rewrite
 
 
-def _rewrite(buf: memoryview, p: _Parsed, *, dst: bool, new_ip: int, new_port: int) -> None:
-    """Rewrite the destination (DNAT) or source (REVNAT) address and port of a parsed packet.
+def _rewrite(
+    buf: memoryview,
+    p: _Parsed,
+    *,
+    dst: tuple[int, int] | None = None,
+    src: tuple[int, int] | None = None,
+) -> None:
+    """Rewrite the destination and/or source (ip, port) of a parsed packet, destination first.
 
-    Every 16-bit word of the rewritten fields goes through the RFC 1624 update, changed or not.
+    Every 16-bit word of a rewritten field goes through the RFC 1624 update, changed or not, in
+    the order: destination address, destination port, source address, source port. A UDP
+    checksum of 0 stays 0; a UDP result of 0 is written as 0xFFFF once, after all updates.
     """
-    addr_pos = p.l3 + (16 if dst else 12)
-    port_pos = p.l4 + (2 if dst else 0)
-    old_ip = _get32(buf, addr_pos)
-    old_port = _get16(buf, port_pos)
-    old_words = (*_words32(old_ip), old_port)
-    new_words = (*_words32(new_ip), new_port)
-
-    end = len(buf)
     ip_csum_pos = p.l3 + 10
-    if ip_csum_pos + 2 <= end:
-        hc = _get16(buf, ip_csum_pos)
-        _put16(buf, ip_csum_pos, _csum_update_words(hc, old_words[:2], new_words[:2]))
-
     l4_csum_pos = p.l4 + (16 if p.proto == PROTO_TCP else 6)
-    if l4_csum_pos + 2 <= end:
-        hc = _get16(buf, l4_csum_pos)
-        if p.proto == PROTO_TCP:
-            _put16(buf, l4_csum_pos, _csum_update_words(hc, old_words, new_words))
-        elif hc != 0:  # UDP: 0 means "no checksum" and stays 0
-            hc = _csum_update_words(hc, old_words, new_words)
-            _put16(buf, l4_csum_pos, hc if hc != 0 else 0xFFFF)
-
-    _put32(buf, addr_pos, new_ip)
-    _put16(buf, port_pos, new_port)
+    ip_csum = _get16(buf, ip_csum_pos)
+    l4_csum = _get16(buf, l4_csum_pos)
+    update_l4 = p.proto == PROTO_TCP or l4_csum != 0  # UDP: 0 means "no checksum"
+    for new, addr_pos, port_pos in ((dst, p.l3 + 16, p.l4 + 2), (src, p.l3 + 12, p.l4)):
+        if new is None:
+            continue
+        new_ip, new_port = new
+        old_ip_words = _words32(_get32(buf, addr_pos))
+        new_ip_words = _words32(new_ip)
+        old_port = _get16(buf, port_pos)
+        ip_csum = _csum_update_words(ip_csum, old_ip_words, new_ip_words)
+        if update_l4:
+            l4_csum = _csum_update_words(l4_csum, old_ip_words, new_ip_words)
+            l4_csum = _csum_update_word(l4_csum, old_port, new_port)
+        _put32(buf, addr_pos, new_ip)
+        _put16(buf, port_pos, new_port)
+    if update_l4 and p.proto == PROTO_UDP and l4_csum == 0:
+        l4_csum = 0xFFFF
+    _put16(buf, ip_csum_pos, ip_csum)
+    _put16(buf, l4_csum_pos, l4_csum)
 
 
 # --------------------------------------------------------------------------- engine
@@ -551,6 +658,16 @@ def _writable_bytes(buf: Any) -> memoryview:
     if view.readonly:
         raise TypeError("process: buf must be writable")
     return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+
+
+def _check_prefixes(prefixes: Sequence[tuple[int, int]], where: str) -> None:
+    for network, length in prefixes:
+        if not 0 <= length <= 32:
+            raise ValueError(f"{where}: prefix length {length} of {network:#x} is outside 0..32")
+
+
+# (reason, trace service id, trace backend id, trace flags) of one packet.
+_Outcome = tuple[Reason, int, int, int]
 
 
 class ReferenceEngine:
@@ -565,6 +682,7 @@ class ReferenceEngine:
         if int(ct_capacity) < 1:
             raise ValueError(f"ct_capacity must be >= 1, got {ct_capacity}")
         self._ct = _Conntrack(int(ct_capacity))
+        self._affinity = _Affinity(int(ct_capacity))
         seconds = {**DEFAULT_TIMEOUTS_S, **(timeouts_s or {})}
         self._timeout_ns = {
             state: int(seconds[name] * _SECOND_NS) for state, name in CT_TIMEOUT_KEYS.items()
@@ -572,6 +690,8 @@ class ReferenceEngine:
         self._verdict_counts = [0] * len(Verdict)
         self._reason_counts = [0] * len(Reason)
         self._ct_counts = dict.fromkeys(CT_COUNTER_NAMES, 0)
+        self._affinity_counts = dict.fromkeys(AFFINITY_COUNTER_NAMES, 0)
+        self._maps: Maps | None = None
         self._service_counts: list[int] = []
         self._backend_counts: list[int] = []
         self.load(maps)
@@ -579,19 +699,62 @@ class ReferenceEngine:
     # -- maps ------------------------------------------------------------------------------------
 
     def load(self, maps: Maps) -> None:
-        """Replace frontends/services/backends; conntrack and all counters are kept.
+        """Replace frontends/services/backends (see "load(maps)" in the module docstring).
 
-        Per-service/per-backend counters are indexed by id: they grow with zeros or shrink to the
-        new number of services/backends.
+        Conntrack and affinity entries and all counters are kept; per-id state follows the ids
+        by name. Raises ValueError (before changing anything) for a prefix length outside 0..32.
         """
-        frontends: dict[tuple[int, int, int], int] = {}
-        for index, frontend in enumerate(maps.frontends):
-            # The first frontend listed for a key wins.
-            frontends.setdefault((frontend.ip, frontend.port, frontend.proto), index)
+        for frontend in maps.frontends:
+            _check_prefixes(frontend.source_ranges, f"frontend {frontend}: source_ranges")
+        _check_prefixes(maps.node.pod_cidrs, "node.pod_cidrs")
+
+        old = self._maps
+        if old is None:
+            service_map = backend_map = [0]
+        else:
+            service_map = _id_mapping([s.name for s in old.services], [s.name for s in maps.services])
+            backend_map = _id_mapping([(b.ip, b.port) for b in old.backends],
+                                      [(b.ip, b.port) for b in maps.backends])
+        self._service_counts = _remapped_counts(self._service_counts, service_map, len(maps.services))
+        self._backend_counts = _remapped_counts(self._backend_counts, backend_map, len(maps.backends))
+
+        # Conntrack entries follow the ids (their tuples, and so their translation, stay).
+        for entry in self._ct.lru.values():
+            entry.service = service_map[entry.service] if entry.service < len(service_map) else 0
+            entry.backend = backend_map[entry.backend] if entry.backend < len(backend_map) else 0
+
+        # Affinity entries follow the ids; those of vanished services go; on a key collision the
+        # more recently used entry stays (iteration is least recently used first).
+        remapped: OrderedDict[tuple[int, int], AffinityEntry] = OrderedDict()
+        for sticky in self._affinity.lru.values():
+            sticky.service = service_map[sticky.service] if sticky.service < len(service_map) else 0
+            sticky.backend = backend_map[sticky.backend] if sticky.backend < len(backend_map) else 0
+            if sticky.service == 0:
+                continue
+            key = (sticky.client, sticky.service)
+            remapped.pop(key, None)
+            remapped[key] = sticky
+        self._affinity.lru = remapped
+
+        frontends: dict[tuple[int, int, int], Any] = {}
+        for frontend in maps.frontends:
+            frontends.setdefault((frontend.ip, frontend.port, frontend.proto), frontend)
         self._maps = maps
         self._frontends = frontends
-        self._service_counts = _resized(self._service_counts, len(maps.services))
-        self._backend_counts = _resized(self._backend_counts, len(maps.backends))
+        self._service_ips = frozenset(maps.node.service_ips)
+        self._local_ips = frozenset(maps.node.local_ips)
+
+        # UDP flows whose backend is not serving any more select again on their next packet.
+        serving = [
+            frozenset((maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in service.serving)
+            for service in maps.services
+        ]
+        for entry in list(self._ct.lru.values()):
+            if entry.orig[4] != PROTO_UDP:
+                continue
+            if entry.service == 0 or (entry.reply[0], entry.reply[2]) not in serving[entry.service - 1]:
+                self._ct.delete(entry)
+                self._ct_counts["flushed"] += 1
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -604,11 +767,15 @@ class ReferenceEngine:
         verdicts: Any,
         reasons: Any,
         linktype: int,
+        services: Any = None,
+        backends: Any = None,
+        flags: Any = None,
     ) -> None:
         """Process one batch in place (see "Batch interface" in the module docstring).
 
-        The batch size is len(offsets); the other arrays must have the same length and every
-        packet must lie inside buf, else ValueError before any packet is processed.
+        The batch size is len(offsets); the other arrays (the trace arrays when given) must have
+        the same length and every packet must lie inside buf, else ValueError before any packet
+        is processed.
         """
         data = _writable_bytes(buf)
         offsets_v = memoryview(offsets)
@@ -616,16 +783,23 @@ class ReferenceEngine:
         stamps_v = memoryview(timestamps_ns)
         verdicts_v = memoryview(verdicts)
         reasons_v = memoryview(reasons)
-        if verdicts_v.readonly or reasons_v.readonly:
-            raise TypeError("process: verdicts and reasons must be writable")
+        trace = [None if t is None else memoryview(t) for t in (services, backends, flags)]
+        services_v, backends_v, flags_v = trace
+        for name, view in (("verdicts", verdicts_v), ("reasons", reasons_v), ("services", services_v),
+                           ("backends", backends_v), ("flags", flags_v)):
+            if view is not None and view.readonly:
+                raise TypeError(f"process: {name} must be writable")
         count = len(offsets_v)
         for name, view in (
             ("lengths", lengths_v),
             ("timestamps_ns", stamps_v),
             ("verdicts", verdicts_v),
             ("reasons", reasons_v),
+            ("services", services_v),
+            ("backends", backends_v),
+            ("flags", flags_v),
         ):
-            if len(view) != count:
+            if view is not None and len(view) != count:
                 raise ValueError(f"process: {name} has {len(view)} items, offsets has {count}")
         size = len(data)
         for i in range(count):
@@ -639,26 +813,44 @@ class ReferenceEngine:
             # A zero-copy view of exactly the packet's captured bytes: writes go to buf, and
             # a read outside the packet would raise IndexError instead of going unnoticed.
             packet = data[start : start + lengths_v[i]]
-            reason = self._process_one(packet, stamps_v[i], linktype)
+            reason, service_id, backend_id, trace_flags = self._process_one(packet, stamps_v[i], linktype)
             verdict = VERDICT_OF_REASON[reason]
             verdicts_v[i] = int(verdict)
             reasons_v[i] = int(reason)
+            if services_v is not None:
+                services_v[i] = service_id
+            if backends_v is not None:
+                backends_v[i] = backend_id
+            if flags_v is not None:
+                flags_v[i] = trace_flags
             self._verdict_counts[verdict] += 1
             self._reason_counts[reason] += 1
+            # Per-id counters follow the trace (translated packets are the only ones with a backend).
+            if service_id:
+                self._service_counts[service_id - 1] += 1
+            if backend_id:
+                self._backend_counts[backend_id - 1] += 1
 
     def process_packet(self, data: bytes, ts_ns: int, linktype: int = 1) -> tuple[Verdict, Reason, bytes]:
         """Process one packet; returns (verdict, reason, the packet's bytes after rewriting)."""
-        buf = bytearray(data)
-        verdicts = array("B", [0])
-        reasons = array("B", [0])
-        offsets, lengths, stamps = array("Q", [0]), array("I", [len(buf)]), array("Q", [ts_ns])
-        self.process(buf, offsets, lengths, stamps, verdicts, reasons, linktype)
-        return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf)
+        verdict, reason, out, _ = self.trace_packet(data, ts_ns, linktype)
+        return verdict, reason, out
 
-    def _process_one(self, buf: memoryview, ts: int, linktype: int) -> Reason:
+    def trace_packet(
+        self, data: bytes, ts_ns: int, linktype: int = 1
+    ) -> tuple[Verdict, Reason, bytes, tuple[int, int, int]]:
+        """Twin only: like process_packet, plus the trace (service id, backend id, flags)."""
+        buf = bytearray(data)
+        verdicts, reasons = array("B", [0]), array("B", [0])
+        services, backends, flags = array("I", [0]), array("I", [0]), array("B", [0])
+        offsets, lengths, stamps = array("Q", [0]), array("I", [len(buf)]), array("Q", [ts_ns])
+        self.process(buf, offsets, lengths, stamps, verdicts, reasons, linktype, services, backends, flags)
+        return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf), (services[0], backends[0], flags[0])
+
+    def _process_one(self, buf: memoryview, ts: int, linktype: int) -> _Outcome:
         parsed = _parse(buf, linktype)
         if isinstance(parsed, Reason):
-            return parsed
+            return parsed, 0, 0, 0
         p = parsed
         key: Tuple5 = (p.saddr, p.daddr, p.sport, p.dport, p.proto)
         is_tcp = p.proto == PROTO_TCP
@@ -689,24 +881,98 @@ class ReferenceEngine:
                     entry.state = CT_CLOSING
                 elif is_reply and entry.state == CT_SYN_SENT:
                     entry.state = CT_ESTABLISHED
-            self._count_flow(entry.service, entry.backend)
+            masq = entry.masqueraded
+            trace_flags = entry.kind | (TRACE_MASQUERADED if masq else 0)
+            client_ip, frontend_ip, client_port, frontend_port, _ = entry.orig
             if is_reply:
-                _rewrite(buf, p, dst=False, new_ip=entry.orig[1], new_port=entry.orig[3])
-                return Reason.CT_REPLY
-            _rewrite(buf, p, dst=True, new_ip=entry.reply[0], new_port=entry.reply[2])
-            return Reason.CT_ESTABLISHED
+                _rewrite(buf, p, dst=(client_ip, client_port) if masq else None,
+                         src=(frontend_ip, frontend_port))
+                return Reason.CT_REPLY, entry.service, entry.backend, trace_flags
+            backend_ip, snat_ip, backend_port, snat_port, _ = entry.reply
+            _rewrite(buf, p, dst=(backend_ip, backend_port), src=(snat_ip, snat_port) if masq else None)
+            return Reason.CT_ESTABLISHED, entry.service, entry.backend, trace_flags
 
-        # 5. New flow: frontend lookup and backend selection.
-        frontend_index = self._frontends.get((p.daddr, p.dport, p.proto))
-        if frontend_index is None:
-            return Reason.PASS_NO_SERVICE
-        service_id = self._maps.frontends[frontend_index].service
-        service = self._maps.services[service_id - 1]
+        # 5. New flow.
+        return self._new_flow(buf, p, key, ts, pure_syn, fin_or_rst)
+
+    def _new_flow(
+        self, buf: memoryview, p: _Parsed, key: Tuple5, ts: int, pure_syn: bool, fin_or_rst: bool
+    ) -> _Outcome:
+        """Steps a-j of "New flows" in the module docstring."""
+        maps = self._maps
+        assert maps is not None
+        node = maps.node
+        is_tcp = p.proto == PROTO_TCP
+
+        # a. Frontend lookup.
+        frontend = self._frontends.get((p.daddr, p.dport, p.proto))
+        if frontend is None:
+            if p.daddr in self._service_ips:
+                return Reason.REJECT_UNKNOWN_PORT, 0, 0, 0
+            return Reason.PASS_NO_SERVICE, 0, 0, 0
+        service_id = frontend.service
+        service = maps.services[service_id - 1]
+        kind = int(FrontendKind[frontend.kind])
+
+        # b. loadBalancerSourceRanges.
+        if frontend.source_ranges and not _in_any_prefix(p.saddr, frontend.source_ranges):
+            return Reason.DROP_SOURCE_RANGE, service_id, 0, kind
+        # c. No usable endpoint anywhere.
         if not service.backends:
-            self._count_service(service_id)
-            return Reason.DROP_NO_BACKEND
-        backend_id = select_backend(service.backends, *key)
-        backend = self._maps.backends[backend_id - 1]
+            return Reason.REJECT_NO_ENDPOINT, service_id, 0, kind
+
+        # d. Source class, then which set and whether to masquerade.
+        if _in_any_prefix(p.saddr, node.pod_cidrs):
+            source = SOURCE_POD
+        elif p.saddr in self._local_ips:
+            source = SOURCE_NODE
+        else:
+            source = SOURCE_OTHER
+        candidates: tuple[int, ...]
+        if kind == FrontendKind.ClusterIP:
+            candidates = service.local_backends if frontend.local_policy else service.backends
+            masq = node.masquerade_all or (bool(node.pod_cidrs) and source != SOURCE_POD)
+        elif not frontend.local_policy:
+            candidates, masq = service.backends, True
+        elif source == SOURCE_POD:
+            candidates, masq = service.backends, False
+        elif source == SOURCE_NODE:
+            candidates, masq = service.backends, True
+        else:
+            candidates, masq = service.local_backends, False
+        if not candidates:
+            return Reason.DROP_NO_LOCAL_ENDPOINT, service_id, 0, kind
+
+        # e. Backend selection (session affinity first).
+        backend_id = self._select(service, candidates, key, ts)
+        backend = maps.backends[backend_id - 1]
+        # f. Hairpin.
+        if backend.ip == p.saddr:
+            masq = True
+        # g. Nothing to masquerade to.
+        if masq and node.primary_ip == 0:
+            masq = False
+            self._ct_counts["snat_unavailable"] += 1
+
+        # h. SNAT port.
+        ct = self._ct
+        insert = True
+        if masq:
+            snat_ip, snat_port = node.primary_ip, p.sport
+            for attempt in range(SNAT_TRIES):
+                if not ct.present((backend.ip, snat_ip, backend.port, snat_port, p.proto)):
+                    break
+                if attempt == SNAT_TRIES - 1:
+                    self._ct_counts["snat_failures"] += 1
+                    insert = False
+                else:
+                    snat_port = next_snat_port(snat_port)
+            reply: Tuple5 = (backend.ip, snat_ip, backend.port, snat_port, p.proto)
+        else:
+            snat_ip = snat_port = 0
+            reply = (backend.ip, p.saddr, backend.port, p.sport, p.proto)
+
+        # i. Conntrack entry.
         if is_tcp and not pure_syn:
             self._ct_counts["non_syn_miss"] += 1
         if not is_tcp:
@@ -717,39 +983,66 @@ class ReferenceEngine:
             state = CT_SYN_SENT
         else:
             state = CT_ESTABLISHED
-        reply: Tuple5 = (backend.ip, p.saddr, backend.port, p.sport, p.proto)
-        if ct.collides(reply):
-            # Checked before eviction: a failed insert evicts nothing.
-            self._ct_counts["insert_failures"] += 1
-        else:
-            if len(ct) >= ct.capacity:
-                ct.evict_lru()
-                self._ct_counts["evictions"] += 1
-            ct.insert(
-                ConntrackEntry(
-                    orig=key,
-                    reply=reply,
-                    frontend=frontend_index,
-                    backend=backend_id,
-                    service=service_id,
-                    state=state,
-                    last_seen_ns=ts,
+        if insert:
+            if not masq and ct.present(reply):
+                # Checked before eviction: a failed insert evicts nothing.
+                self._ct_counts["insert_failures"] += 1
+            else:
+                if len(ct) >= ct.capacity:
+                    ct.evict_lru()
+                    self._ct_counts["evictions"] += 1
+                ct.insert(
+                    ConntrackEntry(
+                        orig=key,
+                        reply=reply,
+                        snat_ip=snat_ip,
+                        snat_port=snat_port,
+                        kind=kind,
+                        service=service_id,
+                        backend=backend_id,
+                        state=state,
+                        last_seen_ns=ts,
+                    )
                 )
-            )
-            self._ct_counts["inserts"] += 1
-        self._count_flow(service_id, backend_id)
-        _rewrite(buf, p, dst=True, new_ip=backend.ip, new_port=backend.port)
-        return Reason.NEW_FLOW
+                self._ct_counts["inserts"] += 1
 
-    def _count_service(self, service_id: int) -> None:
-        # An entry created before load() may name an id the current maps no longer have.
-        if 1 <= service_id <= len(self._service_counts):
-            self._service_counts[service_id - 1] += 1
+        # j. DNAT (+ SNAT).
+        _rewrite(buf, p, dst=(backend.ip, backend.port), src=(snat_ip, snat_port) if masq else None)
+        return Reason.NEW_FLOW, service_id, backend_id, kind | (TRACE_MASQUERADED if masq else 0)
 
-    def _count_flow(self, service_id: int, backend_id: int) -> None:
-        self._count_service(service_id)
-        if 1 <= backend_id <= len(self._backend_counts):
-            self._backend_counts[backend_id - 1] += 1
+    def _select(self, service: Service, candidates: Sequence[int], key: Tuple5, ts: int) -> int:
+        """Step e: the backend id a new flow goes to, and the affinity table's update."""
+        if service.affinity_timeout_s <= 0:
+            return select_backend(candidates, *key)
+        maps = self._maps
+        assert maps is not None
+        table = self._affinity
+        affinity_key = (key[0], service.id)
+        entry = table.lru.get(affinity_key)
+        if entry is not None and ts - entry.last_used_ns > service.affinity_timeout_s * _SECOND_NS:
+            del table.lru[affinity_key]
+            self._affinity_counts["expired"] += 1
+            entry = None
+        chosen = 0
+        if entry is not None and entry.backend:
+            remembered = maps.backends[entry.backend - 1]
+            for candidate in candidates:
+                b = maps.backends[candidate - 1]
+                if (b.ip, b.port) == (remembered.ip, remembered.port):
+                    chosen = candidate
+                    break
+        if not chosen:
+            chosen = select_backend(candidates, *key)
+        if entry is not None:
+            entry.backend = chosen
+            entry.last_used_ns = ts
+            table.lru.move_to_end(affinity_key)
+        else:
+            if len(table) >= table.capacity:
+                table.lru.popitem(last=False)
+                self._affinity_counts["evictions"] += 1
+            table.lru[affinity_key] = AffinityEntry(key[0], service.id, chosen, ts)
+        return chosen
 
     # -- observation -----------------------------------------------------------------------------
 
@@ -757,21 +1050,21 @@ class ReferenceEngine:
         """All counters (see "Counters" in the module docstring); a fresh dict each call."""
         conntrack = dict(self._ct_counts)
         conntrack["entries"] = len(self._ct)
+        affinity = dict(self._affinity_counts)
+        affinity["entries"] = len(self._affinity)
         return {
             "verdicts": {v.name: self._verdict_counts[v] for v in Verdict},
             "reasons": {r.name: self._reason_counts[r] for r in Reason},
             "services": list(self._service_counts),
             "backends": list(self._backend_counts),
             "conntrack": conntrack,
+            "affinity": affinity,
         }
 
     def conntrack_entries(self) -> list[ConntrackEntry]:
         """Twin only (for tests): copies of the entries, least recently used first."""
-        return [
-            ConntrackEntry(e.orig, e.reply, e.frontend, e.backend, e.service, e.state, e.last_seen_ns)
-            for e in self._ct.lru.values()
-        ]
+        return [replace(e) for e in self._ct.lru.values()]
 
-
-def _resized(counts: list[int], size: int) -> list[int]:
-    return (counts + [0] * size)[:size]
+    def affinity_entries(self) -> list[AffinityEntry]:
+        """Twin only (for tests): copies of the affinity entries, least recently used first."""
+        return [replace(e) for e in self._affinity.lru.values()]
