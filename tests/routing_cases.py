@@ -1,0 +1,1240 @@
+"""The routing scenarios: what a node's kube-proxy (nftables mode) does, as rows of data.
+
+Each `Case` is one scenario: cluster objects shaped like `kubectl get -o json` output (built by
+the small helpers below), the node the dataplane runs as, and the traffic: groups of flows from a
+source to a destination, each with the outcome kube-proxy would give them, with cluster updates
+(`Update`) and clock jumps (`Wait`) in between. tests/test_routing.py replays the traffic through
+fastpath and checks the output capture against these rows.
+
+Every case names the rules of /work/shared/kube-proxy-rules.md it exercises (`RULES` below);
+`python tests/routing_cases.py` prints how many scenarios cover each rule.
+
+The cluster used throughout (unless a row says otherwise):
+
+    node-a  192.168.0.10 (InternalIP, primary), 198.18.0.10 (ExternalIP)  zone-a  pods 10.244.1.0/24
+    node-b  192.168.0.11                                                   zone-b  pods 10.244.2.0/24
+    node-c  192.168.0.12                                                   zone-a  pods 10.244.3.0/24
+    kube-proxy: clusterCIDR 10.244.0.0/16, nodePortAddresses unset (the primary IP)
+
+The dataplane runs as node-a; E1 is a pod on node-a, E2 on node-b, E3 on node-c.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+# --------------------------------------------------------------------------------- addresses
+
+NODE_A = "192.168.0.10"  # node-a's primary IP: SNAT address and default NodePort address
+NODE_A_EXT = "198.18.0.10"  # node-a's ExternalIP: a node-local address, not a NodePort address
+NODE_B = "192.168.0.11"
+NODE_C = "192.168.0.12"
+CLUSTER_CIDR = "10.244.0.0/16"
+
+POD = "10.244.1.100"  # a client pod on node-a
+POD_B = "10.244.2.100"  # a client pod on node-b
+EXT = "203.0.113.7"  # an external client
+OUTSIDER = "198.18.99.9"  # an external client outside every loadBalancerSourceRanges below
+
+E1 = "10.244.1.5"  # endpoint pod on node-a (local)
+E2 = "10.244.2.5"  # endpoint pod on node-b
+E3 = "10.244.3.5"  # endpoint pod on node-c (same zone as node-a)
+E4 = "10.244.2.6"  # another endpoint pod on node-b
+E5 = "10.244.1.6"  # another endpoint pod on node-a
+
+VIP = "10.96.0.10"  # ClusterIP of most services
+LB = "198.51.100.1"  # load-balancer ingress IP
+LB2 = "198.51.100.2"
+XIP = "192.0.2.10"  # an external IP (spec.externalIPs)
+NP = 30080  # nodePort
+
+ZONES = {"node-a": "zone-a", "node-b": "zone-b", "node-c": "zone-a"}
+
+
+def at(port: int, *ips: str) -> frozenset[str]:
+    """Endpoints as "ip:port" strings."""
+    return frozenset(f"{ip}:{port}" for ip in ips)
+
+
+def clients(prefix: str, first: int, count: int) -> tuple[str, ...]:
+    """`count` client addresses: prefix + first, prefix + first + 1, ..."""
+    return tuple(f"{prefix}{n}" for n in range(first, first + count))
+
+
+# --------------------------------------------------------------------------------- objects
+
+
+def node(name: str, ip: str, *, zone: str | None = None, pod_cidr: str | None = None,
+         external_ip: str | None = None) -> dict:
+    addresses = [{"type": "InternalIP", "address": ip}]
+    if external_ip:
+        addresses.append({"type": "ExternalIP", "address": external_ip})
+    addresses.append({"type": "Hostname", "address": name})
+    metadata: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/hostname": name}}
+    if zone:
+        metadata["labels"]["topology.kubernetes.io/zone"] = zone
+    spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": metadata, "spec": spec,
+            "status": {"addresses": addresses}}
+
+
+def proxy_config(*, cluster_cidr: str | None = CLUSTER_CIDR, masquerade_all: bool | None = None,
+                 node_port_addresses: list[str] | None = None, detect_local_mode: str | None = None) -> dict:
+    config: dict[str, Any] = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                              "kind": "KubeProxyConfiguration", "mode": "nftables"}
+    if cluster_cidr is not None:
+        config["clusterCIDR"] = cluster_cidr
+    if masquerade_all is not None:
+        config["masqueradeAll"] = masquerade_all
+    if node_port_addresses is not None:
+        config["nodePortAddresses"] = node_port_addresses
+    if detect_local_mode is not None:
+        config["detectLocalMode"] = detect_local_mode
+    return config
+
+
+def port(number: int, *, name: str = "", proto: str = "TCP", target: int | str | None = None,
+         node_port: int | None = None) -> dict:
+    entry: dict[str, Any] = {"port": number, "protocol": proto, "targetPort": number if target is None else target}
+    if name:
+        entry["name"] = name
+    if node_port is not None:
+        entry["nodePort"] = node_port
+    return entry
+
+
+def ingress(ip: str | None = None, *, mode: str | None = None, hostname: str | None = None) -> dict:
+    entry: dict[str, Any] = {}
+    if ip is not None:
+        entry["ip"] = ip
+    if hostname is not None:
+        entry["hostname"] = hostname
+    if mode is not None:
+        entry["ipMode"] = mode
+    return entry
+
+
+def svc(name: str, *ports: dict, ns: str = "default", type: str = "ClusterIP", ip: str | None = None,
+        ips: list[str] | None = None, selector: dict | None = None, external_ips: list[str] | None = None,
+        lb: list[dict | str] | None = None, lb_ip: str | None = None, ranges: list[str] | None = None,
+        etp: str | None = None, itp: str | None = None, affinity: bool | int = False,
+        external_name: str | None = None, publish_not_ready: bool | None = None) -> dict:
+    """A Service. `ip="None"` makes it headless; `affinity=True` is ClientIP with the default
+    timeout, an int is ClientIP with that timeoutSeconds."""
+    spec: dict[str, Any] = {"type": type, "ports": list(ports)}
+    if ip is not None:
+        spec["clusterIP"] = ip
+        spec["clusterIPs"] = ips if ips is not None else [ip]
+    if selector is not None:
+        spec["selector"] = selector
+    if external_ips is not None:
+        spec["externalIPs"] = external_ips
+    if lb_ip is not None:
+        spec["loadBalancerIP"] = lb_ip
+    if ranges is not None:
+        spec["loadBalancerSourceRanges"] = ranges
+    if etp is not None:
+        spec["externalTrafficPolicy"] = etp
+    if itp is not None:
+        spec["internalTrafficPolicy"] = itp
+    if affinity is not False:
+        spec["sessionAffinity"] = "ClientIP"
+        if affinity is not True:
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": affinity}}
+    if external_name is not None:
+        spec["externalName"] = external_name
+    if publish_not_ready is not None:
+        spec["publishNotReadyAddresses"] = publish_not_ready
+    status: dict[str, Any] = {"loadBalancer": {}}
+    if lb:
+        status["loadBalancer"]["ingress"] = [ingress(e) if isinstance(e, str) else e for e in lb]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": spec, "status": status}
+
+
+def eport(number: int | None, *, name: str = "", proto: str = "TCP") -> dict:
+    """An EndpointSlice port (number None: the slice leaves the port unset)."""
+    return {"name": name, "port": number, "protocol": proto}
+
+
+def ep(ip: str, node_name: str | None = None, *, ready: bool | None = None, serving: bool | None = None,
+       terminating: bool | None = None, zones: list[str] | None = None, for_nodes: list[str] | None = None,
+       addresses: list[str] | None = None, conditions: bool = True) -> dict:
+    """An EndpointSlice endpoint; conditions left None are left out (the API's "absent")."""
+    entry: dict[str, Any] = {"addresses": addresses if addresses is not None else [ip]}
+    if conditions:
+        written = {key: value for key, value in
+                   (("ready", ready), ("serving", serving), ("terminating", terminating)) if value is not None}
+        entry["conditions"] = written
+    if node_name is not None:
+        entry["nodeName"] = node_name
+        if node_name in ZONES:
+            entry["zone"] = ZONES[node_name]
+    hints: dict[str, Any] = {}
+    if zones is not None:
+        hints["forZones"] = [{"name": zone} for zone in zones]
+    if for_nodes is not None:
+        hints["forNodes"] = [{"name": name} for name in for_nodes]
+    if hints:
+        entry["hints"] = hints
+    entry["targetRef"] = {"kind": "Pod", "namespace": "default", "name": "pod-" + ip.replace(".", "-")}
+    return entry
+
+
+def terminating(ip: str, node_name: str | None = None, *, serving: bool = True, **hints: Any) -> dict:
+    """An endpoint of a pod being deleted (not ready; serving while it still passes its probe)."""
+    return ep(ip, node_name, ready=False, serving=serving, terminating=True, **hints)
+
+
+def not_ready(ip: str, node_name: str | None = None) -> dict:
+    return ep(ip, node_name, ready=False, serving=False, terminating=False)
+
+
+def slice(service: str, *endpoints: dict, ports: tuple[dict, ...] = (eport(8080),), name: str | None = None,
+          ns: str = "default", family: str = "IPv4") -> dict:
+    """An EndpointSlice of `service` (label kubernetes.io/service-name)."""
+    if name is None:
+        digest = zlib.crc32(json.dumps([endpoints, ports, family], sort_keys=True).encode())
+        name = f"{service}-{digest:08x}"
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": family, "ports": list(ports), "endpoints": list(endpoints)}
+
+
+def pod(name: str, ip: str | None, node_name: str, *, labels: dict | None = None, ready: bool = True,
+        ports: tuple[tuple[str, int, str], ...] = (), deleting: bool = False, ns: str = "default") -> dict:
+    """A running Pod; ports are (name, containerPort, protocol) of its container."""
+    metadata: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels if labels is not None else {"app": "web"}}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {"phase": "Running",
+                              "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if ip is not None:
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": ip}]
+    container = {"name": "app", "image": "example/app:1",
+                 "ports": [{"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"nodeName": node_name, "containers": [container]}, "status": status}
+
+
+NODES = (
+    node("node-a", NODE_A, zone="zone-a", pod_cidr="10.244.1.0/24", external_ip=NODE_A_EXT),
+    node("node-b", NODE_B, zone="zone-b", pod_cidr="10.244.2.0/24"),
+    node("node-c", NODE_C, zone="zone-a", pod_cidr="10.244.3.0/24"),
+)
+
+
+def cluster(*objects: dict, config: dict | None = None, nodes: tuple[dict, ...] = NODES) -> tuple[dict, ...]:
+    """The standard nodes and kube-proxy configuration plus `objects`."""
+    return (*nodes, config if config is not None else proxy_config(), *objects)
+
+
+# --------------------------------------------------------------------------------- expectations
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Every flow is DNATed to one of `endpoints`, and over the group exactly that set is reached.
+
+    masq: True -> the output source is the node's primary IP; False -> the client's address and
+    port are kept; "hairpin" -> masqueraded exactly when the chosen endpoint is the client itself.
+    per_client: every client sticks to one endpoint over the group (ClientIP session affinity).
+    keep: label of an earlier group with the same flows: a flow whose endpoint then is still in
+      `endpoints` keeps it (conntrack).
+    clients_keep: label of an earlier group: a client whose endpoint then is still in `endpoints`
+      keeps it (affinity). clients_change: label of an earlier group: some client's endpoint
+      differs (the affinity entry expired).
+    Replies from the chosen endpoints are checked to come back from the frontend to the client.
+    """
+
+    endpoints: frozenset[str]
+    masq: bool | str = False
+    per_client: bool = False
+    keep: str | None = None
+    clients_keep: str | None = None
+    clients_change: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Packet absent; in its place an ICMP port unreachable from the address the client used,
+    quoting the original packet."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Packet absent and no reply."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Packet out byte-identical."""
+
+
+Expect = Reach | Reject | Drop | Pass
+REJECT, DROP, PASS = Reject(), Drop(), Pass()
+
+
+def reach(endpoints: frozenset[str], masq: bool | str = False, **checks: Any) -> Reach:
+    return Reach(frozenset(endpoints), masq, **checks)
+
+
+# --------------------------------------------------------------------------------- traffic
+
+
+@dataclass(frozen=True)
+class Flows:
+    """`n` flows (each one packet, random source ports) from `src` (clients used in turn) to
+    dst:dport/proto. With `again`, the same flows (5-tuples) as that earlier group are continued
+    (TCP: ACK instead of SYN)."""
+
+    label: str
+    src: tuple[str, ...]
+    dst: str
+    dport: int
+    proto: str  # "TCP", "UDP", "ICMP" (echo request) or "ARP"
+    n: int
+    expect: Expect
+    again: str | None = None
+    sport: int | None = None  # every flow from this source port (clients must then differ)
+
+
+@dataclass(frozen=True)
+class Update:
+    """Dataplane.update() with these objects between captures."""
+
+    objects: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The packet clock jumps forward."""
+
+    seconds: float
+
+
+Step = Flows | Update | Wait
+
+
+def default_count(expect: Expect, sources: int) -> int:
+    if isinstance(expect, Reach):
+        if expect.per_client:
+            return 5 * sources
+        return 200 if len(expect.endpoints) > 1 else 24
+    return 6
+
+
+def flows(src: str | tuple[str, ...], dst: str, dport: int, expect: Expect, *, proto: str = "TCP",
+          n: int | None = None, label: str | None = None, sport: int | None = None) -> Flows:
+    sources = (src,) if isinstance(src, str) else tuple(src)
+    count = n or (len(sources) if sport is not None else default_count(expect, len(sources)))
+    return Flows(label or "", sources, dst, dport, proto, count, expect, sport=sport)
+
+
+def udp(src: str | tuple[str, ...], dst: str, dport: int, expect: Expect, **kw: Any) -> Flows:
+    return flows(src, dst, dport, expect, proto="UDP", **kw)
+
+
+def again(of: str, expect: Expect, *, label: str | None = None) -> Flows:
+    """Continue the flows of group `of` (source, destination and protocol come from it)."""
+    return Flows(label or "", (), "", 0, "", 0, expect, again=of)
+
+
+# --------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    rules: tuple[str, ...]
+    objects: tuple[dict, ...]
+    traffic: tuple[Step, ...]
+    node: str = "node-a"
+    snat: str = NODE_A  # the node's primary IP: where masqueraded flows come from
+
+    def __post_init__(self) -> None:
+        labelled = []
+        for index, step in enumerate(self.traffic):
+            if isinstance(step, Flows) and not step.label:
+                step = replace(step, label=f"g{index}")
+            labelled.append(step)
+        object.__setattr__(self, "traffic", tuple(labelled))
+        unknown = set(self.rules) - set(RULES)
+        if unknown:
+            raise ValueError(f"case {self.id}: unknown rules {sorted(unknown)}")
+
+
+def case(id: str, rules: str, objects: tuple[dict, ...], *traffic: Step, **kw: Any) -> Case:
+    return Case(id, tuple(rules.split()), tuple(objects), tuple(traffic), **kw)
+
+
+RULES = {
+    # Node view
+    "node.addresses": "node addresses from status.addresses; SNAT to the node's primary IP",
+    "node.local-detect": "clusterCIDR (or detectLocal) decides which sources are pod traffic",
+    "node.nodeport-addresses": "nodePortAddresses: default/primary = primary IP; CIDRs narrow to local IPs",
+    "node.masquerade-all": "masqueradeAll",
+    # Service ports
+    "port.protocols": "TCP, UDP (and SCTP) on the same number are independent service ports",
+    "port.no-entries": "headless and ExternalName services get no dataplane entries",
+    "frontend.cluster-ips": "ClusterIP(s), dual-stack clusterIPs",
+    "frontend.external-ips": "externalIPs are frontends",
+    "frontend.lb-ingress": "LB ingress IPs with ipMode unset/VIP; Proxy and spec.loadBalancerIP alone are not",
+    "frontend.node-port": "nodePort on every NodePort address of the node",
+    "addr.leading-zeros": "IPs with leading zeros are decimal",
+    "endpoint.port-match": "endpoint port from the slice port with the service port's name and protocol",
+    "endpoint.slice-label": "slices belong to a service through kubernetes.io/service-name",
+    "endpoint.first-address": "only the first address of an endpoint counts",
+    "endpoint.duplicate-ip": "two endpoints with one IP: the non-terminating one wins",
+    "endpoint.pods": "with Pods as input, endpoints from the selector; named targetPort per pod",
+    # Endpoint conditions
+    "cond.meaning": "ready/serving absent = true; terminating = true only when set",
+    "cond.local": "local = nodeName equals this node; unset nodeName is remote",
+    "set.cluster": "cluster set: ready, else serving+terminating (unfiltered)",
+    "set.local": "local set: local ready, else local serving+terminating; decided independently",
+    "topology.zone": "zone hints narrow the cluster set when every ready endpoint has one and one fits",
+    "topology.node": "node hints narrow first, the same way",
+    "topology.local-ignores": "the local set ignores hints",
+    # Verdicts
+    "verdict.reject-no-endpoint": "no usable endpoint: REJECT with ICMP port unreachable on every frontend",
+    "verdict.itp-local-drop": "internalTrafficPolicy Local without local endpoint: ClusterIP traffic DROPped",
+    "verdict.etp-local-drop": "externalTrafficPolicy Local without local endpoint: external traffic DROPped",
+    "verdict.unknown-port": "ClusterIP on a port/protocol the service lacks: REJECT",
+    "verdict.source-ranges": "loadBalancerSourceRanges on LB IPs (whitespace, /0, other family, node IP rule)",
+    "verdict.pass": "anything not addressed to a frontend passes untouched",
+    # Set and masquerade
+    "masq.cluster-ip": "ClusterIP: masquerade non-pod sources (with clusterCIDR) or with masqueradeAll",
+    "masq.external-cluster": "external IP / LB IP / NodePort with ETP Cluster: cluster set, always masquerade",
+    "masq.etp-local": "ETP Local: pods -> cluster set unmasqueraded, node -> cluster set masqueraded, "
+                      "others -> local set with the client IP kept",
+    "masq.hairpin": "hairpin: the endpoint is the source itself -> masquerade",
+    # Session affinity
+    "affinity.client-ip": "ClientIP affinity: one endpoint per client IP per service port",
+    "affinity.timeout": "timeoutSeconds (default 10800), refreshed on use",
+    "affinity.shared": "affinity shared by all frontends of the service port",
+    "affinity.in-set": "an affinity entry only counts while its endpoint is in the set",
+    # Conntrack
+    "ct.reply": "replies are translated back from the frontend to the client",
+    "ct.udp-reselect": "UDP flows to an endpoint no longer serving select again after an update",
+    "ct.tcp-keep": "TCP flows keep their endpoint (terminating ones drain)",
+    "ct.no-endpoint-cleared": "flows seen while a service had no endpoints do not stick",
+}
+
+# Frequently used objects.
+WEB = svc("web", port(80, target=8080), ip=VIP)
+WEB_SLICE = slice("web", ep(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"))
+ALL3 = at(8080, E1, E2, E3)
+DNS = svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53")
+DNS_SLICE = slice("dns", ep(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"),
+                  ports=(eport(5353, name="dns", proto="UDP"),))
+
+
+def nodeport(name: str = "np", *, ip: str = "10.96.0.30", node_port: int = NP, proto: str = "TCP",
+             **kw: Any) -> dict:
+    return svc(name, port(80, target=8080, node_port=node_port, proto=proto), type="NodePort", ip=ip, **kw)
+
+
+def loadbalancer(name: str = "lb", *, ip: str = "10.96.0.40", lb: list | None = None, **kw: Any) -> dict:
+    return svc(name, port(80, target=8080, node_port=30040), type="LoadBalancer", ip=ip,
+               lb=[LB] if lb is None else lb, **kw)
+
+
+def three(service: str, **kw: Any) -> dict:
+    """The standard E1 (local), E2, E3 slice for `service`."""
+    return slice(service, ep(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"), **kw)
+
+
+def remote_only(service: str) -> dict:
+    return slice(service, ep(E2, "node-b"), ep(E3, "node-c"))
+
+
+PODS_A = clients("10.244.1.", 101, 40)  # 40 client pods on node-a
+EXTERNALS = clients("203.0.113.", 1, 40)  # 40 external clients
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ ClusterIP and masquerade
+    case("clusterip-tcp-from-pod", "frontend.cluster-ips masq.cluster-ip node.local-detect cond.meaning ct.reply",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("clusterip-udp-from-pod", "frontend.cluster-ips masq.cluster-ip cond.meaning ct.reply",
+         cluster(DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)))),
+    case("clusterip-from-remote-pod", "masq.cluster-ip node.local-detect",
+         cluster(WEB, WEB_SLICE),
+         flows(POD_B, VIP, 80, reach(ALL3))),
+    case("clusterip-from-node", "masq.cluster-ip node.addresses node.local-detect",
+         cluster(WEB, WEB_SLICE),
+         flows(NODE_A, VIP, 80, reach(ALL3, masq=True)),
+         flows(NODE_A_EXT, VIP, 80, reach(ALL3, masq=True))),
+    case("clusterip-from-external", "masq.cluster-ip node.addresses node.local-detect",
+         cluster(WEB, WEB_SLICE),
+         flows(EXT, VIP, 80, reach(ALL3, masq=True)),
+         flows(NODE_B, VIP, 80, reach(ALL3, masq=True))),
+    case("clusterip-no-cluster-cidr-no-masquerade", "masq.cluster-ip node.local-detect",
+         cluster(WEB, WEB_SLICE, config=proxy_config(cluster_cidr=None)),
+         flows(EXT, VIP, 80, reach(ALL3)),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("clusterip-masquerade-all", "node.masquerade-all masq.cluster-ip",
+         cluster(WEB, WEB_SLICE, config=proxy_config(masquerade_all=True)),
+         flows(POD, VIP, 80, reach(ALL3, masq=True)),
+         flows(POD_B, VIP, 80, reach(ALL3, masq=True))),
+    case("clusterip-masquerade-all-without-cluster-cidr", "node.masquerade-all masq.cluster-ip",
+         cluster(WEB, WEB_SLICE, config=proxy_config(cluster_cidr=None, masquerade_all=True)),
+         flows(POD, VIP, 80, reach(ALL3, masq=True))),
+    case("clusterip-detect-local-node-cidr", "node.local-detect masq.cluster-ip",
+         cluster(WEB, WEB_SLICE, config=proxy_config(detect_local_mode="NodeCIDR")),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD_B, VIP, 80, reach(ALL3, masq=True))),
+    case("clusterip-two-named-ports", "endpoint.port-match frontend.cluster-ips",
+         cluster(svc("web", port(80, name="http", target="http"), port(9100, name="metrics"), ip=VIP),
+                 three("web", ports=(eport(8080, name="http"), eport(9100, name="metrics")))),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD, VIP, 9100, reach(at(9100, E1, E2, E3)))),
+    case("clusterip-other-node-view", "cond.local node.addresses masq.etp-local frontend.node-port",
+         cluster(nodeport(etp="Local"), slice("np", ep(E1, "node-a"), ep(E2, "node-b"), ep(E4, "node-b"))),
+         flows(EXT, NODE_B, NP, reach(at(8080, E2, E4))),
+         flows(EXT, NODE_A, NP, PASS),
+         flows(POD_B, "10.96.0.30", 80, reach(at(8080, E1, E2, E4))),
+         flows(EXT, "10.96.0.30", 80, reach(at(8080, E1, E2, E4), masq=True)),
+         node="node-b", snat=NODE_B),
+
+    # ------------------------------------------------------------------ service ports
+    case("port-name-selects-slice-port", "endpoint.port-match",
+         cluster(svc("web", port(80, name="http"), port(81, name="admin"), ip=VIP),
+                 three("web", ports=(eport(9090, name="admin"), eport(8080, name="http")))),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD, VIP, 81, reach(at(9090, E1, E2, E3)))),
+    case("port-name-mismatch-rejects", "endpoint.port-match verdict.reject-no-endpoint",
+         cluster(svc("web", port(80, name="http"), ip=VIP), three("web", ports=(eport(8080, name="web"),))),
+         flows(POD, VIP, 80, REJECT)),
+    case("port-name-needs-protocol", "endpoint.port-match port.protocols verdict.reject-no-endpoint",
+         cluster(svc("dns", port(53, name="dns", proto="UDP"), ip="10.96.0.53"),
+                 three("dns", ports=(eport(53, name="dns", proto="TCP"),))),
+         udp(POD, "10.96.0.53", 53, REJECT),
+         flows(POD, "10.96.0.53", 53, REJECT)),
+    case("port-unnamed", "endpoint.port-match",
+         cluster(svc("web", port(80, target=8080), ip=VIP), three("web", ports=(eport(8080),))),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("port-unset-in-slice-ignored", "endpoint.port-match verdict.reject-no-endpoint",
+         cluster(WEB, three("web", ports=(eport(None),))),
+         flows(POD, VIP, 80, REJECT)),
+    case("tcp-udp-same-number-different-ports", "port.protocols endpoint.port-match",
+         cluster(svc("dns", port(53, name="dns", proto="UDP"), port(53, name="dns-tcp", proto="TCP"),
+                     ip="10.96.0.53"),
+                 three("dns", ports=(eport(5353, name="dns", proto="UDP"), eport(5354, name="dns-tcp")))),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3))),
+         flows(POD, "10.96.0.53", 53, reach(at(5354, E1, E2, E3)))),
+    case("tcp-udp-same-number-different-endpoints", "port.protocols endpoint.slice-label",
+         cluster(svc("dns", port(53, name="dns", proto="UDP"), port(53, name="dns-tcp", proto="TCP"),
+                     ip="10.96.0.53"),
+                 slice("dns", ep(E1, "node-a"), ports=(eport(53, name="dns", proto="UDP"),), name="dns-udp"),
+                 slice("dns", ep(E2, "node-b"), ep(E3, "node-c"), ports=(eport(53, name="dns-tcp"),),
+                       name="dns-tcp")),
+         udp(POD, "10.96.0.53", 53, reach(at(53, E1))),
+         flows(POD, "10.96.0.53", 53, reach(at(53, E2, E3)))),
+    case("tcp-has-endpoints-udp-rejects", "port.protocols verdict.reject-no-endpoint",
+         cluster(svc("dns", port(53, name="dns", proto="UDP"), port(53, name="dns-tcp", proto="TCP"),
+                     ip="10.96.0.53"),
+                 three("dns", ports=(eport(53, name="dns-tcp"),))),
+         flows(POD, "10.96.0.53", 53, reach(at(53, E1, E2, E3))),
+         udp(POD, "10.96.0.53", 53, REJECT)),
+    case("sctp-port-beside-tcp", "port.protocols verdict.unknown-port",
+         cluster(svc("web", port(80, name="web"), port(80, name="web-sctp", proto="SCTP"), ip=VIP),
+                 three("web", ports=(eport(8080, name="web"), eport(8080, name="web-sctp", proto="SCTP")))),
+         flows(POD, VIP, 80, reach(ALL3)),
+         udp(POD, VIP, 80, REJECT)),
+
+    # ------------------------------------------------------------------ slices and endpoints
+    case("slice-belongs-by-label", "endpoint.slice-label",
+         cluster(WEB, svc("other", port(80, target=8080), ip="10.96.0.11"),
+                 slice("web", ep(E1, "node-a"), name="web-x7k2p"),
+                 slice("other", ep(E2, "node-b"), name="web"),
+                 slice("other", ep(E3, "node-c"), name="other-abcde")),
+         flows(POD, VIP, 80, reach(at(8080, E1))),
+         flows(POD, "10.96.0.11", 80, reach(at(8080, E2, E3)))),
+    case("slices-union", "endpoint.slice-label",
+         cluster(WEB, slice("web", ep(E1, "node-a"), name="web-1"),
+                 slice("web", ep(E2, "node-b"), ep(E3, "node-c"), name="web-2")),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("slice-ipv6-and-fqdn-ignored", "endpoint.slice-label frontend.cluster-ips",
+         cluster(WEB, slice("web", ep(E1, "node-a"), ep(E2, "node-b"), name="web-v4"),
+                 slice("web", ep("fd00:10:244::5", "node-a"), family="IPv6", name="web-v6"),
+                 slice("web", ep("db.example.com"), family="FQDN", name="web-fqdn")),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("endpoint-first-address-only", "endpoint.first-address",
+         cluster(WEB, slice("web", ep(E1, "node-a", addresses=[E1, "10.244.1.66"]),
+                            ep(E2, "node-b", addresses=[E2, "10.244.2.66", "10.244.2.67"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("duplicate-ip-terminating-read-first", "endpoint.duplicate-ip set.cluster",
+         cluster(WEB, slice("web", terminating(E1, "node-a"), name="web-a"),
+                 slice("web", ep(E1, "node-a"), ep(E2, "node-b"), name="web-b")),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("duplicate-ip-terminating-read-last", "endpoint.duplicate-ip set.cluster",
+         cluster(WEB, slice("web", ep(E1, "node-a"), ep(E2, "node-b"), name="web-a"),
+                 slice("web", terminating(E1, "node-a"), name="web-b")),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+
+    # ------------------------------------------------------------------ leading zeros
+    case("leading-zeros-cluster-ip-and-endpoint", "addr.leading-zeros",
+         cluster(svc("web", port(80, target=8080), ip="10.96.000.010"),
+                 slice("web", ep("10.244.001.005", "node-a"), ep("10.244.002.05", "node-b"))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("leading-zeros-external-ip-and-cluster-cidr", "addr.leading-zeros frontend.external-ips node.local-detect",
+         cluster(svc("web", port(80, target=8080), ip=VIP, external_ips=["192.0.002.010"]), WEB_SLICE,
+                 config=proxy_config(cluster_cidr="10.244.000.000/16")),
+         flows(EXT, XIP, 80, reach(ALL3, masq=True)),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("leading-zeros-lb-and-source-range", "addr.leading-zeros verdict.source-ranges frontend.lb-ingress",
+         cluster(loadbalancer(lb=["198.051.100.001"], ranges=["203.0.113.000/24"]), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER, LB, 80, DROP)),
+    case("leading-zeros-node-address", "addr.leading-zeros node.addresses frontend.node-port",
+         cluster(nodeport(), three("np"),
+                 nodes=(node("node-a", "192.168.000.010", zone="zone-a", pod_cidr="10.244.1.0/24"), *NODES[1:])),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True))),
+
+    # ------------------------------------------------------------------ headless, ExternalName, dual-stack
+    case("headless-gets-nothing", "port.no-entries verdict.pass",
+         cluster(svc("web", port(80, target=8080), ip="None"), WEB_SLICE),
+         flows(POD, E1, 8080, PASS),
+         flows(POD, E2, 80, PASS)),
+    case("externalname-gets-nothing", "port.no-entries verdict.pass",
+         cluster(svc("ext", port(80, target=8080), type="ExternalName", external_name="db.example.com",
+                     ip="10.96.0.50", external_ips=[XIP]), three("ext")),
+         flows(POD, XIP, 80, PASS),
+         flows(EXT, XIP, 80, PASS),
+         flows(POD, "10.96.0.50", 80, PASS)),
+    case("dual-stack-ipv6-primary", "frontend.cluster-ips",
+         cluster(svc("web", port(80, target=8080), ip="fd00:96::20", ips=["fd00:96::20", "10.96.0.20"]),
+                 WEB_SLICE),
+         flows(POD, "10.96.0.20", 80, reach(ALL3)),
+         flows(EXT, "10.96.0.20", 80, reach(ALL3, masq=True))),
+    case("dual-stack-ipv4-primary", "frontend.cluster-ips",
+         cluster(svc("web", port(80, target=8080), ip="10.96.0.21", ips=["10.96.0.21", "fd00:96::21"]),
+                 WEB_SLICE),
+         flows(POD, "10.96.0.21", 80, reach(ALL3))),
+
+    # ------------------------------------------------------------------ NodePort
+    case("nodeport-from-external", "frontend.node-port masq.external-cluster node.addresses",
+         cluster(nodeport(), three("np")),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True))),
+    case("nodeport-from-pod", "frontend.node-port masq.external-cluster",
+         cluster(nodeport(), three("np")),
+         flows(POD, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(POD_B, NODE_A, NP, reach(ALL3, masq=True))),
+    case("nodeport-from-node", "frontend.node-port masq.external-cluster",
+         cluster(nodeport(), three("np")),
+         flows(NODE_A, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(NODE_A_EXT, NODE_A, NP, reach(ALL3, masq=True))),
+    case("nodeport-service-cluster-ip", "frontend.cluster-ips masq.cluster-ip",
+         cluster(nodeport(), three("np")),
+         flows(POD, "10.96.0.30", 80, reach(ALL3)),
+         flows(EXT, "10.96.0.30", 80, reach(ALL3, masq=True))),
+    case("nodeport-default-primary-ip-only", "node.nodeport-addresses frontend.node-port verdict.pass",
+         cluster(nodeport(), three("np")),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A_EXT, NP, PASS),
+         flows(EXT, NODE_B, NP, PASS)),
+    case("nodeport-addresses-primary", "node.nodeport-addresses frontend.node-port",
+         cluster(nodeport(), three("np"), config=proxy_config(node_port_addresses=["primary"])),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A_EXT, NP, PASS)),
+    case("nodeport-addresses-cidr", "node.nodeport-addresses frontend.node-port node.addresses",
+         cluster(nodeport(), three("np"), config=proxy_config(node_port_addresses=["198.18.0.0/24"])),
+         flows(EXT, NODE_A_EXT, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A, NP, PASS)),
+    case("nodeport-addresses-all", "node.nodeport-addresses frontend.node-port",
+         cluster(nodeport(), three("np"), config=proxy_config(node_port_addresses=["0.0.0.0/0"])),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A_EXT, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_B, NP, PASS)),
+    case("nodeport-addresses-matching-nothing", "node.nodeport-addresses frontend.node-port verdict.pass",
+         cluster(nodeport(), three("np"), config=proxy_config(node_port_addresses=["10.99.0.0/16"])),
+         flows(EXT, NODE_A, NP, PASS),
+         flows(EXT, NODE_A_EXT, NP, PASS),
+         flows(EXT, "10.96.0.30", 80, reach(ALL3, masq=True))),
+    case("nodeport-udp", "frontend.node-port port.protocols",
+         cluster(nodeport(proto="UDP", node_port=30053), three("np", ports=(eport(8080, proto="UDP"),))),
+         udp(EXT, NODE_A, 30053, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A, 30053, PASS)),
+    case("nodeport-tcp-udp-same-number", "frontend.node-port port.protocols endpoint.port-match",
+         cluster(svc("dns", port(53, name="dns", proto="UDP", node_port=30053),
+                     port(53, name="dns-tcp", proto="TCP", node_port=30053), type="NodePort", ip="10.96.0.53"),
+                 three("dns", ports=(eport(5353, name="dns", proto="UDP"), eport(5354, name="dns-tcp")))),
+         udp(EXT, NODE_A, 30053, reach(at(5353, E1, E2, E3), masq=True)),
+         flows(EXT, NODE_A, 30053, reach(at(5354, E1, E2, E3), masq=True))),
+
+    # ------------------------------------------------------------------ LoadBalancer
+    case("lb-ipmode-unset", "frontend.lb-ingress masq.external-cluster",
+         cluster(loadbalancer(), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A, 30040, reach(ALL3, masq=True))),
+    case("lb-ipmode-vip", "frontend.lb-ingress masq.external-cluster",
+         cluster(loadbalancer(lb=[ingress(LB, mode="VIP")]), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True))),
+    case("lb-ipmode-proxy-gets-no-frontend", "frontend.lb-ingress verdict.pass",
+         cluster(loadbalancer(lb=[ingress(LB, mode="Proxy")]), three("lb")),
+         flows(EXT, LB, 80, PASS),
+         flows(POD, LB, 80, PASS),
+         flows(EXT, "10.96.0.40", 80, reach(ALL3, masq=True))),
+    case("lb-mixed-ingress", "frontend.lb-ingress",
+         cluster(loadbalancer(lb=[ingress(LB, mode="Proxy"), ingress(LB2, mode="VIP"),
+                                  ingress(hostname="lb.example.com")]), three("lb")),
+         flows(EXT, LB2, 80, reach(ALL3, masq=True)),
+         flows(EXT, LB, 80, PASS)),
+    case("lb-spec-loadbalancerip-alone-unused", "frontend.lb-ingress verdict.pass",
+         cluster(loadbalancer(lb=[], lb_ip=LB), three("lb")),
+         flows(EXT, LB, 80, PASS)),
+    case("lb-from-pod-masquerades", "frontend.lb-ingress masq.external-cluster",
+         cluster(loadbalancer(), three("lb")),
+         flows(POD, LB, 80, reach(ALL3, masq=True)),
+         flows(NODE_A, LB, 80, reach(ALL3, masq=True))),
+
+    # ------------------------------------------------------------------ external IPs
+    case("external-ip-from-external", "frontend.external-ips masq.external-cluster",
+         cluster(svc("web", port(80, target=8080), ip=VIP, external_ips=[XIP]), WEB_SLICE),
+         flows(EXT, XIP, 80, reach(ALL3, masq=True))),
+    case("external-ip-from-pod", "frontend.external-ips masq.external-cluster",
+         cluster(svc("web", port(80, target=8080), ip=VIP, external_ips=[XIP]), WEB_SLICE),
+         flows(POD, XIP, 80, reach(ALL3, masq=True))),
+    case("external-ip-udp", "frontend.external-ips port.protocols",
+         cluster(svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53",
+                     external_ips=[XIP]), DNS_SLICE),
+         udp(EXT, XIP, 53, reach(at(5353, E1, E2, E3), masq=True))),
+    case("external-ip-unknown-port-passes", "frontend.external-ips verdict.unknown-port verdict.pass",
+         cluster(svc("web", port(80, target=8080), ip=VIP, external_ips=[XIP]), WEB_SLICE),
+         flows(EXT, XIP, 81, PASS),
+         udp(EXT, XIP, 80, PASS),
+         flows(EXT, XIP, 80, reach(ALL3, masq=True))),
+
+    # ------------------------------------------------------------------ internalTrafficPolicy Local
+    case("itp-local-uses-local-endpoints", "set.local cond.local masq.cluster-ip",
+         cluster(svc("web", port(80, target=8080), ip=VIP, itp="Local"),
+                 slice("web", ep(E1, "node-a"), ep(E5, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E5))),
+         flows(EXT, VIP, 80, reach(at(8080, E1, E5), masq=True))),
+    case("itp-local-no-local-endpoint-drops", "verdict.itp-local-drop",
+         cluster(svc("web", port(80, target=8080), ip=VIP, itp="Local"), remote_only("web")),
+         flows(POD, VIP, 80, DROP),
+         flows(NODE_A, VIP, 80, DROP),
+         flows(EXT, VIP, 80, DROP)),
+    case("itp-local-no-endpoint-anywhere-rejects", "verdict.reject-no-endpoint verdict.itp-local-drop",
+         cluster(svc("web", port(80, target=8080), ip=VIP, itp="Local"), slice("web")),
+         flows(POD, VIP, 80, REJECT)),
+    case("itp-local-falls-back-to-local-terminating", "set.local cond.meaning",
+         cluster(svc("web", port(80, target=8080), ip=VIP, itp="Local"),
+                 slice("web", terminating(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(at(8080, E1)))),
+    case("itp-local-nodeport-still-cluster", "verdict.itp-local-drop masq.external-cluster",
+         cluster(nodeport(itp="Local"), remote_only("np")),
+         flows(POD, "10.96.0.30", 80, DROP),
+         flows(EXT, NODE_A, NP, reach(at(8080, E2, E3), masq=True))),
+
+    # ------------------------------------------------------------------ externalTrafficPolicy Local
+    case("etp-local-external-keeps-client-ip", "masq.etp-local set.local cond.local",
+         cluster(nodeport(etp="Local"), slice("np", ep(E1, "node-a"), ep(E5, "node-a"), ep(E2, "node-b"))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1, E5)))),
+    case("etp-local-pod-short-circuits", "masq.etp-local node.local-detect",
+         cluster(nodeport(etp="Local"), three("np")),
+         flows(POD, NODE_A, NP, reach(ALL3)),
+         flows(POD_B, NODE_A, NP, reach(ALL3))),
+    case("etp-local-node-short-circuits-masqueraded", "masq.etp-local node.addresses",
+         cluster(nodeport(etp="Local"), three("np")),
+         flows(NODE_A_EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(NODE_A, NODE_A, NP, reach(ALL3, masq=True))),
+    case("etp-local-no-local-endpoint", "verdict.etp-local-drop masq.etp-local",
+         cluster(nodeport(etp="Local"), remote_only("np")),
+         flows(EXT, NODE_A, NP, DROP),
+         flows(POD, NODE_A, NP, reach(at(8080, E2, E3))),
+         flows(NODE_A_EXT, NODE_A, NP, reach(at(8080, E2, E3), masq=True))),
+    case("etp-local-no-endpoint-anywhere-rejects", "verdict.reject-no-endpoint verdict.etp-local-drop",
+         cluster(nodeport(etp="Local"), slice("np")),
+         flows(EXT, NODE_A, NP, REJECT),
+         flows(POD, NODE_A, NP, REJECT)),
+    case("etp-local-lb", "masq.etp-local frontend.lb-ingress",
+         cluster(loadbalancer(etp="Local"), three("lb")),
+         flows(EXT, LB, 80, reach(at(8080, E1))),
+         flows(POD, LB, 80, reach(ALL3)),
+         flows(EXT, NODE_A, 30040, reach(at(8080, E1)))),
+    case("etp-local-lb-no-local-endpoint", "verdict.etp-local-drop masq.etp-local",
+         cluster(loadbalancer(etp="Local"), remote_only("lb")),
+         flows(EXT, LB, 80, DROP),
+         flows(POD, LB, 80, reach(at(8080, E2, E3)))),
+    case("etp-local-external-ip-on-clusterip-service", "masq.etp-local frontend.external-ips",
+         cluster(svc("web", port(80, target=8080), ip=VIP, external_ips=[XIP], etp="Local"), WEB_SLICE),
+         flows(EXT, XIP, 80, reach(at(8080, E1))),
+         flows(POD, XIP, 80, reach(ALL3))),
+    case("etp-local-does-not-touch-cluster-ip", "masq.etp-local masq.cluster-ip",
+         cluster(nodeport(etp="Local"), remote_only("np")),
+         flows(EXT, "10.96.0.30", 80, reach(at(8080, E2, E3), masq=True)),
+         flows(POD, "10.96.0.30", 80, reach(at(8080, E2, E3)))),
+    case("etp-local-without-cluster-cidr-pods-are-external", "masq.etp-local node.local-detect",
+         cluster(nodeport(etp="Local"), three("np"), config=proxy_config(cluster_cidr=None)),
+         flows(POD, NODE_A, NP, reach(at(8080, E1))),
+         flows(POD_B, NODE_A, NP, reach(at(8080, E1)))),
+    case("etp-local-falls-back-to-local-terminating", "set.local set.cluster masq.etp-local",
+         cluster(nodeport(etp="Local"), slice("np", terminating(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1))),
+         flows(POD, NODE_A, NP, reach(at(8080, E2, E3)))),
+    case("etp-local-local-not-serving-drops", "set.local verdict.etp-local-drop",
+         cluster(nodeport(etp="Local"),
+                 slice("np", terminating(E1, "node-a", serving=False), ep(E2, "node-b"), ep(E3, "node-c"))),
+         flows(EXT, NODE_A, NP, DROP),
+         flows(POD, NODE_A, NP, reach(at(8080, E2, E3)))),
+    case("itp-and-etp-local", "verdict.itp-local-drop verdict.etp-local-drop masq.etp-local",
+         cluster(nodeport(itp="Local", etp="Local"), remote_only("np")),
+         flows(POD, "10.96.0.30", 80, DROP),
+         flows(EXT, NODE_A, NP, DROP),
+         flows(POD, NODE_A, NP, reach(at(8080, E2, E3))),
+         flows(NODE_A_EXT, NODE_A, NP, reach(at(8080, E2, E3), masq=True))),
+    case("etp-local-ignored-without-external-frontends", "masq.etp-local masq.cluster-ip",
+         cluster(svc("web", port(80, target=8080), ip=VIP, etp="Local"), remote_only("web")),
+         flows(EXT, VIP, 80, reach(at(8080, E2, E3), masq=True)),
+         flows(POD, VIP, 80, reach(at(8080, E2, E3)))),
+    case("masquerade-all-leaves-etp-local-alone", "node.masquerade-all masq.etp-local",
+         cluster(nodeport(etp="Local"), three("np"), config=proxy_config(masquerade_all=True)),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1))),
+         flows(POD, NODE_A, NP, reach(ALL3)),
+         flows(POD, "10.96.0.30", 80, reach(ALL3, masq=True))),
+    case("local-means-node-name", "cond.local set.local",
+         cluster(nodeport(etp="Local"),
+                 slice("np", ep(E1), ep(E5, "node-a"), ep(E2, "node-b"), ep("10.244.1.7", "node-b"))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E5)))),
+
+    # ------------------------------------------------------------------ endpoint conditions
+    case("not-ready-excluded", "set.cluster cond.meaning",
+         cluster(WEB, slice("web", ep(E1, "node-a", ready=True), not_ready(E2, "node-b"), ep(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("terminating-unused-while-ready-exist", "set.cluster cond.meaning",
+         cluster(WEB, slice("web", ep(E1, "node-a"), terminating(E2, "node-b"), terminating(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(at(8080, E1)))),
+    case("fallback-serving-terminating", "set.cluster cond.meaning",
+         cluster(WEB, slice("web", terminating(E1, "node-a"), terminating(E2, "node-b"),
+                            terminating(E3, "node-c", serving=False),
+                            ep(E4, "node-b", ready=False, serving=True))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("fallback-ignores-hints", "set.cluster topology.zone",
+         cluster(WEB, slice("web", terminating(E1, "node-a", zones=["zone-b"]),
+                            terminating(E2, "node-b", zones=["zone-b"]), terminating(E3, "node-c", zones=["zone-a"]))),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("conditions-absent-mean-ready", "cond.meaning",
+         cluster(WEB, slice("web", ep(E1, "node-a", conditions=False), ep(E2, "node-b"),
+                            ep(E3, "node-c", ready=True, serving=True, terminating=False))),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("serving-absent-means-serving", "cond.meaning set.cluster",
+         cluster(WEB, slice("web", ep(E1, "node-a", ready=False, terminating=True),
+                            ep(E2, "node-b", ready=False, terminating=False))),
+         flows(POD, VIP, 80, reach(at(8080, E1)))),
+    case("ready-terminating-counts-as-ready", "cond.meaning set.cluster",
+         cluster(WEB, slice("web", ep(E1, "node-a", ready=True, terminating=True), ep(E2, "node-b"),
+                            terminating(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("nothing-usable-rejects", "set.cluster verdict.reject-no-endpoint",
+         cluster(WEB, slice("web", not_ready(E1, "node-a"), terminating(E2, "node-b", serving=False),
+                            ep(E3, "node-c", ready=False, serving=True, terminating=False))),
+         flows(POD, VIP, 80, REJECT),
+         udp(POD, VIP, 80, REJECT)),
+    case("fallback-on-nodeport", "set.cluster masq.external-cluster",
+         cluster(nodeport(), slice("np", not_ready(E1, "node-a"), terminating(E2, "node-b"))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E2), masq=True))),
+
+    # ------------------------------------------------------------------ topology
+    case("zone-hints-narrow", "topology.zone node.addresses",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E3, "node-c", zones=["zone-a"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("zone-hints-one-missing-no-filter", "topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E3, "node-c"))),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("zone-hints-none-for-this-zone", "topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-b"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E3, "node-c", zones=["zone-c"]))),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("zone-hints-not-ready-unhinted-ignored", "topology.zone set.cluster",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E3, "node-c", zones=["zone-a"]), not_ready(E4, "node-b"))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("zone-hints-node-without-zone-label", "topology.zone node.addresses",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E3, "node-c", zones=["zone-a"])),
+                 nodes=(node("node-a", NODE_A, pod_cidr="10.244.1.0/24"), *NODES[1:])),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("zone-hints-other-zone-view", "topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                            ep(E4, "node-b", zones=["zone-b"]), ep(E3, "node-c", zones=["zone-a"]))),
+         flows(POD_B, VIP, 80, reach(at(8080, E2, E4))),
+         node="node-b", snat=NODE_B),
+    case("zone-hints-external-traffic", "topology.zone masq.external-cluster",
+         cluster(nodeport(), slice("np", ep(E1, "node-a", zones=["zone-a"]), ep(E2, "node-b", zones=["zone-b"]),
+                                   ep(E3, "node-c", zones=["zone-a"]))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1, E3), masq=True))),
+    case("zone-hints-several-zones", "topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-b"]), ep(E2, "node-b", zones=["zone-a", "zone-b"]),
+                            ep(E3, "node-c", zones=["zone-b"]))),
+         flows(POD, VIP, 80, reach(at(8080, E2)))),
+    case("node-hints-narrow-first", "topology.node topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"], for_nodes=["node-a"]),
+                            ep(E2, "node-b", zones=["zone-b"], for_nodes=["node-b"]),
+                            ep(E3, "node-c", zones=["zone-a"], for_nodes=["node-c"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1)))),
+    case("node-hints-incomplete-fall-to-zone", "topology.node topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"], for_nodes=["node-a"]),
+                            ep(E2, "node-b", zones=["zone-b"]), ep(E3, "node-c", zones=["zone-a"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("node-hints-none-for-this-node", "topology.node topology.zone",
+         cluster(WEB, slice("web", ep(E1, "node-a", zones=["zone-a"], for_nodes=["node-b"]),
+                            ep(E2, "node-b", zones=["zone-b"], for_nodes=["node-b"]),
+                            ep(E3, "node-c", zones=["zone-a"], for_nodes=["node-c"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("node-hints-several-nodes", "topology.node",
+         cluster(WEB, slice("web", ep(E1, "node-a", for_nodes=["node-a", "node-b"]),
+                            ep(E2, "node-b", for_nodes=["node-b"]), ep(E3, "node-c", for_nodes=["node-a"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1, E3)))),
+    case("local-set-ignores-hints-etp", "topology.local-ignores set.local",
+         cluster(nodeport(etp="Local"), slice("np", ep(E1, "node-a", zones=["zone-b"]), ep(E2, "node-b", zones=["zone-b"]),
+                                              ep(E3, "node-c", zones=["zone-a"]))),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1))),
+         flows(POD, NODE_A, NP, reach(at(8080, E3)))),
+    case("local-set-ignores-hints-itp", "topology.local-ignores set.local",
+         cluster(svc("web", port(80, target=8080), ip=VIP, itp="Local"),
+                 slice("web", ep(E1, "node-a", for_nodes=["node-b"]), ep(E2, "node-b", for_nodes=["node-b"]))),
+         flows(POD, VIP, 80, reach(at(8080, E1)))),
+
+    # ------------------------------------------------------------------ REJECT
+    case("no-slice-rejects-tcp", "verdict.reject-no-endpoint",
+         cluster(WEB),
+         flows(POD, VIP, 80, REJECT),
+         flows(EXT, VIP, 80, REJECT)),
+    case("empty-slice-rejects-udp", "verdict.reject-no-endpoint",
+         cluster(DNS, slice("dns", ports=(eport(5353, name="dns", proto="UDP"),))),
+         udp(POD, "10.96.0.53", 53, REJECT)),
+    case("no-endpoint-rejects-on-node-port", "verdict.reject-no-endpoint frontend.node-port",
+         cluster(nodeport(), slice("np", not_ready(E1, "node-a"))),
+         flows(EXT, NODE_A, NP, REJECT),
+         flows(POD, "10.96.0.30", 80, REJECT),
+         flows(EXT, NODE_A_EXT, NP, PASS)),
+    case("no-endpoint-rejects-on-lb-and-external-ip", "verdict.reject-no-endpoint frontend.lb-ingress frontend.external-ips",
+         cluster(loadbalancer(external_ips=[XIP])),
+         flows(EXT, LB, 80, REJECT),
+         flows(EXT, XIP, 80, REJECT),
+         flows(POD, LB, 80, REJECT)),
+    case("reject-only-the-port-without-endpoints", "verdict.reject-no-endpoint endpoint.port-match",
+         cluster(svc("web", port(80, name="http"), port(443, name="https"), ip=VIP),
+                 three("web", ports=(eport(8080, name="http"),))),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD, VIP, 443, REJECT),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("unknown-port-on-cluster-ip-rejects", "verdict.unknown-port",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, VIP, 81, REJECT),
+         udp(POD, VIP, 80, REJECT),
+         flows(EXT, VIP, 443, REJECT),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("unknown-port-on-lb-and-node-passes", "verdict.unknown-port verdict.pass",
+         cluster(loadbalancer(), three("lb")),
+         flows(EXT, LB, 443, PASS),
+         flows(EXT, NODE_A, 30041, PASS),
+         flows(EXT, "10.96.0.40", 443, REJECT)),
+
+    # ------------------------------------------------------------------ loadBalancerSourceRanges
+    case("source-ranges-inside", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=["203.0.113.0/24"]), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True))),
+    case("source-ranges-outside-drops-pods-included", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=["203.0.113.0/24"]), three("lb")),
+         flows(OUTSIDER, LB, 80, DROP),
+         flows(POD, LB, 80, DROP),
+         flows(NODE_A, LB, 80, DROP),
+         flows(EXT, LB, 80, reach(ALL3, masq=True))),
+    case("source-ranges-whitespace", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=[" 203.0.113.0/24 ", "\t198.18.99.0/24\n"]), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER, LB, 80, reach(ALL3, masq=True)),
+         flows(POD, LB, 80, DROP)),
+    case("source-ranges-slash-zero", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=["0.0.0.0/0"]), three("lb")),
+         flows(OUTSIDER, LB, 80, reach(ALL3, masq=True)),
+         flows(POD, LB, 80, reach(ALL3, masq=True))),
+    case("source-ranges-other-family-ignored", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=["2001:db8::/32", "203.0.113.0/24"]), three("lb")),
+         flows(EXT, LB, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER, LB, 80, DROP)),
+    case("source-ranges-ipv6-only-leaves-ipv4-open", "verdict.source-ranges",
+         cluster(loadbalancer(ranges=["2001:db8::/32"]), three("lb")),
+         flows(OUTSIDER, LB, 80, reach(ALL3, masq=True))),
+    case("source-ranges-node-ip-allows-lb-ips", "verdict.source-ranges node.addresses",
+         cluster(loadbalancer(lb=[LB, LB2], ranges=["192.168.0.0/24"]), three("lb")),
+         flows(NODE_A, LB, 80, reach(ALL3, masq=True)),
+         flows(LB, LB, 80, reach(ALL3, masq=True)),
+         flows(LB2, LB, 80, reach(ALL3, masq=True)),
+         flows(EXT, LB, 80, DROP)),
+    case("source-ranges-lb-ips-not-allowed-without-node-ip", "verdict.source-ranges node.addresses",
+         cluster(loadbalancer(lb=[LB, LB2], ranges=["203.0.113.0/24", "198.18.0.0/24"]), three("lb")),
+         flows(LB, LB, 80, DROP),
+         flows(LB2, LB, 80, DROP),
+         flows(NODE_A_EXT, LB, 80, reach(ALL3, masq=True))),
+    case("source-ranges-only-on-lb-ips", "verdict.source-ranges frontend.node-port frontend.external-ips",
+         cluster(loadbalancer(ranges=["203.0.113.0/24"], external_ips=[XIP]), three("lb")),
+         flows(OUTSIDER, LB, 80, DROP),
+         flows(OUTSIDER, NODE_A, 30040, reach(ALL3, masq=True)),
+         flows(OUTSIDER, XIP, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER, "10.96.0.40", 80, reach(ALL3, masq=True))),
+    case("source-ranges-before-reject", "verdict.source-ranges verdict.reject-no-endpoint",
+         cluster(loadbalancer(ranges=["203.0.113.0/24"]), slice("lb")),
+         flows(OUTSIDER, LB, 80, DROP),
+         flows(EXT, LB, 80, REJECT)),
+    case("source-ranges-with-etp-local", "verdict.source-ranges masq.etp-local",
+         cluster(loadbalancer(ranges=["203.0.113.0/24"], etp="Local"), three("lb")),
+         flows(EXT, LB, 80, reach(at(8080, E1))),
+         flows(OUTSIDER, LB, 80, DROP)),
+
+    # ------------------------------------------------------------------ hairpin
+    case("hairpin-single-endpoint", "masq.hairpin",
+         cluster(WEB, slice("web", ep(E1, "node-a"))),
+         flows(E1, VIP, 80, reach(at(8080, E1), masq=True))),
+    case("hairpin-only-when-self-chosen", "masq.hairpin masq.cluster-ip",
+         cluster(WEB, slice("web", ep(E1, "node-a"), ep(E2, "node-b"))),
+         flows(E1, VIP, 80, reach(at(8080, E1, E2), masq="hairpin"))),
+    case("host-network-endpoint", "set.local cond.local masq.cluster-ip",
+         cluster(nodeport(etp="Local"), slice("np", ep(NODE_A, "node-a"), ep(E2, "node-b"))),
+         flows(EXT, NODE_A, NP, reach(at(8080, NODE_A))),
+         flows(POD, "10.96.0.30", 80, reach(at(8080, NODE_A, E2))),
+         flows(NODE_A, "10.96.0.30", 80, reach(at(8080, NODE_A, E2), masq=True))),
+    case("hairpin-etp-local-pod", "masq.hairpin masq.etp-local",
+         cluster(nodeport(etp="Local"), slice("np", ep(E1, "node-a"), ep(E2, "node-b"))),
+         flows(E1, NODE_A, NP, reach(at(8080, E1, E2), masq="hairpin"))),
+
+    # ------------------------------------------------------------------ session affinity
+    case("affinity-client-ip-sticks", "affinity.client-ip",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True))),
+    case("affinity-udp", "affinity.client-ip port.protocols",
+         cluster(svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53", affinity=30),
+                 DNS_SLICE),
+         udp(PODS_A, "10.96.0.53", 53, reach(at(5353, E1, E2, E3), per_client=True))),
+    case("affinity-default-timeout", "affinity.timeout affinity.client-ip",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True), label="first"),
+         Wait(10790),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_keep="first"), label="within"),
+         Wait(10810),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_change="within"))),
+    case("affinity-timeout-seconds", "affinity.timeout affinity.client-ip",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=60), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True), label="first"),
+         Wait(59),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_keep="first"), label="within"),
+         Wait(61),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_change="within"))),
+    case("affinity-refreshed-on-use", "affinity.timeout",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=60), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True), label="t0"),
+         Wait(45),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_keep="t0"), label="t45"),
+         Wait(45),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_keep="t0"), label="t90"),
+         Wait(45),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True, clients_keep="t0"))),
+    case("affinity-shared-by-frontends", "affinity.shared masq.external-cluster",
+         cluster(nodeport(affinity=True, external_ips=[XIP]), three("np")),
+         flows(EXTERNALS, "10.96.0.30", 80, reach(ALL3, masq=True, per_client=True), label="clusterip"),
+         flows(EXTERNALS, NODE_A, NP, reach(ALL3, masq=True, per_client=True, clients_keep="clusterip")),
+         flows(EXTERNALS, XIP, 80, reach(ALL3, masq=True, per_client=True, clients_keep="clusterip"))),
+    case("affinity-endpoint-removed", "affinity.in-set ct.udp-reselect",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True), label="before"),
+         Update(cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True),
+                        slice("web", ep(E1, "node-a"), ep(E2, "node-b")))),
+         flows(PODS_A, VIP, 80, reach(at(8080, E1, E2), per_client=True, clients_keep="before"))),
+    case("affinity-endpoint-not-ready", "affinity.in-set set.cluster",
+         cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True), WEB_SLICE),
+         flows(PODS_A, VIP, 80, reach(ALL3, per_client=True), label="before"),
+         Update(cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True),
+                        slice("web", ep(E1, "node-a"), terminating(E2, "node-b"), ep(E3, "node-c")))),
+         flows(PODS_A, VIP, 80, reach(at(8080, E1, E3), per_client=True, clients_keep="before"))),
+    case("affinity-local-set", "affinity.in-set affinity.shared masq.etp-local",
+         cluster(nodeport(affinity=True, etp="Local"), three("np")),
+         flows(EXTERNALS, "10.96.0.30", 80, reach(ALL3, masq=True, per_client=True), label="cluster"),
+         flows(EXTERNALS, NODE_A, NP, reach(at(8080, E1), per_client=True))),
+
+    # ------------------------------------------------------------------ endpoint changes between batches
+    case("udp-flows-to-removed-endpoint-reselect", "ct.udp-reselect ct.reply",
+         cluster(DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="before"),
+         Update(cluster(DNS, slice("dns", ep(E1, "node-a"), ep(E2, "node-b"),
+                                   ports=(eport(5353, name="dns", proto="UDP"),)))),
+         again("before", reach(at(5353, E1, E2), keep="before"))),
+    case("udp-flows-to-not-serving-endpoint-reselect", "ct.udp-reselect cond.meaning",
+         cluster(DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="before"),
+         Update(cluster(DNS, slice("dns", ep(E1, "node-a"), ep(E2, "node-b"), not_ready(E3, "node-c"),
+                                   ports=(eport(5353, name="dns", proto="UDP"),)))),
+         again("before", reach(at(5353, E1, E2), keep="before"))),
+    case("udp-flows-to-terminating-serving-endpoint-stay", "ct.udp-reselect set.cluster",
+         cluster(DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="before"),
+         Update(cluster(DNS, slice("dns", ep(E1, "node-a"), ep(E2, "node-b"), terminating(E3, "node-c"),
+                                   ports=(eport(5353, name="dns", proto="UDP"),)))),
+         again("before", reach(at(5353, E1, E2, E3), keep="before")),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2)))),
+    case("udp-flows-all-endpoints-gone-reject", "ct.udp-reselect verdict.reject-no-endpoint",
+         cluster(DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="before"),
+         Update(cluster(DNS, slice("dns", ports=(eport(5353, name="dns", proto="UDP"),)))),
+         again("before", REJECT)),
+    case("tcp-flows-to-terminating-endpoint-drain", "ct.tcp-keep set.cluster ct.reply",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, VIP, 80, reach(ALL3), label="before"),
+         Update(cluster(WEB, slice("web", ep(E1, "node-a"), ep(E2, "node-b"), terminating(E3, "node-c")))),
+         again("before", reach(ALL3, keep="before")),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("tcp-flows-to-removed-endpoint-stay", "ct.tcp-keep",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, VIP, 80, reach(ALL3), label="before"),
+         Update(cluster(WEB, slice("web", ep(E1, "node-a"), ep(E2, "node-b")))),
+         again("before", reach(ALL3, keep="before")),
+         flows(POD, VIP, 80, reach(at(8080, E1, E2)))),
+    case("tcp-flows-stay-when-all-endpoints-gone", "ct.tcp-keep verdict.reject-no-endpoint",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, VIP, 80, reach(ALL3), label="before"),
+         Update(cluster(WEB, slice("web"))),
+         again("before", reach(ALL3, keep="before")),
+         flows(POD, VIP, 80, REJECT)),
+    case("masqueraded-flows-keep-through-update", "ct.tcp-keep ct.udp-reselect masq.external-cluster",
+         cluster(nodeport(), three("np")),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True), label="before"),
+         Update(cluster(nodeport(), slice("np", ep(E1, "node-a"), ep(E2, "node-b"), terminating(E3, "node-c")))),
+         again("before", reach(ALL3, masq=True, keep="before"))),
+    case("flows-rejected-without-endpoints-then-served", "ct.no-endpoint-cleared verdict.reject-no-endpoint",
+         cluster(DNS, slice("dns", ports=(eport(5353, name="dns", proto="UDP"),))),
+         udp(POD, "10.96.0.53", 53, REJECT, n=60, label="before"),
+         Update(cluster(DNS, DNS_SLICE)),
+         again("before", reach(at(5353, E1, E2, E3)))),
+    case("tcp-rejected-then-served", "ct.no-endpoint-cleared verdict.reject-no-endpoint",
+         cluster(WEB),
+         flows(POD, VIP, 80, REJECT, n=24, label="before"),
+         Update(cluster(WEB, WEB_SLICE)),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("endpoint-added-between-batches", "ct.udp-reselect",
+         cluster(DNS, slice("dns", ep(E1, "node-a"), ports=(eport(5353, name="dns", proto="UDP"),))),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1)), label="before"),
+         Update(cluster(DNS, DNS_SLICE)),
+         again("before", reach(at(5353, E1), keep="before")),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)))),
+
+    case("udp-reselect-is-per-service", "ct.udp-reselect",
+         cluster(DNS, DNS_SLICE,
+                 svc("dns2", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.54"),
+                 three("dns2", ports=(eport(5353, name="dns", proto="UDP"),))),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="dns"),
+         udp(POD, "10.96.0.54", 53, reach(at(5353, E1, E2, E3)), label="dns2"),
+         Update(cluster(DNS, slice("dns", ep(E1, "node-a"), ep(E2, "node-b"), not_ready(E3, "node-c"),
+                                   ports=(eport(5353, name="dns", proto="UDP"),)),
+                        svc("dns2", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.54"),
+                        three("dns2", ports=(eport(5353, name="dns", proto="UDP"),)))),
+         again("dns", reach(at(5353, E1, E2), keep="dns")),
+         again("dns2", reach(at(5353, E1, E2, E3), keep="dns2"))),
+    case("service-deleted-udp-forgotten-tcp-kept", "ct.udp-reselect ct.tcp-keep verdict.pass",
+         cluster(WEB, WEB_SLICE, DNS, DNS_SLICE),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="udp"),
+         flows(POD, VIP, 80, reach(ALL3), label="tcp"),
+         Update(cluster()),
+         again("udp", PASS),
+         again("tcp", reach(ALL3, keep="tcp"))),
+    case("masquerade-source-port-collision", "masq.external-cluster ct.reply",
+         cluster(nodeport(), slice("np", ep(E1, "node-a"))),
+         flows(EXTERNALS[:12], NODE_A, NP, reach(at(8080, E1), masq=True), sport=40000),
+         flows(EXTERNALS[:12], "10.96.0.30", 80, reach(at(8080, E1), masq=True), sport=40001)),
+
+    case("conntrack-keeps-selection", "ct.tcp-keep ct.reply",
+         cluster(WEB, WEB_SLICE, DNS, DNS_SLICE),
+         flows(POD, VIP, 80, reach(ALL3), label="tcp"),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="udp"),
+         Wait(30),
+         again("tcp", reach(ALL3, keep="tcp")),
+         again("udp", reach(at(5353, E1, E2, E3), keep="udp"))),
+
+    # ------------------------------------------------------------------ endpoints from Pods
+    case("pods-named-target-port", "endpoint.pods endpoint.port-match",
+         cluster(svc("web", port(80, target="http"), ip=VIP, selector={"app": "web"}),
+                 pod("web-1", "10.244.1.21", "node-a", ports=(("http", 8080, "TCP"),)),
+                 pod("web-2", "10.244.2.22", "node-b", ports=(("http", 9090, "TCP"), ("metrics", 9100, "TCP"))),
+                 pod("web-3", "10.244.3.23", "node-c", ports=(("metrics", 8080, "TCP"),)),
+                 pod("web-4", "10.244.3.24", "node-c", ports=(("http", 8080, "UDP"),)),
+                 pod("other", "10.244.1.25", "node-a", labels={"app": "other"}, ports=(("http", 8080, "TCP"),)),
+                 pod("web-elsewhere", "10.244.2.26", "node-b", ns="elsewhere", ports=(("http", 8080, "TCP"),)),
+                 pod("web-pending", None, "node-b", ports=(("http", 8080, "TCP"),))),
+         flows(POD, VIP, 80, reach(frozenset({"10.244.1.21:8080", "10.244.2.22:9090"})))),
+    case("pods-numeric-target-port", "endpoint.pods",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web", "tier": "front"}),
+                 pod("web-1", "10.244.1.21", "node-a", labels={"app": "web", "tier": "front"}),
+                 pod("web-2", "10.244.2.22", "node-b", labels={"app": "web", "tier": "front", "x": "y"}),
+                 pod("web-3", "10.244.3.23", "node-c", labels={"app": "web"})),
+         flows(POD, VIP, 80, reach(at(8080, "10.244.1.21", "10.244.2.22")))),
+    case("pods-leading-zero-ip", "endpoint.pods addr.leading-zeros",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web"}),
+                 pod("web-1", "10.244.001.021", "node-a"), pod("web-2", "10.244.2.022", "node-b")),
+         flows(POD, VIP, 80, reach(at(8080, "10.244.1.21", "10.244.2.22")))),
+    case("pods-readiness", "endpoint.pods set.cluster",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web"}),
+                 pod("web-1", "10.244.1.21", "node-a"),
+                 pod("web-2", "10.244.2.22", "node-b", ready=False),
+                 pod("web-3", "10.244.3.23", "node-c", deleting=True)),
+         flows(POD, VIP, 80, reach(at(8080, "10.244.1.21")))),
+    case("pods-terminating-fallback", "endpoint.pods set.cluster",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web"}),
+                 pod("web-2", "10.244.2.22", "node-b", ready=False),
+                 pod("web-3", "10.244.3.23", "node-c", deleting=True)),
+         flows(POD, VIP, 80, reach(at(8080, "10.244.3.23")))),
+    case("pods-none-ready-rejects", "endpoint.pods verdict.reject-no-endpoint",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web"}),
+                 pod("web-2", "10.244.2.22", "node-b", ready=False)),
+         flows(POD, VIP, 80, REJECT)),
+    case("pods-publish-not-ready", "endpoint.pods cond.meaning",
+         cluster(svc("web", port(80, target=8080), ip=VIP, selector={"app": "web"}, publish_not_ready=True),
+                 pod("web-1", "10.244.1.21", "node-a"),
+                 pod("web-2", "10.244.2.22", "node-b", ready=False)),
+         flows(POD, VIP, 80, reach(at(8080, "10.244.1.21", "10.244.2.22")))),
+    case("pods-local-by-node-name", "endpoint.pods cond.local set.local",
+         cluster(nodeport(selector={"app": "web"}, etp="Local"),
+                 pod("web-1", "10.244.1.21", "node-a"), pod("web-2", "10.244.2.22", "node-b")),
+         flows(EXT, NODE_A, NP, reach(at(8080, "10.244.1.21"))),
+         flows(POD, NODE_A, NP, reach(at(8080, "10.244.1.21", "10.244.2.22")))),
+    case("pods-named-port-udp", "endpoint.pods port.protocols",
+         cluster(svc("dns", port(53, name="dns", proto="UDP", target="dns"),
+                     port(53, name="dns-tcp", proto="TCP", target="dns-tcp"), ip="10.96.0.53",
+                     selector={"app": "web"}),
+                 pod("dns-1", "10.244.1.21", "node-a", ports=(("dns", 5353, "UDP"), ("dns-tcp", 5354, "TCP"))),
+                 pod("dns-2", "10.244.2.22", "node-b", ports=(("dns", 1053, "UDP"), ("dns-tcp", 1054, "TCP")))),
+         udp(POD, "10.96.0.53", 53, reach(frozenset({"10.244.1.21:5353", "10.244.2.22:1053"}))),
+         flows(POD, "10.96.0.53", 53, reach(frozenset({"10.244.1.21:5354", "10.244.2.22:1054"})))),
+
+    # ------------------------------------------------------------------ not for the dataplane
+    case("unrelated-traffic-passes", "verdict.pass",
+         cluster(loadbalancer(), three("lb")),
+         udp(POD, "8.8.8.8", 53, PASS),
+         flows(POD, E1, 8080, PASS),
+         flows(EXT, NODE_A, 22, PASS),
+         flows(E1, "203.0.113.9", 5555, PASS),
+         flows(EXT, LB, 0, PASS, proto="ICMP"),
+         flows(POD, NODE_A, 0, PASS, proto="ARP"),
+         flows(POD, "10.96.0.99", 80, PASS)),
+]
+
+
+def rule_counts() -> Counter[str]:
+    counts: Counter[str] = Counter({rule: 0 for rule in RULES})
+    for item in CASES:
+        counts.update(item.rules)
+    return counts
+
+
+if __name__ == "__main__":
+    for rule, count in rule_counts().items():
+        print(f"{count:4d}  {rule:28s} {RULES[rule]}")
+    print(f"{len(CASES):4d}  scenarios")
