@@ -37,6 +37,11 @@ from wire cimport (
 from fastpath.maps import FRONTEND_KINDS
 from fastpath.verdicts import Reason, Verdict
 
+cdef extern from "crc32c.h":
+    void fp_crc32c_init() nogil
+
+fp_crc32c_init()
+
 cdef extern from *:
     """
     #ifndef FASTPATH_DEBUG

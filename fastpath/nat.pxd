@@ -3,7 +3,10 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from checksum cimport csum_apply, csum_delta16, csum_delta32
-from wire cimport IPPROTO_UDP, Packet, load16, store16, store32
+from wire cimport IPPROTO_SCTP, IPPROTO_UDP, Packet, load16, store16, store32
+
+cdef extern from "crc32c.h":
+    uint32_t fp_crc32c_skipping(const uint8_t* data, size_t length, size_t skip) nogil
 
 
 cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_t dst_port,
@@ -20,6 +23,17 @@ cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_
         store32(pkt.l3 + 12, src_addr)
         store16(pkt.l4, src_port)
     store16(pkt.l3 + 10, csum_apply(load16(pkt.l3 + 10), address_delta))
+    cdef uint32_t crc
+    if pkt.proto == IPPROTO_SCTP:
+        # SCTP's CRC32c covers no pseudo-header, only the SCTP packet: recompute it in full,
+        # which needs all of it (a snaplen-cut packet keeps its old CRC).
+        if pkt.complete:
+            crc = fp_crc32c_skipping(pkt.l4, pkt.l4_length, 8)
+            pkt.l4[8] = <uint8_t>crc
+            pkt.l4[9] = <uint8_t>(crc >> 8)
+            pkt.l4[10] = <uint8_t>(crc >> 16)
+            pkt.l4[11] = <uint8_t>(crc >> 24)
+        return
     # TCP/UDP checksums cover the addresses through the pseudo-header, and the ports.
     cdef uint8_t* l4_check_at = pkt.l4 + (6 if pkt.proto == IPPROTO_UDP else 16)
     cdef uint16_t l4_check = load16(l4_check_at)

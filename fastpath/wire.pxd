@@ -43,6 +43,7 @@ cdef enum:
     ETH_P_IPV6 = 0x86DD
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
+    IPPROTO_SCTP = 132
     TCP_FIN = 0x01
     TCP_SYN = 0x02
     TCP_RST = 0x04
@@ -51,7 +52,9 @@ cdef enum:
 
 ctypedef struct Packet:
     uint8_t* l3          # IPv4 header
-    uint8_t* l4          # TCP/UDP header (at least 20/8 bytes captured)
+    uint8_t* l4          # TCP/UDP/SCTP header (at least 20/8/12 bytes captured)
+    uint32_t l4_length   # the whole L4 packet (IP total length - header length)
+    bint complete        # all of it is captured (an SCTP CRC can be recomputed)
     uint32_t saddr
     uint32_t daddr
     uint16_t sport
@@ -158,24 +161,30 @@ cdef inline int parse_packet(uint8_t* p, uint32_t caplen, int linktype, Packet* 
     if load16(ip + 6) & 0x3FFF:       # MF flag or a fragment offset
         return PASS_UNSUPPORTED
     pkt.proto = ip[9]
-    if pkt.proto != IPPROTO_TCP and pkt.proto != IPPROTO_UDP:
+    if pkt.proto != IPPROTO_TCP and pkt.proto != IPPROTO_UDP and pkt.proto != IPPROTO_SCTP:
         return PASS_UNSUPPORTED
     # A total length beyond the captured bytes is a snaplen cut: clip to what was captured.
     l4_end = total_len if total_len < l3_len else l3_len
     l4_len = l4_end - ihl
     pkt.l3 = ip
     pkt.l4 = ip + ihl
+    pkt.l4_length = total_len - ihl
+    pkt.complete = total_len <= l3_len
     if pkt.proto == IPPROTO_TCP:
         if l4_len < 20:
             return DROP_TRUNCATED
         if (pkt.l4[12] >> 4) < 5 or (pkt.l4[12] >> 4) * 4u > total_len - ihl:
             return DROP_BAD_L4_HEADER
         pkt.tcp_flags = pkt.l4[13]
-    else:
+    elif pkt.proto == IPPROTO_UDP:
         if l4_len < 8:
             return DROP_TRUNCATED
         if load16(pkt.l4 + 4) < 8:
             return DROP_BAD_L4_HEADER
+        pkt.tcp_flags = 0
+    else:
+        if l4_len < 12:
+            return DROP_TRUNCATED
         pkt.tcp_flags = 0
     pkt.saddr = load32(ip + 12)
     pkt.daddr = load32(ip + 16)
