@@ -47,12 +47,15 @@ IPv4 (at offset l3):
   total length < IHL*4 -> DROP_BAD_IP_HEADER
   (total length beyond the captured bytes is a snaplen cut, not an error.)
   fragment (MF set or fragment offset != 0) -> PASS_UNSUPPORTED
-  protocol not TCP(6)/UDP(17) -> PASS_UNSUPPORTED
+  protocol not TCP(6)/UDP(17)/SCTP(132) -> PASS_UNSUPPORTED
   the L4 region is [l4, l3 + total length) clipped to the captured bytes.
 TCP: fewer than 20 bytes in the L4 region -> DROP_TRUNCATED; data offset < 5 or data offset*4 >
   total length - IHL*4 -> DROP_BAD_L4_HEADER. (The options need not be captured.)
 UDP: fewer than 8 bytes in the L4 region -> DROP_TRUNCATED; UDP length field < 8 ->
   DROP_BAD_L4_HEADER.
+SCTP: fewer than 12 bytes (the common header) in the L4 region -> DROP_TRUNCATED. Ports at
+  bytes 0-1 and 2-3 as for TCP/UDP. Conntrack treats SCTP like UDP (state OTHER, the "other"
+  timeout), but load() does not flush SCTP flows (only UDP).
 Flags used: SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04. "Pure SYN" = SYN set and ACK clear.
 
 Hash (selection and conntrack buckets), all arithmetic modulo 2**64:
@@ -150,6 +153,11 @@ Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word
   Every word of a rewritten field is updated, even one whose value does not change.
   UDP checksum: 0 stays 0 (no checksum); otherwise updated like TCP, and a result of 0 is
   written as 0xFFFF (after all updates of the packet).
+  SCTP: the IPv4 header checksum as above; the CRC32c (Castagnoli, reflected, initial value and
+  final xor 0xFFFFFFFF, stored least significant byte first at L4 bytes 8-11) is recomputed over
+  the whole SCTP packet [l4, l3 + total length) with the checksum field as zero, after the
+  ports are rewritten, if the whole packet was captured; a snaplen-cut SCTP packet keeps its
+  old CRC (it cannot be recomputed from part of the packet).
 
 Per-packet trace (optional arrays given to process)
 ----------------------------------------------------
