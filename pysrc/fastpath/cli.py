@@ -294,11 +294,14 @@ def print_summary(stats, out: TextIO) -> None:
 def print_cluster(state, dataplane, out: TextIO) -> None:
     maps = dataplane.maps
     skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(state.skipped.items()))
+    node = f"node {dataplane.node}" if dataplane.node else "no node"
     out.write(
-        f"cluster      {len(maps.services)} service ports, {len(maps.frontends)} frontends, "
-        f"{len(maps.backends)} backends from {len(state.sources)} file(s)"
+        f"cluster      {node}; {len(maps.services)} service ports, {len(maps.frontends)} "
+        f"frontends, {len(maps.backends)} backends from {len(state.sources)} file(s)"
         + (f"; skipped {skipped}" if skipped else "") + "\n"
     )
+    for note in dataplane.notes:
+        out.write(f"note         {note}\n")
 
 
 def _table(out: TextIO, title: str, counts: dict[str, int]) -> None:

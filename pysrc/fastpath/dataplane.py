@@ -81,6 +81,8 @@ class Dataplane:
         from fastpath.compiler import compile_maps
 
         compiled = compile_maps(cluster, node=self.node)
+        # The node actually compiled for: the one asked, or the dump's only Node.
+        self.node = compiled.node or self.node
         self.notes = compiled.notes
         self.timeouts_s = dict(getattr(compiled, "timeouts_s", {}) or {})
         return compiled.maps

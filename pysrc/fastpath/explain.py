@@ -248,7 +248,7 @@ def explain(
 
     answer = Explanation(
         src=f"{src_ip}:{sport}", dst=f"{dst_ip}:{dport}", proto=PROTOCOL_NAMES[number],
-        src_port_given=src_port_given, node=node, core=core, verdict=verdict.name,
+        src_port_given=src_port_given, node=dataplane.node, core=core, verdict=verdict.name,
         reason=reason.name, summary="", rule=RULES.get(reason),
     )
     if verdict == Verdict.REJECT:
