@@ -1,9 +1,10 @@
 # ClientIP session affinity: (client address, service id) -> the backend it last used, with
-# exact least-recently-used eviction (a pool of entries, one chained hash index, an LRU list).
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+# exact least-recently-used eviction (a pool of entries, one chained hash index, an Lru order).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from hashing cimport fmix64
+from lru cimport LRU_NIL, Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
 cdef enum:
     AFF_NIL = 0xFFFFFFFF
@@ -15,8 +16,7 @@ ctypedef struct AffinityEntry:      # 40 bytes
     uint32_t service
     uint32_t backend_addr
     uint16_t backend_port
-    uint32_t lru_prev
-    uint32_t lru_next
+    LruLinks lru
     uint32_t chain
 
 
@@ -24,12 +24,7 @@ ctypedef struct Affinity:
     AffinityEntry* entries          # NULL until a service with affinity is loaded
     uint32_t* buckets
     uint32_t bucket_mask
-    uint32_t capacity
-    uint32_t count
-    uint32_t never_used
-    uint32_t free_list
-    uint32_t lru_oldest
-    uint32_t lru_newest
+    Lru lru
     uint64_t evictions
     uint64_t expired
 
@@ -46,12 +41,8 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
     for i in range(nbuckets):
         a.buckets[i] = AFF_NIL
     a.bucket_mask = <uint32_t>(nbuckets - 1)
-    a.capacity = capacity
-    a.count = 0
-    a.never_used = 0
-    a.free_list = AFF_NIL
-    a.lru_oldest = AFF_NIL
-    a.lru_newest = AFF_NIL
+    lru_init(&a.lru, a.entries, sizeof(AffinityEntry),
+             <size_t>(<uint8_t*>&a.entries[0].lru - <uint8_t*>a.entries), capacity)
     return 0
 
 
@@ -75,26 +66,10 @@ cdef inline uint32_t affinity_find(Affinity* a, uint32_t client, uint32_t servic
     return AFF_NIL
 
 
-cdef inline void affinity_lru_unlink(Affinity* a, uint32_t index) noexcept nogil:
-    cdef AffinityEntry* e = &a.entries[index]
-    if e.lru_prev != AFF_NIL:
-        a.entries[e.lru_prev].lru_next = e.lru_next
-    else:
-        a.lru_oldest = e.lru_next
-    if e.lru_next != AFF_NIL:
-        a.entries[e.lru_next].lru_prev = e.lru_prev
-    else:
-        a.lru_newest = e.lru_prev
-
-
-cdef inline void affinity_lru_append(Affinity* a, uint32_t index) noexcept nogil:
-    a.entries[index].lru_prev = a.lru_newest
-    a.entries[index].lru_next = AFF_NIL
-    if a.lru_newest != AFF_NIL:
-        a.entries[a.lru_newest].lru_next = index
-    else:
-        a.lru_oldest = index
-    a.lru_newest = index
+cdef inline void affinity_chain_link(Affinity* a, uint32_t index) noexcept nogil:
+    cdef uint32_t* head = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
+    a.entries[index].chain = head[0]
+    head[0] = index
 
 
 cdef inline void affinity_delete(Affinity* a, uint32_t index) noexcept nogil:
@@ -104,10 +79,7 @@ cdef inline void affinity_delete(Affinity* a, uint32_t index) noexcept nogil:
             link[0] = a.entries[index].chain
             break
         link = &a.entries[link[0]].chain
-    affinity_lru_unlink(a, index)
-    a.entries[index].lru_next = a.free_list
-    a.free_list = index
-    a.count -= 1
+    lru_release(&a.lru, index)
 
 
 cdef inline void affinity_remap(Affinity* a, const uint32_t* new_ids, uint32_t n_ids) noexcept nogil:
@@ -115,23 +87,17 @@ cdef inline void affinity_remap(Affinity* a, const uint32_t* new_ids, uint32_t n
     service is gone are dropped; when two entries end up with one key the most recently used
     stays. Rebuilds the index newest first, so the first entry to claim a key is the newest."""
     cdef uint64_t i
-    cdef uint32_t index = a.lru_newest, older, new_id
-    cdef uint32_t* head
+    cdef uint32_t index = a.lru.newest, older, new_id
     for i in range(<uint64_t>a.bucket_mask + 1):
         a.buckets[i] = AFF_NIL
-    while index != AFF_NIL:
-        older = a.entries[index].lru_prev
+    while index != LRU_NIL:
+        older = a.entries[index].lru.prev
         new_id = new_ids[a.entries[index].service] if a.entries[index].service < n_ids else 0
         if new_id == 0 or affinity_find(a, a.entries[index].client_addr, new_id) != AFF_NIL:
-            affinity_lru_unlink(a, index)
-            a.entries[index].lru_next = a.free_list
-            a.free_list = index
-            a.count -= 1
+            lru_release(&a.lru, index)
         else:
             a.entries[index].service = new_id
-            head = affinity_bucket(a, a.entries[index].client_addr, new_id)
-            a.entries[index].chain = head[0]
-            head[0] = index
+            affinity_chain_link(a, index)
         index = older
 
 
@@ -140,26 +106,16 @@ cdef inline void affinity_record(Affinity* a, uint32_t client, uint32_t service,
                                  uint64_t now) noexcept nogil:
     """Remember (or refresh) which backend the client uses for the service."""
     cdef uint32_t index = affinity_find(a, client, service)
-    cdef uint32_t* head
     if index != AFF_NIL:
-        affinity_lru_unlink(a, index)
+        lru_touch(&a.lru, index)
     else:
-        if a.count == a.capacity:
+        if a.lru.count == a.lru.capacity:
             a.evictions += 1
-            affinity_delete(a, a.lru_oldest)
-        if a.free_list != AFF_NIL:
-            index = a.free_list
-            a.free_list = a.entries[index].lru_next
-        else:
-            index = a.never_used
-            a.never_used += 1
-        a.count += 1
+            affinity_delete(a, a.lru.oldest)
+        index = lru_take(&a.lru)
         a.entries[index].client_addr = client
         a.entries[index].service = service
-        head = affinity_bucket(a, client, service)
-        a.entries[index].chain = head[0]
-        head[0] = index
+        affinity_chain_link(a, index)
     a.entries[index].backend_addr = backend_addr
     a.entries[index].backend_port = backend_port
     a.entries[index].last_used_ns = now
-    affinity_lru_append(a, index)

@@ -8,6 +8,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from hashing cimport flow_hash
+from lru cimport Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
 cdef enum:
     CT_NIL = 0xFFFFFFFF
@@ -43,8 +44,7 @@ ctypedef struct CtEntry:            # 64 bytes: one cache line
     uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED
     uint32_t service                # ids for the per-service and per-backend counters
     uint32_t backend
-    uint32_t lru_prev               # towards the least recently used end
-    uint32_t lru_next
+    LruLinks lru
     uint32_t chain[2]               # next ref in the bucket chain, per direction
 
 
@@ -64,12 +64,7 @@ ctypedef struct Conntrack:
     CtEntry* entries
     uint32_t* buckets               # head ref per bucket
     uint32_t bucket_mask
-    uint32_t capacity
-    uint32_t count
-    uint32_t never_used             # entries [never_used, capacity) have never been handed out
-    uint32_t free_list              # entries freed by deletion, linked through lru_next
-    uint32_t lru_oldest
-    uint32_t lru_newest
+    Lru lru                         # capacity, count, and the least recently used order
     uint64_t timeout_ns[STATE_COUNT]
     CtStats stats
 
@@ -87,12 +82,8 @@ cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
     for i in range(nbuckets):
         ct.buckets[i] = CT_NIL
     ct.bucket_mask = <uint32_t>(nbuckets - 1)
-    ct.capacity = capacity
-    ct.count = 0
-    ct.never_used = 0
-    ct.free_list = CT_NIL
-    ct.lru_oldest = CT_NIL
-    ct.lru_newest = CT_NIL
+    lru_init(&ct.lru, ct.entries, sizeof(CtEntry),
+             <size_t>(<uint8_t*>&ct.entries[0].lru - <uint8_t*>ct.entries), capacity)
     return 0
 
 
@@ -147,65 +138,21 @@ cdef inline void ct_chain_unlink(Conntrack* ct, uint32_t index, uint32_t directi
         link = &ct.entries[link[0] >> 1].chain[link[0] & 1]
 
 
-cdef inline void ct_lru_unlink(Conntrack* ct, uint32_t index) noexcept nogil:
-    cdef CtEntry* e = &ct.entries[index]
-    if e.lru_prev != CT_NIL:
-        ct.entries[e.lru_prev].lru_next = e.lru_next
-    else:
-        ct.lru_oldest = e.lru_next
-    if e.lru_next != CT_NIL:
-        ct.entries[e.lru_next].lru_prev = e.lru_prev
-    else:
-        ct.lru_newest = e.lru_prev
-
-
-cdef inline void ct_lru_append(Conntrack* ct, uint32_t index) noexcept nogil:
-    cdef CtEntry* e = &ct.entries[index]
-    e.lru_prev = ct.lru_newest
-    e.lru_next = CT_NIL
-    if ct.lru_newest != CT_NIL:
-        ct.entries[ct.lru_newest].lru_next = index
-    else:
-        ct.lru_oldest = index
-    ct.lru_newest = index
-
-
 cdef inline void ct_touch(Conntrack* ct, uint32_t index) noexcept nogil:
     """Make the entry the most recently used."""
-    if ct.lru_newest != index:
-        ct_lru_unlink(ct, index)
-        ct_lru_append(ct, index)
+    lru_touch(&ct.lru, index)
 
 
 cdef inline void ct_delete(Conntrack* ct, uint32_t index) noexcept nogil:
     ct_chain_unlink(ct, index, DIR_ORIG)
     ct_chain_unlink(ct, index, DIR_REPLY)
-    ct_lru_unlink(ct, index)
     ct.entries[index].state = STATE_FREE
-    ct.entries[index].lru_next = ct.free_list
-    ct.free_list = index
-    ct.count -= 1
+    lru_release(&ct.lru, index)
 
 
 cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_ns) noexcept nogil:
     # Capture timestamps may step backwards: an earlier packet never expires an entry.
     return now_ns > e.last_seen_ns and now_ns - e.last_seen_ns > ct.timeout_ns[e.state]
-
-
-cdef inline uint32_t ct_allocate(Conntrack* ct) noexcept nogil:
-    """A free entry index, evicting the least recently used entry when the table is full."""
-    cdef uint32_t index
-    if ct.count == ct.capacity:
-        ct.stats.evictions += 1
-        ct_delete(ct, ct.lru_oldest)
-    if ct.free_list != CT_NIL:
-        index = ct.free_list
-        ct.free_list = ct.entries[index].lru_next
-    else:
-        index = ct.never_used
-        ct.never_used += 1
-    ct.count += 1
-    return index
 
 
 cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t daddr,
@@ -220,11 +167,15 @@ cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogi
                         flow.reply_port, flow.proto):
         ct.stats.insert_failures += 1
         return CT_NIL
-    cdef uint32_t index = ct_allocate(ct)
+    if ct.lru.count == ct.lru.capacity:
+        ct.stats.evictions += 1
+        ct_delete(ct, ct.lru.oldest)
+    cdef uint32_t index = lru_take(&ct.lru)
+    cdef LruLinks links = ct.entries[index].lru
     ct.entries[index] = flow[0]
+    ct.entries[index].lru = links
     # Reply first: chains are LIFO, so an entry whose two tuples are equal answers as ORIG.
     ct_chain_link(ct, index, DIR_REPLY)
     ct_chain_link(ct, index, DIR_ORIG)
-    ct_lru_append(ct, index)
     ct.stats.inserts += 1
     return index

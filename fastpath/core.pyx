@@ -243,7 +243,7 @@ cdef class Engine:
 
     @property
     def ct_capacity(self):
-        return self.ct.capacity
+        return self.ct.lru.capacity
 
     # -- maps ----------------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ cdef class Engine:
         try:
             _build_maps(&m, maps)
             if m.any_affinity and self.affinity.entries == NULL:
-                if affinity_init(&self.affinity, self.ct.capacity) != 0:
+                if affinity_init(&self.affinity, self.ct.lru.capacity) != 0:
                     raise MemoryError("cannot allocate the session affinity table")
         except BaseException:
             maps_free(&m)
@@ -282,10 +282,10 @@ cdef class Engine:
             {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
             for s in maps.services
         ]
-        index = self.ct.lru_oldest
+        index = self.ct.lru.oldest
         while index != CT_NIL:
             e = &self.ct.entries[index]
-            following = e.lru_next
+            following = e.lru.next
             e.service = service_ids[e.service] if e.service < len(service_ids) else 0
             e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
             if e.proto == IPPROTO_UDP and (
@@ -541,11 +541,11 @@ cdef class Engine:
                 "reopened": s.reopened, "non_syn_miss": s.non_syn_miss,
                 "insert_failures": s.insert_failures, "flushed": s.flushed,
                 "snat_failures": s.snat_failures, "snat_unavailable": s.snat_unavailable,
-                "entries": self.ct.count,
+                "entries": self.ct.lru.count,
             },
             "affinity": {
                 "evictions": self.affinity.evictions, "expired": self.affinity.expired,
-                "entries": self.affinity.count,
+                "entries": self.affinity.lru.count,
             },
         }
 
