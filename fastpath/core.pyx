@@ -23,15 +23,22 @@ from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
     frontend_map_put,
 )
+from fragments cimport (
+    FRAG_NIL, FragEntry, Fragments, fragments_find, fragments_free, fragments_init,
+    fragments_record,
+)
 from hashing cimport flow_hash, scale_hash
-from nat cimport translate
+from lru cimport lru_touch
+from nat cimport rewrite_addresses, translate, translate_icmp_error
 from wire cimport (
-    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_NO_LOCAL_ENDPOINT,
-    DROP_SOURCE_RANGE, DROP_TRUNCATED, IPPROTO_TCP, IPPROTO_UDP, NEW_FLOW, PARSED,
-    PASS_NO_SERVICE, PASS_NOT_IP, PASS_UNKNOWN_LINK, PASS_UNSUPPORTED, REASON_COUNT,
-    REJECT_NO_ENDPOINT, REJECT_UNKNOWN_PORT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VERDICT_COUNT,
-    VERDICT_DNAT, VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT, VERDICT_REVNAT, Packet,
-    parse_packet,
+    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
+    DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, DROP_TRUNCATED, ETH_P_IP, ETH_P_IPV6, FRAG_DNAT,
+    FRAG_DROP, FRAG_REVNAT, ICMP_ERROR_FORWARD, ICMP_ERROR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
+    NEW_FLOW, PARSED, PARSED_FRAGMENT, PARSED_ICMP_ERROR, PASS_FRAGMENT, PASS_NO_SERVICE,
+    PASS_NOT_IP, PASS_UNKNOWN_LINK, PASS_UNSUPPORTED, REASON_COUNT, REJECT_NO_ENDPOINT,
+    REJECT_UNKNOWN_PORT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VERDICT_COUNT, VERDICT_DNAT,
+    VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT, VERDICT_REVNAT, Packet, l3_protocol_of_link,
+    load32, parse_ipv4, parse_ports, parse_quoted,
 )
 
 from fastpath.maps import FRONTEND_KINDS
@@ -110,6 +117,7 @@ ctypedef struct Maps:
     uint32_t n_pod_cidrs
     bint masquerade_all
     FrontendMap service_ips         # ClusterIPs, keyed frontend_key(ip, 0, 0)
+    FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
     bint any_affinity
 
 
@@ -127,7 +135,10 @@ REASON_NUMBERS = {
     "DROP_NO_LOCAL_ENDPOINT": DROP_NO_LOCAL_ENDPOINT, "DROP_TRUNCATED": DROP_TRUNCATED,
     "DROP_BAD_IP_HEADER": DROP_BAD_IP_HEADER, "DROP_BAD_L4_HEADER": DROP_BAD_L4_HEADER,
     "REJECT_NO_ENDPOINT": REJECT_NO_ENDPOINT, "REJECT_UNKNOWN_PORT": REJECT_UNKNOWN_PORT,
-    "DROP_SOURCE_RANGE": DROP_SOURCE_RANGE,
+    "DROP_SOURCE_RANGE": DROP_SOURCE_RANGE, "ICMP_ERROR_FORWARD": ICMP_ERROR_FORWARD,
+    "ICMP_ERROR_REPLY": ICMP_ERROR_REPLY, "FRAG_DNAT": FRAG_DNAT, "FRAG_REVNAT": FRAG_REVNAT,
+    "FRAG_DROP": FRAG_DROP, "DROP_FRAG_NOT_FOUND": DROP_FRAG_NOT_FOUND,
+    "PASS_FRAGMENT": PASS_FRAGMENT,
 }
 VERDICT_NUMBERS = {"PASS": VERDICT_PASS, "DNAT": VERDICT_DNAT, "REVNAT": VERDICT_REVNAT,
                    "DROP": VERDICT_DROP, "REJECT": VERDICT_REJECT}
@@ -147,6 +158,13 @@ VERDICT_OF[DROP_BAD_L4_HEADER] = VERDICT_DROP
 VERDICT_OF[REJECT_NO_ENDPOINT] = VERDICT_REJECT
 VERDICT_OF[REJECT_UNKNOWN_PORT] = VERDICT_REJECT
 VERDICT_OF[DROP_SOURCE_RANGE] = VERDICT_DROP
+VERDICT_OF[ICMP_ERROR_FORWARD] = VERDICT_DNAT
+VERDICT_OF[ICMP_ERROR_REPLY] = VERDICT_REVNAT
+VERDICT_OF[FRAG_DNAT] = VERDICT_DNAT
+VERDICT_OF[FRAG_REVNAT] = VERDICT_REVNAT
+VERDICT_OF[FRAG_DROP] = VERDICT_DROP
+VERDICT_OF[DROP_FRAG_NOT_FOUND] = VERDICT_DROP
+VERDICT_OF[PASS_FRAGMENT] = VERDICT_PASS
 
 
 def verdict_of_reason(int reason):
@@ -159,6 +177,7 @@ def verdict_of_reason(int reason):
 cdef void maps_free(Maps* m) noexcept nogil:
     frontend_map_free(&m.frontend_map)
     frontend_map_free(&m.service_ips)
+    frontend_map_free(&m.frontend_ips)
     free(m.frontends)
     free(m.ranges)
     free(m.services)
@@ -216,6 +235,7 @@ cdef class Engine:
     cdef object py_maps                # the fastpath.maps.Maps loaded, for remapping on load()
     cdef Conntrack ct
     cdef Affinity affinity
+    cdef Fragments fragments
     cdef uint64_t verdict_packets[VERDICT_COUNT]
     cdef uint64_t reason_packets[REASON_COUNT]
     cdef uint64_t* service_packets     # indexed by service id
@@ -226,6 +246,8 @@ cdef class Engine:
             raise ValueError(f"ct_capacity must be an integer from 1 to 2**31-1, got {ct_capacity!r}")
         if ct_init(&self.ct, ct_capacity) != 0:
             raise MemoryError(f"cannot allocate a conntrack table of {ct_capacity} entries")
+        if fragments_init(&self.fragments) != 0:
+            raise MemoryError("cannot allocate the fragment table")
         timeouts = dict(DEFAULT_TIMEOUTS_S)
         timeouts.update(timeouts_s or {})
         self.ct.timeout_ns[STATE_SYN_SENT] = int(timeouts["syn_sent"] * SECOND_NS)
@@ -238,6 +260,7 @@ cdef class Engine:
         maps_free(&self.maps)
         ct_free(&self.ct)
         affinity_free(&self.affinity)
+        fragments_free(&self.fragments)
         free(self.service_packets)
         free(self.backend_packets)
 
@@ -350,9 +373,32 @@ cdef class Engine:
     cdef inline uint8_t _packet(self, uint8_t* data, uint32_t caplen, uint64_t now,
                                 int linktype, TraceOut* trace) noexcept nogil:
         cdef Packet pkt
-        cdef int parsed = parse_packet(data, caplen, linktype, &pkt)
+        cdef uint32_t l3_offset = 0
+        cdef int parsed = l3_protocol_of_link(data, caplen, linktype, &l3_offset)
+        if parsed < 0:
+            return <uint8_t>-parsed
+        if parsed == ETH_P_IPV6:
+            return PASS_UNSUPPORTED
+        if parsed != ETH_P_IP:
+            return PASS_NOT_IP
+        parsed = parse_ipv4(data + l3_offset, caplen - l3_offset, &pkt)
+        if parsed == PARSED_FRAGMENT:
+            return self._later_fragment(&pkt, trace)
         if parsed != PARSED:
             return <uint8_t>parsed
+        parsed = parse_ports(&pkt)
+        cdef uint8_t reason
+        if parsed == PARSED:
+            reason = self._flow(&pkt, now, trace)
+        elif parsed == PARSED_ICMP_ERROR:
+            reason = self._icmp_error(&pkt, now, trace)
+        else:
+            reason = <uint8_t>parsed
+        if pkt.first_fragment and VERDICT_OF[reason] != VERDICT_PASS:
+            self._remember_fragment(&pkt, reason, trace)
+        return reason
+
+    cdef inline uint8_t _flow(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:
         cdef uint64_t hash = flow_hash(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
         cdef uint32_t ref = ct_lookup(&self.ct, hash, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
                                       pkt.proto)
@@ -367,8 +413,72 @@ cdef class Engine:
                 self.ct.stats.reopened += 1
                 ct_delete(&self.ct, ref >> 1)
             else:
-                return self._tracked(&pkt, e, ref, now, trace)
-        return self._new_flow(&pkt, hash, now, trace)
+                return self._tracked(pkt, e, ref, now, trace)
+        return self._new_flow(pkt, hash, now, trace)
+
+    cdef inline void _remember_fragment(self, Packet* pkt, uint8_t reason,
+                                        TraceOut* trace) noexcept nogil:
+        """Later fragments of this datagram will get what this first fragment got."""
+        cdef FragEntry* e = fragments_record(&self.fragments, pkt.saddr, pkt.daddr, pkt.ip_id,
+                                             pkt.proto)
+        e.verdict = VERDICT_OF[reason]
+        e.new_saddr = load32(pkt.l3 + 12)
+        e.new_daddr = load32(pkt.l3 + 16)
+        e.service = trace.service
+        e.backend = trace.backend
+        e.flags = trace.flags
+
+    cdef inline uint8_t _later_fragment(self, Packet* pkt, TraceOut* trace) noexcept nogil:
+        cdef uint32_t index = fragments_find(&self.fragments, pkt.saddr, pkt.daddr, pkt.ip_id,
+                                             pkt.proto)
+        if index == FRAG_NIL:
+            self.fragments.not_found += 1
+            if frontend_map_get(&self.maps.frontend_ips, frontend_key(pkt.daddr, 0, 0)) >= 0:
+                return DROP_FRAG_NOT_FOUND  # to a service, but its ports are unknowable
+            return PASS_FRAGMENT
+        cdef FragEntry* e = &self.fragments.entries[index]
+        lru_touch(&self.fragments.lru, index)
+        self.fragments.followed += 1
+        trace.service = e.service
+        trace.backend = e.backend
+        trace.flags = e.flags
+        if e.verdict == VERDICT_DNAT or e.verdict == VERDICT_REVNAT:
+            rewrite_addresses(pkt.l3, e.new_saddr, e.new_daddr)
+            return FRAG_DNAT if e.verdict == VERDICT_DNAT else FRAG_REVNAT
+        return FRAG_DROP
+
+    cdef inline uint8_t _icmp_error(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:
+        """An ICMP error about a tracked flow is translated like the flow's own packets."""
+        cdef Packet quoted
+        if not parse_quoted(pkt, &quoted):
+            return PASS_UNSUPPORTED
+        # The quoted packet went the other way: its reversed tuple is the flow's tuple.
+        cdef uint32_t ref = ct_lookup(
+            &self.ct, flow_hash(quoted.daddr, quoted.saddr, quoted.dport, quoted.sport,
+                                quoted.proto),
+            quoted.daddr, quoted.saddr, quoted.dport, quoted.sport, quoted.proto)
+        if ref == CT_NIL or ct_expired(&self.ct, &self.ct.entries[ref >> 1], now):
+            return PASS_NO_SERVICE
+        cdef CtEntry* e = &self.ct.entries[ref >> 1]
+        cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
+        trace.service = e.service
+        trace.backend = e.backend
+        trace.flags = e.flags
+        if (ref & 1) == DIR_REPLY:
+            # Quoted: a translated forward packet (SNAT/client -> backend); going to the client.
+            translate_icmp_error(
+                pkt, &quoted, True, e.frontend_addr, e.frontend_port,
+                masqueraded, e.client_addr, e.client_port,
+                pkt.saddr == e.backend_addr, e.frontend_addr,
+                masqueraded and pkt.daddr == e.reply_addr, e.client_addr)
+            return ICMP_ERROR_REPLY
+        # Quoted: a reply as the client saw it (frontend -> client); going to the backend.
+        translate_icmp_error(
+            pkt, &quoted, masqueraded, e.reply_addr, e.reply_port,
+            True, e.backend_addr, e.backend_port,
+            masqueraded and pkt.saddr == e.client_addr, e.reply_addr,
+            pkt.daddr == e.frontend_addr, e.backend_addr)
+        return ICMP_ERROR_FORWARD
 
     cdef inline uint8_t _tracked(self, Packet* pkt, CtEntry* e, uint32_t ref, uint64_t now,
                                  TraceOut* trace) noexcept nogil:
@@ -547,6 +657,11 @@ cdef class Engine:
                 "evictions": self.affinity.evictions, "expired": self.affinity.expired,
                 "entries": self.affinity.lru.count,
             },
+            "fragments": {
+                "tracked": self.fragments.tracked, "evictions": self.fragments.evictions,
+                "followed": self.fragments.followed, "not_found": self.fragments.not_found,
+                "entries": self.fragments.lru.count,
+            },
         }
 
 
@@ -614,8 +729,13 @@ cdef _build_maps(Maps* m, maps):
     m.n_pod_cidrs = len(node.pod_cidrs)
     for i, (network, length) in enumerate(node.pod_cidrs):
         m.pod_cidrs[i] = _prefix(network, length)
+    if frontend_map_init(&m.frontend_ips, n_frontends + len(node.service_ips)) != 0:
+        raise MemoryError("cannot allocate the frontend address set")
     for address in node.service_ips:
         frontend_map_put(&m.service_ips, frontend_key(address, 0, 0), 0)
+        frontend_map_put(&m.frontend_ips, frontend_key(address, 0, 0), 0)
+    for frontend in maps.frontends:
+        frontend_map_put(&m.frontend_ips, frontend_key(frontend.ip, 0, 0), 0)
 
 
 def _id_mapping(old, new):

@@ -3,7 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from checksum cimport csum_apply, csum_delta16, csum_delta32
-from wire cimport IPPROTO_SCTP, IPPROTO_UDP, Packet, load16, store16, store32
+from wire cimport IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, load16, load32, store16, store32
 
 cdef extern from "crc32c.h":
     uint32_t fp_crc32c_skipping(const uint8_t* data, size_t length, size_t skip) nogil
@@ -44,3 +44,62 @@ cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_
         store16(l4_check_at, 0xFFFF if l4_check == 0 else l4_check)
     else:
         store16(l4_check_at, csum_apply(l4_check, address_delta + port_delta))
+
+
+cdef inline void rewrite_addresses(uint8_t* l3, uint32_t new_saddr, uint32_t new_daddr) noexcept nogil:
+    """Set both IPv4 addresses (destination first, then source) and fix the header checksum."""
+    cdef uint32_t delta = csum_delta32(load32(l3 + 16), new_daddr) + csum_delta32(load32(l3 + 12), new_saddr)
+    store32(l3 + 16, new_daddr)
+    store32(l3 + 12, new_saddr)
+    store16(l3 + 10, csum_apply(load16(l3 + 10), delta))
+
+
+cdef inline uint32_t replace_checksum(uint8_t* at, uint16_t new) noexcept nogil:
+    """Store a new checksum value; returns the delta it makes to a checksum covering it."""
+    cdef uint16_t old = load16(at)
+    store16(at, new)
+    return csum_delta16(old, new)
+
+
+cdef inline void translate_icmp_error(Packet* outer, Packet* quoted,
+                                      bint set_qdst, uint32_t qd_addr, uint16_t qd_port,
+                                      bint set_qsrc, uint32_t qs_addr, uint16_t qs_port,
+                                      bint set_outer_src, uint32_t outer_src,
+                                      bint set_outer_dst, uint32_t outer_dst) noexcept nogil:
+    """Translate an ICMP error and the packet it quotes, every checksum updated incrementally.
+
+    The ICMP checksum covers the quote byte for byte (no pseudo-header), so every 16-bit word
+    changed inside it (addresses, ports, the quoted checksums) goes into its delta."""
+    cdef uint32_t address_delta = 0, port_delta = 0, d
+    if set_qdst:
+        d = csum_delta32(quoted.daddr, qd_addr)
+        address_delta += d
+        port_delta += csum_delta16(quoted.dport, qd_port)
+        store32(quoted.l3 + 16, qd_addr)
+        store16(quoted.l4 + 2, qd_port)
+    if set_qsrc:
+        address_delta += csum_delta32(quoted.saddr, qs_addr)
+        port_delta += csum_delta16(quoted.sport, qs_port)
+        store32(quoted.l3 + 12, qs_addr)
+        store16(quoted.l4, qs_port)
+    cdef uint32_t icmp_delta = address_delta + port_delta
+    icmp_delta += replace_checksum(quoted.l3 + 10, csum_apply(load16(quoted.l3 + 10), address_delta))
+    cdef uint16_t check
+    if quoted.proto == IPPROTO_TCP and quoted.l4_captured >= 18:
+        check = csum_apply(load16(quoted.l4 + 16), address_delta + port_delta)
+        icmp_delta += replace_checksum(quoted.l4 + 16, check)
+    elif quoted.proto == IPPROTO_UDP and quoted.l4_captured >= 8 and load16(quoted.l4 + 6) != 0:
+        check = csum_apply(load16(quoted.l4 + 6), address_delta + port_delta)
+        icmp_delta += replace_checksum(quoted.l4 + 6, 0xFFFF if check == 0 else check)
+    # (A quoted SCTP CRC covers the whole original packet: it cannot be fixed from a quote.)
+    # The ICMP delta may exceed what csum_apply takes at once: fold it first.
+    icmp_delta = (icmp_delta & 0xFFFF) + (icmp_delta >> 16)
+    store16(outer.l4 + 2, csum_apply(load16(outer.l4 + 2), icmp_delta))
+    cdef uint32_t outer_delta = 0
+    if set_outer_dst:
+        outer_delta += csum_delta32(outer.daddr, outer_dst)
+        store32(outer.l3 + 16, outer_dst)
+    if set_outer_src:
+        outer_delta += csum_delta32(outer.saddr, outer_src)
+        store32(outer.l3 + 12, outer_src)
+    store16(outer.l3 + 10, csum_apply(load16(outer.l3 + 10), outer_delta))

@@ -19,8 +19,18 @@ cdef enum:
     REJECT_NO_ENDPOINT = 11
     REJECT_UNKNOWN_PORT = 12
     DROP_SOURCE_RANGE = 13
-    REASON_COUNT = 14
-    PARSED = 255          # not a reason: the packet is IPv4 TCP/UDP and fully parsed
+    ICMP_ERROR_FORWARD = 14
+    ICMP_ERROR_REPLY = 15
+    FRAG_DNAT = 16
+    FRAG_REVNAT = 17
+    FRAG_DROP = 18
+    DROP_FRAG_NOT_FOUND = 19
+    PASS_FRAGMENT = 20
+    REASON_COUNT = 21
+    # Not reasons: what the parser found, for the engine to go on with.
+    PARSED = 255            # IPv4 TCP/UDP/SCTP, parsed up to the ports
+    PARSED_ICMP_ERROR = 254 # an ICMP error: parse_quoted() reads the packet it quotes
+    PARSED_FRAGMENT = 253   # a later fragment: only the IPv4 header is known
 
 cdef enum:
     VERDICT_PASS = 0
@@ -41,6 +51,7 @@ cdef enum:
 cdef enum:
     ETH_P_IP = 0x0800
     ETH_P_IPV6 = 0x86DD
+    IPPROTO_ICMP = 1
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
     IPPROTO_SCTP = 132
@@ -52,9 +63,12 @@ cdef enum:
 
 ctypedef struct Packet:
     uint8_t* l3          # IPv4 header
-    uint8_t* l4          # TCP/UDP/SCTP header (at least 20/8/12 bytes captured)
+    uint8_t* l4          # TCP/UDP/SCTP header (at least 20/8/12 bytes captured), ICMP header
     uint32_t l4_length   # the whole L4 packet (IP total length - header length)
+    uint32_t l4_captured # how much of it is captured
     bint complete        # all of it is captured (an SCTP CRC can be recomputed)
+    bint first_fragment  # offset 0 with more fragments to come
+    uint16_t ip_id
     uint32_t saddr
     uint32_t daddr
     uint16_t sport
@@ -136,20 +150,12 @@ cdef inline int l3_protocol_of_link(const uint8_t* p, uint32_t caplen, int linkt
     return -PASS_UNKNOWN_LINK
 
 
-cdef inline int parse_packet(uint8_t* p, uint32_t caplen, int linktype, Packet* pkt) noexcept nogil:
-    """Parse up to the L4 header. Returns PARSED, or the reason the packet stops here."""
-    cdef uint32_t l3_off = 0, l3_len, ihl, total_len, l4_off, l4_end, l4_len
-    cdef int ethertype = l3_protocol_of_link(p, caplen, linktype, &l3_off)
-    if ethertype < 0:
-        return -ethertype
-    if ethertype == ETH_P_IPV6:
-        return PASS_UNSUPPORTED
-    if ethertype != ETH_P_IP:
-        return PASS_NOT_IP
-    l3_len = caplen - l3_off
+cdef inline int parse_ipv4(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept nogil:
+    """Check an IPv4 header with l3_len bytes captured from it on. Returns PARSED (header only:
+    pkt.l3, addresses, proto, id, L4 extent filled), PARSED_FRAGMENT, or a drop reason."""
+    cdef uint32_t ihl, total_len, fragment
     if l3_len < 20:
         return DROP_TRUNCATED
-    cdef uint8_t* ip = p + l3_off
     if ip[0] >> 4 != 4 or (ip[0] & 0x0F) < 5:
         return DROP_BAD_IP_HEADER
     ihl = (ip[0] & 0x0F) * 4
@@ -158,22 +164,30 @@ cdef inline int parse_packet(uint8_t* p, uint32_t caplen, int linktype, Packet* 
     total_len = load16(ip + 2)
     if total_len < ihl:
         return DROP_BAD_IP_HEADER
-    if load16(ip + 6) & 0x3FFF:       # MF flag or a fragment offset
-        return PASS_UNSUPPORTED
-    pkt.proto = ip[9]
-    if pkt.proto != IPPROTO_TCP and pkt.proto != IPPROTO_UDP and pkt.proto != IPPROTO_SCTP:
-        return PASS_UNSUPPORTED
-    # A total length beyond the captured bytes is a snaplen cut: clip to what was captured.
-    l4_end = total_len if total_len < l3_len else l3_len
-    l4_len = l4_end - ihl
     pkt.l3 = ip
     pkt.l4 = ip + ihl
+    pkt.proto = ip[9]
+    pkt.ip_id = load16(ip + 4)
+    pkt.saddr = load32(ip + 12)
+    pkt.daddr = load32(ip + 16)
     pkt.l4_length = total_len - ihl
+    # A total length beyond the captured bytes is a snaplen cut: clip to what was captured.
+    pkt.l4_captured = (total_len if total_len < l3_len else l3_len) - ihl
     pkt.complete = total_len <= l3_len
+    fragment = load16(ip + 6)
+    pkt.first_fragment = (fragment & 0x2000) != 0
+    if fragment & 0x1FFF:           # a later fragment: no transport header in it
+        return PARSED_FRAGMENT
+    return PARSED
+
+
+cdef inline int parse_ports(Packet* pkt) noexcept nogil:
+    """Check the transport header of a parsed IPv4 packet and read its ports."""
+    cdef uint32_t l4_len = pkt.l4_captured
     if pkt.proto == IPPROTO_TCP:
         if l4_len < 20:
             return DROP_TRUNCATED
-        if (pkt.l4[12] >> 4) < 5 or (pkt.l4[12] >> 4) * 4u > total_len - ihl:
+        if (pkt.l4[12] >> 4) < 5 or (pkt.l4[12] >> 4) * 4u > pkt.l4_length:
             return DROP_BAD_L4_HEADER
         pkt.tcp_flags = pkt.l4[13]
     elif pkt.proto == IPPROTO_UDP:
@@ -182,12 +196,36 @@ cdef inline int parse_packet(uint8_t* p, uint32_t caplen, int linktype, Packet* 
         if load16(pkt.l4 + 4) < 8:
             return DROP_BAD_L4_HEADER
         pkt.tcp_flags = 0
-    else:
+    elif pkt.proto == IPPROTO_SCTP:
         if l4_len < 12:
             return DROP_TRUNCATED
         pkt.tcp_flags = 0
-    pkt.saddr = load32(ip + 12)
-    pkt.daddr = load32(ip + 16)
+    elif pkt.proto == IPPROTO_ICMP:
+        if l4_len < 8:
+            return DROP_TRUNCATED
+        # Destination unreachable, time exceeded, parameter problem: errors quoting a packet.
+        if pkt.l4[0] == 3 or pkt.l4[0] == 11 or pkt.l4[0] == 12:
+            return PARSED_ICMP_ERROR
+        return PASS_UNSUPPORTED
+    else:
+        return PASS_UNSUPPORTED
     pkt.sport = load16(pkt.l4)
     pkt.dport = load16(pkt.l4 + 2)
     return PARSED
+
+
+cdef inline bint parse_quoted(const Packet* icmp, Packet* inner) noexcept nogil:
+    """The packet an ICMP error quotes, parsed up to its ports (the quote holds at least its
+    IPv4 header and 4 bytes after it). False when there is no such usable quote."""
+    if icmp.l4_captured < 8:
+        return False
+    cdef uint32_t available = icmp.l4_captured - 8
+    if parse_ipv4(icmp.l4 + 8, available, inner) != PARSED:
+        return False
+    if inner.proto != IPPROTO_TCP and inner.proto != IPPROTO_UDP and inner.proto != IPPROTO_SCTP:
+        return False
+    if inner.l4_captured < 4:
+        return False
+    inner.sport = load16(inner.l4)
+    inner.dport = load16(inner.l4 + 2)
+    return True

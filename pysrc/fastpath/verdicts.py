@@ -23,7 +23,7 @@ class Reason(enum.IntEnum):
 
     PASS_NOT_IP = 0  # L3 protocol is not IP (ARP, LLDP, ...)
     PASS_NO_SERVICE = 1  # IP, but neither a frontend nor a tracked flow
-    PASS_UNSUPPORTED = 2  # IP traffic the core does not translate yet (IPv6, fragments, non TCP/UDP)
+    PASS_UNSUPPORTED = 2  # IP traffic the core does not translate (IPv6, other protocols, ICMP non-errors)
     PASS_UNKNOWN_LINK = 3  # the capture's link type has no parser
     NEW_FLOW = 4  # first packet of a flow: backend selected, conntrack entry created (DNAT)
     CT_ESTABLISHED = 5  # forward packet of a tracked flow (DNAT)
@@ -35,6 +35,13 @@ class Reason(enum.IntEnum):
     REJECT_NO_ENDPOINT = 11  # the service port has no usable endpoint anywhere
     REJECT_UNKNOWN_PORT = 12  # a ClusterIP, on a port/protocol none of its services has
     DROP_SOURCE_RANGE = 13  # source outside the LoadBalancer's loadBalancerSourceRanges
+    ICMP_ERROR_FORWARD = 14  # ICMP error from the client side about a tracked flow (DNAT)
+    ICMP_ERROR_REPLY = 15  # ICMP error from the backend side about a tracked flow (REVNAT)
+    FRAG_DNAT = 16  # later fragment of a datagram whose first fragment was DNATed
+    FRAG_REVNAT = 17  # later fragment of a datagram whose first fragment was REVNATed
+    FRAG_DROP = 18  # later fragment of a datagram whose first fragment was dropped or rejected
+    DROP_FRAG_NOT_FOUND = 19  # later fragment to a service address, its first fragment unseen
+    PASS_FRAGMENT = 20  # later fragment, first fragment unseen, not to a service address
 
 
 VERDICT_OF_REASON: dict[Reason, Verdict] = {
@@ -52,6 +59,13 @@ VERDICT_OF_REASON: dict[Reason, Verdict] = {
     Reason.REJECT_NO_ENDPOINT: Verdict.REJECT,
     Reason.REJECT_UNKNOWN_PORT: Verdict.REJECT,
     Reason.DROP_SOURCE_RANGE: Verdict.DROP,
+    Reason.ICMP_ERROR_FORWARD: Verdict.DNAT,
+    Reason.ICMP_ERROR_REPLY: Verdict.REVNAT,
+    Reason.FRAG_DNAT: Verdict.DNAT,
+    Reason.FRAG_REVNAT: Verdict.REVNAT,
+    Reason.FRAG_DROP: Verdict.DROP,
+    Reason.DROP_FRAG_NOT_FOUND: Verdict.DROP,
+    Reason.PASS_FRAGMENT: Verdict.PASS,
 }
 
 
