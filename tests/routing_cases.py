@@ -296,7 +296,7 @@ class Flows:
     src: tuple[str, ...]
     dst: str
     dport: int
-    proto: str  # "TCP", "UDP", "ICMP" (echo request) or "ARP"
+    proto: str  # "TCP", "UDP", "SCTP" (a DATA chunk), "ICMP" (echo request) or "ARP"
     n: int
     expect: Expect
     again: str | None = None
@@ -337,6 +337,10 @@ def flows(src: str | tuple[str, ...], dst: str, dport: int, expect: Expect, *, p
 
 def udp(src: str | tuple[str, ...], dst: str, dport: int, expect: Expect, **kw: Any) -> Flows:
     return flows(src, dst, dport, expect, proto="UDP", **kw)
+
+
+def sctp(src: str | tuple[str, ...], dst: str, dport: int, expect: Expect, **kw: Any) -> Flows:
+    return flows(src, dst, dport, expect, proto="SCTP", **kw)
 
 
 def again(of: str, expect: Expect, *, label: str | None = None) -> Flows:
@@ -431,6 +435,11 @@ ALL3 = at(8080, E1, E2, E3)
 DNS = svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53")
 DNS_SLICE = slice("dns", ep(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"),
                   ports=(eport(5353, name="dns", proto="UDP"),))
+SIG_IP = "10.96.0.68"  # an SCTP-only service (Diameter-like signalling)
+SIG = svc("sig", port(3868, name="diameter", proto="SCTP", target=3869), ip=SIG_IP)
+SIG_PORTS = (eport(3869, name="diameter", proto="SCTP"),)
+SIG_SLICE = slice("sig", ep(E1, "node-a"), ep(E2, "node-b"), ep(E3, "node-c"), ports=SIG_PORTS)
+SIG3 = at(3869, E1, E2, E3)
 
 
 def nodeport(name: str = "np", *, ip: str = "10.96.0.30", node_port: int = NP, proto: str = "TCP",
@@ -463,6 +472,18 @@ CASES: list[Case] = [
     case("clusterip-udp-from-pod", "frontend.cluster-ips masq.cluster-ip cond.meaning ct.reply",
          cluster(DNS, DNS_SLICE),
          udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)))),
+    case("clusterip-sctp", "frontend.cluster-ips masq.cluster-ip port.protocols ct.reply",
+         cluster(SIG, SIG_SLICE),
+         sctp(POD, SIG_IP, 3868, reach(SIG3)),
+         sctp(POD_B, SIG_IP, 3868, reach(SIG3)),
+         sctp(EXT, SIG_IP, 3868, reach(SIG3, masq=True)),
+         sctp(NODE_A, SIG_IP, 3868, reach(SIG3, masq=True)),
+         flows(POD, SIG_IP, 3868, REJECT),
+         udp(POD, SIG_IP, 3868, REJECT)),
+    case("clusterip-sctp-masquerade-all", "node.masquerade-all masq.cluster-ip port.protocols",
+         cluster(SIG, SIG_SLICE, config=proxy_config(masquerade_all=True)),
+         sctp(POD, SIG_IP, 3868, reach(SIG3, masq=True)),
+         sctp(POD_B, SIG_IP, 3868, reach(SIG3, masq=True))),
     case("clusterip-from-remote-pod", "masq.cluster-ip node.local-detect",
          cluster(WEB, WEB_SLICE),
          flows(POD_B, VIP, 80, reach(ALL3))),
@@ -546,7 +567,31 @@ CASES: list[Case] = [
          cluster(svc("web", port(80, name="web"), port(80, name="web-sctp", proto="SCTP"), ip=VIP),
                  three("web", ports=(eport(8080, name="web"), eport(8080, name="web-sctp", proto="SCTP")))),
          flows(POD, VIP, 80, reach(ALL3)),
-         udp(POD, VIP, 80, REJECT)),
+         sctp(POD, VIP, 80, reach(ALL3)),
+         udp(POD, VIP, 80, REJECT),
+         sctp(POD, VIP, 81, REJECT)),
+    case("tcp-udp-sctp-same-number-different-ports", "port.protocols endpoint.port-match frontend.node-port",
+         cluster(svc("sig", port(53, name="u", proto="UDP", node_port=30053), port(53, name="t", node_port=30053),
+                     port(53, name="s", proto="SCTP", node_port=30053), type="NodePort", ip="10.96.0.53"),
+                 three("sig", ports=(eport(5353, name="u", proto="UDP"), eport(5354, name="t"),
+                                     eport(5355, name="s", proto="SCTP")))),
+         sctp(POD, "10.96.0.53", 53, reach(at(5355, E1, E2, E3))),
+         udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3))),
+         flows(POD, "10.96.0.53", 53, reach(at(5354, E1, E2, E3))),
+         sctp(EXT, NODE_A, 30053, reach(at(5355, E1, E2, E3), masq=True)),
+         udp(EXT, NODE_A, 30053, reach(at(5353, E1, E2, E3), masq=True)),
+         flows(EXT, NODE_A, 30053, reach(at(5354, E1, E2, E3), masq=True))),
+    case("tcp-sctp-same-number-different-endpoints", "port.protocols endpoint.slice-label verdict.reject-no-endpoint",
+         cluster(svc("sig", port(3868, name="tcp"), port(3868, name="sctp", proto="SCTP"),
+                     port(3870, name="sctp-empty", proto="SCTP"), ip=SIG_IP),
+                 slice("sig", ep(E1, "node-a"), ports=(eport(3868, name="tcp"),), name="sig-tcp"),
+                 slice("sig", ep(E2, "node-b"), ep(E3, "node-c"),
+                       ports=(eport(3868, name="sctp", proto="SCTP"), eport(3870, name="sctp-empty")),
+                       name="sig-sctp")),
+         flows(POD, SIG_IP, 3868, reach(at(3868, E1))),
+         sctp(POD, SIG_IP, 3868, reach(at(3868, E2, E3))),
+         sctp(POD, SIG_IP, 3870, REJECT),  # the slice's 3870 is TCP: no SCTP endpoint
+         udp(POD, SIG_IP, 3868, REJECT)),
 
     # ------------------------------------------------------------------ slices and endpoints
     case("slice-belongs-by-label", "endpoint.slice-label",
@@ -661,6 +706,19 @@ CASES: list[Case] = [
          cluster(nodeport(proto="UDP", node_port=30053), three("np", ports=(eport(8080, proto="UDP"),))),
          udp(EXT, NODE_A, 30053, reach(ALL3, masq=True)),
          flows(EXT, NODE_A, 30053, PASS)),
+    case("nodeport-sctp", "frontend.node-port port.protocols masq.external-cluster ct.reply",
+         cluster(nodeport(proto="SCTP", node_port=30068), three("np", ports=(eport(8080, proto="SCTP"),))),
+         sctp(EXT, NODE_A, 30068, reach(ALL3, masq=True)),
+         sctp(POD, NODE_A, 30068, reach(ALL3, masq=True)),
+         sctp(POD, "10.96.0.30", 80, reach(ALL3)),
+         flows(EXT, NODE_A, 30068, PASS),
+         udp(EXT, NODE_A, 30068, PASS),
+         sctp(EXT, NODE_A_EXT, 30068, PASS)),
+    case("nodeport-sctp-etp-local", "masq.etp-local frontend.node-port port.protocols set.local",
+         cluster(nodeport(proto="SCTP", etp="Local"), three("np", ports=(eport(8080, proto="SCTP"),))),
+         sctp(EXTERNALS, NODE_A, NP, reach(at(8080, E1))),
+         sctp(POD_B, NODE_A, NP, reach(ALL3)),
+         sctp(NODE_A_EXT, NODE_A, NP, reach(ALL3, masq=True))),
     case("nodeport-tcp-udp-same-number", "frontend.node-port port.protocols endpoint.port-match",
          cluster(svc("dns", port(53, name="dns", proto="UDP", node_port=30053),
                      port(53, name="dns-tcp", proto="TCP", node_port=30053), type="NodePort", ip="10.96.0.53"),
@@ -1005,6 +1063,9 @@ CASES: list[Case] = [
          flows(EXT, NODE_A, NP, reach(at(8080, NODE_A))),
          flows(POD, "10.96.0.30", 80, reach(at(8080, NODE_A, E2))),
          flows(NODE_A, "10.96.0.30", 80, reach(at(8080, NODE_A, E2), masq=True))),
+    case("hairpin-sctp", "masq.hairpin port.protocols",
+         cluster(SIG, slice("sig", ep(E1, "node-a"), ep(E2, "node-b"), ports=SIG_PORTS)),
+         sctp(E1, SIG_IP, 3868, reach(at(3869, E1, E2), masq="hairpin"))),
     case("hairpin-etp-local-pod", "masq.hairpin masq.etp-local",
          cluster(nodeport(etp="Local"), slice("np", ep(E1, "node-a"), ep(E2, "node-b"))),
          flows(E1, NODE_A, NP, reach(at(8080, E1, E2), masq="hairpin"))),
@@ -1013,6 +1074,10 @@ CASES: list[Case] = [
     case("affinity-client-ip-sticks", "affinity.client-ip",
          cluster(svc("web", port(80, target=8080), ip=VIP, affinity=True), WEB_SLICE),
          flows(PODS_A, VIP, 80, reach(ALL3, per_client=True))),
+    case("affinity-sctp", "affinity.client-ip port.protocols",
+         cluster(svc("sig", port(3868, name="diameter", proto="SCTP", target=3869), ip=SIG_IP, affinity=True),
+                 SIG_SLICE),
+         sctp(PODS_A, SIG_IP, 3868, reach(SIG3, per_client=True))),
     case("affinity-udp", "affinity.client-ip port.protocols",
          cluster(svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53", affinity=30),
                  DNS_SLICE),
@@ -1087,6 +1152,28 @@ CASES: list[Case] = [
          udp(POD, "10.96.0.53", 53, reach(at(5353, E1, E2, E3)), label="before"),
          Update(cluster(DNS, slice("dns", ports=(eport(5353, name="dns", proto="UDP"),)))),
          again("before", REJECT)),
+    # SCTP flows are tracked like UDP but not forgotten on an update (kube-proxy clears UDP only):
+    # like TCP, they keep an endpoint that was removed or stopped serving.
+    case("sctp-flows-to-removed-endpoint-stay", "ct.tcp-keep port.protocols ct.reply",
+         cluster(SIG, SIG_SLICE),
+         sctp(POD, SIG_IP, 3868, reach(SIG3), label="before"),
+         Update(cluster(SIG, slice("sig", ep(E1, "node-a"), ep(E2, "node-b"), not_ready(E3, "node-c"),
+                                   ports=SIG_PORTS))),
+         again("before", reach(SIG3, keep="before")),
+         sctp(POD, SIG_IP, 3868, reach(at(3869, E1, E2)))),
+    case("sctp-flows-stay-when-all-endpoints-gone", "ct.tcp-keep verdict.reject-no-endpoint port.protocols",
+         cluster(SIG, SIG_SLICE),
+         sctp(POD, SIG_IP, 3868, reach(SIG3), label="before"),
+         Update(cluster(SIG, slice("sig", ports=SIG_PORTS))),
+         again("before", reach(SIG3, keep="before")),
+         sctp(POD, SIG_IP, 3868, REJECT)),
+    case("sctp-flows-expire-after-the-udp-timeout", "ct.reply port.protocols",
+         cluster(SIG, SIG_SLICE),
+         sctp(POD, SIG_IP, 3868, reach(SIG3), label="before"),
+         Update(cluster(SIG, slice("sig", ep(E1, "node-a"), ports=SIG_PORTS))),
+         again("before", reach(SIG3, keep="before"), label="kept"),
+         Wait(61),
+         again("before", reach(at(3869, E1)))),
     case("tcp-flows-to-terminating-endpoint-drain", "ct.tcp-keep set.cluster ct.reply",
          cluster(WEB, WEB_SLICE),
          flows(POD, VIP, 80, reach(ALL3), label="before"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastpath.compiler import CompileResult, compile_maps
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Frontend, NodeView
+from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Frontend, NodeView
 from fastpath.model import ClusterError, ClusterState, load_cluster
 
 DATA = Path(__file__).parent / "data" / "cluster"
@@ -142,7 +142,7 @@ def serving_addresses(result: CompileResult, service_name: str) -> list[str]:
 def frontends_of(result: CompileResult, service_name: str) -> list[tuple[str, str, bool, tuple[str, ...]]]:
     """The service's frontends as (kind, "ip:port/proto", local_policy, source ranges as text)."""
     service = service_named(result, service_name)
-    names = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
+    names = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP"}
     return [(f.kind, f"{IPv4Address(f.ip)}:{f.port}/{names[f.proto]}", f.local_policy,
              tuple(f"{IPv4Address(n)}/{length}" for n, length in f.source_ranges))
             for f in result.maps.frontends if f.service == service.id]
@@ -162,9 +162,9 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
     assert [s.name for s in maps.services] == [
         "kube-system/kube-dns:dns", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics",
         "shop/cart", "shop/checkout:http", "shop/frontend:http", "shop/frontend:metrics", "shop/legacy:web",
-        "shop/storefront:https", "shop/voip:sip",
+        "shop/storefront:https", "shop/voip:sip", "shop/voip:sip-sctp",
     ]
-    assert [s.id for s in maps.services] == list(range(1, 11))
+    assert [s.id for s in maps.services] == list(range(1, 12))
     assert [b.name for b in maps.backends] == [
         "10.244.1.2:53 (kube-system/coredns-7db6d8ff4d-vx5lm)",
         "10.244.1.2:9153 (kube-system/coredns-7db6d8ff4d-vx5lm)",
@@ -180,10 +180,10 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
         "10.244.2.10:9090 (shop/frontend-6d8f9c7b5-w8n3z)",
     ]
     assert [s.backends for s in maps.services] == [
-        (1, 9), (1, 9), (2, 10), (5,), (6,), (3, 11), (4, 12), (), (7,), (8,)]
-    assert [s.local_backends for s in maps.services] == [(1,), (1,), (2,), (5,), (6,), (3,), (4,), (), (7,), (8,)]
+        (1, 9), (1, 9), (2, 10), (5,), (6,), (3, 11), (4, 12), (), (7,), (8,), (8,)]  # voip: one backend, two ports
+    assert [s.local_backends for s in maps.services] == [(1,), (1,), (2,), (5,), (6,), (3,), (4,), (), (7,), (8,), (8,)]
     assert [s.serving for s in maps.services] == [s.backends for s in maps.services]
-    assert [s.affinity_timeout_s for s in maps.services] == [0] * 8 + [600, 0]
+    assert [s.affinity_timeout_s for s in maps.services] == [0] * 8 + [600, 0, 0]
 
     ranges = ((ip("10.0.0.0"), 8), (ip("198.51.100.0"), 24))  # whitespace trimmed, host bits masked
     assert maps.frontends == [
@@ -199,6 +199,7 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
         Frontend(ip("203.0.113.10"), 443, PROTO_TCP, 9, "LoadBalancer", local_policy=True, source_ranges=ranges),
         Frontend(ip("198.51.100.7"), 443, PROTO_TCP, 9, "ExternalIP", local_policy=True),
         Frontend(ip("10.96.10.60"), 5060, PROTO_TCP, 10),
+        Frontend(ip("10.96.10.60"), 5060, PROTO_SCTP, 11),  # SCTP on the same number: its own service port
     ]
     assert maps.node == NodeView(
         primary_ip=ip("192.168.1.11"), local_ips=(ip("192.168.1.11"),), pod_cidrs=((ip("10.244.0.0"), 16),),
@@ -207,7 +208,7 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
                                           "10.96.10.50", "10.96.10.60", "10.96.10.70")))
     assert result.timeouts_s == {"established": 86400, "closing": 3600, "other": 30}
     assert result.node == "node-a"
-    assert result.skipped == Counter({"headless service": 1, "ExternalName service": 1, "SCTP service port": 1,
+    assert result.skipped == Counter({"headless service": 1, "ExternalName service": 1,
                                       "IPv6 EndpointSlice": 1, "IPv6 cluster IP": 1})
     assert "shop/legacy:web: no usable endpoint; traffic to it is rejected" in result.notes
     assert "shop/checkout:http: no ready endpoint; using 1 serving terminating endpoint(s)" in result.notes
@@ -413,24 +414,54 @@ def test_ids_follow_namespace_name_port_name_protocol_and_backends_ip_port() -> 
 # What gets no frontend ------------------------------------------------------------------------
 
 
-def test_headless_external_name_sctp_and_ipv6_are_skipped() -> None:
+def test_headless_external_name_and_ipv6_are_skipped() -> None:
     result = compile_objects([
         svc("headless", [port(80, "http")], cluster_ip="None"),
         svc("ext", [port(80, "http")], cluster_ip=None, type="ExternalName", externalName="db.example.com"),
-        svc("sctp", [port(9, "sig", "SCTP"), port(10, "web")], cluster_ip="10.96.0.5"),
         svc("v6", [port(80, "http")], cluster_ip="fd00::10"),
         svc("dual", [port(80, "http")], cluster_ip="fd00::11", clusterIPs=["fd00::11", "10.96.0.11"]),
+        svc("sctp-headless", [port(9, "sig", "SCTP")], cluster_ip="None"),
         eps("headless-1", "headless", [port(80, "http")], [ep("10.0.0.1")]),
         eps("dual-1", "dual", [port(8080, "http")], [ep("fd00:244::1")], address_type="IPv6"),
         eps("dual-2", "dual", [port(8080, "http")], [ep("10.0.0.2")]),
     ])
-    assert [s.name for s in result.maps.services] == ["default/dual:http", "default/sctp:web"]
+    assert [s.name for s in result.maps.services] == ["default/dual:http"]
     assert backend_addresses(result, "default/dual:http") == ["10.0.0.2:8080"]
     assert result.maps.frontends[0].ip == int(IPv4Address("10.96.0.11"))
     assert result.skipped == Counter({
-        "headless service": 1, "ExternalName service": 1, "SCTP service port": 1,
+        "headless service": 2, "ExternalName service": 1,
         "service without an IPv4 cluster IP": 1, "IPv6 cluster IP": 1, "IPv6 EndpointSlice": 1})
-    assert "skipped 1 SCTP service port" in result.notes
+    assert not any("SCTP" in note for note in result.notes)
+
+
+def test_sctp_service_ports_get_frontends_like_tcp_and_udp() -> None:
+    ports = [{"name": "sig", "port": 9, "protocol": "SCTP", "nodePort": 30009},
+             {"name": "sig-tcp", "port": 9, "protocol": "TCP", "nodePort": 30009},
+             {"name": "sig-udp", "port": 9, "protocol": "UDP", "nodePort": 30009}]
+    service = svc("sig", ports, cluster_ip="10.96.0.5", type="LoadBalancer", externalIPs=["192.0.2.9"],
+                  externalTrafficPolicy="Local")
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+    result = compile_objects([
+        node("n1", addresses=[("InternalIP", "192.168.0.1")]),
+        service,
+        eps("sig-1", "sig", [port(3868, "sig", "SCTP"), port(3869, "sig-tcp"), port(3870, "sig-udp", "UDP")],
+            [ep("10.0.0.1", node="n1"), ep("10.0.0.2", node="n2")]),
+    ], "n1")
+    assert [s.name for s in result.maps.services] == ["default/sig:sig", "default/sig:sig-tcp", "default/sig:sig-udp"]
+    # Each protocol's service port takes its endpoint port from the slice port of its name and protocol.
+    assert backend_addresses(result, "default/sig:sig") == ["10.0.0.1:3868", "10.0.0.2:3868"]
+    assert local_addresses(result, "default/sig:sig") == ["10.0.0.1:3868"]
+    assert backend_addresses(result, "default/sig:sig-tcp") == ["10.0.0.1:3869", "10.0.0.2:3869"]
+    assert backend_addresses(result, "default/sig:sig-udp") == ["10.0.0.1:3870", "10.0.0.2:3870"]
+    for name, protocol in (("sig", "SCTP"), ("sig-tcp", "TCP"), ("sig-udp", "UDP")):
+        assert frontends_of(result, f"default/sig:{name}") == [
+            ("ClusterIP", f"10.96.0.5:9/{protocol}", False, ()),
+            ("NodePort", f"192.168.0.1:30009/{protocol}", True, ()),
+            ("LoadBalancer", f"203.0.113.10:9/{protocol}", True, ()),
+            ("ExternalIP", f"192.0.2.9:9/{protocol}", True, ()),
+        ]
+    assert result.skipped == Counter() and result.warnings == ()
+    assert result.maps.node.service_ips == (ip("10.96.0.5"),)
 
 
 def test_frontend_conflict_keeps_the_first_and_warns() -> None:

@@ -1,11 +1,12 @@
 """Tests of the pure-Python twin of the core (fastpath.reference) against its specification.
 
-Packets are crafted with scapy; every rewritten packet's IPv4/TCP/UDP checksums are checked by
-letting scapy recompute them from scratch.
+Packets are crafted with scapy; every rewritten packet's IPv4/TCP/UDP checksums and SCTP CRC32c
+are checked by letting scapy recompute them from scratch.
 """
 from __future__ import annotations
 
 import ipaddress
+import random
 import struct
 from array import array
 from dataclasses import replace
@@ -16,9 +17,11 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit
+from scapy.layers.sctp import crc32c as scapy_crc32c
 from scapy.packet import Packet, Raw
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, NodeView, Service
+from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, Service
 from fastpath.reference import (
     CT_CLOSING,
     CT_ESTABLISHED,
@@ -28,6 +31,7 @@ from fastpath.reference import (
     SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
+    crc32c,
     flow_hash,
     fmix64,
     next_snat_port,
@@ -39,7 +43,7 @@ SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
 
 CLIENT = "192.168.1.10"
-VIP = "10.96.0.10"  # TCP :80 -> backends 1..4 (:8080)
+VIP = "10.96.0.10"  # TCP and SCTP :80 -> backends 1..4 (:8080)
 DNS_VIP = "10.96.0.53"  # UDP :53 -> backends 5, 6 (:5353)
 EMPTY_VIP = "10.96.0.99"  # TCP :443 -> no backends
 
@@ -72,6 +76,7 @@ def make_maps() -> Maps:
             Frontend(ip=ip4(VIP), port=80, proto=PROTO_TCP, service=1),
             Frontend(ip=ip4(DNS_VIP), port=53, proto=PROTO_UDP, service=2),
             Frontend(ip=ip4(EMPTY_VIP), port=443, proto=PROTO_TCP, service=3),
+            Frontend(ip=ip4(VIP), port=80, proto=PROTO_SCTP, service=1),
         ],
         backends=backends,
     )
@@ -91,6 +96,11 @@ def tcp(src=CLIENT, dst=VIP, sport=40000, dport=80, flags="S", payload=b"hello",
 def udp(src=CLIENT, dst=DNS_VIP, sport=50000, dport=53, payload=b"query", chksum=None) -> Packet:
     layer = UDP(sport=sport, dport=dport) if chksum is None else UDP(sport=sport, dport=dport, chksum=chksum)
     return IP(src=src, dst=dst) / layer / Raw(payload)
+
+
+def sctp(src=CLIENT, dst=VIP, sport=40000, dport=80, data=b"sctp data", tag=0x1A2B3C4D, **ip_fields) -> Packet:
+    return IP(src=src, dst=dst, **ip_fields) / SCTP(sport=sport, dport=dport, tag=tag) / SCTPChunkData(
+        tsn=7, stream_id=1, data=data)
 
 
 def eth(packet: Packet) -> bytes:
@@ -114,11 +124,12 @@ def expected_backend(service_backends, src, dst, sport, dport, proto) -> Backend
 
 
 def assert_checksums_valid(ip_bytes: bytes) -> IP:
-    """scapy recomputes the IPv4 and TCP/UDP checksums from scratch; they must match the packet's."""
+    """scapy recomputes the IPv4 and TCP/UDP checksums (SCTP: CRC32c) from scratch; they must match
+    the packet's."""
     got = IP(ip_bytes)
     rebuilt = IP(ip_bytes)
     del rebuilt.chksum
-    l4 = TCP if TCP in got else UDP if UDP in got else None
+    l4 = TCP if TCP in got else UDP if UDP in got else SCTP if SCTP in got else None
     udp_no_checksum = l4 is UDP and got[UDP].chksum == 0
     if l4 is not None and not udp_no_checksum:
         del rebuilt[l4].chksum
@@ -403,6 +414,9 @@ def test_pass_and_unknown_link(linktype, data, reason):
         (1, eth(IP(src=CLIENT, dst=VIP, frag=3) / TCP(dport=80))),
         (1, eth(IP(src=CLIENT, dst=VIP, flags="MF", frag=100) / UDP(dport=53))),
         (1, eth(IP(src=CLIENT, dst=VIP, frag=1) / Raw(b"\x00" * 4))),  # fragment too short for TCP
+        (1, eth(IP(src=CLIENT, dst=VIP, flags="MF") / SCTP(dport=80) / SCTPChunkData(data=b"x"))),
+        (1, eth(IP(src=CLIENT, dst=VIP, frag=2, proto=132) / Raw(b"\x00" * 4))),
+        (1, eth(IP(src=CLIENT, dst=VIP, proto=133) / Raw(b"\x00" * 16))),  # the protocol after SCTP
     ],
 )
 def test_unsupported_ip_traffic_passes(linktype, data):
@@ -446,6 +460,7 @@ def _with_byte(data: bytes, index: int, value: int) -> bytes:
 
 GOOD_TCP = bytes(tcp(payload=b"0123456789"))  # 20 IP + 20 TCP + 10
 GOOD_UDP = bytes(udp(payload=b"0123456789"))  # 20 IP + 8 UDP + 10
+GOOD_SCTP = bytes(sctp(data=b"0123"))  # 20 IP + 12 SCTP + 16 DATA chunk + 4 payload
 ETH_HDR = bytes(Ether(src=MAC_A, dst=MAC_B, type=0x0800))
 VLAN_HDR = bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=42, type=0x0800))
 
@@ -496,6 +511,13 @@ MALFORMED = [
     ("udp cut by total length", 1, ETH_HDR + _with_total_length(GOOD_UDP, 27), Reason.DROP_TRUNCATED),
     ("udp length 7", 1, ETH_HDR + GOOD_UDP[:24] + struct.pack("!H", 7) + GOOD_UDP[26:], Reason.DROP_BAD_L4_HEADER),
     ("udp length 0", 0, b"\x02\x00\x00\x00" + GOOD_UDP[:24] + b"\x00\x00" + GOOD_UDP[26:], Reason.DROP_BAD_L4_HEADER),
+    # SCTP
+    ("sctp common header cut", 1, ETH_HDR + GOOD_SCTP[:31], Reason.DROP_TRUNCATED),
+    ("sctp ports only", 101, GOOD_SCTP[:24], Reason.DROP_TRUNCATED),
+    ("sctp no header", 1, ETH_HDR + GOOD_SCTP[:20], Reason.DROP_TRUNCATED),
+    ("sctp cut by total length", 1, ETH_HDR + _with_total_length(GOOD_SCTP, 31), Reason.DROP_TRUNCATED),
+    ("sctp total length = ihl*4", 113, bytes(CookedLinux(proto=0x0800)) + _with_total_length(GOOD_SCTP, 20),
+     Reason.DROP_TRUNCATED),
 ]
 
 
@@ -960,6 +982,7 @@ HEADERS = {
 SEEDS = [
     bytes(tcp()), bytes(tcp(flags="A")), bytes(udp()), bytes(udp(chksum=0)),
     bytes(tcp(dst=EMPTY_VIP, dport=443)), bytes(IP(src=CLIENT, dst=VIP, options=b"\x01" * 4) / TCP(dport=80)),
+    bytes(sctp()), bytes(sctp(src=txt(BACKEND_BY_ID[1].ip), dst=CLIENT, sport=8080, dport=40000)),
 ]
 
 
@@ -1901,3 +1924,263 @@ def test_trace_arrays_are_optional_and_checked():
     with pytest.raises(TypeError, match="backends"):
         call(eng, backends=memoryview(array("I", [0])).toreadonly())
     assert sum(eng.counters()["verdicts"].values()) == 0
+
+
+# =========================================================================== SCTP
+#
+# Parsed like UDP (12-byte common header, ports at bytes 0-3), tracked like UDP (state OTHER) but
+# never flushed by load(); rewritten with the IPv4 header checksum updated incrementally and the
+# CRC32c recomputed over the whole SCTP packet, stored least significant byte first.
+
+
+def sctp_l4(ip_bytes: bytes) -> bytes:
+    header_len = (ip_bytes[0] & 0x0F) * 4
+    total = int.from_bytes(ip_bytes[2:4], "big")
+    return ip_bytes[header_len:total]
+
+
+def scapy_crc_field(l4: bytes) -> bytes:
+    """The CRC field scapy's own crc32c gives the SCTP packet `l4` (checksum field zeroed)."""
+    return scapy_crc32c(l4[:8] + bytes(4) + l4[12:]).to_bytes(4, "big")
+
+
+def test_sctp_protocol_number():
+    assert PROTO_SCTP == 132 and PROTOCOL_NUMBERS["SCTP"] == PROTO_SCTP
+
+
+def test_crc32c_known_values_and_scapy():
+    assert crc32c(b"") == 0
+    assert crc32c(b"123456789") == 0xE3069283
+    # RFC 3720 B.4 (iSCSI uses the same CRC32c).
+    assert crc32c(bytes(32)) == 0x8A9136AA
+    assert crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert crc32c(bytes(range(32))) == 0x46DD794E
+    assert crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
+    rng = random.Random(132)
+    for n in [*range(40), 255, 1500]:
+        data = bytes(rng.randrange(256) for _ in range(n))
+        # scapy returns the CRC byte-swapped and packs it big-endian: least significant byte first.
+        assert crc32c(data).to_bytes(4, "little") == scapy_crc32c(data).to_bytes(4, "big")
+    # On real SCTP packets built with scapy.
+    for packet in (sctp(), sctp(data=b""), sctp(data=b"x" * 333), IP() / SCTP(sport=1, dport=2),
+                   IP() / SCTP(sport=5, dport=6, tag=0) / SCTPChunkInit(init_tag=9)):
+        l4 = sctp_l4(bytes(packet))
+        assert crc32c(l4[:8] + bytes(4) + l4[12:]).to_bytes(4, "little") == l4[8:12]
+
+
+def test_new_sctp_flow_dnat_then_reply_revnat_then_established():
+    eng = engine()
+    data = eth(sctp())
+    verdict, reason, out = run(eng, data)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, 40000, 80, PROTO_SCTP)
+    got = assert_checksums_valid(out[14:])
+    assert (got.src, got.dst, got[SCTP].sport, got[SCTP].dport) == (CLIENT, txt(chosen.ip), 40000, chosen.port)
+    assert got[SCTP].tag == 0x1A2B3C4D and bytes(got[SCTPChunkData].data) == b"sctp data"
+    assert sctp_l4(out[14:])[8:12] == scapy_crc_field(sctp_l4(out[14:]))
+    (entry,) = eng.conntrack_entries()
+    assert entry.orig == (ip4(CLIENT), ip4(VIP), 40000, 80, PROTO_SCTP)
+    assert entry.reply == (chosen.ip, ip4(CLIENT), chosen.port, 40000, PROTO_SCTP)
+    assert (entry.service, entry.backend, entry.state) == (1, chosen.id, CT_OTHER)
+
+    reply = eth(sctp(src=txt(chosen.ip), dst=CLIENT, sport=chosen.port, dport=40000, data=b"answer", tag=0x55))
+    verdict, reason, out = run(eng, reply, T0 + SECOND)
+    assert (verdict, reason) == (Verdict.REVNAT, Reason.CT_REPLY)
+    got = assert_checksums_valid(out[14:])
+    assert (got.src, got.dst, got[SCTP].sport, got[SCTP].dport) == (VIP, CLIENT, 80, 40000)
+    assert eng.conntrack_entries()[0].state == CT_OTHER
+
+    verdict, reason, out = run(eng, eth(sctp(data=b"more")), T0 + 2 * SECOND)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.CT_ESTABLISHED)
+    assert assert_checksums_valid(out[14:]).dst == txt(chosen.ip)
+    c = eng.counters()
+    assert c["services"] == [3, 0, 0] and c["backends"][chosen.id - 1] == 3
+    assert (c["conntrack"]["inserts"], c["conntrack"]["non_syn_miss"], c["conntrack"]["entries"]) == (1, 0, 1)
+
+
+def test_sctp_rewrite_is_byte_exact():
+    """Only the destination address, the IPv4 header checksum, the destination port and the CRC
+    change; the CRC is scapy's over the rewritten SCTP packet, least significant byte first."""
+    original = bytes(sctp(sport=40123, data=b"0123456789abc", tag=0xCAFEF00D))
+    chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, 40123, 80, PROTO_SCTP)
+    want = bytearray(original)
+    want[16:20] = ip4(txt(chosen.ip)).to_bytes(4, "big")
+    want[22:24] = chosen.port.to_bytes(2, "big")
+    header = IP(bytes(want[:20]))
+    del header.chksum
+    want[10:12] = bytes(header)[10:12]
+    want[28:32] = scapy_crc_field(bytes(want[20:]))
+    verdict, _, out = run(engine(), original, linktype=101)
+    assert verdict == Verdict.DNAT
+    assert out == bytes(want)
+    crc = int.from_bytes(out[28:32], "little")
+    assert crc == crc32c(out[20:28] + bytes(4) + out[32:])
+
+
+def test_sctp_header_only_and_ip_options():
+    eng = engine()
+    bare = IP(src=CLIENT, dst=VIP) / SCTP(sport=40001, dport=80, tag=1)  # 12 bytes, no chunk
+    verdict, reason, out = run(eng, eth(bare))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    assert assert_checksums_valid(out[14:])[SCTP].dport == 8080
+    with_options = sctp(sport=40002, options=b"\x01\x01\x01\x00")
+    verdict, reason, out = run(eng, eth(with_options))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    got = assert_checksums_valid(out[14:])
+    assert got.ihl == 6 and got[SCTP].dport == 8080 and bytes(got[SCTPChunkData].data) == b"sctp data"
+
+
+def test_sctp_wrong_incoming_crc_is_replaced_by_the_right_one():
+    data = bytearray(eth(sctp()))
+    data[14 + 20 + 8: 14 + 20 + 12] = b"\xde\xad\xbe\xef"
+    verdict, reason, out = run(engine(), bytes(data))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    assert_checksums_valid(out[14:])
+
+
+def test_sctp_snaplen_cut_keeps_its_old_crc():
+    full = eth(sctp(data=b"x" * 100))
+    _, _, full_out = run(engine(), full)
+    crc = slice(14 + 20 + 8, 14 + 20 + 12)
+    assert full_out[crc] != full[crc]
+    for cut in (14 + 20 + 12, 14 + 20 + 13, 14 + 20 + 40, len(full) - 1):
+        verdict, reason, out = run(engine(), full[:cut])
+        assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+        # The same rewrite as the whole packet, but the CRC field is left as it was.
+        assert out[:crc.start] == full_out[:crc.start] and out[crc.stop:] == full_out[crc.stop:cut]
+        assert out[crc] == full[crc]
+        ip_header = IP(out[14:34])
+        del ip_header.chksum
+        assert bytes(ip_header)[:20] == out[14:34]
+    # Exactly the whole IP packet captured (no padding): recomputed.
+    assert run(engine(), full)[2] == full_out
+
+
+def test_sctp_ethernet_padding_beyond_total_length_is_left_alone():
+    packet = eth(sctp(data=b"ab"))
+    data = packet + b"\xAA" * 7
+    verdict, _, out = run(engine(), data)
+    assert verdict == Verdict.DNAT
+    assert out[-7:] == b"\xAA" * 7
+    assert out[:len(packet)] == run(engine(), packet)[2]
+    assert_checksums_valid(out[14:len(packet)])
+
+
+def test_sctp_conntrack_uses_the_other_timeout():
+    eng = ReferenceEngine(make_maps(), timeouts_s={"other": 5, "established": 1000})
+    run(eng, eth(sctp()), T0)
+    assert run(eng, eth(sctp()), T0 + 5 * SECOND)[1] == Reason.CT_ESTABLISHED
+    assert run(eng, eth(sctp()), T0 + 10 * SECOND + 1)[1] == Reason.NEW_FLOW
+    assert eng.counters()["conntrack"]["expired"] == 1
+    # Bytes in TCP's flag position mean nothing for SCTP: the state stays OTHER.
+    for flags in (0x01, 0x02, 0x04, 0x12):
+        data = bytearray(eth(sctp()))
+        data[14 + 20 + 13] = flags  # inside the CRC field
+        run(eng, bytes(data), T0 + 11 * SECOND)
+        assert [e.state for e in eng.conntrack_entries()] == [CT_OTHER]
+    assert eng.counters()["conntrack"]["reopened"] == 0
+
+
+def test_tcp_udp_sctp_on_the_same_port_are_independent():
+    backends = [backend(1, "10.244.1.1", 9001), backend(2, "10.244.1.2", 9002), backend(3, "10.244.1.3", 9003)]
+    maps = Maps(
+        services=[Service(id=1, name="ns/svc:tcp", backends=(1,)), Service(id=2, name="ns/svc:udp", backends=(2,)),
+                  Service(id=3, name="ns/svc:sctp", backends=(3,)), Service(id=4, name="ns/other:tcp", backends=(1,))],
+        frontends=[Frontend(ip=ip4(VIP), port=53, proto=PROTO_TCP, service=1),
+                   Frontend(ip=ip4(VIP), port=53, proto=PROTO_UDP, service=2),
+                   Frontend(ip=ip4(VIP), port=53, proto=PROTO_SCTP, service=3),
+                   Frontend(ip=ip4(DNS_VIP), port=53, proto=PROTO_TCP, service=4)],
+        backends=backends,
+        node=NodeView(service_ips=(ip4(VIP), ip4(DNS_VIP))),
+    )
+    eng = engine(maps=maps)
+    for packet, service_id, port in ((tcp(dport=53), 1, 9001), (udp(dst=VIP), 2, 9002), (sctp(dport=53), 3, 9003)):
+        verdict, reason, out, trace = eng.trace_packet(eth(packet), T0)
+        assert (verdict, reason, trace[:2]) == (Verdict.DNAT, Reason.NEW_FLOW, (service_id, service_id))
+        got = assert_checksums_valid(out[14:])
+        assert (got.dst, got.payload.dport) == (f"10.244.1.{service_id}", port)
+    assert sorted(e.orig[4] for e in eng.conntrack_entries()) == [PROTO_TCP, PROTO_UDP, PROTO_SCTP]
+    # Replies are told apart by protocol too: an SCTP packet from the TCP backend is nobody's reply.
+    _, reason, _ = run(eng, eth(sctp(src="10.244.1.1", dst=CLIENT, sport=9001, dport=40000)))
+    assert reason == Reason.PASS_NO_SERVICE
+    _, reason, out = run(eng, eth(sctp(src="10.244.1.3", dst=CLIENT, sport=9003, dport=40000)))
+    got = assert_checksums_valid(out[14:])
+    assert (reason, got.src, got[SCTP].sport) == (Reason.CT_REPLY, VIP, 53)
+    # A service address without an SCTP port rejects SCTP; other addresses pass.
+    assert run(eng, eth(sctp(dst=DNS_VIP, dport=53)))[1] == Reason.REJECT_UNKNOWN_PORT
+    assert run(eng, eth(sctp(dst=VIP, dport=54)))[1] == Reason.REJECT_UNKNOWN_PORT
+    assert run(eng, eth(sctp(dst="10.96.7.7", dport=53)))[1] == Reason.PASS_NO_SERVICE
+
+
+SCTP_NODE_PORT = 30132
+
+
+def sctp_v2_maps(**node) -> Maps:
+    """The v2 node plus SCTP frontends: web on its ClusterIP :80 and NodePort 30132, and the
+    single-backend service on NodePort 30016 (the number its TCP NodePort has too)."""
+    maps = v2_maps(**node)
+    extra = [fe("10.96.0.10", 80, WEB, proto=PROTO_SCTP), fe(NODE_IP, SCTP_NODE_PORT, WEB, "NodePort", proto=PROTO_SCTP),
+             fe(NODE_IP, 30016, SINGLE, "NodePort", proto=PROTO_SCTP)]
+    return Maps(services=maps.services, frontends=maps.frontends + extra, backends=maps.backends, node=maps.node)
+
+
+def test_sctp_cluster_ip_from_a_pod_is_not_masqueraded():
+    eng = ReferenceEngine(sctp_v2_maps())
+    want = pick((1, 2, 3), POD_CLIENT, "10.96.0.10", 40000, 80, PROTO_SCTP)
+    verdict, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"))
+    assert (verdict, reason, trace) == (Verdict.DNAT, Reason.NEW_FLOW, (WEB, want.id, KIND["ClusterIP"]))
+    assert (got.src, got[SCTP].sport, got.dst, got[SCTP].dport) == (POD_CLIENT, 40000, txt(want.ip), 8080)
+    # From outside the pod CIDR: masqueraded (same rules as TCP/UDP).
+    verdict, reason, got, trace = go(eng, sctp(src=EXT_CLIENT, dst="10.96.0.10"))
+    assert trace[2] == KIND["ClusterIP"] | MASQ and got.src == NODE_IP
+
+
+def test_sctp_node_port_masquerade_forward_and_reply():
+    eng = ReferenceEngine(sctp_v2_maps())
+    want = pick((1, 2, 3), EXT_CLIENT, NODE_IP, 40000, SCTP_NODE_PORT, PROTO_SCTP)
+    verdict, reason, got, trace = go(eng, sctp(src=EXT_CLIENT, dst=NODE_IP, dport=SCTP_NODE_PORT))
+    assert (verdict, reason, trace) == (Verdict.DNAT, Reason.NEW_FLOW, (WEB, want.id, KIND["NodePort"] | MASQ))
+    assert (got.src, got[SCTP].sport, got.dst, got[SCTP].dport) == (NODE_IP, 40000, txt(want.ip), 8080)
+    (entry,) = eng.conntrack_entries()
+    assert entry.reply == (want.ip, ip4(NODE_IP), 8080, 40000, PROTO_SCTP) and entry.state == CT_OTHER
+    verdict, reason, got, trace = go(eng, sctp(src=txt(want.ip), dst=NODE_IP, sport=8080, dport=40000), T0 + 1)
+    assert (verdict, reason, trace) == (Verdict.REVNAT, Reason.CT_REPLY, (WEB, want.id, KIND["NodePort"] | MASQ))
+    assert (got.src, got[SCTP].sport, got.dst, got[SCTP].dport) == (NODE_IP, SCTP_NODE_PORT, EXT_CLIENT, 40000)
+    # The TCP NodePort of the same service is another frontend number; SCTP to it is not served.
+    assert go(eng, sctp(src=EXT_CLIENT, dst=NODE_IP, dport=30080), T0 + 2)[1] == Reason.PASS_NO_SERVICE
+
+
+def test_sctp_snat_ports_collide_only_with_sctp_flows():
+    eng = ReferenceEngine(sctp_v2_maps())
+    # Two clients, one source port, one backend: the second SCTP flow walks to the next SNAT port.
+    for client, snat_port in ((EXT_CLIENT, 40000), (FAR_CLIENT, 40001)):
+        _, reason, got, trace = go(eng, sctp(src=client, dst=NODE_IP, dport=30016))
+        assert (reason, trace) == (Reason.NEW_FLOW, (SINGLE, 2, KIND["NodePort"] | MASQ))
+        assert (got.src, got[SCTP].sport, got.dst, got[SCTP].dport) == (NODE_IP, snat_port, "10.244.2.2", 8080)
+    # A TCP flow on the same numbers does not collide with them: it keeps the client's port.
+    _, reason, got, _ = go(eng, tcp(src="198.51.100.9", dst=NODE_IP, dport=30016))
+    assert (reason, got[TCP].sport) == (Reason.NEW_FLOW, 40000)
+    # Each reply finds its own flow.
+    for snat_port, client in ((40000, EXT_CLIENT), (40001, FAR_CLIENT)):
+        _, reason, got, _ = go(eng, sctp(src="10.244.2.2", dst=NODE_IP, sport=8080, dport=snat_port), T0 + 1)
+        assert (reason, got.dst, got[SCTP].dport, got[SCTP].sport) == (Reason.CT_REPLY, client, 40000, 30016)
+    assert eng.counters()["conntrack"]["snat_failures"] == 0
+
+
+def test_load_does_not_flush_sctp_flows():
+    eng = ReferenceEngine(sctp_v2_maps())
+    _, _, _, (_, sctp_backend, _) = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"))
+    _, _, _, (_, udp_backend, _) = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"))
+    maps = sctp_v2_maps()
+    maps.services[WEB - 1] = replace(maps.services[WEB - 1], serving=tuple(b for b in (1, 2, 3) if b != sctp_backend))
+    maps.services[DNS - 1] = replace(maps.services[DNS - 1], serving=(9 - udp_backend,))
+    eng.load(maps)
+    # The UDP flow is forgotten; the SCTP flow, like TCP, keeps its backend.
+    assert eng.counters()["conntrack"]["flushed"] == 1
+    _, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"), T0 + 1)
+    assert (reason, trace[1], got.dst) == (Reason.CT_ESTABLISHED, sctp_backend, txt(V2_BACKENDS[sctp_backend - 1].ip))
+    # Even with every service gone.
+    eng.load(Maps(services=[], frontends=[], backends=[], node=maps.node))
+    assert [e.orig[4] for e in eng.conntrack_entries()] == [PROTO_SCTP]
+    _, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"), T0 + 2)
+    assert (reason, trace) == (Reason.CT_ESTABLISHED, (0, 0, KIND["ClusterIP"]))

@@ -11,8 +11,8 @@ checksum, and replies from the chosen endpoints coming back from the frontend to
 Forward packets are built once per scenario and shared by both cores: one scapy-built frame per
 group of flows, stamped per flow (client address and port, IP id, sequence number) with the
 checksums recomputed by scapy. Every output packet's checksums are verified with scapy's checksum
-routine; REJECT replies, the answered flows and the replies also go through a full scapy
-dissection.
+routine (SCTP: scapy's SCTP layer rebuilt with its CRC32c recomputed must equal the output);
+REJECT replies, the answered flows and the replies also go through a full scapy dissection.
 
 Run: PYTHONPATH=pysrc:tests python -m pytest tests/test_routing.py -q
 """
@@ -45,6 +45,7 @@ from routing_cases import (
 )
 from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_chksum
 from scapy.layers.l2 import ARP, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkData, crc32c
 from scapy.packet import Raw
 from scapy.utils import RawPcapReader, RawPcapWriter, checksum
 
@@ -162,6 +163,9 @@ def template(spec: Flows, *, continued: bool) -> bytes:
                                       seq=1, ack=1 if continued else 0, window=64240))
     if spec.proto == "UDP":
         return bytes(ether / ip / UDP(sport=1024, dport=spec.dport) / Raw(b"fastpath routing suite"))
+    if spec.proto == "SCTP":
+        return bytes(ether / ip / SCTP(sport=1024, dport=spec.dport, tag=0x5C7B0001)
+                     / SCTPChunkData(tsn=2 if continued else 1, data=b"fastpath routing suite"))
     if spec.proto == "ICMP":
         return bytes(ether / ip / ICMP(type=8, id=1, seq=1) / Raw(b"ping"))
     raise ValueError(spec.proto)
@@ -169,7 +173,7 @@ def template(spec: Flows, *, continued: bool) -> bytes:
 
 def stamp(frame: bytes, client: str, cport: int, ip_id: int, seq: int) -> bytes:
     """The template with this flow's client address and port, IP id and TCP sequence number;
-    checksums recomputed with scapy."""
+    checksums (SCTP: the CRC32c) recomputed with scapy."""
     buf = bytearray(frame)
     if buf[12:14] != b"\x08\x00":  # ARP: the id goes into the padding so every frame is unique
         buf[28:32] = socket.inet_aton(client)
@@ -178,7 +182,7 @@ def stamp(frame: bytes, client: str, cport: int, ip_id: int, seq: int) -> bytes:
     buf[IP_SRC] = socket.inet_aton(client)
     buf[18:20] = ip_id.to_bytes(2, "big")
     proto = buf[23]
-    if proto in (6, 17):
+    if proto in (6, 17, 132):
         buf[L4:L4 + 2] = cport.to_bytes(2, "big")
     else:  # ICMP echo: the identifier plays the port
         buf[L4 + 4:L4 + 6] = cport.to_bytes(2, "big")
@@ -195,6 +199,10 @@ def fill_checksums(buf: bytearray) -> bytes:
     if proto == 1:
         buf[L4 + 2:L4 + 4] = b"\0\0"
         buf[L4 + 2:L4 + 4] = checksum(bytes(buf[L4:segment_end])).to_bytes(2, "big")
+        return bytes(buf)
+    if proto == 132:  # CRC32c over the SCTP packet; scapy's crc32c gives the field's big-endian value
+        buf[L4 + 8:L4 + 12] = b"\0\0\0\0"
+        buf[L4 + 8:L4 + 12] = crc32c(bytes(buf[L4:segment_end])).to_bytes(4, "big")
         return bytes(buf)
     where = l4_checksum_slice(buf)
     buf[where] = b"\0\0"
@@ -240,8 +248,16 @@ def run_capture(dp: Dataplane, tmp_path: Path, name: str, frames: list[bytes], s
 # --------------------------------------------------------------------------------- decoding
 
 
+def sctp_crc_problem(segment: bytes) -> bool:
+    """scapy's SCTP layer of `segment` with the checksum deleted and rebuilt (scapy computes the
+    CRC32c) differs from `segment`."""
+    rebuilt = SCTP(segment)
+    del rebuilt.chksum
+    return bytes(rebuilt) != segment
+
+
 def checksum_problems(raw: bytes) -> list[str]:
-    """Checksums of an output frame, verified with scapy's checksum routine."""
+    """Checksums of an output frame, verified with scapy's checksum routine (SCTP: scapy's CRC32c)."""
     if raw[12:14] != b"\x08\x00":
         return []
     header_len = (raw[ETH] & 0x0F) * 4
@@ -256,6 +272,8 @@ def checksum_problems(raw: bytes) -> list[str]:
         problems.append("UDP checksum")
     elif proto == 1 and checksum(segment) != 0:
         problems.append("ICMP checksum")
+    elif proto == 132 and sctp_crc_problem(segment):
+        problems.append("SCTP CRC32c")
     return problems
 
 
@@ -279,6 +297,11 @@ def decoded_problems(raw: bytes) -> list[str]:
         problems.append("scapy: UDP checksum")
     elif ip.proto == 1 and checksum(segment) != 0:
         problems.append("scapy: ICMP checksum")
+    elif ip.proto == 132:
+        rebuilt = Ether(raw)  # the whole frame dissected; only the CRC32c is recomputed
+        del rebuilt[SCTP].chksum
+        if bytes(rebuilt) != raw:
+            problems.append("scapy: SCTP CRC32c")
     return problems
 
 
@@ -308,6 +331,8 @@ def inet(raw: bytes, where: slice) -> str:
 
 
 def l4_checksum_slice(raw: bytes) -> slice:
+    if raw[23] == 132:  # the SCTP CRC32c
+        return slice(L4 + 8, L4 + 12)
     offset = L4 + (16 if raw[23] == 6 else 6)
     return slice(offset, offset + 2)
 
@@ -331,7 +356,7 @@ def classify(sent: bytes, got: bytes | None) -> Out:
     if is_ipv4 and got[23] == 1 and got[L4] == 3:
         return Out("REJECT", got, src=inet(got, IP_SRC), dst=inet(got, IP_DST),
                    note=f"ICMP type 3 code {got[L4 + 1]} from {inet(got, IP_SRC)}")
-    if is_ipv4 and got[23] in (6, 17):
+    if is_ipv4 and got[23] in (6, 17, 132):
         sport, dport = l4_ports(got)
         out = Out("DNAT", got, inet(got, IP_SRC), sport, inet(got, IP_DST), dport)
         if not same_except_nat(sent, got):
@@ -502,6 +527,8 @@ _REPLY_TEMPLATES = {
              / TCP(sport=1, dport=1, flags="SA", seq=1, ack=1, window=65160)),
     17: bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src="0.0.0.0", dst="0.0.0.0", id=1, ttl=64)
               / UDP(sport=1, dport=1) / Raw(b"reply from the endpoint")),
+    132: bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src="0.0.0.0", dst="0.0.0.0", id=1, ttl=64)
+               / SCTP(sport=1, dport=1, tag=0x5C7B0002) / SCTPChunkData(tsn=1, data=b"reply from the endpoint")),
 }
 
 

@@ -1,5 +1,6 @@
-"""Generated traffic for differential tests: a random but reproducible mix of service flows,
-replies, unrelated packets and malformed frames, over several link types."""
+"""Generated traffic for differential tests: a random but reproducible mix of service flows
+(TCP, UDP and SCTP, some SCTP packets cut by the snaplen), replies, unrelated packets and
+malformed frames, over several link types."""
 from __future__ import annotations
 
 import ipaddress
@@ -9,9 +10,22 @@ import struct
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, CookedLinux, Dot1AD, Dot1Q, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkData
 from scapy.packet import Raw
 
-from fastpath.maps import FRONTEND_KINDS, PROTO_TCP, PROTO_UDP, Backend, Frontend, Maps, NodeView, Service
+from fastpath.maps import (
+    FRONTEND_KINDS,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Backend,
+    Frontend,
+    Maps,
+    NodeView,
+    Service,
+)
+
+PROTOCOLS = [PROTO_TCP, PROTO_UDP, PROTO_SCTP]
 
 TCP_FLAGS = ["S", "S", "A", "PA", "PA", "FA", "R", "SA", "F", "RA"]
 
@@ -52,9 +66,14 @@ def random_maps(rng: random.Random, n_services: int = 24, n_backends: int = 40) 
         ranges = ()
         if kind == "LoadBalancer" and rng.random() < 0.5:
             ranges = ((base, 20), (int(ipaddress.IPv4Address("192.168.0.0")), 16))
-        frontends.append(Frontend(vip, rng.choice([80, 443, 53, 8080]),
-                                  rng.choice([PROTO_TCP, PROTO_UDP]), sid, kind,
-                                  rng.random() < 0.4, ranges))
+        number = rng.choice([80, 443, 53, 8080])
+        proto = rng.choice(PROTOCOLS)
+        frontends.append(Frontend(vip, number, proto, sid, kind, rng.random() < 0.4, ranges))
+        if rng.random() < 0.3:
+            # The same address and port in another protocol: another service port entirely.
+            other = rng.choice([p for p in PROTOCOLS if p != proto])
+            frontends.append(Frontend(vip, number, other, rng.randrange(1, n_services + 1), kind,
+                                      rng.random() < 0.4, ranges))
     node = NodeView(
         primary_ip=rng.choice([0, int(ipaddress.IPv4Address("192.168.1.10"))]),
         local_ips=(int(ipaddress.IPv4Address("192.168.1.10")), base + 7),
@@ -68,6 +87,14 @@ def random_maps(rng: random.Random, n_services: int = 24, n_backends: int = 40) 
 def l4(proto: int, sport: int, dport: int, rng: random.Random):
     if proto == PROTO_TCP:
         return TCP(sport=sport, dport=dport, flags=rng.choice(TCP_FLAGS), seq=rng.randrange(2**32))
+    if proto == PROTO_SCTP:
+        # scapy fills in the CRC32c; sometimes a wrong one (the rewrite recomputes it anyway).
+        sctp = SCTP(sport=sport, dport=dport, tag=rng.randrange(2**32))
+        if rng.random() < 0.1:
+            sctp.chksum = rng.randrange(2**32)
+        if rng.random() < 0.2:
+            return sctp  # the common header alone
+        return sctp / SCTPChunkData(tsn=rng.randrange(2**32), data=b"d" * rng.randrange(0, 30))
     udp = UDP(sport=sport, dport=dport)
     if rng.random() < 0.2:
         udp.chksum = 0  # "no checksum" must stay 0
@@ -137,13 +164,21 @@ def random_traffic(maps: Maps, rng: random.Random, count: int, linktype: int = 1
                 IP(src=rng.choice(clients), dst="8.8.8.8") / UDP(sport=5000, dport=53),
                 IP(src=rng.choice(clients), dst="10.96.0.1") / ICMP(),
                 IP(src=rng.choice(clients), dst="10.96.0.3", flags="MF") / UDP(sport=1, dport=2),
+                IP(src=rng.choice(clients), dst="10.96.0.3", frag=4) / SCTP(sport=1, dport=2),
                 IPv6(src="fd00::1", dst="fd00::2") / TCP(),
                 IP(src=rng.choice(clients), dst=addr(rng.choice(maps.frontends).ip)) / TCP(dport=1),
             ])
         else:
             fe = rng.choice(maps.frontends)
             pkt = IP(src=rng.choice(clients), dst=addr(fe.ip), ihl=rng.choice([5, 6, 4])) / l4(fe.proto, 1234, fe.port, rng)
-        data = frame(pkt / Raw(b"x" * rng.randrange(0, 40)), rng, linktype)
+        pkt = pkt / Raw(b"x" * rng.randrange(0, 40))
+        data = frame(pkt, rng, linktype)
+        if kind < 0.75 and SCTP in pkt and rng.random() < 0.25:
+            # A snaplen cut inside the SCTP packet but after its common header: translated, with
+            # the old CRC kept.
+            beyond_header = len(pkt[SCTP]) - 12
+            if beyond_header > 0:
+                data = data[: len(data) - rng.randrange(1, beyond_header + 1)]
         if kind >= 0.9:
             data = corrupt(data, rng)
         if linktype == 1 and rng.random() < 0.01:

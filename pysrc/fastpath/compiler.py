@@ -8,13 +8,13 @@ InternalIP (else ExternalIP), or the configuration's bindAddress, is the primary
 address); its IPv4 addresses are the node-local sources; its zone label decides zone hints.
 `clusterCIDR` (or, with detectLocalMode NodeCIDR, the Node's podCIDRs) says which sources are pods.
 
-Frontends, per IPv4 TCP/UDP service port: the IPv4 ClusterIP, the IPv4 externalIPs, the IPv4
+Frontends, per IPv4 TCP/UDP/SCTP service port: the IPv4 ClusterIP, the IPv4 externalIPs, the IPv4
 load-balancer ingress IPs whose ipMode is unset or VIP, and the nodePort on each NodePort address
 of the node (nodePortAddresses: "primary" by default; CIDRs pick the node's addresses inside
 them). ClusterIP frontends carry internalTrafficPolicy Local, the others externalTrafficPolicy
 Local (honoured for NodePort and LoadBalancer services and services with externalIPs);
 load-balancer frontends carry loadBalancerSourceRanges. Headless and ExternalName services get
-nothing; SCTP ports and IPv6 addresses are counted in `CompileResult.skipped`.
+nothing; IPv6 addresses are counted in `CompileResult.skipped`.
 
 Endpoints come from the service's IPv4 EndpointSlices through the slice port matching the service
 port's name and protocol, or, for a service with a selector and no EndpointSlice in the input, from
@@ -77,7 +77,7 @@ class CompileResult:
     maps: Maps
     notes: tuple[str, ...] = ()  # what was left out and why, one line each, stable order
     warnings: tuple[str, ...] = ()  # input that looks wrong but does not stop compiling
-    skipped: Counter[str] = field(default_factory=Counter)  # e.g. {"SCTP service port": 2}
+    skipped: Counter[str] = field(default_factory=Counter)  # e.g. {"headless service": 2}
     # Conntrack timeouts in seconds for the engine, keyed like its `timeouts_s` ("established",
     # "closing", "other"); only those the KubeProxyConfiguration sets (> 0).
     timeouts_s: dict[str, float] = field(default_factory=dict)
@@ -315,7 +315,7 @@ def _config_notes(config: KubeProxyConfiguration) -> list[str]:
 
 
 def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_Port]:
-    """Every IPv4 TCP/UDP service port, in id order: (namespace, name, port name, protocol)."""
+    """Every IPv4 TCP/UDP/SCTP service port, in id order: (namespace, name, port name, protocol)."""
     ports = []
     for service in services:
         cluster_ip = _ipv4_cluster_ip(service, skipped)

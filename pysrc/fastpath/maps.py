@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 PROTO_TCP = 6
 PROTO_UDP = 17
-PROTOCOL_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP}
+PROTO_SCTP = 132
+PROTOCOL_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
 
@@ -53,7 +54,7 @@ class Frontend:
 
     ip: int
     port: int
-    proto: int  # PROTO_TCP or PROTO_UDP
+    proto: int  # PROTO_TCP, PROTO_UDP or PROTO_SCTP
     service: int  # Service.id
     kind: str = "ClusterIP"  # one of FRONTEND_KINDS
     # internalTrafficPolicy Local (ClusterIP) or externalTrafficPolicy Local (the other kinds).

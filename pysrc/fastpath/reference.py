@@ -183,7 +183,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Maps, Service
+from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Maps, Service
 from fastpath.verdicts import (
     TRACE_MASQUERADED,
     VERDICT_OF_REASON,
@@ -202,6 +202,7 @@ __all__ = [
     "DEFAULT_TIMEOUTS_S",
     "fmix64",
     "flow_hash",
+    "crc32c",
     "select_backend",
     "ConntrackEntry",
     "AffinityEntry",
@@ -360,6 +361,31 @@ def _put32(buf: memoryview, pos: int, value: int) -> None:
     _put16(buf, pos + 2, value & MASK16)
 
 
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (CRC32C_POLY_REFLECTED if crc & 1 else 0)
+        table.append(crc)
+    return tuple(table)
+
+
+# CRC32c (Castagnoli), bit-reflected: polynomial 0x1EDC6F41 reversed.
+CRC32C_POLY_REFLECTED = 0x82F63B78
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: Any) -> int:
+    """CRC32c of `data` (initial value and final xor 0xFFFFFFFF, reflected; "123456789" gives
+    0xE3069283). SCTP stores it least significant byte first."""
+    crc = MASK32
+    table = _CRC32C_TABLE
+    for byte in bytes(data):
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc ^ MASK32
+
+
 # --------------------------------------------------------------------------- conntrack
 
 
@@ -497,10 +523,11 @@ def _remapped_counts(counts: Sequence[int], mapping: Sequence[int], size: int) -
 
 @dataclass(slots=True)
 class _Parsed:
-    """Where the IPv4 and L4 headers of a TCP/UDP packet are (positions within the packet)."""
+    """Where the IPv4 and L4 headers of a TCP/UDP/SCTP packet are (positions within the packet)."""
 
     l3: int
     l4: int
+    ip_end: int  # l3 + total length: may lie past the captured bytes (a snaplen cut)
     proto: int
     saddr: int
     daddr: int
@@ -585,7 +612,7 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
     if frag & 0x2000 or frag & 0x1FFF:
         return Reason.PASS_UNSUPPORTED
     proto = buf[l3 + 9]
-    if proto != PROTO_TCP and proto != PROTO_UDP:
+    if proto != PROTO_TCP and proto != PROTO_UDP and proto != PROTO_SCTP:
         return Reason.PASS_UNSUPPORTED
     l4 = l3 + ip_header_len
     l4_end = min(l3 + total_length, end)
@@ -599,6 +626,10 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
         if data_offset < 5 or data_offset * 4 > total_length - ip_header_len:
             return Reason.DROP_BAD_L4_HEADER
         flags = buf[l4 + 13]
+    elif proto == PROTO_SCTP:
+        if l4_len < 12:  # the common header: ports, verification tag, checksum
+            return Reason.DROP_TRUNCATED
+        flags = 0
     else:
         if l4_len < 8:
             return Reason.DROP_TRUNCATED
@@ -609,6 +640,7 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
     return _Parsed(
         l3=l3,
         l4=l4,
+        ip_end=l3 + total_length,
         proto=proto,
         saddr=_get32(buf, l3 + 12),
         daddr=_get32(buf, l3 + 16),
@@ -633,12 +665,16 @@ def _rewrite(
     Every 16-bit word of a rewritten field goes through the RFC 1624 update, changed or not, in
     the order: destination address, destination port, source address, source port. A UDP
     checksum of 0 stays 0; a UDP result of 0 is written as 0xFFFF once, after all updates.
+    SCTP has no pseudo-header checksum: its CRC32c is recomputed over the whole SCTP packet
+    once the ports are written, when all of it was captured.
     """
+    is_sctp = p.proto == PROTO_SCTP
     ip_csum_pos = p.l3 + 10
     l4_csum_pos = p.l4 + (16 if p.proto == PROTO_TCP else 6)
     ip_csum = _get16(buf, ip_csum_pos)
-    l4_csum = _get16(buf, l4_csum_pos)
-    update_l4 = p.proto == PROTO_TCP or l4_csum != 0  # UDP: 0 means "no checksum"
+    l4_csum = 0 if is_sctp else _get16(buf, l4_csum_pos)
+    # UDP: 0 means "no checksum"; SCTP: no incremental update (CRC32c below).
+    update_l4 = p.proto == PROTO_TCP or (p.proto == PROTO_UDP and l4_csum != 0)
     for new, addr_pos, port_pos in ((dst, p.l3 + 16, p.l4 + 2), (src, p.l3 + 12, p.l4)):
         if new is None:
             continue
@@ -652,9 +688,17 @@ def _rewrite(
             l4_csum = _csum_update_word(l4_csum, old_port, new_port)
         _put32(buf, addr_pos, new_ip)
         _put16(buf, port_pos, new_port)
+    _put16(buf, ip_csum_pos, ip_csum)
+    if is_sctp:
+        # A snaplen-cut packet keeps its old CRC: it cannot be recomputed from part of the packet.
+        if p.ip_end <= len(buf):
+            crc_pos = p.l4 + 8
+            buf[crc_pos : crc_pos + 4] = bytes(4)
+            crc = crc32c(buf[p.l4 : p.ip_end])
+            buf[crc_pos : crc_pos + 4] = crc.to_bytes(4, "little")
+        return
     if update_l4 and p.proto == PROTO_UDP and l4_csum == 0:
         l4_csum = 0xFFFF
-    _put16(buf, ip_csum_pos, ip_csum)
     _put16(buf, l4_csum_pos, l4_csum)
 
 
