@@ -46,8 +46,8 @@ IPv4 (at offset l3):
   IHL*4 past the captured bytes -> DROP_TRUNCATED
   total length < IHL*4 -> DROP_BAD_IP_HEADER
   (total length beyond the captured bytes is a snaplen cut, not an error.)
-  fragment (MF set or fragment offset != 0) -> PASS_UNSUPPORTED
-  protocol not TCP(6)/UDP(17)/SCTP(132) -> PASS_UNSUPPORTED
+  later fragment (fragment offset != 0) -> see "IPv4 fragments" (no transport header parsed)
+  protocol not TCP(6)/UDP(17)/SCTP(132)/ICMP(1) -> PASS_UNSUPPORTED
   the L4 region is [l4, l3 + total length) clipped to the captured bytes.
 TCP: fewer than 20 bytes in the L4 region -> DROP_TRUNCATED; data offset < 5 or data offset*4 >
   total length - IHL*4 -> DROP_BAD_L4_HEADER. (The options need not be captured.)
@@ -146,6 +146,69 @@ most recently used stays. LRU orders are kept.
 Then every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
 service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
 entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
+
+IPv4 fragments
+--------------
+A packet is a fragment when MF is set or its fragment offset is not 0.
+First fragment (offset 0, MF set): parsed and processed exactly like an unfragmented packet (its
+  L4 region is the fragment's payload). After its verdict (including a drop for a bad or cut
+  transport header: any first fragment whose IPv4 header passed), when it is not PASS, the
+  fragment table records key (saddr, daddr, IP id, proto) — the addresses as received, before
+  any rewrite — -> (verdict, saddr and daddr after the rewrite, service id, backend id, trace
+  flags). An existing entry with that key is overwritten. The entry becomes most recently used;
+  a full table (capacity FRAG_CAPACITY = 8192) first evicts its least recently used entry
+  (fragments.evictions += 1). fragments.tracked += 1 per record.
+Later fragment (offset != 0): only the IPv4 header is parsed (the same header checks as any
+  IPv4 packet; the protocol may be anything). Look up (saddr, daddr, IP id, proto):
+  - found: the entry becomes most recently used; fragments.followed += 1; its service/backend
+    are counted and traced like a tracked packet. Verdict DNAT -> rewrite saddr/daddr to the
+    entry's (IPv4 header checksum updated incrementally; destination first, then source),
+    reason FRAG_DNAT; REVNAT -> the same, reason FRAG_REVNAT; DROP or REJECT -> reason FRAG_DROP
+    (no ICMP reply: only the first fragment is answered).
+  - not found: fragments.not_found += 1; daddr is the address of any frontend or one of
+    node.service_ips -> DROP_FRAG_NOT_FOUND (its ports are unknowable, so it cannot be routed);
+    otherwise PASS_FRAGMENT (untouched).
+  Fragments never touch conntrack.
+
+ICMP errors about tracked flows
+-------------------------------
+IPv4 protocol 1. The L4 region has fewer than 8 bytes -> DROP_TRUNCATED. Types other than 3
+(destination unreachable), 11 (time exceeded) and 12 (parameter problem) -> PASS_UNSUPPORTED
+(as before). For an error, the quoted packet starts at L4 byte 8: it must hold at least 20
+captured bytes, version 4, IHL >= 5, IHL*4 + 4 captured bytes (up to the ports), protocol
+TCP/UDP/SCTP, and be no later fragment (offset 0); otherwise PASS_UNSUPPORTED. Let the quoted
+tuple be (qs, qd, qsp, qdp, proto). Look up the reversed tuple (qd, qs, qdp, qsp, proto) in
+conntrack WITHOUT changing anything (no LRU touch, no last_seen update, no state change; an
+expired entry counts as not found and is not deleted):
+  - matches an entry's reply tuple (the quoted packet is a translated forward packet: client or
+    SNAT address -> backend; the error travels towards the client): quoted destination
+    (qd, qdp) := (frontend ip, frontend port); if masqueraded, quoted source (qs, qsp) :=
+    (client ip, client port). Outer source := frontend ip if it equals the backend ip (the
+    endpoint itself answered); outer destination := client ip if masqueraded and it equals the
+    SNAT ip. Verdict REVNAT, reason ICMP_ERROR_REPLY.
+  - matches an entry's orig tuple (the quoted packet is a reply as the client saw it:
+    frontend -> client; the error travels from the client side): quoted source (qs, qsp) :=
+    (backend ip, backend port); if masqueraded, quoted destination (qd, qdp) := (SNAT ip, SNAT
+    port). Outer destination := backend ip if it equals the frontend ip; outer source := SNAT ip
+    if masqueraded and it equals the client ip. Verdict DNAT, reason ICMP_ERROR_FORWARD.
+  - no match: PASS_NO_SERVICE.
+  Attributed (counters and trace) to the entry's service and backend, with its flags.
+Checksums, all incremental: the quoted IPv4 header checksum for the quoted address changes;
+the quoted TCP checksum (quoted L4 bytes 16-17) or UDP checksum (bytes 6-7; 0 stays 0, a result
+of 0 becomes 0xFFFF) for the quoted address and port changes, only when those 2 bytes are
+captured; a quoted SCTP CRC is left alone; the outer IPv4 header checksum for the outer address
+changes; the ICMP checksum for every 16-bit word of the ICMP message that changed (quoted
+addresses, ports, quoted IP checksum, quoted L4 checksum). Order of the quoted changes:
+destination address and port, then source address and port, then the checksums. An outer
+address is rewritten (and enters the outer checksum) only when its condition above holds; the
+quoted fields named above are always rewritten (even to the same value).
+
+New reasons (append to Reason):
+  14 ICMP_ERROR_FORWARD (DNAT)   15 ICMP_ERROR_REPLY (REVNAT)
+  16 FRAG_DNAT (DNAT)            17 FRAG_REVNAT (REVNAT)           18 FRAG_DROP (DROP)
+  19 DROP_FRAG_NOT_FOUND (DROP)  20 PASS_FRAGMENT (PASS)
+PASS_UNSUPPORTED keeps covering IPv6 and non-TCP/UDP/SCTP/ICMP protocols and non-error ICMP.
+counters(): new section "fragments": {"tracked", "evictions", "followed", "not_found", "entries"}.
 
 Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word at a time)
   For each changed address then its port (destination first, then source): IPv4 header
