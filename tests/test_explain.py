@@ -167,9 +167,25 @@ def test_bad_addresses():
     ]:
         with pytest.raises(ExplainError, match=message):
             explain(ClusterState(), src, dst)
-    with pytest.raises(ExplainError, match="tcp or udp"):
-        explain(ClusterState(), "10.0.0.1", "10.0.0.2:1", "sctp")
+    with pytest.raises(ExplainError, match="tcp, udp or sctp"):
+        explain(ClusterState(), "10.0.0.1", "10.0.0.2:1", "icmp")
     assert parse_address("10.0.0.010:80", port_required=True, what="x") == ("10.0.0.10", 80)
+
+
+def test_sctp_flow_is_explained():
+    state = ClusterState.from_objects([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sip", "namespace": "voip"},
+         "spec": {"clusterIP": "10.96.5.5",
+                  "ports": [{"name": "sip", "port": 5060, "protocol": "SCTP", "targetPort": 5060}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "sip-1", "namespace": "voip",
+                      "labels": {"kubernetes.io/service-name": "sip"}},
+         "addressType": "IPv4", "ports": [{"name": "sip", "port": 5060, "protocol": "SCTP"}],
+         "endpoints": [{"addresses": ["10.244.3.3"], "conditions": {"ready": True}}]},
+    ])
+    answer = explain(state, "10.244.0.5", "10.96.5.5:5060", "sctp")
+    assert answer.to_dict()["verdict"] == "DNAT"
+    assert "10.244.3.3:5060" in answer.render()
 
 
 def test_built_packet_is_a_valid_syn():

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--dst", metavar="IP:PORT", required=True,
                          help="where the client sends to: a ClusterIP, node, load-balancer or "
                          "external IP and port, or any other address")
-    explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp",
+    explain.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp",
                          help="transport protocol (default tcp)")
     explain.add_argument("--json", action="store_true",
                          help="print the explanation as one JSON object instead of text")

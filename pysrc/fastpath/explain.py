@@ -20,7 +20,8 @@ from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastpath.maps import PROTO_TCP, PROTO_UDP, Frontend, Maps
+from fastpath.icmp import internet_checksum
+from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Frontend, Maps
 from fastpath.model import ClusterState, EndpointSlice, Service, ServicePort, parse_ip
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
 
@@ -35,8 +36,8 @@ __all__ = [
 
 DEFAULT_SOURCE_PORT = 40000  # used when the source is given without a port
 PACKET_TIME_NS = 1_700_000_000 * 1_000_000_000
-PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
-PROTOCOL_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
+PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "sctp": PROTO_SCTP}
+PROTOCOL_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP"}
 
 # The rule behind each verdict that is not a translation.
 RULES: dict[Reason, str] = {
@@ -154,38 +155,33 @@ def _protocol(proto: str | int) -> int:
         return proto
     number = PROTOCOLS.get(str(proto).strip().lower())
     if number is None:
-        raise ExplainError(f"protocol {proto!r}: expected tcp or udp")
+        raise ExplainError(f"protocol {proto!r}: expected tcp, udp or sctp")
     return number
 
 
 # --------------------------------------------------------------------------- the packet
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def build_packet(src: str, sport: int, dst: str, dport: int, proto: int) -> bytes:
-    """The first packet of the flow as an Ethernet frame: a TCP SYN or an empty UDP datagram,
-    with valid checksums."""
+    """The first packet of the flow as an Ethernet frame: a TCP SYN, an empty UDP datagram or a
+    bare SCTP common header, with valid IP/TCP/UDP checksums (the dataplane never checks an
+    incoming SCTP CRC)."""
     saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
-    if proto == PROTO_TCP:
-        l4 = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 64240, 0, 0))
-        checksum_at = 16
+    if proto == PROTO_SCTP:
+        l4 = bytearray(struct.pack("!HHII", sport, dport, 0, 0))
     else:
-        l4 = bytearray(struct.pack("!HHHH", sport, dport, 8, 0))
-        checksum_at = 6
-    pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(l4))
-    checksum = _checksum(pseudo + bytes(l4))
-    struct.pack_into("!H", l4, checksum_at, checksum or 0xFFFF)
+        if proto == PROTO_TCP:
+            l4 = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 64240, 0, 0))
+            checksum_at = 16
+        else:
+            l4 = bytearray(struct.pack("!HHHH", sport, dport, 8, 0))
+            checksum_at = 6
+        pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(l4))
+        checksum = internet_checksum(pseudo + bytes(l4))
+        struct.pack_into("!H", l4, checksum_at, checksum or 0xFFFF)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0,
                                saddr, daddr))
-    struct.pack_into("!H", ip, 10, _checksum(bytes(ip)))
+    struct.pack_into("!H", ip, 10, internet_checksum(bytes(ip)))
     ethernet = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x0800)
     return ethernet + bytes(ip) + bytes(l4)
 
