@@ -14,12 +14,13 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, defragment, fragment, in4_chksum
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit
 from scapy.layers.sctp import crc32c as scapy_crc32c
 from scapy.packet import Packet, Raw
+from scapy.utils import checksum as scapy_checksum
 
 from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, Service
 from fastpath.reference import (
@@ -28,6 +29,7 @@ from fastpath.reference import (
     CT_OTHER,
     CT_SYN_SENT,
     DEFAULT_CT_CAPACITY,
+    FRAG_CAPACITY,
     SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
@@ -408,15 +410,12 @@ def test_pass_and_unknown_link(linktype, data, reason):
         (101, bytes(IPv6() / TCP())),
         (228, bytes(IPv6() / TCP())),
         (101, b"\x60"),  # only the version nibble is read
-        (1, eth(IP(src=CLIENT, dst=VIP) / ICMP())),
+        (1, eth(IP(src=CLIENT, dst=VIP) / ICMP())),  # echo request
+        (1, eth(IP(src=CLIENT, dst=VIP) / ICMP(type=0))),  # echo reply
+        (1, eth(IP(src=CLIENT, dst=VIP) / ICMP(type=5, code=1) / Raw(bytes(tcp())[:28]))),  # redirect
         (1, eth(IP(src=CLIENT, dst=VIP, proto=47) / Raw(b"\x00" * 8))),
-        (1, eth(IP(src=CLIENT, dst=VIP, flags="MF") / TCP(dport=80))),
-        (1, eth(IP(src=CLIENT, dst=VIP, frag=3) / TCP(dport=80))),
-        (1, eth(IP(src=CLIENT, dst=VIP, flags="MF", frag=100) / UDP(dport=53))),
-        (1, eth(IP(src=CLIENT, dst=VIP, frag=1) / Raw(b"\x00" * 4))),  # fragment too short for TCP
-        (1, eth(IP(src=CLIENT, dst=VIP, flags="MF") / SCTP(dport=80) / SCTPChunkData(data=b"x"))),
-        (1, eth(IP(src=CLIENT, dst=VIP, frag=2, proto=132) / Raw(b"\x00" * 4))),
         (1, eth(IP(src=CLIENT, dst=VIP, proto=133) / Raw(b"\x00" * 16))),  # the protocol after SCTP
+        (1, eth(IP(src=CLIENT, dst=VIP, flags="MF", proto=47) / Raw(b"\x00" * 8))),  # a first fragment
     ],
 )
 def test_unsupported_ip_traffic_passes(linktype, data):
@@ -956,7 +955,7 @@ def test_batch_argument_errors():
 
 def test_counters_shape():
     c = engine().counters()
-    assert set(c) == {"verdicts", "reasons", "services", "backends", "conntrack", "affinity"}
+    assert set(c) == {"verdicts", "reasons", "services", "backends", "conntrack", "affinity", "fragments"}
     assert c["verdicts"] == {v.name: 0 for v in Verdict}
     assert c["reasons"] == {r.name: 0 for r in Reason}
     assert c["services"] == [0, 0, 0] and c["backends"] == [0] * 6
@@ -966,6 +965,8 @@ def test_counters_shape():
     ]
     assert set(c["conntrack"].values()) == {0}
     assert c["affinity"] == {"evictions": 0, "expired": 0, "entries": 0}
+    assert list(c["fragments"]) == ["tracked", "evictions", "followed", "not_found", "entries"]
+    assert set(c["fragments"].values()) == {0}
 
 
 # --------------------------------------------------------------------------- properties
@@ -979,10 +980,21 @@ HEADERS = {
     228: b"",
     276: bytes(CookedLinuxV2(proto=0x0800)),
 }
+def _seed_backend_ip() -> str:
+    return txt(expected_backend((1, 2, 3, 4), CLIENT, VIP, 40000, 80, PROTO_TCP).ip)
+
+
+SEED_FRAGMENTS = [bytes(f) for f in fragment(IP(src=CLIENT, dst=DNS_VIP, id=77) / UDP(sport=50000, dport=53)
+                                             / Raw(b"f" * 40), fragsize=24)]
 SEEDS = [
     bytes(tcp()), bytes(tcp(flags="A")), bytes(udp()), bytes(udp(chksum=0)),
     bytes(tcp(dst=EMPTY_VIP, dport=443)), bytes(IP(src=CLIENT, dst=VIP, options=b"\x01" * 4) / TCP(dport=80)),
     bytes(sctp()), bytes(sctp(src=txt(BACKEND_BY_ID[1].ip), dst=CLIENT, sport=8080, dport=40000)),
+    # Fragments of one datagram, and ICMP errors about the tcp() flow from either side.
+    *SEED_FRAGMENTS,
+    bytes(IP(src=_seed_backend_ip(), dst=CLIENT) / ICMP(type=3, code=3)
+          / Raw(bytes(tcp(dst=_seed_backend_ip(), dport=8080))[:48])),
+    bytes(IP(src=CLIENT, dst=VIP) / ICMP(type=11) / Raw(bytes(tcp(src=VIP, dst=CLIENT, sport=80, dport=40000))[:28])),
 ]
 
 
@@ -1026,7 +1038,8 @@ def test_property_never_raises_and_stays_in_bounds(batch, prefix, gap, stamps, c
         if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
             assert buf == before
         else:
-            assert reason in (Reason.NEW_FLOW, Reason.CT_ESTABLISHED, Reason.CT_REPLY)
+            assert reason in (Reason.NEW_FLOW, Reason.CT_ESTABLISHED, Reason.CT_REPLY, Reason.FRAG_DNAT,
+                              Reason.FRAG_REVNAT, Reason.ICMP_ERROR_FORWARD, Reason.ICMP_ERROR_REPLY)
     c = eng.counters()
     assert sum(c["verdicts"].values()) == len(batch) == sum(c["reasons"].values())
     assert c["conntrack"]["entries"] <= capacity
@@ -2184,3 +2197,583 @@ def test_load_does_not_flush_sctp_flows():
     assert [e.orig[4] for e in eng.conntrack_entries()] == [PROTO_SCTP]
     _, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"), T0 + 2)
     assert (reason, trace) == (Reason.CT_ESTABLISHED, (0, 0, KIND["ClusterIP"]))
+
+
+# =========================================================================== IPv4 fragments
+
+
+def through(eng: ReferenceEngine, ip_bytes: bytes, ts: int = T0):
+    """Raw IPv4 bytes in an Ethernet frame through the twin: (verdict, reason, IP bytes out,
+    trace). Untranslated packets are untouched; translated ones keep a valid IPv4 header
+    checksum (scapy's checksum over the header)."""
+    data = ETH_HDR + ip_bytes
+    verdict, reason, out, trace = eng.trace_packet(data, ts)
+    assert VERDICT_OF_REASON[reason] is verdict
+    assert out[:14] == data[:14] and len(out) == len(data)
+    if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
+        assert out == data, "PASS, DROP and REJECT never modify the packet"
+    else:
+        ihl = (out[14] & 0x0F) * 4
+        assert scapy_checksum(out[14:14 + ihl]) == 0, "IPv4 header checksum"
+    return verdict, reason, out[14:], trace
+
+
+def assert_transport_checksum_valid(ip_bytes: bytes) -> IP:
+    """The TCP/UDP checksum of a whole datagram is valid: scapy's in4_chksum over the pseudo-header
+    and the raw transport bytes (checksum field included) gives 0. Raw bytes, so that no
+    application-layer dissector (DNS on 53/5353, HTTP on 8080) rebuilds them differently."""
+    got = IP(ip_bytes)
+    assert scapy_checksum(ip_bytes[:got.ihl * 4]) == 0, "IPv4 header checksum"
+    transport = ip_bytes[got.ihl * 4:got.len]
+    assert len(transport) == got.len - got.ihl * 4 and got.proto in (PROTO_TCP, PROTO_UDP)
+    if got.proto == PROTO_UDP and transport[6:8] == b"\x00\x00":
+        return got  # no checksum
+    assert in4_chksum(got.proto, got, transport) == 0, "transport checksum"
+    return got
+
+
+def fragments_of(packet: Packet, size: int) -> list[bytes]:
+    return [bytes(part) for part in fragment(packet, fragsize=size)]
+
+
+def reassembled(parts: list[bytes]) -> bytes:
+    (whole,) = defragment([IP(part) for part in parts])
+    return bytes(whole)
+
+
+def test_frag_capacity():
+    assert FRAG_CAPACITY == 8192
+
+
+def test_first_fragment_is_dnated_and_later_fragments_follow():
+    eng = engine()
+    payload = bytes(range(256)) * 2
+    whole = IP(src=CLIENT, dst=DNS_VIP, id=0x1234) / UDP(sport=50000, dport=53) / Raw(payload)
+    parts = fragments_of(whole, 128)
+    assert len(parts) == 5
+    want = expected_backend((5, 6), CLIENT, DNS_VIP, 50000, 53, PROTO_UDP)
+    outs = []
+    for i, part in enumerate(parts):
+        verdict, reason, out, trace = through(eng, part, T0 + i)
+        assert (verdict, reason, trace) == (Verdict.DNAT, Reason.FRAG_DNAT if i else Reason.NEW_FLOW, (2, want.id, 1))
+        got = IP(out)
+        assert (got.src, got.dst, got.id, got.frag, got.flags) == (
+            CLIENT, txt(want.ip), 0x1234, IP(part).frag, IP(part).flags)
+        if i:
+            # Only the destination address (and the header checksum) changed.
+            assert out[:10] == part[:10] and out[12:16] == part[12:16] and out[20:] == part[20:]
+        outs.append(out)
+    # The datagram as the backend reassembles it: its UDP checksum is valid, the payload intact.
+    datagram = assert_transport_checksum_valid(reassembled(outs))
+    assert (datagram.dst, datagram[UDP].sport, datagram[UDP].dport) == (txt(want.ip), 50000, 5353)
+    assert bytes(datagram[UDP].payload) == payload
+    c = eng.counters()
+    assert c["fragments"] == {"tracked": 1, "evictions": 0, "followed": 4, "not_found": 0, "entries": 1}
+    assert c["reasons"]["FRAG_DNAT"] == 4 and c["reasons"]["NEW_FLOW"] == 1
+    assert c["services"][1] == 5 and c["backends"][want.id - 1] == 5
+    assert c["conntrack"]["entries"] == 1
+    ((key, entry),) = eng.fragment_entries()
+    assert key == (ip4(CLIENT), ip4(DNS_VIP), 0x1234, PROTO_UDP)  # as received
+    assert (entry.verdict, entry.new_saddr, entry.new_daddr) == (Verdict.DNAT, ip4(CLIENT), want.ip)
+
+
+def test_tcp_fragments_of_a_masqueraded_flow_and_of_its_reply():
+    eng = v2_engine()
+    payload = b"GET / HTTP/1.1\r\n" * 40
+    want = pick((1, 2, 3), EXT_CLIENT, NODE_IP, 40000, 30080)
+    forward = IP(src=EXT_CLIENT, dst=NODE_IP, id=7) / TCP(sport=40000, dport=30080, flags="PA", seq=5) / Raw(payload)
+    outs = []
+    for i, part in enumerate(fragments_of(forward, 200)):
+        verdict, reason, out, trace = through(eng, part, T0 + i)
+        assert (reason, trace) == (Reason.FRAG_DNAT if i else Reason.NEW_FLOW, (WEB, want.id, KIND["NodePort"] | MASQ))
+        assert (IP(out).src, IP(out).dst) == (NODE_IP, txt(want.ip))  # both addresses
+        outs.append(out)
+    datagram = assert_transport_checksum_valid(reassembled(outs))
+    assert endpoints(datagram) == (NODE_IP, 40000, txt(want.ip), 8080)
+    assert bytes(datagram[TCP].payload) == payload
+
+    # The backend's fragmented answer: REVNAT, later fragments follow it back to the client.
+    answer = IP(src=txt(want.ip), dst=NODE_IP, id=7) / TCP(sport=8080, dport=40000, flags="PA", seq=9) / Raw(payload)
+    outs = []
+    for i, part in enumerate(fragments_of(answer, 300)):
+        verdict, reason, out, trace = through(eng, part, T0 + 10 + i)
+        assert (verdict, reason) == (Verdict.REVNAT, Reason.FRAG_REVNAT if i else Reason.CT_REPLY)
+        assert trace == (WEB, want.id, KIND["NodePort"] | MASQ)
+        assert (IP(out).src, IP(out).dst) == (NODE_IP, EXT_CLIENT)
+        outs.append(out)
+    datagram = assert_transport_checksum_valid(reassembled(outs))
+    assert endpoints(datagram) == (NODE_IP, 30080, EXT_CLIENT, 40000)
+    # Same addresses and IP id, other direction: two entries.
+    assert eng.counters()["fragments"]["entries"] == 2
+
+
+def test_sctp_first_fragment_is_translated_like_a_packet():
+    eng = engine()
+    whole = sctp(data=b"s" * 300, id=99)
+    parts = fragments_of(whole, 128)
+    want = expected_backend((1, 2, 3, 4), CLIENT, VIP, 40000, 80, PROTO_SCTP)
+    for i, part in enumerate(parts):
+        _, reason, out, _ = through(eng, part, T0 + i)
+        assert reason == (Reason.FRAG_DNAT if i else Reason.NEW_FLOW)
+        assert IP(out).dst == txt(want.ip)
+        if i == 0:
+            # Spec: the first fragment's L4 region is its own payload, so the CRC32c is
+            # recomputed over it (not over the whole SCTP packet, which is not there).
+            assert out[28:32] == crc32c(out[20:28] + bytes(4) + out[32:]).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize(
+    "first, reason, trace",
+    [
+        (tcp(dst=EMPTY_VIP, dport=443, payload=b"r" * 200, id=5), Reason.REJECT_NO_ENDPOINT, (3, 0, 1)),
+        (tcp(dst=VIP, dport=81, payload=b"r" * 200, id=5), None, None),  # PASS: not remembered
+        (IP(src=CLIENT, dst=VIP, id=5) / TCP(sport=1, dport=80, dataofs=4) / Raw(b"r" * 200),
+         Reason.DROP_BAD_L4_HEADER, (0, 0, 0)),
+    ],
+)
+def test_later_fragments_of_a_dropped_or_rejected_first_fragment_are_dropped(first, reason, trace):
+    eng = engine()
+    parts = fragments_of(first, 64)
+    verdict, got, _, got_trace = through(eng, parts[0])
+    if reason is None:
+        assert verdict == Verdict.PASS
+        for part in parts[1:]:
+            # Nothing remembered: the later fragments are not to a frontend address on record.
+            assert through(eng, part)[1] == Reason.DROP_FRAG_NOT_FOUND
+        assert eng.counters()["fragments"]["tracked"] == 0
+        return
+    assert (got, got_trace) == (reason, trace)
+    for part in parts[1:]:
+        verdict, got, _, got_trace = through(eng, part, T0 + 1)
+        # No ICMP reply for them: only the first fragment is answered.
+        assert (verdict, got, got_trace) == (Verdict.DROP, Reason.FRAG_DROP, trace)
+    c = eng.counters()
+    assert c["fragments"]["followed"] == len(parts) - 1
+    assert c["reasons"]["FRAG_DROP"] == len(parts) - 1
+    assert c["verdicts"]["REJECT"] == (reason == Reason.REJECT_NO_ENDPOINT)
+
+
+def test_first_fragment_too_short_for_its_transport_header_is_remembered_as_dropped():
+    eng = v2_engine()
+    parts = fragments_of(tcp(src=POD_CLIENT, dst="10.96.0.10", payload=b"z" * 100, id=3), 8)
+    assert len(IP(parts[0]).payload) == 8
+    assert through(eng, parts[0])[1] == Reason.DROP_TRUNCATED
+    assert {through(eng, part)[1] for part in parts[1:]} == {Reason.FRAG_DROP}
+    # A source outside loadBalancerSourceRanges: the frontend's trace follows.
+    parts = fragments_of(tcp(src=FAR_CLIENT, dst="203.0.113.10", payload=b"z" * 100, id=3), 64)
+    assert through(eng, parts[0])[1:4:2] == (Reason.DROP_SOURCE_RANGE, (WEB, 0, KIND["LoadBalancer"]))
+    assert through(eng, parts[1])[1:4:2] == (Reason.FRAG_DROP, (WEB, 0, KIND["LoadBalancer"]))
+    assert eng.counters()["services"][WEB - 1] == 2
+    # A REJECT_UNKNOWN_PORT first fragment: remembered with an empty trace.
+    parts = fragments_of(udp(src=POD_CLIENT, dst="10.96.0.10", dport=9, payload=b"z" * 100), 64)
+    assert through(eng, parts[0])[1] == Reason.REJECT_UNKNOWN_PORT
+    assert through(eng, parts[1])[1:4:2] == (Reason.FRAG_DROP, (0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "dst, proto, reason",
+    [
+        ("10.96.0.10", PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # a frontend address
+        ("10.96.0.10", PROTO_UDP, Reason.DROP_FRAG_NOT_FOUND),  # no UDP frontend there: still one
+        ("10.96.0.10", 47, Reason.DROP_FRAG_NOT_FOUND),  # any protocol
+        (NODE_IP, PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # NodePort address
+        ("203.0.113.10", PROTO_UDP, Reason.DROP_FRAG_NOT_FOUND),  # LoadBalancer address
+        ("10.96.0.77", PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # a service IP without frontends
+        ("10.96.0.78", PROTO_TCP, Reason.PASS_FRAGMENT),
+        ("8.8.8.8", PROTO_UDP, Reason.PASS_FRAGMENT),
+        (NODE_IP2, PROTO_TCP, Reason.PASS_FRAGMENT),  # the node's other address: no frontend
+    ],
+)
+def test_later_fragment_without_its_first(dst, proto, reason):
+    eng = v2_engine(service_ips=(ip4("10.96.0.77"),))
+    data = bytes(IP(src=EXT_CLIENT, dst=dst, id=11, frag=20, proto=proto) / Raw(b"\x00" * 64))
+    _, got, _, trace = through(eng, data)
+    assert (got, trace) == (reason, (0, 0, 0))
+    c = eng.counters()
+    assert c["fragments"] == {"tracked": 0, "evictions": 0, "followed": 0, "not_found": 1, "entries": 0}
+    assert c["conntrack"]["entries"] == 0
+
+
+def test_later_fragments_match_on_source_destination_id_and_protocol():
+    eng = engine()
+    whole = udp(payload=b"q" * 200)
+    whole[IP].id = 500
+    parts = fragments_of(whole, 64)
+    assert through(eng, parts[0])[1] == Reason.NEW_FLOW
+    later = IP(parts[1])
+    for field, value in (("id", 501), ("src", "192.168.1.11"), ("proto", PROTO_TCP)):
+        other = later.copy()
+        setattr(other, field, value)
+        del other.chksum
+        assert through(eng, bytes(other))[1] == Reason.DROP_FRAG_NOT_FOUND
+    # The last fragment (MF clear) and a duplicate of an earlier one both follow.
+    assert through(eng, parts[-1])[1] == Reason.FRAG_DNAT
+    assert through(eng, parts[1])[1] == Reason.FRAG_DNAT
+    assert through(eng, parts[1])[1] == Reason.FRAG_DNAT
+    assert eng.counters()["fragments"]["not_found"] == 3
+
+
+def test_a_new_first_fragment_with_the_same_key_overwrites_the_entry():
+    eng = engine()
+    a = fragments_of(tcp(sport=1111, payload=b"a" * 100, id=9), 64)
+    b = fragments_of(tcp(sport=2222, payload=b"b" * 100, id=9), 64)  # the IP id came round again
+    through(eng, a[0])
+    _, _, out_b, trace_b = through(eng, b[0], T0 + 1)
+    _, reason, out, trace = through(eng, b[1], T0 + 2)
+    assert reason == Reason.FRAG_DNAT and trace == trace_b and out[16:20] == out_b[16:20]
+    assert eng.counters()["fragments"] == {"tracked": 2, "evictions": 0, "followed": 1, "not_found": 0, "entries": 1}
+
+
+def test_fragment_table_lru_eviction_at_capacity():
+    eng = engine()
+    parts = fragments_of(udp(payload=b"f" * 40), 16)
+    # FRAG_CAPACITY first fragments differing in their IP id only (one flow, one backend).
+    template = IP(parts[0])
+    frames = []
+    for ip_id in range(FRAG_CAPACITY):
+        template.id = ip_id
+        del template.chksum
+        frames.append(ETH_HDR + bytes(template))
+    run_batch(eng, frames)
+    assert eng.counters()["fragments"] == {
+        "tracked": FRAG_CAPACITY, "evictions": 0, "followed": 0, "not_found": 0, "entries": FRAG_CAPACITY}
+    # Id 0 becomes the most recently used: id 1 is now the least recently used one.
+    later = IP(parts[1])
+    later.id = 0
+    del later.chksum
+    assert through(eng, bytes(later))[1] == Reason.FRAG_DNAT
+    template.id = FRAG_CAPACITY  # one more datagram: evicts id 1
+    del template.chksum
+    assert through(eng, bytes(template))[1] == Reason.CT_ESTABLISHED
+    c = eng.counters()["fragments"]
+    assert c == {"tracked": FRAG_CAPACITY + 1, "evictions": 1, "followed": 1, "not_found": 0, "entries": FRAG_CAPACITY}
+    keys = [key for key, _ in eng.fragment_entries()]
+    assert keys[0][2] == 2 and keys[-2][2] == 0 and keys[-1][2] == FRAG_CAPACITY
+    for ip_id, reason in ((1, Reason.DROP_FRAG_NOT_FOUND), (0, Reason.FRAG_DNAT), (2, Reason.FRAG_DNAT)):
+        later.id = ip_id
+        del later.chksum
+        assert through(eng, bytes(later))[1] == reason
+
+
+def run_batch(eng: ReferenceEngine, frames: list[bytes], ts: int = T0) -> list[Reason]:
+    buf = bytearray(b"".join(frames))
+    offsets, lengths, start = array("Q"), array("I"), 0
+    for frame in frames:
+        offsets.append(start)
+        lengths.append(len(frame))
+        start += len(frame)
+    n = len(frames)
+    verdicts, reasons = array("B", bytes(n)), array("B", bytes(n))
+    eng.process(buf, offsets, lengths, array("Q", [ts + i for i in range(n)]), verdicts, reasons, 1)
+    return [Reason(r) for r in reasons]
+
+
+def test_fragments_never_touch_conntrack():
+    eng = v2_engine(capacity=2)
+    parts = fragments_of(udp(src=POD_CLIENT, dst="10.96.0.53", payload=b"u" * 200, chksum=None), 64)
+    through(eng, parts[0], T0)
+    through(eng, bytes(tcp(src=POD_CLIENT, dst="10.96.0.10")), T0 + 1)
+    before = eng.conntrack_entries()
+    for i, part in enumerate(parts[1:]):
+        assert through(eng, part, T0 + 100 * SECOND + i)[1] == Reason.FRAG_DNAT  # the flow has expired
+    assert eng.conntrack_entries() == before  # same LRU order, last_seen, states
+    assert eng.counters()["conntrack"]["expired"] == 0
+
+
+def test_later_fragment_header_checks():
+    eng = engine()
+    later = bytes(IP(src=CLIENT, dst=VIP, frag=3, proto=PROTO_TCP) / Raw(b"\x00" * 16))
+    assert through(eng, _with_byte(later, 0, 0x44))[1] == Reason.DROP_BAD_IP_HEADER
+    assert through(eng, _with_total_length(later, 19))[1] == Reason.DROP_BAD_IP_HEADER
+    assert through(eng, later[:19])[1] == Reason.DROP_TRUNCATED
+    assert through(eng, later[:20])[1] == Reason.DROP_FRAG_NOT_FOUND  # no payload needed
+    assert eng.counters()["fragments"]["not_found"] == 1
+
+
+def test_dont_fragment_with_an_offset_is_a_later_fragment():
+    data = bytes(IP(src=CLIENT, dst="8.8.8.8", flags="DF", frag=1) / Raw(b"\x00" * 8))
+    assert through(engine(), data)[1] == Reason.PASS_FRAGMENT
+
+
+def test_load_renumbers_fragment_entries():
+    eng = v2_engine()
+    parts = fragments_of(udp(src=POD_CLIENT, dst="10.96.0.53", payload=b"u" * 200), 64)
+    _, _, first_out, (service_id, backend_id, kind) = through(eng, parts[0])
+    assert service_id == DNS
+    maps = _renamed_order(v2_maps(), [7, 6, 5, 4, 3, 2, 1], [6, 5, 4, 3, 2, 1])
+    eng.load(maps)
+    _, reason, out, trace = through(eng, parts[1], T0 + 1)
+    # The translation stays; the ids are the new ones of the same service and backend.
+    assert reason == Reason.FRAG_DNAT and out[12:20] == first_out[12:20]
+    new_backend = next(b.id for b in maps.backends if b.ip == ip4(IP(first_out).dst) and b.port == 5353)
+    new_service = next(s.id for s in maps.services if s.name == "kube-system/dns:dns")
+    assert trace == (new_service, new_backend, kind) and (new_service, new_backend) != (service_id, backend_id)
+    c = eng.counters()
+    assert c["services"][new_service - 1] == 2 and c["backends"][new_backend - 1] == 2
+    # Services and backends that vanish leave the entries with id 0 (still translated).
+    eng.load(Maps(services=[], frontends=[], backends=[], node=maps.node))
+    _, reason, out, trace = through(eng, parts[2], T0 + 2)
+    assert (reason, trace) == (Reason.FRAG_DNAT, (0, 0, kind)) and out[12:20] == first_out[12:20]
+
+
+# =========================================================================== ICMP errors
+
+
+def icmp_through(eng: ReferenceEngine, packet: Packet, ts: int = T0):
+    """An ICMP message through the twin; translated ones have every checksum valid per scapy:
+    outer IPv4 header, ICMP (over the whole message), quoted IPv4 header."""
+    verdict, reason, out, trace = through(eng, bytes(packet), ts)
+    if verdict in (Verdict.DNAT, Verdict.REVNAT):
+        ihl = (out[0] & 0x0F) * 4
+        assert scapy_checksum(out[ihl:]) == 0, "ICMP checksum"
+        quote = out[ihl + 8:]
+        assert scapy_checksum(quote[:(quote[0] & 0x0F) * 4]) == 0, "quoted IPv4 header checksum"
+    return verdict, reason, out, trace
+
+
+def quote_of(out: bytes) -> bytes:
+    return out[(out[0] & 0x0F) * 4 + 8:]
+
+
+def error_about(packet_bytes: bytes, src: str, dst: str, cut: int | None = None, icmp_type=3, code=3) -> Packet:
+    quote = packet_bytes if cut is None else packet_bytes[:cut]
+    return IP(src=src, dst=dst) / ICMP(type=icmp_type, code=code) / Raw(quote)
+
+
+@pytest.mark.parametrize("cut", [None, 28, 24])  # all of it, up to the UDP checksum, up to the ports
+@pytest.mark.parametrize("client, masq", [(POD_CLIENT, False), (EXT_CLIENT, True)])
+def test_port_unreachable_from_the_backend_about_a_dnated_udp_packet(client, masq, cut):
+    eng = v2_engine()
+    sent = bytes(udp(src=client, dst="10.96.0.53", sport=50000, dport=53, payload=b"query"))
+    _, reason, forwarded, trace = through(eng, sent)
+    assert reason == Reason.NEW_FLOW and bool(trace[2] & MASQ) is masq
+    backend_ip, reply_dst = IP(forwarded).dst, IP(forwarded).src
+    assert reply_dst == (NODE_IP if masq else client)
+    before = eng.conntrack_entries()
+    error = error_about(forwarded, backend_ip, reply_dst, cut)
+    verdict, reason, out, error_trace = icmp_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    # Outer: from the service address the client used, to the client.
+    assert (IP(out).src, IP(out).dst) == ("10.96.0.53", client)
+    assert out[:10] == bytes(error)[:10]
+    # The quote is the packet the client sent (addresses, ports and checksums translated back).
+    assert quote_of(out) == (sent if cut is None else sent[:cut])
+    if cut is None:
+        assert_transport_checksum_valid(quote_of(out))
+    assert eng.conntrack_entries() == before
+    c = eng.counters()
+    assert c["services"][DNS - 1] == 2 and c["backends"][trace[1] - 1] == 2
+
+
+@pytest.mark.parametrize("cut", [None, 40, 28])  # all of it, up to the TCP checksum, 8 bytes of TCP
+def test_port_unreachable_from_the_backend_about_a_masqueraded_tcp_packet(cut):
+    eng = v2_engine()
+    sent = bytes(tcp(src=EXT_CLIENT, dst="198.51.100.200", sport=40000, dport=80, flags="S"))
+    _, reason, forwarded, trace = through(eng, sent)
+    assert reason == Reason.NEW_FLOW and trace[2] == KIND["ExternalIP"] | MASQ
+    error = error_about(forwarded, IP(forwarded).dst, NODE_IP, cut, code=3)
+    verdict, reason, out, error_trace = icmp_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    assert (IP(out).src, IP(out).dst) == ("198.51.100.200", EXT_CLIENT)
+    assert quote_of(out) == (sent if cut is None else sent[:cut])
+    if cut is None:
+        assert_transport_checksum_valid(quote_of(out))
+
+
+@pytest.mark.parametrize("client, masq", [(POD_CLIENT, False), (EXT_CLIENT, True)])
+def test_time_exceeded_from_a_router_keeps_its_source(client, masq):
+    eng = v2_engine()
+    sent = bytes(udp(src=client, dst="10.96.0.53", sport=50000, dport=53))
+    _, _, forwarded, trace = through(eng, sent)
+    router = "10.244.200.1"
+    error = error_about(forwarded, router, IP(forwarded).src, icmp_type=11, code=0)
+    verdict, reason, out, error_trace = icmp_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    # The router stays the source; the destination is the client (translated when masqueraded).
+    assert (IP(out).src, IP(out).dst) == (router, client)
+    assert out[12:16] == bytes(error)[12:16]
+    assert quote_of(out) == sent
+    assert_transport_checksum_valid(quote_of(out))
+
+
+@pytest.mark.parametrize("cut", [None, 28])
+@pytest.mark.parametrize("client, masq", [(POD_CLIENT, False), (EXT_CLIENT, True)])
+def test_error_from_the_client_side_about_a_reply(client, masq, cut):
+    eng = v2_engine()
+    _, _, forwarded, trace = through(eng, bytes(udp(src=client, dst="10.96.0.53", sport=50000, dport=53)))
+    backend_ip, reply_dst = IP(forwarded).dst, IP(forwarded).src
+    answer = bytes(udp(src=backend_ip, dst=reply_dst, sport=5353, dport=50000, payload=b"answer"))
+    _, reason, seen, _ = through(eng, answer, T0 + 1)
+    assert reason == Reason.CT_REPLY
+    assert (IP(seen).src, IP(seen).dst) == ("10.96.0.53", client)
+    # The client cannot take the answer: port unreachable to the service address.
+    error = error_about(seen, client, "10.96.0.53", cut)
+    verdict, reason, out, error_trace = icmp_through(eng, error, T0 + 2)
+    assert (verdict, reason, error_trace) == (Verdict.DNAT, Reason.ICMP_ERROR_FORWARD, trace)
+    # To the backend, from the address the backend knows the client by.
+    assert (IP(out).src, IP(out).dst) == (reply_dst, backend_ip)
+    # The quote is the answer as the backend sent it.
+    assert quote_of(out) == (answer if cut is None else answer[:cut])
+    if cut is None:
+        assert_transport_checksum_valid(quote_of(out))
+    # A router on the client side: its address stays.
+    error = error_about(seen, "172.16.9.9", "10.96.0.53", icmp_type=11, code=0)
+    _, reason, out, _ = icmp_through(eng, error, T0 + 3)
+    assert reason == Reason.ICMP_ERROR_FORWARD
+    assert (IP(out).src, IP(out).dst) == ("172.16.9.9", backend_ip) and quote_of(out) == answer
+
+
+def test_icmp_error_quoting_a_udp_packet_without_checksum_and_one_whose_checksum_is_ffff():
+    eng = v2_engine()
+    for sport, chksum in ((50001, 0), (50002, None)):
+        payload = b"qq"
+        if chksum is None:
+            # A payload word making the client's checksum compute to 0: sent as 0xFFFF.
+            probe = IP(bytes(udp(src=EXT_CLIENT, dst="10.96.0.53", sport=sport, dport=53, payload=b"\x00\x00")))
+            payload = struct.pack("!H", probe[UDP].chksum)
+        sent = bytes(udp(src=EXT_CLIENT, dst="10.96.0.53", sport=sport, dport=53, payload=payload, chksum=chksum))
+        assert IP(sent)[UDP].chksum == (0 if chksum == 0 else 0xFFFF)
+        _, _, forwarded, _ = through(eng, sent)
+        _, reason, out, _ = icmp_through(eng, error_about(forwarded, IP(forwarded).dst, NODE_IP), T0 + 1)
+        assert reason == Reason.ICMP_ERROR_REPLY
+        assert quote_of(out) == sent  # 0 stays 0; a result of 0 is written as 0xFFFF
+
+
+def test_icmp_error_quoting_sctp_leaves_the_crc_alone():
+    eng = engine()
+    sent = bytes(sctp())
+    _, _, forwarded, trace = through(eng, sent)
+    _, reason, out, error_trace = icmp_through(eng, error_about(forwarded, IP(forwarded).dst, CLIENT), T0 + 1)
+    assert (reason, error_trace) == (Reason.ICMP_ERROR_REPLY, trace)
+    quote = quote_of(out)
+    assert quote[:28] == sent[:28]  # IPv4 header and ports translated back
+    assert quote[28:] == forwarded[28:]  # the CRC (and the rest) as quoted
+
+
+@pytest.mark.parametrize(
+    "make_quote",
+    [
+        pytest.param(lambda f: f[:23], id="ports cut"),
+        pytest.param(lambda f: f[:20], id="header only"),
+        pytest.param(lambda f: f[:19], id="header cut"),
+        pytest.param(lambda f: b"", id="empty quote"),
+        pytest.param(lambda f: _with_byte(f, 0, 0x65), id="version 6"),
+        pytest.param(lambda f: _with_byte(f, 0, 0x44), id="ihl 4"),
+        pytest.param(lambda f: _with_byte(f, 0, 0x46)[:27], id="ihl 6, ports cut"),
+        pytest.param(lambda f: _with_total_length(f, 19), id="total length < ihl*4"),
+        pytest.param(lambda f: _with_total_length(f, 22), id="total length short of the ports"),
+        pytest.param(lambda f: f[:6] + b"\x00\x01" + f[8:], id="later fragment"),
+        pytest.param(lambda f: _with_byte(f, 9, 1), id="quoted icmp"),
+    ],
+)
+def test_unusable_quotes_pass(make_quote):
+    eng = v2_engine()
+    _, _, forwarded, _ = through(eng, bytes(udp(src=POD_CLIENT, dst="10.96.0.53")))
+    error = error_about(make_quote(forwarded), IP(forwarded).dst, POD_CLIENT)
+    assert icmp_through(eng, error, T0 + 1)[1:4:2] == (Reason.PASS_UNSUPPORTED, (0, 0, 0))
+
+
+def test_quote_past_the_outer_total_length_is_not_used():
+    eng = v2_engine()
+    _, _, forwarded, _ = through(eng, bytes(udp(src=POD_CLIENT, dst="10.96.0.53")))
+    error = bytes(error_about(forwarded[:23], IP(forwarded).dst, POD_CLIENT))
+    # The rest of the quote in Ethernet padding: beyond the outer total length.
+    assert through(eng, error + forwarded[23:28], T0 + 1)[1] == Reason.PASS_UNSUPPORTED
+    # A snaplen cut (total length beyond the capture) is not padding: the captured quote counts.
+    whole = bytes(error_about(forwarded, IP(forwarded).dst, POD_CLIENT))
+    assert through(eng, whole[:20 + 8 + 24], T0 + 1)[1] == Reason.ICMP_ERROR_REPLY
+
+
+def test_quoted_tcp_checksum_is_updated_only_when_inside_the_quoted_total_length():
+    eng = v2_engine()
+    sent = bytes(tcp(src=EXT_CLIENT, dst="198.51.100.200", sport=40000, dport=80, flags="S"))
+    _, _, forwarded, _ = through(eng, sent)
+    # A (bogus) quoted total length of 28: the TCP checksum lies outside the quoted packet.
+    quote = _with_total_length(forwarded, 28)
+    header = IP(quote[:20])
+    del header.chksum
+    quote = bytes(header)[:20] + quote[20:]
+    _, reason, out, _ = icmp_through(eng, error_about(quote, IP(forwarded).dst, NODE_IP), T0 + 1)
+    assert reason == Reason.ICMP_ERROR_REPLY
+    assert quote_of(out)[20:24] == sent[20:24] and quote_of(out)[36:38] == forwarded[36:38]
+
+
+def test_icmp_messages_that_are_not_errors_about_flows():
+    eng = v2_engine()
+    _, _, forwarded, _ = through(eng, bytes(udp(src=POD_CLIENT, dst="10.96.0.53")))
+    backend_ip = IP(forwarded).dst
+    cases = [
+        (IP(src=POD_CLIENT, dst="10.96.0.53") / ICMP(type=8) / Raw(b"ping"), Reason.PASS_UNSUPPORTED),
+        (IP(src=backend_ip, dst=POD_CLIENT) / ICMP(type=0) / Raw(forwarded), Reason.PASS_UNSUPPORTED),
+        (IP(src=backend_ip, dst=POD_CLIENT) / ICMP(type=5) / Raw(forwarded), Reason.PASS_UNSUPPORTED),
+        (IP(src=backend_ip, dst=POD_CLIENT) / ICMP(type=4) / Raw(forwarded), Reason.PASS_UNSUPPORTED),
+        # An error about no tracked flow (another client port).
+        (error_about(bytes(udp(src=POD_CLIENT, dst=backend_ip, sport=1, dport=5353)), backend_ip, POD_CLIENT),
+         Reason.PASS_NO_SERVICE),
+        # The untranslated tuple is not the flow's: the quote must be what the backend got.
+        (error_about(bytes(udp(src=POD_CLIENT, dst="10.96.0.53")), backend_ip, POD_CLIENT), Reason.PASS_NO_SERVICE),
+    ]
+    for packet, reason in cases:
+        assert icmp_through(eng, packet, T0 + 1)[1:4:2] == (reason, (0, 0, 0))
+    short = bytes(IP(src=backend_ip, dst=POD_CLIENT, proto=1) / Raw(b"\x03\x03\x00\x00\x00\x00\x00"))
+    assert through(eng, short)[1] == Reason.DROP_TRUNCATED
+    assert through(eng, bytes(IP(src=backend_ip, dst=POD_CLIENT) / ICMP(type=3)))[1] == Reason.PASS_UNSUPPORTED
+
+
+def test_icmp_errors_change_no_conntrack_state():
+    eng = v2_engine()
+    flows = [tcp(src=EXT_CLIENT, dst="198.51.100.200", sport=port, dport=80, flags="S") for port in (40001, 40002)]
+    outs = [through(eng, bytes(flow), T0 + i)[2] for i, flow in enumerate(flows)]
+    before = eng.conntrack_entries()
+    assert [e.state for e in before] == [CT_SYN_SENT, CT_SYN_SENT]
+    # An error about the least recently used flow, later, with RST-like quoted flags: nothing moves.
+    quoted = _with_byte(outs[0], 33, 0x14)
+    _, reason, _, _ = icmp_through(eng, error_about(quoted, IP(outs[0]).dst, NODE_IP), T0 + 30 * SECOND)
+    assert reason == Reason.ICMP_ERROR_REPLY
+    # From the client side too.
+    seen = bytes(tcp(src="198.51.100.200", dst=EXT_CLIENT, sport=80, dport=40001, flags="SA"))
+    assert icmp_through(eng, error_about(seen, EXT_CLIENT, "198.51.100.200"), T0 + 31 * SECOND)[1] == (
+        Reason.ICMP_ERROR_FORWARD)
+    assert eng.conntrack_entries() == before  # LRU order, last_seen and state untouched
+    # Expired (SYN_SENT: 60 s): not found, and not deleted either.
+    late = T0 + 61 * SECOND
+    assert icmp_through(eng, error_about(outs[1], IP(outs[1]).dst, NODE_IP), late)[1] == Reason.PASS_NO_SERVICE
+    assert eng.conntrack_entries() == before and eng.counters()["conntrack"]["expired"] == 0
+    # The flow's own next packet expires it.
+    assert through(eng, bytes(flows[1]), late)[1] == Reason.NEW_FLOW
+    assert eng.counters()["conntrack"]["expired"] == 1
+
+
+def test_icmp_error_from_the_endpoint_itself_on_a_hairpin_flow():
+    eng = v2_engine()
+    backend_two = "10.244.2.2"
+    # Backend 2 reaches itself through the single-backend service: hairpin, masqueraded.
+    sent = bytes(udp(src=backend_two, dst="10.96.0.16", sport=50000, dport=80, payload=b"x"))
+    maps = v2_maps()
+    maps.frontends.append(fe("10.96.0.16", 80, SINGLE, proto=PROTO_UDP))
+    eng.load(maps)
+    _, reason, forwarded, trace = through(eng, sent)
+    assert reason == Reason.NEW_FLOW and (IP(forwarded).src, IP(forwarded).dst) == (NODE_IP, backend_two)
+    error = error_about(forwarded, backend_two, NODE_IP)
+    _, reason, out, error_trace = icmp_through(eng, error, T0 + 1)
+    assert (reason, error_trace) == (Reason.ICMP_ERROR_REPLY, trace)
+    assert (IP(out).src, IP(out).dst) == ("10.96.0.16", backend_two)
+    assert quote_of(out) == sent
+
+
+def test_icmp_error_checksums_with_quoted_ip_options_and_a_batch_trace():
+    eng = v2_engine()
+    sent = bytes(IP(src=EXT_CLIENT, dst="10.96.0.53", options=b"\x01" * 4) / UDP(sport=50000, dport=53) / Raw(b"o"))
+    _, _, forwarded, trace = through(eng, sent)
+    error = bytes(error_about(forwarded, IP(forwarded).dst, NODE_IP))
+    frames = [ETH_HDR + error, ETH_HDR + bytes(IP(src=POD_CLIENT, dst="10.96.0.53") / ICMP())]
+    buf = bytearray(b"".join(frames))
+    verdicts, reasons = array("B", [0, 0]), array("B", [0, 0])
+    services, backends, flags = array("I", [9, 9]), array("I", [9, 9]), array("B", [9, 9])
+    eng.process(buf, array("Q", [0, len(frames[0])]), array("I", [len(f) for f in frames]),
+                array("Q", [T0 + 1, T0 + 2]), verdicts, reasons, 1, services, backends, flags)
+    assert [Reason(r) for r in reasons] == [Reason.ICMP_ERROR_REPLY, Reason.PASS_UNSUPPORTED]
+    assert list(zip(services, backends, flags)) == [trace, (0, 0, 0)]
+    out = bytes(buf[14:len(frames[0])])
+    assert scapy_checksum(out[:20]) == 0 and scapy_checksum(out[20:]) == 0
+    assert quote_of(out) == sent

@@ -11,7 +11,8 @@ Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None)   ct_capacity >= 
                    a prefix length outside 0..32 (source_ranges, node.pod_cidrs) -> ValueError
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
-                    "backends": [n for id 1..], "conntrack": {...}, "affinity": {...}}
+                    "backends": [n for id 1..], "conntrack": {...}, "affinity": {...},
+                    "fragments": {...}}
                    (every Verdict/Reason name present, zeros included)
 Arrays: offsets array('Q'), lengths array('I'), timestamps_ns array('Q'), verdicts and reasons
 array('B'), trace services and backends array('I'), flags array('B') (any writable buffer of those
@@ -138,11 +139,12 @@ built by fastpath.icmp.port_unreachable right after them.
 load(maps): between batches
 ---------------------------
 Old ids are mapped to new ones by name (services by Service.name, backends by (ip, port); the
-lowest new id with that key); ids with no counterpart become 0. Conntrack and affinity entries,
-and the per-service and per-backend counters, follow the mapping (a counter whose id has no
-counterpart is dropped; counters of old ids mapped to one new id add up). Affinity entries whose
-service has no counterpart are deleted (uncounted); of two affinity entries mapped to one key the
-most recently used stays. LRU orders are kept.
+lowest new id with that key); ids with no counterpart become 0. Conntrack, affinity and fragment
+entries, and the per-service and per-backend counters, follow the mapping (a counter whose id has
+no counterpart is dropped; counters of old ids mapped to one new id add up; a fragment entry
+keeps its verdict and addresses, so later fragments still follow their first one). Affinity
+entries whose service has no counterpart are deleted (uncounted); of two affinity entries mapped
+to one key the most recently used stays. LRU orders are kept.
 Then every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
 service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
 entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
@@ -151,13 +153,14 @@ IPv4 fragments
 --------------
 A packet is a fragment when MF is set or its fragment offset is not 0.
 First fragment (offset 0, MF set): parsed and processed exactly like an unfragmented packet (its
-  L4 region is the fragment's payload). After its verdict (including a drop for a bad or cut
-  transport header: any first fragment whose IPv4 header passed), when it is not PASS, the
-  fragment table records key (saddr, daddr, IP id, proto) — the addresses as received, before
-  any rewrite — -> (verdict, saddr and daddr after the rewrite, service id, backend id, trace
-  flags). An existing entry with that key is overwritten. The entry becomes most recently used;
-  a full table (capacity FRAG_CAPACITY = 8192) first evicts its least recently used entry
-  (fragments.evictions += 1). fragments.tracked += 1 per record.
+  L4 region is the fragment's payload; so an SCTP first fragment whose own payload is all
+  captured has its CRC32c recomputed over that payload alone). After its verdict (including a
+  drop for a bad or cut transport header: any first fragment whose IPv4 header passed), when
+  it is not PASS, the fragment table records key (saddr, daddr, IP id, proto) — the addresses
+  as received, before any rewrite — -> (verdict, saddr and daddr after the rewrite, service id,
+  backend id, trace flags). An existing entry with that key is overwritten. The entry becomes
+  most recently used; a full table (capacity FRAG_CAPACITY = 8192) first evicts its least
+  recently used entry (fragments.evictions += 1). fragments.tracked += 1 per record.
 Later fragment (offset != 0): only the IPv4 header is parsed (the same header checks as any
   IPv4 packet; the protocol may be anything). Look up (saddr, daddr, IP id, proto):
   - found: the entry becomes most recently used; fragments.followed += 1; its service/backend
@@ -174,12 +177,15 @@ ICMP errors about tracked flows
 -------------------------------
 IPv4 protocol 1. The L4 region has fewer than 8 bytes -> DROP_TRUNCATED. Types other than 3
 (destination unreachable), 11 (time exceeded) and 12 (parameter problem) -> PASS_UNSUPPORTED
-(as before). For an error, the quoted packet starts at L4 byte 8: it must hold at least 20
-captured bytes, version 4, IHL >= 5, IHL*4 + 4 captured bytes (up to the ports), protocol
-TCP/UDP/SCTP, and be no later fragment (offset 0); otherwise PASS_UNSUPPORTED. Let the quoted
-tuple be (qs, qd, qsp, qdp, proto). Look up the reversed tuple (qd, qs, qdp, qsp, proto) in
-conntrack WITHOUT changing anything (no LRU touch, no last_seen update, no state change; an
-expired entry counts as not found and is not deleted):
+(as before). For an error, the quoted packet starts at L4 byte 8 and its captured bytes end where
+the error's L4 region ends. It must pass the IPv4 header checks (at least 20 captured bytes,
+version 4, IHL >= 5, IHL*4 captured, total length >= IHL*4), have protocol TCP/UDP/SCTP, be no
+later fragment (offset 0), and its own L4 region [quoted l4, quoted l3 + quoted total length)
+clipped to the captured bytes must hold at least 4 bytes (the ports); otherwise
+PASS_UNSUPPORTED. ("Captured" below, for the quoted checksums, means inside that region.)
+Let the quoted tuple be (qs, qd, qsp, qdp, proto). Look up the reversed tuple (qd, qs, qdp, qsp,
+proto) in conntrack WITHOUT changing anything (no LRU touch, no last_seen update, no state
+change; an expired entry counts as not found and is not deleted):
   - matches an entry's reply tuple (the quoted packet is a translated forward packet: client or
     SNAT address -> backend; the error travels towards the client): quoted destination
     (qd, qdp) := (frontend ip, frontend port); if masqueraded, quoted source (qs, qsp) :=
@@ -227,17 +233,20 @@ Per-packet trace (optional arrays given to process)
 services[i]: the service id the packet was attributed to (0: none); backends[i]: the backend id
 (0: none); flags[i]: bits 0-2 frontend kind + 1 (ClusterIP 1, NodePort 2, LoadBalancer 3,
 ExternalIP 4; 0: no frontend), bit 3: masqueraded. NEW_FLOW, CT_* and DROP_NO_LOCAL_ENDPOINT,
-DROP_SOURCE_RANGE, REJECT_NO_ENDPOINT fill what they know; other reasons give zeros. (CT_* give the
-entry's ids and kind, 0 for an id without counterpart after load(); the three drops/rejects give
-the frontend's service and kind, backend 0 and bit 3 clear: bit 3 is set only on translated
-packets of a masqueraded flow.) Each array may be given or None independently.
+DROP_SOURCE_RANGE, REJECT_NO_ENDPOINT fill what they know; ICMP_ERROR_* give the conntrack
+entry's, FRAG_DNAT/FRAG_REVNAT/FRAG_DROP the first fragment's (whatever it got, zeros included);
+other reasons give zeros. (CT_* give the entry's ids and kind, 0 for an id without counterpart
+after load(); the three drops/rejects give the frontend's service and kind, backend 0 and bit 3
+clear: bit 3 is set only on translated packets of a masqueraded flow.) Each array may be given or
+None independently.
 
 Counters
 --------
 packets per verdict, per reason; per service: packets attributed to it (as in the trace); per
 backend: packets DNATed or REVNATed to/from it; conntrack: inserts, evictions, expired,
 reopened, non_syn_miss, insert_failures, flushed, snat_failures, snat_unavailable, entries
-(current); affinity: evictions, expired, entries (current).
+(current); affinity: evictions, expired, entries (current); fragments: tracked, evictions,
+followed, not_found, entries (current).
 """
 from __future__ import annotations
 
@@ -272,6 +281,8 @@ __all__ = [
     "ReferenceEngine",
     "SNAT_TRIES",
     "next_snat_port",
+    "FRAG_CAPACITY",
+    "FragmentEntry",
 ]
 
 DEFAULT_CT_CAPACITY = 1 << 19
@@ -293,6 +304,11 @@ ETHERTYPE_IPV6 = 0x86DD
 VLAN_ETHERTYPES = frozenset((0x8100, 0x88A8, 0x9100))
 NULL_AF_INET = 2
 NULL_AF_INET6 = frozenset((24, 28, 30))
+
+PROTO_ICMP = 1
+# ICMP errors that quote the packet they are about: destination unreachable, time exceeded,
+# parameter problem.
+ICMP_ERROR_TYPES = frozenset((3, 11, 12))
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -332,6 +348,10 @@ CT_COUNTER_NAMES = (
     "snat_unavailable",
 )
 AFFINITY_COUNTER_NAMES = ("evictions", "expired")
+FRAGMENT_COUNTER_NAMES = ("tracked", "evictions", "followed", "not_found")
+
+# How many datagrams the fragment table remembers (least recently used evicted first).
+FRAG_CAPACITY = 8192
 
 # Masquerade: how many SNAT ports a new flow tries, and the range the walk wraps around in.
 SNAT_TRIES = 64
@@ -547,6 +567,23 @@ class _Affinity:
         return len(self.lru)
 
 
+@dataclass(slots=True)
+class FragmentEntry:
+    """What the first fragment of a datagram got, for its later fragments (twin only).
+
+    Keyed by (saddr, daddr, IP id, proto) of the first fragment as received."""
+
+    verdict: Verdict  # never PASS
+    new_saddr: int  # the first fragment's addresses after its rewrite
+    new_daddr: int
+    service: int  # its trace: service id, backend id, flags
+    backend: int
+    flags: int
+
+
+FragmentKey = tuple[int, int, int, int]
+
+
 def next_snat_port(port: int) -> int:
     """The SNAT port tried after `port` (step h): wraps within 1024..65535, climbs below 1024."""
     if port >= SNAT_PORT_LOW:
@@ -585,6 +622,22 @@ def _remapped_counts(counts: Sequence[int], mapping: Sequence[int], size: int) -
 
 
 @dataclass(slots=True)
+class _IPv4:
+    """An IPv4 header that passed the checks (positions within the packet)."""
+
+    l3: int
+    l4: int  # l3 + IHL*4
+    ip_end: int  # l3 + total length: may lie past the captured bytes (a snaplen cut)
+    l4_end: int  # min(ip_end, captured end): the L4 region is [l4, l4_end)
+    proto: int
+    ip_id: int
+    saddr: int
+    daddr: int
+    more_fragments: bool
+    fragment_offset: int
+
+
+@dataclass(slots=True)
 class _Parsed:
     """Where the IPv4 and L4 headers of a TCP/UDP/SCTP packet are (positions within the packet)."""
 
@@ -599,14 +652,9 @@ class _Parsed:
     tcp_flags: int
 
 
-def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
-    """Parse one packet (`buf` is exactly its captured bytes, so an out-of-bounds read raises).
-
-    Returns a `Reason` when processing ends at parsing, else the header positions.
-    """
+def _parse_link(buf: memoryview, linktype: int) -> tuple[int, int] | Reason:
+    """(ethertype, offset of the L3 header), or the `Reason` processing ends with."""
     end = len(buf)
-
-    # L2: find the L3 protocol and where its header starts.
     if linktype == LINKTYPE_ETHERNET:
         if end < 14:
             return Reason.DROP_TRUNCATED
@@ -652,13 +700,12 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
         l3 = 0
     else:
         return Reason.PASS_UNKNOWN_LINK
+    return ethertype, l3
 
-    if ethertype == ETHERTYPE_IPV6:
-        return Reason.PASS_UNSUPPORTED
-    if ethertype != ETHERTYPE_IPV4:
-        return Reason.PASS_NOT_IP
 
-    # IPv4.
+def _parse_ipv4(buf: memoryview, l3: int, end: int) -> _IPv4 | Reason:
+    """Check the IPv4 header at `l3` of a region whose captured bytes end at `end` (the packet's
+    end, or for a quoted packet the end of the ICMP error's L4 region)."""
     if end - l3 < 20:
         return Reason.DROP_TRUNCATED
     version = buf[l3] >> 4
@@ -672,45 +719,89 @@ def _parse(buf: memoryview, linktype: int) -> _Parsed | Reason:
     if total_length < ip_header_len:
         return Reason.DROP_BAD_IP_HEADER
     frag = _get16(buf, l3 + 6)
-    if frag & 0x2000 or frag & 0x1FFF:
-        return Reason.PASS_UNSUPPORTED
-    proto = buf[l3 + 9]
-    if proto != PROTO_TCP and proto != PROTO_UDP and proto != PROTO_SCTP:
-        return Reason.PASS_UNSUPPORTED
-    l4 = l3 + ip_header_len
-    l4_end = min(l3 + total_length, end)
-    l4_len = l4_end - l4  # >= 0: total_length >= IHL*4 and the IP header is captured
+    return _IPv4(
+        l3=l3,
+        l4=l3 + ip_header_len,
+        ip_end=l3 + total_length,
+        l4_end=min(l3 + total_length, end),  # >= l4: total length >= IHL*4, header captured
+        proto=buf[l3 + 9],
+        ip_id=_get16(buf, l3 + 4),
+        saddr=_get32(buf, l3 + 12),
+        daddr=_get32(buf, l3 + 16),
+        more_fragments=bool(frag & 0x2000),
+        fragment_offset=frag & 0x1FFF,
+    )
 
-    # L4.
+
+def _parse(buf: memoryview, linktype: int) -> _IPv4 | Reason:
+    """Parse one packet up to its IPv4 header (`buf` is exactly its captured bytes, so an
+    out-of-bounds read raises). Returns a `Reason` when processing ends here."""
+    link = _parse_link(buf, linktype)
+    if isinstance(link, Reason):
+        return link
+    ethertype, l3 = link
+    if ethertype == ETHERTYPE_IPV6:
+        return Reason.PASS_UNSUPPORTED
+    if ethertype != ETHERTYPE_IPV4:
+        return Reason.PASS_NOT_IP
+    return _parse_ipv4(buf, l3, len(buf))
+
+
+def _parse_transport(buf: memoryview, ip: _IPv4) -> _Parsed | Reason | None:
+    """The transport header of a packet with fragment offset 0: the header positions of a
+    TCP/UDP/SCTP packet, None for an ICMP error (see _parse_quoted), or a `Reason`."""
+    proto, l4 = ip.proto, ip.l4
+    l4_len = ip.l4_end - l4
     if proto == PROTO_TCP:
         if l4_len < 20:
             return Reason.DROP_TRUNCATED
         data_offset = buf[l4 + 12] >> 4
-        if data_offset < 5 or data_offset * 4 > total_length - ip_header_len:
+        if data_offset < 5 or data_offset * 4 > ip.ip_end - l4:
             return Reason.DROP_BAD_L4_HEADER
         flags = buf[l4 + 13]
     elif proto == PROTO_SCTP:
         if l4_len < 12:  # the common header: ports, verification tag, checksum
             return Reason.DROP_TRUNCATED
         flags = 0
-    else:
+    elif proto == PROTO_UDP:
         if l4_len < 8:
             return Reason.DROP_TRUNCATED
         if _get16(buf, l4 + 4) < 8:
             return Reason.DROP_BAD_L4_HEADER
         flags = 0
-
+    elif proto == PROTO_ICMP:
+        if l4_len < 8:
+            return Reason.DROP_TRUNCATED
+        if buf[l4] in ICMP_ERROR_TYPES:
+            return None
+        return Reason.PASS_UNSUPPORTED  # echo, echo reply, redirect, ...: not translated
+    else:
+        return Reason.PASS_UNSUPPORTED
     return _Parsed(
-        l3=l3,
+        l3=ip.l3,
         l4=l4,
-        ip_end=l3 + total_length,
+        ip_end=ip.ip_end,
         proto=proto,
-        saddr=_get32(buf, l3 + 12),
-        daddr=_get32(buf, l3 + 16),
+        saddr=ip.saddr,
+        daddr=ip.daddr,
         sport=_get16(buf, l4),
         dport=_get16(buf, l4 + 2),
         tcp_flags=flags,
     )
+
+
+def _parse_quoted(buf: memoryview, icmp: _IPv4) -> tuple[_IPv4, int, int] | None:
+    """The packet an ICMP error quotes (from its L4 byte 8 on): (its IPv4 header, source port,
+    destination port), or None when the quote is unusable (see "ICMP errors" in the module
+    docstring). The quote's captured bytes end where the error's L4 region ends."""
+    quoted = _parse_ipv4(buf, icmp.l4 + 8, icmp.l4_end)
+    if isinstance(quoted, Reason) or quoted.fragment_offset != 0:
+        return None
+    if quoted.proto not in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
+        return None
+    if quoted.l4_end - quoted.l4 < 4:
+        return None
+    return quoted, _get16(buf, quoted.l4), _get16(buf, quoted.l4 + 2)
 
 
 # --------------------------------------------------------------------------- rewrite
@@ -765,6 +856,73 @@ def _rewrite(
     _put16(buf, l4_csum_pos, l4_csum)
 
 
+def _rewrite_icmp_error(
+    buf: memoryview,
+    outer: _IPv4,
+    quoted: _IPv4,
+    *,
+    quoted_dst: tuple[int, int] | None,
+    quoted_src: tuple[int, int] | None,
+    outer_dst: int | None,
+    outer_src: int | None,
+) -> None:
+    """Translate an ICMP error and the packet it quotes, every checksum updated incrementally.
+
+    Quoted fields, in order: destination address and port, source address and port (each
+    given one rewritten, changed or not); then the quoted IPv4 header checksum (always
+    written) and the quoted TCP/UDP checksum (when captured; UDP 0 stays 0, a result of 0 is
+    written as 0xFFFF). The ICMP checksum covers the quote byte for byte (no pseudo-header):
+    every 16-bit word written inside the quote goes through its update. Then the outer
+    addresses given (destination, source) with the outer IPv4 header checksum.
+    """
+    icmp_csum_pos = outer.l4 + 2
+    icmp_csum = _get16(buf, icmp_csum_pos)
+    qip_csum_pos = quoted.l3 + 10
+    qip_csum = _get16(buf, qip_csum_pos)
+    captured = quoted.l4_end - quoted.l4
+    ql4_csum_pos = None
+    if quoted.proto == PROTO_TCP and captured >= 18:
+        ql4_csum_pos = quoted.l4 + 16
+    elif quoted.proto == PROTO_UDP and captured >= 8 and _get16(buf, quoted.l4 + 6) != 0:
+        ql4_csum_pos = quoted.l4 + 6
+    # (A quoted SCTP CRC covers the whole original packet: a quote cannot fix it.)
+    ql4_csum = 0 if ql4_csum_pos is None else _get16(buf, ql4_csum_pos)
+
+    for new, addr_pos, port_pos in ((quoted_dst, quoted.l3 + 16, quoted.l4 + 2),
+                                    (quoted_src, quoted.l3 + 12, quoted.l4)):
+        if new is None:
+            continue
+        new_ip, new_port = new
+        old_ip_words = _words32(_get32(buf, addr_pos))
+        new_ip_words = _words32(new_ip)
+        old_port = _get16(buf, port_pos)
+        qip_csum = _csum_update_words(qip_csum, old_ip_words, new_ip_words)
+        if ql4_csum_pos is not None:
+            ql4_csum = _csum_update_words(ql4_csum, old_ip_words, new_ip_words)
+            ql4_csum = _csum_update_word(ql4_csum, old_port, new_port)
+        icmp_csum = _csum_update_words(icmp_csum, old_ip_words, new_ip_words)
+        icmp_csum = _csum_update_word(icmp_csum, old_port, new_port)
+        _put32(buf, addr_pos, new_ip)
+        _put16(buf, port_pos, new_port)
+
+    icmp_csum = _csum_update_word(icmp_csum, _get16(buf, qip_csum_pos), qip_csum)
+    _put16(buf, qip_csum_pos, qip_csum)
+    if ql4_csum_pos is not None:
+        if quoted.proto == PROTO_UDP and ql4_csum == 0:
+            ql4_csum = 0xFFFF
+        icmp_csum = _csum_update_word(icmp_csum, _get16(buf, ql4_csum_pos), ql4_csum)
+        _put16(buf, ql4_csum_pos, ql4_csum)
+    _put16(buf, icmp_csum_pos, icmp_csum)
+
+    ip_csum = _get16(buf, outer.l3 + 10)
+    for new_addr, pos in ((outer_dst, outer.l3 + 16), (outer_src, outer.l3 + 12)):
+        if new_addr is None:
+            continue
+        ip_csum = _csum_update_words(ip_csum, _words32(_get32(buf, pos)), _words32(new_addr))
+        _put32(buf, pos, new_addr)
+    _put16(buf, outer.l3 + 10, ip_csum)
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -806,6 +964,9 @@ class ReferenceEngine:
         self._reason_counts = [0] * len(Reason)
         self._ct_counts = dict.fromkeys(CT_COUNTER_NAMES, 0)
         self._affinity_counts = dict.fromkeys(AFFINITY_COUNTER_NAMES, 0)
+        # Later fragments follow their first fragment: least recently used first.
+        self._fragments: OrderedDict[FragmentKey, FragmentEntry] = OrderedDict()
+        self._fragment_counts = dict.fromkeys(FRAGMENT_COUNTER_NAMES, 0)
         self._maps: Maps | None = None
         self._service_counts: list[int] = []
         self._backend_counts: list[int] = []
@@ -851,12 +1012,20 @@ class ReferenceEngine:
             remapped[key] = sticky
         self._affinity.lru = remapped
 
+        # Fragment entries follow the ids like conntrack entries (their translation stays).
+        for remembered in self._fragments.values():
+            service, backend = remembered.service, remembered.backend
+            remembered.service = service_map[service] if service < len(service_map) else 0
+            remembered.backend = backend_map[backend] if backend < len(backend_map) else 0
+
         frontends: dict[tuple[int, int, int], Any] = {}
         for frontend in maps.frontends:
             frontends.setdefault((frontend.ip, frontend.port, frontend.proto), frontend)
         self._maps = maps
         self._frontends = frontends
         self._service_ips = frozenset(maps.node.service_ips)
+        # Where a later fragment without its first one cannot go untranslated.
+        self._frontend_ips = self._service_ips | {frontend.ip for frontend in maps.frontends}
         self._local_ips = frozenset(maps.node.local_ips)
 
         # UDP flows whose backend is not serving any more select again on their next packet.
@@ -963,10 +1132,116 @@ class ReferenceEngine:
         return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf), (services[0], backends[0], flags[0])
 
     def _process_one(self, buf: memoryview, ts: int, linktype: int) -> _Outcome:
-        parsed = _parse(buf, linktype)
+        ip = _parse(buf, linktype)
+        if isinstance(ip, Reason):
+            return ip, 0, 0, 0
+        if ip.fragment_offset != 0:
+            return self._later_fragment(buf, ip)
+        outcome = self._datagram(buf, ip, ts)
+        if ip.more_fragments and VERDICT_OF_REASON[outcome[0]] is not Verdict.PASS:
+            self._remember_fragment(buf, ip, outcome)
+        return outcome
+
+    def _datagram(self, buf: memoryview, ip: _IPv4, ts: int) -> _Outcome:
+        """A packet with fragment offset 0: unfragmented, or the first fragment of a datagram."""
+        parsed = _parse_transport(buf, ip)
+        if parsed is None:
+            return self._icmp_error(buf, ip, ts)
         if isinstance(parsed, Reason):
             return parsed, 0, 0, 0
-        p = parsed
+        return self._flow(buf, parsed, ts)
+
+    # -- fragments -------------------------------------------------------------------------------
+
+    def _remember_fragment(self, buf: memoryview, ip: _IPv4, outcome: _Outcome) -> None:
+        """Later fragments of this datagram will get what this first fragment got."""
+        reason, service_id, backend_id, trace_flags = outcome
+        key = (ip.saddr, ip.daddr, ip.ip_id, ip.proto)  # as received
+        table = self._fragments
+        self._fragment_counts["tracked"] += 1
+        if key in table:
+            table.move_to_end(key)
+        elif len(table) >= FRAG_CAPACITY:
+            table.popitem(last=False)
+            self._fragment_counts["evictions"] += 1
+        table[key] = FragmentEntry(
+            verdict=VERDICT_OF_REASON[reason],
+            new_saddr=_get32(buf, ip.l3 + 12),
+            new_daddr=_get32(buf, ip.l3 + 16),
+            service=service_id,
+            backend=backend_id,
+            flags=trace_flags,
+        )
+
+    def _later_fragment(self, buf: memoryview, ip: _IPv4) -> _Outcome:
+        key = (ip.saddr, ip.daddr, ip.ip_id, ip.proto)
+        entry = self._fragments.get(key)
+        if entry is None:
+            self._fragment_counts["not_found"] += 1
+            if ip.daddr in self._frontend_ips:
+                return Reason.DROP_FRAG_NOT_FOUND, 0, 0, 0  # to a service: its ports are unknowable
+            return Reason.PASS_FRAGMENT, 0, 0, 0
+        self._fragments.move_to_end(key)
+        self._fragment_counts["followed"] += 1
+        if entry.verdict is Verdict.DNAT or entry.verdict is Verdict.REVNAT:
+            # Both addresses, destination first, every word through the checksum update.
+            ip_csum = _get16(buf, ip.l3 + 10)
+            for pos, new_addr in ((ip.l3 + 16, entry.new_daddr), (ip.l3 + 12, entry.new_saddr)):
+                old_words = _words32(_get32(buf, pos))
+                ip_csum = _csum_update_words(ip_csum, old_words, _words32(new_addr))
+                _put32(buf, pos, new_addr)
+            _put16(buf, ip.l3 + 10, ip_csum)
+            reason = Reason.FRAG_DNAT if entry.verdict is Verdict.DNAT else Reason.FRAG_REVNAT
+        else:
+            reason = Reason.FRAG_DROP  # dropped or rejected first fragment (only it is answered)
+        return reason, entry.service, entry.backend, entry.flags
+
+    # -- ICMP errors -----------------------------------------------------------------------------
+
+    def _icmp_error(self, buf: memoryview, ip: _IPv4, ts: int) -> _Outcome:
+        """An ICMP error about a tracked flow, translated through the packet it quotes."""
+        quote = _parse_quoted(buf, ip)
+        if quote is None:
+            return Reason.PASS_UNSUPPORTED, 0, 0, 0
+        q, qsport, qdport = quote
+        # The quoted packet went the other way: its reversed tuple is one of the flow's tuples.
+        # Nothing in the table changes (no LRU touch, no last_seen, no state, no deletion).
+        entry, is_reply = self._ct.lookup((q.daddr, q.saddr, qdport, qsport, q.proto))
+        if entry is None or ts - entry.last_seen_ns > self._timeout_ns[entry.state]:
+            return Reason.PASS_NO_SERVICE, 0, 0, 0
+        masq = entry.masqueraded
+        client_ip, frontend_ip, client_port, frontend_port, _ = entry.orig
+        backend_ip, _, backend_port, _, _ = entry.reply
+        outer_src: int | None = None
+        outer_dst: int | None = None
+        quoted_dst: tuple[int, int] | None
+        quoted_src: tuple[int, int] | None
+        if is_reply:
+            # Quoted: a translated forward packet (client or SNAT -> backend); to the client.
+            quoted_dst = (frontend_ip, frontend_port)
+            quoted_src = (client_ip, client_port) if masq else None
+            if ip.saddr == backend_ip:
+                outer_src = frontend_ip  # the endpoint itself answered
+            if masq and ip.daddr == entry.snat_ip:
+                outer_dst = client_ip
+            reason = Reason.ICMP_ERROR_REPLY
+        else:
+            # Quoted: a reply as the client saw it (frontend -> client); to the backend.
+            quoted_dst = (entry.snat_ip, entry.snat_port) if masq else None
+            quoted_src = (backend_ip, backend_port)
+            if ip.daddr == frontend_ip:
+                outer_dst = backend_ip
+            if masq and ip.saddr == client_ip:
+                outer_src = entry.snat_ip
+            reason = Reason.ICMP_ERROR_FORWARD
+        _rewrite_icmp_error(buf, ip, q, quoted_dst=quoted_dst, quoted_src=quoted_src,
+                            outer_dst=outer_dst, outer_src=outer_src)
+        return reason, entry.service, entry.backend, entry.kind | (TRACE_MASQUERADED if masq else 0)
+
+    # -- TCP, UDP, SCTP --------------------------------------------------------------------------
+
+    def _flow(self, buf: memoryview, p: _Parsed, ts: int) -> _Outcome:
+        """Steps 1-5 of "Per TCP/UDP IPv4 packet" in the module docstring."""
         key: Tuple5 = (p.saddr, p.daddr, p.sport, p.dport, p.proto)
         is_tcp = p.proto == PROTO_TCP
         fin_or_rst = is_tcp and bool(p.tcp_flags & (TCP_FIN | TCP_RST))
@@ -1167,6 +1442,8 @@ class ReferenceEngine:
         conntrack["entries"] = len(self._ct)
         affinity = dict(self._affinity_counts)
         affinity["entries"] = len(self._affinity)
+        fragments = dict(self._fragment_counts)
+        fragments["entries"] = len(self._fragments)
         return {
             "verdicts": {v.name: self._verdict_counts[v] for v in Verdict},
             "reasons": {r.name: self._reason_counts[r] for r in Reason},
@@ -1174,6 +1451,7 @@ class ReferenceEngine:
             "backends": list(self._backend_counts),
             "conntrack": conntrack,
             "affinity": affinity,
+            "fragments": fragments,
         }
 
     def conntrack_entries(self) -> list[ConntrackEntry]:
@@ -1183,3 +1461,7 @@ class ReferenceEngine:
     def affinity_entries(self) -> list[AffinityEntry]:
         """Twin only (for tests): copies of the affinity entries, least recently used first."""
         return [replace(e) for e in self._affinity.lru.values()]
+
+    def fragment_entries(self) -> list[tuple[FragmentKey, FragmentEntry]]:
+        """Twin only (for tests): (key, copy of the entry) pairs, least recently used first."""
+        return [(key, replace(e)) for key, e in self._fragments.items()]
