@@ -28,7 +28,7 @@ from fragments cimport (
     fragments_record,
 )
 from hashing cimport flow_hash, scale_hash
-from lru cimport lru_touch
+from lru cimport LRU_NIL, lru_touch
 from nat cimport rewrite_addresses, translate, translate_icmp_error
 from wire cimport (
     CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
@@ -301,6 +301,7 @@ cdef class Engine:
         cdef uint32_t index, following
         cdef CtEntry* e
         cdef uint32_t[::1] new_service_ids
+        cdef FragEntry* fragment
         serving = [None] + [
             {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
             for s in maps.services
@@ -316,6 +317,13 @@ cdef class Engine:
                 self.ct.stats.flushed += 1
                 ct_delete(&self.ct, index)
             index = following
+        # Fragment entries keep their verdict and addresses; their ids follow the mapping.
+        index = self.fragments.lru.oldest
+        while index != LRU_NIL:
+            fragment = &self.fragments.entries[index]
+            fragment.service = service_ids[fragment.service] if fragment.service < len(service_ids) else 0
+            fragment.backend = backend_ids[fragment.backend] if fragment.backend < len(backend_ids) else 0
+            index = fragment.lru.next
         new_service_ids = array("I", service_ids)  # never empty: id 0 is always there
         if self.affinity.entries != NULL:
             affinity_remap(&self.affinity, &new_service_ids[0], new_service_ids.shape[0])
@@ -394,7 +402,11 @@ cdef class Engine:
             reason = self._icmp_error(&pkt, now, trace)
         else:
             reason = <uint8_t>parsed
-        if pkt.first_fragment and VERDICT_OF[reason] != VERDICT_PASS:
+        # Passed first fragments are remembered too when addressed to a service address (a
+        # NodePort's node address, say), so the node's own fragmented traffic passes whole.
+        if pkt.first_fragment and (
+                VERDICT_OF[reason] != VERDICT_PASS
+                or frontend_map_get(&self.maps.frontend_ips, frontend_key(pkt.daddr, 0, 0)) >= 0):
             self._remember_fragment(&pkt, reason, trace)
         return reason
 
@@ -445,6 +457,8 @@ cdef class Engine:
         if e.verdict == VERDICT_DNAT or e.verdict == VERDICT_REVNAT:
             rewrite_addresses(pkt.l3, e.new_saddr, e.new_daddr)
             return FRAG_DNAT if e.verdict == VERDICT_DNAT else FRAG_REVNAT
+        if e.verdict == VERDICT_PASS:
+            return PASS_FRAGMENT        # its first fragment passed: so does the rest
         return FRAG_DROP
 
     cdef inline uint8_t _icmp_error(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:

@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fastpath import _core
-from fastpath.maps import Backend, Frontend, Maps, Service
+from fastpath.maps import Backend, Frontend, Maps, NodeView, Service
 from fastpath.reference import DEFAULT_CT_CAPACITY, DEFAULT_TIMEOUTS_S, ReferenceEngine
 from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
 
@@ -121,3 +121,38 @@ def test_udp_zero_checksum_stays_zero():
     verdict, _, out = _core.Engine(maps).process_packet(bytes(frame), 1)
     assert verdict == Verdict.DNAT
     assert Ether(out)[UDP].chksum == 0 and Ether(out)[UDP].dport == 5353
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_node_fragments_to_a_service_address_pass_whole(engine_class):
+    from scapy.layers.inet import fragment
+
+    node_ip = ip4("192.168.0.1")
+    maps = Maps(services=[Service(1, "default/np:x", (1,))],
+                frontends=[Frontend(node_ip, 30080, 6, 1, "NodePort")],
+                backends=[Backend(1, ip4("10.244.1.5"), 8080, "b")],
+                node=NodeView(primary_ip=node_ip, local_ips=(node_ip,)))
+    engine = engine_class(maps)
+    datagram = IP(src="10.1.0.1", dst="192.168.0.1", id=9) / UDP(sport=5000, dport=2049) / (b"x" * 3000)
+    reasons = [engine.process_packet(bytes(Ether() / part), i)[1]
+               for i, part in enumerate(fragment(datagram, 1000))]
+    assert reasons == [Reason.PASS_NO_SERVICE] + [Reason.PASS_FRAGMENT] * 3
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_fragment_ids_follow_a_reload(engine_class):
+    from scapy.layers.inet import fragment
+
+    backends = [Backend(i, ip4(f"10.244.0.{i}"), 53, f"b{i}") for i in range(1, 9)]
+    frontends = [Frontend(ip4("10.96.0.10"), 53, 17, 1)]
+    engine = engine_class(Maps(services=[Service(1, "dns", tuple(range(1, 9)))],
+                               frontends=frontends, backends=backends))
+    datagram = IP(src="10.1.0.1", dst="10.96.0.10", id=7) / UDP(sport=5000, dport=53) / (b"x" * 3000)
+    first, second = fragment(datagram, 1000)[:2]
+    chosen = Ether(engine.process_packet(bytes(Ether() / first), 0)[2])[IP].dst
+    # The chosen backend becomes id 1 in the new maps: the next fragment is counted against it.
+    order = sorted(backends, key=lambda b: (b.ip != ip4(chosen), b.ip))
+    engine.load(Maps(services=[Service(1, "dns", tuple(range(1, 9)))], frontends=frontends,
+                     backends=[Backend(i + 1, b.ip, 53, b.name) for i, b in enumerate(order)]))
+    assert engine.process_packet(bytes(Ether() / second), 1)[1] == Reason.FRAG_DNAT
+    assert engine.counters()["backends"] == [2, 0, 0, 0, 0, 0, 0, 0]

@@ -2326,7 +2326,7 @@ def test_sctp_first_fragment_is_translated_like_a_packet():
     "first, reason, trace",
     [
         (tcp(dst=EMPTY_VIP, dport=443, payload=b"r" * 200, id=5), Reason.REJECT_NO_ENDPOINT, (3, 0, 1)),
-        (tcp(dst=VIP, dport=81, payload=b"r" * 200, id=5), None, None),  # PASS: not remembered
+        (tcp(dst=VIP, dport=81, payload=b"r" * 200, id=5), None, None),  # PASS, to a service address
         (IP(src=CLIENT, dst=VIP, id=5) / TCP(sport=1, dport=80, dataofs=4) / Raw(b"r" * 200),
          Reason.DROP_BAD_L4_HEADER, (0, 0, 0)),
     ],
@@ -2338,9 +2338,9 @@ def test_later_fragments_of_a_dropped_or_rejected_first_fragment_are_dropped(fir
     if reason is None:
         assert verdict == Verdict.PASS
         for part in parts[1:]:
-            # Nothing remembered: the later fragments are not to a frontend address on record.
-            assert through(eng, part)[1] == Reason.DROP_FRAG_NOT_FOUND
-        assert eng.counters()["fragments"]["tracked"] == 0
+            # Remembered because it is addressed to a service address: the rest passes too.
+            assert through(eng, part)[1] == Reason.PASS_FRAGMENT
+        assert eng.counters()["fragments"]["tracked"] == 1
         return
     assert (got, got_trace) == (reason, trace)
     for part in parts[1:]:

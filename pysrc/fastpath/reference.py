@@ -156,7 +156,10 @@ First fragment (offset 0, MF set): parsed and processed exactly like an unfragme
   L4 region is the fragment's payload; so an SCTP first fragment whose own payload is all
   captured has its CRC32c recomputed over that payload alone). After its verdict (including a
   drop for a bad or cut transport header: any first fragment whose IPv4 header passed), when
-  it is not PASS, the fragment table records key (saddr, daddr, IP id, proto) — the addresses
+  it is not PASS, or when it is PASS and daddr is the address of a frontend or one of
+  node.service_ips (so the node's own fragmented traffic to such an address passes whole,
+  instead of its later fragments being dropped as DROP_FRAG_NOT_FOUND), the fragment table
+  records key (saddr, daddr, IP id, proto) — the addresses
   as received, before any rewrite — -> (verdict, saddr and daddr after the rewrite, service id,
   backend id, trace flags). An existing entry with that key is overwritten. The entry becomes
   most recently used; a full table (capacity FRAG_CAPACITY = 8192) first evicts its least
@@ -166,8 +169,9 @@ Later fragment (offset != 0): only the IPv4 header is parsed (the same header ch
   - found: the entry becomes most recently used; fragments.followed += 1; its service/backend
     are counted and traced like a tracked packet. Verdict DNAT -> rewrite saddr/daddr to the
     entry's (IPv4 header checksum updated incrementally; destination first, then source),
-    reason FRAG_DNAT; REVNAT -> the same, reason FRAG_REVNAT; DROP or REJECT -> reason FRAG_DROP
-    (no ICMP reply: only the first fragment is answered).
+    reason FRAG_DNAT; REVNAT -> the same, reason FRAG_REVNAT; PASS -> PASS_FRAGMENT
+    (untouched); DROP or REJECT -> reason FRAG_DROP (no ICMP reply: only the first fragment is
+    answered).
   - not found: fragments.not_found += 1; daddr is the address of any frontend or one of
     node.service_ips -> DROP_FRAG_NOT_FOUND (its ports are unknowable, so it cannot be routed);
     otherwise PASS_FRAGMENT (untouched).
@@ -1138,7 +1142,10 @@ class ReferenceEngine:
         if ip.fragment_offset != 0:
             return self._later_fragment(buf, ip)
         outcome = self._datagram(buf, ip, ts)
-        if ip.more_fragments and VERDICT_OF_REASON[outcome[0]] is not Verdict.PASS:
+        # Passed first fragments are remembered too when addressed to a service address (a
+        # NodePort's node address, say), so the node's own fragmented traffic passes whole.
+        if ip.more_fragments and (VERDICT_OF_REASON[outcome[0]] is not Verdict.PASS
+                                  or ip.daddr in self._frontend_ips):
             self._remember_fragment(buf, ip, outcome)
         return outcome
 
@@ -1192,6 +1199,8 @@ class ReferenceEngine:
                 _put32(buf, pos, new_addr)
             _put16(buf, ip.l3 + 10, ip_csum)
             reason = Reason.FRAG_DNAT if entry.verdict is Verdict.DNAT else Reason.FRAG_REVNAT
+        elif entry.verdict is Verdict.PASS:
+            reason = Reason.PASS_FRAGMENT  # its first fragment passed: so does the rest
         else:
             reason = Reason.FRAG_DROP  # dropped or rejected first fragment (only it is answered)
         return reason, entry.service, entry.backend, entry.flags
