@@ -32,12 +32,16 @@ def extension(module: str, source: str) -> Extension:
     )
 
 
+# Directives change the generated C: keep the two builds' C files apart. Cython does not create
+# the folder itself on every path (build_ext --inplace from a fresh clone).
+BUILD_DIR = "build/cython-debug" if DEBUG else "build/cython"
+os.makedirs(os.path.join(BUILD_DIR, "fastpath"), exist_ok=True)
+
 setup(
     ext_modules=cythonize(
         [extension("_core", "core.pyx"), extension("_pcap", "pcap.pyx")],
         include_path=["fastpath"],
         compiler_directives=directives,
-        # Directives change the generated C: keep the two builds' C files apart.
-        build_dir="build/cython-debug" if DEBUG else "build/cython",
+        build_dir=BUILD_DIR,
     ),
 )

@@ -34,6 +34,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="named workload to run (default: standard)")
     group.addoption("--bench-rounds", type=int, default=None, metavar="N",
                     help="timed rounds per case (default: each case's own)")
+    group.addoption("--large-repeats", type=int, default=15, metavar="N",
+                    help="bench_memory: copies of the workload's capture in the large capture "
+                    "replayed for peak RSS (default 15: 4.0 GB for the standard workload)")
+    group.addoption("--control-services", type=int, default=100_000, metavar="N",
+                    help="bench_control: Services (x 10 endpoints) of the big cluster compiled "
+                    "(default 100,000)")
+    group.addoption("--tcprewrite-full-map", action="store_true",
+                    help="bench_tools: also time tcprewrite with one /32 rule per Service "
+                    "(~2 min a round on the standard capture)")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -171,7 +171,10 @@ def plan_cluster(spec: WorkloadSpec) -> Cluster:
     if needed > len(pod_pool):
         raise ValueError(f"{needed} pods do not fit on {spec.nodes} nodes")
     pods = rng.sample(pod_pool, needed)
-    cluster_ips = rng.sample(range(_ip("10.96.0.11"), _ip("10.96.255.255")), spec.services)
+    # The standard range (10.96.0.0/16) holds 65,525 ClusterIPs; larger clusters (the control-plane
+    # benchmarks' 100,000 Services) take theirs from the whole default service CIDR, 10.96.0.0/12.
+    last = _ip("10.96.255.255") if spec.services <= 60_000 else _ip("10.111.255.255")
+    cluster_ips = rng.sample(range(_ip("10.96.0.11"), last), spec.services)
     n_udp = round(spec.services * spec.udp_service_fraction)
     udp = set(rng.sample(range(spec.services), n_udp))
     services = []
@@ -196,7 +199,7 @@ def plan_cluster(spec: WorkloadSpec) -> Cluster:
 
 def cluster_maps(cluster: Cluster):
     """The Maps fastpath.compiler makes of this cluster (same ids, order and names), built directly."""
-    from fastpath.maps import PROTOCOL_NUMBERS, Backend, Frontend, Maps, Service
+    from fastpath.maps import PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, Service
 
     owners = {}
     for service in cluster.services:
@@ -208,11 +211,15 @@ def cluster_maps(cluster: Cluster):
     services, frontends = [], []
     for service_id, service in enumerate(cluster.services, start=1):
         ids = tuple(sorted(backend_ids[(e.ip, service.target_port)] for e in service.endpoints))
+        # Every endpoint is ready, so the serving set (what tracked UDP flows may keep) is the
+        # cluster set; the node view knows the ClusterIPs (a packet to one on a port no Service
+        # has is rejected, as kube-proxy does).
         services.append(Service(id=service_id, name=f"{service.namespace}/{service.name}:{service.port_name}",
-                                backends=ids))
+                                backends=ids, serving=ids))
         frontends.append(Frontend(ip=service.cluster_ip, port=service.port,
                                   proto=PROTOCOL_NUMBERS[service.protocol], service=service_id))
-    return Maps(services=services, frontends=frontends, backends=backends)
+    node = NodeView(service_ips=tuple(sorted({s.cluster_ip for s in cluster.services})))
+    return Maps(services=services, frontends=frontends, backends=backends, node=node)
 
 
 def workload_maps(name: str = "standard"):
@@ -317,6 +324,66 @@ def cluster_yaml(spec: WorkloadSpec, cluster: Cluster) -> str:
 """)
     out.append('kind: List\nmetadata:\n  resourceVersion: ""\n')
     return "".join(out)
+
+
+def cluster_objects(spec: WorkloadSpec, cluster: Cluster) -> list[dict]:
+    """The objects of cluster_yaml() as already-decoded dicts (what ClusterState.from_objects takes):
+    the same Services and EndpointSlices, field for field, without the YAML text.
+
+    For the control-plane benchmarks, which compile clusters too large to write out as YAML
+    (100,000 Services: ~440 MB). Endpoints share one conditions dict (nothing mutates them).
+    """
+    rng = _rng(spec, "yaml")  # the same draws, in the same order, as cluster_yaml()
+    ready = {"ready": True, "serving": True, "terminating": False}
+    objects: list[dict] = []
+    version = 1000
+    for s in cluster.services:
+        version += 1
+        ip = _dotted(s.cluster_ip)
+        objects.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"creationTimestamp": _timestamp(rng, "2024-05-01T08:"),
+                         "labels": {"app": s.name}, "name": s.name, "namespace": s.namespace,
+                         "resourceVersion": str(version), "uid": s.uid},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "internalTrafficPolicy": "Cluster",
+                     "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                     "ports": [{"name": s.port_name, "port": s.port, "protocol": s.protocol,
+                                "targetPort": s.port_name}],
+                     "selector": {"app": s.name}, "sessionAffinity": "None", "type": "ClusterIP"},
+            "status": {"loadBalancer": {}},
+        })
+    for s in cluster.services:
+        version += 1
+        stamp = _timestamp(rng)
+        objects.append({
+            "addressType": "IPv4", "apiVersion": "discovery.k8s.io/v1",
+            "endpoints": [{"addresses": [_dotted(e.ip)], "conditions": ready,
+                           "nodeName": f"node-{e.node:02d}",
+                           "targetRef": {"kind": "Pod", "name": e.pod, "namespace": s.namespace,
+                                         "uid": e.uid},
+                           "zone": f"zone-{'abc'[e.node % 3]}"} for e in s.endpoints],
+            "kind": "EndpointSlice",
+            "metadata": {
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": stamp},
+                "creationTimestamp": stamp, "generateName": f"{s.name}-", "generation": 1,
+                "labels": {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                           "kubernetes.io/service-name": s.name},
+                "name": s.slice_name, "namespace": s.namespace,
+                "ownerReferences": [{"apiVersion": "v1", "blockOwnerDeletion": True,
+                                     "controller": True, "kind": "Service", "name": s.name,
+                                     "uid": s.uid}],
+                "resourceVersion": str(version), "uid": s.slice_uid},
+            "ports": [{"name": s.port_name, "port": s.target_port, "protocol": s.protocol}],
+        })
+    return objects
+
+
+# Cluster-only shapes for the control-plane suite (bench_control.py): no capture is made of them.
+CLUSTER_SPECS: dict[str, WorkloadSpec] = {
+    # 100,000 ClusterIP Services x 10 ready endpoints (1,000,000 endpoints on 4,200 nodes).
+    "control": WorkloadSpec("control", services=100_000, endpoints_per_service=10, flows=10,
+                            packets=40, nodes=4200),
+}
 
 
 # --------------------------------------------------------------------------- the flows
@@ -813,6 +880,179 @@ def workload_batch(name: str = "standard") -> MemoryBatch:
     """The named workload's capture as one in-memory batch (generating the files if needed)."""
     files = ensure_workload(name)
     return load_batch(files.capture, files.index)
+
+
+# --------------------------------------------------------------------------- synthetic traffic
+#
+# For the scale and memory suites: tables of any size and TCP traffic shaped to exercise them,
+# built directly in memory (a million packets in about a second). Packets are Ethernet/IPv4/TCP,
+# 254 bytes (the standard capture's mean is 252.9) in the load_batch() layout (a 16-byte record
+# header slot before each). Their checksums are left at zero: the core never verifies one and its
+# incremental TCP update costs the same whatever the old value.
+
+SYNTHETIC_PACKET_BYTES = 254
+SYNTHETIC_FRONTEND_BASE = _ip("10.96.0.1")  # frontend i is 10.96.0.1 + i, port 80/TCP
+SYNTHETIC_BACKEND_BASE = _ip("10.244.0.2")  # backend i (1-based) at 10.244.0.2 + i - 1, port 8080
+_ETH_IPV4 = GATEWAY_MAC + bytes.fromhex("0a580af40002") + b"\x08\x00"
+_SYNTH = struct.Struct("!14sBBHHHBBHIIHHIIBBHHH")
+
+
+def scale_maps(service_ports: int, endpoints_per_service: int = 10, backends: int = 10_000):
+    """Maps with `service_ports` ClusterIP frontends (10.96.0.1 + i, port 80/TCP; at most 1,048,574),
+    each its own service over `endpoints_per_service` of `backends` shared pod backends (:8080)."""
+    _ensure_importable()
+    from fastpath.maps import PROTO_TCP as TCP
+    from fastpath.maps import Backend, Frontend, Maps, Service
+
+    if not 1 <= service_ports <= (1 << 20) - 2:
+        raise ValueError("service_ports must fit 10.96.0.0/12")
+    backends = max(backends, endpoints_per_service)
+    backend_list = [Backend(id=i, ip=SYNTHETIC_BACKEND_BASE + i - 1, port=8080, name=f"backend-{i}")
+                    for i in range(1, backends + 1)]
+    ids = list(range(1, backends + 1))
+    sets: dict[int, tuple[int, ...]] = {}  # services sharing a backend set share its tuple
+    services, frontends = [], []
+    for i in range(service_ports):
+        start = (i * endpoints_per_service) % backends
+        chosen = sets.get(start)
+        if chosen is None:
+            chosen = sets[start] = tuple(sorted(ids[(start + k) % backends]
+                                                for k in range(endpoints_per_service)))
+        services.append(Service(id=i + 1, name=f"scale/svc-{i}:http", backends=chosen))
+        frontends.append(Frontend(ip=SYNTHETIC_FRONTEND_BASE + i, port=80, proto=TCP, service=i + 1))
+    return Maps(services=services, frontends=frontends, backends=backend_list)
+
+
+def synthetic_batch(tuples, packets, flags, start_ns: int = CAPTURE_EPOCH_US * 1000,
+                    step_ns: int = 30_000) -> MemoryBatch:
+    """A TCP batch: packet i belongs to tuples[packets[i]] = (saddr, daddr, sport, dport) and
+    carries TCP flags flags[i]; timestamps start at start_ns, step_ns apart."""
+    n = len(packets)
+    stride = 16 + SYNTHETIC_PACKET_BYTES
+    buf = bytearray(24 + n * stride)
+    buf[:24] = PCAP_HEADER
+    total = SYNTHETIC_PACKET_BYTES - 14
+    pack = _SYNTH.pack_into
+    pos = 24 + 16
+    for t, f in zip(packets, flags):
+        saddr, daddr, sport, dport = tuples[t]
+        pack(buf, pos, _ETH_IPV4, 0x45, 0, total, 0, 0x4000, 64, PROTO_TCP, 0, saddr, daddr,
+             sport, dport, 0, 0, 0x50, f, 0xFFFF, 0, 0)
+        pos += stride
+    return MemoryBatch(buf, array("Q", range(40, 40 + n * stride, stride)),
+                       array("I", [SYNTHETIC_PACKET_BYTES]) * n,
+                       array("Q", range(start_ns, start_ns + n * step_ns, step_ns)), LINKTYPE_ETHERNET)
+
+
+def _clients(count: int = 2000) -> list[int]:
+    return [_pod_ip(64 + i // 250, 2 + i % 250) for i in range(count)]  # nodes 64+: not backends
+
+
+def service_traffic(maps, flows: int, packets: int, seed: str = "scale") -> MemoryBatch:
+    """`flows` TCP flows from 2,000 clients, each to a frontend of `maps` drawn uniformly, sharing
+    `packets` packets evenly in a random interleaving: each flow's first packet is a SYN, the rest
+    ACKs (client to service only). flows == packets: every packet opens a new flow."""
+    rng = random.Random(f"{seed}:{len(maps.frontends)}:{flows}:{packets}")
+    clients = _clients()
+    targets = [(f.ip, f.port) for f in maps.frontends]
+    tuples = []
+    for k in range(flows):
+        daddr, dport = targets[rng.randrange(len(targets))]
+        tuples.append((clients[k % len(clients)], daddr, 1024 + k // len(clients), dport))
+    order = [k % flows for k in range(packets)]
+    rng.shuffle(order)
+    seen = bytearray(flows)
+    flags = bytearray(packets)
+    for i, k in enumerate(order):
+        flags[i] = TCP_ACK if seen[k] else TCP_SYN
+        seen[k] = 1
+    return synthetic_batch(tuples, order, flags)
+
+
+def tracked_traffic(maps, flows: int, packets: int, reply_share: float = 0.25,
+                    seed: str = "tracked") -> tuple[MemoryBatch, MemoryBatch]:
+    """(opening, steady): `opening` holds one SYN per flow (flows to frontends of `maps` in turn);
+    run it through an engine with room for every flow, and `steady`'s `packets` packets, each of a
+    flow drawn uniformly (a client ACK, or with probability reply_share the backend's reply), are
+    all conntrack hits. Replies come from the backend the compiled core picks."""
+    from fastpath._core import Engine
+
+    rng = random.Random(f"{seed}:{len(maps.frontends)}:{flows}:{packets}")
+    clients = _clients()
+    targets = [(f.ip, f.port) for f in maps.frontends]
+    forward = []
+    for k in range(flows):
+        daddr, dport = targets[k % len(targets)]
+        forward.append((clients[k % len(clients)], daddr, 1024 + k // len(clients), dport))
+    opening = synthetic_batch(forward, range(flows), bytes([TCP_SYN]) * flows)
+    # Where the core sends each flow (the per-packet trace names the backend).
+    engine = Engine(maps, ct_capacity=flows + 1)
+    probe = opening.fresh_buffer()
+    verdicts, reasons = array("B", bytes(flows)), array("B", bytes(flows))
+    services, backend_ids = array("I", bytes(4 * flows)), array("I", bytes(4 * flows))
+    engine.process(probe, opening.offsets, opening.lengths, opening.timestamps_ns, verdicts,
+                   reasons, opening.linktype, services, backend_ids, array("B", bytes(flows)))
+    del probe, engine
+    if 0 in backend_ids:
+        raise RuntimeError("the core did not DNAT every opening SYN")
+    replies = [(maps.backends[b - 1].ip, c, maps.backends[b - 1].port, sp)
+               for (c, _, sp, _), b in zip(forward, backend_ids)]
+    tuples = forward + replies
+    order, flags = [], bytearray(packets)
+    randrange, random_ = rng.randrange, rng.random
+    for i in range(packets):
+        k = randrange(flows)
+        order.append(flows + k if random_() < reply_share else k)
+        flags[i] = TCP_ACK
+    start = CAPTURE_EPOCH_US * 1000 + flows * 30_000 + 1_000_000
+    return opening, synthetic_batch(tuples, order, flags, start_ns=start)
+
+
+# --------------------------------------------------------------------------- a large capture
+#
+# For the streaming-memory case (bench_memory.py): the standard capture's records repeated with
+# shifted timestamps, written to disk in a streaming way (one copy of the capture in memory).
+
+
+def ensure_large_capture(files: WorkloadFiles, repeats: int, out: str | os.PathLike | None = None,
+                         *, log=None) -> Path:
+    """benchmarks/workloads/large-xN/capture.pcap: `repeats` copies of the workload's records,
+    copy k shifted by k * (duration + 10) s. Reused while its size and recipe match."""
+    directory = Path(out) if out is not None else WORKLOADS_DIR / f"{files.spec.name}-x{repeats}"
+    path, meta_path = directory / CAPTURE_FILE, directory / META_FILE
+    shift = files.spec.duration_s + 10
+    size = 24 + repeats * (files.meta["capture"]["bytes"] - 24)
+    recipe = {"generator_version": GENERATOR_VERSION, "source": files.meta["backend_fingerprint"],
+              "spec": asdict(files.spec), "repeats": repeats, "shift_s": shift, "bytes": size}
+    if meta_path.exists() and path.exists() and path.stat().st_size == size:
+        try:
+            if json.loads(meta_path.read_text()) == recipe:
+                return path
+        except ValueError:
+            pass
+    started = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)
+    batch = load_batch(files.capture, files.index)
+    buf = batch.buf
+    headers = [offset - 16 for offset in batch.offsets]
+    seconds = [struct.unpack_from("<I", buf, h)[0] for h in headers]
+    pack = struct.Struct("<I").pack_into
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(buf[:24])
+        body = memoryview(buf)[24:]
+        for k in range(repeats):
+            if k:
+                for h, sec in zip(headers, seconds):
+                    pack(buf, h, sec + k * shift)
+            handle.write(body)
+    os.replace(temporary, path)
+    _write_atomically(meta_path, json.dumps(recipe, indent=2) + "\n")
+    if log:
+        log(f"large capture: {repeats} x {files.spec.name} = {size / 1e9:.2f} GB in "
+            f"{time.perf_counter() - started:.0f} s into {directory}")
+    return path
 
 
 # --------------------------------------------------------------------------- checks and CLI

@@ -32,6 +32,9 @@ class Engine:
         verdicts: Any,
         reasons: Any,
         linktype: int = 1,
+        services: Any = None,
+        backends: Any = None,
+        flags: Any = None,
     ) -> None: ...
     def process_packet(
         self, data: bytes, ts_ns: int = 0, linktype: int = 1

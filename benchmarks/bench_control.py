@@ -1,0 +1,249 @@
+"""Control plane: compiling big clusters, applying one endpoint change, loading YAML.
+
+The 100,000-Service cluster is workload.CLUSTER_SPECS["control"] (100,000 ClusterIP Services,
+one port each, x 10 ready endpoints: 1,000,000 endpoints), made as already-decoded dicts by
+workload.cluster_objects() (the objects cluster_yaml() would print, never written as YAML);
+`--control-services N` changes the count. Generating them is untimed setup (~20-40 s).
+
+  from_objects_100k       ClusterState.from_objects(dicts): validation into the model
+  compile_100k            compile_maps(state): the model into fastpath.maps.Maps, the garbage
+                          collector on (as a library caller has it); `service_ports_per_s`
+                          against the issue's 100,000/s
+  compile_100k_gc_paused  the same with the cyclic collector paused (gc.disable()), as
+                          load_cluster already does while reading: how much is the collector's
+  engine_load_100k        Engine.load(maps) on an engine holding the same maps: the C tables
+                          rebuilt and conntrack/counters remapped (the last step of an update)
+  update_one_endpoint     Dataplane.update(state) on the standard 1,000-Service cluster, the
+                          states alternating between "all ready" and "one endpoint of one
+                          Service not ready": what applying one readiness change costs today
+                          (a full recompile and reload); target 50 us
+  update_compile_only /   the two halves of that update: compile_maps(state) and
+  update_load_only        Engine.load(maps)
+  yaml_load_standard      fastpath.load_cluster(cluster.yaml) of the standard 4.4 MB dump
+                          (`loader` and `libyaml` in extra_info say whether the C loader ran)
+  yaml_parse_standard     fastpath.kubeyaml.load_yaml(text) alone: the YAML parse
+  yaml_parse_python_loader  the same with PyYAML's pure-Python SafeLoader: what the C loader saves
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+
+import pytest
+import yaml
+
+import workload
+
+pytest.importorskip("fastpath._core", reason="build the core first")
+from fastpath import kubeyaml  # noqa: E402
+from fastpath._core import Engine  # noqa: E402
+from fastpath.compiler import compile_maps  # noqa: E402
+from fastpath.dataplane import Dataplane  # noqa: E402
+from fastpath.model import ClusterState, load_cluster  # noqa: E402
+
+TARGET_PORTS_PER_S = 100_000
+TARGET_UPDATE_US = 50
+
+
+# --------------------------------------------------------------------------- 100,000 Services
+
+@pytest.fixture(scope="module")
+def control_spec(request) -> workload.WorkloadSpec:
+    spec = workload.CLUSTER_SPECS["control"]
+    services = request.config.getoption("--control-services")
+    if services != spec.services:
+        nodes = max(64, -(-services * spec.endpoints_per_service // 240))
+        spec = dataclasses.replace(spec, services=services, nodes=nodes)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def control_objects(control_spec):
+    was = gc.isenabled()
+    gc.disable()  # millions of fresh containers, no cycles: keep setup short
+    try:
+        objects = workload.cluster_objects(control_spec, workload.plan_cluster(control_spec))
+    finally:
+        if was:
+            gc.enable()
+    yield objects
+    del objects
+
+
+@pytest.fixture(scope="module")
+def control_state(control_objects) -> ClusterState:
+    return ClusterState.from_objects(control_objects)
+
+
+def _per_second(benchmark, count: int, label: str, target: int | None = None) -> None:
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None:
+        return
+    benchmark.extra_info[f"{label}_per_s_median"] = round(count / stats.median)
+    benchmark.extra_info[f"{label}_per_s_min_time"] = round(count / stats.min)
+    if target:
+        benchmark.extra_info[f"target_{label}_per_s"] = target
+
+
+@pytest.mark.benchmark(group="control: 100,000 service ports x 10 endpoints")
+def test_from_objects_100k(benchmark, control_spec, control_objects, rounds):
+    state = benchmark.pedantic(ClusterState.from_objects, args=(control_objects,),
+                               rounds=rounds(2), iterations=1)
+    assert len(state.services) == control_spec.services
+    benchmark.extra_info.update(services=control_spec.services,
+                                endpoints=control_spec.services * control_spec.endpoints_per_service,
+                                objects=len(control_objects))
+    _per_second(benchmark, control_spec.services, "service_ports")
+
+
+def _compile_case(benchmark, control_spec, control_state, rounds, paused: bool):
+    def target():
+        if not paused:
+            return compile_maps(control_state)
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return compile_maps(control_state)
+        finally:
+            if was:
+                gc.enable()
+
+    result = benchmark.pedantic(target, rounds=rounds(2), iterations=1)
+    maps = result.maps
+    endpoints = control_spec.services * control_spec.endpoints_per_service
+    assert len(maps.services) == len(maps.frontends) == control_spec.services
+    assert len(maps.backends) == endpoints
+    benchmark.extra_info.update(services=control_spec.services, endpoints=endpoints,
+                                gc_enabled=not paused)
+    _per_second(benchmark, control_spec.services, "service_ports", TARGET_PORTS_PER_S)
+    return maps
+
+
+@pytest.mark.benchmark(group="control: 100,000 service ports x 10 endpoints")
+def test_compile_100k(benchmark, control_spec, control_state, rounds):
+    _compile_case(benchmark, control_spec, control_state, rounds, paused=False)
+
+
+@pytest.mark.benchmark(group="control: 100,000 service ports x 10 endpoints")
+def test_compile_100k_gc_paused(benchmark, control_spec, control_state, rounds):
+    _compile_case(benchmark, control_spec, control_state, rounds, paused=True)
+
+
+@pytest.mark.benchmark(group="control: 100,000 service ports x 10 endpoints")
+def test_engine_load_100k(benchmark, control_spec, control_state, rounds):
+    maps = compile_maps(control_state).maps
+    engine = Engine(maps)
+    benchmark.pedantic(engine.load, args=(maps,), rounds=rounds(3), warmup_rounds=1, iterations=1)
+    benchmark.extra_info.update(services=control_spec.services, backends=len(maps.backends))
+    _per_second(benchmark, control_spec.services, "service_ports", TARGET_PORTS_PER_S)
+
+
+# --------------------------------------------------------------------------- one endpoint change
+
+@pytest.fixture(scope="module")
+def readiness_states(workload_files):
+    """(all ready, one endpoint not ready, which service, its backend address) on the workload."""
+    spec = workload_files.spec
+    objects = workload.cluster_objects(spec, workload.plan_cluster(spec))
+    changed = copy.deepcopy(objects)
+    slices = [o for o in changed if o["kind"] == "EndpointSlice"]
+    target = slices[len(slices) // 2]
+    endpoint = target["endpoints"][0]
+    endpoint["conditions"] = {"ready": False, "serving": False, "terminating": False}
+    service = target["metadata"]["labels"]["kubernetes.io/service-name"]
+    return (ClusterState.from_objects(objects), ClusterState.from_objects(changed),
+            f"{target['metadata']['namespace']}/{service}", endpoint["addresses"][0])
+
+
+def _service_backends(maps, prefix: str) -> set[str]:
+    service = next(s for s in maps.services if s.name.startswith(prefix + ":"))
+    return {maps.backends[b - 1].name.split(":")[0] for b in service.backends}
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_update_one_endpoint(benchmark, readiness_states, rounds):
+    ready, not_ready, service, address = readiness_states
+    dataplane = Dataplane(ready)
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return ((not_ready if turn[0] % 2 else ready),), {}
+
+    benchmark.pedantic(dataplane.update, setup=setup, rounds=rounds(20), warmup_rounds=2,
+                       iterations=1)
+    # The change is in the maps the next batch runs on (sanity, not timing).
+    dataplane.update(not_ready)
+    assert address not in _service_backends(dataplane.maps, service)
+    dataplane.update(ready)
+    assert address in _service_backends(dataplane.maps, service)
+    benchmark.extra_info.update(services=len(dataplane.maps.services), changed_service=service,
+                                changed_endpoint=address, target_us=TARGET_UPDATE_US)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        benchmark.extra_info["median_us"] = round(stats.median * 1e6)
+        benchmark.extra_info["x_target"] = round(stats.median * 1e6 / TARGET_UPDATE_US, 1)
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_update_compile_only(benchmark, readiness_states, rounds):
+    ready, not_ready, _, _ = readiness_states
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return ((not_ready if turn[0] % 2 else ready),), {}
+
+    benchmark.pedantic(compile_maps, setup=setup, rounds=rounds(20), warmup_rounds=2, iterations=1)
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_update_load_only(benchmark, readiness_states, rounds):
+    ready, not_ready, _, _ = readiness_states
+    both = (compile_maps(ready).maps, compile_maps(not_ready).maps)
+    engine = Engine(both[0])
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return (both[turn[0] % 2],), {}
+
+    benchmark.pedantic(engine.load, setup=setup, rounds=rounds(20), warmup_rounds=2, iterations=1)
+
+
+# --------------------------------------------------------------------------- YAML
+
+def _loader_info(benchmark, loader) -> None:
+    benchmark.extra_info["loader"] = f"{loader.__module__}.{loader.__name__}"
+    benchmark.extra_info["libyaml"] = bool(getattr(yaml, "__with_libyaml__", False))
+
+
+@pytest.mark.benchmark(group="control: YAML (standard 1,000-Service dump)")
+def test_yaml_load_standard(benchmark, workload_files, rounds):
+    state = benchmark.pedantic(load_cluster, args=([workload_files.cluster],), rounds=rounds(5),
+                               warmup_rounds=1, iterations=1)
+    assert len(state.services) == workload_files.meta["services"]
+    _loader_info(benchmark, kubeyaml.YAML_LOADER)
+    benchmark.extra_info["bytes"] = workload_files.cluster.stat().st_size
+
+
+@pytest.mark.benchmark(group="control: YAML (standard 1,000-Service dump)")
+def test_yaml_parse_standard(benchmark, workload_files, rounds):
+    text = workload_files.cluster.read_text()
+    documents = benchmark.pedantic(kubeyaml.load_yaml, args=(text,), rounds=rounds(5),
+                                   warmup_rounds=1, iterations=1)
+    assert len(documents[0]["items"]) == 2 * workload_files.meta["services"]
+    _loader_info(benchmark, kubeyaml.YAML_LOADER)
+    benchmark.extra_info["bytes"] = len(text)
+
+
+@pytest.mark.benchmark(group="control: YAML (standard 1,000-Service dump)")
+def test_yaml_parse_python_loader(benchmark, workload_files, rounds, monkeypatch):
+    monkeypatch.setattr(kubeyaml, "YAML_LOADER", yaml.SafeLoader)
+    text = workload_files.cluster.read_text()
+    documents = benchmark.pedantic(kubeyaml.load_yaml, args=(text,), rounds=rounds(1),
+                                   iterations=1)
+    assert len(documents[0]["items"]) == 2 * workload_files.meta["services"]
+    _loader_info(benchmark, yaml.SafeLoader)
+    benchmark.extra_info["bytes"] = len(text)

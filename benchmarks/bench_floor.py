@@ -1,0 +1,110 @@
+"""How much of the core's time is the core: the batch in cache, and the memory floor.
+
+bench_core.py times Engine.process over the whole standard batch, 269 MB that cannot stay in
+any cache: every packet's headers come from DRAM and go back dirty. These cases separate that
+cost from the core's own work.
+
+  core_cache_resident  Engine.process over the first 16,384 packets of the standard batch
+                       (4.4 MB: fits the L3 cache), the engine warmed with the same packets
+                       once (conntrack hits, like most of the standard batch); each round gets
+                       a fresh copy of those packets in untimed setup, so they are in cache
+  touch_headers_floor  a minimal C loop (compiled here with `cc -O2`, loaded with ctypes) that
+                       reads the IPv4 destination and writes one byte of the IP and of the TCP/UDP
+                       checksum of every packet of the whole 1M-packet batch (a fresh copy per
+                       round, as in bench_core.py): the memory traffic any core must pay on this
+                       batch, with no work at all. Skipped without a C compiler.
+
+Compare: core cold (bench_core) - touch floor = what the core's instructions add on top of the
+memory traffic; core_cache_resident = the core's speed when memory is not the limit.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import tempfile
+from array import array
+from pathlib import Path
+
+import pytest
+
+from conftest import record_rates
+
+Engine = pytest.importorskip("fastpath._core", reason="build the core first").Engine
+
+pytestmark = pytest.mark.benchmark(group="floor: the core without memory, memory without the core")
+
+RESIDENT_PACKETS = 16_384
+
+_TOUCH_C = r"""
+#include <stddef.h>
+#include <stdint.h>
+
+/* Read the IPv4 destination, write a byte of the IP checksum and of the L4 checksum field
+   (Ethernet + 20-byte IPv4 header assumed, as in the workload): the cache lines the core
+   touches, and nothing else. */
+uint64_t touch_headers(uint8_t *buf, const uint64_t *offsets, size_t n) {
+    uint64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *p = buf + offsets[i];
+        acc += (uint64_t)p[30] << 24 | (uint64_t)p[31] << 16 | (uint64_t)p[32] << 8 | p[33];
+        p[24] = (uint8_t)(p[24] + 1);
+        p[51] = (uint8_t)(p[51] + 1);
+    }
+    return acc;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def touch_library():
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("no C compiler (cc) to build the memory-floor loop")
+    with tempfile.TemporaryDirectory(prefix="fastpath-floor-") as scratch:
+        source, library = Path(scratch, "touch.c"), Path(scratch, "touch.so")
+        source.write_text(_TOUCH_C)
+        done = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot build the memory-floor loop: {done.stderr.strip()[:200]}")
+        lib = ctypes.CDLL(str(library))
+        lib.touch_headers.restype = ctypes.c_uint64
+        lib.touch_headers.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        yield lib
+
+
+def test_core_cache_resident(benchmark, maps, batch, rounds):
+    n = min(RESIDENT_PACKETS, batch.count)
+    end = batch.offsets[n - 1] + batch.lengths[n - 1]
+    original = bytes(batch.buf[:end])
+    offsets, lengths, stamps = batch.offsets[:n], batch.lengths[:n], batch.timestamps_ns[:n]
+    verdicts, reasons = array("B", bytes(n)), array("B", bytes(n))
+    engine = Engine(maps)
+    engine.process(bytearray(original), offsets, lengths, stamps, verdicts, reasons, batch.linktype)
+
+    def run(buf):
+        engine.process(buf, offsets, lengths, stamps, verdicts, reasons, batch.linktype)
+
+    benchmark.pedantic(run, setup=lambda: ((bytearray(original),), {}), rounds=rounds(200),
+                       warmup_rounds=5, iterations=1)
+    raw = bytes(reasons)
+    record_rates(benchmark, n, sum(lengths), buffer_bytes=end,
+                 reasons={name: raw.count(value) for name, value in
+                          (("NEW_FLOW", 4), ("CT_ESTABLISHED", 5), ("CT_REPLY", 6),
+                           ("PASS_NO_SERVICE", 1)) if raw.count(value)})
+
+
+def test_touch_headers_floor(benchmark, batch, touch_library, rounds):
+    n = batch.count
+    offsets_address = batch.offsets.buffer_info()[0]
+
+    def setup():
+        buf = batch.fresh_buffer()
+        return (buf, (ctypes.c_char * len(buf)).from_buffer(buf)), {}
+
+    def run(buf, view):
+        touch_library.touch_headers(ctypes.addressof(view), offsets_address, n)
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds(10), warmup_rounds=1, iterations=1)
+    record_rates(benchmark, n, sum(batch.lengths))
