@@ -34,8 +34,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
-import stat
 import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,6 +43,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, NoReturn, Union, cast
 
 from fastpath import _pcap
+from fastpath.atomicfile import discard, move_into_place, open_beside
 
 __all__ = [
     "Batch",
@@ -580,7 +579,7 @@ class CaptureWriter:
         self._ng: Any = None
         if info.format not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {info.format!r}")
-        fd = self._create()
+        fd, self._tmp = open_beside(self.path)
         try:
             if info.format == "pcap":
                 self._file = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -592,27 +591,6 @@ class CaptureWriter:
         except BaseException:
             self.close()
             raise
-
-    def _create(self) -> int:
-        """Open the temporary file (O_EXCL, a fresh random name), or a special target itself."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(f"{self.path}: is a directory")
-            return os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        directory, name = os.path.split(os.path.abspath(self.path))
-        while True:
-            tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-            try:
-                # 0o666 and the umask: the final file gets the usual permissions.
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            except FileExistsError:
-                continue
-            self._tmp = tmp
-            return fd
 
     def write_batch(
         self,
@@ -680,13 +658,8 @@ class CaptureWriter:
         self._done = True
         try:
             assert self._file is not None
-            self._file.flush()
-            if self._tmp is not None:
-                os.fsync(self._file.fileno())  # the rename must not outlive the data on a crash
-            self._file.close()
-            if self._tmp is not None:
-                os.replace(self._tmp, self.path)
-                self._tmp = None
+            move_into_place(self._file, self._tmp, self.path)
+            self._tmp = None
         except BaseException:
             self._discard()
             raise
@@ -702,17 +675,8 @@ class CaptureWriter:
             self.abort()
 
     def _discard(self) -> None:
-        if self._file is not None and not self._file.closed:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
+        discard(self._file, self._tmp)
+        self._tmp = None
 
     def __enter__(self) -> CaptureWriter:
         return self

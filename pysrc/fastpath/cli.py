@@ -9,6 +9,7 @@ import time
 from typing import TextIO
 
 from fastpath import __version__
+from fastpath.atomicfile import discard, move_into_place, open_beside
 
 PROG = "fastpath"
 
@@ -227,15 +228,16 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomically(path: str, document: dict) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
+    temporary = None
+    handle = None
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
+        fd, temporary = open_beside(path)
+        handle = os.fdopen(fd, "w", encoding="utf-8")
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+        move_into_place(handle, temporary, path)
     except OSError as error:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        discard(handle, temporary)
         raise CliError(f"cannot write stats to {path}: {error.strerror or error}") from None
 
 

@@ -36,12 +36,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import socket
-import stat
 from types import TracebackType
 from typing import IO, Any, Union
 
+from fastpath.atomicfile import discard, move_into_place, open_beside
 from fastpath.maps import Maps
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
 
@@ -129,7 +128,8 @@ class TraceWriter:
             )
         else:
             self.path = os.fspath(destination)  # type: ignore[arg-type]
-            self._file = os.fdopen(self._create(), "w", encoding="utf-8", buffering=_BUFFER)
+            fd, self._tmp = open_beside(self.path)
+            self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=_BUFFER)
             self._owned = True
 
     @property
@@ -138,28 +138,6 @@ class TraceWriter:
         if self.path is not None:
             return self.path
         return str(getattr(self._file, "name", "<stream>"))
-
-    def _create(self) -> int:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(f"{self.path}: is a directory")
-            return os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        directory, name = os.path.split(os.path.abspath(self.path))
-        while True:
-            tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            except FileExistsError:
-                continue
-            except OSError as error:  # name the file the user asked for, not the temporary one
-                raise type(error)(error.errno, error.strerror, self.path) from None
-            self._tmp = tmp
-            return fd
 
     def set_maps(self, maps: Maps) -> None:
         """Use these maps (names of service and backend ids) for the packets written from now on."""
@@ -214,15 +192,12 @@ class TraceWriter:
         self._check_open()
         self._done = True
         try:
-            self._file.flush()
             if self._owned:
-                if self._tmp is not None:
-                    os.fsync(self._file.fileno())
-                self._file.close()
-                if self._tmp is not None:
-                    assert self.path is not None
-                    os.replace(self._tmp, self.path)
-                    self._tmp = None
+                assert self.path is not None
+                move_into_place(self._file, self._tmp, self.path)
+                self._tmp = None
+            else:
+                self._file.flush()
         except BaseException:
             self._discard()
             raise
@@ -238,17 +213,8 @@ class TraceWriter:
             self.abort()
 
     def _discard(self) -> None:
-        if self._owned and self._file is not None and not self._file.closed:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
+        discard(self._file if self._owned else None, self._tmp)
+        self._tmp = None
 
     def __enter__(self) -> TraceWriter:
         return self
