@@ -8,6 +8,7 @@ filters endpoints or interprets Kubernetes semantics, it only looks keys up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -15,13 +16,73 @@ PROTO_SCTP = 132
 PROTOCOL_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
+# Addresses are integers: an IPv4 address is its 32-bit value; an IPv6 address is IPV6 | its
+# 128-bit value, so the two families never share a number (::1 is not 0.0.0.1) and one int
+# carries both the family and the address. IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not
+# addresses a node routes on the wire and are refused.
+IPV6 = 1 << 128
+_V4_MAPPED = 0xFFFF << 32
+
+
+def ipv6_address(value: int) -> int:
+    """The map integer of the IPv6 address whose 128-bit value is `value`."""
+    return IPV6 | value
+
+
+def is_ipv6(address: int) -> bool:
+    return address >= IPV6
+
+
+def family_of(address: int) -> int:
+    """4 or 6."""
+    return 6 if address >= IPV6 else 4
+
+
+def address_bits(address: int) -> int:
+    """32 for IPv4, 128 for IPv6: the most a prefix length may be."""
+    return 128 if address >= IPV6 else 32
+
+
+def address_from_text(text: str) -> int:
+    """'10.0.0.1' or 'fd00::1' -> map integer (ValueError for anything else)."""
+    ip = ip_address(text)
+    if ip.version == 4:
+        return int(ip)
+    return ipv6_address(int(ip))
+
+
+def format_address(address: int) -> str:
+    """The usual text of a map address: dotted quad or RFC 5952 IPv6."""
+    if address >= IPV6:
+        return str(IPv6Address(address & (IPV6 - 1)))
+    return str(IPv4Address(address))
+
+
+def format_endpoint(address: int, port: int) -> str:
+    """'10.0.0.1:80' or '[fd00::1]:80'."""
+    if address >= IPV6:
+        return f"[{format_address(address)}]:{port}"
+    return f"{format_address(address)}:{port}"
+
+
+def _check_address(address: int, what: str) -> None:
+    if not (0 <= address < 1 << 32 or IPV6 <= address < IPV6 << 1):
+        raise ValueError(f"{what}: {address!r} is not a map address")
+    if address >= IPV6 and (address & (IPV6 - 1)) >> 32 == 0xFFFF:
+        raise ValueError(f"{what}: IPv4-mapped IPv6 address {format_address(address)} is not routable")
+
+
+def _check_prefix(prefix: tuple[int, int], what: str) -> None:
+    # (Prefix lengths are the engines' to refuse: load() must reject maps changed after this.)
+    _check_address(prefix[0], what)
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One endpoint address and port. `id` is dense (1..N) and indexes the per-backend counters."""
 
     id: int
-    ip: int  # IPv4 address as an unsigned 32-bit integer (network order read as big-endian)
+    ip: int  # a map address (see IPV6): IPv4 as its 32-bit value, IPv6 tagged with IPV6
     port: int
     name: str  # for reports: "10.244.1.5:8080 (namespace/pod-or-slice)"
 
@@ -43,6 +104,9 @@ class Service:
     # whose backend is not serving any more are forgotten, so their next packet selects again.
     serving: tuple[int, ...] = ()
     affinity_timeout_s: int = 0  # ClientIP session affinity timeout; 0: no affinity
+    # A dual-stack service port is two Services, one per family (like kube-proxy's two proxiers):
+    # its frontends and backends are all of this family.
+    family: int = 4
 
 
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
@@ -65,15 +129,16 @@ class Frontend:
 
 @dataclass(frozen=True, slots=True)
 class NodeView:
-    """What the dataplane knows of the node it runs on (all IPv4 as integers)."""
+    """What the dataplane knows of the node it runs on (map addresses of both families)."""
 
-    primary_ip: int = 0  # masquerade (SNAT) address; 0: no masquerading possible
+    primary_ip: int = 0  # IPv4 masquerade (SNAT) address; 0: no IPv4 masquerading possible
     local_ips: tuple[int, ...] = ()  # the node's own addresses (node-local sources)
     pod_cidrs: tuple[tuple[int, int], ...] = ()  # clusterCIDR: which sources are pod traffic
     masquerade_all: bool = False
     # Addresses of ClusterIP services: a packet to one of them on a port no service has is
     # rejected, like kube-proxy does.
     service_ips: tuple[int, ...] = ()
+    primary_ip6: int = 0  # IPv6 masquerade address (an IPV6-tagged address); 0: none
 
 
 @dataclass(slots=True)
@@ -104,6 +169,29 @@ class Maps:
             if frontend.kind not in FRONTEND_KINDS:
                 raise ValueError(f"frontend {frontend} has an unknown kind")
         for service in self.services:
+            if service.family not in (4, 6):
+                raise ValueError(f"service {service.name!r} has family {service.family!r}, not 4 or 6")
             for backend_id in (*service.backends, *service.local_backends, *service.serving):
                 if not 1 <= backend_id <= len(self.backends):
                     raise ValueError(f"service {service.name!r} names unknown backend id {backend_id}")
+                if family_of(self.backends[backend_id - 1].ip) != service.family:
+                    raise ValueError(f"service {service.name!r} (IPv{service.family}) names backend "
+                                     f"{self.backends[backend_id - 1].name!r} of the other family")
+        for backend in self.backends:
+            _check_address(backend.ip, f"backend {backend.name!r}")
+        for frontend in self.frontends:
+            _check_address(frontend.ip, f"frontend {frontend}")
+            if family_of(frontend.ip) != self.services[frontend.service - 1].family:
+                raise ValueError(f"frontend {frontend} and its service are of different families")
+            for prefix in frontend.source_ranges:
+                _check_prefix(prefix, f"frontend {frontend} source range")
+        node = self.node
+        for address in (node.primary_ip, *node.local_ips, *node.service_ips):
+            _check_address(address, "node address")
+        if node.primary_ip >= IPV6:
+            raise ValueError("node.primary_ip must be IPv4 (IPv6 goes in primary_ip6)")
+        if node.primary_ip6 and node.primary_ip6 < IPV6:
+            raise ValueError("node.primary_ip6 must be an IPv6 map address")
+        _check_address(node.primary_ip6, "node.primary_ip6")
+        for prefix in node.pod_cidrs:
+            _check_prefix(prefix, "node.pod_cidrs")

@@ -8,7 +8,8 @@ Python interface (identical for both engines)
 ---------------------------------------------
 Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None)   ct_capacity >= 1
   .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
-                   a prefix length outside 0..32 (source_ranges, node.pod_cidrs) -> ValueError
+                   a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges or
+                   node.pod_cidrs -> ValueError
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
                     "backends": [n for id 1..], "conntrack": {...}, "affinity": {...},
@@ -40,7 +41,8 @@ Link types (pcap LINKTYPE_*):
     else PASS_NOT_IP; an empty packet -> DROP_TRUNCATED).
   any other link type -> PASS_UNKNOWN_LINK.
   Short cooked/NULL headers -> DROP_TRUNCATED.
-L3 protocol: 0x0800 IPv4 continues; 0x86DD IPv6 -> PASS_UNSUPPORTED; anything else PASS_NOT_IP.
+L3 protocol: 0x0800 IPv4 and 0x86DD IPv6 continue (see "IPv6" for the latter); anything else
+PASS_NOT_IP.
 IPv4 (at offset l3):
   fewer than 20 captured bytes -> DROP_TRUNCATED
   version != 4 or IHL < 5 -> DROP_BAD_IP_HEADER
@@ -62,7 +64,9 @@ Flags used: SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04. "Pure SYN" = SYN set
 Hash (selection and conntrack buckets), all arithmetic modulo 2**64:
   fmix64(x): x ^= x >> 33; x *= 0xFF51AFD7ED558CCD; x ^= x >> 33; x *= 0xC4CEB9FE1A85EC53; x ^= x >> 33
   flow_hash(saddr, daddr, sport, dport, proto) =
-      fmix64(((saddr << 32) | daddr) ^ fmix64((sport << 24) | (dport << 8) | proto))
+      fmix64(((fold(saddr) << 32) | fold(daddr)) ^ fmix64((sport << 24) | (dport << 8) | proto))
+  fold(a) = a for IPv4; for IPv6 the XOR of the four big-endian 32-bit words of the 128-bit
+  address (so IPv4 hashing is unchanged; conntrack tuples still compare whole addresses).
   backend choice for a service with n backends: backends[((flow_hash & 0xFFFFFFFF) * n) >> 32]
   where flow_hash is over the packet's own 5-tuple (client, frontend ip, client port,
   frontend port, proto).
@@ -138,8 +142,8 @@ built by fastpath.icmp.port_unreachable right after them.
 
 load(maps): between batches
 ---------------------------
-Old ids are mapped to new ones by name (services by Service.name, backends by (ip, port); the
-lowest new id with that key); ids with no counterpart become 0. Conntrack, affinity and fragment
+Old ids are mapped to new ones by name (services by (Service.name, Service.family), backends by
+(ip, port); the lowest new id with that key); ids with no counterpart become 0. Conntrack, affinity and fragment
 entries, and the per-service and per-backend counters, follow the mapping (a counter whose id has
 no counterpart is dropped; counters of old ids mapped to one new id add up; a fragment entry
 keeps its verdict and addresses, so later fragments still follow their first one). Affinity
@@ -217,7 +221,7 @@ New reasons (append to Reason):
   14 ICMP_ERROR_FORWARD (DNAT)   15 ICMP_ERROR_REPLY (REVNAT)
   16 FRAG_DNAT (DNAT)            17 FRAG_REVNAT (REVNAT)           18 FRAG_DROP (DROP)
   19 DROP_FRAG_NOT_FOUND (DROP)  20 PASS_FRAGMENT (PASS)
-PASS_UNSUPPORTED keeps covering IPv6 and non-TCP/UDP/SCTP/ICMP protocols and non-error ICMP.
+PASS_UNSUPPORTED keeps covering non-TCP/UDP/SCTP/ICMP protocols and non-error ICMP.
 counters(): new section "fragments": {"tracked", "evictions", "followed", "not_found", "entries"}.
 
 Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word at a time)
@@ -231,6 +235,62 @@ Rewrite (RFC 1624 incremental checksums, HC' = ~(~HC + ~m + m'), one 16-bit word
   the whole SCTP packet [l4, l3 + total length) with the checksum field as zero, after the
   ports are rewritten, if the whole packet was captured; a snaplen-cut SCTP packet keeps its
   old CRC (it cannot be recomputed from part of the packet).
+
+IPv6
+----
+Addresses: an IPv6 address is the map integer IPV6 | its 128-bit value (fastpath.maps), so it
+never equals an IPv4 address; every table (frontends, node.service_ips, node.local_ips,
+conntrack tuples, affinity clients, fragment keys) compares whole addresses, family included.
+A prefix (network, length) contains only addresses of its own family: for IPv6 the top `length`
+of the 128 bits are equal (0..128). Everything not said here is as for IPv4, with these
+substitutions: the masquerade address of an IPv6 flow is node.primary_ip6 (0: none, counted in
+snat_unavailable as for IPv4); ICMP is ICMPv6.
+Header (at offset l3, `captured` = bytes captured from l3 on):
+  fewer than 40 captured bytes -> DROP_TRUNCATED
+  version != 6 -> DROP_BAD_IP_HEADER
+  source or destination in ::ffff:0:0/96 (IPv4-mapped: never on the wire) -> DROP_BAD_IP_HEADER
+  the datagram ends at end = 40 + payload length (bytes 4-5); beyond the captured bytes is a
+  snaplen cut, not an error.
+Extension headers: nh = byte 6, off = 40. While nh is 0 (hop-by-hop), 43 (routing),
+  60 (destination options), 44 (fragment) or 51 (AH):
+    at most 8 extension headers are walked: a 9th -> PASS_UNSUPPORTED
+    off + 8 > captured -> DROP_TRUNCATED (every such header is at least 8 bytes)
+    its length: fragment 8; AH (byte 1 + 2) * 4; the others (byte 1 + 1) * 8
+    off + length > end -> DROP_BAD_IP_HEADER
+    fragment header (a second one in the chain -> DROP_BAD_IP_HEADER): offset = bytes 2-3 >> 3,
+      M = byte 3 & 1, id = bytes 4-7 (32 bits), its nh = byte 0. offset != 0 -> a later fragment
+      (see below; nothing after the fragment header is parsed). offset 0 and M set -> a first
+      fragment with key proto = this header's nh. offset 0, M clear (an atomic fragment, RFC
+      6946) -> not a fragment.
+    nh = byte 0 of the header; off += length.
+  Then proto = nh; proto not TCP(6)/UDP(17)/SCTP(132)/ICMPv6(58) -> PASS_UNSUPPORTED. The L4
+  region is [l3 + off, l3 + end) clipped to the captured bytes (empty when off is past them).
+Transport: as for IPv4, plus: UDP with checksum 0 -> DROP_BAD_L4_HEADER (RFC 8200 8.1 forbids
+  it over IPv6), checked after the UDP length. ICMPv6: fewer than 8 bytes in the L4 region ->
+  DROP_TRUNCATED; types 1 (destination unreachable), 2 (packet too big), 3 (time exceeded) and
+  4 (parameter problem) are errors; other types -> PASS_UNSUPPORTED.
+Rewrite: no IP header checksum. The TCP/UDP checksum covers the addresses through the IPv6
+  pseudo-header: every 16-bit word (8 per address) of a rewritten address enters it, with the
+  port, as for IPv4. SCTP: the CRC32c is recomputed over [l4, l3 + end) when all of it is
+  captured, as for IPv4.
+Fragments: the table is shared with IPv4 (one capacity). The key is (saddr, daddr, id, proto)
+  with the 32-bit id and the fragment header's nh. A first fragment is processed like an
+  unfragmented packet and recorded under the IPv4 rules. A later fragment looks its key up like
+  an IPv4 later fragment; FRAG_DNAT/FRAG_REVNAT rewrite the two addresses (destination, then
+  source; there is no checksum to update: the transport checksum travels in the first
+  fragment).
+ICMPv6 errors about tracked flows: the quoted packet starts at L4 byte 8 and its captured bytes
+  end where the error's L4 region ends. It must pass the IPv6 header checks above (40 captured
+  bytes, version 6, no IPv4-mapped address), its extension headers are walked by the same rules
+  against its own payload length, and it must be TCP/UDP/SCTP, not a later fragment, with at
+  least 4 bytes (the ports) in its L4 region; otherwise (any failure, including a quote of the
+  other IP version, both ways) PASS_UNSUPPORTED. Lookup, verdicts, reasons, the address rules
+  and the quoted TCP/UDP checksum updates are those of IPv4 (a quoted UDP checksum 0 stays 0).
+  There is no IP header checksum, quoted or outer. The ICMPv6 checksum covers the outer
+  pseudo-header too: its delta is every changed word of the quote (addresses, ports, quoted L4
+  checksum) plus every word of a rewritten outer address.
+REJECT of an IPv6 packet: the reply is an ICMPv6 destination unreachable, code 4 (port
+  unreachable), built by fastpath.icmp.port_unreachable.
 
 Per-packet trace (optional arrays given to process)
 ----------------------------------------------------
