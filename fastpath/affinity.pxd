@@ -3,6 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
+from address cimport Addr, addr_eq
 from hashing cimport fmix64
 from lru cimport LRU_NIL, Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -10,11 +11,11 @@ cdef enum:
     AFF_NIL = 0xFFFFFFFF
 
 
-ctypedef struct AffinityEntry:      # 40 bytes
+ctypedef struct AffinityEntry:      # 64 bytes
     uint64_t last_used_ns
-    uint32_t client_addr
+    Addr client_addr
+    Addr backend_addr
     uint32_t service
-    uint32_t backend_addr
     uint16_t backend_port
     LruLinks lru
     uint32_t chain
@@ -53,27 +54,28 @@ cdef inline void affinity_free(Affinity* a) noexcept nogil:
     a.buckets = NULL
 
 
-cdef inline uint32_t* affinity_bucket(Affinity* a, uint32_t client, uint32_t service) noexcept nogil:
-    return &a.buckets[fmix64((<uint64_t>client << 32) | service) & a.bucket_mask]
+cdef inline uint32_t* affinity_bucket(Affinity* a, const Addr* client, uint32_t service) noexcept nogil:
+    cdef uint64_t key = client.lo ^ (client.hi * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>service << 48)
+    return &a.buckets[fmix64(key ^ service) & a.bucket_mask]
 
 
-cdef inline uint32_t affinity_find(Affinity* a, uint32_t client, uint32_t service) noexcept nogil:
+cdef inline uint32_t affinity_find(Affinity* a, const Addr* client, uint32_t service) noexcept nogil:
     cdef uint32_t index = affinity_bucket(a, client, service)[0]
     while index != AFF_NIL:
-        if a.entries[index].client_addr == client and a.entries[index].service == service:
+        if addr_eq(&a.entries[index].client_addr, client) and a.entries[index].service == service:
             return index
         index = a.entries[index].chain
     return AFF_NIL
 
 
 cdef inline void affinity_chain_link(Affinity* a, uint32_t index) noexcept nogil:
-    cdef uint32_t* head = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
+    cdef uint32_t* head = affinity_bucket(a, &a.entries[index].client_addr, a.entries[index].service)
     a.entries[index].chain = head[0]
     head[0] = index
 
 
 cdef inline void affinity_delete(Affinity* a, uint32_t index) noexcept nogil:
-    cdef uint32_t* link = affinity_bucket(a, a.entries[index].client_addr, a.entries[index].service)
+    cdef uint32_t* link = affinity_bucket(a, &a.entries[index].client_addr, a.entries[index].service)
     while link[0] != AFF_NIL:
         if link[0] == index:
             link[0] = a.entries[index].chain
@@ -93,7 +95,7 @@ cdef inline void affinity_remap(Affinity* a, const uint32_t* new_ids, uint32_t n
     while index != LRU_NIL:
         older = a.entries[index].lru.prev
         new_id = new_ids[a.entries[index].service] if a.entries[index].service < n_ids else 0
-        if new_id == 0 or affinity_find(a, a.entries[index].client_addr, new_id) != AFF_NIL:
+        if new_id == 0 or affinity_find(a, &a.entries[index].client_addr, new_id) != AFF_NIL:
             lru_release(&a.lru, index)
         else:
             a.entries[index].service = new_id
@@ -101,8 +103,8 @@ cdef inline void affinity_remap(Affinity* a, const uint32_t* new_ids, uint32_t n
         index = older
 
 
-cdef inline void affinity_record(Affinity* a, uint32_t client, uint32_t service,
-                                 uint32_t backend_addr, uint16_t backend_port,
+cdef inline void affinity_record(Affinity* a, const Addr* client, uint32_t service,
+                                 const Addr* backend_addr, uint16_t backend_port,
                                  uint64_t now) noexcept nogil:
     """Remember (or refresh) which backend the client uses for the service."""
     cdef uint32_t index = affinity_find(a, client, service)
@@ -113,9 +115,9 @@ cdef inline void affinity_record(Affinity* a, uint32_t client, uint32_t service,
             a.evictions += 1
             affinity_delete(a, a.lru.oldest)
         index = lru_take(&a.lru)
-        a.entries[index].client_addr = client
+        a.entries[index].client_addr = client[0]
         a.entries[index].service = service
         affinity_chain_link(a, index)
-    a.entries[index].backend_addr = backend_addr
+    a.entries[index].backend_addr = backend_addr[0]
     a.entries[index].backend_port = backend_port
     a.entries[index].last_used_ns = now

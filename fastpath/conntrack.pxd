@@ -4,9 +4,14 @@
 #
 # A chain link is a "ref": entry index * 2 + direction, so one bucket walk answers both
 # "is this a known flow?" and "is this a reply?" for a packet.
+#
+# IPv4 and IPv6 flows share the pool. An IPv6 entry holds the 32-bit folds of its addresses (for
+# hashing and a quick compare) and its whole addresses in a side array at the same index, so an
+# IPv4 entry stays one cache line.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
+from address cimport Addr, addr_eq
 from hashing cimport flow_hash
 from lru cimport Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -27,6 +32,8 @@ cdef enum:
 cdef enum:
     FLAG_KIND_MASK = 0x07           # frontend kind + 1, as in the trace flags
     FLAG_MASQUERADED = 0x08
+    FLAG_IPV6 = 0x10                # not a trace flag: masked off before it reaches the trace
+    TRACE_FLAGS = 0x0F
 
 
 ctypedef struct CtEntry:            # 64 bytes: one cache line
@@ -34,18 +41,25 @@ ctypedef struct CtEntry:            # 64 bytes: one cache line
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
     uint32_t backend_addr           # reply tuple: backend -> reply address (SNAT or client)
-    uint32_t reply_addr
+    uint32_t reply_addr             # (IPv6: fold6() of each; the addresses are in addrs6)
     uint16_t client_port
     uint16_t frontend_port
     uint16_t backend_port
     uint16_t reply_port
     uint8_t proto
     uint8_t state
-    uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED
+    uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED | FLAG_IPV6
     uint32_t service                # ids for the per-service and per-backend counters
     uint32_t backend
     LruLinks lru
     uint32_t chain[2]               # next ref in the bucket chain, per direction
+
+
+ctypedef struct CtAddrs6:           # an IPv6 entry's addresses, beside it
+    Addr client
+    Addr frontend
+    Addr backend
+    Addr reply
 
 
 ctypedef struct CtStats:
@@ -62,6 +76,7 @@ ctypedef struct CtStats:
 
 ctypedef struct Conntrack:
     CtEntry* entries
+    CtAddrs6* addrs6                # NULL until IPv6 frontends are loaded
     uint32_t* buckets               # head ref per bucket
     uint32_t bucket_mask
     Lru lru                         # capacity, count, and the least recently used order
@@ -89,28 +104,54 @@ cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
 
 cdef inline void ct_free(Conntrack* ct) noexcept nogil:
     free(ct.entries)
+    free(ct.addrs6)
     free(ct.buckets)
     ct.entries = NULL
+    ct.addrs6 = NULL
     ct.buckets = NULL
 
 
-cdef inline bint ct_matches(const CtEntry* e, uint32_t direction, uint32_t saddr, uint32_t daddr,
-                            uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
-    if e.proto != proto:
+cdef inline int ct_enable_ipv6(Conntrack* ct) noexcept nogil:
+    """Allocate the IPv6 side array (untouched pages cost nothing until IPv6 flows arrive)."""
+    if ct.addrs6 == NULL:
+        ct.addrs6 = <CtAddrs6*>calloc(ct.lru.capacity, sizeof(CtAddrs6))
+        if ct.addrs6 == NULL:
+            return -1
+    return 0
+
+
+cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direction,
+                            uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
+                            uint8_t proto, const Addr* src6, const Addr* dst6) noexcept nogil:
+    """src6/dst6: the tuple's IPv6 addresses (saddr/daddr are their folds), NULL for IPv4."""
+    cdef const CtEntry* e = &ct.entries[index]
+    if e.proto != proto or ((e.flags & FLAG_IPV6) != 0) != (src6 != NULL):
         return False
+    cdef const CtAddrs6* a
     if direction == DIR_ORIG:
-        return (e.client_addr == saddr and e.frontend_addr == daddr and e.client_port == sport
-                and e.frontend_port == dport)
-    return (e.backend_addr == saddr and e.reply_addr == daddr and e.backend_port == sport
-            and e.reply_port == dport)
+        if not (e.client_addr == saddr and e.frontend_addr == daddr and e.client_port == sport
+                and e.frontend_port == dport):
+            return False
+        if src6 == NULL:
+            return True
+        a = &ct.addrs6[index]
+        return addr_eq(&a.client, src6) and addr_eq(&a.frontend, dst6)
+    if not (e.backend_addr == saddr and e.reply_addr == daddr and e.backend_port == sport
+            and e.reply_port == dport):
+        return False
+    if src6 == NULL:
+        return True
+    a = &ct.addrs6[index]
+    return addr_eq(&a.backend, src6) and addr_eq(&a.reply, dst6)
 
 
 cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t saddr, uint32_t daddr,
-                               uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+                               uint16_t sport, uint16_t dport, uint8_t proto,
+                               const Addr* src6, const Addr* dst6) noexcept nogil:
     """The ref (entry * 2 + direction) whose tuple equals the packet's, or CT_NIL."""
     cdef uint32_t ref = ct.buckets[hash & ct.bucket_mask]
     while ref != CT_NIL:
-        if ct_matches(&ct.entries[ref >> 1], ref & 1, saddr, daddr, sport, dport, proto):
+        if ct_matches(ct, ref >> 1, ref & 1, saddr, daddr, sport, dport, proto, src6, dst6):
             return ref
         ref = ct.entries[ref >> 1].chain[ref & 1]
     return CT_NIL
@@ -156,15 +197,20 @@ cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_
 
 
 cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t daddr,
-                                  uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+                                  uint16_t sport, uint16_t dport, uint8_t proto,
+                                  const Addr* src6, const Addr* dst6) noexcept nogil:
     return ct_lookup(ct, flow_hash(saddr, daddr, sport, dport, proto), saddr, daddr, sport, dport,
-                     proto) != CT_NIL
+                     proto, src6, dst6) != CT_NIL
 
 
-cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogil:
-    """Track a new flow. Fails (CT_NIL) when its reply tuple is already a tracked tuple."""
+cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow,
+                               const CtAddrs6* addrs6) noexcept nogil:
+    """Track a new flow (addrs6: its IPv6 addresses, NULL for IPv4). Fails (CT_NIL) when its
+    reply tuple is already a tracked tuple."""
     if ct_tuple_present(ct, flow.backend_addr, flow.reply_addr, flow.backend_port,
-                        flow.reply_port, flow.proto):
+                        flow.reply_port, flow.proto,
+                        &addrs6.backend if addrs6 != NULL else NULL,
+                        &addrs6.reply if addrs6 != NULL else NULL):
         ct.stats.insert_failures += 1
         return CT_NIL
     if ct.lru.count == ct.lru.capacity:
@@ -174,6 +220,8 @@ cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow) noexcept nogi
     cdef LruLinks links = ct.entries[index].lru
     ct.entries[index] = flow[0]
     ct.entries[index].lru = links
+    if addrs6 != NULL:
+        ct.addrs6[index] = addrs6[0]
     # Reply first: chains are LIFO, so an entry whose two tuples are equal answers as ORIG.
     ct_chain_link(ct, index, DIR_REPLY)
     ct_chain_link(ct, index, DIR_ORIG)

@@ -10,14 +10,16 @@ from libc.string cimport memset
 
 from array import array
 
+from address cimport Addr, Prefix, addr_eq, addr_v4, fold6, in_prefixes, load_addr6
 from affinity cimport (
     AFF_NIL, Affinity, affinity_delete, affinity_find, affinity_free, affinity_init,
     affinity_record, affinity_remap,
 )
 from conntrack cimport (
-    CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
-    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, Conntrack, CtEntry, ct_delete, ct_expired, ct_free,
-    ct_init, ct_insert, ct_lookup, ct_touch, ct_tuple_present,
+    CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_IPV6, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
+    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry, ct_delete,
+    ct_enable_ipv6, ct_expired, ct_free, ct_init, ct_insert, ct_lookup, ct_touch,
+    ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
@@ -29,7 +31,10 @@ from fragments cimport (
 )
 from hashing cimport flow_hash, scale_hash
 from lru cimport LRU_NIL, lru_touch
-from nat cimport rewrite_addresses, translate, translate_icmp_error
+from nat cimport (
+    rewrite_addresses, rewrite_addresses6, translate, translate6, translate_icmp6_error,
+    translate_icmp_error,
+)
 from wire cimport (
     CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
     DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, DROP_TRUNCATED, ETH_P_IP, ETH_P_IPV6, FRAG_DNAT,
@@ -38,10 +43,10 @@ from wire cimport (
     PASS_NOT_IP, PASS_UNKNOWN_LINK, PASS_UNSUPPORTED, REASON_COUNT, REJECT_NO_ENDPOINT,
     REJECT_UNKNOWN_PORT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VERDICT_COUNT, VERDICT_DNAT,
     VERDICT_DROP, VERDICT_PASS, VERDICT_REJECT, VERDICT_REVNAT, Packet, l3_protocol_of_link,
-    load32, parse_ipv4, parse_ports, parse_quoted,
+    load32, packet_dst, packet_src, parse_ipv4, parse_ipv6, parse_ports, parse_quoted,
 )
 
-from fastpath.maps import FRONTEND_KINDS
+from fastpath.maps import FRONTEND_KINDS, IPV6
 from fastpath.verdicts import Reason, Verdict
 
 cdef extern from "crc32c.h":
@@ -72,7 +77,7 @@ cdef enum:
 
 
 ctypedef struct FrontendEntry:
-    uint32_t addr
+    Addr addr
     uint16_t port
     uint8_t proto
     uint8_t kind                    # KIND_* (FRONTEND_KINDS index + 1)
@@ -80,11 +85,6 @@ ctypedef struct FrontendEntry:
     uint32_t service
     uint32_t first_range            # loadBalancerSourceRanges: ranges[first_range, +n_ranges)
     uint32_t n_ranges
-
-
-ctypedef struct Prefix:
-    uint32_t network
-    uint32_t mask
 
 
 ctypedef struct ServiceEntry:
@@ -96,7 +96,8 @@ ctypedef struct ServiceEntry:
 
 
 ctypedef struct BackendEntry:
-    uint32_t addr
+    Addr addr
+    uint32_t addr32                 # what conntrack stores: the IPv4 address, or fold6()
     uint16_t port
 
 
@@ -110,15 +111,20 @@ ctypedef struct Maps:
     uint32_t n_services
     uint32_t n_backends
     # The node view
-    uint32_t primary_ip
-    uint32_t* local_ips
+    uint32_t primary_ip             # IPv4 masquerade address (0: none)
+    Addr primary_ip6                # IPv6 masquerade address,
+    bint has_primary_ip6            # when there is one
+    Addr* local_ips
     uint32_t n_local_ips
     Prefix* pod_cidrs
     uint32_t n_pod_cidrs
+    bint pod_cidrs_v4               # pod_cidrs has a prefix of that family
+    bint pod_cidrs_v6
     bint masquerade_all
     FrontendMap service_ips         # ClusterIPs, keyed frontend_key(ip, 0, 0)
     FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
     bint any_affinity
+    bint any_ipv6
 
 
 ctypedef struct TraceOut:           # what one packet's trace records
@@ -204,14 +210,6 @@ cdef inline uint8_t tcp_initial_state(uint8_t flags) noexcept nogil:
     return STATE_ESTABLISHED
 
 
-cdef inline bint in_prefixes(uint32_t addr, const Prefix* prefixes, uint32_t n) noexcept nogil:
-    cdef uint32_t i
-    for i in range(n):
-        if addr & prefixes[i].mask == prefixes[i].network:
-            return True
-    return False
-
-
 cdef inline uint16_t next_snat_port(uint16_t port) noexcept nogil:
     # Walk the unprivileged range and wrap inside it; privileged ports just count up.
     if port >= 1024:
@@ -219,12 +217,38 @@ cdef inline uint16_t next_snat_port(uint16_t port) noexcept nogil:
     return port + 1
 
 
+_ALL128 = (1 << 128) - 1
+_V4_MAPPED = 0xFFFF << 32
+
+
+cdef Addr _addr(address) except *:
+    """A map address (fastpath.maps: IPv4 int, or IPV6 | 128-bit value) as an Addr."""
+    cdef Addr a
+    if address >= IPV6:
+        a.hi = (address >> 64) & 0xFFFFFFFFFFFFFFFF
+        a.lo = address & 0xFFFFFFFFFFFFFFFF
+        return a
+    return addr_v4(address)
+
+
+cdef object _map_address(Addr a):
+    """The inverse of _addr()."""
+    if a.hi == 0 and (a.lo >> 32) == 0xFFFF:
+        return a.lo & 0xFFFFFFFF
+    return IPV6 | (<object>a.hi << 64) | <object>a.lo
+
+
 cdef Prefix _prefix(network, length) except *:
     cdef Prefix p
-    if not 0 <= length <= 32:
+    bits = 128 if network >= IPV6 else 32
+    if not 0 <= length <= bits:
         raise ValueError(f"prefix length {length} out of range")
-    p.mask = <uint32_t>((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF) if length else 0
-    p.network = network & p.mask
+    # An IPv4 prefix becomes one inside ::ffff:0:0/96, so it never holds an IPv6 address.
+    value = (network & _ALL128) if network >= IPV6 else (_V4_MAPPED | network)
+    length += 128 - bits
+    mask = _ALL128 ^ ((1 << (128 - length)) - 1)
+    p.mask = _addr(IPV6 | mask)
+    p.network = _addr(IPV6 | (value & mask))
     return p
 
 
@@ -281,6 +305,8 @@ cdef class Engine:
             if m.any_affinity and self.affinity.entries == NULL:
                 if affinity_init(&self.affinity, self.ct.lru.capacity) != 0:
                     raise MemoryError("cannot allocate the session affinity table")
+            if m.any_ipv6 and ct_enable_ipv6(&self.ct) != 0:
+                raise MemoryError("cannot allocate the IPv6 conntrack addresses")
         except BaseException:
             maps_free(&m)
             raise
@@ -312,8 +338,10 @@ cdef class Engine:
             following = e.lru.next
             e.service = service_ids[e.service] if e.service < len(service_ids) else 0
             e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
+            backend_address = (_map_address(self.ct.addrs6[index].backend) if e.flags & FLAG_IPV6
+                               else e.backend_addr)
             if e.proto == IPPROTO_UDP and (
-                    e.service == 0 or (e.backend_addr, e.backend_port) not in serving[e.service]):
+                    e.service == 0 or (backend_address, e.backend_port) not in serving[e.service]):
                 self.ct.stats.flushed += 1
                 ct_delete(&self.ct, index)
             index = following
@@ -385,11 +413,12 @@ cdef class Engine:
         cdef int parsed = l3_protocol_of_link(data, caplen, linktype, &l3_offset)
         if parsed < 0:
             return <uint8_t>-parsed
-        if parsed == ETH_P_IPV6:
-            return PASS_UNSUPPORTED
-        if parsed != ETH_P_IP:
+        if parsed == ETH_P_IP:
+            parsed = parse_ipv4(data + l3_offset, caplen - l3_offset, &pkt)
+        elif parsed == ETH_P_IPV6:
+            parsed = parse_ipv6(data + l3_offset, caplen - l3_offset, &pkt)
+        else:
             return PASS_NOT_IP
-        parsed = parse_ipv4(data + l3_offset, caplen - l3_offset, &pkt)
         if parsed == PARSED_FRAGMENT:
             return self._later_fragment(&pkt, trace)
         if parsed != PARSED:
@@ -404,16 +433,21 @@ cdef class Engine:
             reason = <uint8_t>parsed
         # Passed first fragments are remembered too when addressed to a service address (a
         # NodePort's node address, say), so the node's own fragmented traffic passes whole.
-        if pkt.first_fragment and (
-                VERDICT_OF[reason] != VERDICT_PASS
-                or frontend_map_get(&self.maps.frontend_ips, frontend_key(pkt.daddr, 0, 0)) >= 0):
+        if pkt.first_fragment and (VERDICT_OF[reason] != VERDICT_PASS
+                                   or self._to_frontend_address(&pkt)):
             self._remember_fragment(&pkt, reason, trace)
         return reason
+
+    cdef inline bint _to_frontend_address(self, const Packet* pkt) noexcept nogil:
+        """Is the destination a frontend's address or a ClusterIP (any port)?"""
+        cdef Addr dst = packet_dst(pkt)
+        return frontend_map_get(&self.maps.frontend_ips, frontend_key(&dst, 0, 0)) >= 0
 
     cdef inline uint8_t _flow(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:
         cdef uint64_t hash = flow_hash(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
         cdef uint32_t ref = ct_lookup(&self.ct, hash, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
-                                      pkt.proto)
+                                      pkt.proto, &pkt.src6 if pkt.ipv6 else NULL,
+                                      &pkt.dst6 if pkt.ipv6 else NULL)
         cdef CtEntry* e
         if ref != CT_NIL:
             e = &self.ct.entries[ref >> 1]
@@ -431,21 +465,27 @@ cdef class Engine:
     cdef inline void _remember_fragment(self, Packet* pkt, uint8_t reason,
                                         TraceOut* trace) noexcept nogil:
         """Later fragments of this datagram will get what this first fragment got."""
-        cdef FragEntry* e = fragments_record(&self.fragments, pkt.saddr, pkt.daddr, pkt.ip_id,
-                                             pkt.proto)
+        cdef Addr src = packet_src(pkt), dst = packet_dst(pkt)
+        cdef FragEntry* e = fragments_record(&self.fragments, &src, &dst, pkt.ip_id,
+                                             pkt.frag_proto)
         e.verdict = VERDICT_OF[reason]
-        e.new_saddr = load32(pkt.l3 + 12)
-        e.new_daddr = load32(pkt.l3 + 16)
+        if pkt.ipv6:
+            e.new_saddr = load_addr6(pkt.l3 + 8)
+            e.new_daddr = load_addr6(pkt.l3 + 24)
+        else:
+            e.new_saddr = addr_v4(load32(pkt.l3 + 12))
+            e.new_daddr = addr_v4(load32(pkt.l3 + 16))
         e.service = trace.service
         e.backend = trace.backend
         e.flags = trace.flags
 
     cdef inline uint8_t _later_fragment(self, Packet* pkt, TraceOut* trace) noexcept nogil:
-        cdef uint32_t index = fragments_find(&self.fragments, pkt.saddr, pkt.daddr, pkt.ip_id,
-                                             pkt.proto)
+        cdef Addr src = packet_src(pkt), dst = packet_dst(pkt)
+        cdef uint32_t index = fragments_find(&self.fragments, &src, &dst, pkt.ip_id,
+                                             pkt.frag_proto)
         if index == FRAG_NIL:
             self.fragments.not_found += 1
-            if frontend_map_get(&self.maps.frontend_ips, frontend_key(pkt.daddr, 0, 0)) >= 0:
+            if self._to_frontend_address(pkt):
                 return DROP_FRAG_NOT_FOUND  # to a service, but its ports are unknowable
             return PASS_FRAGMENT
         cdef FragEntry* e = &self.fragments.entries[index]
@@ -455,7 +495,10 @@ cdef class Engine:
         trace.backend = e.backend
         trace.flags = e.flags
         if e.verdict == VERDICT_DNAT or e.verdict == VERDICT_REVNAT:
-            rewrite_addresses(pkt.l3, e.new_saddr, e.new_daddr)
+            if pkt.ipv6:
+                rewrite_addresses6(pkt.l3, &e.new_saddr, &e.new_daddr)
+            else:
+                rewrite_addresses(pkt.l3, <uint32_t>e.new_saddr.lo, <uint32_t>e.new_daddr.lo)
             return FRAG_DNAT if e.verdict == VERDICT_DNAT else FRAG_REVNAT
         if e.verdict == VERDICT_PASS:
             return PASS_FRAGMENT        # its first fragment passed: so does the rest
@@ -470,29 +513,49 @@ cdef class Engine:
         cdef uint32_t ref = ct_lookup(
             &self.ct, flow_hash(quoted.daddr, quoted.saddr, quoted.dport, quoted.sport,
                                 quoted.proto),
-            quoted.daddr, quoted.saddr, quoted.dport, quoted.sport, quoted.proto)
+            quoted.daddr, quoted.saddr, quoted.dport, quoted.sport, quoted.proto,
+            &quoted.dst6 if quoted.ipv6 else NULL, &quoted.src6 if quoted.ipv6 else NULL)
         if ref == CT_NIL or ct_expired(&self.ct, &self.ct.entries[ref >> 1], now):
             return PASS_NO_SERVICE
         cdef CtEntry* e = &self.ct.entries[ref >> 1]
         cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
         trace.service = e.service
         trace.backend = e.backend
-        trace.flags = e.flags
-        if (ref & 1) == DIR_REPLY:
+        trace.flags = e.flags & TRACE_FLAGS
+        if pkt.ipv6:
+            self._icmp6_error(pkt, &quoted, e, &self.ct.addrs6[ref >> 1], ref & 1)
+        elif (ref & 1) == DIR_REPLY:
             # Quoted: a translated forward packet (SNAT/client -> backend); going to the client.
             translate_icmp_error(
                 pkt, &quoted, True, e.frontend_addr, e.frontend_port,
                 masqueraded, e.client_addr, e.client_port,
                 pkt.saddr == e.backend_addr, e.frontend_addr,
                 masqueraded and pkt.daddr == e.reply_addr, e.client_addr)
-            return ICMP_ERROR_REPLY
-        # Quoted: a reply as the client saw it (frontend -> client); going to the backend.
-        translate_icmp_error(
-            pkt, &quoted, masqueraded, e.reply_addr, e.reply_port,
-            True, e.backend_addr, e.backend_port,
-            masqueraded and pkt.saddr == e.client_addr, e.reply_addr,
-            pkt.daddr == e.frontend_addr, e.backend_addr)
-        return ICMP_ERROR_FORWARD
+        else:
+            # Quoted: a reply as the client saw it (frontend -> client); going to the backend.
+            translate_icmp_error(
+                pkt, &quoted, masqueraded, e.reply_addr, e.reply_port,
+                True, e.backend_addr, e.backend_port,
+                masqueraded and pkt.saddr == e.client_addr, e.reply_addr,
+                pkt.daddr == e.frontend_addr, e.backend_addr)
+        return ICMP_ERROR_REPLY if (ref & 1) == DIR_REPLY else ICMP_ERROR_FORWARD
+
+    cdef inline void _icmp6_error(self, Packet* pkt, Packet* quoted, const CtEntry* e,
+                                  const CtAddrs6* a, uint32_t direction) noexcept nogil:
+        """_icmp_error's translation for ICMPv6 (the same rules, whole IPv6 addresses)."""
+        cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
+        if direction == DIR_REPLY:
+            translate_icmp6_error(
+                pkt, quoted, True, &a.frontend, e.frontend_port,
+                masqueraded, &a.client, e.client_port,
+                addr_eq(&pkt.src6, &a.backend), &a.frontend,
+                masqueraded and addr_eq(&pkt.dst6, &a.reply), &a.client)
+        else:
+            translate_icmp6_error(
+                pkt, quoted, masqueraded, &a.reply, e.reply_port,
+                True, &a.backend, e.backend_port,
+                masqueraded and addr_eq(&pkt.src6, &a.client), &a.reply,
+                addr_eq(&pkt.dst6, &a.frontend), &a.backend)
 
     cdef inline uint8_t _tracked(self, Packet* pkt, CtEntry* e, uint32_t ref, uint64_t now,
                                  TraceOut* trace) noexcept nogil:
@@ -503,8 +566,16 @@ cdef class Engine:
             e.state = tcp_state_after(e.state, pkt.tcp_flags, ref & 1)
         trace.service = e.service
         trace.backend = e.backend
-        trace.flags = e.flags
+        trace.flags = e.flags & TRACE_FLAGS
         cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
+        cdef const CtAddrs6* a
+        if pkt.ipv6:
+            a = &self.ct.addrs6[ref >> 1]
+            if (ref & 1) == DIR_ORIG:
+                translate6(pkt, True, &a.backend, e.backend_port, masqueraded, &a.reply, e.reply_port)
+                return CT_ESTABLISHED
+            translate6(pkt, masqueraded, &a.client, e.client_port, True, &a.frontend, e.frontend_port)
+            return CT_REPLY
         if (ref & 1) == DIR_ORIG:
             translate(pkt, True, e.backend_addr, e.backend_port,
                       masqueraded, e.reply_addr, e.reply_port)
@@ -516,17 +587,18 @@ cdef class Engine:
     cdef inline uint8_t _new_flow(self, Packet* pkt, uint64_t hash, uint64_t now,
                                   TraceOut* trace) noexcept nogil:
         cdef Maps* m = &self.maps
+        cdef Addr src = packet_src(pkt), dst = packet_dst(pkt)
         cdef int64_t index = frontend_map_get(&m.frontend_map,
-                                              frontend_key(pkt.daddr, pkt.dport, pkt.proto))
+                                              frontend_key(&dst, pkt.dport, pkt.proto))
         if index < 0:
-            if frontend_map_get(&m.service_ips, frontend_key(pkt.daddr, 0, 0)) >= 0:
+            if frontend_map_get(&m.service_ips, frontend_key(&dst, 0, 0)) >= 0:
                 return REJECT_UNKNOWN_PORT
             return PASS_NO_SERVICE
         cdef FrontendEntry* frontend = &m.frontends[index]
         cdef ServiceEntry* service = &m.services[frontend.service]
         trace.service = frontend.service
         trace.flags = frontend.kind
-        if frontend.n_ranges and not in_prefixes(pkt.saddr, m.ranges + frontend.first_range,
+        if frontend.n_ranges and not in_prefixes(&src, m.ranges + frontend.first_range,
                                                  frontend.n_ranges):
             return DROP_SOURCE_RANGE
         if service.n_cluster == 0:
@@ -534,18 +606,19 @@ cdef class Engine:
 
         # Which endpoints, and whether to masquerade: kube-proxy's rules by frontend kind, traffic
         # policy and source class (the compiler put each decision's inputs in the maps).
-        cdef bint from_pod = in_prefixes(pkt.saddr, m.pod_cidrs, m.n_pod_cidrs)
+        cdef bint from_pod = in_prefixes(&src, m.pod_cidrs, m.n_pod_cidrs)
+        cdef bint detect_local = m.pod_cidrs_v6 if pkt.ipv6 else m.pod_cidrs_v4
         cdef bint use_local, masq
         if frontend.kind == KIND_CLUSTER_IP:
             use_local = frontend.local_policy
-            masq = m.masquerade_all or (m.n_pod_cidrs > 0 and not from_pod)
+            masq = m.masquerade_all or (detect_local and not from_pod)
         elif not frontend.local_policy:
             use_local = False
             masq = True
         elif from_pod:
             use_local = False
             masq = False
-        elif self._node_local(pkt.saddr):
+        elif self._node_local(&src):
             use_local = False
             masq = True
         else:
@@ -558,28 +631,32 @@ cdef class Engine:
 
         cdef uint32_t backend_id = 0
         if service.affinity_timeout_ns:
-            backend_id = self._affinity_choice(pkt.saddr, frontend.service, first, count,
+            backend_id = self._affinity_choice(&src, frontend.service, first, count,
                                                service.affinity_timeout_ns, now)
         if backend_id == 0:
             backend_id = m.slots[first + scale_hash(hash, count)]
         cdef BackendEntry* backend = &m.backends[backend_id]
         if service.affinity_timeout_ns:
-            affinity_record(&self.affinity, pkt.saddr, frontend.service, backend.addr,
+            affinity_record(&self.affinity, &src, frontend.service, &backend.addr,
                             backend.port, now)
 
-        if backend.addr == pkt.saddr:
+        if addr_eq(&backend.addr, &src):
             masq = True                 # hairpin: the endpoint talks to itself via the service
-        if masq and m.primary_ip == 0:
+        if masq and not (m.has_primary_ip6 if pkt.ipv6 else m.primary_ip != 0):
             masq = False
             self.ct.stats.snat_unavailable += 1
-        cdef uint32_t reply_addr = pkt.saddr
+        # The reply tuple's destination: the client, or the masquerade address and a free port.
+        cdef Addr reply_addr = src
+        cdef uint32_t reply32 = pkt.saddr
         cdef uint16_t reply_port = pkt.sport
         cdef bint tracked = True
         cdef int tries = 1
         if masq:
-            reply_addr = m.primary_ip
-            while ct_tuple_present(&self.ct, backend.addr, reply_addr, backend.port, reply_port,
-                                   pkt.proto):
+            reply_addr = m.primary_ip6 if pkt.ipv6 else addr_v4(m.primary_ip)
+            reply32 = fold6(&reply_addr) if pkt.ipv6 else m.primary_ip
+            while ct_tuple_present(&self.ct, backend.addr32, reply32, backend.port, reply_port,
+                                   pkt.proto, &backend.addr if pkt.ipv6 else NULL,
+                                   &reply_addr if pkt.ipv6 else NULL):
                 if tries == SNAT_TRIES:
                     self.ct.stats.snat_failures += 1
                     tracked = False
@@ -590,8 +667,8 @@ cdef class Engine:
         cdef CtEntry flow
         flow.client_addr = pkt.saddr
         flow.frontend_addr = pkt.daddr
-        flow.backend_addr = backend.addr
-        flow.reply_addr = reply_addr
+        flow.backend_addr = backend.addr32
+        flow.reply_addr = reply32
         flow.client_port = pkt.sport
         flow.frontend_port = pkt.dport
         flow.backend_port = backend.port
@@ -607,21 +684,32 @@ cdef class Engine:
             flow.state = tcp_initial_state(pkt.tcp_flags)
         else:
             flow.state = STATE_OTHER
-        if tracked:
-            ct_insert(&self.ct, &flow)
         trace.backend = backend_id
         trace.flags = flow.flags
-        translate(pkt, True, backend.addr, backend.port, masq, reply_addr, reply_port)
+        cdef CtAddrs6 addrs6
+        if pkt.ipv6:
+            flow.flags |= FLAG_IPV6
+            addrs6.client = src
+            addrs6.frontend = dst
+            addrs6.backend = backend.addr
+            addrs6.reply = reply_addr
+            if tracked:
+                ct_insert(&self.ct, &flow, &addrs6)
+            translate6(pkt, True, &backend.addr, backend.port, masq, &reply_addr, reply_port)
+        else:
+            if tracked:
+                ct_insert(&self.ct, &flow, NULL)
+            translate(pkt, True, backend.addr32, backend.port, masq, reply32, reply_port)
         return NEW_FLOW
 
-    cdef inline bint _node_local(self, uint32_t addr) noexcept nogil:
+    cdef inline bint _node_local(self, const Addr* addr) noexcept nogil:
         cdef uint32_t i
         for i in range(self.maps.n_local_ips):
-            if self.maps.local_ips[i] == addr:
+            if addr_eq(&self.maps.local_ips[i], addr):
                 return True
         return False
 
-    cdef inline uint32_t _affinity_choice(self, uint32_t client, uint32_t service_id,
+    cdef inline uint32_t _affinity_choice(self, const Addr* client, uint32_t service_id,
                                           uint32_t first, uint32_t count, uint64_t timeout,
                                           uint64_t now) noexcept nogil:
         """The backend id the client's affinity entry names, if alive and in the set; else 0."""
@@ -635,7 +723,7 @@ cdef class Engine:
             return 0
         for k in range(count):
             candidate = self.maps.slots[first + k]
-            if self.maps.backends[candidate].addr == self.affinity.entries[index].backend_addr \
+            if addr_eq(&self.maps.backends[candidate].addr, &self.affinity.entries[index].backend_addr) \
                     and self.maps.backends[candidate].port == self.affinity.entries[index].backend_port:
                 return candidate
         return 0
@@ -696,7 +784,7 @@ cdef _build_maps(Maps* m, maps):
     m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
     m.slots = <uint32_t*>calloc(n_slots + 1, sizeof(uint32_t))
     m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
-    m.local_ips = <uint32_t*>calloc(len(node.local_ips) + 1, sizeof(uint32_t))
+    m.local_ips = <Addr*>calloc(len(node.local_ips) + 1, sizeof(Addr))
     m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
     if not (m.frontends and m.ranges and m.services and m.slots and m.backends and m.local_ips
             and m.pod_cidrs):
@@ -704,7 +792,9 @@ cdef _build_maps(Maps* m, maps):
     m.n_services = n_services
     m.n_backends = n_backends
     for backend in maps.backends:
-        m.backends[backend.id].addr = backend.ip
+        m.backends[backend.id].addr = _addr(backend.ip)
+        m.backends[backend.id].addr32 = (fold6(&m.backends[backend.id].addr) if backend.ip >= IPV6
+                                         else backend.ip)
         m.backends[backend.id].port = backend.port
     for service in maps.services:
         entry = &m.services[service.id]
@@ -720,8 +810,10 @@ cdef _build_maps(Maps* m, maps):
             slot += 1
         entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
         m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
+    cdef Addr address
     for i, frontend in enumerate(maps.frontends):
-        m.frontends[i].addr = frontend.ip
+        m.frontends[i].addr = _addr(frontend.ip)
+        m.any_ipv6 = m.any_ipv6 or frontend.ip >= IPV6
         m.frontends[i].port = frontend.port
         m.frontends[i].proto = frontend.proto
         m.frontends[i].kind = FRONTEND_KINDS.index(frontend.kind) + 1
@@ -732,37 +824,44 @@ cdef _build_maps(Maps* m, maps):
         for network, length in frontend.source_ranges:
             m.ranges[range_index] = _prefix(network, length)
             range_index += 1
-        if not frontend_map_put(&m.frontend_map,
-                                frontend_key(frontend.ip, frontend.port, frontend.proto), i):
+        if not frontend_map_put(&m.frontend_map, frontend_key(&m.frontends[i].addr, frontend.port,
+                                                              frontend.proto), i):
             raise ValueError(f"duplicate frontend {frontend}")
     m.primary_ip = node.primary_ip
+    m.has_primary_ip6 = node.primary_ip6 != 0
+    if m.has_primary_ip6:
+        m.primary_ip6 = _addr(node.primary_ip6)
     m.masquerade_all = node.masquerade_all
     m.n_local_ips = len(node.local_ips)
-    for i, address in enumerate(node.local_ips):
-        m.local_ips[i] = address
+    for i, ip in enumerate(node.local_ips):
+        m.local_ips[i] = _addr(ip)
     m.n_pod_cidrs = len(node.pod_cidrs)
     for i, (network, length) in enumerate(node.pod_cidrs):
         m.pod_cidrs[i] = _prefix(network, length)
+        m.pod_cidrs_v6 = m.pod_cidrs_v6 or network >= IPV6
+        m.pod_cidrs_v4 = m.pod_cidrs_v4 or network < IPV6
     if frontend_map_init(&m.frontend_ips, n_frontends + len(node.service_ips)) != 0:
         raise MemoryError("cannot allocate the frontend address set")
-    for address in node.service_ips:
-        frontend_map_put(&m.service_ips, frontend_key(address, 0, 0), 0)
-        frontend_map_put(&m.frontend_ips, frontend_key(address, 0, 0), 0)
-    for frontend in maps.frontends:
-        frontend_map_put(&m.frontend_ips, frontend_key(frontend.ip, 0, 0), 0)
+    for ip in node.service_ips:
+        address = _addr(ip)
+        frontend_map_put(&m.service_ips, frontend_key(&address, 0, 0), 0)
+        frontend_map_put(&m.frontend_ips, frontend_key(&address, 0, 0), 0)
+    for i in range(n_frontends):
+        frontend_map_put(&m.frontend_ips, frontend_key(&m.frontends[i].addr, 0, 0), 0)
 
 
 def _id_mapping(old, new):
-    """old id -> new id lists (index 0 unused) for services (by name) and backends (by address)."""
+    """old id -> new id lists (index 0 unused) for services (by name and family) and backends
+    (by address)."""
     if old is None:
         return [0], [0]
     # A name or address listed twice maps to its lowest id.
     by_name, by_address = {}, {}
     for service in new.services:
-        by_name.setdefault(service.name, service.id)
+        by_name.setdefault((service.name, service.family), service.id)
     for backend in new.backends:
         by_address.setdefault((backend.ip, backend.port), backend.id)
-    services = [0] + [by_name.get(service.name, 0) for service in old.services]
+    services = [0] + [by_name.get((service.name, service.family), 0) for service in old.services]
     backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
     return services, backends
 

@@ -1,10 +1,11 @@
-# IPv4 fragments: the first fragment of a datagram carries the ports, later ones do not. The
+# IP fragments: the first fragment of a datagram carries the ports, later ones do not. The
 # verdict and addresses the first fragment got are remembered here, keyed by (source,
 # destination, IP id, protocol) as received, so later fragments follow it. A fixed pool with
-# exact least-recently-used eviction, like conntrack.
+# exact least-recently-used eviction, like conntrack; IPv4 and IPv6 share it.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
+from address cimport Addr, addr_eq
 from hashing cimport fmix64
 from lru cimport Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -13,14 +14,14 @@ cdef enum:
     FRAG_CAPACITY = 8192
 
 
-ctypedef struct FragEntry:          # 40 bytes
-    uint32_t saddr                  # key: as received
-    uint32_t daddr
-    uint16_t ip_id
+ctypedef struct FragEntry:          # 96 bytes
+    Addr saddr                      # key: as received
+    Addr daddr
+    uint32_t ip_id
     uint8_t proto
     uint8_t verdict                 # of the first fragment
-    uint32_t new_saddr              # the first fragment's addresses after its rewrite
-    uint32_t new_daddr
+    Addr new_saddr                  # the first fragment's addresses after its rewrite
+    Addr new_daddr
     uint32_t service
     uint32_t backend
     uint8_t flags
@@ -61,19 +62,21 @@ cdef inline void fragments_free(Fragments* f) noexcept nogil:
     f.buckets = NULL
 
 
-cdef inline uint32_t* fragments_bucket(Fragments* f, uint32_t saddr, uint32_t daddr,
-                                       uint16_t ip_id, uint8_t proto) noexcept nogil:
-    cdef uint64_t key = fmix64((<uint64_t>saddr << 32) | daddr) ^ ((<uint64_t>ip_id << 8) | proto)
+cdef inline uint32_t* fragments_bucket(Fragments* f, const Addr* saddr, const Addr* daddr,
+                                       uint32_t ip_id, uint8_t proto) noexcept nogil:
+    cdef uint64_t key = fmix64(saddr.lo ^ (saddr.hi * 0x9E3779B97F4A7C15ULL)) \
+        ^ daddr.lo ^ (daddr.hi * 0xC2B2AE3D27D4EB4FULL) ^ ((<uint64_t>ip_id << 8) | proto)
     return &f.buckets[fmix64(key) & f.bucket_mask]
 
 
-cdef inline uint32_t fragments_find(Fragments* f, uint32_t saddr, uint32_t daddr,
-                                    uint16_t ip_id, uint8_t proto) noexcept nogil:
+cdef inline uint32_t fragments_find(Fragments* f, const Addr* saddr, const Addr* daddr,
+                                    uint32_t ip_id, uint8_t proto) noexcept nogil:
     cdef uint32_t index = fragments_bucket(f, saddr, daddr, ip_id, proto)[0]
     cdef FragEntry* e
     while index != FRAG_NIL:
         e = &f.entries[index]
-        if e.saddr == saddr and e.daddr == daddr and e.ip_id == ip_id and e.proto == proto:
+        if addr_eq(&e.saddr, saddr) and addr_eq(&e.daddr, daddr) and e.ip_id == ip_id \
+                and e.proto == proto:
             return index
         index = e.chain
     return FRAG_NIL
@@ -81,7 +84,7 @@ cdef inline uint32_t fragments_find(Fragments* f, uint32_t saddr, uint32_t daddr
 
 cdef inline void fragments_delete(Fragments* f, uint32_t index) noexcept nogil:
     cdef FragEntry* e = &f.entries[index]
-    cdef uint32_t* link = fragments_bucket(f, e.saddr, e.daddr, e.ip_id, e.proto)
+    cdef uint32_t* link = fragments_bucket(f, &e.saddr, &e.daddr, e.ip_id, e.proto)
     while link[0] != FRAG_NIL:
         if link[0] == index:
             link[0] = e.chain
@@ -90,8 +93,8 @@ cdef inline void fragments_delete(Fragments* f, uint32_t index) noexcept nogil:
     lru_release(&f.lru, index)
 
 
-cdef inline FragEntry* fragments_record(Fragments* f, uint32_t saddr, uint32_t daddr,
-                                        uint16_t ip_id, uint8_t proto) noexcept nogil:
+cdef inline FragEntry* fragments_record(Fragments* f, const Addr* saddr, const Addr* daddr,
+                                        uint32_t ip_id, uint8_t proto) noexcept nogil:
     """The entry for the key, new or overwritten, most recently used; the caller fills it."""
     cdef uint32_t index = fragments_find(f, saddr, daddr, ip_id, proto)
     cdef uint32_t* head
@@ -103,8 +106,8 @@ cdef inline FragEntry* fragments_record(Fragments* f, uint32_t saddr, uint32_t d
         f.evictions += 1
         fragments_delete(f, f.lru.oldest)
     index = lru_take(&f.lru)
-    f.entries[index].saddr = saddr
-    f.entries[index].daddr = daddr
+    f.entries[index].saddr = saddr[0]
+    f.entries[index].daddr = daddr[0]
     f.entries[index].ip_id = ip_id
     f.entries[index].proto = proto
     head = fragments_bucket(f, saddr, daddr, ip_id, proto)

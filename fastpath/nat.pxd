@@ -1,7 +1,9 @@
 # Address translation: rewrite a packet's destination and/or source address and port, with the
-# IPv4 header and TCP/UDP checksums updated incrementally.
+# IPv4 header and TCP/UDP checksums updated incrementally (IPv6 has no header checksum; its
+# addresses enter the transport checksum through the pseudo-header, 8 words each).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
+from address cimport Addr, csum_delta_addr6, store_addr6
 from checksum cimport csum_apply, csum_delta16, csum_delta32
 from wire cimport IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, load16, load32, store16, store32
 
@@ -23,6 +25,27 @@ cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_
         store32(pkt.l3 + 12, src_addr)
         store16(pkt.l4, src_port)
     store16(pkt.l3 + 10, csum_apply(load16(pkt.l3 + 10), address_delta))
+    update_transport_checksum(pkt, address_delta + port_delta)
+
+
+cdef inline void translate6(Packet* pkt, bint set_dst, const Addr* dst_addr, uint16_t dst_port,
+                            bint set_src, const Addr* src_addr, uint16_t src_port) noexcept nogil:
+    """translate() for IPv6."""
+    cdef uint32_t delta = 0
+    if set_dst:
+        delta += csum_delta_addr6(&pkt.dst6, dst_addr) + csum_delta16(pkt.dport, dst_port)
+        store_addr6(pkt.l3 + 24, dst_addr)
+        store16(pkt.l4 + 2, dst_port)
+    if set_src:
+        delta += csum_delta_addr6(&pkt.src6, src_addr) + csum_delta16(pkt.sport, src_port)
+        store_addr6(pkt.l3 + 8, src_addr)
+        store16(pkt.l4, src_port)
+    update_transport_checksum(pkt, delta)
+
+
+cdef inline void update_transport_checksum(Packet* pkt, uint32_t delta) noexcept nogil:
+    """Fix the TCP/UDP checksum for `delta` (changed pseudo-header and port words), or
+    recompute an SCTP CRC."""
     cdef uint32_t crc
     if pkt.proto == IPPROTO_SCTP:
         # SCTP's CRC32c covers no pseudo-header, only the SCTP packet: recompute it in full,
@@ -40,10 +63,10 @@ cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_
     if pkt.proto == IPPROTO_UDP:
         if l4_check == 0:
             return              # UDP over IPv4 without a checksum stays without one
-        l4_check = csum_apply(l4_check, address_delta + port_delta)
+        l4_check = csum_apply(l4_check, delta)
         store16(l4_check_at, 0xFFFF if l4_check == 0 else l4_check)
     else:
-        store16(l4_check_at, csum_apply(l4_check, address_delta + port_delta))
+        store16(l4_check_at, csum_apply(l4_check, delta))
 
 
 cdef inline void rewrite_addresses(uint8_t* l3, uint32_t new_saddr, uint32_t new_daddr) noexcept nogil:
@@ -52,6 +75,12 @@ cdef inline void rewrite_addresses(uint8_t* l3, uint32_t new_saddr, uint32_t new
     store32(l3 + 16, new_daddr)
     store32(l3 + 12, new_saddr)
     store16(l3 + 10, csum_apply(load16(l3 + 10), delta))
+
+
+cdef inline void rewrite_addresses6(uint8_t* l3, const Addr* new_saddr, const Addr* new_daddr) noexcept nogil:
+    """Set both IPv6 addresses (destination first, then source); there is no header checksum."""
+    store_addr6(l3 + 24, new_daddr)
+    store_addr6(l3 + 8, new_saddr)
 
 
 cdef inline uint32_t replace_checksum(uint8_t* at, uint16_t new) noexcept nogil:
@@ -84,14 +113,7 @@ cdef inline void translate_icmp_error(Packet* outer, Packet* quoted,
         store16(quoted.l4, qs_port)
     cdef uint32_t icmp_delta = address_delta + port_delta
     icmp_delta += replace_checksum(quoted.l3 + 10, csum_apply(load16(quoted.l3 + 10), address_delta))
-    cdef uint16_t check
-    if quoted.proto == IPPROTO_TCP and quoted.l4_captured >= 18:
-        check = csum_apply(load16(quoted.l4 + 16), address_delta + port_delta)
-        icmp_delta += replace_checksum(quoted.l4 + 16, check)
-    elif quoted.proto == IPPROTO_UDP and quoted.l4_captured >= 8 and load16(quoted.l4 + 6) != 0:
-        check = csum_apply(load16(quoted.l4 + 6), address_delta + port_delta)
-        icmp_delta += replace_checksum(quoted.l4 + 6, 0xFFFF if check == 0 else check)
-    # (A quoted SCTP CRC covers the whole original packet: it cannot be fixed from a quote.)
+    icmp_delta += update_quoted_transport_checksum(quoted, address_delta + port_delta)
     # The ICMP delta may exceed what csum_apply takes at once: fold it first.
     icmp_delta = (icmp_delta & 0xFFFF) + (icmp_delta >> 16)
     store16(outer.l4 + 2, csum_apply(load16(outer.l4 + 2), icmp_delta))
@@ -103,3 +125,43 @@ cdef inline void translate_icmp_error(Packet* outer, Packet* quoted,
         outer_delta += csum_delta32(outer.saddr, outer_src)
         store32(outer.l3 + 12, outer_src)
     store16(outer.l3 + 10, csum_apply(load16(outer.l3 + 10), outer_delta))
+
+
+cdef inline uint32_t update_quoted_transport_checksum(Packet* quoted, uint32_t delta) noexcept nogil:
+    """Fix a quoted TCP/UDP checksum when captured; returns the delta that makes to the ICMP
+    checksum. (A quoted SCTP CRC covers the whole original packet: a quote cannot fix it.)"""
+    cdef uint16_t check
+    if quoted.proto == IPPROTO_TCP and quoted.l4_captured >= 18:
+        check = csum_apply(load16(quoted.l4 + 16), delta)
+        return replace_checksum(quoted.l4 + 16, check)
+    if quoted.proto == IPPROTO_UDP and quoted.l4_captured >= 8 and load16(quoted.l4 + 6) != 0:
+        check = csum_apply(load16(quoted.l4 + 6), delta)
+        return replace_checksum(quoted.l4 + 6, 0xFFFF if check == 0 else check)
+    return 0
+
+
+cdef inline void translate_icmp6_error(Packet* outer, Packet* quoted,
+                                       bint set_qdst, const Addr* qd_addr, uint16_t qd_port,
+                                       bint set_qsrc, const Addr* qs_addr, uint16_t qs_port,
+                                       bint set_outer_src, const Addr* outer_src,
+                                       bint set_outer_dst, const Addr* outer_dst) noexcept nogil:
+    """translate_icmp_error() for ICMPv6: no IP header checksums, and the ICMPv6 checksum also
+    covers the outer addresses (its pseudo-header)."""
+    cdef uint32_t quote_delta = 0, icmp_delta
+    if set_qdst:
+        quote_delta += csum_delta_addr6(&quoted.dst6, qd_addr) + csum_delta16(quoted.dport, qd_port)
+        store_addr6(quoted.l3 + 24, qd_addr)
+        store16(quoted.l4 + 2, qd_port)
+    if set_qsrc:
+        quote_delta += csum_delta_addr6(&quoted.src6, qs_addr) + csum_delta16(quoted.sport, qs_port)
+        store_addr6(quoted.l3 + 8, qs_addr)
+        store16(quoted.l4, qs_port)
+    icmp_delta = quote_delta + update_quoted_transport_checksum(quoted, quote_delta)
+    if set_outer_dst:
+        icmp_delta += csum_delta_addr6(&outer.dst6, outer_dst)
+        store_addr6(outer.l3 + 24, outer_dst)
+    if set_outer_src:
+        icmp_delta += csum_delta_addr6(&outer.src6, outer_src)
+        store_addr6(outer.l3 + 8, outer_src)
+    icmp_delta = (icmp_delta & 0xFFFF) + (icmp_delta >> 16)
+    store16(outer.l4 + 2, csum_apply(load16(outer.l4 + 2), icmp_delta))

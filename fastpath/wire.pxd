@@ -3,6 +3,8 @@
 # the parser is the only code that decides which bytes of a packet may be touched.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
+from address cimport Addr, addr_is_v4_mapped, addr_v4, fold6, load_addr6
+
 # Reason numbers (mirror fastpath.verdicts.Reason; tests/test_core.py checks they agree).
 cdef enum:
     PASS_NOT_IP = 0
@@ -30,7 +32,7 @@ cdef enum:
     # Not reasons: what the parser found, for the engine to go on with.
     PARSED = 255            # IPv4 TCP/UDP/SCTP, parsed up to the ports
     PARSED_ICMP_ERROR = 254 # an ICMP error: parse_quoted() reads the packet it quotes
-    PARSED_FRAGMENT = 253   # a later fragment: only the IPv4 header is known
+    PARSED_FRAGMENT = 253   # a later fragment: only the IP header (and fragment header) known
 
 cdef enum:
     VERDICT_PASS = 0
@@ -55,6 +57,8 @@ cdef enum:
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
     IPPROTO_SCTP = 132
+    IPPROTO_ICMPV6 = 58
+    MAX_EXTENSION_HEADERS = 8
     TCP_FIN = 0x01
     TCP_SYN = 0x02
     TCP_RST = 0x04
@@ -62,15 +66,19 @@ cdef enum:
 
 
 ctypedef struct Packet:
-    uint8_t* l3          # IPv4 header
+    uint8_t* l3          # IP header
     uint8_t* l4          # TCP/UDP/SCTP header (at least 20/8/12 bytes captured), ICMP header
-    uint32_t l4_length   # the whole L4 packet (IP total length - header length)
+    uint32_t l4_length   # the whole L4 packet (up to the datagram's end)
     uint32_t l4_captured # how much of it is captured
     bint complete        # all of it is captured (an SCTP CRC can be recomputed)
     bint first_fragment  # offset 0 with more fragments to come
-    uint16_t ip_id
-    uint32_t saddr
+    bint ipv6
+    uint32_t ip_id       # fragment key: IPv4 id or IPv6 fragment header id,
+    uint8_t frag_proto   # and the IPv4 protocol or the fragment header's next header
+    uint32_t saddr       # IPv4 addresses; for IPv6, fold6() of the addresses below
     uint32_t daddr
+    Addr src6            # IPv6 only
+    Addr dst6
     uint16_t sport
     uint16_t dport
     uint8_t proto
@@ -166,7 +174,9 @@ cdef inline int parse_ipv4(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept n
         return DROP_BAD_IP_HEADER
     pkt.l3 = ip
     pkt.l4 = ip + ihl
+    pkt.ipv6 = False
     pkt.proto = ip[9]
+    pkt.frag_proto = ip[9]
     pkt.ip_id = load16(ip + 4)
     pkt.saddr = load32(ip + 12)
     pkt.daddr = load32(ip + 16)
@@ -181,8 +191,74 @@ cdef inline int parse_ipv4(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept n
     return PARSED
 
 
+cdef inline bint is_extension_header(uint8_t nh) noexcept nogil:
+    # Hop-by-hop, routing, fragment, AH, destination options.
+    return nh == 0 or nh == 43 or nh == 44 or nh == 51 or nh == 60
+
+
+cdef inline int parse_ipv6(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept nogil:
+    """Check an IPv6 header and walk its extension headers (see fastpath.reference, "IPv6").
+    Returns PARSED (up to the transport header), PARSED_FRAGMENT, or a reason."""
+    cdef uint32_t end, off = 40, length, count = 0, offset
+    cdef uint8_t nh
+    cdef bint fragment_seen = False
+    if l3_len < 40:
+        return DROP_TRUNCATED
+    if ip[0] >> 4 != 6:
+        return DROP_BAD_IP_HEADER
+    pkt.src6 = load_addr6(ip + 8)
+    pkt.dst6 = load_addr6(ip + 24)
+    if addr_is_v4_mapped(&pkt.src6) or addr_is_v4_mapped(&pkt.dst6):
+        return DROP_BAD_IP_HEADER
+    pkt.l3 = ip
+    pkt.ipv6 = True
+    pkt.saddr = fold6(&pkt.src6)
+    pkt.daddr = fold6(&pkt.dst6)
+    pkt.first_fragment = False
+    pkt.ip_id = 0
+    end = 40 + <uint32_t>load16(ip + 4)
+    nh = ip[6]
+    while is_extension_header(nh):
+        count += 1
+        if count > MAX_EXTENSION_HEADERS:
+            return PASS_UNSUPPORTED
+        if off + 8 > l3_len:
+            return DROP_TRUNCATED
+        if nh == 44:
+            length = 8
+        elif nh == 51:
+            length = (<uint32_t>ip[off + 1] + 2) * 4
+        else:
+            length = (<uint32_t>ip[off + 1] + 1) * 8
+        if off + length > end:
+            return DROP_BAD_IP_HEADER
+        if nh == 44:
+            if fragment_seen:
+                return DROP_BAD_IP_HEADER
+            fragment_seen = True
+            offset = load16(ip + off + 2) >> 3
+            pkt.ip_id = load32(ip + off + 4)
+            pkt.frag_proto = ip[off]
+            if offset != 0:
+                return PARSED_FRAGMENT
+            pkt.first_fragment = (ip[off + 3] & 1) != 0
+        nh = ip[off]
+        off += length
+    pkt.proto = nh
+    if not fragment_seen:
+        pkt.frag_proto = nh
+    if nh != IPPROTO_TCP and nh != IPPROTO_UDP and nh != IPPROTO_SCTP and nh != IPPROTO_ICMPV6:
+        return PASS_UNSUPPORTED
+    pkt.l4 = ip + off
+    pkt.l4_length = end - off
+    # A datagram beyond the captured bytes is a snaplen cut: clip to what was captured.
+    pkt.l4_captured = ((end if end < l3_len else l3_len) - off) if off < l3_len else 0
+    pkt.complete = end <= l3_len
+    return PARSED
+
+
 cdef inline int parse_ports(Packet* pkt) noexcept nogil:
-    """Check the transport header of a parsed IPv4 packet and read its ports."""
+    """Check the transport header of a parsed IP packet and read its ports."""
     cdef uint32_t l4_len = pkt.l4_captured
     if pkt.proto == IPPROTO_TCP:
         if l4_len < 20:
@@ -195,16 +271,23 @@ cdef inline int parse_ports(Packet* pkt) noexcept nogil:
             return DROP_TRUNCATED
         if load16(pkt.l4 + 4) < 8:
             return DROP_BAD_L4_HEADER
+        if pkt.ipv6 and load16(pkt.l4 + 6) == 0:
+            return DROP_BAD_L4_HEADER   # RFC 8200 8.1: no checksum-less UDP over IPv6
         pkt.tcp_flags = 0
     elif pkt.proto == IPPROTO_SCTP:
         if l4_len < 12:
             return DROP_TRUNCATED
         pkt.tcp_flags = 0
-    elif pkt.proto == IPPROTO_ICMP:
+    elif pkt.proto == (IPPROTO_ICMPV6 if pkt.ipv6 else IPPROTO_ICMP):
         if l4_len < 8:
             return DROP_TRUNCATED
-        # Destination unreachable, time exceeded, parameter problem: errors quoting a packet.
-        if pkt.l4[0] == 3 or pkt.l4[0] == 11 or pkt.l4[0] == 12:
+        # Errors quoting a packet. ICMP: destination unreachable, time exceeded, parameter
+        # problem. ICMPv6: destination unreachable, packet too big, time exceeded, parameter
+        # problem.
+        if pkt.ipv6:
+            if 1 <= pkt.l4[0] <= 4:
+                return PARSED_ICMP_ERROR
+        elif pkt.l4[0] == 3 or pkt.l4[0] == 11 or pkt.l4[0] == 12:
             return PARSED_ICMP_ERROR
         return PASS_UNSUPPORTED
     else:
@@ -216,11 +299,17 @@ cdef inline int parse_ports(Packet* pkt) noexcept nogil:
 
 cdef inline bint parse_quoted(const Packet* icmp, Packet* inner) noexcept nogil:
     """The packet an ICMP error quotes, parsed up to its ports (the quote holds at least its
-    IPv4 header and 4 bytes after it). False when there is no such usable quote."""
+    IP header and 4 bytes after it), of the error's own IP version. False when there is no such
+    usable quote."""
     if icmp.l4_captured < 8:
         return False
     cdef uint32_t available = icmp.l4_captured - 8
-    if parse_ipv4(icmp.l4 + 8, available, inner) != PARSED:
+    cdef int parsed
+    if icmp.ipv6:
+        parsed = parse_ipv6(icmp.l4 + 8, available, inner)
+    else:
+        parsed = parse_ipv4(icmp.l4 + 8, available, inner)
+    if parsed != PARSED:
         return False
     if inner.proto != IPPROTO_TCP and inner.proto != IPPROTO_UDP and inner.proto != IPPROTO_SCTP:
         return False
@@ -229,3 +318,12 @@ cdef inline bint parse_quoted(const Packet* icmp, Packet* inner) noexcept nogil:
     inner.sport = load16(inner.l4)
     inner.dport = load16(inner.l4 + 2)
     return True
+
+
+cdef inline Addr packet_src(const Packet* pkt) noexcept nogil:
+    """The packet's source address as an Addr (IPv4 as IPv4-mapped)."""
+    return pkt.src6 if pkt.ipv6 else addr_v4(pkt.saddr)
+
+
+cdef inline Addr packet_dst(const Packet* pkt) noexcept nogil:
+    return pkt.dst6 if pkt.ipv6 else addr_v4(pkt.daddr)
