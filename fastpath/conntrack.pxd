@@ -72,6 +72,17 @@ ctypedef struct CtStats:
     uint64_t flushed
     uint64_t snat_failures
     uint64_t snat_unavailable
+    uint64_t rate_limited
+
+
+cdef enum:
+    GUARD_WINDOW_NS = 1000000000    # the guard saves up at most one second of allowance
+
+
+ctypedef struct FlowRateGuard:      # a token bucket in nanoseconds of packet time
+    uint64_t cost_ns                # allowance one evicting insert takes (0: guard off)
+    uint64_t allowance_ns
+    uint64_t last_ns
 
 
 ctypedef struct Conntrack:
@@ -81,6 +92,7 @@ ctypedef struct Conntrack:
     uint32_t bucket_mask
     Lru lru                         # capacity, count, and the least recently used order
     uint64_t timeout_ns[STATE_COUNT]
+    FlowRateGuard guard
     CtStats stats
 
 
@@ -201,6 +213,32 @@ cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t 
                                   const Addr* src6, const Addr* dst6) noexcept nogil:
     return ct_lookup(ct, flow_hash(saddr, daddr, sport, dport, proto), saddr, daddr, sport, dport,
                      proto, src6, dst6) != CT_NIL
+
+
+cdef inline void ct_guard_init(Conntrack* ct, uint64_t new_flows_per_second) noexcept nogil:
+    ct.guard.cost_ns = GUARD_WINDOW_NS // new_flows_per_second if new_flows_per_second else 0
+    ct.guard.allowance_ns = GUARD_WINDOW_NS
+    ct.guard.last_ns = 0
+
+
+cdef inline bint ct_guard_allows(Conntrack* ct, uint64_t now) noexcept nogil:
+    """The new-flow rate guard: may a new flow evict an entry of the full table now? At most
+    the configured rate of such evictions per second of packet time (a burst of one second's
+    worth), so a flood of new flows cannot churn established ones out of the table."""
+    cdef FlowRateGuard* g = &ct.guard
+    if g.cost_ns == 0:
+        return True
+    if now > g.last_ns:
+        if now - g.last_ns >= GUARD_WINDOW_NS - g.allowance_ns:
+            g.allowance_ns = GUARD_WINDOW_NS
+        else:
+            g.allowance_ns += now - g.last_ns
+        g.last_ns = now
+    if g.allowance_ns >= g.cost_ns:
+        g.allowance_ns -= g.cost_ns
+        return True
+    ct.stats.rate_limited += 1
+    return False
 
 
 cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow,

@@ -18,8 +18,8 @@ from affinity cimport (
 from conntrack cimport (
     CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_IPV6, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
     STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry, ct_delete,
-    ct_enable_ipv6, ct_expired, ct_free, ct_init, ct_insert, ct_lookup, ct_touch,
-    ct_tuple_present,
+    ct_enable_ipv6, ct_expired, ct_free, ct_guard_allows, ct_guard_init, ct_init, ct_insert,
+    ct_lookup, ct_touch, ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
@@ -36,7 +36,7 @@ from nat cimport (
     translate_icmp_error,
 )
 from wire cimport (
-    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
+    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_FLOW_RATE, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
     DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, DROP_TRUNCATED, ETH_P_IP, ETH_P_IPV6, FRAG_DNAT,
     FRAG_DROP, FRAG_REVNAT, ICMP_ERROR_FORWARD, ICMP_ERROR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
     NEW_FLOW, PARSED, PARSED_FRAGMENT, PARSED_ICMP_ERROR, PASS_FRAGMENT, PASS_NO_SERVICE,
@@ -70,6 +70,8 @@ SECOND_NS = 1_000_000_000
 
 # Conntrack timeouts per state (Cilium's defaults), in seconds of packet time.
 DEFAULT_TIMEOUTS_S = {"syn_sent": 60, "established": 8000, "closing": 10, "other": 60}
+# The new-flow rate guard counts in nanoseconds: at most one evicting insert per nanosecond.
+MAX_NEW_FLOW_RATE = SECOND_NS
 
 cdef enum:
     KIND_CLUSTER_IP = 1             # frontend kind + 1, as in the trace flags
@@ -144,7 +146,7 @@ REASON_NUMBERS = {
     "DROP_SOURCE_RANGE": DROP_SOURCE_RANGE, "ICMP_ERROR_FORWARD": ICMP_ERROR_FORWARD,
     "ICMP_ERROR_REPLY": ICMP_ERROR_REPLY, "FRAG_DNAT": FRAG_DNAT, "FRAG_REVNAT": FRAG_REVNAT,
     "FRAG_DROP": FRAG_DROP, "DROP_FRAG_NOT_FOUND": DROP_FRAG_NOT_FOUND,
-    "PASS_FRAGMENT": PASS_FRAGMENT,
+    "PASS_FRAGMENT": PASS_FRAGMENT, "DROP_FLOW_RATE": DROP_FLOW_RATE,
 }
 VERDICT_NUMBERS = {"PASS": VERDICT_PASS, "DNAT": VERDICT_DNAT, "REVNAT": VERDICT_REVNAT,
                    "DROP": VERDICT_DROP, "REJECT": VERDICT_REJECT}
@@ -171,6 +173,7 @@ VERDICT_OF[FRAG_REVNAT] = VERDICT_REVNAT
 VERDICT_OF[FRAG_DROP] = VERDICT_DROP
 VERDICT_OF[DROP_FRAG_NOT_FOUND] = VERDICT_DROP
 VERDICT_OF[PASS_FRAGMENT] = VERDICT_PASS
+VERDICT_OF[DROP_FLOW_RATE] = VERDICT_DROP
 
 
 def verdict_of_reason(int reason):
@@ -265,9 +268,12 @@ cdef class Engine:
     cdef uint64_t* service_packets     # indexed by service id
     cdef uint64_t* backend_packets     # indexed by backend id
 
-    def __cinit__(self, maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None):
+    def __cinit__(self, maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None, new_flow_rate=0):
         if not isinstance(ct_capacity, int) or not 1 <= ct_capacity <= 0x7FFFFFFF:
             raise ValueError(f"ct_capacity must be an integer from 1 to 2**31-1, got {ct_capacity!r}")
+        if not isinstance(new_flow_rate, int) or not 0 <= new_flow_rate <= MAX_NEW_FLOW_RATE:
+            raise ValueError(f"new_flow_rate must be an integer from 0 (off) to {MAX_NEW_FLOW_RATE}, "
+                             f"got {new_flow_rate!r}")
         if ct_init(&self.ct, ct_capacity) != 0:
             raise MemoryError(f"cannot allocate a conntrack table of {ct_capacity} entries")
         if fragments_init(&self.fragments) != 0:
@@ -278,6 +284,7 @@ cdef class Engine:
         self.ct.timeout_ns[STATE_ESTABLISHED] = int(timeouts["established"] * SECOND_NS)
         self.ct.timeout_ns[STATE_CLOSING] = int(timeouts["closing"] * SECOND_NS)
         self.ct.timeout_ns[STATE_OTHER] = int(timeouts["other"] * SECOND_NS)
+        ct_guard_init(&self.ct, new_flow_rate)
         self.load(maps)
 
     def __dealloc__(self):
@@ -628,6 +635,8 @@ cdef class Engine:
         cdef uint32_t count = service.n_local if use_local else service.n_cluster
         if count == 0:
             return DROP_NO_LOCAL_ENDPOINT
+        if self.ct.lru.count == self.ct.lru.capacity and not ct_guard_allows(&self.ct, now):
+            return DROP_FLOW_RATE
 
         cdef uint32_t backend_id = 0
         if service.affinity_timeout_ns:
@@ -753,6 +762,7 @@ cdef class Engine:
                 "reopened": s.reopened, "non_syn_miss": s.non_syn_miss,
                 "insert_failures": s.insert_failures, "flushed": s.flushed,
                 "snat_failures": s.snat_failures, "snat_unavailable": s.snat_unavailable,
+                "rate_limited": s.rate_limited,
                 "entries": self.ct.lru.count,
             },
             "affinity": {

@@ -42,6 +42,7 @@ class Reason(enum.IntEnum):
     FRAG_DROP = 18  # later fragment of a datagram whose first fragment was dropped or rejected
     DROP_FRAG_NOT_FOUND = 19  # later fragment to a service address, its first fragment unseen
     PASS_FRAGMENT = 20  # later fragment, first fragment unseen, not to a service address
+    DROP_FLOW_RATE = 21  # new flow refused: conntrack full and the new-flow rate guard spent
 
 
 VERDICT_OF_REASON: dict[Reason, Verdict] = {
@@ -66,6 +67,7 @@ VERDICT_OF_REASON: dict[Reason, Verdict] = {
     Reason.FRAG_DROP: Verdict.DROP,
     Reason.DROP_FRAG_NOT_FOUND: Verdict.DROP,
     Reason.PASS_FRAGMENT: Verdict.PASS,
+    Reason.DROP_FLOW_RATE: Verdict.DROP,
 }
 
 
