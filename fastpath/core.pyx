@@ -73,8 +73,21 @@ DEFAULT_TIMEOUTS_S = {"syn_sent": 60, "established": 8000, "closing": 10, "other
 # The new-flow rate guard counts in nanoseconds: at most one evicting insert per nanosecond.
 MAX_NEW_FLOW_RATE = SECOND_NS
 
+cdef extern from *:
+    """
+    #define fp_prefetch(p) __builtin_prefetch((p), 1, 3)
+    """
+    void prefetch "fp_prefetch"(const void* p) nogil
+
 cdef enum:
     KIND_CLUSTER_IP = 1             # frontend kind + 1, as in the trace flags
+    # The pipeline of Engine.process: headers fetched 2 * PARSE_AHEAD packets ahead, packets
+    # parsed (and their conntrack bucket fetched) PARSE_AHEAD ahead, the bucket's first entry
+    # fetched ENTRY_AHEAD ahead. RING holds the parsed packets in between.
+    PARSE_AHEAD = 8
+    ENTRY_AHEAD = 4
+    RING = 16
+    RING_MASK = RING - 1
     SNAT_TRIES = 64
 
 
@@ -127,6 +140,21 @@ ctypedef struct Maps:
     FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
     bint any_affinity
     bint any_ipv6
+
+
+ctypedef struct Parsed:             # a packet parsed ahead of its processing
+    Packet pkt
+    uint64_t hash                   # flow_hash of its tuple (a flow's only)
+    uint8_t ip_status               # parse_ipv4/6: PARSED, PARSED_FRAGMENT or a reason
+    uint8_t l4_status               # parse_ports, when ip_status is PARSED
+
+
+ctypedef struct Outputs:            # Engine.process's per-packet output arrays
+    uint8_t* verdicts
+    uint8_t* reasons
+    uint32_t* services              # the trace: all three or none (NULL)
+    uint32_t* backends
+    uint8_t* flags
 
 
 ctypedef struct TraceOut:           # what one packet's trace records
@@ -383,66 +411,118 @@ cdef class Engine:
         cdef uint64_t size = buf.shape[0]
         cdef uint8_t* base = &buf[0] if size else NULL
         cdef Py_ssize_t bad = -1
+        cdef bint disjoint = True
         cdef uint8_t reason
         cdef TraceOut trace
+        cdef Parsed ring[RING]
+        cdef Outputs out
+        out.verdicts = &verdicts[0] if n else NULL
+        out.reasons = &reasons[0] if n else NULL
+        out.services = &services[0] if tracing and n else NULL
+        out.backends = &backends[0] if tracing and n else NULL
+        out.flags = &flags[0] if tracing and n else NULL
         with nogil:
             for i in range(n):
                 if offsets[i] > size or lengths[i] > size - offsets[i]:
                     bad = i
                     break
-            if bad < 0:
+                if i > 0 and offsets[i] < offsets[i - 1] + lengths[i - 1]:
+                    disjoint = False
+            if bad < 0 and disjoint:
+                # Parsing reads only the packet's own bytes, so packets in order and apart can be
+                # parsed ahead: their conntrack buckets and entries are fetched from memory while
+                # earlier packets are processed (packet headers further ahead still).
+                for i in range(PARSE_AHEAD if PARSE_AHEAD < n else n):
+                    self._parse(base + offsets[i], lengths[i], linktype, &ring[i & RING_MASK])
                 for i in range(n):
-                    trace.service = 0
-                    trace.backend = 0
-                    trace.flags = 0
-                    reason = self._packet(base + offsets[i], lengths[i], timestamps_ns[i],
-                                          linktype, &trace)
-                    reasons[i] = reason
-                    verdicts[i] = VERDICT_OF[reason]
-                    self.reason_packets[reason] += 1
-                    self.verdict_packets[VERDICT_OF[reason]] += 1
-                    if trace.service:
-                        self.service_packets[trace.service] += 1
-                    if trace.backend:
-                        self.backend_packets[trace.backend] += 1
-                    if tracing:
-                        services[i] = trace.service
-                        backends[i] = trace.backend
-                        flags[i] = trace.flags
+                    if i + 2 * PARSE_AHEAD < n:
+                        prefetch(base + offsets[i + 2 * PARSE_AHEAD])
+                        prefetch(base + offsets[i + 2 * PARSE_AHEAD] + 63)
+                    if i + PARSE_AHEAD < n:
+                        self._parse(base + offsets[i + PARSE_AHEAD], lengths[i + PARSE_AHEAD],
+                                    linktype, &ring[(i + PARSE_AHEAD) & RING_MASK])
+                    if i + ENTRY_AHEAD < n:
+                        self._prefetch_entry(&ring[(i + ENTRY_AHEAD) & RING_MASK])
+                    self._account(i, self._packet(&ring[i & RING_MASK], timestamps_ns[i], &trace),
+                                  &trace, &out)
+            elif bad < 0:
+                for i in range(n):
+                    self._parse(base + offsets[i], lengths[i], linktype, &ring[0])
+                    self._account(i, self._packet(&ring[0], timestamps_ns[i], &trace),
+                                  &trace, &out)
         if bad >= 0:
             raise ValueError(f"packet {bad} lies outside the buffer "
                              f"(offset {offsets[bad]}, length {lengths[bad]}, buffer {size})")
 
-    cdef inline uint8_t _packet(self, uint8_t* data, uint32_t caplen, uint64_t now,
-                                int linktype, TraceOut* trace) noexcept nogil:
-        cdef Packet pkt
+    cdef inline void _account(self, Py_ssize_t i, uint8_t reason, const TraceOut* trace,
+                              Outputs* out) noexcept nogil:
+        """Store packet i's verdict (and trace) and count it."""
+        out.reasons[i] = reason
+        out.verdicts[i] = VERDICT_OF[reason]
+        self.reason_packets[reason] += 1
+        self.verdict_packets[VERDICT_OF[reason]] += 1
+        if trace.service:
+            self.service_packets[trace.service] += 1
+        if trace.backend:
+            self.backend_packets[trace.backend] += 1
+        if out.services != NULL:
+            out.services[i] = trace.service
+            out.backends[i] = trace.backend
+            out.flags[i] = trace.flags
+
+    cdef inline void _parse(self, uint8_t* data, uint32_t caplen, int linktype,
+                            Parsed* p) noexcept nogil:
+        """Everything about a packet that does not depend on the engine's state; for a flow,
+        its hash, with its conntrack bucket asked for."""
         cdef uint32_t l3_offset = 0
-        cdef int parsed = l3_protocol_of_link(data, caplen, linktype, &l3_offset)
-        if parsed < 0:
-            return <uint8_t>-parsed
-        if parsed == ETH_P_IP:
-            parsed = parse_ipv4(data + l3_offset, caplen - l3_offset, &pkt)
-        elif parsed == ETH_P_IPV6:
-            parsed = parse_ipv6(data + l3_offset, caplen - l3_offset, &pkt)
+        cdef int status = l3_protocol_of_link(data, caplen, linktype, &l3_offset)
+        p.l4_status = 0
+        if status < 0:
+            p.ip_status = <uint8_t>-status
+            return
+        if status == ETH_P_IP:
+            status = parse_ipv4(data + l3_offset, caplen - l3_offset, &p.pkt)
+        elif status == ETH_P_IPV6:
+            status = parse_ipv6(data + l3_offset, caplen - l3_offset, &p.pkt)
         else:
-            return PASS_NOT_IP
-        if parsed == PARSED_FRAGMENT:
-            return self._later_fragment(&pkt, trace)
-        if parsed != PARSED:
-            return <uint8_t>parsed
-        parsed = parse_ports(&pkt)
+            status = PASS_NOT_IP
+        p.ip_status = <uint8_t>status
+        if status != PARSED:
+            return
+        p.l4_status = <uint8_t>parse_ports(&p.pkt)
+        if p.l4_status == PARSED:
+            p.hash = flow_hash(p.pkt.saddr, p.pkt.daddr, p.pkt.sport, p.pkt.dport, p.pkt.proto)
+            prefetch(&self.ct.buckets[p.hash & self.ct.bucket_mask])
+
+    cdef inline void _prefetch_entry(self, const Parsed* p) noexcept nogil:
+        """Ask for the first conntrack entry in the packet's bucket (fetched by _parse)."""
+        cdef uint32_t ref
+        if p.ip_status == PARSED and p.l4_status == PARSED:
+            ref = self.ct.buckets[p.hash & self.ct.bucket_mask]
+            if ref != CT_NIL:
+                prefetch(&self.ct.entries[ref >> 1])
+
+    cdef inline uint8_t _packet(self, Parsed* p, uint64_t now, TraceOut* trace) noexcept nogil:
+        trace.service = 0
+        trace.backend = 0
+        trace.flags = 0
+        cdef Packet* pkt = &p.pkt
+        if p.ip_status == PARSED_FRAGMENT:
+            return self._later_fragment(pkt, trace)
+        if p.ip_status != PARSED:
+            return p.ip_status
         cdef uint8_t reason
-        if parsed == PARSED:
-            reason = self._flow(&pkt, now, trace)
-        elif parsed == PARSED_ICMP_ERROR:
-            reason = self._icmp_error(&pkt, now, trace)
+        if p.l4_status == PARSED:
+            reason = self._flow(pkt, p.hash, now, trace)
+        elif p.l4_status == PARSED_ICMP_ERROR:
+            reason = self._icmp_error(pkt, now, trace)
         else:
-            reason = <uint8_t>parsed
+            reason = p.l4_status
         # Passed first fragments are remembered too when addressed to a service address (a
         # NodePort's node address, say), so the node's own fragmented traffic passes whole.
         if pkt.first_fragment and (VERDICT_OF[reason] != VERDICT_PASS
-                                   or self._to_frontend_address(&pkt)):
-            self._remember_fragment(&pkt, reason, trace)
+                                   or self._to_frontend_address(pkt)):
+            self._remember_fragment(pkt, reason, trace)
         return reason
 
     cdef inline bint _to_frontend_address(self, const Packet* pkt) noexcept nogil:
@@ -450,8 +530,8 @@ cdef class Engine:
         cdef Addr dst = packet_dst(pkt)
         return frontend_map_get(&self.maps.frontend_ips, frontend_key(&dst, 0, 0)) >= 0
 
-    cdef inline uint8_t _flow(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:
-        cdef uint64_t hash = flow_hash(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
+    cdef inline uint8_t _flow(self, Packet* pkt, uint64_t hash, uint64_t now,
+                             TraceOut* trace) noexcept nogil:
         cdef uint32_t ref = ct_lookup(&self.ct, hash, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
                                       pkt.proto, &pkt.src6 if pkt.ipv6 else NULL,
                                       &pkt.dst6 if pkt.ipv6 else NULL)
