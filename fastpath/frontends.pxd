@@ -13,9 +13,14 @@ ctypedef struct FrontendKey:
     uint32_t port_proto   # port << 8 | proto
 
 
+ctypedef struct FrontendSlot:   # 24 bytes: a probe reads key and value from one place
+    Addr addr
+    uint32_t port_proto
+    uint32_t value        # frontend index + 1; 0 marks an empty slot
+
+
 ctypedef struct FrontendMap:
-    FrontendKey* keys
-    uint32_t* values      # frontend index + 1; 0 marks an empty slot
+    FrontendSlot* slots
     uint32_t mask
 
 
@@ -32,8 +37,8 @@ cdef inline uint32_t frontend_slot(const FrontendMap* m, const FrontendKey* key)
                             ^ (<uint64_t>key.port_proto << 40)) & m.mask
 
 
-cdef inline bint frontend_key_eq(const FrontendKey* a, const FrontendKey* b) noexcept nogil:
-    return a.addr.lo == b.addr.lo and a.addr.hi == b.addr.hi and a.port_proto == b.port_proto
+cdef inline bint frontend_slot_holds(const FrontendSlot* s, const FrontendKey* k) noexcept nogil:
+    return s.addr.lo == k.addr.lo and s.addr.hi == k.addr.hi and s.port_proto == k.port_proto
 
 
 cdef inline int frontend_map_init(FrontendMap* m, uint32_t count) noexcept nogil:
@@ -41,40 +46,37 @@ cdef inline int frontend_map_init(FrontendMap* m, uint32_t count) noexcept nogil
     cdef uint64_t size = 16
     while size < 2 * <uint64_t>count:
         size <<= 1
-    m.keys = <FrontendKey*>calloc(size, sizeof(FrontendKey))
-    m.values = <uint32_t*>calloc(size, sizeof(uint32_t))
+    m.slots = <FrontendSlot*>calloc(size, sizeof(FrontendSlot))
     m.mask = <uint32_t>(size - 1)
-    if m.keys == NULL or m.values == NULL:
-        frontend_map_free(m)
+    if m.slots == NULL:
         return -1
     return 0
 
 
 cdef inline void frontend_map_free(FrontendMap* m) noexcept nogil:
-    free(m.keys)
-    free(m.values)
-    m.keys = NULL
-    m.values = NULL
+    free(m.slots)
+    m.slots = NULL
     m.mask = 0
 
 
 cdef inline bint frontend_map_put(FrontendMap* m, FrontendKey key, uint32_t index) noexcept nogil:
     """Insert key -> index; False if the key is already present (the first one wins)."""
     cdef uint32_t slot = frontend_slot(m, &key)
-    while m.values[slot] != 0:
-        if frontend_key_eq(&m.keys[slot], &key):
+    while m.slots[slot].value != 0:
+        if frontend_slot_holds(&m.slots[slot], &key):
             return False
         slot = (slot + 1) & m.mask
-    m.keys[slot] = key
-    m.values[slot] = index + 1
+    m.slots[slot].addr = key.addr
+    m.slots[slot].port_proto = key.port_proto
+    m.slots[slot].value = index + 1
     return True
 
 
 cdef inline int64_t frontend_map_get(const FrontendMap* m, FrontendKey key) noexcept nogil:
     """The frontend index for key, or -1."""
     cdef uint32_t slot = frontend_slot(m, &key)
-    while m.values[slot] != 0:
-        if frontend_key_eq(&m.keys[slot], &key):
-            return m.values[slot] - 1
+    while m.slots[slot].value != 0:
+        if frontend_slot_holds(&m.slots[slot], &key):
+            return m.slots[slot].value - 1
         slot = (slot + 1) & m.mask
     return -1
