@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastpath.compiler import CompileResult, compile_maps
-from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Frontend, NodeView
+from fastpath.maps import (
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Frontend,
+    NodeView,
+    address_from_text,
+    format_address,
+    format_endpoint,
+)
 from fastpath.model import ClusterError, ClusterState, load_cluster
 
 DATA = Path(__file__).parent / "data" / "cluster"
@@ -114,37 +122,39 @@ def compile_objects(objects: list[dict[str, Any]], node_name: str | None = None)
 
 
 def ip(text: str) -> int:
-    return int(IPv4Address(text))
+    """A map address: IPv4 as its value, IPv6 tagged with maps.IPV6."""
+    return address_from_text(text)
 
 
 def addresses(result: CompileResult, ids: tuple[int, ...]) -> list[str]:
     table = {b.id: b for b in result.maps.backends}
-    return [f"{IPv4Address(table[i].ip)}:{table[i].port}" for i in ids]
+    return [format_endpoint(table[i].ip, table[i].port) for i in ids]
 
 
-def service_named(result: CompileResult, service_name: str) -> Any:
-    return next(s for s in result.maps.services if s.name == service_name)
+def service_named(result: CompileResult, service_name: str, family: int = 4) -> Any:
+    return next(s for s in result.maps.services if s.name == service_name and s.family == family)
 
 
-def backend_addresses(result: CompileResult, service_name: str) -> list[str]:
-    """The service's cluster set as "ip:port", in the order the maps hold it."""
-    return addresses(result, service_named(result, service_name).backends)
+def backend_addresses(result: CompileResult, service_name: str, family: int = 4) -> list[str]:
+    """The service's cluster set as "ip:port" ("[ip]:port" for IPv6), in the order the maps hold it."""
+    return addresses(result, service_named(result, service_name, family).backends)
 
 
-def local_addresses(result: CompileResult, service_name: str) -> list[str]:
-    return addresses(result, service_named(result, service_name).local_backends)
+def local_addresses(result: CompileResult, service_name: str, family: int = 4) -> list[str]:
+    return addresses(result, service_named(result, service_name, family).local_backends)
 
 
-def serving_addresses(result: CompileResult, service_name: str) -> list[str]:
-    return addresses(result, service_named(result, service_name).serving)
+def serving_addresses(result: CompileResult, service_name: str, family: int = 4) -> list[str]:
+    return addresses(result, service_named(result, service_name, family).serving)
 
 
-def frontends_of(result: CompileResult, service_name: str) -> list[tuple[str, str, bool, tuple[str, ...]]]:
+def frontends_of(result: CompileResult, service_name: str,
+                 family: int = 4) -> list[tuple[str, str, bool, tuple[str, ...]]]:
     """The service's frontends as (kind, "ip:port/proto", local_policy, source ranges as text)."""
-    service = service_named(result, service_name)
+    service = service_named(result, service_name, family)
     names = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP"}
-    return [(f.kind, f"{IPv4Address(f.ip)}:{f.port}/{names[f.proto]}", f.local_policy,
-             tuple(f"{IPv4Address(n)}/{length}" for n, length in f.source_ranges))
+    return [(f.kind, f"{format_endpoint(f.ip, f.port)}/{names[f.proto]}", f.local_policy,
+             tuple(f"{format_address(n)}/{length}" for n, length in f.source_ranges))
             for f in result.maps.frontends if f.service == service.id]
 
 
@@ -162,9 +172,11 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
     assert [s.name for s in maps.services] == [
         "kube-system/kube-dns:dns", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics",
         "shop/cart", "shop/checkout:http", "shop/frontend:http", "shop/frontend:metrics", "shop/legacy:web",
-        "shop/storefront:https", "shop/voip:sip", "shop/voip:sip-sctp",
+        "shop/storefront:https", "shop/voip:sip", "shop/voip:sip", "shop/voip:sip-sctp", "shop/voip:sip-sctp",
     ]
-    assert [s.id for s in maps.services] == list(range(1, 12))
+    # voip is dual-stack: each of its service ports is an IPv4 and an IPv6 map service
+    assert [s.family for s in maps.services] == [4] * 10 + [6, 4, 6]
+    assert [s.id for s in maps.services] == list(range(1, 14))
     assert [b.name for b in maps.backends] == [
         "10.244.1.2:53 (kube-system/coredns-7db6d8ff4d-vx5lm)",
         "10.244.1.2:9153 (kube-system/coredns-7db6d8ff4d-vx5lm)",
@@ -178,12 +190,15 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
         "10.244.2.2:9153 (kube-system/coredns-7db6d8ff4d-9wq7c)",
         "10.244.2.10:8080 (shop/frontend-6d8f9c7b5-w8n3z)",
         "10.244.2.10:9090 (shop/frontend-6d8f9c7b5-w8n3z)",
+        "[fd00:10:244:1::60]:5060 (shop/voip-0)",  # from the IPv6 slice: after every IPv4 backend
     ]
     assert [s.backends for s in maps.services] == [
-        (1, 9), (1, 9), (2, 10), (5,), (6,), (3, 11), (4, 12), (), (7,), (8,), (8,)]  # voip: one backend, two ports
-    assert [s.local_backends for s in maps.services] == [(1,), (1,), (2,), (5,), (6,), (3,), (4,), (), (7,), (8,), (8,)]
+        (1, 9), (1, 9), (2, 10), (5,), (6,), (3, 11), (4, 12), (), (7,),
+        (8,), (13,), (8,), (13,)]  # voip: one backend per family, two ports
+    assert [s.local_backends for s in maps.services] == [
+        (1,), (1,), (2,), (5,), (6,), (3,), (4,), (), (7,), (8,), (13,), (8,), (13,)]
     assert [s.serving for s in maps.services] == [s.backends for s in maps.services]
-    assert [s.affinity_timeout_s for s in maps.services] == [0] * 8 + [600, 0, 0]
+    assert [s.affinity_timeout_s for s in maps.services] == [0] * 8 + [600, 0, 0, 0, 0]
 
     ranges = ((ip("10.0.0.0"), 8), (ip("198.51.100.0"), 24))  # whitespace trimmed, host bits masked
     assert maps.frontends == [
@@ -199,17 +214,21 @@ def test_fixture_cluster_compiles_to_the_expected_maps() -> None:
         Frontend(ip("203.0.113.10"), 443, PROTO_TCP, 9, "LoadBalancer", local_policy=True, source_ranges=ranges),
         Frontend(ip("198.51.100.7"), 443, PROTO_TCP, 9, "ExternalIP", local_policy=True),
         Frontend(ip("10.96.10.60"), 5060, PROTO_TCP, 10),
-        Frontend(ip("10.96.10.60"), 5060, PROTO_SCTP, 11),  # SCTP on the same number: its own service port
+        Frontend(ip("fd00:10:96::60"), 5060, PROTO_TCP, 11),  # the IPv6 ClusterIP of clusterIPs
+        Frontend(ip("10.96.10.60"), 5060, PROTO_SCTP, 12),  # SCTP on the same number: its own service port
+        Frontend(ip("fd00:10:96::60"), 5060, PROTO_SCTP, 13),
     ]
     assert maps.node == NodeView(
-        primary_ip=ip("192.168.1.11"), local_ips=(ip("192.168.1.11"),), pod_cidrs=((ip("10.244.0.0"), 16),),
+        primary_ip=ip("192.168.1.11"), local_ips=(ip("192.168.1.11"),),
+        pod_cidrs=((ip("10.244.0.0"), 16), (ip("fd00:10:244::"), 56)),  # clusterCIDR is dual-stack
         masquerade_all=False,
         service_ips=tuple(ip(a) for a in ("10.96.0.10", "10.96.10.10", "10.96.10.20", "10.96.10.40",
-                                          "10.96.10.50", "10.96.10.60", "10.96.10.70")))
+                                          "10.96.10.50", "10.96.10.60", "10.96.10.70", "fd00:10:96::60")),
+        primary_ip6=0)  # node-a has no IPv6 address
     assert result.timeouts_s == {"established": 86400, "closing": 3600, "other": 30}
     assert result.node == "node-a"
-    assert result.skipped == Counter({"headless service": 1, "ExternalName service": 1,
-                                      "IPv6 EndpointSlice": 1, "IPv6 cluster IP": 1})
+    assert result.skipped == Counter({"headless service": 1, "ExternalName service": 1})
+    assert "Node node-a has no IPv6 address: no IPv6 NodePort frontends and no IPv6 masquerading" in result.notes
     assert "shop/legacy:web: no usable endpoint; traffic to it is rejected" in result.notes
     assert "shop/checkout:http: no ready endpoint; using 1 serving terminating endpoint(s)" in result.notes
     assert result.warnings == ()
@@ -414,7 +433,7 @@ def test_ids_follow_namespace_name_port_name_protocol_and_backends_ip_port() -> 
 # What gets no frontend ------------------------------------------------------------------------
 
 
-def test_headless_external_name_and_ipv6_are_skipped() -> None:
+def test_headless_and_external_name_are_skipped_ipv6_services_are_not() -> None:
     result = compile_objects([
         svc("headless", [port(80, "http")], cluster_ip="None"),
         svc("ext", [port(80, "http")], cluster_ip=None, type="ExternalName", externalName="db.example.com"),
@@ -424,14 +443,22 @@ def test_headless_external_name_and_ipv6_are_skipped() -> None:
         eps("headless-1", "headless", [port(80, "http")], [ep("10.0.0.1")]),
         eps("dual-1", "dual", [port(8080, "http")], [ep("fd00:244::1")], address_type="IPv6"),
         eps("dual-2", "dual", [port(8080, "http")], [ep("10.0.0.2")]),
+        eps("fqdn-1", "dual", [port(8080, "http")], [ep("db.example.com")], address_type="FQDN"),
     ])
-    assert [s.name for s in result.maps.services] == ["default/dual:http"]
+    assert [(s.name, s.family) for s in result.maps.services] == [
+        ("default/dual:http", 4), ("default/dual:http", 6), ("default/v6:http", 6)]
+    # Each family's endpoints come from the slices of its addressType; IPv6 is listed first in
+    # clusterIPs (the primary family), but the IPv4 half comes first in the maps.
     assert backend_addresses(result, "default/dual:http") == ["10.0.0.2:8080"]
-    assert result.maps.frontends[0].ip == int(IPv4Address("10.96.0.11"))
-    assert result.skipped == Counter({
-        "headless service": 2, "ExternalName service": 1,
-        "service without an IPv4 cluster IP": 1, "IPv6 cluster IP": 1, "IPv6 EndpointSlice": 1})
+    assert backend_addresses(result, "default/dual:http", 6) == ["[fd00:244::1]:8080"]
+    assert backend_addresses(result, "default/v6:http", 6) == []
+    assert frontends_of(result, "default/dual:http") == [("ClusterIP", "10.96.0.11:80/TCP", False, ())]
+    assert frontends_of(result, "default/dual:http", 6) == [("ClusterIP", "[fd00::11]:80/TCP", False, ())]
+    assert frontends_of(result, "default/v6:http", 6) == [("ClusterIP", "[fd00::10]:80/TCP", False, ())]
+    assert result.skipped == Counter({"headless service": 2, "ExternalName service": 1, "FQDN EndpointSlice": 1})
     assert not any("SCTP" in note for note in result.notes)
+    # notes name the IPv6 half of a service port as such
+    assert service_notes(result) == ("default/v6:http (IPv6): no usable endpoint; traffic to it is rejected",)
 
 
 def test_sctp_service_ports_get_frontends_like_tcp_and_udp() -> None:
@@ -594,7 +621,7 @@ def test_node_port_listens_on_the_primary_ip_by_default() -> None:
         result = compile_objects(objects + extra)
         assert frontends_of(result, "default/web:http") == [
             ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("NodePort", "192.168.0.1:30080/TCP", False, ())]
-        assert result.maps.node.local_ips == (ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5"))
+        assert result.maps.node.local_ips == (ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5"), ip("fd00::1"))
 
 
 @pytest.mark.parametrize(("node_port_addresses", "expected"), [
@@ -638,7 +665,8 @@ def test_load_balancer_ingress_ips_with_vip_or_unset_mode() -> None:
     assert frontends_of(result, "default/web:http") == [
         ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("NodePort", "192.168.0.1:30080/TCP", False, ()),
         ("LoadBalancer", "203.0.113.10:80/TCP", False, ()), ("LoadBalancer", "203.0.113.11:80/TCP", False, ())]
-    assert result.skipped["IPv6 load-balancer IP"] == 1
+    # An IPv4-only service: no proxier serves its IPv6 ingress IP (kube-proxy does no family translation).
+    assert result.skipped == Counter({"load-balancer IP of a family the service has no cluster IP of": 1})
 
 
 def test_external_ips_on_any_service_type() -> None:
@@ -652,16 +680,22 @@ def test_external_ips_on_any_service_type() -> None:
         ("ClusterIP", "10.96.0.10:53/UDP", False, ()), ("ExternalIP", "198.51.100.7:53/UDP", False, ()),
         ("ExternalIP", "198.51.100.8:53/UDP", False, ())]
     assert [kind for kind, *_ in frontends_of(result, "default/web:http")] == ["ClusterIP", "ExternalIP", "ExternalIP"]
-    assert result.skipped["IPv6 external IP"] == 1  # counted once per service
+    # counted once per service
+    assert result.skipped == Counter({"external IP of a family the service has no cluster IP of": 1})
 
 
-def test_dual_stack_service_gets_its_ipv4_cluster_ip() -> None:
+def test_dual_stack_service_gets_a_cluster_ip_frontend_per_family() -> None:
     result = compile_objects([
         node("n1"),
         svc("web", [port(80, "http")], cluster_ip="fd00::10", clusterIPs=["fd00::10", "10.96.0.10"]), web_slice(),
     ])
     assert frontends_of(result, "default/web:http") == [("ClusterIP", "10.96.0.10:80/TCP", False, ())]
-    assert result.maps.node.service_ips == (ip("10.96.0.10"),)
+    assert frontends_of(result, "default/web:http", 6) == [("ClusterIP", "[fd00::10]:80/TCP", False, ())]
+    assert result.maps.node.service_ips == (ip("10.96.0.10"), ip("fd00::10"))
+    # No IPv6 slice: the IPv6 half has no endpoint (rejected), the IPv4 half is served.
+    assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
+    assert backend_addresses(result, "default/web:http", 6) == []
+    assert service_notes(result) == ("default/web:http (IPv6): no usable endpoint; traffic to it is rejected",)
 
 
 def test_traffic_policies_on_frontends() -> None:
@@ -752,10 +786,11 @@ def test_node_view_from_the_node_and_kube_proxy_configuration() -> None:
     ])
     assert result.maps.node == NodeView(
         primary_ip=ip("192.168.0.2"),  # the first IPv4 InternalIP
-        local_ips=(ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5")),
-        pod_cidrs=((ip("10.244.0.0"), 16), (ip("10.245.0.0"), 16)),
+        local_ips=(ip("192.168.0.1"), ip("192.168.0.2"), ip("203.0.113.5"), ip("fd00::1")),
+        pod_cidrs=((ip("10.244.0.0"), 16), (ip("10.245.0.0"), 16), (ip("fd00:10:244::"), 56)),
         masquerade_all=True,
-        service_ips=(ip("10.96.0.10"), ip("10.96.0.20")),
+        service_ips=(ip("10.96.0.10"), ip("10.96.0.20"), ip("fd00::30")),
+        primary_ip6=ip("fd00::1"),  # the first IPv6 InternalIP
     )
 
 
@@ -764,25 +799,39 @@ def test_primary_ip_falls_back_to_an_external_ip_and_bind_address_overrides_it()
     assert compile_objects(objects).maps.node.primary_ip == ip("203.0.113.5")
     assert compile_objects([*objects, proxy_config(bindAddress="0.0.0.0")]).maps.node.primary_ip == ip("203.0.113.5")
     view = compile_objects([*objects, proxy_config(bindAddress="192.168.0.9")]).maps.node
-    assert (view.primary_ip, view.local_ips) == (ip("192.168.0.9"), (ip("192.168.0.9"), ip("203.0.113.5")))
+    assert (view.primary_ip, view.local_ips, view.primary_ip6) == (
+        ip("192.168.0.9"), (ip("192.168.0.9"), ip("203.0.113.5"), ip("fd00::1")), ip("fd00::1"))
+    # An IPv6 bindAddress overrides the IPv6 node IP only; "::" overrides nothing.
+    view = compile_objects([*objects, proxy_config(bindAddress="fd00::9")]).maps.node
+    assert (view.primary_ip, view.primary_ip6) == (ip("203.0.113.5"), ip("fd00::9"))
+    assert view.local_ips == (ip("203.0.113.5"), ip("fd00::1"), ip("fd00::9"))
+    view = compile_objects([*objects, proxy_config(bindAddress="::")]).maps.node
+    assert (view.primary_ip, view.primary_ip6) == (ip("203.0.113.5"), ip("fd00::1"))
     result = compile_objects([node("n1", addresses=[("InternalIP", "fd00::1")]),
                               svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort")])
-    assert (result.maps.node.primary_ip, result.maps.node.local_ips) == (0, ())
+    assert (result.maps.node.primary_ip, result.maps.node.local_ips) == (0, (ip("fd00::1"),))
     assert [f.kind for f in result.maps.frontends] == ["ClusterIP"]
-    assert "Node n1 has no IPv4 address: no NodePort frontends and no masquerading" in result.notes
+    assert "Node n1 has no IPv4 address: no IPv4 NodePort frontends and no IPv4 masquerading" in result.notes
 
 
 def test_detect_local_mode_node_cidr_uses_the_node_pod_cidrs() -> None:
     objects = [node("n1", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"]),
                proxy_config(clusterCIDR="10.244.0.0/16", detectLocalMode="NodeCIDR")]
     result = compile_objects(objects)
-    assert result.maps.node.pod_cidrs == ((ip("10.244.1.0"), 24),)
+    assert result.maps.node.pod_cidrs == ((ip("10.244.1.0"), 24), (ip("fd00:10:244:1::"), 64))
     result = compile_objects([node("n1"), objects[1]])
     assert result.maps.node.pod_cidrs == ()
-    assert "detectLocalMode NodeCIDR and Node n1 has no IPv4 podCIDR: no source counts as pod traffic" in result.notes
+    assert ("detectLocalMode NodeCIDR and Node n1 has no IPv4 podCIDR: no IPv4 source counts as pod traffic"
+            in result.notes)
     assert compile_objects(objects[1:]).notes[:2] == (
         "no Node in the input: no node addresses, so no NodePort frontends and no masquerading",
-        "detectLocalMode NodeCIDR and no Node: no source counts as pod traffic")
+        "detectLocalMode NodeCIDR and no Node: no IPv4 source counts as pod traffic")
+    # With IPv6 service ports, a missing IPv6 podCIDR is worth a note too.
+    result = compile_objects([node("n1", pod_cidrs=["10.244.1.0/24"]), objects[1],
+                              svc("web", [port(80, "http")], cluster_ip="10.96.0.1", clusterIPs=["10.96.0.1", "fd00::1"])])
+    assert result.maps.node.pod_cidrs == ((ip("10.244.1.0"), 24),)
+    assert ("detectLocalMode NodeCIDR and Node n1 has no IPv6 podCIDR: no IPv6 source counts as pod traffic"
+            in result.notes)
 
 
 def test_detect_local_by_interface_cannot_be_evaluated() -> None:
@@ -955,6 +1004,234 @@ def test_same_pod_ip_twice_keeps_the_live_pod() -> None:
     result = compile_objects([svc("web", [port(80, "http")]),
                               pod("web-old", "10.0.0.1", deleting=True), pod("web-new", "10.0.0.1", ready=True)])
     assert [b.name for b in result.maps.backends] == ["10.0.0.1:80 (default/web-new)"]
+
+
+# Dual-stack and IPv6 ----------------------------------------------------------------------------------
+# kube-proxy runs one proxier per family: each half of a dual-stack service port is compiled on its
+# own, from the addresses, slices, ranges and node IPs of its family.
+
+
+def dual_node(name: str = "n1", zone: str | None = None) -> dict[str, Any]:
+    return node(name, zone, addresses=[("InternalIP", "192.168.0.1"), ("InternalIP", "fd00:192:168::1"),
+                                       ("InternalIP", "fd00:192:168::2"), ("ExternalIP", "2001:db8:ff::1"),
+                                       ("ExternalIP", "203.0.113.5")],
+                pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"])
+
+
+def dual_svc(name: str = "web", ports: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("ipFamilies", ["IPv4", "IPv6"])
+    spec.setdefault("ipFamilyPolicy", "RequireDualStack")
+    return svc(name, ports or [port(80, "http")], cluster_ip="10.96.0.10",
+               clusterIPs=["10.96.0.10", "fd00:10:96::10"], **spec)
+
+
+def dual_slices(name: str = "web", v4: list[dict[str, Any]] | None = None,
+                v6: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    return [eps(f"{name}-v4", name, [port(8080, "http")], v4 or [ep("10.244.1.5", node="n1"), ep("10.244.2.5", node="n2")]),
+            eps(f"{name}-v6", name, [port(8080, "http")],
+                v6 or [ep("fd00:10:244:1::5", node="n1"), ep("fd00:10:244:2::5", node="n2")], address_type="IPv6")]
+
+
+def test_dual_stack_load_balancer_frontends_per_family() -> None:
+    service = dual_svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="LoadBalancer",
+                       externalIPs=["198.51.100.7", "2001:db8::7"], externalTrafficPolicy="Local")
+    service["status"] = {"loadBalancer": {"ingress": [
+        {"ip": "203.0.113.10"}, {"ip": "2001:db8::10", "ipMode": "VIP"}, {"ip": "2001:db8::11", "ipMode": "Proxy"},
+        {"hostname": "lb.example.net"}]}}
+    result = compile_objects([dual_node(), service, *dual_slices(), proxy_config(detectLocalMode="NodeCIDR")], "n1")
+    assert frontends_of(result, "default/web:http") == [
+        ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("NodePort", "192.168.0.1:30080/TCP", True, ()),
+        ("LoadBalancer", "203.0.113.10:80/TCP", True, ()), ("ExternalIP", "198.51.100.7:80/TCP", True, ())]
+    # IPv6: the nodePort on the node's primary IPv6 address (the default "primary"), the VIP-mode
+    # ingress IP (the Proxy-mode one is the load balancer's business), the IPv6 external IP.
+    assert frontends_of(result, "default/web:http", 6) == [
+        ("ClusterIP", "[fd00:10:96::10]:80/TCP", False, ()), ("NodePort", "[fd00:192:168::1]:30080/TCP", True, ()),
+        ("LoadBalancer", "[2001:db8::10]:80/TCP", True, ()), ("ExternalIP", "[2001:db8::7]:80/TCP", True, ())]
+    assert backend_addresses(result, "default/web:http") == ["10.244.1.5:8080", "10.244.2.5:8080"]
+    assert local_addresses(result, "default/web:http") == ["10.244.1.5:8080"]
+    assert backend_addresses(result, "default/web:http", 6) == ["[fd00:10:244:1::5]:8080", "[fd00:10:244:2::5]:8080"]
+    assert local_addresses(result, "default/web:http", 6) == ["[fd00:10:244:1::5]:8080"]
+    assert result.skipped == Counter() and result.warnings == ()
+    view = result.maps.node
+    assert (view.primary_ip, view.primary_ip6) == (ip("192.168.0.1"), ip("fd00:192:168::1"))
+    assert view.local_ips == tuple(ip(a) for a in ("192.168.0.1", "203.0.113.5", "2001:db8:ff::1",
+                                                   "fd00:192:168::1", "fd00:192:168::2"))
+    assert view.pod_cidrs == ((ip("10.244.1.0"), 24), (ip("fd00:10:244:1::"), 64))  # spec.podCIDRs, both
+    assert view.service_ips == (ip("10.96.0.10"), ip("fd00:10:96::10"))
+
+
+def test_ipv6_only_cluster() -> None:
+    result = compile_objects([
+        node("n1", addresses=[("InternalIP", "fd00:192:168::1")], pod_cidrs=["fd00:10:244:1::/64"]),
+        proxy_config(clusterCIDR="fd00:10:244::/56"),
+        svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], cluster_ip="fd00:10:96::10", type="NodePort",
+            ipFamilies=["IPv6"]),
+        eps("web-1", "web", [port(8080, "http")], [ep("fd00:10:244:1::5", node="n1")], address_type="IPv6"),
+    ], "n1")
+    assert [(s.name, s.family) for s in result.maps.services] == [("default/web:http", 6)]
+    assert frontends_of(result, "default/web:http", 6) == [
+        ("ClusterIP", "[fd00:10:96::10]:80/TCP", False, ()), ("NodePort", "[fd00:192:168::1]:30080/TCP", False, ())]
+    assert result.maps.node == NodeView(
+        primary_ip=0, local_ips=(ip("fd00:192:168::1"),), pod_cidrs=((ip("fd00:10:244::"), 56),),
+        service_ips=(ip("fd00:10:96::10"),), primary_ip6=ip("fd00:192:168::1"))
+    # Nothing is missing for the one family in use: no note about IPv4.
+    assert result.notes == () and result.skipped == Counter()
+
+
+@pytest.mark.parametrize(("node_port_addresses", "expected"), [
+    (None, ["192.168.0.1", "fd00:192:168::1"]),  # default: the primary IP of each family
+    (["primary"], ["192.168.0.1", "fd00:192:168::1"]),
+    (["fd00:192:168::/64"], ["192.168.0.1", "203.0.113.5", "fd00:192:168::1", "fd00:192:168::2"]),  # IPv4: all
+    (["192.168.0.0/24"], ["192.168.0.1", "2001:db8:ff::1", "fd00:192:168::1", "fd00:192:168::2"]),  # IPv6: all
+    (["192.168.0.0/24", "2001:db8::/32"], ["192.168.0.1", "2001:db8:ff::1"]),
+    (["192.168.0.0/24", "fd00:192:168::2/128", "::/0"], ["192.168.0.1", "2001:db8:ff::1", "fd00:192:168::1",
+                                                         "fd00:192:168::2"]),  # ::/0: every IPv6 address
+    (["192.168.0.0/24", "fd00:99::/64"], ["192.168.0.1"]),  # no IPv6 address inside: no IPv6 NodePort
+])
+def test_node_port_addresses_per_family(node_port_addresses: list[str] | None, expected: list[str]) -> None:
+    objects = [dual_node(), dual_svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort"),
+               *dual_slices()]
+    if node_port_addresses is not None:
+        objects.append(proxy_config(nodePortAddresses=node_port_addresses))
+    result = compile_objects(objects)
+    found = [address for family in (4, 6) for kind, address, _, _ in frontends_of(result, "default/web:http", family)
+             if kind == "NodePort"]
+    assert found == [f"{format_endpoint(ip(a), 30080)}/TCP" for a in expected]
+
+
+def test_loopback_is_never_a_node_port_address() -> None:
+    result = compile_objects([
+        node("n1", addresses=[("InternalIP", "::1"), ("InternalIP", "fd00::1"), ("InternalIP", "127.0.0.1")]),
+        proxy_config(nodePortAddresses=["::/0", "0.0.0.0/0"]),
+        dual_svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="NodePort"),
+    ])
+    assert [f.ip for f in result.maps.frontends if f.kind == "NodePort"] == [ip("fd00::1")]
+
+
+@pytest.mark.parametrize(("ranges", "v4", "v6"), [
+    (["198.51.100.0/24", "2001:db8:1::/48"], ("198.51.100.0/24",), ("2001:db8:1::/48",)),
+    (["2001:db8:1::/48"], (), ("2001:db8:1::/48",)),  # no IPv4 range: every IPv4 source is allowed
+    (["198.51.100.0/24"], ("198.51.100.0/24",), ()),  # and the other way round
+    (["198.51.100.0/24", "::/0"], ("198.51.100.0/24",), ()),  # a /0 allows every source of its family
+    # A range holding the node's IPv6 address lets the IPv6 load-balancer IPs in (the loop back of
+    # the node's own traffic to its VIPs); the IPv4 ranges do not hold 192.168.0.1, so not there.
+    ([" fd00:192:168::/48 ", "10.0.0.0/8"], ("10.0.0.0/8",),
+     ("2001:db8::10/128", "2001:db8::11/128", "fd00:192:168::/48")),
+])
+def test_load_balancer_source_ranges_per_family(ranges: list[str], v4: tuple[str, ...], v6: tuple[str, ...]) -> None:
+    service = dual_svc("web", [{"name": "http", "port": 80, "nodePort": 30080}], type="LoadBalancer",
+                       loadBalancerSourceRanges=ranges, externalIPs=["2001:db8::7"])
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"ip": "2001:db8::11"},
+                                                      {"ip": "2001:db8::10"}]}}
+    result = compile_objects([dual_node(), service, *dual_slices()])
+    for family, expected in ((4, v4), (6, v6)):
+        found = {kind: source for kind, _, _, source in frontends_of(result, "default/web:http", family)}
+        assert found == {"ClusterIP": (), "NodePort": (), "LoadBalancer": expected,
+                         **({"ExternalIP": ()} if family == 6 else {})}, family
+
+
+def test_endpoints_from_pods_with_two_pod_ips() -> None:
+    result = compile_objects([
+        dual_node(),
+        dual_svc("web", [{"name": "http", "port": 80, "targetPort": "http"}]),
+        pod("web-a", ["10.244.1.5", "fd00:10:244:1::5"], node_name="n1", ports=[container_port(8080, "http")]),
+        pod("web-b", ["fd00:10:244:2::5", "10.244.2.5"], node_name="n2", ports=[container_port(8081, "http")]),
+        pod("web-c", "10.244.2.6", node_name="n2", ports=[container_port(8080, "http")]),  # IPv4 only
+        pod("web-d", "fd00:10:244:2::7", node_name="n2", ports=[container_port(8080, "http")]),  # IPv6 only
+        pod("web-e", ["fd00:10:244:1::8", "10.244.1.8"], node_name="n1", deleting=True,
+            ports=[container_port(8080, "http")]),
+    ], "n1")
+    assert backend_addresses(result, "default/web:http") == ["10.244.1.5:8080", "10.244.2.5:8081", "10.244.2.6:8080"]
+    assert backend_addresses(result, "default/web:http", 6) == [
+        "[fd00:10:244:1::5]:8080", "[fd00:10:244:2::5]:8081", "[fd00:10:244:2::7]:8080"]
+    assert local_addresses(result, "default/web:http", 6) == ["[fd00:10:244:1::5]:8080"]
+    assert serving_addresses(result, "default/web:http", 6) == [
+        "[fd00:10:244:1::5]:8080", "[fd00:10:244:1::8]:8080", "[fd00:10:244:2::5]:8081", "[fd00:10:244:2::7]:8080"]
+    assert "[fd00:10:244:1::5]:8080 (default/web-a)" in [b.name for b in result.maps.backends]
+    # An IPv4-only service takes only the IPv4 podIPs.
+    result = compile_objects([svc("web", [port(80, "http")]), pod("web-a", ["fd00::5", "10.0.0.5"])])
+    assert [(s.family, addresses(result, s.backends)) for s in result.maps.services] == [(4, ["10.0.0.5:80"])]
+
+
+def test_hints_policies_and_affinity_are_per_family() -> None:
+    # IPv6 endpoints all carry zone hints, the IPv4 ones do not: only the IPv6 set is narrowed.
+    result = compile_objects([
+        dual_node("n1", zone="zone-a"),
+        dual_svc("web", internalTrafficPolicy="Local", sessionAffinity="ClientIP",
+                 sessionAffinityConfig={"clientIP": {"timeoutSeconds": 30}}),
+        *dual_slices(v4=[ep("10.244.1.5", node="n1"), ep("10.244.2.5", node="n2")],
+                     v6=[ep("fd00:10:244:1::5", node="n1", zones=["zone-b"]),
+                         ep("fd00:10:244:2::5", node="n2", zones=["zone-a"]),
+                         ep("fd00:10:244:3::5", node="n3", ready=False, serving=True, terminating=True)]),
+    ], "n1")
+    assert backend_addresses(result, "default/web:http") == ["10.244.1.5:8080", "10.244.2.5:8080"]
+    assert backend_addresses(result, "default/web:http", 6) == ["[fd00:10:244:2::5]:8080"]
+    assert local_addresses(result, "default/web:http", 6) == ["[fd00:10:244:1::5]:8080"]  # hints do not apply
+    assert serving_addresses(result, "default/web:http", 6) == [
+        "[fd00:10:244:1::5]:8080", "[fd00:10:244:2::5]:8080", "[fd00:10:244:3::5]:8080"]
+    assert [(s.family, s.affinity_timeout_s) for s in result.maps.services] == [(4, 30), (6, 30)]
+    assert [f.local_policy for f in result.maps.frontends] == [True, True]
+    # No local IPv6 endpoint: the note names the IPv6 half.
+    result = compile_objects([
+        dual_node("n1"), dual_svc("web", internalTrafficPolicy="Local"),
+        *dual_slices(v6=[ep("fd00:10:244:2::5", node="n2")]),
+    ], "n1")
+    assert service_notes(result) == (
+        "default/web:http (IPv6): internalTrafficPolicy Local and no local endpoint (none on node n1)",)
+
+
+def test_dual_cluster_cidr_and_a_missing_family() -> None:
+    objects = [dual_node(), dual_svc(), *dual_slices()]
+    result = compile_objects([*objects, proxy_config(clusterCIDR="10.244.0.0/16,fd00:10:244::/56")])
+    assert result.maps.node.pod_cidrs == ((ip("10.244.0.0"), 16), (ip("fd00:10:244::"), 56))
+    assert not any("clusterCIDR" in note for note in result.notes)
+    # kube-proxy's IPv6 proxier has no local detector without an IPv6 clusterCIDR.
+    result = compile_objects([*objects, proxy_config(clusterCIDR="10.244.0.0/16")])
+    assert result.maps.node.pod_cidrs == ((ip("10.244.0.0"), 16),)
+    assert "clusterCIDR has no IPv6 range: no IPv6 source counts as pod traffic" in result.notes
+    result = compile_objects([*objects, proxy_config(clusterCIDR="fd00:10:244::/56")])
+    assert "clusterCIDR has no IPv4 range: no IPv4 source counts as pod traffic" in result.notes
+
+
+def test_ipv4_mapped_addresses_are_ipv4_as_kube_proxy_reads_them() -> None:
+    # Go's net.IP makes ::ffff:a.b.c.d an IPv4 address; the API server refuses such addresses in
+    # IPv6 EndpointSlices, so one there (from a hand-written file) is left out.
+    result = compile_objects([
+        node("n1", addresses=[("InternalIP", "::ffff:192.168.0.1"), ("InternalIP", "fd00::1")]),
+        svc("web", [port(80, "http")], cluster_ip="::ffff:10.96.0.10", clusterIPs=["::ffff:10.96.0.10"],
+            externalIPs=["::ffff:198.51.100.7"]),
+        eps("web-1", "web", [port(8080, "http")], [ep("10.244.1.5")]),
+        eps("web-2", "web", [port(8080, "http")], [ep("::ffff:10.244.1.6"), ep("fd00::6")], address_type="IPv6"),
+        proxy_config(clusterCIDR="::ffff:10.244.0.0/112", loadBalancerSourceRanges=[]),
+    ])
+    assert [(s.name, s.family) for s in result.maps.services] == [("default/web:http", 4)]
+    assert frontends_of(result, "default/web:http") == [
+        ("ClusterIP", "10.96.0.10:80/TCP", False, ()), ("ExternalIP", "198.51.100.7:80/TCP", False, ())]
+    assert backend_addresses(result, "default/web:http") == ["10.244.1.5:8080"]
+    view = result.maps.node
+    assert (view.primary_ip, view.primary_ip6, view.pod_cidrs) == (
+        ip("192.168.0.1"), ip("fd00::1"), ((ip("10.244.0.0"), 16),))
+    assert result.skipped == Counter()
+    result = compile_objects([
+        dual_svc(), eps("web-2", "web", [port(8080, "http")], [ep("::ffff:10.244.1.6"), ep("fd00::6")],
+                        address_type="IPv6")])
+    assert backend_addresses(result, "default/web:http", 6) == ["[fd00::6]:8080"]
+    assert result.skipped == Counter({"IPv4-mapped address in an IPv6 EndpointSlice": 1})
+
+
+def test_ipv6_frontend_conflict_warning() -> None:
+    result = compile_objects([
+        svc("b", [port(80, "http")], cluster_ip="fd00::1"),
+        svc("a", [port(80, "http")], cluster_ip="fd00::1"),
+    ])
+    assert result.warnings == ("default/b:http (IPv6): [fd00::1]:80/TCP (ClusterIP) is already the ClusterIP "
+                               "frontend of default/a:http (IPv6); ignored",)
+
+
+def test_service_label_names_the_ipv6_half() -> None:
+    from fastpath.compiler import service_label
+    result = compile_objects([dual_svc(), *dual_slices()])
+    assert [service_label(s) for s in result.maps.services] == ["default/web:http", "default/web:http (IPv6)"]
 
 
 # Conntrack timeouts -----------------------------------------------------------------------------------

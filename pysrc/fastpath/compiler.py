@@ -1,42 +1,52 @@
 """The compiler: cluster state in, dataplane maps out. All routing policy is decided here.
 
-The maps describe the dataplane of one node (kube-proxy's view; see kube-proxy-rules.md):
+The maps describe the dataplane of one node (kube-proxy's view; see kube-proxy-rules.md). Like
+kube-proxy in dual-stack mode, which runs one proxier per IP family, every family is compiled on
+its own: a service port gets one map Service per family it has a cluster IP of (the same name,
+`family` 4 or 6), and that Service's frontends, endpoints, source ranges, hints, policies and
+masquerade address are all of its family.
 
 Node. `compile_maps(state, node=NAME)` picks the Node the dataplane runs on (the only Node in the
-input when there is just one, else the KubeProxyConfiguration's hostnameOverride). Its first IPv4
-InternalIP (else ExternalIP), or the configuration's bindAddress, is the primary IP (masquerade
-address); its IPv4 addresses are the node-local sources; its zone label decides zone hints.
-`clusterCIDR` (or, with detectLocalMode NodeCIDR, the Node's podCIDRs) says which sources are pods.
+input when there is just one, else the KubeProxyConfiguration's hostnameOverride). Per family,
+its first InternalIP (else ExternalIP), or the configuration's bindAddress of that family, is the
+primary IP (the masquerade address: NodeView.primary_ip and primary_ip6); its addresses of both
+families are the node-local sources; its zone label decides zone hints. `clusterCIDR` (one CIDR
+per family, "v4cidr,v6cidr"; or, with detectLocalMode NodeCIDR, the Node's podCIDRs) says which
+sources are pods.
 
-Frontends, per IPv4 TCP/UDP/SCTP service port: the IPv4 ClusterIP, the IPv4 externalIPs, the IPv4
-load-balancer ingress IPs whose ipMode is unset or VIP, and the nodePort on each NodePort address
-of the node (nodePortAddresses: "primary" by default; CIDRs pick the node's addresses inside
-them). ClusterIP frontends carry internalTrafficPolicy Local, the others externalTrafficPolicy
-Local (honoured for NodePort and LoadBalancer services and services with externalIPs);
-load-balancer frontends carry loadBalancerSourceRanges. Headless and ExternalName services get
-nothing; IPv6 addresses are counted in `CompileResult.skipped`.
+Frontends, per TCP/UDP/SCTP service port and family: the ClusterIP of the family (`clusterIPs`),
+the externalIPs and the load-balancer ingress IPs (ipMode unset or VIP) of the family, and the
+nodePort on each NodePort address of the node of the family (nodePortAddresses: "primary" by
+default, the primary IP of each family; CIDRs pick the node's addresses inside them, and a
+family without any CIDR listed gets every node address of the family). ClusterIP frontends carry
+internalTrafficPolicy Local, the others externalTrafficPolicy Local (honoured for NodePort and
+LoadBalancer services and services with externalIPs); load-balancer frontends carry the
+loadBalancerSourceRanges of their family. Headless and ExternalName services get nothing.
+Addresses are read as kube-proxy's Go code reads them: an IPv4-mapped IPv6 address
+(::ffff:a.b.c.d) is the IPv4 address.
 
-Endpoints come from the service's IPv4 EndpointSlices through the slice port matching the service
-port's name and protocol, or, for a service with a selector and no EndpointSlice in the input, from
-the Pods it selects (as the EndpointSlice controller would build them). Per service port:
+Endpoints come from the service's EndpointSlices of the family (addressType IPv4 or IPv6)
+through the slice port matching the service port's name and protocol, or, for a service with a
+selector and no EndpointSlice in the input, from the Pods it selects (their podIP of the family,
+as the EndpointSlice controller would build them). Per service port and family:
   cluster set  ready endpoints, narrowed by topology hints when they apply to this node; when none
                is ready anywhere, the serving and terminating ones
   local set    this node's ready endpoints, else its serving and terminating ones
   serving      every serving endpoint (stale UDP flows to any other are forgotten on reload)
 
-Output is deterministic: services, backends, frontends and each service's backend lists are
-sorted, so the same input gives identical maps on every run and every node builds the same
-selection tables.
+Output is deterministic: services (IPv4 before IPv6 of one service port), backends, frontends
+and each service's backend lists are sorted, so the same input gives identical maps on every
+run and every node builds the same selection tables.
 """
 from __future__ import annotations
 
 import socket
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .maps import FRONTEND_KINDS, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView
+from .maps import IPV6, FRONTEND_KINDS, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, format_address
 from .maps import Service as MapService
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
@@ -50,10 +60,11 @@ from .model import (
     Pod,
     Service,
     ServicePort,
-    ip_family,
 )
 
-__all__ = ["CompileResult", "compile_maps"]
+__all__ = ["CompileResult", "compile_maps", "service_label"]
+
+FAMILIES = (4, 6)
 
 # Which frontend keeps an (ip, port, protocol) claimed twice. kube-proxy matches ClusterIPs,
 # external IPs and load-balancer IPs in one map before it looks at NodePorts; of an address that
@@ -61,6 +72,7 @@ __all__ = ["CompileResult", "compile_maps"]
 _CLAIM_ORDER = {"ClusterIP": 0, "LoadBalancer": 1, "ExternalIP": 2, "NodePort": 3}
 _KIND_ORDER = {kind: index for index, kind in enumerate(FRONTEND_KINDS)}
 _PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
 
 # KubeProxyConfiguration conntrack settings -> the core's conntrack timeout keys.
 _TIMEOUT_KEYS = (
@@ -69,7 +81,9 @@ _TIMEOUT_KEYS = (
     ("other", "udp_timeout"),
 )
 
-_LOOPBACK = (0x7F000000, 8)
+_LOOPBACKS = ((0x7F000000, 8), (IPV6 | 1, 128))  # 127.0.0.0/8 and ::1/128
+_V6_MASK = IPV6 - 1
+_V4_MAPPED = 0xFFFF  # bits 32-127 of an IPv4-mapped IPv6 address (::ffff:0:0/96)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +98,19 @@ class CompileResult:
     node: str | None = None  # the node the maps were compiled for (None: no node known)
 
 
+def service_label(service: MapService) -> str:
+    """A map Service's name for reports, unique in the maps: the service port's name, with
+    " (IPv6)" for the IPv6 half of a service port (the IPv4 one keeps the plain name)."""
+    return f"{service.name} (IPv6)" if service.family == 6 else service.name
+
+
 class _Candidate(NamedTuple):
     """One endpoint of one service port, as kube-proxy's endpoint info sees it.
 
     A named tuple, not a dataclass: a large cluster makes hundreds of thousands of these.
     """
 
-    ip: int
+    ip: int  # a map address (IPv6 ones tagged with maps.IPV6)
     port: int
     address: str  # the ip as text, for names
     ready: bool
@@ -103,13 +123,18 @@ class _Candidate(NamedTuple):
 
 
 class _Port(NamedTuple):
-    """A service port that gets a service id."""
+    """A service port of one family: it gets a service id."""
 
     service: Service
     port: ServicePort
-    cluster_ip: int
+    family: int  # 4 or 6
+    cluster_ip: int  # the ClusterIP of the family, a map address
     proto: int
     name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (IPv6)" if self.family == 6 else self.name
 
 
 class _Sets(NamedTuple):
@@ -122,7 +147,10 @@ class _NodeInfo(NamedTuple):
     name: str | None
     zone: str | None
     view: NodeView
-    node_port_ips: tuple[int, ...]  # where nodePorts listen
+    node_port_ips: Mapping[int, tuple[int, ...]]  # family -> where nodePorts listen
+
+    def primary(self, family: int) -> int:
+        return self.view.primary_ip6 if family == 6 else self.view.primary_ip
 
 
 _NO_HINTS: frozenset[str] = frozenset()
@@ -144,22 +172,25 @@ def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
     notes: list[str] = []
     warnings: list[str] = []
 
-    info = _node_info(state, node, config, notes)
     ports = _service_ports(state.services, skipped)
-    slices = _ipv4_slices_by_service(state.endpoint_slices, skipped)
+    # The families the node's view matters for (IPv4 when there is no service port at all).
+    families = tuple(sorted({entry.family for entry in ports})) or (4,)
+    info = _node_info(state, node, config, families, notes)
+    slices = _slices_by_service(state.endpoint_slices, skipped)
     with_slices = {(s.namespace, s.service_name) for s in state.endpoint_slices if s.service_name is not None}
     pods = _PodIndex(state.pods)
 
     chosen: list[_Sets] = []
-    from_pods: dict[tuple[str, str], list[tuple[str, Pod]]] = {}
+    from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
     for entry in ports:
         service = entry.service
         if service.key not in with_slices and service.selector is not None:
             if service.key not in from_pods:
                 from_pods[service.key] = pods.selected(service)
-            candidates = _pod_candidates(service, entry.port, from_pods[service.key], info.name)
+            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[service.key], info.name)
         else:
-            candidates = _candidates(entry.port, slices.get(service.key, ()), info.name)
+            candidates = _candidates(entry.port, entry.family,
+                                     slices.get((*service.key, entry.family), ()), info.name, skipped)
         sets = _Sets(
             cluster=_cluster_set(candidates, info.name, info.zone),
             local=_local_set(candidates),
@@ -186,10 +217,11 @@ def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
             local_backends=ids(sets.local),
             serving=ids(sets.serving),
             affinity_timeout_s=_affinity_timeout(entry.service),
+            family=entry.family,
         )
         for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1)
     ]
-    frontends = _frontends(ports, info, warnings)
+    frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
     notes.extend(f"skipped {count} {what}" for what, count in sorted(skipped.items()))
@@ -202,35 +234,45 @@ def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
 # The node
 
 
-def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfiguration, notes: list[str]) -> _NodeInfo:
+def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfiguration,
+               families: Sequence[int], notes: list[str]) -> _NodeInfo:
     name, found = _choose_node(state, node, config)
     if node is None and name is not None and config.hostname_override:
         notes.append(f"node {name} chosen by the KubeProxyConfiguration's hostnameOverride")
-    addresses = [_ipv4_int(a) for a in (found.ips(4) if found else ())]
-    primary = addresses[0] if addresses else 0
+    # InternalIPs then ExternalIPs; the first of each family is that family's primary IP
+    # (kube-proxy's node IPs), unless bindAddress names one.
+    addresses = [_address(a) for a in (found.ips() if found else ())]
+    primaries = {family: next((a for a in addresses if _family(a) == family), 0) for family in FAMILIES}
     bind = config.bind_address
-    if bind is not None and ip_family(bind) == 4 and _ipv4_int(bind) != 0:
-        primary = _ipv4_int(bind)  # kube-proxy's bindAddress overrides the node's primary IP
-        addresses.append(primary)
+    if bind is not None:
+        address = _address(bind)
+        if address not in (0, IPV6):  # 0.0.0.0 and :: leave the node's addresses in charge
+            primaries[_family(address)] = address  # kube-proxy's bindAddress overrides its family's node IP
+            addresses.append(address)
     local_ips = tuple(sorted(set(addresses)))
     if found is None:
         which = "no Node in the input" if name is None else f"Node {name} is not in the input"
-        if primary:
-            notes.append(f"{which}: its only address is the bindAddress {_ipv4_text(primary)}")
+        bound = [a for a in primaries.values() if a]
+        if bound:
+            notes.append(f"{which}: its only address is the bindAddress {format_address(bound[0])}")
         else:
             notes.append(f"{which}: no node addresses, so no NodePort frontends and no masquerading")
-    elif not addresses:
-        notes.append(f"Node {name} has no IPv4 address: no NodePort frontends and no masquerading")
+    else:
+        for family in families:
+            if not primaries[family]:
+                notes.append(f"Node {name} has no IPv{family} address: no IPv{family} NodePort frontends "
+                             f"and no IPv{family} masquerading")
 
     view = NodeView(
-        primary_ip=primary,
+        primary_ip=primaries[4],
         local_ips=local_ips,
-        pod_cidrs=_pod_cidrs(config, found, name, notes),
+        pod_cidrs=_pod_cidrs(config, found, name, families, notes),
         masquerade_all=config.masquerade_all,
         service_ips=_service_ips(state.services),
+        primary_ip6=primaries[6],
     )
     return _NodeInfo(name=name, zone=found.zone if found else None, view=view,
-                     node_port_ips=_node_port_ips(config, primary, local_ips))
+                     node_port_ips=_node_port_ips(config, primaries, local_ips))
 
 
 def _choose_node(state: ClusterState, node: str | None, config: KubeProxyConfiguration) -> tuple[str | None, Node | None]:
@@ -253,45 +295,64 @@ def _choose_node(state: ClusterState, node: str | None, config: KubeProxyConfigu
 
 
 def _pod_cidrs(config: KubeProxyConfiguration, node: Node | None, name: str | None,
-               notes: list[str]) -> tuple[tuple[int, int], ...]:
+               families: Sequence[int], notes: list[str]) -> tuple[tuple[int, int], ...]:
+    """Which sources are pod traffic, as prefixes of both families (kube-proxy's local detector
+    of each proxier: the CIDRs of its family)."""
     mode = config.detect_local_mode or "ClusterCIDR"
     if mode == "ClusterCIDR":
-        cidrs: Sequence[str] = config.cluster_cidrs
-    elif mode == "NodeCIDR":
-        cidrs = node.pod_cidrs if node else ()
-        if not any(ip_family(c.partition("/")[0]) == 4 for c in cidrs):
-            if node is None:
-                why = "no Node" if name is None else f"Node {name} is not in the input"
-            else:
-                why = f"Node {name} has no IPv4 podCIDR"
-            notes.append(f"detectLocalMode NodeCIDR and {why}: no source counts as pod traffic")
-    else:
-        notes.append(f"detectLocalMode {mode} cannot be evaluated offline: no source counts as pod traffic")
-        cidrs = ()
-    return _ipv4_prefixes(cidrs)
+        prefixes = _prefixes(config.cluster_cidrs)
+        if prefixes:  # without any clusterCIDR nothing is detected, as before dual-stack
+            for family in families:
+                if not any(_family(network) == family for network, _ in prefixes):
+                    notes.append(f"clusterCIDR has no IPv{family} range: no IPv{family} source counts "
+                                 "as pod traffic")
+        return prefixes
+    if mode == "NodeCIDR":
+        prefixes = _prefixes(node.pod_cidrs if node else ())
+        for family in families:
+            if not any(_family(network) == family for network, _ in prefixes):
+                if node is None:
+                    why = "no Node" if name is None else f"Node {name} is not in the input"
+                else:
+                    why = f"Node {name} has no IPv{family} podCIDR"
+                notes.append(f"detectLocalMode NodeCIDR and {why}: no IPv{family} source counts as pod traffic")
+        return prefixes
+    notes.append(f"detectLocalMode {mode} cannot be evaluated offline: no source counts as pod traffic")
+    return ()
 
 
-def _node_port_ips(config: KubeProxyConfiguration, primary: int, local_ips: tuple[int, ...]) -> tuple[int, ...]:
-    """The node's addresses that nodePorts listen on (kube-proxy's NodePortAddresses, IPv4).
+def _node_port_ips(config: KubeProxyConfiguration, primaries: Mapping[int, int],
+                   local_ips: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """Per family, the node's addresses that nodePorts listen on (kube-proxy's NodePortAddresses
+    of each proxier).
 
-    "primary" (the default) is the primary IP; CIDRs keep the node addresses inside them; with no
-    IPv4 CIDR at all (or a /0) every node address qualifies.
+    "primary" (the default) is the primary IP of each family; CIDRs keep the node addresses
+    inside them; a family with no CIDR of its own in the list (or a /0) gets every node address
+    of the family. Loopback addresses never serve nodePorts.
     """
     listed = config.node_port_addresses or (NODE_PORT_ADDRESSES_PRIMARY,)
     if listed == (NODE_PORT_ADDRESSES_PRIMARY,):
-        listed = (f"{_ipv4_text(primary)}/32",) if primary and not _in_prefix(primary, _LOOPBACK) else ()
-    prefixes = _ipv4_prefixes(c for c in listed if c != NODE_PORT_ADDRESSES_PRIMARY)
-    usable = tuple(ip for ip in local_ips if not _in_prefix(ip, _LOOPBACK))
-    if not prefixes or any(length == 0 for _, length in prefixes):
-        return usable
-    return tuple(ip for ip in usable if any(_in_prefix(ip, prefix) for prefix in prefixes))
+        prefixes = tuple((ip, _bits(ip)) for ip in primaries.values() if ip and not _loopback(ip))
+    else:
+        prefixes = _prefixes(listed)
+    usable = tuple(ip for ip in local_ips if not _loopback(ip))
+    found = {}
+    for family in FAMILIES:
+        mine = [prefix for prefix in prefixes if _family(prefix[0]) == family]
+        candidates = tuple(ip for ip in usable if _family(ip) == family)
+        if not mine or any(length == 0 for _, length in mine):
+            found[family] = candidates
+        else:
+            found[family] = tuple(ip for ip in candidates if any(_in_prefix(ip, prefix) for prefix in mine))
+    return found
 
 
 def _service_ips(services: Iterable[Service]) -> tuple[int, ...]:
-    """IPv4 ClusterIPs of services that get dataplane entries (whatever their port protocols)."""
-    found = {_ipv4_int(address) for s in services
+    """ClusterIPs (both families) of services that get dataplane entries (whatever their port
+    protocols)."""
+    found = {_address(address) for s in services
              if s.type != "ExternalName" and not s.headless and s.ports
-             for address in s.cluster_ips if ip_family(address) == 4}
+             for address in s.cluster_ips}
     return tuple(sorted(found))
 
 
@@ -315,24 +376,29 @@ def _config_notes(config: KubeProxyConfiguration) -> list[str]:
 
 
 def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_Port]:
-    """Every IPv4 TCP/UDP/SCTP service port, in id order: (namespace, name, port name, protocol)."""
+    """Every TCP/UDP/SCTP service port of each family the service has a ClusterIP of, in id order:
+    (namespace, name, port name, protocol, family)."""
     ports = []
     for service in services:
-        cluster_ip = _ipv4_cluster_ip(service, skipped)
-        if cluster_ip is None:
+        cluster_ips = _cluster_ips(service, skipped)
+        if not cluster_ips:
             continue
-        for what, addresses in (("IPv6 external IP", service.external_ips),
-                                ("IPv6 load-balancer IP", _load_balancer_vips(service))):
-            count = sum(ip_family(a) == 6 for a in addresses)
+        # kube-proxy's proxier of a family ignores the service's external and load-balancer IPs of
+        # the other family; without a ClusterIP of their family they are served by no proxier.
+        for what, addresses in (("external IP", service.external_ips),
+                                ("load-balancer IP", _load_balancer_vips(service))):
+            count = sum(_family(_address(a)) not in cluster_ips for a in addresses)
             if count:
-                skipped[what] += count
+                skipped[f"{what} of a family the service has no cluster IP of"] += count
         for port in service.ports:
             if port.protocol not in PROTOCOL_NUMBERS:
                 skipped[f"{port.protocol} service port"] += 1
-            else:
-                ports.append(_Port(service, port, cluster_ip, PROTOCOL_NUMBERS[port.protocol],
-                                   _service_name(service, port)))
-    ports.sort(key=lambda entry: (entry.service.namespace, entry.service.name, entry.port.name, entry.port.protocol))
+                continue
+            name = _service_name(service, port)
+            for family, cluster_ip in cluster_ips.items():
+                ports.append(_Port(service, port, family, cluster_ip, PROTOCOL_NUMBERS[port.protocol], name))
+    ports.sort(key=lambda entry: (entry.service.namespace, entry.service.name, entry.port.name,
+                                  entry.port.protocol, entry.family))
     return ports
 
 
@@ -347,20 +413,25 @@ class _FrontendClaim(NamedTuple):
     source_ranges: tuple[tuple[int, int], ...]
 
 
-def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str]) -> list[Frontend]:
+def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
+               skipped: Counter[str]) -> list[Frontend]:
     claims: list[_FrontendClaim] = []
+    per_service: dict[tuple[str, str, int], tuple] = {}
     for service_id, entry in enumerate(ports, start=1):
-        service, port = entry.service, entry.port
-        external_local = _external_policy_local(service)
-        vips = [_ipv4_int(a) for a in _load_balancer_vips(service) if ip_family(a) == 4]
-        ranges = _source_ranges(service, vips, info.view.primary_ip)
+        service, port, family = entry.service, entry.port, entry.family
+        key = (*service.key, family)
+        if key not in per_service:  # the same for every port of the service
+            vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if _family(ip) == family]
+            externals = [ip for ip in (_address(a) for a in service.external_ips) if _family(ip) == family]
+            ranges = _source_ranges(service, vips, info.primary(family), family)
+            per_service[key] = (vips, externals, ranges, _external_policy_local(service))
+        vips, externals, ranges, external_local = per_service[key]
         wanted: list[tuple[str, int, int, bool, tuple[tuple[int, int], ...]]] = [
             ("ClusterIP", entry.cluster_ip, port.port, service.internal_traffic_policy == "Local", ())]
         wanted += [("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
-        wanted += [("ExternalIP", _ipv4_int(a), port.port, external_local, ())
-                   for a in service.external_ips if ip_family(a) == 4]
+        wanted += [("ExternalIP", ip, port.port, external_local, ()) for ip in externals]
         if port.node_port is not None:
-            wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips]
+            wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips[family]]
         claims.extend(_FrontendClaim(_CLAIM_ORDER[kind], service_id, ip, number, entry.proto, kind, local, source)
                       for kind, ip, number, local, source in wanted)
 
@@ -374,8 +445,8 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str]) -> 
             owners[key] = c
             kept.append(c)
         elif not (owner.service == c.service and owner.kind == c.kind):  # the same address listed twice: nothing to say
-            warnings.append(f"{ports[c.service - 1].name}: {_ipv4_text(c.ip)}:{c.port}/{_PROTOCOL_NAMES[c.proto]} "
-                            f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].name}; "
+            warnings.append(f"{ports[c.service - 1].label}: {_endpoint_text(c.ip, c.port)}/{_PROTOCOL_NAMES[c.proto]} "
+                            f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
                             "ignored")
     kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
     return [Frontend(ip=c.ip, port=c.port, proto=c.proto, service=c.service, kind=c.kind,
@@ -394,14 +465,20 @@ def _load_balancer_vips(service: Service) -> list[str]:
             if ingress.ip is not None and ingress.ip_mode in (None, "VIP")]
 
 
-def _source_ranges(service: Service, vips: Sequence[int], primary_ip: int) -> tuple[tuple[int, int], ...]:
-    """loadBalancerSourceRanges of the IPv4 family as (network, length); () allows every source."""
-    prefixes = _ipv4_prefixes(service.load_balancer_source_ranges)
+def _source_ranges(service: Service, vips: Sequence[int], primary_ip: int,
+                   family: int) -> tuple[tuple[int, int], ...]:
+    """loadBalancerSourceRanges of the family as (network, length); () allows every source.
+
+    kube-proxy's proxier of each family applies only the ranges of its family: with none of the
+    family (or a /0 among them) every source of the family is allowed.
+    """
+    prefixes = tuple(prefix for prefix in _prefixes(service.load_balancer_source_ranges)
+                     if _family(prefix[0]) == family)
     if not prefixes or any(length == 0 for _, length in prefixes):
         return ()
     if primary_ip and any(_in_prefix(primary_ip, prefix) for prefix in prefixes):
         # Traffic from the node to its own LB VIP loops back with the VIP as source.
-        prefixes = tuple(sorted({*prefixes, *((ip, 32) for ip in vips)}))
+        prefixes = tuple(sorted({*prefixes, *((ip, _bits(ip)) for ip in vips)}))
     return prefixes
 
 
@@ -416,7 +493,7 @@ def _affinity_timeout(service: Service) -> int:
 
 
 def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]) -> None:
-    name, service = entry.name, entry.service
+    name, service = entry.label, entry.service
     if not sets.cluster:
         notes.append(f"{name}: no usable endpoint; traffic to it is rejected")
         return
@@ -428,18 +505,21 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
     if service.internal_traffic_policy == "Local":
         notes.append(f"{name}: internalTrafficPolicy Local and no local endpoint ({why})")
     external = entry.port.node_port is not None or any(
-        ip_family(a) == 4 for a in (*service.external_ips, *_load_balancer_vips(service)))
+        _family(_address(a)) == entry.family for a in (*service.external_ips, *_load_balancer_vips(service)))
     if external and _external_policy_local(service):
         notes.append(f"{name}: externalTrafficPolicy Local and no local endpoint ({why}); "
                      "external clients are dropped")
 
 
 def _number_backends(candidates: Iterable[_Candidate]) -> tuple[list[Backend], dict[tuple[int, int], int]]:
-    """One backend per distinct (ip, port) over every service, ids in (ip, port) order."""
+    """One backend per distinct (ip, port) over every service, ids in (ip, port) order (IPv4 first)."""
     names: dict[tuple[int, int], str] = {}
     for candidate in candidates:
         key = (candidate.ip, candidate.port)
-        name = f"{candidate.address}:{candidate.port} ({candidate.owner})"
+        if candidate.ip >= IPV6:
+            name = f"[{candidate.address}]:{candidate.port} ({candidate.owner})"
+        else:
+            name = f"{candidate.address}:{candidate.port} ({candidate.owner})"
         previous = names.get(key)
         if previous is None or name < previous:  # slices may name the same address differently
             names[key] = name
@@ -448,42 +528,44 @@ def _number_backends(candidates: Iterable[_Candidate]) -> tuple[list[Backend], d
     return backends, ids
 
 
-def _ipv4_cluster_ip(service: Service, skipped: Counter[str]) -> int | None:
-    """The service's IPv4 cluster IP as an integer, or None (counted) when it gets no frontend."""
+def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
+    """family -> the service's cluster IP of that family (a map address); empty, and counted, when
+    the service gets no frontend."""
     if service.type == "ExternalName":
         skipped["ExternalName service"] += 1
-        return None
+        return {}
     if service.headless:
         skipped["headless service"] += 1
-        return None
-    ipv4 = [address for address in service.cluster_ips if ip_family(address) == 4]
-    if not ipv4:
-        skipped["service without an IPv4 cluster IP"] += 1
-        return None
-    if len(ipv4) != len(service.cluster_ips):  # dual-stack: the IPv6 half waits for IPv6 support
-        skipped["IPv6 cluster IP"] += 1
-    return _ipv4_int(ipv4[0])
+        return {}
+    found: dict[int, int] = {}
+    for text in service.cluster_ips:
+        address = _address(text)
+        found.setdefault(_family(address), address)  # one per family (the API server allows no more)
+    return {family: found[family] for family in sorted(found)}
 
 
-def _ipv4_slices_by_service(
+def _slices_by_service(
     slices: Iterable[EndpointSlice], skipped: Counter[str]
-) -> dict[tuple[str, str], list[EndpointSlice]]:
-    """IPv4 slices grouped by (namespace, service name), each group sorted by slice name."""
-    grouped: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+) -> dict[tuple[str, str, int], list[EndpointSlice]]:
+    """IPv4 and IPv6 slices grouped by (namespace, service name, family), each group sorted by
+    slice name."""
+    grouped: defaultdict[tuple[str, str, int], list[EndpointSlice]] = defaultdict(list)
     for endpoint_slice in slices:
+        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
         if endpoint_slice.service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
-        elif endpoint_slice.address_type != "IPv4":
+        elif family is None:
             skipped[f"{endpoint_slice.address_type} EndpointSlice"] += 1
         else:
-            grouped[(endpoint_slice.namespace, endpoint_slice.service_name)].append(endpoint_slice)
+            grouped[(endpoint_slice.namespace, endpoint_slice.service_name, family)].append(endpoint_slice)
     for group in grouped.values():
         group.sort(key=lambda s: s.name)  # the order that decides duplicates must not be the file order
     return grouped
 
 
-def _candidates(port: ServicePort, slices: Iterable[EndpointSlice], node: str | None) -> list[_Candidate]:
-    """The service port's endpoints from its slices, one per (ip, port).
+def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice], node: str | None,
+                skipped: Counter[str]) -> list[_Candidate]:
+    """The service port's endpoints from its slices of the family, one per (ip, port).
 
     Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
     one wins, as in kube-proxy; then the ready, serving, local one, so the result never depends
@@ -496,7 +578,11 @@ def _candidates(port: ServicePort, slices: Iterable[EndpointSlice], node: str | 
         if slice_port is None or slice_port.port is None:
             continue
         for endpoint in endpoint_slice.endpoints:
-            _keep(found, _candidate(endpoint, slice_port.port, endpoint_slice, node))
+            candidate = _candidate(endpoint, slice_port.port, endpoint_slice, node, family)
+            if candidate is None:
+                skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+            else:
+                _keep(found, candidate)
     return list(found.values())
 
 
@@ -511,7 +597,8 @@ def _preference(candidate: _Candidate) -> tuple[bool, bool, bool, bool]:
     return (not candidate.terminating, candidate.ready, candidate.serving, candidate.local)
 
 
-def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, node: str | None) -> _Candidate:
+def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, node: str | None,
+               family: int) -> _Candidate | None:
     ref = endpoint.target_ref
     if ref is not None and ref.name:
         owner = f"{ref.namespace or endpoint_slice.namespace}/{ref.name}"
@@ -519,8 +606,14 @@ def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, nod
         owner = f"{endpoint_slice.namespace}/{endpoint_slice.name}"
     conditions = endpoint.conditions
     address = endpoint.addresses[0]  # only the first address counts
+    if family == 4:
+        ip = int.from_bytes(_inet_aton(address), "big")
+    else:
+        ip = _address(address)
+        if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
+            return None
     return _Candidate(
-        ip=_ipv4_int(address),
+        ip=ip,
         port=port,
         address=address,
         ready=conditions.is_ready,
@@ -534,16 +627,22 @@ def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, nod
 
 
 class _PodIndex:
-    """Pods by label, for selectors; terminal pods and pods without an IPv4 address left out."""
+    """Pods by label, for selectors; terminal pods and pods without an address left out."""
 
     def __init__(self, pods: Iterable[Pod]) -> None:
         usable = []
         for pod in pods:
-            if pod.phase in ("Succeeded", "Failed"):
+            if pod.phase in ("Succeeded", "Failed") or not pod.pod_ips:
                 continue
-            address = next((a for a in pod.pod_ips if ip_family(a) == 4), None)  # one IP per family
-            if address is not None:
-                usable.append((pod.namespace, pod.name, frozenset(pod.labels), address, pod))
+            # One address per family: the first podIP of each (status.podIPs holds at most one
+            # per family; the EndpointSlice controller publishes each in its family's slice).
+            addresses: dict[int, str] = {}
+            for text in pod.pod_ips:
+                address = _address(text)
+                if (address >= IPV6) != (":" in text):  # IPv4-mapped: shown as the IPv4 address
+                    text = format_address(address)
+                addresses.setdefault(_family(address), text)
+            usable.append((pod.namespace, pod.name, frozenset(pod.labels), addresses, pod))
         usable.sort(key=lambda entry: entry[:2])
         self.pods = usable
         # (namespace, label key, label value) -> positions in self.pods, ascending
@@ -552,8 +651,8 @@ class _PodIndex:
             for key, value in labels:
                 self.by_label[(namespace, key, value)].append(position)
 
-    def selected(self, service: Service) -> list[tuple[str, Pod]]:
-        """(IPv4 address, pod) of the pods the service's selector matches, by pod name."""
+    def selected(self, service: Service) -> list[tuple[dict[int, str], Pod]]:
+        """(family -> address, pod) of the pods the service's selector matches, by pod name."""
         selector = frozenset(service.selector or ())
         if not selector:
             return []
@@ -562,9 +661,10 @@ class _PodIndex:
         return [(self.pods[i][3], self.pods[i][4]) for i in fewest if selector <= self.pods[i][2]]
 
 
-def _pod_candidates(service: Service, port: ServicePort, pods: Iterable[tuple[str, Pod]],
+def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iterable[tuple[dict[int, str], Pod]],
                     node: str | None) -> list[_Candidate]:
-    """The endpoints the EndpointSlice controller would publish for this port of the selected pods.
+    """The endpoints the EndpointSlice controller would publish for this port of the selected pods,
+    in the slice of the family (the pods' podIP of the family).
 
     serving = the pod's Ready condition, terminating = deletionTimestamp set, ready = serving and
     not terminating (always ready with publishNotReadyAddresses). A named targetPort resolves
@@ -573,7 +673,10 @@ def _pod_candidates(service: Service, port: ServicePort, pods: Iterable[tuple[st
     """
     found: dict[tuple[int, int], _Candidate] = {}
     target = port.target_port
-    for address, pod in pods:
+    for addresses, pod in pods:
+        address = addresses.get(family)
+        if address is None:
+            continue
         if isinstance(target, str):
             number = next((p.port for p in pod.ports if p.name == target and p.protocol == port.protocol), None)
             if number is None:
@@ -581,7 +684,7 @@ def _pod_candidates(service: Service, port: ServicePort, pods: Iterable[tuple[st
         else:
             number = target
         _keep(found, _Candidate(
-            ip=_ipv4_int(address),
+            ip=_address(address),
             port=number,
             address=address,
             ready=service.publish_not_ready_addresses or (pod.ready and not pod.terminating),
@@ -616,31 +719,64 @@ def _local_set(candidates: list[_Candidate]) -> list[_Candidate]:
 
 
 # --------------------------------------------------------------------------------------------
-# Addresses
+# Addresses (map integers: IPv4 as its 32-bit value, IPv6 tagged with maps.IPV6)
+
+_inet_aton = socket.inet_aton
+_inet_pton = socket.inet_pton
+_AF_INET6 = socket.AF_INET6
 
 
-def _ipv4_int(address: str) -> int:
-    """A model IPv4 address (canonical dotted quad) as an integer, without ipaddress' overhead."""
-    return int.from_bytes(socket.inet_aton(address), "big")
+def _address(text: str) -> int:
+    """A model address (canonical text) as a map address, without ipaddress' overhead.
+
+    An IPv4-mapped IPv6 address is its IPv4 address, as in kube-proxy (Go's net.IP).
+    """
+    if ":" not in text:
+        return int.from_bytes(_inet_aton(text), "big")
+    value = int.from_bytes(_inet_pton(_AF_INET6, text), "big")
+    if value >> 32 == _V4_MAPPED:
+        return value & 0xFFFFFFFF
+    return IPV6 | value
 
 
-def _ipv4_text(address: int) -> str:
-    return socket.inet_ntoa(address.to_bytes(4, "big"))
+def _family(address: int) -> int:
+    return 6 if address >= IPV6 else 4
 
 
-def _ipv4_prefixes(cidrs: Iterable[str]) -> tuple[tuple[int, int], ...]:
-    """The IPv4 ones of normalised CIDRs as sorted, distinct (network, length) pairs."""
+def _bits(address: int) -> int:
+    return 128 if address >= IPV6 else 32
+
+
+def _endpoint_text(address: int, port: int) -> str:
+    text = format_address(address)
+    return f"[{text}]:{port}" if address >= IPV6 else f"{text}:{port}"
+
+
+def _prefixes(cidrs: Iterable[str]) -> tuple[tuple[int, int], ...]:
+    """Normalised CIDRs of both families as sorted, distinct (network, length) pairs ("primary"
+    and anything else that is no CIDR left out). An IPv4-mapped IPv6 prefix is the IPv4 one."""
     found = set()
     for cidr in cidrs:
-        address, _, length = cidr.partition("/")
-        if ip_family(address) == 4:
-            found.add((_ipv4_int(address), int(length)))
+        text, slash, length = cidr.partition("/")
+        if not slash:
+            continue
+        network, bits = _address(text), int(length)
+        if ":" in text and network < IPV6:  # ::ffff:a.b.c.d/len: an IPv4 prefix of len - 96
+            bits = max(bits - 96, 0)
+        found.add((network, bits))
     return tuple(sorted(found))
 
 
 def _in_prefix(ip: int, prefix: tuple[int, int]) -> bool:
+    """`ip` is inside `prefix` (only ever for addresses of the prefix's family)."""
     network, length = prefix
-    return length == 0 or (ip ^ network) >> (32 - length) == 0
+    if (ip >= IPV6) != (network >= IPV6):
+        return False
+    return length == 0 or (ip ^ network) >> (_bits(network) - length) == 0
+
+
+def _loopback(ip: int) -> bool:
+    return any(_in_prefix(ip, prefix) for prefix in _LOOPBACKS)
 
 
 def _service_name(service: Service, port: ServicePort) -> str:
