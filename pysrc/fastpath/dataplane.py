@@ -26,14 +26,15 @@ class PacketResult(NamedTuple):
     verdict: Verdict
     reason: Reason
     data: bytes  # the packet after any rewrite
-    reply: bytes | None = None  # the ICMP port unreachable sent back for a REJECT
+    reply: bytes | None = None  # the port unreachable sent back for a REJECT (ICMPv6 for IPv6)
 
 
 @dataclass(slots=True)
 class BatchResult:
     verdicts: array  # array('B') of Verdict numbers, one per packet
     reasons: array  # array('B') of Reason numbers
-    replies: dict[int, bytes] = field(default_factory=dict)  # packet index -> REJECT reply
+    # packet index -> REJECT reply: an ICMP (IPv4) or ICMPv6 (IPv6) port unreachable
+    replies: dict[int, bytes] = field(default_factory=dict)
     # Per-packet trace (with trace=True): service id, backend id, and flag bits (frontend kind
     # + 1 in bits 0-2, TRACE_MASQUERADED); ids index Dataplane.maps (0: none).
     services: array | None = None
@@ -96,7 +97,8 @@ class Dataplane:
     def process(self, batch: Batch, linktype: int = 1, *, trace: bool = False) -> BatchResult:
         """Run a batch through the core; packets are rewritten in place in batch.buf.
 
-        REJECTed packets stay as they were; their ICMP replies are in `result.replies`.
+        REJECTed packets stay as they were; their replies (ICMP port unreachable for IPv4,
+        ICMPv6 port unreachable for IPv6) are in `result.replies`.
         """
         n = batch.count
         result = BatchResult(array("B", bytes(n)), array("B", bytes(n)))
@@ -119,18 +121,21 @@ class Dataplane:
 
     def process_packet(self, data: bytes, ts_ns: int = 0, linktype: int = 1) -> PacketResult:
         """One packet (from link-layer header on) in; its verdict, reason, rewritten bytes and,
-        for a REJECT, the ICMP reply out."""
+        for a REJECT, the ICMP (ICMPv6) port unreachable out."""
         verdict, reason, rewritten = self.engine.process_packet(data, ts_ns, linktype)
         reply = port_unreachable(data, linktype) if verdict == Verdict.REJECT else None
         return PacketResult(verdict, reason, rewritten, reply)
 
     def counters(self) -> dict:
-        """The engine's counters with services and backends keyed by name."""
+        """The engine's counters with services and backends keyed by name (the IPv6 half of a
+        service port as "namespace/name:port (IPv6)", see fastpath.compiler.service_label)."""
+        from fastpath.compiler import service_label
+
         raw = self.engine.counters()
         return {
             "verdicts": raw["verdicts"],
             "reasons": raw["reasons"],
-            "services": {s.name: n for s, n in zip(self.maps.services, raw["services"])},
+            "services": {service_label(s): n for s, n in zip(self.maps.services, raw["services"])},
             "backends": {b.name: n for b, n in zip(self.maps.backends, raw["backends"])},
             "conntrack": raw["conntrack"],
             "affinity": raw.get("affinity", {}),
