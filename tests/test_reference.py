@@ -15,14 +15,45 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, defragment, fragment, in4_chksum
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NS,
+    ICMPv6PacketTooBig,
+    ICMPv6ParamProblem,
+    ICMPv6TimeExceeded,
+    ICMPv6Unknown,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PadN,
+    defragment6,
+    fragment6,
+    in6_chksum,
+)
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit
 from scapy.layers.sctp import crc32c as scapy_crc32c
 from scapy.packet import Packet, Raw
 from scapy.utils import checksum as scapy_checksum
 
-from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, Service
+from fastpath.maps import (
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    PROTOCOL_NUMBERS,
+    Backend,
+    Frontend,
+    Maps,
+    NodeView,
+    Service,
+    address_from_text,
+    format_address,
+)
 from fastpath.reference import (
     CT_CLOSING,
     CT_ESTABLISHED,
@@ -30,12 +61,14 @@ from fastpath.reference import (
     CT_SYN_SENT,
     DEFAULT_CT_CAPACITY,
     FRAG_CAPACITY,
+    MAX_NEW_FLOW_RATE,
     SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
     crc32c,
     flow_hash,
     fmix64,
+    fold_address,
     next_snat_port,
     select_backend,
 )
@@ -254,7 +287,8 @@ def test_new_tcp_flow_dnat_then_reply_revnat_then_established():
     assert c["backends"][chosen.id - 1] == 3 and sum(c["backends"]) == 3
     assert c["conntrack"] == {
         "inserts": 1, "evictions": 0, "expired": 0, "reopened": 0, "non_syn_miss": 0,
-        "insert_failures": 0, "flushed": 0, "snat_failures": 0, "snat_unavailable": 0, "entries": 1,
+        "insert_failures": 0, "flushed": 0, "snat_failures": 0, "snat_unavailable": 0, "rate_limited": 0,
+        "entries": 1,
     }
     assert c["affinity"] == {"evictions": 0, "expired": 0, "entries": 0}
 
@@ -400,22 +434,13 @@ def test_pass_and_unknown_link(linktype, data, reason):
 @pytest.mark.parametrize(
     "linktype, data",
     [
-        (1, bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src="fd00::1", dst="fd00::2") / TCP(dport=80))),
-        (1, bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=9) / IPv6() / UDP())),
-        (113, bytes(CookedLinux(proto=0x86DD) / IPv6() / TCP())),
-        (276, bytes(CookedLinuxV2(proto=0x86DD) / IPv6() / TCP())),
-        (0, struct.pack("<I", 24) + bytes(IPv6() / TCP())),
-        (0, struct.pack("<I", 28) + bytes(IPv6() / TCP())),
-        (0, struct.pack(">I", 30) + bytes(IPv6() / TCP())),
-        (101, bytes(IPv6() / TCP())),
-        (228, bytes(IPv6() / TCP())),
-        (101, b"\x60"),  # only the version nibble is read
         (1, eth(IP(src=CLIENT, dst=VIP) / ICMP())),  # echo request
         (1, eth(IP(src=CLIENT, dst=VIP) / ICMP(type=0))),  # echo reply
         (1, eth(IP(src=CLIENT, dst=VIP) / ICMP(type=5, code=1) / Raw(bytes(tcp())[:28]))),  # redirect
         (1, eth(IP(src=CLIENT, dst=VIP, proto=47) / Raw(b"\x00" * 8))),
         (1, eth(IP(src=CLIENT, dst=VIP, proto=133) / Raw(b"\x00" * 16))),  # the protocol after SCTP
         (1, eth(IP(src=CLIENT, dst=VIP, flags="MF", proto=47) / Raw(b"\x00" * 8))),  # a first fragment
+        (1, eth(IP(src=CLIENT, dst=VIP, proto=58) / Raw(b"\x01\x04\x00\x00" + bytes(44)))),  # ICMPv6 in IPv4
     ],
 )
 def test_unsupported_ip_traffic_passes(linktype, data):
@@ -909,6 +934,62 @@ def test_self_colliding_entry_is_inserted_and_seen_as_orig():
     assert_checksums_valid(out[14:])
 
 
+# --------------------------------------------------------------------------- d2. new-flow rate guard
+
+
+@pytest.mark.parametrize("rate", [-1, MAX_NEW_FLOW_RATE + 1, 1.5, "3", None])
+def test_new_flow_rate_must_be_an_integer_in_range(rate):
+    with pytest.raises(ValueError, match="new_flow_rate"):
+        ReferenceEngine(make_maps(), new_flow_rate=rate)
+
+
+def test_new_flow_rate_guard_is_off_by_default_and_idle_with_room():
+    eng = engine(capacity=2)
+    reasons = [run(eng, eth(tcp(sport=port)), T0)[1] for port in range(1000, 1010)]
+    assert set(reasons) == {Reason.NEW_FLOW}
+    c = eng.counters()["conntrack"]
+    assert c["evictions"] == 8 and c["rate_limited"] == 0
+    # With room in the table the guard is never asked, whatever its rate.
+    eng = ReferenceEngine(make_maps(), ct_capacity=100, new_flow_rate=1)
+    assert {run(eng, eth(tcp(sport=port)), T0)[1] for port in range(1000, 1100)} == {Reason.NEW_FLOW}
+    assert eng.counters()["conntrack"]["rate_limited"] == 0
+
+
+def test_new_flow_rate_guard_limits_evictions_from_a_full_table():
+    # 2 new flows per second into a full table: one second's burst, then one per half second.
+    eng = ReferenceEngine(v2_maps(), ct_capacity=2, new_flow_rate=2)
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=1), T0)
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=2), T0)  # the table is full now
+    got = [go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=port), T0)[1:4:2] for port in (3, 4, 5)]
+    assert [reason for reason, _ in got] == [Reason.NEW_FLOW, Reason.NEW_FLOW, Reason.DROP_FLOW_RATE]
+    assert got[2][1] == (WEB, 0, KIND["ClusterIP"])  # the frontend's service and kind, no backend
+    # Tracked flows are not limited.
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=4, flags="A"), T0)[1] == Reason.CT_ESTABLISHED
+    # An earlier timestamp refills nothing; half a second of packet time buys one more flow.
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=6), T0 - SECOND)[1] == Reason.DROP_FLOW_RATE
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=7), T0 + SECOND // 2 - 1)[1] == Reason.DROP_FLOW_RATE
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=8), T0 + SECOND // 2)[1] == Reason.NEW_FLOW
+    # A long pause refills one second's worth only.
+    late = T0 + 1000 * SECOND
+    got = [go(eng, udp(src=POD_CLIENT, dst="10.96.0.53", sport=port), late)[1] for port in range(10, 14)]
+    assert got == [Reason.NEW_FLOW, Reason.NEW_FLOW, Reason.DROP_FLOW_RATE, Reason.DROP_FLOW_RATE]
+    c = eng.counters()
+    assert c["conntrack"]["rate_limited"] == 5 == c["reasons"]["DROP_FLOW_RATE"]
+    assert c["conntrack"]["entries"] == 2 and c["verdicts"]["DROP"] == 5
+
+
+def test_new_flow_rate_guard_comes_before_affinity_and_after_the_set():
+    eng = ReferenceEngine(v2_maps(), ct_capacity=1, new_flow_rate=1)
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=1), T0)
+    go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=2), T0)  # evicts: the burst is spent
+    # A drop decided before the guard is not charged to it.
+    assert go(eng, tcp(src=EXT_CLIENT, dst="10.96.0.12"), T0)[1] == Reason.DROP_NO_LOCAL_ENDPOINT
+    # Refused by the guard: no affinity entry is written.
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.15", sport=3), T0)[1:4:2] == (
+        Reason.DROP_FLOW_RATE, (STICKY, 0, KIND["ClusterIP"]))
+    assert eng.affinity_entries() == [] and eng.counters()["conntrack"]["rate_limited"] == 1
+
+
 # --------------------------------------------------------------------------- batch interface
 
 
@@ -961,7 +1042,7 @@ def test_counters_shape():
     assert c["services"] == [0, 0, 0] and c["backends"] == [0] * 6
     assert list(c["conntrack"]) == [
         "inserts", "evictions", "expired", "reopened", "non_syn_miss", "insert_failures",
-        "flushed", "snat_failures", "snat_unavailable", "entries",
+        "flushed", "snat_failures", "snat_unavailable", "rate_limited", "entries",
     ]
     assert set(c["conntrack"].values()) == {0}
     assert c["affinity"] == {"evictions": 0, "expired": 0, "entries": 0}
@@ -2777,3 +2858,1297 @@ def test_icmp_error_checksums_with_quoted_ip_options_and_a_batch_trace():
     out = bytes(buf[14:len(frames[0])])
     assert scapy_checksum(out[:20]) == 0 and scapy_checksum(out[20:]) == 0
     assert quote_of(out) == sent
+
+
+# =========================================================================== IPv6
+#
+# A dual-stack node: IPv4 192.168.0.1 and IPv6 fd00:1::1 (node.primary_ip6), pod CIDRs 10.244.0.0/16
+# and fd00:244::/64. Dual-stack service ports are two Services of one name, one per family.
+# Every translated packet's TCP/UDP/ICMPv6 checksum is checked with scapy's in6_chksum over the
+# IPv6 pseudo-header, and an SCTP CRC32c with scapy's crc32c.
+
+NODE6 = "fd00:1::1"
+NODE6_2 = "fd00:1::2"
+POD6 = "fd00:244::99"
+EXT6 = "2001:db8:c::7"  # inside the LoadBalancer source range 2001:db8:c::/48
+FAR6 = "2001:db8:f::5"  # outside it
+VIP6 = "fd00:96::10"  # TCP and SCTP :80 -> WEB6
+DNS6_VIP = "fd00:96::53"  # UDP :53 -> DNS6
+EMPTY6_VIP = "fd00:96::99"  # TCP :443 -> no backends
+STICKY6_VIP = "fd00:96::15"
+SINGLE6_VIP = "fd00:96::16"
+LB6 = "2001:db8:1b::10"
+EXTIP6 = "2001:db8:e::10"
+
+WEB4, WEB6, DNS6, EMPTY6, STICKY6, SINGLE6, DNS4 = range(1, 8)  # service ids
+ICMPV6 = 58
+
+
+def ip6(text: str) -> int:
+    return address_from_text(text)
+
+
+def txt6(value: int) -> str:
+    return format_address(value)
+
+
+LB6_RANGES = ((ip6("2001:db8:c::"), 48),)  # EXT6 is inside, FAR6 outside
+
+V6_BACKENDS = [
+    backend(1, "10.244.1.1", 8080),
+    backend(2, "10.244.2.2", 8080),
+    Backend(3, ip6("fd00:244::1:1"), 8080, "[fd00:244::1:1]:8080 (default/web-a)"),  # on this node
+    Backend(4, ip6("fd00:244::2:2"), 8080, "[fd00:244::2:2]:8080 (default/web-b)"),
+    Backend(5, ip6("fd00:244::3:3"), 8080, "[fd00:244::3:3]:8080 (default/web-c)"),
+    Backend(6, ip6("fd00:244::1:4"), 5353, "[fd00:244::1:4]:5353 (kube-system/dns-a)"),
+    Backend(7, ip6("fd00:244::2:5"), 5353, "[fd00:244::2:5]:5353 (kube-system/dns-b)"),
+    backend(8, "10.244.1.4", 5353),
+    backend(9, "10.244.2.5", 5353),
+]
+
+
+def fe6(ip, port, service, kind="ClusterIP", proto=PROTO_TCP, local=False, ranges=()):
+    return Frontend(ip=ip6(ip), port=port, proto=proto, service=service, kind=kind,
+                    local_policy=local, source_ranges=ranges)
+
+
+def v6_maps(**node) -> Maps:
+    view = {
+        "primary_ip": ip4(NODE_IP),
+        "primary_ip6": ip6(NODE6),
+        "local_ips": (ip4(NODE_IP), ip6(NODE6), ip6(NODE6_2)),
+        "pod_cidrs": ((ip4("10.244.0.0"), 16), (ip6("fd00:244::"), 64)),
+        "service_ips": (ip4("10.96.0.10"), ip4("10.96.0.53"), ip6(VIP6), ip6(DNS6_VIP), ip6(EMPTY6_VIP),
+                        ip6(STICKY6_VIP), ip6(SINGLE6_VIP), ip6("fd00:96::77")),
+    }
+    view.update(node)
+    return Maps(
+        services=[
+            Service(WEB4, "default/web:http", (1, 2), serving=(1, 2)),
+            Service(WEB6, "default/web:http", (3, 4, 5), local_backends=(3,), serving=(3, 4, 5), family=6),
+            Service(DNS6, "kube-system/dns:dns", (6, 7), local_backends=(6,), serving=(6, 7), family=6),
+            Service(EMPTY6, "default/empty:https", (), family=6),
+            Service(STICKY6, "default/sticky:http", (3, 4, 5), serving=(3, 4, 5), affinity_timeout_s=10, family=6),
+            Service(SINGLE6, "default/single:http", (4,), serving=(4,), family=6),
+            Service(DNS4, "kube-system/dns:dns", (8, 9), serving=(8, 9)),
+        ],
+        frontends=[
+            fe("10.96.0.10", 80, WEB4),
+            fe(NODE_IP, 30080, WEB4, "NodePort"),
+            fe("10.96.0.53", 53, DNS4, proto=PROTO_UDP),
+            fe6(VIP6, 80, WEB6),
+            fe6(VIP6, 80, WEB6, proto=PROTO_SCTP),
+            fe6(NODE6, 30080, WEB6, "NodePort"),
+            fe6(NODE6, 30090, WEB6, "NodePort", local=True),
+            fe6(LB6, 80, WEB6, "LoadBalancer", ranges=LB6_RANGES),
+            fe6(EXTIP6, 80, WEB6, "ExternalIP"),
+            fe6(DNS6_VIP, 53, DNS6, proto=PROTO_UDP),
+            fe6(NODE6, 30053, DNS6, "NodePort", proto=PROTO_UDP),
+            fe6(EMPTY6_VIP, 443, EMPTY6),
+            fe6(STICKY6_VIP, 80, STICKY6),
+            fe6(SINGLE6_VIP, 80, SINGLE6),
+        ],
+        backends=list(V6_BACKENDS),
+        node=NodeView(**view),
+    )
+
+
+def v6_engine(capacity: int = DEFAULT_CT_CAPACITY, **node) -> ReferenceEngine:
+    return ReferenceEngine(v6_maps(**node), ct_capacity=capacity)
+
+
+def spec_fold(text: str) -> int:
+    """The spec's fold, spelled independently: IPv4 as is; IPv6 the XOR of its four 32-bit words."""
+    address = ipaddress.ip_address(text)
+    if address.version == 4:
+        return int(address)
+    a, b, c, d = struct.unpack("!4I", address.packed)
+    return a ^ b ^ c ^ d
+
+
+def pick6(ids, src, dst, sport, dport, proto=PROTO_TCP, table=V6_BACKENDS) -> Backend:
+    """The spec's hash choice for a 5-tuple of either family (independent spelling)."""
+    by_id = {b.id: b for b in table}
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x ^= x >> 33
+        x = x * 0xFF51AFD7ED558CCD % (1 << 64)
+        x ^= x >> 33
+        x = x * 0xC4CEB9FE1A85EC53 % (1 << 64)
+        return x ^ (x >> 33)
+
+    h = mix((((spec_fold(src) << 32) | spec_fold(dst)) ^ mix((sport << 24) | (dport << 8) | proto)) & mask)
+    return by_id[ids[((h & 0xFFFFFFFF) * len(ids)) >> 32]]
+
+
+ETH6_HDR = bytes(Ether(src=MAC_A, dst=MAC_B, type=0x86DD))
+V6_EXTENSION_LAYERS = (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, AH)
+
+
+def tcp6(src=POD6, dst=VIP6, sport=40000, dport=80, flags="S", payload=b"hello", ext=None) -> Packet:
+    head = IPv6(src=src, dst=dst) if ext is None else IPv6(src=src, dst=dst) / ext
+    return head / TCP(sport=sport, dport=dport, flags=flags, seq=1000) / Raw(payload)
+
+
+def udp6(src=POD6, dst=DNS6_VIP, sport=50000, dport=53, payload=b"query", ext=None, chksum=None) -> Packet:
+    head = IPv6(src=src, dst=dst) if ext is None else IPv6(src=src, dst=dst) / ext
+    layer = UDP(sport=sport, dport=dport) if chksum is None else UDP(sport=sport, dport=dport, chksum=chksum)
+    return head / layer / Raw(payload)
+
+
+def sctp6(src=POD6, dst=VIP6, sport=40000, dport=80, data=b"sctp data") -> Packet:
+    return IPv6(src=src, dst=dst) / SCTP(sport=sport, dport=dport, tag=0x0BADCAFE) / SCTPChunkData(
+        tsn=7, stream_id=1, data=data)
+
+
+def upper_layer(ip6_packet: IPv6) -> Packet:
+    """The layer after the IPv6 header and its extension headers, as scapy dissects it."""
+    layer = ip6_packet.payload
+    while isinstance(layer, V6_EXTENSION_LAYERS):
+        layer = layer.payload
+    return layer
+
+
+def assert_upper_layer_checksum_valid(ip6_bytes: bytes) -> IPv6:
+    """The datagram's TCP/UDP/ICMPv6 checksum is valid per scapy's in6_chksum (IPv6 pseudo-header
+    and the raw upper-layer bytes, checksum included, sum to 0); an SCTP CRC32c is scapy's."""
+    got = IPv6(ip6_bytes)
+    datagram = ip6_bytes[: 40 + got.plen]
+    assert len(datagram) == 40 + got.plen, "a whole datagram"
+    got = IPv6(datagram)
+    layer = upper_layer(got)
+    raw = bytes(layer)
+    assert datagram.endswith(raw)
+    nh = layer.underlayer.nh
+    if nh == PROTO_SCTP:
+        assert raw[8:12] == scapy_crc_field(raw), "SCTP CRC32c"
+    else:
+        assert nh in (PROTO_TCP, PROTO_UDP, ICMPV6)
+        assert in6_chksum(nh, layer, raw) == 0, "upper-layer checksum"
+    return got
+
+
+def through6(eng: ReferenceEngine, ip6_bytes: bytes, ts: int = T0):
+    """Raw IPv6 bytes in an Ethernet frame through the twin: (verdict, reason, IPv6 bytes out,
+    trace). Untranslated packets are untouched."""
+    data = ETH6_HDR + ip6_bytes
+    verdict, reason, out, trace = eng.trace_packet(data, ts)
+    assert VERDICT_OF_REASON[reason] is verdict
+    assert out[:14] == data[:14] and len(out) == len(data)
+    if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
+        assert out == data, "PASS, DROP and REJECT never modify the packet"
+    return verdict, reason, out[14:], trace
+
+
+def go6(eng: ReferenceEngine, packet: Packet, ts: int = T0):
+    """A whole IPv6 datagram through the twin: (verdict, reason, IPv6 layer out, trace), the
+    upper-layer checksum of a translated one checked by scapy."""
+    verdict, reason, out, trace = through6(eng, bytes(packet), ts)
+    if verdict in (Verdict.DNAT, Verdict.REVNAT):
+        assert_upper_layer_checksum_valid(out)
+    return verdict, reason, IPv6(out), trace
+
+
+def endpoints6(got: IPv6) -> tuple[str, int, str, int]:
+    """(source, source port, destination, destination port); ports read from the upper layer's
+    first 4 bytes (scapy leaves what follows AH undissected)."""
+    sport, dport = struct.unpack("!HH", bytes(upper_layer(got))[:4])
+    return got.src, sport, got.dst, dport
+
+
+# --------------------------------------------------------------------------- IPv6: hash
+
+
+def test_fold_address():
+    assert fold_address(ip4("10.1.2.3")) == ip4("10.1.2.3")
+    assert fold_address(ip6("::")) == 0
+    assert fold_address(ip6("1:2:3:4:5:6:7:8")) == 0x00010002 ^ 0x00030004 ^ 0x00050006 ^ 0x00070008
+    assert fold_address(ip6("::a00:1")) == ip4("10.0.0.1")  # same hash input, different addresses
+    for text in (POD6, VIP6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db8::1"):
+        assert fold_address(ip6(text)) == spec_fold(text)
+
+
+def test_ipv6_flow_hash_and_selection_use_the_fold():
+    for src, dst, sport, dport, proto in [(POD6, VIP6, 40000, 80, 6), ("::", "::1", 0, 65535, 17),
+                                          (EXT6, NODE6, 65535, 30080, 132)]:
+        ports = (sport << 24) | (dport << 8) | proto
+        want = fmix64(((spec_fold(src) << 32) | spec_fold(dst)) ^ fmix64(ports))
+        assert flow_hash(ip6(src), ip6(dst), sport, dport, proto) == want
+    # IPv4 hashing is unchanged by the fold.
+    assert flow_hash(1, 2, 3, 4, 6) == 18248133996163371442
+    eng = v6_engine()
+    chosen = set()
+    for port in range(41000, 41040):
+        _, reason, got, trace = go6(eng, tcp6(sport=port))
+        want = pick6((3, 4, 5), POD6, VIP6, port, 80)
+        assert select_backend((3, 4, 5), ip6(POD6), ip6(VIP6), port, 80, PROTO_TCP) == want.id
+        assert (reason, endpoints6(got), trace) == (Reason.NEW_FLOW, (POD6, port, txt6(want.ip), 8080),
+                                                    (WEB6, want.id, KIND["ClusterIP"]))
+        chosen.add(want.id)
+    assert chosen == {3, 4, 5}
+
+
+# --------------------------------------------------------------------------- IPv6: flows and rewrite
+
+
+def test_ipv6_tcp_flow_dnat_then_reply_revnat_then_established():
+    eng = v6_engine()
+    sent = tcp6(src=POD6, dst=VIP6, sport=40000, flags="S", payload=b"syn")
+    verdict, reason, got, trace = go6(eng, sent)
+    want = pick6((3, 4, 5), POD6, VIP6, 40000, 80)
+    assert (verdict, reason, trace) == (Verdict.DNAT, Reason.NEW_FLOW, (WEB6, want.id, KIND["ClusterIP"]))
+    assert endpoints6(got) == (POD6, 40000, txt6(want.ip), 8080)
+    out, before = bytes(got), bytes(sent)
+    # Only the destination address, port and the TCP checksum changed (no IP header checksum).
+    assert out[:24] == before[:24] and out[40:42] == before[40:42] and out[44:56] == before[44:56]
+    assert out[58:] == before[58:]
+    (entry,) = eng.conntrack_entries()
+    assert entry.orig == (ip6(POD6), ip6(VIP6), 40000, 80, PROTO_TCP)
+    assert entry.reply == (want.ip, ip6(POD6), 8080, 40000, PROTO_TCP) and entry.state == CT_SYN_SENT
+
+    reply = tcp6(src=txt6(want.ip), dst=POD6, sport=8080, dport=40000, flags="SA", payload=b"")
+    verdict, reason, got, trace = go6(eng, reply, T0 + 1)
+    assert (verdict, reason, trace) == (Verdict.REVNAT, Reason.CT_REPLY, (WEB6, want.id, KIND["ClusterIP"]))
+    assert endpoints6(got) == (VIP6, 80, POD6, 40000)
+    assert eng.conntrack_entries()[0].state == CT_ESTABLISHED
+
+    _, reason, got, _ = go6(eng, tcp6(sport=40000, flags="A"), T0 + 2)
+    assert reason == Reason.CT_ESTABLISHED and got.dst == txt6(want.ip)
+    c = eng.counters()
+    assert c["services"][WEB6 - 1] == 3 and c["backends"][want.id - 1] == 3
+    assert c["services"][WEB4 - 1] == 0
+
+
+def test_ipv6_udp_flow_and_reply():
+    eng = v6_engine()
+    _, reason, got, trace = go6(eng, udp6(src=POD6, sport=50000, payload=b"question"))
+    want = pick6((6, 7), POD6, DNS6_VIP, 50000, 53, PROTO_UDP)
+    assert (reason, endpoints6(got), trace) == (Reason.NEW_FLOW, (POD6, 50000, txt6(want.ip), 5353),
+                                                (DNS6, want.id, KIND["ClusterIP"]))
+    assert eng.conntrack_entries()[0].state == CT_OTHER
+    _, reason, got, _ = go6(eng, udp6(src=txt6(want.ip), dst=POD6, sport=5353, dport=50000, payload=b"answer"), T0 + 1)
+    assert (reason, endpoints6(got)) == (Reason.CT_REPLY, (DNS6_VIP, 53, POD6, 50000))
+
+
+def test_ipv6_udp_computed_zero_checksum_is_written_as_ffff():
+    eng = v6_engine()
+    want = pick6((6, 7), POD6, DNS6_VIP, 50001, 53, PROTO_UDP)
+    # A payload word making the translated packet's checksum compute to 0.
+    probe = IPv6(bytes(udp6(src=POD6, dst=txt6(want.ip), sport=50001, dport=5353, payload=b"\x00\x00")))
+    payload = struct.pack("!H", probe[UDP].chksum)
+    _, reason, got, _ = go6(eng, udp6(src=POD6, sport=50001, payload=payload))
+    assert reason == Reason.NEW_FLOW and got[UDP].chksum == 0xFFFF
+
+
+def test_ipv6_sctp_flow_recomputes_the_crc_and_a_cut_keeps_it():
+    eng = v6_engine()
+    sent = bytes(sctp6(sport=40000))
+    _, reason, out, trace = through6(eng, sent)
+    want = pick6((3, 4, 5), POD6, VIP6, 40000, 80, PROTO_SCTP)
+    assert (reason, trace) == (Reason.NEW_FLOW, (WEB6, want.id, KIND["ClusterIP"]))
+    got = assert_upper_layer_checksum_valid(out)
+    assert (got.dst, got[SCTP].dport) == (txt6(want.ip), 8080)
+    assert out[48:52] == crc32c(out[40:48] + bytes(4) + out[52:]).to_bytes(4, "little")
+    # A snaplen cut after the common header: translated, the CRC left as it was.
+    cut = bytes(sctp6(sport=40001))
+    _, reason, out, _ = through6(eng, cut[:60], T0 + 1)
+    assert reason == Reason.NEW_FLOW and out[48:52] == cut[48:52]
+    # The reply.
+    answer = bytes(sctp6(src=txt6(want.ip), dst=POD6, sport=8080, dport=40000))
+    _, reason, out, _ = through6(eng, answer, T0 + 2)
+    got = assert_upper_layer_checksum_valid(out)
+    assert reason == Reason.CT_REPLY and (got.src, got[SCTP].sport) == (VIP6, 80)
+
+
+def test_ipv6_checksum_update_runs_on_every_word_even_unchanged():
+    """As for IPv4: a (bogus) 0xFFFF checksum goes through the update of every word of the
+    address and port, unchanged or not (8 words per IPv6 address), and comes out 0x0000."""
+    same = ip6("fd00::1")
+    maps = Maps(
+        services=[Service(id=1, name="same", backends=(1,), family=6)],
+        frontends=[Frontend(ip=same, port=80, proto=PROTO_TCP, service=1)],
+        backends=[Backend(1, same, 80, "[fd00::1]:80")],
+    )
+    data = bytearray(ETH6_HDR + bytes(tcp6(dst="fd00::1")))
+    data[14 + 40 + 16: 14 + 40 + 18] = b"\xff\xff"
+    verdict, _, out = run(engine(maps=maps), bytes(data))
+    assert verdict == Verdict.DNAT
+    assert out[14 + 40 + 16: 14 + 40 + 18] == b"\x00\x00"
+    assert out[: 14 + 40 + 16] == data[: 14 + 40 + 16] and out[14 + 40 + 18:] == data[14 + 40 + 18:]
+
+
+def test_ipv6_snaplen_cut_is_rewritten_and_padding_is_left_alone():
+    full = bytes(tcp6(flags="S", payload=b"x" * 100))
+    _, _, whole_out, _ = through6(v6_engine(), full)
+    for cut in (60, 61, 75, len(full) - 1):  # payload length beyond the captured bytes
+        verdict, reason, out, _ = through6(v6_engine(), full[:cut])
+        assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+        assert out == whole_out[:cut]
+    # Ethernet padding after the datagram (payload length) is not part of it.
+    verdict, _, out, _ = through6(v6_engine(), bytes(tcp6(payload=b"")) + b"\xAA" * 6)
+    assert verdict == Verdict.DNAT and out[-6:] == b"\xAA" * 6
+    assert_upper_layer_checksum_valid(out)
+
+
+@pytest.mark.parametrize(
+    "name, linktype, header",
+    [
+        ("ethernet", 1, ETH6_HDR),
+        ("vlan", 1, bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=42, type=0x86DD))),
+        ("qinq", 1, bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1AD(vlan=5) / Dot1Q(vlan=7, type=0x86DD))),
+        ("cooked-v1", 113, bytes(CookedLinux(proto=0x86DD))),
+        ("cooked-v2", 276, bytes(CookedLinuxV2(proto=0x86DD))),
+        ("null-24", 0, struct.pack("<I", 24)),
+        ("null-28", 0, struct.pack("<I", 28)),
+        ("null-30-be", 0, struct.pack(">I", 30)),
+        ("raw-101", 101, b""),
+        ("raw-228", 228, b""),
+    ],
+)
+def test_ipv6_link_types_dnat_and_revnat(name, linktype, header):
+    eng = v6_engine()
+    verdict, reason, out = run(eng, header + bytes(tcp6()), linktype=linktype)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW), name
+    assert out[: len(header)] == header
+    want = pick6((3, 4, 5), POD6, VIP6, 40000, 80)
+    got = assert_upper_layer_checksum_valid(out[len(header):])
+    assert (got.dst, got[TCP].dport) == (txt6(want.ip), 8080)
+    reply = header + bytes(tcp6(src=txt6(want.ip), dst=POD6, sport=8080, dport=40000, flags="SA"))
+    verdict, reason, out = run(eng, reply, T0 + 1, linktype=linktype)
+    assert (verdict, reason) == (Verdict.REVNAT, Reason.CT_REPLY)
+    assert IPv6(out[len(header):]).src == VIP6
+
+
+def test_ipv4_and_ipv6_addresses_never_equal():
+    eng = v6_engine()
+    # ::a60:a carries the 32 bits of 10.96.0.10 (an IPv4 frontend and service IP): not it.
+    assert go6(eng, tcp6(dst="::a60:a"))[1] == Reason.PASS_NO_SERVICE
+    # And 10.96.0.10 is not [::a60:a]: an IPv6 frontend there does not catch IPv4 packets.
+    maps = v6_maps()
+    maps.frontends.append(fe6("::a60:b", 80, WEB6))
+    eng.load(maps)
+    assert go(eng, tcp(src=POD_CLIENT, dst="10.96.0.11"))[1] == Reason.PASS_NO_SERVICE
+    # Conntrack tuples too: the IPv4 addresses with the low 32 bits of an IPv6 flow's reply
+    # tuple are no reply of it.
+    _, _, got, _ = go6(eng, tcp6(src="::af4:909"))
+
+    def low32(text):
+        return str(ipaddress.IPv4Address(int(ipaddress.IPv6Address(text)) & 0xFFFFFFFF))
+
+    assert go(eng, tcp(src=low32(got.dst), dst=low32(got.src), sport=8080, dport=40000, flags="SA"))[1] == (
+        Reason.PASS_NO_SERVICE)
+    assert go6(eng, tcp6(src=got.dst, dst=got.src, sport=8080, dport=40000, flags="SA"))[1] == Reason.CT_REPLY
+
+
+# --------------------------------------------------------------------------- IPv6: parsing
+
+
+def _v6_with_byte(data: bytes, index: int, value: int) -> bytes:
+    return data[:index] + bytes([value]) + data[index + 1:]
+
+
+def _v6_with_payload_length(data: bytes, length: int) -> bytes:
+    return data[:4] + struct.pack("!H", length) + data[6:]
+
+
+def _v6_tcp_with_data_offset(offset: int) -> bytes:
+    data = bytearray(GOOD_TCP6)
+    data[40 + 12] = (offset << 4) | (data[40 + 12] & 0x0F)
+    return bytes(data)
+
+
+def _hbh(length_units: int = 0, nh: int = PROTO_TCP) -> bytes:
+    """A hop-by-hop (or any 8-byte-unit) extension header of (length_units + 1) * 8 bytes."""
+    size = (length_units + 1) * 8
+    return bytes([nh, length_units]) + bytes(size - 2)  # Pad1 options
+
+
+def _ipv6_with_chain(chain: bytes, first_nh: int, upper: bytes, src=POD6, dst=VIP6) -> bytes:
+    """An IPv6 header (payload length right) followed by raw extension headers and upper bytes."""
+    header = bytes(IPv6(src=src, dst=dst, nh=first_nh, plen=len(chain) + len(upper)))
+    return header + chain + upper
+
+
+def _with_chain(data: bytes, chain: bytes, first_nh: int) -> bytes:
+    """An IPv6 packet without extension headers, with raw ones inserted (the last must name the
+    packet's own next header) and its payload length grown to match."""
+    plen = int.from_bytes(data[4:6], "big") + len(chain)
+    return data[:4] + struct.pack("!HB", plen, first_nh) + data[7:40] + chain + data[40:]
+
+
+def _tcp_bytes(src=POD6, dst=VIP6, sport=40000, dport=80, flags="S", payload=b"hello") -> bytes:
+    """TCP header and payload with the checksum right for (src, dst) and no extension headers."""
+    return bytes(tcp6(src=src, dst=dst, sport=sport, dport=dport, flags=flags, payload=payload))[40:]
+
+
+GOOD_TCP6 = bytes(tcp6(payload=b"0123456789"))  # 40 IPv6 + 20 TCP + 10
+GOOD_UDP6 = bytes(udp6(payload=b"0123456789"))  # 40 IPv6 + 8 UDP + 10
+GOOD_SCTP6 = bytes(sctp6(data=b"0123"))  # 40 IPv6 + 12 SCTP + 16 DATA chunk + 4 payload
+
+
+IPV6_MALFORMED = [
+    # Header
+    ("39 bytes", GOOD_TCP6[:39], Reason.DROP_TRUNCATED),
+    ("version nibble only", GOOD_TCP6[:1], Reason.DROP_TRUNCATED),
+    ("version 4 in the ipv6 ethertype", _v6_with_byte(GOOD_TCP6, 0, 0x40), Reason.DROP_BAD_IP_HEADER),
+    ("version 0", _v6_with_byte(GOOD_TCP6, 0, 0x00), Reason.DROP_BAD_IP_HEADER),
+    ("version 4, 39 bytes", _v6_with_byte(GOOD_TCP6, 0, 0x45)[:39], Reason.DROP_TRUNCATED),
+    ("v4-mapped source", bytes(tcp6(src="::ffff:10.0.0.1")), Reason.DROP_BAD_IP_HEADER),
+    ("v4-mapped destination", bytes(tcp6(dst="::ffff:10.96.0.10")), Reason.DROP_BAD_IP_HEADER),
+    # TCP
+    ("tcp header cut", GOOD_TCP6[:59], Reason.DROP_TRUNCATED),
+    ("tcp no header", GOOD_TCP6[:40], Reason.DROP_TRUNCATED),
+    ("tcp cut by payload length", _v6_with_payload_length(GOOD_TCP6, 19), Reason.DROP_TRUNCATED),
+    ("payload length 0", _v6_with_payload_length(GOOD_TCP6, 0), Reason.DROP_TRUNCATED),
+    ("tcp data offset 4", _v6_tcp_with_data_offset(4), Reason.DROP_BAD_L4_HEADER),
+    ("tcp data offset past the payload", _v6_tcp_with_data_offset(9), Reason.DROP_BAD_L4_HEADER),
+    ("tcp data offset past the payload length", _v6_with_payload_length(_v6_tcp_with_data_offset(6), 23),
+     Reason.DROP_BAD_L4_HEADER),
+    # UDP
+    ("udp header cut", GOOD_UDP6[:47], Reason.DROP_TRUNCATED),
+    ("udp length 7", GOOD_UDP6[:44] + struct.pack("!H", 7) + GOOD_UDP6[46:], Reason.DROP_BAD_L4_HEADER),
+    ("udp checksum 0", bytes(udp6(chksum=0)), Reason.DROP_BAD_L4_HEADER),
+    ("udp length 7 and checksum 0", GOOD_UDP6[:44] + struct.pack("!H", 7) + b"\x00\x00" + GOOD_UDP6[48:],
+     Reason.DROP_BAD_L4_HEADER),
+    ("udp checksum 0, header cut", bytes(udp6(chksum=0))[:47], Reason.DROP_TRUNCATED),
+    # SCTP
+    ("sctp common header cut", GOOD_SCTP6[:51], Reason.DROP_TRUNCATED),
+    ("sctp cut by payload length", _v6_with_payload_length(GOOD_SCTP6, 11), Reason.DROP_TRUNCATED),
+    # ICMPv6
+    ("icmpv6 7 bytes", bytes(IPv6(src=FAR6, dst=POD6) / ICMPv6DestUnreach())[:47], Reason.DROP_TRUNCATED),
+    ("icmpv6 echo 7 bytes", bytes(IPv6(src=FAR6, dst=POD6) / ICMPv6EchoRequest())[:47], Reason.DROP_TRUNCATED),
+    # Extension headers
+    ("hop-by-hop cut", _ipv6_with_chain(_hbh(), 0, _tcp_bytes())[:47], Reason.DROP_TRUNCATED),
+    ("hop-by-hop first 8 bytes only", _ipv6_with_chain(_hbh(1), 0, _tcp_bytes())[:48], Reason.DROP_TRUNCATED),
+    ("hop-by-hop past the payload length", _v6_with_payload_length(_ipv6_with_chain(_hbh(1), 0, _tcp_bytes()), 15),
+     Reason.DROP_BAD_IP_HEADER),
+    ("hop-by-hop, payload length 0", _v6_with_payload_length(_ipv6_with_chain(_hbh(), 0, _tcp_bytes()), 0),
+     Reason.DROP_BAD_IP_HEADER),
+    ("routing header past the payload length", _ipv6_with_chain(_hbh(200, PROTO_TCP)[:16], 43, _tcp_bytes()),
+     Reason.DROP_BAD_IP_HEADER),
+    ("ah past the payload length", _ipv6_with_chain(bytes([PROTO_TCP, 9]) + bytes(6), 51, bytes(24)),
+     Reason.DROP_BAD_IP_HEADER),  # (9 + 2) * 4 = 44 > 8 + 24
+    ("second fragment header", _ipv6_with_chain(bytes([44, 0, 0, 1, 0, 0, 0, 7]) + bytes([6, 0, 0, 1, 0, 0, 0, 7]),
+                                                44, _tcp_bytes()), Reason.DROP_BAD_IP_HEADER),
+    ("fragment header after an atomic one", _ipv6_with_chain(bytes([60, 0, 0, 0, 0, 0, 0, 7]) + _hbh(0, 44)
+                                                             + bytes([6, 0, 0, 1, 0, 0, 0, 8]), 44, _tcp_bytes()),
+     Reason.DROP_BAD_IP_HEADER),
+    ("headers past the captured bytes, transport not captured",
+     _ipv6_with_chain(_hbh(3), 0, _tcp_bytes())[:48], Reason.DROP_TRUNCATED),
+    ("header chain ends past the capture", _ipv6_with_chain(_hbh(3), 0, _tcp_bytes())[:60], Reason.DROP_TRUNCATED),
+]
+
+
+@pytest.mark.parametrize("name, data, reason", IPV6_MALFORMED, ids=[m[0] for m in IPV6_MALFORMED])
+def test_ipv6_malformed(name, data, reason):
+    eng = v6_engine()
+    verdict, got, out, trace = through6(eng, data)
+    assert (verdict, got, trace) == (Verdict.DROP, reason, (0, 0, 0))
+    c = eng.counters()
+    assert c["reasons"][reason.name] == 1 and c["conntrack"]["entries"] == 0
+    assert c["fragments"]["entries"] == 0
+
+
+def test_ipv6_version_nibble_decides_raw_link_types():
+    eng = v6_engine()
+    assert run(eng, b"\x60", linktype=101)[1] == Reason.DROP_TRUNCATED  # IPv6, 1 byte captured
+    assert run(eng, bytes(tcp6()), linktype=228)[1] == Reason.NEW_FLOW
+    # The IPv6 ethertype with a v4 packet behind it, and the other way round.
+    assert run(eng, ETH6_HDR + bytes(tcp(src=POD_CLIENT, dst="10.96.0.10")))[1] == Reason.DROP_BAD_IP_HEADER
+    assert run(eng, ETH_HDR + bytes(tcp6()))[1] == Reason.DROP_BAD_IP_HEADER
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=59)), id="no next header"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=47) / Raw(b"\x00" * 8)), id="gre"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=1) / ICMP(type=3, code=3) / Raw(GOOD_TCP6[:48])),
+                     id="icmpv4 in ipv6"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / ICMPv6EchoRequest()), id="echo request"),
+        pytest.param(bytes(IPv6(src=VIP6, dst=POD6) / ICMPv6EchoReply()), id="echo reply"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / ICMPv6ND_NS(tgt=VIP6)), id="neighbour solicitation"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / ICMPv6Unknown(type=0) / Raw(GOOD_TCP6)), id="icmpv6 type 0"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / ICMPv6Unknown(type=5) / Raw(GOOD_TCP6)), id="icmpv6 type 5"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / ICMPv6Unknown(type=127) / Raw(GOOD_TCP6)), id="icmpv6 type 127"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6) / IPv6ExtHdrDestOpt(nh=59) / Raw(b"\x00" * 8)),
+                     id="destination options, then no next header"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=60) / Raw(_hbh(0, 60) * 8 + _hbh(0, 6))) + _tcp_bytes(),
+                     id="9 extension headers"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=60, plen=64) / Raw(_hbh(0, 60) * 8)), id="9th not captured"),
+        pytest.param(bytes(IPv6(src=POD6, dst=VIP6, nh=60, plen=64) / Raw(_hbh(0, 60) * 7 + _hbh(0, 44))),
+                     id="9th a fragment header"),
+    ],
+)
+def test_ipv6_unsupported_traffic_passes(data):
+    eng = v6_engine()
+    verdict, reason, out, trace = through6(eng, data)
+    assert (verdict, reason, trace) == (Verdict.PASS, Reason.PASS_UNSUPPORTED, (0, 0, 0))
+    assert eng.counters()["conntrack"]["entries"] == 0 and eng.counters()["fragments"]["entries"] == 0
+
+
+# --------------------------------------------------------------------------- IPv6: extension headers
+
+
+EXTENSION_CHAINS = {
+    "hop-by-hop": lambda: IPv6ExtHdrHopByHop(),
+    "hop-by-hop, 24 bytes": lambda: IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\x00" * 20)]),
+    "routing": lambda: IPv6ExtHdrRouting(addresses=[], segleft=0),
+    "destination options": lambda: IPv6ExtHdrDestOpt(),
+    "atomic fragment": lambda: IPv6ExtHdrFragment(offset=0, m=0, id=0xDEADBEEF),
+    "ah": lambda: AH(nh=PROTO_TCP, payloadlen=4, spi=0x100, seq=1, icv=b"\x11" * 12),
+    "all five": lambda: (IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(addresses=[], segleft=0)
+                         / IPv6ExtHdrFragment(offset=0, m=0, id=3) / IPv6ExtHdrDestOpt()
+                         / AH(nh=PROTO_TCP, payloadlen=4, spi=1, seq=1, icv=b"\x22" * 12)),
+    "8 headers": lambda: (IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
+                          / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()),
+}
+
+
+def with_chain(name: str, **fields) -> bytes:
+    """A TCP packet behind the extension headers EXTENSION_CHAINS[name], its checksum computed
+    without them (scapy leaves it 0 behind AH; the pseudo-header holds no extension header)."""
+    plain = bytes(tcp6(**fields))
+    chained = bytes(tcp6(ext=EXTENSION_CHAINS[name](), **fields))
+    return chained[: len(chained) - len(plain) + 40] + plain[40:]
+
+
+@pytest.mark.parametrize("name", sorted(EXTENSION_CHAINS))
+def test_extension_headers_are_walked_to_the_transport(name):
+    eng = v6_engine()
+    sent = with_chain(name, sport=40000, payload=b"hello")
+    chain_end = len(sent) - 20 - len(b"hello")
+    verdict, reason, out, trace = through6(eng, sent)
+    want = pick6((3, 4, 5), POD6, VIP6, 40000, 80)
+    assert (verdict, reason, trace) == (Verdict.DNAT, Reason.NEW_FLOW, (WEB6, want.id, KIND["ClusterIP"]))
+    got = assert_upper_layer_checksum_valid(out)
+    assert endpoints6(got) == (POD6, 40000, txt6(want.ip), 8080)
+    assert out[40:chain_end] == sent[40:chain_end]  # the chain itself is untouched
+    assert eng.counters()["fragments"]["entries"] == 0  # an atomic fragment is no fragment
+    # The reply through the same kind of chain.
+    reply = with_chain(name, src=txt6(want.ip), dst=POD6, sport=8080, dport=40000, flags="SA")
+    verdict, reason, out, _ = through6(eng, reply, T0 + 1)
+    got = assert_upper_layer_checksum_valid(out)
+    assert (verdict, reason, endpoints6(got)) == (Verdict.REVNAT, Reason.CT_REPLY, (VIP6, 80, POD6, 40000))
+
+
+def test_extension_header_lengths_by_kind():
+    """Fragment: 8 bytes; AH: (byte 1 + 2) * 4; the others: (byte 1 + 1) * 8."""
+    eng = v6_engine()
+    cases = [
+        (0, _hbh(2, PROTO_TCP)),  # 24 bytes
+        (43, bytes([PROTO_TCP, 2, 0, 0]) + bytes(20)),  # routing (type 0, one address), 24 bytes
+        (60, bytes([PROTO_TCP, 0]) + bytes(6)),  # destination options, 8 bytes
+        (44, bytes([PROTO_TCP, 0xFF, 0, 0, 1, 2, 3, 4])),  # fragment (atomic): 8 bytes whatever byte 1 says
+        (51, bytes([PROTO_TCP, 1]) + bytes(10)),  # AH: (1 + 2) * 4 = 12 bytes
+        (51, bytes([PROTO_TCP, 4]) + bytes(22)),  # AH: 24 bytes
+    ]
+    for n, (first, chain) in enumerate(cases):
+        data = _ipv6_with_chain(chain, first, _tcp_bytes(sport=40100 + n))
+        verdict, reason, out, _ = through6(eng, data, T0 + n)
+        assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW), first
+        assert out[40:40 + len(chain)] == chain
+        assert_upper_layer_checksum_valid(out)
+        assert int.from_bytes(out[40 + len(chain): 40 + len(chain) + 2], "big") == 40100 + n
+
+
+# --------------------------------------------------------------------------- IPv6: fragments
+
+
+def fragments6(packet: Packet, size: int, ident: int = 0x12345678) -> list[bytes]:
+    """scapy's IPv6 fragments of `packet` (a fragment header inserted after the base header)."""
+    ip = packet[IPv6]
+    whole = IPv6(src=ip.src, dst=ip.dst) / IPv6ExtHdrFragment(id=ident) / ip.payload
+    return [bytes(part) for part in fragment6(whole, size)]
+
+
+def reassembled6(parts: list[bytes]) -> bytes:
+    whole = defragment6([IPv6(part) for part in parts])
+    data = bytes(whole)
+    return data
+
+
+def test_ipv6_first_fragment_is_dnated_and_later_fragments_follow():
+    eng = v6_engine()
+    payload = bytes(range(256)) * 3
+    parts = fragments6(udp6(src=POD6, sport=50000, payload=payload), 300, ident=0xA1B2C3D4)
+    assert len(parts) >= 3
+    want = pick6((6, 7), POD6, DNS6_VIP, 50000, 53, PROTO_UDP)
+    outs = []
+    for i, part in enumerate(parts):
+        verdict, reason, out, trace = through6(eng, part, T0 + i)
+        assert (verdict, reason, trace) == (Verdict.DNAT, Reason.FRAG_DNAT if i else Reason.NEW_FLOW,
+                                            (DNS6, want.id, KIND["ClusterIP"]))
+        assert (IPv6(out).src, IPv6(out).dst) == (POD6, txt6(want.ip))
+        if i:
+            # Only the destination address changed: no checksum in a later fragment to update.
+            assert out[:24] == part[:24] and out[40:] == part[40:]
+        outs.append(out)
+    datagram = assert_upper_layer_checksum_valid(reassembled6(outs))
+    assert endpoints6(datagram) == (POD6, 50000, txt6(want.ip), 5353)
+    assert bytes(datagram[UDP].payload) == payload
+    c = eng.counters()
+    assert c["fragments"] == {"tracked": 1, "evictions": 0, "followed": len(parts) - 1, "not_found": 0,
+                              "entries": 1}
+    assert c["reasons"]["FRAG_DNAT"] == len(parts) - 1 and c["services"][DNS6 - 1] == len(parts)
+    ((key, entry),) = eng.fragment_entries()
+    assert key == (ip6(POD6), ip6(DNS6_VIP), 0xA1B2C3D4, PROTO_UDP)  # 32-bit id, as received
+    assert (entry.verdict, entry.new_saddr, entry.new_daddr) == (Verdict.DNAT, ip6(POD6), want.ip)
+
+
+def test_ipv6_fragments_of_a_masqueraded_flow_and_of_its_reply():
+    eng = v6_engine()
+    payload = b"GET / HTTP/1.1\r\n" * 40
+    want = pick6((3, 4, 5), EXT6, NODE6, 40000, 30080)
+    forward = tcp6(src=EXT6, dst=NODE6, sport=40000, dport=30080, flags="PA", payload=payload)
+    outs = []
+    for i, part in enumerate(fragments6(forward, 256, ident=7)):
+        _, reason, out, trace = through6(eng, part, T0 + i)
+        assert (reason, trace) == (Reason.FRAG_DNAT if i else Reason.NEW_FLOW, (WEB6, want.id, KIND["NodePort"] | MASQ))
+        assert (IPv6(out).src, IPv6(out).dst) == (NODE6, txt6(want.ip))
+        outs.append(out)
+    datagram = assert_upper_layer_checksum_valid(reassembled6(outs))
+    assert endpoints6(datagram) == (NODE6, 40000, txt6(want.ip), 8080)
+    answer = tcp6(src=txt6(want.ip), dst=NODE6, sport=8080, dport=40000, flags="PA", payload=payload)
+    outs = []
+    for i, part in enumerate(fragments6(answer, 400, ident=7)):
+        verdict, reason, out, trace = through6(eng, part, T0 + 10 + i)
+        assert (verdict, reason) == (Verdict.REVNAT, Reason.FRAG_REVNAT if i else Reason.CT_REPLY)
+        assert (IPv6(out).src, IPv6(out).dst) == (NODE6, EXT6)
+        outs.append(out)
+    datagram = assert_upper_layer_checksum_valid(reassembled6(outs))
+    assert endpoints6(datagram) == (NODE6, 30080, EXT6, 40000)
+    assert eng.counters()["fragments"]["entries"] == 2
+
+
+def _fragment_header(nh: int, offset: int, more: bool, ident: int) -> bytes:
+    return bytes([nh, 0]) + struct.pack("!HI", (offset << 3) | int(more), ident)
+
+
+def test_ipv6_fragment_key_is_the_fragment_headers_id_and_next_header():
+    eng = v6_engine()
+    # First fragment: hop-by-hop, fragment (nh: destination options), destination options, UDP.
+    udp_bytes = bytes(udp6(src=POD6, sport=50000, payload=b"u" * 64))[40:]
+    first = _ipv6_with_chain(_hbh(0, 44) + _fragment_header(60, 0, True, 0x01020304) + _hbh(0, PROTO_UDP),
+                             0, udp_bytes[:40], dst=DNS6_VIP)
+    verdict, reason, out, trace = through6(eng, first)
+    want = pick6((6, 7), POD6, DNS6_VIP, 50000, 53, PROTO_UDP)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW) and IPv6(out).dst == txt6(want.ip)
+    ((key, _),) = eng.fragment_entries()
+    assert key == (ip6(POD6), ip6(DNS6_VIP), 0x01020304, 60)  # the fragment header's nh, not UDP
+
+    def later(nh, ident, offset=6, chain_before=b""):
+        return _ipv6_with_chain(chain_before + _fragment_header(nh, offset, False, ident), 44 if not chain_before else 0,
+                                udp_bytes[40:], dst=DNS6_VIP)
+
+    assert through6(eng, later(60, 0x01020304))[1] == Reason.FRAG_DNAT
+    assert through6(eng, later(PROTO_UDP, 0x01020304))[1] == Reason.DROP_FRAG_NOT_FOUND  # other nh
+    assert through6(eng, later(60, 0x0102))[1] == Reason.DROP_FRAG_NOT_FOUND  # other id
+    assert through6(eng, later(60, 0x01020304 | (1 << 31)))[1] == Reason.DROP_FRAG_NOT_FOUND  # all 32 bits
+    # Headers before the fragment header are walked; nothing after it is parsed in a later one.
+    _, reason, out, _ = through6(eng, later(60, 0x01020304, chain_before=_hbh(1, 44)))
+    assert reason == Reason.FRAG_DNAT and IPv6(out).dst == txt6(want.ip)
+    garbage_after = _ipv6_with_chain(_fragment_header(60, 9, True, 0x01020304) + b"\xff" * 3, 44, b"", dst=DNS6_VIP)
+    assert through6(eng, garbage_after)[1] == Reason.FRAG_DNAT
+
+
+@pytest.mark.parametrize(
+    "dst, proto, reason",
+    [
+        (VIP6, PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # a frontend address
+        (VIP6, 47, Reason.DROP_FRAG_NOT_FOUND),  # any protocol
+        (NODE6, PROTO_UDP, Reason.DROP_FRAG_NOT_FOUND),  # NodePort address
+        (LB6, PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # LoadBalancer address
+        ("fd00:96::77", PROTO_TCP, Reason.DROP_FRAG_NOT_FOUND),  # a service IP without frontends
+        ("fd00:96::78", PROTO_TCP, Reason.PASS_FRAGMENT),
+        (NODE6_2, PROTO_TCP, Reason.PASS_FRAGMENT),
+        ("::a60:a", PROTO_TCP, Reason.PASS_FRAGMENT),  # not 10.96.0.10
+    ],
+)
+def test_ipv6_later_fragment_without_its_first(dst, proto, reason):
+    eng = v6_engine()
+    data = _ipv6_with_chain(_fragment_header(proto, 20, True, 11), 44, b"\x00" * 64, src=EXT6, dst=dst)
+    _, got, _, trace = through6(eng, data)
+    assert (got, trace) == (reason, (0, 0, 0))
+    assert eng.counters()["fragments"] == {"tracked": 0, "evictions": 0, "followed": 0, "not_found": 1, "entries": 0}
+
+
+def test_ipv6_later_fragments_of_a_rejected_or_passed_first_fragment():
+    eng = v6_engine()
+    parts = fragments6(tcp6(dst=EMPTY6_VIP, dport=443, payload=b"r" * 300), 200, ident=5)
+    assert through6(eng, parts[0])[1:4:2] == (Reason.REJECT_NO_ENDPOINT, (EMPTY6, 0, KIND["ClusterIP"]))
+    for part in parts[1:]:
+        assert through6(eng, part)[1:4:2] == (Reason.FRAG_DROP, (EMPTY6, 0, KIND["ClusterIP"]))
+    # A first fragment that passes to a service address (no such port) is remembered: the rest passes.
+    parts = fragments6(tcp6(dst=LB6, dport=81, payload=b"p" * 300), 200, ident=6)
+    assert through6(eng, parts[0])[1] == Reason.PASS_NO_SERVICE
+    assert {through6(eng, part)[1] for part in parts[1:]} == {Reason.PASS_FRAGMENT}
+    # A first fragment with an unsupported protocol to a service address: remembered, as for IPv4.
+    first = _ipv6_with_chain(_fragment_header(47, 0, True, 8), 44, b"\x00" * 16, dst=VIP6)
+    assert through6(eng, first)[1] == Reason.PASS_UNSUPPORTED
+    assert through6(eng, _ipv6_with_chain(_fragment_header(47, 2, False, 8), 44, b"\x00" * 16, dst=VIP6))[1] == (
+        Reason.PASS_FRAGMENT)
+    # A first fragment whose UDP checksum is 0: dropped, and so are its later fragments.
+    parts = fragments6(udp6(payload=b"z" * 300, chksum=0), 200, ident=9)
+    assert through6(eng, parts[0])[1] == Reason.DROP_BAD_L4_HEADER
+    assert through6(eng, parts[1])[1] == Reason.FRAG_DROP
+    assert eng.counters()["fragments"]["tracked"] == 4
+
+
+def test_ipv6_first_fragment_whose_chain_fails_after_its_fragment_header_is_not_remembered():
+    eng = v6_engine()
+    later = _ipv6_with_chain(_fragment_header(60, 4, False, 77), 44, b"\x00" * 32, dst=VIP6)
+    cases = [
+        # A destination options header cut by the capture.
+        (_ipv6_with_chain(_fragment_header(60, 0, True, 77) + _hbh(0, PROTO_TCP), 44, _tcp_bytes())[:50],
+         Reason.DROP_TRUNCATED),
+        # A destination options header past the payload length.
+        (_v6_with_payload_length(_ipv6_with_chain(_fragment_header(60, 0, True, 77) + _hbh(0, PROTO_TCP), 44,
+                                                  _tcp_bytes()), 12), Reason.DROP_BAD_IP_HEADER),
+        # A 9th extension header after the fragment header.
+        (_ipv6_with_chain(_fragment_header(60, 0, True, 77) + _hbh(0, 60) * 7 + _hbh(0, PROTO_TCP), 44,
+                          _tcp_bytes()), Reason.PASS_UNSUPPORTED),
+    ]
+    for first, reason in cases:
+        assert through6(eng, first)[1] == reason
+        assert eng.counters()["fragments"]["tracked"] == 0
+        # Its later fragments know nothing of it.
+        assert through6(eng, later)[1] == Reason.DROP_FRAG_NOT_FOUND
+    # The same first fragment with a whole chain is remembered (a TCP header cut: DROP_TRUNCATED).
+    first = _ipv6_with_chain(_fragment_header(60, 0, True, 77) + _hbh(0, PROTO_TCP), 44, _tcp_bytes()[:10])
+    assert through6(eng, first)[1] == Reason.DROP_TRUNCATED
+    assert through6(eng, later)[1] == Reason.FRAG_DROP
+
+
+def test_fragment_table_is_shared_by_both_families():
+    eng = v6_engine()
+    v4_parts = fragments_of(udp(src=POD_CLIENT, dst="10.96.0.53", payload=b"f" * 40), 16)
+    template = IP(v4_parts[0])
+    frames = []
+    for ip_id in range(FRAG_CAPACITY - 1):
+        template.id = ip_id
+        del template.chksum
+        frames.append(ETH_HDR + bytes(template))
+    run_batch(eng, frames)
+    # The same 16-bit id in IPv6: its own entry (the addresses differ by family).
+    v6_parts = fragments6(udp6(payload=b"g" * 300), 200, ident=0)
+    assert through6(eng, v6_parts[0], T0 + SECOND)[1] == Reason.NEW_FLOW
+    assert eng.counters()["fragments"]["entries"] == FRAG_CAPACITY
+    # One more (IPv6) datagram: the least recently used entry (IPv4, id 0) goes.
+    more = fragments6(udp6(payload=b"h" * 300), 200, ident=1)
+    assert through6(eng, more[0], T0 + SECOND + 1)[1] == Reason.CT_ESTABLISHED
+    c = eng.counters()["fragments"]
+    assert c["evictions"] == 1 and c["entries"] == FRAG_CAPACITY
+    later = IP(v4_parts[1])
+    for ip_id, reason in ((0, Reason.DROP_FRAG_NOT_FOUND), (1, Reason.FRAG_DNAT)):
+        later.id = ip_id
+        del later.chksum
+        assert through(eng, bytes(later))[1] == reason
+    assert through6(eng, v6_parts[1])[1] == Reason.FRAG_DNAT and through6(eng, more[1])[1] == Reason.FRAG_DNAT
+
+
+def test_load_renumbers_ipv6_fragment_entries():
+    eng = v6_engine()
+    parts = fragments6(udp6(payload=b"u" * 300), 200)
+    _, _, first_out, (service_id, backend_id, kind) = through6(eng, parts[0])
+    maps = _renamed_order(v6_maps(), [7, 6, 5, 4, 3, 2, 1], list(range(9, 0, -1)))
+    eng.load(maps)
+    _, reason, out, trace = through6(eng, parts[1], T0 + 1)
+    assert reason == Reason.FRAG_DNAT and out[8:40] == first_out[8:40]
+    new_service = next(s.id for s in maps.services if (s.name, s.family) == ("kube-system/dns:dns", 6))
+    new_backend = next(b.id for b in maps.backends if b.ip == ip6(IPv6(first_out).dst))
+    assert trace == (new_service, new_backend, kind) and new_service == 5 and service_id == DNS6
+
+
+# --------------------------------------------------------------------------- IPv6: ICMPv6 errors
+
+
+ICMPV6_ERRORS = {
+    1: lambda: ICMPv6DestUnreach(code=4),
+    2: lambda: ICMPv6PacketTooBig(mtu=1280),
+    3: lambda: ICMPv6TimeExceeded(code=0),
+    4: lambda: ICMPv6ParamProblem(code=0, ptr=6),
+}
+
+
+def error6_about(quote: bytes, src: str, dst: str, icmp_type: int = 1, cut: int | None = None) -> bytes:
+    return bytes(IPv6(src=src, dst=dst) / ICMPV6_ERRORS[icmp_type]() / Raw(quote if cut is None else quote[:cut]))
+
+
+def icmp6_through(eng: ReferenceEngine, error: bytes, ts: int = T0):
+    """An ICMPv6 message through the twin; a translated one's ICMPv6 checksum (over the outer
+    pseudo-header and the whole message) is checked with scapy."""
+    verdict, reason, out, trace = through6(eng, error, ts)
+    if verdict in (Verdict.DNAT, Verdict.REVNAT):
+        got = IPv6(out)
+        assert in6_chksum(ICMPV6, got.payload, out[40:]) == 0, "ICMPv6 checksum"
+    return verdict, reason, out, trace
+
+
+@pytest.mark.parametrize("cut", [None, 48, 44])  # all of it, up to the UDP checksum, up to the ports
+@pytest.mark.parametrize("icmp_type", [1, 2, 3, 4])
+@pytest.mark.parametrize("client, masq", [(POD6, False), (EXT6, True)])
+def test_icmpv6_error_from_the_backend_about_a_dnated_udp_packet(client, masq, icmp_type, cut):
+    eng = v6_engine()
+    sent = bytes(udp6(src=client, dst=DNS6_VIP, sport=50000, payload=b"query"))
+    if masq:
+        sent = bytes(udp6(src=client, dst=NODE6, sport=50000, dport=30053, payload=b"query"))
+    _, reason, forwarded, trace = through6(eng, sent)
+    assert reason == Reason.NEW_FLOW and bool(trace[2] & MASQ) is masq
+    backend_ip, reply_dst = IPv6(forwarded).dst, IPv6(forwarded).src
+    assert reply_dst == (NODE6 if masq else client)
+    before = eng.conntrack_entries()
+    error = error6_about(forwarded, backend_ip, reply_dst, icmp_type, cut)
+    verdict, reason, out, error_trace = icmp6_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    # Outer: from the service address the client used, to the client.
+    assert (IPv6(out).src, IPv6(out).dst) == (IPv6(sent).dst, client)
+    assert out[40:42] == error[40:42] and out[44:48] == error[44:48]  # type, code, the rest of the header
+    assert out[48:] == (sent if cut is None else sent[:cut])
+    if cut is None:
+        assert_upper_layer_checksum_valid(out[48:])
+    assert eng.conntrack_entries() == before
+    c = eng.counters()
+    assert c["services"][DNS6 - 1] == 2 and c["backends"][trace[1] - 1] == 2
+
+
+@pytest.mark.parametrize("cut", [None, 60, 58, 48])
+def test_icmpv6_error_about_a_masqueraded_tcp_packet(cut):
+    eng = v6_engine()
+    sent = bytes(tcp6(src=EXT6, dst=EXTIP6, sport=40000, dport=80, flags="S"))
+    _, reason, forwarded, trace = through6(eng, sent)
+    assert reason == Reason.NEW_FLOW and trace[2] == KIND["ExternalIP"] | MASQ
+    error = error6_about(forwarded, IPv6(forwarded).dst, NODE6, 1, cut)
+    verdict, reason, out, error_trace = icmp6_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    assert (IPv6(out).src, IPv6(out).dst) == (EXTIP6, EXT6)
+    assert out[48:] == (sent if cut is None else sent[:cut])
+
+
+def test_icmpv6_time_exceeded_from_a_router_keeps_its_source():
+    eng = v6_engine()
+    sent = bytes(udp6(src=EXT6, dst=NODE6, dport=30053))
+    _, _, forwarded, trace = through6(eng, sent)
+    router = "fd00:244::1"
+    error = error6_about(forwarded, router, NODE6, 3)
+    verdict, reason, out, error_trace = icmp6_through(eng, error, T0 + 1)
+    assert (verdict, reason, error_trace) == (Verdict.REVNAT, Reason.ICMP_ERROR_REPLY, trace)
+    assert (IPv6(out).src, IPv6(out).dst) == (router, EXT6)
+    assert out[48:] == sent
+
+
+@pytest.mark.parametrize("client, masq", [(POD6, False), (EXT6, True)])
+def test_icmpv6_error_from_the_client_side_about_a_reply(client, masq):
+    eng = v6_engine()
+    dst, dport = (NODE6, 30053) if masq else (DNS6_VIP, 53)
+    _, _, forwarded, trace = through6(eng, bytes(udp6(src=client, dst=dst, sport=50000, dport=dport)))
+    backend_ip, reply_dst = IPv6(forwarded).dst, IPv6(forwarded).src
+    answer = bytes(udp6(src=backend_ip, dst=reply_dst, sport=5353, dport=50000, payload=b"answer"))
+    _, reason, seen, _ = through6(eng, answer, T0 + 1)
+    assert reason == Reason.CT_REPLY and (IPv6(seen).src, IPv6(seen).dst) == (dst, client)
+    for icmp_type in (1, 2, 3, 4):
+        error = error6_about(seen, client, dst, icmp_type)
+        verdict, reason, out, error_trace = icmp6_through(eng, error, T0 + 2)
+        assert (verdict, reason, error_trace) == (Verdict.DNAT, Reason.ICMP_ERROR_FORWARD, trace)
+        # To the backend, from the address the backend knows the client by.
+        assert (IPv6(out).src, IPv6(out).dst) == (reply_dst, backend_ip)
+        assert out[48:] == answer
+    # A router on the client side keeps its address.
+    _, reason, out, _ = icmp6_through(eng, error6_about(seen, "2001:db8:99::1", dst, 3), T0 + 3)
+    assert reason == Reason.ICMP_ERROR_FORWARD and (IPv6(out).src, IPv6(out).dst) == ("2001:db8:99::1", backend_ip)
+
+
+def test_icmpv6_error_quoting_extension_headers_and_a_first_fragment():
+    eng = v6_engine()
+    sent = bytes(tcp6(src=EXT6, dst=NODE6, dport=30080, flags="S",
+                      ext=IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(m=1, id=99)))
+    _, reason, forwarded, trace = through6(eng, sent)
+    assert reason == Reason.NEW_FLOW
+    # Errors quote up to 1232 bytes: here all of it, and a quote cut inside the TCP header.
+    for cut in (None, 40 + 24 + 20):
+        _, reason, out, error_trace = icmp6_through(eng, error6_about(forwarded, IPv6(forwarded).dst, NODE6, 2, cut),
+                                                    T0 + 1)
+        assert (reason, error_trace) == (Reason.ICMP_ERROR_REPLY, trace)
+        assert out[48:] == (sent if cut is None else sent[:cut])
+
+
+def test_icmpv6_error_quoting_udp_without_checksum_keeps_it_zero():
+    eng = v6_engine()
+    _, _, forwarded, trace = through6(eng, bytes(udp6(src=EXT6, dst=NODE6, dport=30053, payload=b"q")))
+    # The quote as a router might have seen it with a zero checksum (it never is on an IPv6 wire).
+    quote = forwarded[:46] + b"\x00\x00" + forwarded[48:]
+    _, reason, out, error_trace = icmp6_through(eng, error6_about(quote, IPv6(forwarded).dst, NODE6), T0 + 1)
+    assert (reason, error_trace) == (Reason.ICMP_ERROR_REPLY, trace)
+    assert out[48 + 46:48 + 48] == b"\x00\x00" and IPv6(out[48:])[UDP].sport == 50000
+
+
+def test_icmpv6_error_quoting_sctp_leaves_the_crc_alone():
+    eng = v6_engine()
+    sent = bytes(sctp6())
+    _, _, forwarded, trace = through6(eng, sent)
+    _, reason, out, error_trace = icmp6_through(eng, error6_about(forwarded, IPv6(forwarded).dst, POD6), T0 + 1)
+    assert (reason, error_trace) == (Reason.ICMP_ERROR_REPLY, trace)
+    assert out[48:48 + 44] == sent[:44] and out[48 + 44:] == forwarded[44:]
+
+
+@pytest.mark.parametrize(
+    "make_quote",
+    [
+        pytest.param(lambda f: f[:43], id="ports cut"),
+        pytest.param(lambda f: f[:40], id="header only"),
+        pytest.param(lambda f: f[:39], id="header cut"),
+        pytest.param(lambda f: b"", id="empty quote"),
+        pytest.param(lambda f: _v6_with_byte(f, 0, 0x40), id="version 4"),
+        pytest.param(lambda f: f[:8] + ipaddress.IPv6Address("::ffff:10.0.0.1").packed + f[24:], id="v4-mapped source"),
+        pytest.param(lambda f: _v6_with_payload_length(f, 3), id="payload length short of the ports"),
+        pytest.param(lambda f: _v6_with_byte(f, 6, 47), id="quoted gre"),
+        pytest.param(lambda f: _v6_with_byte(f, 6, ICMPV6), id="quoted icmpv6"),
+        pytest.param(lambda f: _with_chain(f, _fragment_header(PROTO_UDP, 3, True, 1), 44), id="later fragment"),
+        pytest.param(lambda f: _with_chain(f, _hbh(0, PROTO_UDP), 0)[:46], id="extension header cut"),
+        pytest.param(lambda f: _v6_with_payload_length(_with_chain(f, _hbh(0, PROTO_UDP), 0), 7),
+                     id="extension header past its payload length"),
+        pytest.param(lambda f: _with_chain(f, _hbh(0, 60) * 8 + _hbh(0, PROTO_UDP), 60), id="9 extension headers"),
+        pytest.param(lambda f: _with_chain(f, _fragment_header(44, 0, True, 1) + _fragment_header(PROTO_UDP, 0, True, 1),
+                                           44), id="two fragment headers"),
+        pytest.param(lambda f: bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5353, dport=50000)), id="ipv4 quote"),
+    ],
+)
+def test_unusable_ipv6_quotes_pass(make_quote):
+    eng = v6_engine()
+    _, _, forwarded, _ = through6(eng, bytes(udp6(src=POD6, dst=DNS6_VIP)))
+    error = error6_about(make_quote(forwarded), IPv6(forwarded).dst, POD6)
+    assert icmp6_through(eng, error, T0 + 1)[1:4:2] == (Reason.PASS_UNSUPPORTED, (0, 0, 0))
+
+
+def test_icmp_errors_quoting_the_other_ip_version_pass():
+    eng = v6_engine()
+    # An IPv4 flow and an IPv6 flow.
+    _, _, forwarded4, _ = through(eng, bytes(udp(src=POD_CLIENT, dst="10.96.0.53")))
+    _, _, forwarded6, _ = through6(eng, bytes(udp6(src=POD6, dst=DNS6_VIP)))
+    # ICMPv6 quoting the IPv4 flow's packet; ICMP quoting the IPv6 flow's packet.
+    error = error6_about(forwarded4, IPv6(forwarded6).dst, POD6)
+    assert icmp6_through(eng, error, T0 + 1)[1] == Reason.PASS_UNSUPPORTED
+    error4 = bytes(IP(src=IP(forwarded4).dst, dst=POD_CLIENT) / ICMP(type=3, code=3) / Raw(forwarded6))
+    assert through(eng, error4, T0 + 1)[1] == Reason.PASS_UNSUPPORTED
+    # Each with its own version's quote is translated.
+    assert icmp6_through(eng, error6_about(forwarded6, IPv6(forwarded6).dst, POD6), T0 + 2)[1] == (
+        Reason.ICMP_ERROR_REPLY)
+    error4 = bytes(IP(src=IP(forwarded4).dst, dst=POD_CLIENT) / ICMP(type=3, code=3) / Raw(forwarded4))
+    assert through(eng, error4, T0 + 2)[1] == Reason.ICMP_ERROR_REPLY
+
+
+def test_icmpv6_messages_that_are_not_errors_about_flows():
+    eng = v6_engine()
+    _, _, forwarded, _ = through6(eng, bytes(udp6(src=POD6, dst=DNS6_VIP)))
+    backend_ip = IPv6(forwarded).dst
+    cases = [
+        (bytes(IPv6(src=backend_ip, dst=POD6) / ICMPv6EchoReply() / Raw(forwarded)), Reason.PASS_UNSUPPORTED),
+        (bytes(IPv6(src=backend_ip, dst=POD6) / ICMPv6Unknown(type=137) / Raw(forwarded)), Reason.PASS_UNSUPPORTED),
+        # An ICMPv4 type number (11, 12) is no ICMPv6 error.
+        (bytes(IPv6(src=backend_ip, dst=POD6) / ICMPv6Unknown(type=11) / Raw(forwarded)), Reason.PASS_UNSUPPORTED),
+        # About no tracked flow (another client port), or about the untranslated tuple.
+        (error6_about(bytes(udp6(src=POD6, dst=backend_ip, sport=1, dport=5353)), backend_ip, POD6),
+         Reason.PASS_NO_SERVICE),
+        (error6_about(bytes(udp6(src=POD6, dst=DNS6_VIP)), backend_ip, POD6), Reason.PASS_NO_SERVICE),
+    ]
+    for packet, reason in cases:
+        assert icmp6_through(eng, packet, T0 + 1)[1:4:2] == (reason, (0, 0, 0))
+
+
+def test_icmpv6_errors_change_no_conntrack_state_and_expired_flows_are_not_found():
+    eng = v6_engine()
+    _, _, forwarded, _ = through6(eng, bytes(tcp6(src=EXT6, dst=EXTIP6, flags="S")))
+    before = eng.conntrack_entries()
+    error = error6_about(forwarded, IPv6(forwarded).dst, NODE6)
+    assert icmp6_through(eng, error, T0 + 30 * SECOND)[1] == Reason.ICMP_ERROR_REPLY
+    assert eng.conntrack_entries() == before
+    assert icmp6_through(eng, error, T0 + 61 * SECOND)[1] == Reason.PASS_NO_SERVICE
+    assert eng.conntrack_entries() == before and eng.counters()["conntrack"]["expired"] == 0
+
+
+def test_icmpv6_checksum_update_order_is_pinned():
+    """The ICMPv6 checksum goes through the quoted words (destination address and port, source
+    address and port, quoted checksum) and then the outer addresses (destination, source), one
+    word at a time: a recomputation from scratch gives the same value here, and the twin's
+    order is the spec's (checked by replaying the updates)."""
+    eng = v6_engine()
+    _, _, forwarded, _ = through6(eng, bytes(tcp6(src=EXT6, dst=EXTIP6, flags="S")))
+    error = error6_about(forwarded, IPv6(forwarded).dst, NODE6)
+    _, reason, out, _ = icmp6_through(eng, error, T0 + 1)
+    assert reason == Reason.ICMP_ERROR_REPLY
+
+    def words(data: bytes) -> list[int]:
+        return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+
+    csum = int.from_bytes(error[42:44], "big")
+    quote_in, quote_out = error[48:], out[48:]
+    for start, end in ((24, 40), (42, 44), (8, 24), (40, 42), (56, 58)):  # dst, dport, src, sport, tcp csum
+        for old, new in zip(words(quote_in[start:end]), words(quote_out[start:end])):
+            csum = _csum_update_word(csum, old, new)
+    for start, end in ((24, 40), (8, 24)):  # outer destination, then outer source
+        for old, new in zip(words(error[start:end]), words(out[start:end])):
+            csum = _csum_update_word(csum, old, new)
+    assert out[42:44] == csum.to_bytes(2, "big")
+
+
+# --------------------------------------------------------------------------- IPv6: new flows
+
+
+def test_ipv6_reject_unknown_port_and_no_endpoint():
+    eng = v6_engine()
+    verdict, reason, _, trace = go6(eng, tcp6(dst=VIP6, dport=81))
+    assert (verdict, reason, trace) == (Verdict.REJECT, Reason.REJECT_UNKNOWN_PORT, (0, 0, 0))
+    verdict, reason, _, trace = go6(eng, tcp6(dst=EMPTY6_VIP, dport=443))
+    assert (verdict, reason, trace) == (Verdict.REJECT, Reason.REJECT_NO_ENDPOINT, (EMPTY6, 0, KIND["ClusterIP"]))
+    assert go6(eng, tcp6(dst="fd00:96::78", dport=80))[1] == Reason.PASS_NO_SERVICE
+    assert eng.counters()["conntrack"]["entries"] == 0
+
+
+@pytest.mark.parametrize(
+    "client, node, masq",
+    [
+        (POD6, {}, False),  # pod traffic keeps its source
+        (NODE6_2, {}, True),  # the node itself
+        (EXT6, {}, True),
+        (POD6, {"masquerade_all": True}, True),
+        (EXT6, {"pod_cidrs": ()}, False),  # no clusterCIDR at all
+        # Only an IPv4 pod CIDR: nothing is known to be non-pod IPv6 traffic (kube-proxy's IPv6
+        # proxier has no local detector then).
+        (EXT6, {"pod_cidrs": ((ip4("10.244.0.0"), 16),)}, False),
+        (POD6, {"pod_cidrs": ((ip4("10.244.0.0"), 16),)}, False),
+        (EXT6, {"pod_cidrs": ((ip4("10.244.0.0"), 16),), "masquerade_all": True}, True),
+        (NODE6, {"pod_cidrs": ((ip6("fd00:1::"), 64),)}, False),  # pod class wins over node
+    ],
+)
+def test_ipv6_cluster_ip_source_classes(client, node, masq):
+    eng = v6_engine(**node)
+    verdict, reason, got, trace = go6(eng, tcp6(src=client, dst=VIP6, sport=40000))
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    want = pick6((3, 4, 5), client, VIP6, 40000, 80)
+    assert endpoints6(got) == ((NODE6 if masq else client), 40000, txt6(want.ip), 8080)
+    assert trace == (WEB6, want.id, KIND["ClusterIP"] | (MASQ if masq else 0))
+    (entry,) = eng.conntrack_entries()
+    assert (entry.snat_ip, entry.snat_port) == ((ip6(NODE6), 40000) if masq else (0, 0))
+
+
+def test_ipv4_cluster_ip_with_only_an_ipv6_pod_cidr_is_not_masqueraded():
+    eng = v6_engine(pod_cidrs=((ip6("fd00:244::"), 64),))
+    _, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst="10.96.0.10"))
+    assert (reason, got.src, trace[2]) == (Reason.NEW_FLOW, EXT_CLIENT, KIND["ClusterIP"])
+    _, reason, got, trace = go6(eng, tcp6(src=EXT6, dst=VIP6))
+    assert (reason, got.src, trace[2]) == (Reason.NEW_FLOW, NODE6, KIND["ClusterIP"] | MASQ)
+
+
+def test_ipv6_masquerade_forward_reply_and_established():
+    eng = v6_engine()
+    want = pick6((3, 4, 5), EXT6, NODE6, 40000, 30080)
+    _, reason, got, trace = go6(eng, tcp6(src=EXT6, dst=NODE6, dport=30080, sport=40000))
+    assert (reason, endpoints6(got), trace) == (Reason.NEW_FLOW, (NODE6, 40000, txt6(want.ip), 8080),
+                                                (WEB6, want.id, KIND["NodePort"] | MASQ))
+    (entry,) = eng.conntrack_entries()
+    assert entry.reply == (want.ip, ip6(NODE6), 8080, 40000, PROTO_TCP)
+    _, reason, got, _ = go6(eng, tcp6(src=txt6(want.ip), dst=NODE6, sport=8080, dport=40000, flags="SA"), T0 + 1)
+    assert (reason, endpoints6(got)) == (Reason.CT_REPLY, (NODE6, 30080, EXT6, 40000))
+    _, reason, got, _ = go6(eng, tcp6(src=EXT6, dst=NODE6, dport=30080, sport=40000, flags="A"), T0 + 2)
+    assert (reason, endpoints6(got)) == (Reason.CT_ESTABLISHED, (NODE6, 40000, txt6(want.ip), 8080))
+
+
+def test_masquerade_address_per_family():
+    # No IPv6 masquerade address: IPv6 flows go unmasqueraded (counted), IPv4 ones are masqueraded.
+    eng = v6_engine(primary_ip6=0)
+    _, reason, got, trace = go6(eng, tcp6(src=EXT6, dst=NODE6, dport=30080))
+    assert (reason, got.src, trace[2]) == (Reason.NEW_FLOW, EXT6, KIND["NodePort"])
+    _, reason, got, trace = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080))
+    assert (reason, got.src, trace[2]) == (Reason.NEW_FLOW, NODE_IP, KIND["NodePort"] | MASQ)
+    assert eng.counters()["conntrack"]["snat_unavailable"] == 1
+    # And the other way round.
+    eng = v6_engine(primary_ip=0)
+    _, _, got, trace = go6(eng, tcp6(src=EXT6, dst=NODE6, dport=30080))
+    assert (got.src, trace[2]) == (NODE6, KIND["NodePort"] | MASQ)
+    _, _, got, trace = go(eng, tcp(src=EXT_CLIENT, dst=NODE_IP, dport=30080))
+    assert (got.src, trace[2]) == (EXT_CLIENT, KIND["NodePort"])
+    assert eng.counters()["conntrack"]["snat_unavailable"] == 1
+
+
+def test_ipv6_snat_port_collisions_walk_to_the_next_free_port():
+    eng = v6_engine()
+    maps = v6_maps()
+    maps.frontends.append(fe6(NODE6, 30016, SINGLE6, "NodePort"))
+    eng.load(maps)
+    ports = []
+    for n, client in enumerate(("2001:db8:c::1", "2001:db8:c::2", "2001:db8:c::3")):
+        _, reason, got, _ = go6(eng, tcp6(src=client, dst=NODE6, dport=30016, sport=40000), T0 + n)
+        assert reason == Reason.NEW_FLOW and got.src == NODE6
+        ports.append(got[TCP].sport)
+    assert ports == [40000, 40001, 40002]
+
+
+def test_ipv6_hairpin_is_masqueraded():
+    eng = v6_engine()
+    backend_four = "fd00:244::2:2"
+    _, reason, got, trace = go6(eng, tcp6(src=backend_four, dst=SINGLE6_VIP, sport=45000))
+    assert (reason, endpoints6(got), trace) == (Reason.NEW_FLOW, (NODE6, 45000, backend_four, 8080),
+                                                (SINGLE6, 4, KIND["ClusterIP"] | MASQ))
+
+
+def test_ipv6_local_policy_by_source_class():
+    eng = v6_engine()
+    for port in range(42000, 42010):
+        _, reason, got, trace = go6(eng, tcp6(src=EXT6, dst=NODE6, dport=30090, sport=port))
+        assert (reason, endpoints6(got), trace) == (Reason.NEW_FLOW, (EXT6, port, "fd00:244::1:1", 8080),
+                                                    (WEB6, 3, KIND["NodePort"]))
+        _, _, got, trace = go6(eng, tcp6(src=POD6, dst=NODE6, dport=30090, sport=port))
+        assert got.src == POD6 and trace[2] == KIND["NodePort"]
+        assert trace[1] == pick6((3, 4, 5), POD6, NODE6, port, 30090).id
+        _, _, got, trace = go6(eng, tcp6(src=NODE6_2, dst=NODE6, dport=30090, sport=port))
+        assert got.src == NODE6 and trace[2] == KIND["NodePort"] | MASQ
+
+
+def test_ipv6_source_ranges_and_prefixes_of_one_family():
+    eng = v6_engine()
+    assert go6(eng, tcp6(src=EXT6, dst=LB6))[1] == Reason.NEW_FLOW
+    assert go6(eng, tcp6(src="2001:db8:c:ffff::1", dst=LB6))[1] == Reason.NEW_FLOW  # still in the /48
+    assert go6(eng, tcp6(src="2001:db8:d::7", dst=LB6))[1:4:2] == (
+        Reason.DROP_SOURCE_RANGE, (WEB6, 0, KIND["LoadBalancer"]))
+    # An IPv4 range, even 0.0.0.0/0, contains no IPv6 source; ::/0 contains no IPv4 source.
+    maps = v6_maps()
+    maps.frontends = [replace(f, source_ranges=((0, 0),)) if f.ip == ip6(LB6) else f for f in maps.frontends]
+    maps.frontends.append(fe("203.0.113.10", 80, WEB4, "LoadBalancer", ranges=((ip6("::"), 0),)))
+    eng.load(maps)
+    assert go6(eng, tcp6(src=EXT6, dst=LB6, sport=1))[1] == Reason.DROP_SOURCE_RANGE
+    assert go(eng, tcp(src=EXT_CLIENT, dst="203.0.113.10", sport=1))[1] == Reason.DROP_SOURCE_RANGE
+    # ::/0 does contain every IPv6 source, and a /128 exactly one.
+    maps.frontends = [replace(f, source_ranges=((ip6("::"), 0), (ip6(FAR6), 128))) if f.ip == ip6(LB6) else f
+                      for f in maps.frontends]
+    eng.load(maps)
+    assert go6(eng, tcp6(src=FAR6, dst=LB6, sport=2))[1] == Reason.NEW_FLOW
+    maps.frontends = [replace(f, source_ranges=((ip6(FAR6), 128),)) if f.ip == ip6(LB6) else f
+                      for f in maps.frontends]
+    eng.load(maps)
+    assert go6(eng, tcp6(src=FAR6, dst=LB6, sport=3))[1] == Reason.NEW_FLOW
+    assert go6(eng, tcp6(src="2001:db8:f::6", dst=LB6, sport=3))[1] == Reason.DROP_SOURCE_RANGE
+
+
+@pytest.mark.parametrize("network, length, ok", [
+    ("fd00::", 0, True), ("fd00::", 128, True), ("fd00::", 129, False), ("fd00::", -1, False),
+    ("fd00::", 64, True), ("10.0.0.0", 32, True), ("10.0.0.0", 33, False), ("10.0.0.0", 64, False),
+])
+def test_prefix_lengths_per_family(network, length, ok):
+    prefix = ((address_from_text(network), length),)
+    maps = v6_maps()
+    maps.frontends = [replace(f, source_ranges=prefix) if f.ip == ip6(LB6) else f for f in maps.frontends]
+    for bad in (maps, v6_maps(pod_cidrs=prefix)):
+        if ok:
+            ReferenceEngine(bad)
+        else:
+            with pytest.raises(ValueError, match="prefix length"):
+                ReferenceEngine(bad)
+
+
+def test_ipv6_session_affinity():
+    eng = v6_engine()
+    first = None
+    for n, port in enumerate(range(46000, 46020)):
+        _, reason, got, trace = go6(eng, tcp6(src=POD6, dst=STICKY6_VIP, sport=port), T0 + n)
+        first = first or trace[1]
+        assert reason == Reason.NEW_FLOW and trace[1] == first
+    (entry,) = eng.affinity_entries()
+    assert (entry.client, entry.service, entry.backend) == (ip6(POD6), STICKY6, first)
+
+
+# --------------------------------------------------------------------------- IPv6: dual stack, load()
+
+
+def test_dual_stack_service_routes_each_family_to_its_own_backends():
+    eng = v6_engine()
+    for port in range(47000, 47010):
+        _, _, got4, trace4 = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", sport=port))
+        _, _, got6, trace6 = go6(eng, tcp6(src=POD6, dst=VIP6, sport=port))
+        assert trace4[:2] == (WEB4, pick6((1, 2), POD_CLIENT, "10.96.0.10", port, 80).id)
+        assert trace6[:2] == (WEB6, pick6((3, 4, 5), POD6, VIP6, port, 80).id)
+        assert ipaddress.ip_address(got4.dst).version == 4 and ipaddress.ip_address(got6.dst).version == 6
+    c = eng.counters()
+    assert c["services"][WEB4 - 1] == 10 and c["services"][WEB6 - 1] == 10
+
+
+def test_load_remaps_services_by_name_and_family():
+    eng = v6_engine()
+    _, _, _, t4 = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"))
+    _, _, _, t6 = go6(eng, udp6(src=POD6, dst=DNS6_VIP))
+    _, _, _, w6 = go6(eng, tcp6(src=POD6, dst=VIP6))
+    assert (t4[0], t6[0], w6[0]) == (DNS4, DNS6, WEB6)
+    # Reverse the services: both "kube-system/dns:dns" change ids, each keeps its family.
+    maps = _renamed_order(v6_maps(), list(range(7, 0, -1)), list(range(1, 10)))
+    eng.load(maps)
+    new_id = {(s.name, s.family): s.id for s in maps.services}
+    assert eng.trace_packet(ETH_HDR + bytes(udp(src=POD_CLIENT, dst="10.96.0.53")), T0 + 1)[3][0] == (
+        new_id["kube-system/dns:dns", 4])
+    _, _, _, trace = go6(eng, udp6(src=POD6, dst=DNS6_VIP), T0 + 1)
+    assert trace[0] == new_id["kube-system/dns:dns", 6]
+    _, _, _, trace = go6(eng, tcp6(src=POD6, dst=VIP6, flags="A"), T0 + 1)
+    assert trace[0] == new_id["default/web:http", 6]
+    c = eng.counters()
+    assert c["services"][new_id["kube-system/dns:dns", 4] - 1] == 2
+    assert c["services"][new_id["kube-system/dns:dns", 6] - 1] == 2
+    assert c["services"][new_id["default/web:http", 6] - 1] == 2
+    assert c["services"][new_id["default/web:http", 4] - 1] == 0
+    # The IPv6 half of the DNS service goes away: its UDP flows are flushed, the IPv4 half's stay.
+    maps = v6_maps()
+    maps.services[DNS6 - 1] = replace(maps.services[DNS6 - 1], name="kube-system/other:dns")
+    eng.load(maps)
+    flushed = eng.counters()["conntrack"]["flushed"]
+    assert flushed == 1
+    entries = {e.orig[1]: e for e in eng.conntrack_entries()}
+    assert ip6(DNS6_VIP) not in entries and ip4("10.96.0.53") in entries
+    assert entries[ip6(VIP6)].service == WEB6
+    assert c["services"][new_id["default/web:http", 6] - 1] == eng.counters()["services"][WEB6 - 1]
+
+
+# --------------------------------------------------------------------------- IPv6: properties
+
+
+HEADERS6 = {
+    0: struct.pack("<I", 28),
+    1: ETH6_HDR,
+    101: b"",
+    113: bytes(CookedLinux(proto=0x86DD)),
+    276: bytes(CookedLinuxV2(proto=0x86DD)),
+}
+SEEDS6 = [
+    bytes(tcp6()), bytes(tcp6(flags="A")), bytes(udp6()), bytes(sctp6()),
+    bytes(tcp6(src=EXT6, dst=NODE6, dport=30080)),
+    bytes(tcp6(ext=EXTENSION_CHAINS["all five"]())),
+    *fragments6(udp6(payload=b"f" * 100), 96, ident=3),
+    error6_about(bytes(udp6(src=txt6(V6_BACKENDS[5].ip), dst=POD6, sport=5353, dport=50000)), POD6, DNS6_VIP),
+    error6_about(bytes(tcp6(dst=txt6(V6_BACKENDS[2].ip), dport=8080)), txt6(V6_BACKENDS[2].ip), POD6),
+]
+
+
+@st.composite
+def mutated_ipv6_packets(draw):
+    linktype = draw(st.sampled_from(sorted(HEADERS6)))
+    data = bytearray(HEADERS6[linktype] + draw(st.sampled_from(SEEDS6)))
+    for _ in range(draw(st.integers(0, 4))):
+        index = draw(st.integers(0, len(data) - 1))
+        data[index] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return linktype, bytes(data[:cut])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(mutated_ipv6_packets(), min_size=1, max_size=8), capacity=st.integers(1, 4))
+def test_property_ipv6_never_raises_and_stays_in_bounds(batch, capacity):
+    eng = ReferenceEngine(v6_maps(), ct_capacity=capacity)
+    for n, (linktype, data) in enumerate(batch):
+        buf = bytearray(b"\xEE" * 3 + data + b"\xEE" * 3)
+        before = bytes(buf)
+        verdicts, reasons = array("B", [255]), array("B", [255])
+        eng.process(buf, array("Q", [3]), array("I", [len(data)]), array("Q", [T0 + n]), verdicts, reasons, linktype)
+        reason, verdict = Reason(reasons[0]), Verdict(verdicts[0])
+        assert VERDICT_OF_REASON[reason] is verdict
+        assert buf[:3] == before[:3] and buf[-3:] == before[-3:]
+        if verdict in (Verdict.PASS, Verdict.DROP, Verdict.REJECT):
+            assert buf == before
+    c = eng.counters()
+    assert sum(c["verdicts"].values()) == len(batch) and c["conntrack"]["entries"] <= capacity

@@ -6,7 +6,8 @@ is the specification both implement.
 
 Python interface (identical for both engines)
 ---------------------------------------------
-Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None)   ct_capacity >= 1
+Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None, new_flow_rate=0)
+                   ct_capacity >= 1; new_flow_rate 0 (guard off) .. 10**9 (see step d2)
   .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
                    a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges or
                    node.pod_cidrs -> ValueError
@@ -106,12 +107,21 @@ New flows (policy is in the maps; the core follows these steps in this order)
  d. Source class: "pod" when src ip is in a node.pod_cidrs prefix; "node" when src ip is one of
     node.local_ips (and not pod); else "other". Set and masquerade:
       ClusterIP frontend: set = local_backends if local_policy else backends;
-                          masq = node.masquerade_all or (node.pod_cidrs non-empty and class
-                          is not pod).
+                          masq = node.masquerade_all or (node.pod_cidrs holds a prefix of
+                          the packet's family and class is not pod).
       other kinds, local_policy false: set = backends, masq = true.
       other kinds, local_policy true: pod -> backends, no masq; node -> backends, masq;
                           other -> local_backends, no masq (the client IP is preserved).
     The set is empty -> DROP_NO_LOCAL_ENDPOINT.
+ d2. New-flow rate guard (new_flow_rate R > 0; off by default, as in kube-proxy): when
+    conntrack holds `capacity` entries (a new flow would evict one), the guard must allow it.
+    The guard is a token bucket in ns of packet time: cost = 10**9 // R, allowance starts at
+    10**9 with last = 0; on each check, if ts > last: allowance = min(10**9, allowance + ts -
+    last), last = ts; then allowance >= cost -> allowance -= cost, allowed; otherwise
+    DROP_FLOW_RATE (ct_rate_limited += 1; trace: service and kind, backend 0). So a flood of
+    new flows into a full table evicts at most R entries per second (plus one second's burst)
+    and established flows stay; with free room nothing is limited. A check is made (and
+    allowance taken) even when the flow then ends up not inserted (h, i).
  e. Session affinity (Service.affinity_timeout_s > 0): look up (src ip, service id) in the
     affinity table. An entry older than the timeout (ts - last_used_ns > timeout) is deleted
     (affinity_expired += 1; timeout = affinity_timeout_s * 10**9 ns). A live entry whose backend
@@ -275,20 +285,26 @@ Rewrite: no IP header checksum. The TCP/UDP checksum covers the addresses throug
   captured, as for IPv4.
 Fragments: the table is shared with IPv4 (one capacity). The key is (saddr, daddr, id, proto)
   with the 32-bit id and the fragment header's nh. A first fragment is processed like an
-  unfragmented packet and recorded under the IPv4 rules. A later fragment looks its key up like
-  an IPv4 later fragment; FRAG_DNAT/FRAG_REVNAT rewrite the two addresses (destination, then
-  source; there is no checksum to update: the transport checksum travels in the first
-  fragment).
+  unfragmented packet and recorded under the IPv4 rules, where "whose IPv4 header passed" means
+  whose IPv6 header and whole extension header chain passed the checks above (a first fragment
+  whose chain fails after its fragment header is not recorded; one whose protocol is then not
+  TCP/UDP/SCTP/ICMPv6 is a PASS_UNSUPPORTED first fragment, as for IPv4). A later fragment looks
+  its key up like an IPv4 later fragment; FRAG_DNAT/FRAG_REVNAT rewrite the two addresses
+  (destination, then source; there is no checksum to update: the transport checksum travels in
+  the first fragment).
 ICMPv6 errors about tracked flows: the quoted packet starts at L4 byte 8 and its captured bytes
   end where the error's L4 region ends. It must pass the IPv6 header checks above (40 captured
   bytes, version 6, no IPv4-mapped address), its extension headers are walked by the same rules
   against its own payload length, and it must be TCP/UDP/SCTP, not a later fragment, with at
   least 4 bytes (the ports) in its L4 region; otherwise (any failure, including a quote of the
-  other IP version, both ways) PASS_UNSUPPORTED. Lookup, verdicts, reasons, the address rules
-  and the quoted TCP/UDP checksum updates are those of IPv4 (a quoted UDP checksum 0 stays 0).
-  There is no IP header checksum, quoted or outer. The ICMPv6 checksum covers the outer
-  pseudo-header too: its delta is every changed word of the quote (addresses, ports, quoted L4
-  checksum) plus every word of a rewritten outer address.
+  other IP version, both ways) PASS_UNSUPPORTED. (Its L4 region: from the end of its extension
+  headers to its own l3 + 40 + payload length, clipped to the quote's captured bytes.) Lookup,
+  verdicts, reasons, the address rules and the quoted TCP/UDP checksum updates are those of IPv4
+  (a quoted UDP checksum 0 stays 0). There is no IP header checksum, quoted or outer. The ICMPv6
+  checksum covers the outer pseudo-header too: it is updated, one word at a time, for every word
+  of the rewritten quoted fields in the IPv4 order (destination address (8 words) and port,
+  source address and port, then the quoted L4 checksum), then for every word of each rewritten
+  outer address (destination, then source).
 REJECT of an IPv6 packet: the reply is an ICMPv6 destination unreachable, code 4 (port
   unreachable), built by fastpath.icmp.port_unreachable.
 
@@ -308,9 +324,9 @@ Counters
 --------
 packets per verdict, per reason; per service: packets attributed to it (as in the trace); per
 backend: packets DNATed or REVNATed to/from it; conntrack: inserts, evictions, expired,
-reopened, non_syn_miss, insert_failures, flushed, snat_failures, snat_unavailable, entries
-(current); affinity: evictions, expired, entries (current); fragments: tracked, evictions,
-followed, not_found, entries (current).
+reopened, non_syn_miss, insert_failures, flushed, snat_failures, snat_unavailable,
+rate_limited, entries (current); affinity: evictions, expired, entries (current); fragments:
+tracked, evictions, followed, not_found, entries (current).
 """
 from __future__ import annotations
 
@@ -319,7 +335,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Maps, Service
+from fastpath.maps import (
+    IPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Maps,
+    NodeView,
+    Service,
+    address_bits,
+    family_of,
+)
 from fastpath.verdicts import (
     TRACE_MASQUERADED,
     VERDICT_OF_REASON,
@@ -337,6 +363,7 @@ __all__ = [
     "CT_TIMEOUT_KEYS",
     "DEFAULT_TIMEOUTS_S",
     "fmix64",
+    "fold_address",
     "flow_hash",
     "crc32c",
     "select_backend",
@@ -347,6 +374,7 @@ __all__ = [
     "next_snat_port",
     "FRAG_CAPACITY",
     "FragmentEntry",
+    "MAX_NEW_FLOW_RATE",
 ]
 
 DEFAULT_CT_CAPACITY = 1 << 19
@@ -370,9 +398,27 @@ NULL_AF_INET = 2
 NULL_AF_INET6 = frozenset((24, 28, 30))
 
 PROTO_ICMP = 1
+PROTO_ICMPV6 = 58
 # ICMP errors that quote the packet they are about: destination unreachable, time exceeded,
-# parameter problem.
+# parameter problem; ICMPv6: destination unreachable, packet too big, time exceeded, parameter
+# problem. The ICMP protocol of each IP version and its error types:
 ICMP_ERROR_TYPES = frozenset((3, 11, 12))
+ICMPV6_ERROR_TYPES = frozenset((1, 2, 3, 4))
+ICMP_OF_VERSION = {4: (PROTO_ICMP, ICMP_ERROR_TYPES), 6: (PROTO_ICMPV6, ICMPV6_ERROR_TYPES)}
+
+# IPv6: the fixed header, the extension headers walked (RFC 8200 4.1) and how many at most.
+IPV6_HEADER_LEN = 40
+IPV6_HOP_BY_HOP = 0
+IPV6_ROUTING = 43
+IPV6_FRAGMENT = 44
+IPV6_AH = 51
+IPV6_DEST_OPTS = 60
+IPV6_EXTENSION_HEADERS = frozenset((IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AH, IPV6_DEST_OPTS))
+MAX_EXTENSION_HEADERS = 8
+
+# Where an IP header keeps its source and destination addresses, and how long they are.
+ADDRESS_POSITIONS = {4: (12, 16), 6: (8, 24)}
+ADDRESS_BYTES = {4: 4, 6: 16}
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -410,12 +456,16 @@ CT_COUNTER_NAMES = (
     "flushed",
     "snat_failures",
     "snat_unavailable",
+    "rate_limited",
 )
 AFFINITY_COUNTER_NAMES = ("evictions", "expired")
 FRAGMENT_COUNTER_NAMES = ("tracked", "evictions", "followed", "not_found")
 
 # How many datagrams the fragment table remembers (least recently used evicted first).
 FRAG_CAPACITY = 8192
+
+# The new-flow rate guard (step d2): new_flow_rate is 0 (off) up to one new flow per ns.
+MAX_NEW_FLOW_RATE = 10**9
 
 # Masquerade: how many SNAT ports a new flow tries, and the range the walk wraps around in.
 SNAT_TRIES = 64
@@ -445,10 +495,21 @@ def fmix64(x: int) -> int:
     return x
 
 
+def fold_address(address: int) -> int:
+    """A map address in 32 bits for the hash: IPv4 as is; IPv6 the XOR of the four big-endian
+    32-bit words of its 128-bit value."""
+    if address < IPV6:
+        return address
+    folded = 0
+    for shift in (96, 64, 32, 0):
+        folded ^= (address >> shift) & MASK32
+    return folded
+
+
 def flow_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int) -> int:
-    """64-bit hash of a 5-tuple (addresses 32-bit, ports 16-bit, proto 8-bit)."""
+    """64-bit hash of a 5-tuple (map addresses folded to 32 bits, ports 16-bit, proto 8-bit)."""
     ports = (sport << 24) | (dport << 8) | proto
-    return fmix64((((saddr << 32) | daddr) ^ fmix64(ports)) & MASK64)
+    return fmix64((((fold_address(saddr) << 32) | fold_address(daddr)) ^ fmix64(ports)) & MASK64)
 
 
 def select_backend(
@@ -486,10 +547,6 @@ def _csum_update_words(hc: int, old_words: Sequence[int], new_words: Sequence[in
     return hc
 
 
-def _words32(value: int) -> tuple[int, int]:
-    return (value >> 16) & MASK16, value & MASK16
-
-
 def _get16(buf: memoryview, pos: int) -> int:
     return (buf[pos] << 8) | buf[pos + 1]
 
@@ -503,9 +560,38 @@ def _get32(buf: memoryview, pos: int) -> int:
     return (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
 
 
-def _put32(buf: memoryview, pos: int, value: int) -> None:
-    _put16(buf, pos, (value >> 16) & MASK16)
-    _put16(buf, pos + 2, value & MASK16)
+# Addresses in packets: IPv4 4 bytes, IPv6 16 bytes, both read and written as map addresses
+# (fastpath.maps: an IPv6 address carries the IPV6 tag above its 128 bits).
+
+
+def _get_address(buf: memoryview, pos: int, version: int) -> int:
+    if version == 4:
+        return _get32(buf, pos)
+    return IPV6 | int.from_bytes(buf[pos : pos + 16], "big")
+
+
+def _address_words(address: int, version: int) -> tuple[int, ...]:
+    """The 16-bit words of an address as the packet carries them (2 for IPv4, 8 for IPv6)."""
+    count = ADDRESS_BYTES[version] // 2
+    return tuple((address >> (16 * (count - 1 - i))) & MASK16 for i in range(count))
+
+
+def _set_address(
+    buf: memoryview, pos: int, version: int, address: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Write a map address into the packet; (old words, new words) for the checksum updates."""
+    size = ADDRESS_BYTES[version]
+    old_words = _address_words(_get_address(buf, pos, version), version)
+    value = address & ((1 << (8 * size)) - 1)  # without the IPV6 tag
+    buf[pos : pos + size] = value.to_bytes(size, "big")
+    return old_words, _address_words(value, version)
+
+
+def _set_port(buf: memoryview, pos: int, port: int) -> tuple[tuple[int], tuple[int]]:
+    """Write a port; (old word, new word) for the checksum updates."""
+    old = _get16(buf, pos)
+    _put16(buf, pos, port)
+    return (old,), (port,)
 
 
 def _crc32c_table() -> tuple[int, ...]:
@@ -544,7 +630,7 @@ class ConntrackEntry:
     # (backend ip, reply-dst ip, backend port, reply-dst port, proto); reply-dst is the SNAT
     # address and port of a masqueraded flow, else the client's.
     reply: Tuple5
-    snat_ip: int  # node.primary_ip when masqueraded, else 0
+    snat_ip: int  # node.primary_ip (IPv6 flows: primary_ip6) when masqueraded, else 0
     snat_port: int  # 0 when not masqueraded
     kind: int  # FrontendKind of the frontend the flow came in through
     service: int  # Service.id (0: no counterpart after load())
@@ -635,9 +721,10 @@ class _Affinity:
 class FragmentEntry:
     """What the first fragment of a datagram got, for its later fragments (twin only).
 
-    Keyed by (saddr, daddr, IP id, proto) of the first fragment as received."""
+    Keyed by (saddr, daddr, IP id, proto) of the first fragment as received (IPv6: the fragment
+    header's 32-bit id and next header)."""
 
-    verdict: Verdict  # never PASS
+    verdict: Verdict  # PASS only for a passed first fragment to a service address
     new_saddr: int  # the first fragment's addresses after its rewrite
     new_daddr: int
     service: int  # its trace: service id, backend id, flags
@@ -648,6 +735,27 @@ class FragmentEntry:
 FragmentKey = tuple[int, int, int, int]
 
 
+class _FlowRateGuard:
+    """Step d2: a token bucket in ns of packet time, refilled up to one second's worth; each
+    new flow into a full conntrack table costs 10**9 // new_flow_rate ns of allowance."""
+
+    def __init__(self, new_flow_rate: int) -> None:
+        self.cost_ns = _SECOND_NS // new_flow_rate if new_flow_rate else 0  # 0: the guard is off
+        self.allowance_ns = _SECOND_NS
+        self.last_ns = 0
+
+    def allows(self, ts: int) -> bool:
+        if self.cost_ns == 0:
+            return True
+        if ts > self.last_ns:
+            self.allowance_ns = min(_SECOND_NS, self.allowance_ns + ts - self.last_ns)
+            self.last_ns = ts
+        if self.allowance_ns >= self.cost_ns:
+            self.allowance_ns -= self.cost_ns
+            return True
+        return False
+
+
 def next_snat_port(port: int) -> int:
     """The SNAT port tried after `port` (step h): wraps within 1024..65535, climbs below 1024."""
     if port >= SNAT_PORT_LOW:
@@ -656,8 +764,11 @@ def next_snat_port(port: int) -> int:
 
 
 def _in_prefix(addr: int, network: int, length: int) -> bool:
-    """`addr` and `network` agree on their top `length` bits (length 0: every address)."""
-    shift = 32 - length
+    """`addr` is of the family of `network` and they agree on their top `length` bits (length 0:
+    every address of that family)."""
+    if family_of(addr) != family_of(network):
+        return False
+    shift = address_bits(network) - length
     return (addr >> shift) == (network >> shift)
 
 
@@ -686,28 +797,38 @@ def _remapped_counts(counts: Sequence[int], mapping: Sequence[int], size: int) -
 
 
 @dataclass(slots=True)
-class _IPv4:
-    """An IPv4 header that passed the checks (positions within the packet)."""
+class _IP:
+    """An IPv4 header, or an IPv6 header with its extension headers, that passed the checks
+    (positions within the packet)."""
 
+    version: int  # 4 or 6
     l3: int
-    l4: int  # l3 + IHL*4
-    ip_end: int  # l3 + total length: may lie past the captured bytes (a snaplen cut)
-    l4_end: int  # min(ip_end, captured end): the L4 region is [l4, l4_end)
-    proto: int
-    ip_id: int
-    saddr: int
+    l4: int  # IPv4: l3 + IHL*4; IPv6: after the extension headers
+    ip_end: int  # l3 + total length (IPv6: 40 + payload length): may lie past the captured bytes
+    l4_end: int  # the L4 region is [l4, l4_end): up to ip_end, clipped to the captured bytes
+    proto: int  # the transport protocol (a later IPv6 fragment: its fragment header's nh)
+    saddr: int  # map addresses (fastpath.maps)
     daddr: int
     more_fragments: bool
     fragment_offset: int
+    # The fragment table's key parts: IPv4 the IP id and protocol; IPv6 the fragment header's
+    # 32-bit id and next header (0 and the protocol without a fragment header).
+    fragment_id: int
+    fragment_proto: int
+
+    @property
+    def fragment_key(self) -> FragmentKey:
+        return (self.saddr, self.daddr, self.fragment_id, self.fragment_proto)
 
 
 @dataclass(slots=True)
 class _Parsed:
-    """Where the IPv4 and L4 headers of a TCP/UDP/SCTP packet are (positions within the packet)."""
+    """Where the IP and L4 headers of a TCP/UDP/SCTP packet are (positions within the packet)."""
 
+    version: int  # 4 or 6
     l3: int
     l4: int
-    ip_end: int  # l3 + total length: may lie past the captured bytes (a snaplen cut)
+    ip_end: int  # the datagram's end: may lie past the captured bytes (a snaplen cut)
     proto: int
     saddr: int
     daddr: int
@@ -767,7 +888,7 @@ def _parse_link(buf: memoryview, linktype: int) -> tuple[int, int] | Reason:
     return ethertype, l3
 
 
-def _parse_ipv4(buf: memoryview, l3: int, end: int) -> _IPv4 | Reason:
+def _parse_ipv4(buf: memoryview, l3: int, end: int) -> _IP | Reason:
     """Check the IPv4 header at `l3` of a region whose captured bytes end at `end` (the packet's
     end, or for a quoted packet the end of the ICMP error's L4 region)."""
     if end - l3 < 20:
@@ -783,39 +904,154 @@ def _parse_ipv4(buf: memoryview, l3: int, end: int) -> _IPv4 | Reason:
     if total_length < ip_header_len:
         return Reason.DROP_BAD_IP_HEADER
     frag = _get16(buf, l3 + 6)
-    return _IPv4(
+    proto = buf[l3 + 9]
+    return _IP(
+        version=4,
         l3=l3,
         l4=l3 + ip_header_len,
         ip_end=l3 + total_length,
         l4_end=min(l3 + total_length, end),  # >= l4: total length >= IHL*4, header captured
-        proto=buf[l3 + 9],
-        ip_id=_get16(buf, l3 + 4),
+        proto=proto,
         saddr=_get32(buf, l3 + 12),
         daddr=_get32(buf, l3 + 16),
         more_fragments=bool(frag & 0x2000),
         fragment_offset=frag & 0x1FFF,
+        fragment_id=_get16(buf, l3 + 4),
+        fragment_proto=proto,
     )
 
 
-def _parse(buf: memoryview, linktype: int) -> _IPv4 | Reason:
-    """Parse one packet up to its IPv4 header (`buf` is exactly its captured bytes, so an
-    out-of-bounds read raises). Returns a `Reason` when processing ends here."""
+def _is_ipv4_mapped(address: int) -> bool:
+    """In ::ffff:0:0/96 (an IPv6 map address)."""
+    return (address & (IPV6 - 1)) >> 32 == 0xFFFF
+
+
+@dataclass(slots=True)
+class _FragmentHeader:
+    """An IPv6 fragment header's fields."""
+
+    offset: int  # in 8-byte units
+    more: bool  # M
+    ident: int  # 32 bits
+    next_header: int
+
+
+@dataclass(slots=True)
+class _ExtensionHeaders:
+    """The result of walking an IPv6 header's extension headers."""
+
+    off: int  # from l3: where the transport header starts (a later fragment: after its
+    # fragment header, where nothing is parsed)
+    proto: int  # the last next header (a later fragment: its fragment header's)
+    fragment: _FragmentHeader | None
+
+
+def _extension_header_length(buf: memoryview, pos: int, next_header: int) -> int:
+    if next_header == IPV6_FRAGMENT:
+        return 8
+    if next_header == IPV6_AH:
+        return (buf[pos + 1] + 2) * 4  # RFC 4302: in 4-byte units, minus 2
+    return (buf[pos + 1] + 1) * 8  # hop-by-hop, routing, destination options: 8-byte units, minus 1
+
+
+def _walk_extension_headers(
+    buf: memoryview, l3: int, captured: int, end: int
+) -> _ExtensionHeaders | Reason:
+    """Walk the extension headers after an IPv6 header at `l3` (`captured` bytes from l3 on; the
+    datagram ends at l3 + `end`), see "IPv6" in the module docstring."""
+    next_header = buf[l3 + 6]
+    off = IPV6_HEADER_LEN
+    fragment: _FragmentHeader | None = None
+    walked = 0
+    while next_header in IPV6_EXTENSION_HEADERS:
+        if walked == MAX_EXTENSION_HEADERS:
+            return Reason.PASS_UNSUPPORTED
+        walked += 1
+        if off + 8 > captured:
+            return Reason.DROP_TRUNCATED
+        pos = l3 + off
+        length = _extension_header_length(buf, pos, next_header)
+        if off + length > end:
+            return Reason.DROP_BAD_IP_HEADER
+        if next_header == IPV6_FRAGMENT:
+            if fragment is not None:
+                return Reason.DROP_BAD_IP_HEADER  # a second fragment header
+            fragment = _FragmentHeader(
+                offset=_get16(buf, pos + 2) >> 3,
+                more=bool(buf[pos + 3] & 1),
+                ident=_get32(buf, pos + 4),
+                next_header=buf[pos],
+            )
+            if fragment.offset != 0:
+                # A later fragment: what follows its fragment header is not parsed.
+                return _ExtensionHeaders(off + length, fragment.next_header, fragment)
+        next_header = buf[pos]
+        off += length
+    return _ExtensionHeaders(off, next_header, fragment)
+
+
+def _parse_ipv6(buf: memoryview, l3: int, end: int) -> _IP | Reason:
+    """Check the IPv6 header at `l3` and walk its extension headers (captured bytes end at `end`,
+    as for _parse_ipv4)."""
+    captured = end - l3
+    if captured < IPV6_HEADER_LEN:
+        return Reason.DROP_TRUNCATED
+    if buf[l3] >> 4 != 6:
+        return Reason.DROP_BAD_IP_HEADER
+    saddr = _get_address(buf, l3 + 8, 6)
+    daddr = _get_address(buf, l3 + 24, 6)
+    if _is_ipv4_mapped(saddr) or _is_ipv4_mapped(daddr):
+        return Reason.DROP_BAD_IP_HEADER  # never on the wire
+    datagram_end = IPV6_HEADER_LEN + _get16(buf, l3 + 4)
+    walk = _walk_extension_headers(buf, l3, captured, datagram_end)
+    if isinstance(walk, Reason):
+        return walk
+    fragment = walk.fragment
+    # An atomic fragment (offset 0, M clear: RFC 6946) is not a fragment.
+    is_fragment = fragment is not None and (fragment.offset != 0 or fragment.more)
+    l4 = l3 + walk.off
+    return _IP(
+        version=6,
+        l3=l3,
+        l4=l4,
+        ip_end=l3 + datagram_end,
+        l4_end=max(l4, min(l3 + datagram_end, end)),  # empty when l4 is past the captured bytes
+        proto=walk.proto,
+        saddr=saddr,
+        daddr=daddr,
+        more_fragments=is_fragment and fragment.more,
+        fragment_offset=fragment.offset if is_fragment else 0,
+        fragment_id=fragment.ident if is_fragment else 0,
+        fragment_proto=fragment.next_header if is_fragment else walk.proto,
+    )
+
+
+def _parse_ip(buf: memoryview, l3: int, end: int, version: int) -> _IP | Reason:
+    return _parse_ipv4(buf, l3, end) if version == 4 else _parse_ipv6(buf, l3, end)
+
+
+def _parse(buf: memoryview, linktype: int) -> _IP | Reason:
+    """Parse one packet up to its IP header (IPv6: and its extension headers); `buf` is exactly
+    its captured bytes, so an out-of-bounds read raises. Returns a `Reason` when processing ends
+    here."""
     link = _parse_link(buf, linktype)
     if isinstance(link, Reason):
         return link
     ethertype, l3 = link
+    if ethertype == ETHERTYPE_IPV4:
+        return _parse_ipv4(buf, l3, len(buf))
     if ethertype == ETHERTYPE_IPV6:
-        return Reason.PASS_UNSUPPORTED
-    if ethertype != ETHERTYPE_IPV4:
-        return Reason.PASS_NOT_IP
-    return _parse_ipv4(buf, l3, len(buf))
+        return _parse_ipv6(buf, l3, len(buf))
+    return Reason.PASS_NOT_IP
 
 
-def _parse_transport(buf: memoryview, ip: _IPv4) -> _Parsed | Reason | None:
+def _parse_transport(buf: memoryview, ip: _IP) -> _Parsed | Reason | None:
     """The transport header of a packet with fragment offset 0: the header positions of a
-    TCP/UDP/SCTP packet, None for an ICMP error (see _parse_quoted), or a `Reason`."""
+    TCP/UDP/SCTP packet, None for an ICMP (IPv6: ICMPv6) error (see _parse_quoted), or a
+    `Reason`."""
     proto, l4 = ip.proto, ip.l4
     l4_len = ip.l4_end - l4
+    icmp_proto, icmp_error_types = ICMP_OF_VERSION[ip.version]
     if proto == PROTO_TCP:
         if l4_len < 20:
             return Reason.DROP_TRUNCATED
@@ -832,16 +1068,19 @@ def _parse_transport(buf: memoryview, ip: _IPv4) -> _Parsed | Reason | None:
             return Reason.DROP_TRUNCATED
         if _get16(buf, l4 + 4) < 8:
             return Reason.DROP_BAD_L4_HEADER
+        if ip.version == 6 and _get16(buf, l4 + 6) == 0:
+            return Reason.DROP_BAD_L4_HEADER  # RFC 8200 8.1: no "no checksum" over IPv6
         flags = 0
-    elif proto == PROTO_ICMP:
+    elif proto == icmp_proto:
         if l4_len < 8:
             return Reason.DROP_TRUNCATED
-        if buf[l4] in ICMP_ERROR_TYPES:
+        if buf[l4] in icmp_error_types:
             return None
         return Reason.PASS_UNSUPPORTED  # echo, echo reply, redirect, ...: not translated
     else:
         return Reason.PASS_UNSUPPORTED
     return _Parsed(
+        version=ip.version,
         l3=ip.l3,
         l4=l4,
         ip_end=ip.ip_end,
@@ -854,11 +1093,12 @@ def _parse_transport(buf: memoryview, ip: _IPv4) -> _Parsed | Reason | None:
     )
 
 
-def _parse_quoted(buf: memoryview, icmp: _IPv4) -> tuple[_IPv4, int, int] | None:
-    """The packet an ICMP error quotes (from its L4 byte 8 on): (its IPv4 header, source port,
-    destination port), or None when the quote is unusable (see "ICMP errors" in the module
-    docstring). The quote's captured bytes end where the error's L4 region ends."""
-    quoted = _parse_ipv4(buf, icmp.l4 + 8, icmp.l4_end)
+def _parse_quoted(buf: memoryview, icmp: _IP) -> tuple[_IP, int, int] | None:
+    """The packet an ICMP error quotes (from its L4 byte 8 on): (its IP header, source port,
+    destination port), or None when the quote is unusable (see "ICMP errors" and "IPv6" in the
+    module docstring): it must be of the error's own IP version. The quote's captured bytes end
+    where the error's L4 region ends."""
+    quoted = _parse_ip(buf, icmp.l4 + 8, icmp.l4_end, icmp.version)
     if isinstance(quoted, Reason) or quoted.fragment_offset != 0:
         return None
     if quoted.proto not in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
@@ -881,32 +1121,34 @@ def _rewrite(
     """Rewrite the destination and/or source (ip, port) of a parsed packet, destination first.
 
     Every 16-bit word of a rewritten field goes through the RFC 1624 update, changed or not, in
-    the order: destination address, destination port, source address, source port. A UDP
-    checksum of 0 stays 0; a UDP result of 0 is written as 0xFFFF once, after all updates.
-    SCTP has no pseudo-header checksum: its CRC32c is recomputed over the whole SCTP packet
-    once the ports are written, when all of it was captured.
+    the order: destination address, destination port, source address, source port; an address
+    enters the IPv4 header checksum (IPv6 has none) and the TCP/UDP checksum (the pseudo-header:
+    2 words per IPv4 address, 8 per IPv6 address), a port only the latter. A UDP checksum of 0
+    stays 0; a UDP result of 0 is written as 0xFFFF once, after all updates. SCTP has no
+    pseudo-header checksum: its CRC32c is recomputed over the whole SCTP packet once the ports
+    are written, when all of it was captured.
     """
+    has_ip_csum = p.version == 4
     is_sctp = p.proto == PROTO_SCTP
     ip_csum_pos = p.l3 + 10
     l4_csum_pos = p.l4 + (16 if p.proto == PROTO_TCP else 6)
-    ip_csum = _get16(buf, ip_csum_pos)
+    ip_csum = _get16(buf, ip_csum_pos) if has_ip_csum else 0
     l4_csum = 0 if is_sctp else _get16(buf, l4_csum_pos)
     # UDP: 0 means "no checksum"; SCTP: no incremental update (CRC32c below).
     update_l4 = p.proto == PROTO_TCP or (p.proto == PROTO_UDP and l4_csum != 0)
-    for new, addr_pos, port_pos in ((dst, p.l3 + 16, p.l4 + 2), (src, p.l3 + 12, p.l4)):
+    src_pos, dst_pos = ADDRESS_POSITIONS[p.version]
+    for new, addr_pos, port_pos in ((dst, p.l3 + dst_pos, p.l4 + 2), (src, p.l3 + src_pos, p.l4)):
         if new is None:
             continue
         new_ip, new_port = new
-        old_ip_words = _words32(_get32(buf, addr_pos))
-        new_ip_words = _words32(new_ip)
-        old_port = _get16(buf, port_pos)
-        ip_csum = _csum_update_words(ip_csum, old_ip_words, new_ip_words)
+        old_ip_words, new_ip_words = _set_address(buf, addr_pos, p.version, new_ip)
+        old_port, new_port_word = _set_port(buf, port_pos, new_port)
+        if has_ip_csum:
+            ip_csum = _csum_update_words(ip_csum, old_ip_words, new_ip_words)
         if update_l4:
-            l4_csum = _csum_update_words(l4_csum, old_ip_words, new_ip_words)
-            l4_csum = _csum_update_word(l4_csum, old_port, new_port)
-        _put32(buf, addr_pos, new_ip)
-        _put16(buf, port_pos, new_port)
-    _put16(buf, ip_csum_pos, ip_csum)
+            l4_csum = _csum_update_words(l4_csum, old_ip_words + old_port, new_ip_words + new_port_word)
+    if has_ip_csum:
+        _put16(buf, ip_csum_pos, ip_csum)
     if is_sctp:
         # A snaplen-cut packet keeps its old CRC: it cannot be recomputed from part of the packet.
         if p.ip_end <= len(buf):
@@ -922,27 +1164,30 @@ def _rewrite(
 
 def _rewrite_icmp_error(
     buf: memoryview,
-    outer: _IPv4,
-    quoted: _IPv4,
+    outer: _IP,
+    quoted: _IP,
     *,
     quoted_dst: tuple[int, int] | None,
     quoted_src: tuple[int, int] | None,
     outer_dst: int | None,
     outer_src: int | None,
 ) -> None:
-    """Translate an ICMP error and the packet it quotes, every checksum updated incrementally.
+    """Translate an ICMP (ICMPv6) error and the packet it quotes (of the same IP version), every
+    checksum updated incrementally.
 
     Quoted fields, in order: destination address and port, source address and port (each
     given one rewritten, changed or not); then the quoted IPv4 header checksum (always
-    written) and the quoted TCP/UDP checksum (when captured; UDP 0 stays 0, a result of 0 is
-    written as 0xFFFF). The ICMP checksum covers the quote byte for byte (no pseudo-header):
-    every 16-bit word written inside the quote goes through its update. Then the outer
-    addresses given (destination, source) with the outer IPv4 header checksum.
+    written; IPv6 has none) and the quoted TCP/UDP checksum (when captured; UDP 0 stays 0, a
+    result of 0 is written as 0xFFFF). The ICMP checksum covers the quote byte for byte: every
+    16-bit word written inside the quote goes through its update. Then the outer addresses
+    given (destination, source): through the outer IPv4 header checksum, or for IPv6 through
+    the ICMPv6 checksum (its pseudo-header holds them), after the quote's words.
     """
     icmp_csum_pos = outer.l4 + 2
     icmp_csum = _get16(buf, icmp_csum_pos)
+    quoted_has_ip_csum = quoted.version == 4
     qip_csum_pos = quoted.l3 + 10
-    qip_csum = _get16(buf, qip_csum_pos)
+    qip_csum = _get16(buf, qip_csum_pos) if quoted_has_ip_csum else 0
     captured = quoted.l4_end - quoted.l4
     ql4_csum_pos = None
     if quoted.proto == PROTO_TCP and captured >= 18:
@@ -952,39 +1197,57 @@ def _rewrite_icmp_error(
     # (A quoted SCTP CRC covers the whole original packet: a quote cannot fix it.)
     ql4_csum = 0 if ql4_csum_pos is None else _get16(buf, ql4_csum_pos)
 
-    for new, addr_pos, port_pos in ((quoted_dst, quoted.l3 + 16, quoted.l4 + 2),
-                                    (quoted_src, quoted.l3 + 12, quoted.l4)):
+    src_pos, dst_pos = ADDRESS_POSITIONS[quoted.version]
+    for new, addr_pos, port_pos in ((quoted_dst, quoted.l3 + dst_pos, quoted.l4 + 2),
+                                    (quoted_src, quoted.l3 + src_pos, quoted.l4)):
         if new is None:
             continue
         new_ip, new_port = new
-        old_ip_words = _words32(_get32(buf, addr_pos))
-        new_ip_words = _words32(new_ip)
-        old_port = _get16(buf, port_pos)
-        qip_csum = _csum_update_words(qip_csum, old_ip_words, new_ip_words)
+        old_ip_words, new_ip_words = _set_address(buf, addr_pos, quoted.version, new_ip)
+        old_port, new_port_word = _set_port(buf, port_pos, new_port)
+        if quoted_has_ip_csum:
+            qip_csum = _csum_update_words(qip_csum, old_ip_words, new_ip_words)
         if ql4_csum_pos is not None:
-            ql4_csum = _csum_update_words(ql4_csum, old_ip_words, new_ip_words)
-            ql4_csum = _csum_update_word(ql4_csum, old_port, new_port)
-        icmp_csum = _csum_update_words(icmp_csum, old_ip_words, new_ip_words)
-        icmp_csum = _csum_update_word(icmp_csum, old_port, new_port)
-        _put32(buf, addr_pos, new_ip)
-        _put16(buf, port_pos, new_port)
+            ql4_csum = _csum_update_words(ql4_csum, old_ip_words + old_port, new_ip_words + new_port_word)
+        icmp_csum = _csum_update_words(icmp_csum, old_ip_words + old_port, new_ip_words + new_port_word)
 
-    icmp_csum = _csum_update_word(icmp_csum, _get16(buf, qip_csum_pos), qip_csum)
-    _put16(buf, qip_csum_pos, qip_csum)
+    if quoted_has_ip_csum:
+        icmp_csum = _csum_update_word(icmp_csum, _get16(buf, qip_csum_pos), qip_csum)
+        _put16(buf, qip_csum_pos, qip_csum)
     if ql4_csum_pos is not None:
         if quoted.proto == PROTO_UDP and ql4_csum == 0:
             ql4_csum = 0xFFFF
         icmp_csum = _csum_update_word(icmp_csum, _get16(buf, ql4_csum_pos), ql4_csum)
         _put16(buf, ql4_csum_pos, ql4_csum)
-    _put16(buf, icmp_csum_pos, icmp_csum)
 
-    ip_csum = _get16(buf, outer.l3 + 10)
-    for new_addr, pos in ((outer_dst, outer.l3 + 16), (outer_src, outer.l3 + 12)):
+    outer_has_ip_csum = outer.version == 4
+    ip_csum = _get16(buf, outer.l3 + 10) if outer_has_ip_csum else 0
+    src_pos, dst_pos = ADDRESS_POSITIONS[outer.version]
+    for new_addr, pos in ((outer_dst, outer.l3 + dst_pos), (outer_src, outer.l3 + src_pos)):
         if new_addr is None:
             continue
-        ip_csum = _csum_update_words(ip_csum, _words32(_get32(buf, pos)), _words32(new_addr))
-        _put32(buf, pos, new_addr)
-    _put16(buf, outer.l3 + 10, ip_csum)
+        old_words, new_words = _set_address(buf, pos, outer.version, new_addr)
+        if outer_has_ip_csum:
+            ip_csum = _csum_update_words(ip_csum, old_words, new_words)
+        else:
+            icmp_csum = _csum_update_words(icmp_csum, old_words, new_words)  # pseudo-header
+    _put16(buf, icmp_csum_pos, icmp_csum)
+    if outer_has_ip_csum:
+        _put16(buf, outer.l3 + 10, ip_csum)
+
+
+def _rewrite_fragment_addresses(buf: memoryview, ip: _IP, new_daddr: int, new_saddr: int) -> None:
+    """A later fragment follows its first: both addresses, destination first, every word through
+    the IPv4 header checksum (IPv6 has none; the transport checksum is in the first fragment)."""
+    has_ip_csum = ip.version == 4
+    ip_csum = _get16(buf, ip.l3 + 10) if has_ip_csum else 0
+    src_pos, dst_pos = ADDRESS_POSITIONS[ip.version]
+    for pos, new_addr in ((ip.l3 + dst_pos, new_daddr), (ip.l3 + src_pos, new_saddr)):
+        old_words, new_words = _set_address(buf, pos, ip.version, new_addr)
+        if has_ip_csum:
+            ip_csum = _csum_update_words(ip_csum, old_words, new_words)
+    if has_ip_csum:
+        _put16(buf, ip.l3 + 10, ip_csum)
 
 
 # --------------------------------------------------------------------------- engine
@@ -998,9 +1261,16 @@ def _writable_bytes(buf: Any) -> memoryview:
 
 
 def _check_prefixes(prefixes: Sequence[tuple[int, int]], where: str) -> None:
+    """Prefix lengths are 0..32 for IPv4 networks, 0..128 for IPv6 ones."""
     for network, length in prefixes:
-        if not 0 <= length <= 32:
-            raise ValueError(f"{where}: prefix length {length} of {network:#x} is outside 0..32")
+        bits = address_bits(network)
+        if not 0 <= length <= bits:
+            raise ValueError(f"{where}: prefix length {length} of {network:#x} is outside 0..{bits}")
+
+
+def _masquerade_address(node: NodeView, version: int) -> int:
+    """The SNAT address of a flow of this IP version (0: none)."""
+    return node.primary_ip if version == 4 else node.primary_ip6
 
 
 # (reason, trace service id, trace backend id, trace flags) of one packet.
@@ -1015,9 +1285,14 @@ class ReferenceEngine:
         maps: Maps,
         ct_capacity: int = DEFAULT_CT_CAPACITY,
         timeouts_s: Mapping[str, float] | None = None,
+        new_flow_rate: int = 0,
     ) -> None:
         if int(ct_capacity) < 1:
             raise ValueError(f"ct_capacity must be >= 1, got {ct_capacity}")
+        if not isinstance(new_flow_rate, int) or not 0 <= new_flow_rate <= MAX_NEW_FLOW_RATE:
+            raise ValueError(f"new_flow_rate must be an integer from 0 (off) to {MAX_NEW_FLOW_RATE}, "
+                             f"got {new_flow_rate!r}")
+        self._guard = _FlowRateGuard(new_flow_rate)
         self._ct = _Conntrack(int(ct_capacity))
         self._affinity = _Affinity(int(ct_capacity))
         seconds = {**DEFAULT_TIMEOUTS_S, **(timeouts_s or {})}
@@ -1042,7 +1317,8 @@ class ReferenceEngine:
         """Replace frontends/services/backends (see "load(maps)" in the module docstring).
 
         Conntrack and affinity entries and all counters are kept; per-id state follows the ids
-        by name. Raises ValueError (before changing anything) for a prefix length outside 0..32.
+        by name (services: by name and family). Raises ValueError (before changing anything) for a
+        prefix length outside 0..32 (IPv4) or 0..128 (IPv6).
         """
         for frontend in maps.frontends:
             _check_prefixes(frontend.source_ranges, f"frontend {frontend}: source_ranges")
@@ -1052,7 +1328,8 @@ class ReferenceEngine:
         if old is None:
             service_map = backend_map = [0]
         else:
-            service_map = _id_mapping([s.name for s in old.services], [s.name for s in maps.services])
+            service_map = _id_mapping([(s.name, s.family) for s in old.services],
+                                      [(s.name, s.family) for s in maps.services])
             backend_map = _id_mapping([(b.ip, b.port) for b in old.backends],
                                       [(b.ip, b.port) for b in maps.backends])
         self._service_counts = _remapped_counts(self._service_counts, service_map, len(maps.services))
@@ -1091,6 +1368,7 @@ class ReferenceEngine:
         # Where a later fragment without its first one cannot go untranslated.
         self._frontend_ips = self._service_ips | {frontend.ip for frontend in maps.frontends}
         self._local_ips = frozenset(maps.node.local_ips)
+        self._pod_cidr_families = frozenset(family_of(network) for network, _ in maps.node.pod_cidrs)
 
         # UDP flows whose backend is not serving any more select again on their next packet.
         serving = [
@@ -1209,7 +1487,7 @@ class ReferenceEngine:
             self._remember_fragment(buf, ip, outcome)
         return outcome
 
-    def _datagram(self, buf: memoryview, ip: _IPv4, ts: int) -> _Outcome:
+    def _datagram(self, buf: memoryview, ip: _IP, ts: int) -> _Outcome:
         """A packet with fragment offset 0: unfragmented, or the first fragment of a datagram."""
         parsed = _parse_transport(buf, ip)
         if parsed is None:
@@ -1220,10 +1498,11 @@ class ReferenceEngine:
 
     # -- fragments -------------------------------------------------------------------------------
 
-    def _remember_fragment(self, buf: memoryview, ip: _IPv4, outcome: _Outcome) -> None:
+    def _remember_fragment(self, buf: memoryview, ip: _IP, outcome: _Outcome) -> None:
         """Later fragments of this datagram will get what this first fragment got."""
         reason, service_id, backend_id, trace_flags = outcome
-        key = (ip.saddr, ip.daddr, ip.ip_id, ip.proto)  # as received
+        key = ip.fragment_key  # the addresses as received
+        src_pos, dst_pos = ADDRESS_POSITIONS[ip.version]
         table = self._fragments
         self._fragment_counts["tracked"] += 1
         if key in table:
@@ -1233,15 +1512,15 @@ class ReferenceEngine:
             self._fragment_counts["evictions"] += 1
         table[key] = FragmentEntry(
             verdict=VERDICT_OF_REASON[reason],
-            new_saddr=_get32(buf, ip.l3 + 12),
-            new_daddr=_get32(buf, ip.l3 + 16),
+            new_saddr=_get_address(buf, ip.l3 + src_pos, ip.version),  # after the rewrite
+            new_daddr=_get_address(buf, ip.l3 + dst_pos, ip.version),
             service=service_id,
             backend=backend_id,
             flags=trace_flags,
         )
 
-    def _later_fragment(self, buf: memoryview, ip: _IPv4) -> _Outcome:
-        key = (ip.saddr, ip.daddr, ip.ip_id, ip.proto)
+    def _later_fragment(self, buf: memoryview, ip: _IP) -> _Outcome:
+        key = ip.fragment_key
         entry = self._fragments.get(key)
         if entry is None:
             self._fragment_counts["not_found"] += 1
@@ -1251,13 +1530,7 @@ class ReferenceEngine:
         self._fragments.move_to_end(key)
         self._fragment_counts["followed"] += 1
         if entry.verdict is Verdict.DNAT or entry.verdict is Verdict.REVNAT:
-            # Both addresses, destination first, every word through the checksum update.
-            ip_csum = _get16(buf, ip.l3 + 10)
-            for pos, new_addr in ((ip.l3 + 16, entry.new_daddr), (ip.l3 + 12, entry.new_saddr)):
-                old_words = _words32(_get32(buf, pos))
-                ip_csum = _csum_update_words(ip_csum, old_words, _words32(new_addr))
-                _put32(buf, pos, new_addr)
-            _put16(buf, ip.l3 + 10, ip_csum)
+            _rewrite_fragment_addresses(buf, ip, entry.new_daddr, entry.new_saddr)
             reason = Reason.FRAG_DNAT if entry.verdict is Verdict.DNAT else Reason.FRAG_REVNAT
         elif entry.verdict is Verdict.PASS:
             reason = Reason.PASS_FRAGMENT  # its first fragment passed: so does the rest
@@ -1267,8 +1540,8 @@ class ReferenceEngine:
 
     # -- ICMP errors -----------------------------------------------------------------------------
 
-    def _icmp_error(self, buf: memoryview, ip: _IPv4, ts: int) -> _Outcome:
-        """An ICMP error about a tracked flow, translated through the packet it quotes."""
+    def _icmp_error(self, buf: memoryview, ip: _IP, ts: int) -> _Outcome:
+        """An ICMP (ICMPv6) error about a tracked flow, translated through the packet it quotes."""
         quote = _parse_quoted(buf, ip)
         if quote is None:
             return Reason.PASS_UNSUPPORTED, 0, 0, 0
@@ -1310,7 +1583,7 @@ class ReferenceEngine:
     # -- TCP, UDP, SCTP --------------------------------------------------------------------------
 
     def _flow(self, buf: memoryview, p: _Parsed, ts: int) -> _Outcome:
-        """Steps 1-5 of "Per TCP/UDP IPv4 packet" in the module docstring."""
+        """Steps 1-5 of "Per TCP/UDP IPv4 packet" in the module docstring (IPv6 alike)."""
         key: Tuple5 = (p.saddr, p.daddr, p.sport, p.dport, p.proto)
         is_tcp = p.proto == PROTO_TCP
         fin_or_rst = is_tcp and bool(p.tcp_flags & (TCP_FIN | TCP_RST))
@@ -1390,7 +1663,9 @@ class ReferenceEngine:
         candidates: tuple[int, ...]
         if kind == FrontendKind.ClusterIP:
             candidates = service.local_backends if frontend.local_policy else service.backends
-            masq = node.masquerade_all or (bool(node.pod_cidrs) and source != SOURCE_POD)
+            # (Non-pod sources are known only where a pod CIDR of the packet's family is.)
+            detect_local = p.version in self._pod_cidr_families
+            masq = node.masquerade_all or (detect_local and source != SOURCE_POD)
         elif not frontend.local_policy:
             candidates, masq = service.backends, True
         elif source == SOURCE_POD:
@@ -1401,6 +1676,10 @@ class ReferenceEngine:
             candidates, masq = service.local_backends, False
         if not candidates:
             return Reason.DROP_NO_LOCAL_ENDPOINT, service_id, 0, kind
+        # d2. A flood of new flows into a full table may evict only so many tracked flows.
+        if len(self._ct) >= self._ct.capacity and not self._guard.allows(ts):
+            self._ct_counts["rate_limited"] += 1
+            return Reason.DROP_FLOW_RATE, service_id, 0, kind
 
         # e. Backend selection (session affinity first).
         backend_id = self._select(service, candidates, key, ts)
@@ -1408,8 +1687,9 @@ class ReferenceEngine:
         # f. Hairpin.
         if backend.ip == p.saddr:
             masq = True
-        # g. Nothing to masquerade to.
-        if masq and node.primary_ip == 0:
+        # g. Nothing to masquerade to (IPv6 flows masquerade to node.primary_ip6).
+        masquerade_ip = _masquerade_address(node, p.version)
+        if masq and masquerade_ip == 0:
             masq = False
             self._ct_counts["snat_unavailable"] += 1
 
@@ -1417,7 +1697,7 @@ class ReferenceEngine:
         ct = self._ct
         insert = True
         if masq:
-            snat_ip, snat_port = node.primary_ip, p.sport
+            snat_ip, snat_port = masquerade_ip, p.sport
             for attempt in range(SNAT_TRIES):
                 if not ct.present((backend.ip, snat_ip, backend.port, snat_port, p.proto)):
                     break
