@@ -195,3 +195,33 @@ def test_closed_stdout_is_not_an_error(demo_capture, demo_cluster):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) in (0, 141)
     assert "Traceback" not in stderr and "error" not in stderr
+
+
+def test_dual_stack_replay_summary(tmp_path):
+    """Both families through the command line: the summary names the IPv6 half of a service
+    port, IPv6 backends as [ip]:port, and counts the IPv6 service ports."""
+    from pathlib import Path
+
+    from scapy.layers.inet6 import IPv6
+
+    cluster = Path(__file__).parent / "data" / "dualstack"
+    packets = [Ether() / IPv6(src="fd00:10:244:1::99", dst="fd00:10:96::2010") / TCP(sport=40000 + n, dport=80,
+                                                                                    flags="S")
+               for n in range(8)]
+    packets += [Ether() / IP(src="10.244.1.99", dst="10.96.20.10") / TCP(sport=41000, dport=80, flags="S")]
+    wrpcap(str(tmp_path / "in.pcap"), packets)
+    result = fastpath("replay", tmp_path / "in.pcap", "--cluster", cluster, "--node", "node-a",
+                      "-o", tmp_path / "out.pcap", "--stats", tmp_path / "stats.json", check=True)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["services"] == {"shop/web:http (IPv6)": 8, "shop/web:http": 1}
+    assert set(stats["backends"]) <= {"[fd00:10:244:1::10]:8080 (shop/web-7c5d8f9b6-a1b2c)",
+                                      "[fd00:10:244:2::10]:8080 (shop/web-7c5d8f9b6-d3e4f)",
+                                      "10.244.1.10:8080 (shop/web-7c5d8f9b6-a1b2c)",
+                                      "10.244.2.10:8080 (shop/web-7c5d8f9b6-d3e4f)"}
+    assert "shop/web:http (IPv6)" in result.stdout and "[fd00:10:244:" in result.stdout
+    assert "node node-a; 11 service ports (6 of them IPv6)" in result.stdout
+    for packet in rdpcap(str(tmp_path / "out.pcap"))[:8]:
+        assert packet[IPv6].dst in ("fd00:10:244:1::10", "fd00:10:244:2::10")
+        rebuilt = packet.copy()
+        del rebuilt[TCP].chksum
+        assert bytes(Ether(bytes(rebuilt))) == bytes(packet)

@@ -1011,6 +1011,38 @@ def test_same_pod_ip_twice_keeps_the_live_pod() -> None:
 # own, from the addresses, slices, ranges and node IPs of its family.
 
 
+def test_dual_stack_fixture_cluster() -> None:
+    result = compile_maps(load_cluster([Path(__file__).parent / "data" / "dualstack"]), "node-a")
+    maps = result.maps
+    from fastpath.compiler import service_label
+    assert [service_label(s) for s in maps.services] == [
+        "shop/api:https", "shop/api:https (IPv6)", "shop/cache:redis", "shop/cache:redis (IPv6)",
+        "shop/dns:dns", "shop/dns:dns (IPv6)", "shop/edge:http (IPv6)", "shop/legacy:web",
+        "shop/legacy:web (IPv6)", "shop/web:http", "shop/web:http (IPv6)"]
+    assert backend_addresses(result, "shop/web:http", 6) == ["[fd00:10:244:1::10]:8080", "[fd00:10:244:2::10]:8080"]
+    # api: IPv6 is its primary family (clusterIPs[0]); externalTrafficPolicy Local in both families
+    assert frontends_of(result, "shop/api:https", 6) == [
+        ("ClusterIP", "[fd00:10:96::2020]:443/TCP", False, ()),
+        ("NodePort", "[fd00:192:168:10::11]:30443/TCP", True, ())]
+    assert local_addresses(result, "shop/api:https", 6) == ["[fd00:10:244:1::20]:8443"]
+    # edge: IPv6 only; the Proxy-mode ingress IP gets nothing, the IPv4 source range is ignored
+    assert frontends_of(result, "shop/edge:http", 6) == [
+        ("ClusterIP", "[fd00:10:96::2030]:80/TCP", False, ()),
+        ("NodePort", "[fd00:192:168:10::11]:30080/TCP", False, ()),
+        ("LoadBalancer", "[2001:db8:100::30]:80/TCP", False, ("2001:db8:beef::/48",))]
+    assert service_named(result, "shop/edge:http", 6).affinity_timeout_s == 600
+    # cache: from the Pods' podIPs of each family, the named port resolved per pod
+    assert backend_addresses(result, "shop/cache:redis") == ["10.244.1.79:6379", "10.244.2.79:6380"]
+    assert backend_addresses(result, "shop/cache:redis", 6) == ["[fd00:10:244:1::79]:6379", "[fd00:10:244:2::79]:6380"]
+    assert (maps.node.primary_ip, maps.node.primary_ip6) == (ip("192.168.10.11"), ip("fd00:192:168:10::11"))
+    assert maps.node.pod_cidrs == ((ip("10.244.0.0"), 16), (ip("fd00:10:244::"), 56))
+    assert result.notes == (
+        "shop/dns:dns (IPv6): internalTrafficPolicy Local and no local endpoint (none on node node-a)",
+        "shop/legacy:web (IPv6): no usable endpoint; traffic to it is rejected",
+        "endpoints of 1 service(s) built from Pods (no EndpointSlice in the input for them)")
+    assert result.skipped == Counter() and result.warnings == ()
+
+
 def dual_node(name: str = "n1", zone: str | None = None) -> dict[str, Any]:
     return node(name, zone, addresses=[("InternalIP", "192.168.0.1"), ("InternalIP", "fd00:192:168::1"),
                                        ("InternalIP", "fd00:192:168::2"), ("ExternalIP", "2001:db8:ff::1"),

@@ -158,18 +158,29 @@ def test_no_endpoints_rejects(core):
 
 def test_bad_addresses():
     for src, dst, message in [
-        ("10.0.0.300", "10.96.0.10:80", "not an IPv4 address"),
-        ("10.0.0.1", "10.96.0.10", "port is required"),
+        ("10.0.0.300", "10.96.0.10:80", "not an IP address"),
+        ("10.0.0.1", "10.96.0.10", r"port is required \(IP:PORT\)"),
         ("10.0.0.1", "10.96.0.10:0", "port must be"),
         ("10.0.0.1", "10.96.0.10:http", "port must be"),
-        ("fe80::1", "10.96.0.10:80", "IPv6"),
-        ("10.0.0.1", "[::1]:80", "IPv6"),
+        ("fe80::1", "10.96.0.10:80", "different IP families"),
+        ("10.0.0.1", "[::1]:80", "different IP families"),
+        ("fd00::1", "fd00::10", r"port is required \(\[IPv6\]:PORT\)"),
+        ("fd00::1", "fd00::10:80", r"port is required"),  # without brackets the port is the address
+        ("fd00::1", "[fd00::10]80", r"expected \[IPv6\]:PORT"),
+        ("fd00::1", "[fd00::10:80", r"expected \[IPv6\]:PORT"),
+        ("fd00::1", "[10.96.0.10]:80", "only IPv6 addresses go in brackets"),
+        ("fd00::1", "[fe80::1%eth0]:80", "not an IP address"),
+        ("[fd00::1]:0", "[fd00::10]:80", "port must be"),
+        ("::ffff:10.0.0.1", "10.96.0.10:80", "IPv4-mapped"),
     ]:
         with pytest.raises(ExplainError, match=message):
             explain(ClusterState(), src, dst)
     with pytest.raises(ExplainError, match="tcp, udp or sctp"):
         explain(ClusterState(), "10.0.0.1", "10.0.0.2:1", "icmp")
     assert parse_address("10.0.0.010:80", port_required=True, what="x") == ("10.0.0.10", 80)
+    assert parse_address(" [FD00:0::10]:443 ", port_required=True, what="x") == ("fd00::10", 443)
+    assert parse_address("fd00:0::5", port_required=False, what="x") == ("fd00::5", None)
+    assert parse_address("[fd00::5]", port_required=False, what="x") == ("fd00::5", None)
 
 
 def test_sctp_flow_is_explained():
@@ -368,3 +379,123 @@ def test_source_range_drop_and_unknown_port_reject(cart, core):
     assert (rejected.verdict, rejected.reason) == ("REJECT", "REJECT_UNKNOWN_PORT")
     assert rejected.frontend is None and rejected.reply == "icmp-port-unreachable"
     assert any("80/TCP (default/cart:http)" in note for note in rejected.notes)
+
+
+# --------------------------------------------------------------------------- IPv6
+
+DUALSTACK = __import__("pathlib").Path(__file__).parent / "data" / "dualstack"
+POD6, EXT6, NODE6 = "fd00:10:244:1::99", "2001:db8:7::1", "fd00:192:168:10::11"
+
+
+@pytest.fixture(scope="module")
+def dual_state() -> ClusterState:
+    return load_cluster([DUALSTACK])
+
+
+def test_built_ipv6_packets_are_valid():
+    from scapy.layers.inet6 import IPv6
+
+    for proto, layer in ((6, TCP), (17, UDP)):
+        frame = Ether(build_packet("fd00::1", 1234, "fd00:10:96::10", 80, proto))
+        assert frame.type == 0x86DD and frame[IPv6].nh == proto and frame[IPv6].plen == len(frame[layer])
+        rebuilt = frame.copy()
+        del rebuilt[layer].chksum
+        assert bytes(Ether(bytes(rebuilt))) == bytes(frame)
+    with pytest.raises(ValueError, match="one IP family"):
+        build_packet("fd00::1", 1, "10.0.0.1", 80, 6)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_ipv6_clusterip_from_a_pod(dual_state, core):
+    answer = explain(dual_state, f"[{POD6}]:41001", "[fd00:10:96::2010]:80", node="node-a", core=core)
+    assert (answer.verdict, answer.reason) == ("DNAT", "NEW_FLOW")
+    assert (answer.src, answer.dst) == (f"[{POD6}]:41001", "[fd00:10:96::2010]:80")
+    assert answer.frontend == {"kind": "ClusterIP", "address": "[fd00:10:96::2010]:80/TCP",
+                               "service": "shop/web:http", "port_name": "http", "target_port": "http"}
+    assert answer.source["class"] == "pod" and "fd00:10:244::/56" in answer.source["why"]
+    assert answer.masquerade["enabled"] is False
+    # the endpoints of the IPv6 slice only, as [address]:port
+    assert [(e.address, e.in_set) for e in answer.endpoints] == [
+        ("[fd00:10:244:1::10]:8080", True), ("[fd00:10:244:2::10]:8080", True),
+        ("[fd00:10:244:2::11]:8080", False)]
+    [chosen] = [e for e in answer.endpoints if e.chosen]
+    assert chosen.address == answer.backend
+    text = answer.render()
+    assert f"[{POD6}]:41001 -> [fd00:10:96::2010]:80 TCP" in text and answer.backend in text
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_ipv6_node_port_local_policy_and_masquerade(dual_state, core):
+    outside = explain(dual_state, f"[{EXT6}]:50000", f"[{NODE6}]:30443", node="node-a", core=core)
+    assert outside.frontend["kind"] == "NodePort" and outside.frontend["service"] == "shop/api:https"
+    assert (outside.source["class"], outside.policy["set"]) == ("other", "local")
+    assert outside.backend == "[fd00:10:244:1::20]:8443"
+    assert outside.masquerade["enabled"] is False and "client IP" in outside.masquerade["why"]
+    node = explain(dual_state, f"[{NODE6}]:50000", f"[{NODE6}]:30443", node="node-a", core=core)
+    assert node.source["class"] == "node" and node.policy["set"] == "cluster"
+    # masqueraded to the node's IPv6 address, not its IPv4 primary IP
+    assert node.masquerade == {"enabled": True, "address": NODE6,
+                               "why": "traffic from the node itself is masqueraded"}
+    assert node.summary.endswith(f"source masqueraded to {NODE6}")
+    clusterip = explain(dual_state, f"[{EXT6}]:50001", "[fd00:10:96::2020]:443", node="node-a", core=core)
+    assert clusterip.masquerade["enabled"] is True and clusterip.masquerade["address"] == NODE6
+    assert "outside the pod network (fd00:10:244::/56)" in clusterip.source["why"]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_ipv6_source_ranges_drop_and_reject(dual_state, core):
+    allowed = explain(dual_state, "[2001:db8:beef::5]:1", "[2001:db8:100::30]:80", node="node-a", core=core)
+    assert allowed.verdict == "DNAT" and allowed.frontend["kind"] == "LoadBalancer"
+    assert allowed.source_ranges == ["2001:db8:beef::/48"]  # the IPv4 range is not for this family
+    assert allowed.affinity and "2001:db8:beef::5" in allowed.affinity
+    dropped = explain(dual_state, "[2001:db8:9::1]:1", "[2001:db8:100::30]:80", node="node-a", core=core)
+    assert (dropped.verdict, dropped.reason) == ("DROP", "DROP_SOURCE_RANGE")
+    assert any("2001:db8:9::1 is outside" in note for note in dropped.notes)
+    # the Proxy-mode ingress IP is no frontend
+    assert explain(dual_state, "[2001:db8:beef::5]:1", "[2001:db8:100::31]:80", node="node-a",
+                   core=core).verdict == "PASS"
+
+    rejected = explain(dual_state, POD6, "[fd00:10:96::2070]:80", node="node-a", core=core)
+    assert (rejected.verdict, rejected.reason) == ("REJECT", "REJECT_NO_ENDPOINT")
+    assert rejected.summary == f"REJECT (shop/legacy:web): ICMPv6 port unreachable back to {POD6}"
+    assert rejected.reply == "icmp-port-unreachable" and rejected.endpoints == []
+    # the IPv4 half of the same service port is served
+    assert explain(dual_state, "10.244.1.99", "10.96.20.70:80", node="node-a", core=core).verdict == "DNAT"
+
+    unknown = explain(dual_state, POD6, "[fd00:10:96::2070]:81", node="node-a", core=core)
+    assert unknown.reason == "REJECT_UNKNOWN_PORT"
+    assert any("80/TCP (shop/legacy:web)" in note for note in unknown.notes)
+
+    local = explain(dual_state, POD6, "[fd00:10:96::2053]:53", "udp", node="node-a", core=core)
+    assert (local.verdict, local.reason) == ("DROP", "DROP_NO_LOCAL_ENDPOINT")
+    assert [(e.address, e.note) for e in local.endpoints] == [("[fd00:10:244:2::53]:5353", "not on this node")]
+
+
+def test_ipv6_choice_is_what_a_replay_picks(tmp_path, dual_state):
+    from scapy.layers.inet6 import IPv6
+
+    syns = [Ether() / IPv6(src=f"fd00:10:244:1::{n:x}", dst="fd00:10:96::2010") / TCP(sport=40000 + n, dport=80,
+                                                                                       flags="S")
+            for n in range(1, 13)]
+    wrpcap(str(tmp_path / "six.pcap"), syns)
+    replay(tmp_path / "six.pcap", None, Dataplane(dual_state, node="node-a", core="reference"),
+           trace=tmp_path / "t.jsonl")
+    lines = [json.loads(text) for text in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert {line["backend"] for line in lines} == {"[fd00:10:244:1::10]:8080", "[fd00:10:244:2::10]:8080"}
+    for n, line in enumerate(lines, start=1):
+        answer = explain(dual_state, f"[fd00:10:244:1::{n:x}]:{40000 + n}", "[fd00:10:96::2010]:80",
+                         node="node-a", core="reference")
+        assert answer.backend == line["backend"]
+
+
+def test_cli_ipv6(dual_state):
+    result = fastpath("explain", "--cluster", DUALSTACK, "--node", "node-a", "--core", "reference",
+                      "--src", f"[{EXT6}]:50000", "--dst", f"[{NODE6}]:30443", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["backend"] == "[fd00:10:244:1::20]:8443"
+    assert document["frontend"]["address"] == f"[{NODE6}]:30443/TCP"
+    result = fastpath("explain", "--cluster", DUALSTACK, "--node", "node-a", "--src", "10.0.0.1",
+                      "--dst", f"[{NODE6}]:30443")
+    assert result.returncode == 1 and "different IP families" in result.stderr
+    assert "[IPv6]:PORT" in fastpath("explain", "--help").stdout

@@ -347,6 +347,71 @@ def test_trace_writer_fields_from_arrays(tmp_path):
                                                                         result.reasons))
 
 
+# --------------------------------------------------------------------------- IPv6
+
+DUALSTACK = Path(__file__).parent / "data" / "dualstack"
+NODE_A6 = "fd00:192:168:10::11"
+
+
+def test_trace_fields_of_both_families():
+    """Backends as [ip]:port, and the masquerade address of the flow's own family."""
+    from fastpath.maps import address_from_text as a
+    from fastpath.trace import trace_fields
+
+    maps = Maps(
+        services=[Service(id=1, name="a/web:http", backends=(1,)),
+                  Service(id=2, name="a/web:http", backends=(2,), family=6)],
+        frontends=[Frontend(ip=a("10.96.0.1"), port=80, proto=PROTO_TCP, service=1),
+                   Frontend(ip=a("fd00::1"), port=80, proto=PROTO_TCP, service=2)],
+        backends=[Backend(id=1, ip=a("10.0.0.1"), port=8080, name="x"),
+                  Backend(id=2, ip=a("fd00:10::1"), port=8080, name="y")],
+        node=NodeView(primary_ip=a("192.168.0.1"), primary_ip6=a("fd00:192::1")),
+    )
+    masq = 1 | TRACE_MASQUERADED
+    v4 = trace_fields(maps, Verdict.DNAT, 4, 1, 1, masq)
+    v6 = trace_fields(maps, Verdict.DNAT, 4, 2, 2, masq)
+    assert (v4["service"], v4["backend"], v4["masquerade"]) == ("a/web:http", "10.0.0.1:8080", "192.168.0.1")
+    assert (v6["service"], v6["backend"], v6["masquerade"]) == ("a/web:http", "[fd00:10::1]:8080", "fd00:192::1")
+    # a drop attributed to the IPv6 service but to no backend still knows its family
+    assert trace_fields(maps, Verdict.DROP, 6, 2, 0, masq)["masquerade"] == "fd00:192::1"
+    without = Maps(services=maps.services, frontends=maps.frontends, backends=maps.backends,
+                   node=NodeView(primary_ip=a("192.168.0.1")))
+    assert trace_fields(without, Verdict.DNAT, 4, 2, 2, masq)["masquerade"] is None  # no IPv6 node address
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_ipv6_lines_and_icmpv6_reply(tmp_path, core):
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+
+    packets = [
+        # from outside the pod network to an IPv6 ClusterIP: masqueraded to the node's IPv6 address
+        Ether() / IPv6(src="2001:db8:7::1", dst="fd00:10:96::2010") / TCP(sport=40001, dport=80, flags="S"),
+        # the IPv6 half of legacy has no endpoint: rejected with an ICMPv6 port unreachable
+        Ether() / IPv6(src="fd00:10:244:1::99", dst="fd00:10:96::2070") / TCP(sport=40002, dport=80, flags="S"),
+        # the IPv4 half of the same service port is served
+        Ether() / IP(src="10.244.1.99", dst="10.96.20.70") / TCP(sport=40003, dport=80, flags="S"),
+    ]
+    capture = write_pcap(tmp_path / "in.pcap", packets)
+    dataplane = Dataplane(load_cluster([DUALSTACK]), node="node-a", core=core)
+    stats = replay(capture, tmp_path / "out.pcap", dataplane, trace=tmp_path / "t.jsonl")
+    masqueraded, rejected, ipv4 = read_trace(tmp_path / "t.jsonl")
+    assert masqueraded["verdict"] == "DNAT" and masqueraded["service"] == "shop/web:http"
+    assert masqueraded["backend"] in ("[fd00:10:244:1::10]:8080", "[fd00:10:244:2::10]:8080")
+    assert (masqueraded["frontend"], masqueraded["masquerade"]) == ("ClusterIP", NODE_A6)
+    assert rejected == {
+        "frame": 2, "time": f"{T0 + 1}.000000000", "verdict": "REJECT", "reason": "REJECT_NO_ENDPOINT",
+        "service": "shop/legacy:web", "frontend": "ClusterIP", "backend": None, "masquerade": None,
+        "reply": "icmp-port-unreachable",
+    }
+    assert (ipv4["verdict"], ipv4["backend"], ipv4["masquerade"]) == ("DNAT", "10.244.2.70:8080", None)
+    first, reply, third = rdpcap(str(tmp_path / "out.pcap"))
+    assert first[IPv6].src == NODE_A6
+    assert reply[IPv6].src == "fd00:10:96::2070" and reply[IPv6].dst == "fd00:10:244:1::99"
+    assert (reply[ICMPv6DestUnreach].type, reply[ICMPv6DestUnreach].code) == (1, 4)
+    assert third[IP].dst == "10.244.2.70"
+    assert stats.services == {"shop/web:http (IPv6)": 1, "shop/legacy:web (IPv6)": 1, "shop/legacy:web": 1}
+
+
 # --------------------------------------------------------------------------- atomic writing
 
 

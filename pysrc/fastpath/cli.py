@@ -19,7 +19,9 @@ Replay a capture through the Service dataplane of one node.
 Every packet of CAPTURE (pcap or pcapng) goes through the compiled dataplane built from the
 Kubernetes objects in --cluster: packets to a Service frontend are DNATed to an endpoint,
 replies from endpoints are translated back, everything else passes untouched, and dropped
-packets are left out of OUT (a rejected one is replaced by the ICMP port unreachable sent back).
+packets are left out of OUT (a rejected one is replaced by the ICMP port unreachable sent back,
+ICMPv6 for IPv6). IPv4 and IPv6 are both routed: a dual-stack Service has frontends and
+endpoints in each family.
 A summary (verdicts, per-service and per-backend packet counts, conntrack, packets/s) is printed
 at the end.
 
@@ -29,8 +31,9 @@ at the end.
    "masquerade": null}
 frame is the packet's 1-based number in CAPTURE; time its timestamp in seconds with nine
 decimals, as a string (exact); service, frontend (ClusterIP, NodePort, LoadBalancer,
-ExternalIP), backend and masquerade (the node address the flow is SNATed to) are null when they
-do not apply; REJECT lines add "reply": "icmp-port-unreachable".
+ExternalIP), backend ("ip:port", "[ip]:port" for IPv6) and masquerade (the node address of the
+flow's family it is SNATed to) are null when they do not apply; REJECT lines add
+"reply": "icmp-port-unreachable".
 """
 
 REPLAY_EPILOG = """\
@@ -61,6 +64,9 @@ EXPLAIN_EPILOG = """\
 The endpoint picked depends on the whole 5-tuple: give the source port (--src IP:PORT) to get
 the answer for one connection; without it, source port 40000 is assumed.
 
+IPv6 addresses are written as such, in brackets when a port follows: --src fd00:10:244::5 or
+--src [fd00:10:244::5]:41001, --dst [fd00:10:96::10]:80.
+
 exit status: 0 whatever the verdict, 1 on bad input (an address, or an unreadable or invalid
 cluster file), 2 on a usage error.
 
@@ -68,6 +74,7 @@ examples:
   fastpath explain --cluster pcaps/demo-cluster.yaml --src 10.244.0.5:41001 --dst 10.96.0.10:80
   fastpath explain --cluster pcaps/demo-cluster.yaml --node fp-node \\
       --src 10.244.0.5 --dst 10.96.0.53:53 --proto udp --json
+  fastpath explain --cluster cluster.yaml --src [2001:db8::7]:50000 --dst [fd00:10:96::10]:80
 """
 
 
@@ -144,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--node", metavar="NAME", help="the node whose dataplane this is")
     explain.add_argument("--src", metavar="IP[:PORT]", required=True,
-                         help="the client: an IPv4 address, with its port if known")
+                         help="the client: an IPv4 or IPv6 address, with its port if known "
+                         "(IP:PORT, [IPv6]:PORT)")
     explain.add_argument("--dst", metavar="IP:PORT", required=True,
                          help="where the client sends to: a ClusterIP, node, load-balancer or "
-                         "external IP and port, or any other address")
+                         "external IP and port, or any other address ([IPv6]:PORT for IPv6)")
     explain.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp",
                          help="transport protocol (default tcp)")
     explain.add_argument("--json", action="store_true",
@@ -297,8 +305,10 @@ def print_cluster(state, dataplane, out: TextIO) -> None:
     maps = dataplane.maps
     skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(state.skipped.items()))
     node = f"node {dataplane.node}" if dataplane.node else "no node"
+    ipv6 = sum(service.family == 6 for service in maps.services)
+    ports = f"{len(maps.services)} service ports" + (f" ({ipv6} of them IPv6)" if ipv6 else "")
     out.write(
-        f"cluster      {node}; {len(maps.services)} service ports, {len(maps.frontends)} "
+        f"cluster      {node}; {ports}, {len(maps.frontends)} "
         f"frontends, {len(maps.backends)} backends from {len(state.sources)} file(s)"
         + (f"; skipped {skipped}" if skipped else "") + "\n"
     )

@@ -3,6 +3,7 @@
     state = fastpath.load_cluster(["cluster.yaml"])
     answer = explain(state, "10.244.0.5:41001", "10.96.0.10:80", "tcp", node="node-1")
     print(answer.render())              # or answer.to_dict() for JSON
+    explain(state, "[fd00:10:244::5]:41001", "[fd00:10:96::10]:80")     # IPv6: [address]:port
 
 The verdict and the endpoint are never worked out here: explain() builds the flow's first packet
 (a TCP SYN or a UDP datagram), runs it through a fresh Dataplane (the compiled core unless told
@@ -14,14 +15,24 @@ give them, marked with whether it is in the set being chosen from and which one 
 """
 from __future__ import annotations
 
-import socket
 import struct
 from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastpath.icmp import internet_checksum
-from fastpath.maps import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Frontend, Maps
+from fastpath.maps import (
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Frontend,
+    Maps,
+    address_bits,
+    address_from_text,
+    family_of,
+    format_address,
+    format_endpoint,
+)
 from fastpath.model import ClusterState, EndpointSlice, Service, ServicePort, parse_ip
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
 
@@ -44,12 +55,12 @@ RULES: dict[Reason, str] = {
     Reason.PASS_NO_SERVICE: "not a service address: passes untouched",
     Reason.REJECT_NO_ENDPOINT: (
         "the service port has no usable endpoint anywhere (none ready, none serving and "
-        "terminating): the packet is rejected with an ICMP port unreachable from the address the "
-        "client used, on every frontend of the service port"
+        "terminating): the packet is rejected with an ICMP port unreachable (ICMPv6 for IPv6) "
+        "from the address the client used, on every frontend of the service port"
     ),
     Reason.REJECT_UNKNOWN_PORT: (
         "the destination is a ClusterIP, but no service has this port and protocol on it: the "
-        "packet is rejected with an ICMP port unreachable"
+        "packet is rejected with an ICMP port unreachable (ICMPv6 for IPv6)"
     ),
     Reason.DROP_NO_LOCAL_ENDPOINT: (
         "the traffic policy is Local and this node has no endpoint of the service port: dropped"
@@ -75,7 +86,7 @@ class ExplainError(ValueError):
 class EndpointInfo:
     """One endpoint of the matched service port, as its EndpointSlice gives it."""
 
-    address: str  # "ip:port"
+    address: str  # "ip:port", "[ip]:port" for IPv6
     ready: bool
     serving: bool
     terminating: bool
@@ -93,8 +104,8 @@ class EndpointInfo:
 class Explanation:
     """Where one flow goes and why. `to_dict()` is the `--json` document, `render()` the text."""
 
-    src: str  # "ip:port"
-    dst: str  # "ip:port"
+    src: str  # "ip:port", "[ip]:port" for IPv6
+    dst: str  # "ip:port", "[ip]:port" for IPv6
     proto: str  # "TCP" | "UDP"
     src_port_given: bool
     node: str | None
@@ -128,22 +139,33 @@ class Explanation:
 
 
 def parse_address(text: str, *, port_required: bool, what: str) -> tuple[str, int | None]:
-    """"IP" or "IP:PORT" (IPv4) -> (canonical ip, port or None); ExplainError if invalid."""
+    """"IP", "IP:PORT" (IPv4), "IPv6" or "[IPv6]:PORT" -> (canonical ip, port or None);
+    ExplainError if invalid."""
     text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = text, ""
-    if host.startswith("[") or host.count(":") or (not sep and ":" in text):
-        raise ExplainError(f"{what} {text!r}: IPv6 is not supported yet (IPv4 only)")
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ExplainError(f"{what} {text!r}: expected [IPv6]:PORT")
+        sep, port_text = (":", rest[1:]) if rest else ("", "")
+        if ":" not in host:
+            raise ExplainError(f"{what} {text!r}: only IPv6 addresses go in brackets")
+    elif text.count(":") > 1:  # a bare IPv6 address: it cannot carry a port
+        host, sep, port_text = text, "", ""
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host = text
     try:
         address = parse_ip(host)
     except ValueError:
-        raise ExplainError(f"{what} {text!r}: not an IPv4 address") from None
-    if address.version != 4:
-        raise ExplainError(f"{what} {text!r}: IPv6 is not supported yet (IPv4 only)")
+        raise ExplainError(f"{what} {text!r}: not an IP address") from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        raise ExplainError(f"{what} {text!r}: an IPv4-mapped IPv6 address never travels as such; "
+                           f"use the IPv4 address {address.ipv4_mapped}")
     if not sep:
         if port_required:
-            raise ExplainError(f"{what} {text!r}: a port is required (IP:PORT)")
+            example = "[IPv6]:PORT" if address.version == 6 else "IP:PORT"
+            raise ExplainError(f"{what} {text!r}: a port is required ({example})")
         return str(address), None
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ExplainError(f"{what} {text!r}: the port must be a number from 1 to 65535")
@@ -164,9 +186,16 @@ def _protocol(proto: str | int) -> int:
 
 def build_packet(src: str, sport: int, dst: str, dport: int, proto: int) -> bytes:
     """The first packet of the flow as an Ethernet frame: a TCP SYN, an empty UDP datagram or a
-    bare SCTP common header, with valid IP/TCP/UDP checksums (the dataplane never checks an
-    incoming SCTP CRC)."""
-    saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
+    bare SCTP common header, over IPv4 or IPv6 (the family of the addresses), with valid
+    IP/TCP/UDP checksums (the dataplane never checks an incoming SCTP CRC)."""
+    source, destination = address_from_text(src), address_from_text(dst)
+    if family_of(source) != family_of(destination):
+        raise ValueError("the source and destination must be of one IP family")
+    if family_of(source) == 6:
+        saddr = (source & ((1 << 128) - 1)).to_bytes(16, "big")
+        daddr = (destination & ((1 << 128) - 1)).to_bytes(16, "big")
+    else:
+        saddr, daddr = source.to_bytes(4, "big"), destination.to_bytes(4, "big")
     if proto == PROTO_SCTP:
         l4 = bytearray(struct.pack("!HHII", sport, dport, 0, 0))
     else:
@@ -176,9 +205,16 @@ def build_packet(src: str, sport: int, dst: str, dport: int, proto: int) -> byte
         else:
             l4 = bytearray(struct.pack("!HHHH", sport, dport, 8, 0))
             checksum_at = 6
-        pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(l4))
+        if len(saddr) == 16:
+            pseudo = saddr + daddr + struct.pack("!I3xB", len(l4), proto)
+        else:
+            pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(l4))
         checksum = internet_checksum(pseudo + bytes(l4))
         struct.pack_into("!H", l4, checksum_at, checksum or 0xFFFF)
+    if len(saddr) == 16:
+        ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, saddr, daddr)
+        ethernet = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x86DD)
+        return ethernet + ip6 + bytes(l4)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0,
                                saddr, daddr))
     struct.pack_into("!H", ip, 10, internet_checksum(bytes(ip)))
@@ -190,20 +226,33 @@ def build_packet(src: str, sport: int, dst: str, dport: int, proto: int) -> byte
 
 
 def _ip(value: int) -> str:
-    return socket.inet_ntoa(value.to_bytes(4, "big"))
+    return format_address(value)
 
 
 def _ip_int(text: str) -> int:
-    return int.from_bytes(socket.inet_aton(text), "big")
+    return address_from_text(text)
 
 
 def _in_prefix(ip: int, network: int, length: int) -> bool:
-    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
-    return (ip & mask) == (network & mask)
+    """`ip` is in network/length (never for an address of the other family)."""
+    if family_of(ip) != family_of(network):
+        return False
+    shift = address_bits(network) - length
+    return length == 0 or (ip >> shift) == (network >> shift)
 
 
 def _cidr(network: int, length: int) -> str:
     return f"{_ip(network)}/{length}"
+
+
+def _host(endpoint: str) -> str:
+    """The address of "ip:port" or "[ip]:port"."""
+    host = endpoint.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def _family_pod_cidrs(maps: Maps, family: int) -> list[tuple[int, int]]:
+    return [(n, l) for n, l in maps.node.pod_cidrs if family_of(n) == family]
 
 
 def explain(
@@ -227,6 +276,8 @@ def explain(
     src_ip, sport = parse_address(src, port_required=False, what="source")
     dst_ip, dport = parse_address(dst, port_required=True, what="destination")
     assert dport is not None
+    if family_of(_ip_int(src_ip)) != family_of(_ip_int(dst_ip)):
+        raise ExplainError(f"source {src_ip} and destination {dst_ip} are of different IP families")
     number = _protocol(proto)
     src_port_given = sport is not None
     sport = DEFAULT_SOURCE_PORT if sport is None else sport
@@ -242,8 +293,10 @@ def explain(
     backend_id = result.backends[0] if result.backends is not None else 0
     flags = result.flags[0] if result.flags is not None else 0
 
+    src_int, dst_int = _ip_int(src_ip), _ip_int(dst_ip)
+    family = family_of(dst_int)
     answer = Explanation(
-        src=f"{src_ip}:{sport}", dst=f"{dst_ip}:{dport}", proto=PROTOCOL_NAMES[number],
+        src=format_endpoint(src_int, sport), dst=format_endpoint(dst_int, dport), proto=PROTOCOL_NAMES[number],
         src_port_given=src_port_given, node=dataplane.node, core=core, verdict=verdict.name,
         reason=reason.name, summary="", rule=RULES.get(reason),
     )
@@ -254,11 +307,10 @@ def explain(
                             "the whole 5-tuple, so another source port may pick another endpoint")
     if 1 <= backend_id <= len(maps.backends):
         chosen = maps.backends[backend_id - 1]
-        answer.backend = f"{_ip(chosen.ip)}:{chosen.port}"
+        answer.backend = format_endpoint(chosen.ip, chosen.port)
     else:
         chosen = None
 
-    src_int, dst_int = _ip_int(src_ip), _ip_int(dst_ip)
     frontend = _frontend(maps, dst_int, dport, number)
     if frontend is None:
         _explain_no_frontend(answer, state, maps, dst_ip, dst_int, dport, number, reason)
@@ -274,7 +326,7 @@ def explain(
     model_service, model_port = _model_port(state, service.name, number)
     answer.frontend = {
         "kind": kind,
-        "address": f"{dst_ip}:{dport}/{PROTOCOL_NAMES[number]}",
+        "address": f"{format_endpoint(dst_int, dport)}/{PROTOCOL_NAMES[number]}",
         "service": service.name,
         "port_name": model_port.name if model_port else None,
         "target_port": model_port.target_port if model_port else None,
@@ -307,14 +359,16 @@ def explain(
     if verdict in (Verdict.DNAT, Verdict.REVNAT):
         enabled = bool(flags & TRACE_MASQUERADED)
         expected, why = _masquerade_why(maps, kind, frontend.local_policy, source_class,
-                                        hairpin=chosen is not None and chosen.ip == src_int)
+                                        hairpin=chosen is not None and chosen.ip == src_int,
+                                        family=family)
         if expected != enabled:  # the maps say more than these rules know: the core decides
             why += f"; but the dataplane did {'' if enabled else 'not '}masquerade this flow"
-        address = _ip(maps.node.primary_ip) if enabled and maps.node.primary_ip else None
+        primary = maps.node.primary_ip6 if family == 6 else maps.node.primary_ip
+        address = _ip(primary) if enabled and primary else None
         answer.masquerade = {"enabled": enabled, "address": address, "why": why}
 
     answer.endpoints = _endpoints(state, maps, model_service, model_port, set(chosen_from),
-                                  backend_id, use_local, node)
+                                  backend_id, use_local, node, family)
     if reason == Reason.DROP_NO_LOCAL_ENDPOINT:
         answer.rule = (f"{policy_name} Local and no endpoint of {service.name} on "
                        + (f"node {node}" if node else "this node (no --node given: none is local)")
@@ -343,17 +397,22 @@ def _model_port(state: ClusterState, service_name: str, proto: int) -> tuple[Ser
 
 
 def _source_class(maps: Maps, src: int, src_ip: str, node: str | None) -> tuple[str, str]:
+    """pod, node or other, and why (the pod network of the source's family: kube-proxy runs one
+    local-traffic detector per family)."""
     view = maps.node
-    for network, length in view.pod_cidrs:
+    family = family_of(src)
+    pod_cidrs = _family_pod_cidrs(maps, family)
+    for network, length in pod_cidrs:
         if _in_prefix(src, network, length):
             return "pod", f"{src_ip} is inside the pod network {_cidr(network, length)} (clusterCIDR)"
     if src in view.local_ips:
         return "node", f"{src_ip} is an address of this node" + (f" ({node})" if node else "")
-    if not view.pod_cidrs:
-        return "other", (f"{src_ip} is not an address of this node, and no pod network is known "
+    if not pod_cidrs:
+        what = "no pod network" if not view.pod_cidrs else f"no IPv{family} pod network"
+        return "other", (f"{src_ip} is not an address of this node, and {what} is known "
                          "(KubeProxyConfiguration clusterCIDR / detectLocal), so no source counts "
                          "as pod traffic")
-    networks = ", ".join(_cidr(n, l) for n, l in view.pod_cidrs)
+    networks = ", ".join(_cidr(n, l) for n, l in pod_cidrs)
     return "other", f"{src_ip} is outside the pod network ({networks}) and not an address of this node"
 
 
@@ -372,14 +431,16 @@ def _which_set(kind: str, local_policy: bool, source_class: str) -> tuple[bool, 
 
 
 def _masquerade_why(maps: Maps, kind: str, local_policy: bool, source_class: str, *,
-                    hairpin: bool) -> tuple[bool, str]:
-    """(masqueraded?, why) by the core's rules for new flows (reference.py, d, f and g)."""
+                    hairpin: bool, family: int = 4) -> tuple[bool, str]:
+    """(masqueraded?, why) by kube-proxy's rules for new flows (reference.py, d, f and g), in
+    the flow's family: its pod network and its masquerade address."""
     view = maps.node
     if kind == "ClusterIP":
         if view.masquerade_all:
             masq, why = True, "masqueradeAll is set"
-        elif not view.pod_cidrs:
-            masq, why = False, ("no pod network is known, so pod traffic cannot be told apart "
+        elif not _family_pod_cidrs(maps, family):
+            known = "no pod network" if not view.pod_cidrs else f"no IPv{family} pod network"
+            masq, why = False, (f"{known} is known, so pod traffic cannot be told apart "
                                 "and ClusterIP traffic is not masqueraded")
         elif source_class == "pod":
             masq, why = False, "ClusterIP traffic from a pod keeps its source address"
@@ -396,24 +457,27 @@ def _masquerade_why(maps: Maps, kind: str, local_policy: bool, source_class: str
         masq, why = False, "externalTrafficPolicy Local preserves the client IP"
     if hairpin:
         masq, why = True, "hairpin: the chosen endpoint is the client itself, so it is masqueraded"
-    if masq and not view.primary_ip:
+    if masq and not (view.primary_ip6 if family == 6 else view.primary_ip):
         masq = False
-        why += ("; but the node's primary IP is unknown (no --node, or the Node has no "
-                "InternalIP), so there is nothing to masquerade to")
+        which = "primary IP" if family == 4 else "IPv6 address"
+        why += (f"; but the node's {which} is unknown (no --node, or the Node has no "
+                f"IPv{family} InternalIP), so there is nothing to masquerade to")
     return masq, why
 
 
 def _endpoints(state: ClusterState, maps: Maps, service: Service | None, port: ServicePort | None,
                chosen_from: set[int], backend_id: int, use_local: bool,
-               node: str | None) -> list[EndpointInfo]:
-    """Every endpoint of the service port in its EndpointSlices (IPv4, the matching slice port)."""
+               node: str | None, family: int = 4) -> list[EndpointInfo]:
+    """Every endpoint of the service port in its EndpointSlices of the flow's family (the
+    matching slice port)."""
     if service is None or port is None:
         return []
     ids = {(b.ip, b.port): b.id for b in maps.backends}
+    address_type = "IPv6" if family == 6 else "IPv4"
     slices: list[EndpointSlice] = sorted(
         (s for s in state.endpoint_slices
          if s.namespace == service.namespace and s.service_name == service.name
-         and s.address_type == "IPv4"),
+         and s.address_type == address_type),
         key=lambda s: s.name,
     )
     ready_anywhere = any(e.conditions.is_ready for s in slices for e in s.endpoints)
@@ -436,7 +500,9 @@ def _endpoints(state: ClusterState, maps: Maps, service: Service | None, port: S
             in_set = number != 0 and number in chosen_from
             chosen = number != 0 and number == backend_id
             rows.append(EndpointInfo(
-                address=f"{address}:{slice_port.port}", ready=c.is_ready, serving=c.is_serving,
+                address=(f"[{address}]:{slice_port.port}" if ":" in address
+                         else f"{address}:{slice_port.port}"),
+                ready=c.is_ready, serving=c.is_serving,
                 terminating=c.is_terminating, node=endpoint.node_name, zone=endpoint.zone,
                 local=local, pod=pod, slice=f"{endpoint_slice.namespace}/{endpoint_slice.name}",
                 in_set=in_set, chosen=chosen,
@@ -508,7 +574,9 @@ def _summary(answer: Explanation) -> str:
         return f"DNAT to {answer.backend} ({service}{via}){snat}"
     if answer.verdict == "REJECT":
         target = f" ({service})" if service else ""
-        return f"REJECT{target}: ICMP port unreachable back to {answer.src.rsplit(':', 1)[0]}"
+        client = _host(answer.src)
+        icmp = "ICMPv6" if ":" in client else "ICMP"
+        return f"REJECT{target}: {icmp} port unreachable back to {client}"
     if answer.verdict == "DROP":
         target = f" ({service})" if service else ""
         return f"DROP{target}: {DROP_SUMMARIES.get(answer.reason, answer.reason)}"

@@ -19,13 +19,16 @@ time        the capture timestamp as a decimal string of seconds since the epoch
 verdict     a fastpath.verdicts.Verdict name: PASS, DNAT, REVNAT, DROP, REJECT.
 reason      a fastpath.verdicts.Reason name (NEW_FLOW, CT_REPLY, REJECT_NO_ENDPOINT, ...).
 service     the service port the packet was attributed to, "namespace/name:port-name"
-            ("namespace/name" for an unnamed port), or null.
+            ("namespace/name" for an unnamed port), or null. Both halves of a dual-stack
+            service port have the same name: the addresses tell the families apart.
 frontend    the kind of frontend the flow came in through: "ClusterIP", "NodePort",
             "LoadBalancer", "ExternalIP", or null.
-backend     the endpoint, "ip:port", or null.
-masquerade  the node address the flow is SNATed to (its primary IP), or null.
-reply       REJECT lines only: "icmp-port-unreachable" (the ICMP reply written right after the
-            rejected packet in the output capture), or null if none could be built.
+backend     the endpoint, "ip:port" ("[ip]:port" for IPv6), or null.
+masquerade  the node address the flow is SNATed to (its primary IP of the flow's family), or
+            null.
+reply       REJECT lines only: "icmp-port-unreachable" (the port unreachable written right after
+            the rejected packet in the output capture: ICMP for IPv4, ICMPv6 for IPv6), or null
+            if none could be built.
 
 Which of service/frontend/backend/masquerade a reason fills is the core's "Per-packet trace"
 contract (fastpath.reference): NEW_FLOW, CT_ESTABLISHED, CT_REPLY, DROP_NO_LOCAL_ENDPOINT,
@@ -36,12 +39,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 from types import TracebackType
 from typing import IO, Any, Union
 
 from fastpath.atomicfile import discard, move_into_place, open_beside
-from fastpath.maps import Maps
+from fastpath.maps import Maps, family_of, format_address, format_endpoint
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
 
 __all__ = ["REPLY_PORT_UNREACHABLE", "TraceWriter", "format_time", "trace_fields"]
@@ -58,10 +60,6 @@ def format_time(ts_ns: int) -> str:
     """A timestamp in ns as the trace writes it: seconds with nine fractional digits."""
     seconds, fraction = divmod(ts_ns, _NS_PER_S)
     return f"{seconds}.{fraction:09d}"
-
-
-def _ip(value: int) -> str:
-    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 def _name(enum: type[Verdict] | type[Reason], number: int) -> str:
@@ -87,11 +85,18 @@ def trace_fields(maps: Maps, verdict: int, reason: int, service: int, backend: i
         "backend": None,
         "masquerade": None,
     }
+    family = 4
+    if 1 <= service <= len(maps.services):
+        family = maps.services[service - 1].family
     if 1 <= backend <= len(maps.backends):
         entry = maps.backends[backend - 1]
-        fields["backend"] = f"{_ip(entry.ip)}:{entry.port}"
-    if flags & TRACE_MASQUERADED and maps.node.primary_ip:
-        fields["masquerade"] = _ip(maps.node.primary_ip)
+        fields["backend"] = format_endpoint(entry.ip, entry.port)
+        family = family_of(entry.ip)
+    if flags & TRACE_MASQUERADED:
+        # The masquerade address is the node's primary IP of the flow's family.
+        address = maps.node.primary_ip6 if family == 6 else maps.node.primary_ip
+        if address:
+            fields["masquerade"] = format_address(address)
     if verdict == Verdict.REJECT:
         fields["reply"] = REPLY_PORT_UNREACHABLE if reply else None
     return fields
