@@ -17,6 +17,18 @@ The cluster used throughout (unless a row says otherwise):
     kube-proxy: clusterCIDR 10.244.0.0/16, nodePortAddresses unset (the primary IP)
 
 The dataplane runs as node-a; E1 is a pod on node-a, E2 on node-b, E3 on node-c.
+
+The IPv6 and dual-stack scenarios (ids starting "ipv6-" or "dual-stack-", at the end of the
+table) use the same cluster with dual-stack nodes (`dual_cluster`):
+
+    node-a  192.168.0.10, fd00:192:168::10 (InternalIPs), 198.18.0.10, 2001:db8:18::10 (ExternalIPs)
+            pods 10.244.1.0/24, fd00:10:244:1::/64
+    node-b  192.168.0.11, fd00:192:168::11    pods 10.244.2.0/24, fd00:10:244:2::/64
+    node-c  192.168.0.12, fd00:192:168::12    pods 10.244.3.0/24, fd00:10:244:3::/64
+    kube-proxy: clusterCIDR 10.244.0.0/16,fd00:10:244::/56
+
+and the IPv6 twins of the addresses below (E1_6 on node-a, ...). Masqueraded IPv6 flows come from
+node-a's IPv6 address fd00:192:168::10.
 """
 from __future__ import annotations
 
@@ -53,10 +65,33 @@ NP = 30080  # nodePort
 
 ZONES = {"node-a": "zone-a", "node-b": "zone-b", "node-c": "zone-a"}
 
+# IPv6 (the dual-stack scenarios)
+NODE_A6 = "fd00:192:168::10"  # node-a's IPv6 InternalIP: SNAT address of IPv6 flows, default IPv6 NodePort address
+NODE_A6_EXT = "2001:db8:18::10"  # node-a's IPv6 ExternalIP: node-local, not a default NodePort address
+NODE_B6 = "fd00:192:168::11"
+NODE_C6 = "fd00:192:168::12"
+CLUSTER_CIDR6 = "fd00:10:244::/56"
+DUAL_CIDR = f"{CLUSTER_CIDR},{CLUSTER_CIDR6}"
+
+POD6 = "fd00:10:244:1::100"  # a client pod on node-a
+POD_B6 = "fd00:10:244:2::100"  # a client pod on node-b
+EXT6 = "2001:db8:113::7"  # an external client
+OUTSIDER6 = "2001:db8:99::9"  # outside every IPv6 loadBalancerSourceRanges below
+
+E1_6 = "fd00:10:244:1::5"  # endpoint pod on node-a (local)
+E2_6 = "fd00:10:244:2::5"  # on node-b
+E3_6 = "fd00:10:244:3::5"  # on node-c (same zone as node-a)
+E4_6 = "fd00:10:244:2::6"  # another on node-b
+
+VIP6 = "fd00:10:96::10"
+LB6 = "2001:db8:51::1"
+LB6_2 = "2001:db8:51::2"
+XIP6 = "2001:db8:2::10"
+
 
 def at(port: int, *ips: str) -> frozenset[str]:
-    """Endpoints as "ip:port" strings."""
-    return frozenset(f"{ip}:{port}" for ip in ips)
+    """Endpoints as "ip:port" strings ("[ip]:port" for IPv6)."""
+    return frozenset(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
 
 
 def clients(prefix: str, first: int, count: int) -> tuple[str, ...]:
@@ -68,15 +103,21 @@ def clients(prefix: str, first: int, count: int) -> tuple[str, ...]:
 
 
 def node(name: str, ip: str, *, zone: str | None = None, pod_cidr: str | None = None,
-         external_ip: str | None = None) -> dict:
+         external_ip: str | None = None, ip6: str | None = None, external_ip6: str | None = None,
+         pod_cidr6: str | None = None) -> dict:
     addresses = [{"type": "InternalIP", "address": ip}]
+    if ip6:
+        addresses.append({"type": "InternalIP", "address": ip6})
     if external_ip:
         addresses.append({"type": "ExternalIP", "address": external_ip})
+    if external_ip6:
+        addresses.append({"type": "ExternalIP", "address": external_ip6})
     addresses.append({"type": "Hostname", "address": name})
     metadata: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/hostname": name}}
     if zone:
         metadata["labels"]["topology.kubernetes.io/zone"] = zone
-    spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}
+    cidrs = [c for c in (pod_cidr, pod_cidr6) if c]
+    spec = {"podCIDR": cidrs[0], "podCIDRs": cidrs} if cidrs else {}
     return {"apiVersion": "v1", "kind": "Node", "metadata": metadata, "spec": spec,
             "status": {"addresses": addresses}}
 
@@ -180,7 +221,8 @@ def ep(ip: str, node_name: str | None = None, *, ready: bool | None = None, serv
         hints["forNodes"] = [{"name": name} for name in for_nodes]
     if hints:
         entry["hints"] = hints
-    entry["targetRef"] = {"kind": "Pod", "namespace": "default", "name": "pod-" + ip.replace(".", "-")}
+    entry["targetRef"] = {"kind": "Pod", "namespace": "default",
+                          "name": "pod-" + ip.replace(".", "-").replace(":", "-")}
     return entry
 
 
@@ -205,16 +247,19 @@ def slice(service: str, *endpoints: dict, ports: tuple[dict, ...] = (eport(8080)
 
 
 def pod(name: str, ip: str | None, node_name: str, *, labels: dict | None = None, ready: bool = True,
-        ports: tuple[tuple[str, int, str], ...] = (), deleting: bool = False, ns: str = "default") -> dict:
-    """A running Pod; ports are (name, containerPort, protocol) of its container."""
+        ports: tuple[tuple[str, int, str], ...] = (), deleting: bool = False, ns: str = "default",
+        ip6: str | None = None) -> dict:
+    """A running Pod; ports are (name, containerPort, protocol) of its container; `ip6` a second
+    podIP (a dual-stack pod)."""
     metadata: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels if labels is not None else {"app": "web"}}
     if deleting:
         metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     status: dict[str, Any] = {"phase": "Running",
                               "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
-    if ip is not None:
-        status["podIP"] = ip
-        status["podIPs"] = [{"ip": ip}]
+    ips = [a for a in (ip, ip6) if a is not None]
+    if ips:
+        status["podIP"] = ips[0]
+        status["podIPs"] = [{"ip": a} for a in ips]
     container = {"name": "app", "image": "example/app:1",
                  "ports": [{"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
@@ -359,6 +404,7 @@ class Case:
     traffic: tuple[Step, ...]
     node: str = "node-a"
     snat: str = NODE_A  # the node's primary IP: where masqueraded flows come from
+    snat6: str = NODE_A6  # the node's IPv6 address: where masqueraded IPv6 flows come from
 
     def __post_init__(self) -> None:
         labelled = []
@@ -1313,6 +1359,324 @@ CASES: list[Case] = [
          flows(POD, "10.96.0.99", 80, PASS)),
 ]
 
+
+# --------------------------------------------------------------------------------- IPv6 and dual-stack
+# kube-proxy runs one proxier per family: every rule above holds within each family, with the
+# family's addresses, slices, source ranges and node IP (the IPv6 masquerade address NODE_A6).
+
+IPV6_CASE_PREFIXES = ("ipv6-", "dual-stack-")
+
+NODES_DS = (
+    node("node-a", NODE_A, ip6=NODE_A6, zone="zone-a", pod_cidr="10.244.1.0/24", pod_cidr6="fd00:10:244:1::/64",
+         external_ip=NODE_A_EXT, external_ip6=NODE_A6_EXT),
+    node("node-b", NODE_B, ip6=NODE_B6, zone="zone-b", pod_cidr="10.244.2.0/24", pod_cidr6="fd00:10:244:2::/64"),
+    node("node-c", NODE_C, ip6=NODE_C6, zone="zone-a", pod_cidr="10.244.3.0/24", pod_cidr6="fd00:10:244:3::/64"),
+)
+
+
+def dual_cluster(*objects: dict, config: dict | None = None, nodes: tuple[dict, ...] = NODES_DS) -> tuple[dict, ...]:
+    """The dual-stack nodes, a dual clusterCIDR, and `objects`."""
+    return (*nodes, config if config is not None else proxy_config(cluster_cidr=DUAL_CIDR), *objects)
+
+
+def dual_config(**kw: Any) -> dict:
+    kw.setdefault("cluster_cidr", DUAL_CIDR)
+    return proxy_config(**kw)
+
+
+def three6(service: str, **kw: Any) -> dict:
+    """E1_6 (local), E2_6, E3_6: the IPv6 slice of `service`."""
+    return slice(service, ep(E1_6, "node-a"), ep(E2_6, "node-b"), ep(E3_6, "node-c"), family="IPv6", **kw)
+
+
+def remote_only6(service: str, **kw: Any) -> dict:
+    return slice(service, ep(E2_6, "node-b"), ep(E3_6, "node-c"), family="IPv6", **kw)
+
+
+def both(service: str, **kw: Any) -> tuple[dict, dict]:
+    """The standard IPv4 and IPv6 slices of `service`."""
+    return three(service, **kw), three6(service, **kw)
+
+
+ALL3_6 = at(8080, E1_6, E2_6, E3_6)
+VIP6_DNS = "fd00:10:96::53"
+VIP6_NP = "fd00:10:96::30"
+VIP6_LB = "fd00:10:96::40"
+WEB_DS = svc("web", port(80, target=8080), ip=VIP, ips=[VIP, VIP6])
+DNS_DS = svc("dns", port(53, name="dns", proto="UDP", target=5353), ip="10.96.0.53", ips=["10.96.0.53", VIP6_DNS])
+DNS_PORTS = (eport(5353, name="dns", proto="UDP"),)
+DNS3_6 = at(5353, E1_6, E2_6, E3_6)
+SIG_DS = svc("sig", port(3868, name="diameter", proto="SCTP", target=3869), ip=SIG_IP, ips=[SIG_IP, "fd00:10:96::68"])
+PODS_A6 = tuple(f"fd00:10:244:1::{n:x}" for n in range(0x101, 0x101 + 40))  # 40 client pods on node-a
+EXTERNALS6 = tuple(f"2001:db8:113::{n:x}" for n in range(1, 41))  # 40 external clients
+
+
+def nodeport_ds(name: str = "np", **kw: Any) -> dict:
+    return nodeport(name, ips=["10.96.0.30", VIP6_NP], **kw)
+
+
+def loadbalancer_ds(name: str = "lb", *, lb: list | None = None, **kw: Any) -> dict:
+    return loadbalancer(name, ips=["10.96.0.40", VIP6_LB], lb=[LB, LB6] if lb is None else lb, **kw)
+
+
+IPV6_CASES: list[Case] = [
+    # ------------------------------------------------------------------ ClusterIP and masquerade
+    case("ipv6-clusterip-tcp-from-pod", "frontend.cluster-ips masq.cluster-ip node.local-detect cond.meaning ct.reply",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(POD_B6, VIP6, 80, reach(ALL3_6))),
+    case("ipv6-clusterip-udp-from-pod", "frontend.cluster-ips masq.cluster-ip ct.reply",
+         dual_cluster(DNS_DS, slice("dns", ep(E1_6, "node-a"), ep(E2_6, "node-b"), ep(E3_6, "node-c"),
+                                    ports=DNS_PORTS, family="IPv6")),
+         udp(POD6, VIP6_DNS, 53, reach(DNS3_6)),
+         udp(EXT6, VIP6_DNS, 53, reach(DNS3_6, masq=True))),
+    case("ipv6-clusterip-sctp", "frontend.cluster-ips port.protocols masq.cluster-ip verdict.unknown-port ct.reply",
+         dual_cluster(SIG_DS, slice("sig", ep(E1_6, "node-a"), ep(E2_6, "node-b"), ep(E3_6, "node-c"),
+                                    ports=SIG_PORTS, family="IPv6")),
+         sctp(POD6, "fd00:10:96::68", 3868, reach(at(3869, E1_6, E2_6, E3_6))),
+         sctp(EXT6, "fd00:10:96::68", 3868, reach(at(3869, E1_6, E2_6, E3_6), masq=True)),
+         flows(POD6, "fd00:10:96::68", 3868, REJECT),
+         udp(POD6, "fd00:10:96::68", 3868, REJECT)),
+    case("ipv6-clusterip-from-node", "masq.cluster-ip node.addresses node.local-detect",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(NODE_A6, VIP6, 80, reach(ALL3_6, masq=True)),
+         flows(NODE_A6_EXT, VIP6, 80, reach(ALL3_6, masq=True))),
+    case("ipv6-clusterip-from-external", "masq.cluster-ip node.addresses node.local-detect",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(EXT6, VIP6, 80, reach(ALL3_6, masq=True)),
+         flows(NODE_B6, VIP6, 80, reach(ALL3_6, masq=True))),
+    case("ipv6-clusterip-masquerade-all", "node.masquerade-all masq.cluster-ip",
+         dual_cluster(WEB_DS, *both("web"), config=dual_config(masquerade_all=True)),
+         flows(POD6, VIP6, 80, reach(ALL3_6, masq=True)),
+         flows(POD, VIP, 80, reach(ALL3, masq=True))),
+    # kube-proxy's IPv6 proxier has no local-traffic detector without an IPv6 clusterCIDR: it
+    # cannot tell pods from others, so ClusterIP traffic is not masqueraded (IPv4 still is).
+    case("ipv6-clusterip-without-ipv6-cluster-cidr", "masq.cluster-ip node.local-detect",
+         dual_cluster(WEB_DS, *both("web"), config=proxy_config(cluster_cidr=CLUSTER_CIDR)),
+         flows(EXT6, VIP6, 80, reach(ALL3_6)),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(EXT, VIP, 80, reach(ALL3, masq=True))),
+    case("ipv6-clusterip-only-ipv6-cluster-cidr", "masq.cluster-ip node.local-detect",
+         dual_cluster(WEB_DS, *both("web"), config=proxy_config(cluster_cidr=CLUSTER_CIDR6)),
+         flows(EXT6, VIP6, 80, reach(ALL3_6, masq=True)),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(EXT, VIP, 80, reach(ALL3))),
+    case("ipv6-clusterip-detect-local-node-cidr", "node.local-detect masq.cluster-ip",
+         dual_cluster(WEB_DS, *both("web"), config=dual_config(detect_local_mode="NodeCIDR")),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(POD_B6, VIP6, 80, reach(ALL3_6, masq=True))),
+
+    # ------------------------------------------------------------------ families of one service
+    case("dual-stack-each-family-its-own-endpoints", "frontend.cluster-ips endpoint.slice-label",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(EXT, VIP, 80, reach(ALL3, masq=True)),
+         flows(EXT6, VIP6, 80, reach(ALL3_6, masq=True))),
+    case("dual-stack-ipv6-primary-serves-both", "frontend.cluster-ips",
+         dual_cluster(svc("web", port(80, target=8080), ip=VIP6, ips=[VIP6, VIP]), *both("web")),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("ipv6-single-stack-service", "frontend.cluster-ips verdict.pass endpoint.slice-label",
+         dual_cluster(svc("web", port(80, target=8080), ip=VIP6), *both("web")),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(POD, VIP, 80, PASS)),  # its IPv4 slice serves no proxier
+    case("dual-stack-ipv6-half-without-endpoints", "verdict.reject-no-endpoint frontend.cluster-ips",
+         dual_cluster(WEB_DS, WEB_SLICE),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD6, VIP6, 80, REJECT),
+         udp(POD6, VIP6, 80, REJECT)),
+    case("ipv6-reject-on-every-frontend", "verdict.reject-no-endpoint frontend.node-port frontend.lb-ingress "
+         "frontend.external-ips",
+         dual_cluster(loadbalancer_ds(external_ips=[XIP, XIP6]), three("lb"),
+                      slice("lb", not_ready(E1_6, "node-a"), family="IPv6")),
+         flows(POD6, VIP6_LB, 80, REJECT),
+         flows(EXT6, NODE_A6, 30040, REJECT),
+         flows(EXT6, LB6, 80, REJECT),
+         flows(EXT6, XIP6, 80, REJECT),
+         flows(EXT, LB, 80, reach(ALL3, masq=True))),
+    case("ipv6-unknown-port-rejected", "verdict.unknown-port verdict.pass",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(POD6, VIP6, 81, REJECT),
+         udp(POD6, VIP6, 80, REJECT),
+         flows(POD6, "fd00:10:96::99", 80, PASS)),
+
+    # ------------------------------------------------------------------ NodePort
+    case("ipv6-nodeport-from-external", "frontend.node-port masq.external-cluster node.addresses",
+         dual_cluster(nodeport_ds(), *both("np")),
+         flows(EXT6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True))),
+    case("ipv6-nodeport-from-pod-and-node", "frontend.node-port masq.external-cluster",
+         dual_cluster(nodeport_ds(), *both("np")),
+         flows(POD6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(NODE_A6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(POD6, VIP6_NP, 80, reach(ALL3_6))),
+    case("ipv6-nodeport-addresses-default-primary", "node.nodeport-addresses frontend.node-port verdict.pass",
+         dual_cluster(nodeport_ds(), *both("np")),
+         flows(EXT6, NODE_A6_EXT, NP, PASS),
+         flows(EXT, NODE_A_EXT, NP, PASS),
+         flows(EXT6, NODE_B6, NP, PASS)),
+    case("ipv6-nodeport-addresses-explicit-primary", "node.nodeport-addresses frontend.node-port",
+         dual_cluster(nodeport_ds(), *both("np"), config=dual_config(node_port_addresses=["primary"])),
+         flows(EXT6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(EXT6, NODE_A6_EXT, NP, PASS)),
+    # CIDRs of one family narrow that family only: the other family, with no CIDR listed, gets
+    # every node address of its own (kube-proxy's per-family NodePortAddresses).
+    case("ipv6-nodeport-addresses-ipv6-cidr", "node.nodeport-addresses frontend.node-port",
+         dual_cluster(nodeport_ds(), *both("np"), config=dual_config(node_port_addresses=["2001:db8:18::/48"])),
+         flows(EXT6, NODE_A6_EXT, NP, reach(ALL3_6, masq=True)),
+         flows(EXT6, NODE_A6, NP, PASS),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A_EXT, NP, reach(ALL3, masq=True))),
+    case("ipv6-nodeport-addresses-all-ipv6", "node.nodeport-addresses frontend.node-port",
+         dual_cluster(nodeport_ds(), *both("np"),
+                      config=dual_config(node_port_addresses=["::/0", "192.168.0.0/24"])),
+         flows(EXT6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(EXT6, NODE_A6_EXT, NP, reach(ALL3_6, masq=True)),
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True)),
+         flows(EXT, NODE_A_EXT, NP, PASS)),
+    case("ipv6-nodeport-of-an-ipv4-only-service", "frontend.node-port verdict.pass",
+         dual_cluster(nodeport(), three("np"), three6("np")),
+         flows(EXT6, NODE_A6, NP, PASS),  # no IPv6 ClusterIP: the IPv6 proxier has no such service
+         flows(EXT, NODE_A, NP, reach(ALL3, masq=True))),
+
+    # ------------------------------------------------------------------ LoadBalancer and external IPs
+    case("ipv6-lb-ingress", "frontend.lb-ingress masq.external-cluster",
+         dual_cluster(loadbalancer_ds(lb=[LB, LB6, ingress(LB6_2, mode="Proxy")]), *both("lb")),
+         flows(EXT6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(POD6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(EXT6, LB6_2, 80, PASS),
+         flows(EXT, LB, 80, reach(ALL3, masq=True))),
+    case("ipv6-lb-of-an-ipv6-only-service", "frontend.lb-ingress verdict.pass",
+         dual_cluster(loadbalancer(ip=VIP6_LB, lb=[LB6, LB]), *both("lb")),
+         flows(EXT6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(EXT, LB, 80, PASS)),  # no family translation: the IPv4 ingress IP is served by no proxier
+    case("ipv6-source-ranges", "verdict.source-ranges",
+         dual_cluster(loadbalancer_ds(ranges=["2001:db8:113::/48", "203.0.113.0/24"]), *both("lb")),
+         flows(EXT6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(OUTSIDER6, LB6, 80, DROP),
+         flows(POD6, LB6, 80, DROP),
+         flows(OUTSIDER6, NODE_A6, 30040, reach(ALL3_6, masq=True)),  # NodePorts ignore the ranges
+         flows(EXT, LB, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER, LB, 80, DROP)),
+    case("ipv6-source-ranges-ipv4-only-leave-ipv6-open", "verdict.source-ranges",
+         dual_cluster(loadbalancer_ds(ranges=["203.0.113.0/24"]), *both("lb")),
+         flows(OUTSIDER6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(OUTSIDER, LB, 80, DROP)),
+    case("ipv6-source-ranges-ipv6-only-leave-ipv4-open", "verdict.source-ranges",
+         dual_cluster(loadbalancer_ds(ranges=["2001:db8:113::/48"]), *both("lb")),
+         flows(OUTSIDER, LB, 80, reach(ALL3, masq=True)),
+         flows(OUTSIDER6, LB6, 80, DROP)),
+    case("ipv6-source-ranges-slash-zero", "verdict.source-ranges",
+         dual_cluster(loadbalancer_ds(ranges=["::/0", "203.0.113.0/24"]), *both("lb")),
+         flows(OUTSIDER6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(OUTSIDER, LB, 80, DROP)),
+    case("ipv6-source-ranges-node-ip-allows-lb-ips", "verdict.source-ranges node.addresses",
+         dual_cluster(loadbalancer_ds(lb=[LB6, LB6_2], ranges=["fd00:192:168::/64"]), *both("lb")),
+         flows(NODE_A6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(LB6, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(LB6_2, LB6, 80, reach(ALL3_6, masq=True)),
+         flows(EXT6, LB6, 80, DROP)),
+    case("ipv6-external-ip", "frontend.external-ips masq.external-cluster",
+         dual_cluster(svc("web", port(80, target=8080), ip=VIP, ips=[VIP, VIP6], external_ips=[XIP, XIP6]),
+                      *both("web")),
+         flows(EXT6, XIP6, 80, reach(ALL3_6, masq=True)),
+         flows(POD6, XIP6, 80, reach(ALL3_6, masq=True)),
+         flows(EXT, XIP, 80, reach(ALL3, masq=True))),
+
+    # ------------------------------------------------------------------ traffic policies
+    case("ipv6-etp-local", "masq.etp-local set.local cond.local frontend.node-port",
+         dual_cluster(nodeport_ds(etp="Local"), *both("np")),
+         flows(EXT6, NODE_A6, NP, reach(at(8080, E1_6))),
+         flows(POD6, NODE_A6, NP, reach(ALL3_6)),
+         flows(NODE_A6, NODE_A6, NP, reach(ALL3_6, masq=True)),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1)))),
+    case("ipv6-etp-local-no-local-endpoint", "verdict.etp-local-drop masq.etp-local",
+         dual_cluster(nodeport_ds(etp="Local"), three("np"), remote_only6("np")),
+         flows(EXT6, NODE_A6, NP, DROP),
+         flows(POD6, NODE_A6, NP, reach(at(8080, E2_6, E3_6))),
+         flows(NODE_A6, NODE_A6, NP, reach(at(8080, E2_6, E3_6), masq=True)),
+         flows(EXT, NODE_A, NP, reach(at(8080, E1)))),
+    case("ipv6-etp-local-lb-and-external-ip", "masq.etp-local frontend.lb-ingress frontend.external-ips",
+         dual_cluster(loadbalancer_ds(etp="Local", external_ips=[XIP6]), *both("lb")),
+         flows(EXT6, LB6, 80, reach(at(8080, E1_6))),
+         flows(EXT6, XIP6, 80, reach(at(8080, E1_6))),
+         flows(POD6, LB6, 80, reach(ALL3_6))),
+    case("ipv6-etp-local-on-another-node", "masq.etp-local cond.local node.addresses",
+         dual_cluster(nodeport_ds(etp="Local"),
+                      slice("np", ep(E1_6, "node-a"), ep(E2_6, "node-b"), ep(E4_6, "node-b"), family="IPv6")),
+         flows(EXT6, NODE_B6, NP, reach(at(8080, E2_6, E4_6))),
+         flows(NODE_B6, NODE_B6, NP, reach(at(8080, E1_6, E2_6, E4_6), masq=True)),
+         node="node-b", snat=NODE_B, snat6=NODE_B6),
+    case("ipv6-itp-local", "set.local verdict.itp-local-drop masq.cluster-ip",
+         dual_cluster(svc("web", port(80, target=8080), ip=VIP, ips=[VIP, VIP6], itp="Local"),
+                      three("web"), three6("web"),
+                      svc("remote", port(80, target=8080), ip="10.96.0.11", ips=["10.96.0.11", "fd00:10:96::11"],
+                          itp="Local"),
+                      three("remote"), remote_only6("remote")),
+         flows(POD6, VIP6, 80, reach(at(8080, E1_6))),
+         flows(POD6, "fd00:10:96::11", 80, DROP),
+         flows(POD, "10.96.0.11", 80, reach(at(8080, E1)))),
+    case("ipv6-hairpin", "masq.hairpin masq.cluster-ip",
+         dual_cluster(WEB_DS, three("web"), slice("web", ep(E1_6, "node-a"), ep(E2_6, "node-b"), family="IPv6")),
+         flows(E1_6, VIP6, 80, reach(at(8080, E1_6, E2_6), masq="hairpin"))),
+
+    # ------------------------------------------------------------------ endpoints
+    case("ipv6-affinity", "affinity.client-ip affinity.shared",
+         dual_cluster(nodeport_ds(affinity=True), *both("np")),
+         flows(PODS_A6, VIP6_NP, 80, reach(ALL3_6, per_client=True), label="cluster-ip"),
+         flows(PODS_A6, NODE_A6, NP, reach(ALL3_6, masq=True, per_client=True, clients_keep="cluster-ip"))),
+    case("ipv6-zone-hints", "topology.zone set.cluster",
+         dual_cluster(WEB_DS, three("web"),
+                      slice("web", ep(E1_6, "node-a", zones=["zone-a"]), ep(E2_6, "node-b", zones=["zone-b"]),
+                            ep(E3_6, "node-c", zones=["zone-a"]), family="IPv6")),
+         flows(POD6, VIP6, 80, reach(at(8080, E1_6, E3_6))),
+         flows(POD, VIP, 80, reach(ALL3))),  # the IPv4 slice carries no hints: not narrowed
+    case("ipv6-terminating-fallback", "set.cluster cond.meaning",
+         dual_cluster(WEB_DS, three("web"),
+                      slice("web", terminating(E1_6, "node-a"), terminating(E2_6, "node-b", serving=False),
+                            not_ready(E3_6, "node-c"), family="IPv6")),
+         flows(POD6, VIP6, 80, reach(at(8080, E1_6)))),
+    case("ipv6-pods-with-two-pod-ips", "endpoint.pods endpoint.port-match",
+         dual_cluster(svc("web", port(80, target="http"), ip=VIP, ips=[VIP, VIP6], selector={"app": "web"}),
+                      pod("web-1", "10.244.1.21", "node-a", ip6="fd00:10:244:1::21", ports=(("http", 8080, "TCP"),)),
+                      pod("web-2", "fd00:10:244:2::22", "node-b", ip6="10.244.2.22", ports=(("http", 9090, "TCP"),)),
+                      pod("web-3", "10.244.3.23", "node-c", ports=(("http", 8080, "TCP"),))),  # IPv4 only
+         flows(POD6, VIP6, 80, reach(frozenset({"[fd00:10:244:1::21]:8080", "[fd00:10:244:2::22]:9090"}))),
+         flows(POD, VIP, 80, reach(frozenset({"10.244.1.21:8080", "10.244.2.22:9090", "10.244.3.23:8080"})))),
+
+    # ------------------------------------------------------------------ conntrack
+    case("ipv6-udp-reselect-after-update", "ct.udp-reselect ct.tcp-keep ct.reply",
+         dual_cluster(DNS_DS, WEB_DS, *both("web"),
+                      slice("dns", ep(E1_6, "node-a"), ep(E2_6, "node-b"), ports=DNS_PORTS, family="IPv6")),
+         udp(POD6, VIP6_DNS, 53, reach(at(5353, E1_6, E2_6)), label="udp"),
+         flows(POD6, VIP6, 80, reach(ALL3_6), label="tcp"),
+         Update(dual_cluster(DNS_DS, WEB_DS, three("web"),
+                             slice("web", ep(E1_6, "node-a"), terminating(E2_6, "node-b"), family="IPv6"),
+                             slice("dns", ep(E1_6, "node-a"), not_ready(E2_6, "node-b"), ep(E3_6, "node-c"),
+                                   ports=DNS_PORTS, family="IPv6"))),
+         again("udp", reach(at(5353, E1_6, E3_6), keep="udp")),
+         again("tcp", reach(ALL3_6, keep="tcp"))),
+    case("ipv6-rejected-then-served", "ct.no-endpoint-cleared verdict.reject-no-endpoint",
+         dual_cluster(DNS_DS, slice("dns", ports=DNS_PORTS, family="IPv6")),
+         udp(POD6, VIP6_DNS, 53, REJECT, n=24, label="before"),
+         Update(dual_cluster(DNS_DS, slice("dns", ep(E1_6, "node-a"), ep(E2_6, "node-b"), ep(E3_6, "node-c"),
+                                           ports=DNS_PORTS, family="IPv6"))),
+         again("before", reach(DNS3_6))),
+    case("ipv6-masquerade-source-port-collision", "masq.external-cluster ct.reply",
+         dual_cluster(nodeport_ds(), slice("np", ep(E1_6, "node-a"), family="IPv6")),
+         flows(EXTERNALS6[:12], NODE_A6, NP, reach(at(8080, E1_6), masq=True), sport=40000),
+         flows(EXTERNALS6[:12], VIP6_NP, 80, reach(at(8080, E1_6), masq=True), sport=40001)),
+
+    # ------------------------------------------------------------------ not for the dataplane
+    case("ipv6-unrelated-traffic-passes", "verdict.pass",
+         dual_cluster(loadbalancer_ds(), *both("lb")),
+         udp(POD6, "2001:4860:4860::8888", 53, PASS),
+         flows(POD6, E1_6, 8080, PASS),
+         flows(EXT6, NODE_A6, 22, PASS),
+         flows(EXT6, LB6, 0, PASS, proto="ICMP")),
+]
+CASES += IPV6_CASES
 
 def rule_counts() -> Counter[str]:
     counts: Counter[str] = Counter({rule: 0 for rule in RULES})

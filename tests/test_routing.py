@@ -5,8 +5,13 @@ are compiled for the row's node, the traffic is written to a pcap with scapy, re
 `fastpath.replay` (with `Dataplane.update()` between captures where the row says so) and the
 output capture is read back with scapy and checked: which endpoints flows reach, whether they are
 masqueraded, the ICMP port unreachable of a REJECT (in place of the packet, from the address the
-client used, quoting it), DROPs (packet absent, no reply), PASSes (byte-identical), every output
-checksum, and replies from the chosen endpoints coming back from the frontend to the client.
+client used, quoting it: ICMP for IPv4, ICMPv6 for IPv6), DROPs (packet absent, no reply),
+PASSes (byte-identical), every output checksum, and replies from the chosen endpoints coming back
+from the frontend to the client.
+
+Flows of both families are checked the same way. An IPv4 packet is told apart by its IP id, an
+IPv6 packet (which has none) by its flow label, which no translation changes; an ICMP(v6) error
+by the id or flow label of the packet it quotes.
 
 Forward packets are built once per scenario and shared by both cores: one scapy-built frame per
 group of flows, stamped per flow (client address and port, IP id, sequence number) with the
@@ -30,7 +35,11 @@ import pytest
 from routing_cases import (
     CASES,
     CLUSTER_CIDR,
+    IPV6_CASE_PREFIXES,
+    CLUSTER_CIDR6,
     NODE_A,
+    NODE_A6,
+    NODE_A6_EXT,
     NODE_A_EXT,
     RULES,
     Case,
@@ -44,6 +53,7 @@ from routing_cases import (
     rule_counts,
 )
 from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_chksum
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, in6_chksum
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData, crc32c
 from scapy.packet import Raw
@@ -66,6 +76,54 @@ IP_CSUM = slice(24, 26)
 IP_SRC = slice(26, 30)
 IP_DST = slice(30, 34)
 L4 = 34
+# ... and in an Ethernet + IPv6 frame without extension headers.
+IP6_SRC = slice(22, 38)
+IP6_DST = slice(38, 54)
+L4_6 = 54
+ETHERTYPE_IPV6 = b"\x86\xdd"
+
+
+def is_ipv6(raw: bytes | bytearray) -> bool:
+    return raw[12:14] == ETHERTYPE_IPV6
+
+
+def canonical(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def pack_address(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def src_slice(raw: bytes | bytearray) -> slice:
+    return IP6_SRC if is_ipv6(raw) else IP_SRC
+
+
+def dst_slice(raw: bytes | bytearray) -> slice:
+    return IP6_DST if is_ipv6(raw) else IP_DST
+
+
+def l4_at(raw: bytes | bytearray) -> int:
+    return L4_6 if is_ipv6(raw) else L4
+
+
+def proto_of(raw: bytes | bytearray) -> int:
+    return raw[20] if is_ipv6(raw) else raw[23]
+
+
+def segment_end(raw: bytes | bytearray) -> int:
+    if is_ipv6(raw):
+        return L4_6 + int.from_bytes(raw[18:20], "big")
+    return ETH + int.from_bytes(raw[16:18], "big")
+
+
+def set_packet_id(buf: bytearray, ident: int) -> None:
+    """The IPv4 id, or the IPv6 flow label (20 bits): what tells the packets of a capture apart."""
+    if is_ipv6(buf):
+        word = int.from_bytes(buf[ETH:ETH + 4], "big")
+        buf[ETH:ETH + 4] = ((word & ~0xFFFFF) | (ident & 0xFFFFF)).to_bytes(4, "big")
+    else:
+        buf[18:20] = ident.to_bytes(2, "big")
 
 
 # --------------------------------------------------------------------------------- the plan
@@ -157,7 +215,10 @@ def template(spec: Flows, *, continued: bool) -> bytes:
         return bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
                      / ARP(op=1, hwsrc=CLIENT_MAC, psrc=spec.src[0], pdst=spec.dst, hwdst="00:00:00:00:00:00")
                      / Raw(bytes(18)))
-    ip = IP(src=spec.src[0], dst=spec.dst, id=1, ttl=63)
+    if ":" in spec.dst:
+        ip = IPv6(src=spec.src[0], dst=spec.dst, fl=1, hlim=63)
+    else:
+        ip = IP(src=spec.src[0], dst=spec.dst, id=1, ttl=63)
     if spec.proto == "TCP":
         return bytes(ether / ip / TCP(sport=1024, dport=spec.dport, flags="A" if continued else "S",
                                       seq=1, ack=1 if continued else 0, window=64240))
@@ -167,6 +228,8 @@ def template(spec: Flows, *, continued: bool) -> bytes:
         return bytes(ether / ip / SCTP(sport=1024, dport=spec.dport, tag=0x5C7B0001)
                      / SCTPChunkData(tsn=2 if continued else 1, data=b"fastpath routing suite"))
     if spec.proto == "ICMP":
+        if ":" in spec.dst:
+            return bytes(ether / ip / ICMPv6EchoRequest(id=1, seq=1) / Raw(b"ping"))
         return bytes(ether / ip / ICMP(type=8, id=1, seq=1) / Raw(b"ping"))
     raise ValueError(spec.proto)
 
@@ -175,43 +238,48 @@ def stamp(frame: bytes, client: str, cport: int, ip_id: int, seq: int) -> bytes:
     """The template with this flow's client address and port, IP id and TCP sequence number;
     checksums (SCTP: the CRC32c) recomputed with scapy."""
     buf = bytearray(frame)
-    if buf[12:14] != b"\x08\x00":  # ARP: the id goes into the padding so every frame is unique
+    if buf[12:14] not in (b"\x08\x00", ETHERTYPE_IPV6):  # ARP: the id goes into the padding
         buf[28:32] = socket.inet_aton(client)
         buf[-4:] = ip_id.to_bytes(4, "big")
         return bytes(buf)
-    buf[IP_SRC] = socket.inet_aton(client)
-    buf[18:20] = ip_id.to_bytes(2, "big")
-    proto = buf[23]
+    buf[src_slice(buf)] = pack_address(client)
+    set_packet_id(buf, ip_id)
+    proto, l4 = proto_of(buf), l4_at(buf)
     if proto in (6, 17, 132):
-        buf[L4:L4 + 2] = cport.to_bytes(2, "big")
-    else:  # ICMP echo: the identifier plays the port
-        buf[L4 + 4:L4 + 6] = cport.to_bytes(2, "big")
+        buf[l4:l4 + 2] = cport.to_bytes(2, "big")
+    else:  # ICMP(v6) echo: the identifier plays the port
+        buf[l4 + 4:l4 + 6] = cport.to_bytes(2, "big")
     if proto == 6:
-        buf[L4 + 4:L4 + 8] = seq.to_bytes(4, "big")
+        buf[l4 + 4:l4 + 8] = seq.to_bytes(4, "big")
     return fill_checksums(buf)
 
 
 def fill_checksums(buf: bytearray) -> bytes:
-    buf[IP_CSUM] = b"\0\0"
-    buf[IP_CSUM] = checksum(bytes(buf[ETH:L4])).to_bytes(2, "big")
-    proto = buf[23]
-    segment_end = ETH + int.from_bytes(buf[16:18], "big")
-    if proto == 1:
-        buf[L4 + 2:L4 + 4] = b"\0\0"
-        buf[L4 + 2:L4 + 4] = checksum(bytes(buf[L4:segment_end])).to_bytes(2, "big")
+    v6 = is_ipv6(buf)
+    if not v6:
+        buf[IP_CSUM] = b"\0\0"
+        buf[IP_CSUM] = checksum(bytes(buf[ETH:L4])).to_bytes(2, "big")
+    proto, l4, end = proto_of(buf), l4_at(buf), segment_end(buf)
+    if proto in (1, 58):  # ICMP; ICMPv6 covers the IPv6 pseudo-header too
+        buf[l4 + 2:l4 + 4] = b"\0\0"
+        pseudo = pseudo_header(buf) if v6 else b""
+        buf[l4 + 2:l4 + 4] = checksum(pseudo + bytes(buf[l4:end])).to_bytes(2, "big")
         return bytes(buf)
     if proto == 132:  # CRC32c over the SCTP packet; scapy's crc32c gives the field's big-endian value
-        buf[L4 + 8:L4 + 12] = b"\0\0\0\0"
-        buf[L4 + 8:L4 + 12] = crc32c(bytes(buf[L4:segment_end])).to_bytes(4, "big")
+        buf[l4 + 8:l4 + 12] = b"\0\0\0\0"
+        buf[l4 + 8:l4 + 12] = crc32c(bytes(buf[l4:end])).to_bytes(4, "big")
         return bytes(buf)
     where = l4_checksum_slice(buf)
     buf[where] = b"\0\0"
-    value = checksum(pseudo_header(buf) + bytes(buf[L4:segment_end]))
+    value = checksum(pseudo_header(buf) + bytes(buf[l4:end]))
     buf[where] = (value or 0xFFFF).to_bytes(2, "big")
     return bytes(buf)
 
 
 def pseudo_header(buf: bytes | bytearray) -> bytes:
+    if is_ipv6(buf):
+        length = int.from_bytes(buf[18:20], "big")
+        return bytes(buf[IP6_SRC]) + bytes(buf[IP6_DST]) + length.to_bytes(4, "big") + bytes((0, 0, 0, buf[20]))
     length = int.from_bytes(buf[16:18], "big") - (buf[ETH] & 0x0F) * 4
     return bytes(buf[26:34]) + bytes((0, buf[23])) + length.to_bytes(2, "big")
 
@@ -258,6 +326,8 @@ def sctp_crc_problem(segment: bytes) -> bool:
 
 def checksum_problems(raw: bytes) -> list[str]:
     """Checksums of an output frame, verified with scapy's checksum routine (SCTP: scapy's CRC32c)."""
+    if is_ipv6(raw):
+        return checksum_problems6(raw)
     if raw[12:14] != b"\x08\x00":
         return []
     header_len = (raw[ETH] & 0x0F) * 4
@@ -277,10 +347,35 @@ def checksum_problems(raw: bytes) -> list[str]:
     return problems
 
 
+def checksum_problems6(raw: bytes) -> list[str]:
+    segment = raw[L4_6:segment_end(raw)]
+    proto = raw[20]
+    names = {6: "TCP", 17: "UDP", 58: "ICMPv6"}
+    if proto in names and checksum(pseudo_header(raw) + segment) != 0:
+        return [f"{names[proto]} checksum"]
+    if proto == 17 and segment[6:8] == b"\0\0":
+        return ["UDP checksum 0 (not allowed over IPv6)"]
+    if proto == 132 and sctp_crc_problem(segment):
+        return ["SCTP CRC32c"]
+    return []
+
+
 def decoded_problems(raw: bytes) -> list[str]:
     """The same through a full scapy dissection and scapy's own checksum computation (used on
     the REJECT replies, the answered flows and the replies)."""
     frame = Ether(raw)
+    if isinstance(frame.payload, IPv6):
+        ip6 = frame[IPv6]
+        segment = raw[L4_6:L4_6 + ip6.plen]
+        names = {6: "TCP", 17: "UDP", 58: "ICMPv6"}
+        if ip6.nh in names and in6_chksum(ip6.nh, ip6, segment) != 0:
+            return [f"scapy: {names[ip6.nh]} checksum"]
+        if ip6.nh == 132:
+            rebuilt = Ether(raw)
+            del rebuilt[SCTP].chksum
+            if bytes(rebuilt) != raw:
+                return ["scapy: SCTP CRC32c"]
+        return []
     if not isinstance(frame.payload, IP):
         return []
     ip = frame[IP]
@@ -319,21 +414,25 @@ class Out:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.dst}:{self.dport}"
+        return f"[{self.dst}]:{self.dport}" if ":" in self.dst else f"{self.dst}:{self.dport}"
 
 
 def l4_ports(raw: bytes) -> tuple[int, int]:
-    return int.from_bytes(raw[L4:L4 + 2], "big"), int.from_bytes(raw[L4 + 2:L4 + 4], "big")
+    l4 = l4_at(raw)
+    return int.from_bytes(raw[l4:l4 + 2], "big"), int.from_bytes(raw[l4 + 2:l4 + 4], "big")
 
 
 def inet(raw: bytes, where: slice) -> str:
+    if where.stop - where.start == 16:
+        return socket.inet_ntop(socket.AF_INET6, bytes(raw[where]))
     return ".".join(str(b) for b in raw[where])
 
 
 def l4_checksum_slice(raw: bytes) -> slice:
-    if raw[23] == 132:  # the SCTP CRC32c
-        return slice(L4 + 8, L4 + 12)
-    offset = L4 + (16 if raw[23] == 6 else 6)
+    proto, l4 = proto_of(raw), l4_at(raw)
+    if proto == 132:  # the SCTP CRC32c
+        return slice(l4 + 8, l4 + 12)
+    offset = l4 + (16 if proto == 6 else 6)
     return slice(offset, offset + 2)
 
 
@@ -342,7 +441,9 @@ def same_except_nat(sent: bytes, got: bytes) -> bool:
     if len(sent) != len(got):
         return False
     mask = bytearray(len(sent))
-    for part in (IP_CSUM, IP_SRC, IP_DST, slice(L4, L4 + 4), l4_checksum_slice(sent)):
+    l4 = l4_at(sent)
+    parts = (IP6_SRC, IP6_DST) if is_ipv6(sent) else (IP_CSUM, IP_SRC, IP_DST)
+    for part in (*parts, slice(l4, l4 + 4), l4_checksum_slice(sent)):
         mask[part] = b"\1" * (part.stop - part.start)
     return all(m or a == b for a, b, m in zip(sent, got, mask))
 
@@ -352,6 +453,17 @@ def classify(sent: bytes, got: bytes | None) -> Out:
         return Out("DROP")
     if got == sent:
         return Out("PASS", got)
+    if is_ipv6(got) and len(got) >= L4_6 + 4 and got[ETH] >> 4 == 6:
+        src, dst = inet(got, IP6_SRC), inet(got, IP6_DST)
+        if got[20] == 58 and got[L4_6] == 1:
+            return Out("REJECT", got, src=src, dst=dst, note=f"ICMPv6 type 1 code {got[L4_6 + 1]} from {src}")
+        if got[20] in (6, 17, 132):
+            sport, dport = l4_ports(got)
+            out = Out("DNAT", got, src, sport, dst, dport)
+            if not same_except_nat(sent, got):
+                out.note = "bytes other than addresses, ports and checksums changed"
+            return out
+        return Out("OTHER", got, note=f"unexpected output {Ether(got).summary()}")
     is_ipv4 = len(got) >= L4 + 4 and got[12:14] == b"\x08\x00" and got[ETH] == 0x45
     if is_ipv4 and got[23] == 1 and got[L4] == 3:
         return Out("REJECT", got, src=inet(got, IP_SRC), dst=inet(got, IP_DST),
@@ -397,6 +509,11 @@ def match_outputs(sent: list[bytes], outputs: list[bytes]) -> tuple[list[bytes |
 
 
 def key_of(frame: bytes, quoted: bool = False) -> tuple[str, int | bytes]:
+    if is_ipv6(frame):
+        if quoted and frame[20] == 58 and frame[L4_6] == 1:  # ICMPv6 error: the quoted flow label
+            inner = L4_6 + 8
+            return ("ip6", int.from_bytes(frame[inner:inner + 4], "big") & 0xFFFFF)
+        return ("ip6", int.from_bytes(frame[ETH:ETH + 4], "big") & 0xFFFFF)
     if frame[12:14] != b"\x08\x00":
         return ("raw", frame)
     if quoted and frame[23] == 1 and frame[ETH + 20] == 3:  # ICMP error: the quoted packet's id
@@ -424,6 +541,8 @@ def check_reject(packet: Packet, out: Out, spec: Flows, *, decode: bool) -> list
     frame = Ether(got)
     if frame.src != NODE_MAC or frame.dst != CLIENT_MAC:
         problems.append(f"REJECT reply MACs {frame.src} -> {frame.dst}, expected the sent ones swapped")
+    if IPv6 in frame:
+        return problems + check_reject6(packet, frame, got, spec, decode=decode)
     ip = frame[IP]
     if ip.src != spec.dst or ip.dst != packet.client:
         problems.append(f"REJECT reply {ip.src} -> {ip.dst}, expected {spec.dst} -> {packet.client}")
@@ -440,10 +559,47 @@ def check_reject(packet: Packet, out: Out, spec: Flows, *, decode: bool) -> list
     return problems
 
 
+def check_reject6(packet: Packet, frame: Ether, got: bytes, spec: Flows, *, decode: bool) -> list[str]:
+    """An ICMPv6 destination unreachable, port unreachable (type 1 code 4), from the address the
+    client used to the client, hop limit 64, quoting the whole (small) original packet."""
+    problems = []
+    ip = frame[IPv6]
+    if (ip.src, ip.dst) != (canonical(spec.dst), canonical(packet.client)):
+        problems.append(f"REJECT reply {ip.src} -> {ip.dst}, expected {spec.dst} -> {packet.client}")
+    if ICMPv6DestUnreach not in frame:
+        return problems + [f"REJECT reply is not an ICMPv6 destination unreachable: {frame.summary()}"]
+    icmp = frame[ICMPv6DestUnreach]
+    if (icmp.type, icmp.code, ip.hlim) != (1, 4, 64):
+        problems.append(f"REJECT reply is ICMPv6 type {icmp.type} code {icmp.code} hop limit {ip.hlim}, "
+                        "expected 1/4, 64")
+    problems.extend(checksum_problems6(got))
+    if decode:
+        problems.extend(decoded_problems(got))
+    quoted = got[L4_6 + 8:L4_6 + ip.plen]
+    original = packet.raw[ETH:]
+    if quoted != original:
+        problems.append(f"REJECT reply quotes {len(quoted)} bytes that are not the original "
+                        f"{len(original)}-byte packet")
+    return problems
+
+
+def canonical_endpoint(endpoint: str) -> str:
+    """"ip:port" or "[ip]:port" with the address in its canonical text."""
+    host, _, port = endpoint.rpartition(":")
+    address = canonical(host.strip("[]"))
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def snat_of(case: Case, spec: Flows) -> str:
+    """Where masqueraded flows of the group come from: the node's primary IP of their family."""
+    return case.snat6 if ":" in spec.dst else case.snat
+
+
 def check_group(group: Group, outs: list[Out], case: Case, history: dict[str, list[Outcome]]) -> list[str]:
     spec, expect = group.spec, group.spec.expect
     problems = [f"flow {p.flow}: {o.note}" for p, o in zip(group.packets, outs) if o.note and o.kind == "DNAT"]
-    seen = Counter(describe(o, p.client, case.snat) for p, o in zip(group.packets, outs))
+    snat = snat_of(case, spec)
+    seen = Counter(describe(o, canonical(p.client), snat) for p, o in zip(group.packets, outs))
     summary = ", ".join(f"{n}x {what}" for what, n in seen.most_common(6))
 
     def fail(message: str) -> None:
@@ -472,18 +628,20 @@ def check_group(group: Group, outs: list[Out], case: Case, history: dict[str, li
         fail(f"expected every flow DNATed to {sorted(expect.endpoints)}")
         return problems
     reached = {o.endpoint for o in outs}
-    if reached != set(expect.endpoints):
+    expected = {canonical_endpoint(e) for e in expect.endpoints}
+    if reached != expected:
         fail(f"expected exactly the endpoints {sorted(expect.endpoints)} over {len(outs)} flows, "
              f"reached {sorted(reached)}")
     for packet, out in zip(group.packets, outs):
-        masq = expect.masq if expect.masq != "hairpin" else out.dst == packet.client
-        if masq and out.src != case.snat:
-            fail(f"expected masquerade to {case.snat}")
+        client = canonical(packet.client)
+        masq = expect.masq if expect.masq != "hairpin" else out.dst == client
+        if masq and out.src != snat:
+            fail(f"expected masquerade to {snat}")
             break
-        if not masq and (out.src, out.sport) != (packet.client, packet.cport):
+        if not masq and (out.src, out.sport) != (client, packet.cport):
             fail("expected the client's address and port kept (no masquerade)")
             break
-        if (packet.client, packet.cport) != (inet(packet.raw, IP_SRC), l4_ports(packet.raw)[0]):
+        if (client, packet.cport) != (inet(packet.raw, src_slice(packet.raw)), l4_ports(packet.raw)[0]):
             raise AssertionError("test bug: packet does not match its flow")
     tuples = Counter((o.src, o.sport, o.dst, o.dport) for o in outs)
     if len(tuples) != len(outs):
@@ -501,7 +659,7 @@ def check_group(group: Group, outs: list[Out], case: Case, history: dict[str, li
     if expect.keep:
         before = history[expect.keep]
         moved = [(b.endpoint, o.endpoint) for b, o in zip(before, outs)
-                 if b.endpoint in expect.endpoints and b.endpoint != o.endpoint]
+                 if b.endpoint in expected and b.endpoint != o.endpoint]
         if moved:
             problems.append(f"conntrack: {len(moved)} flows left an endpoint still in use, e.g. "
                             f"{moved[0][0]} -> {moved[0][1]}")
@@ -512,7 +670,7 @@ def check_group(group: Group, outs: list[Out], case: Case, history: dict[str, li
             earlier[outcome.client].add(outcome.endpoint)
         changed = [c for c, e in by_client.items() if earlier.get(c) and e != earlier[c]]
         if expect.clients_keep:
-            kept_wrongly = [c for c in changed if earlier[c] <= set(expect.endpoints)]
+            kept_wrongly = [c for c in changed if earlier[c] <= expected]
             if kept_wrongly:
                 c = kept_wrongly[0]
                 problems.append(f"affinity: {len(kept_wrongly)} clients changed endpoint since '{label}', e.g. "
@@ -532,14 +690,26 @@ _REPLY_TEMPLATES = {
 }
 
 
+_REPLY_TEMPLATES6 = {
+    6: bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IPv6(src="::", dst="::", fl=1, hlim=64)
+             / TCP(sport=1, dport=1, flags="SA", seq=1, ack=1, window=65160)),
+    17: bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IPv6(src="::", dst="::", fl=1, hlim=64)
+              / UDP(sport=1, dport=1) / Raw(b"reply from the endpoint")),
+    132: bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IPv6(src="::", dst="::", fl=1, hlim=64)
+               / SCTP(sport=1, dport=1, tag=0x5C7B0002) / SCTPChunkData(tsn=1, data=b"reply from the endpoint")),
+}
+
+
 def reply_frame(packet: Packet, out: Out, ip_id: int) -> bytes:
     """The endpoint's answer to a DNATed packet, addressed to where the packet came from (a scapy
     template with this flow's addresses and ports, checksums recomputed with scapy)."""
-    buf = bytearray(_REPLY_TEMPLATES[packet.raw[23]])
-    buf[IP_SRC] = socket.inet_aton(out.dst)
-    buf[IP_DST] = socket.inet_aton(out.src)
-    buf[18:20] = ip_id.to_bytes(2, "big")
-    buf[L4:L4 + 4] = out.dport.to_bytes(2, "big") + out.sport.to_bytes(2, "big")
+    templates = _REPLY_TEMPLATES6 if is_ipv6(packet.raw) else _REPLY_TEMPLATES
+    buf = bytearray(templates[proto_of(packet.raw)])
+    buf[src_slice(buf)] = pack_address(out.dst)
+    buf[dst_slice(buf)] = pack_address(out.src)
+    set_packet_id(buf, ip_id)
+    l4 = l4_at(buf)
+    buf[l4:l4 + 4] = out.dport.to_bytes(2, "big") + out.sport.to_bytes(2, "big")
     return fill_checksums(buf)
 
 
@@ -564,8 +734,8 @@ def check_replies(sent: list[tuple[Group, Packet, Out, bytes]], outputs: list[by
             problems.append(f"{where}: dropped")
             continue
         problems.extend(f"{where}: {p}" for p in checksum_problems(got) + decoded_problems(got))
-        src, (sport, dport), dst = inet(got, IP_SRC), l4_ports(got), inet(got, IP_DST)
-        expected = (group.spec.dst, group.spec.dport, packet.client, packet.cport)
+        src, (sport, dport), dst = inet(got, src_slice(got)), l4_ports(got), inet(got, dst_slice(got))
+        expected = (canonical(group.spec.dst), group.spec.dport, canonical(packet.client), packet.cport)
         if (src, sport, dst, dport) != expected:
             problems.append(f"{where}: came out as {src}:{sport} -> {dst}:{dport}, expected "
                             f"{expected[0]}:{expected[1]} -> {expected[2]}:{expected[3]}")
@@ -640,13 +810,28 @@ def test_table_covers_every_rule() -> None:
 
 
 def test_table_sources_cover_pods_node_and_external() -> None:
-    """Flows come from pods, from the node itself and from external clients."""
-    pods = ipaddress.ip_network(CLUSTER_CIDR)
-    kinds: Counter[str] = Counter()
+    """Flows of both families come from pods, from the node itself and from external clients."""
+    pods = (ipaddress.ip_network(CLUSTER_CIDR), ipaddress.ip_network(CLUSTER_CIDR6))
+    node = {canonical(a) for a in (NODE_A, NODE_A_EXT, NODE_A6, NODE_A6_EXT)}
+    kinds: Counter[tuple[int, str]] = Counter()
     for c in CASES:
         for step in c.traffic:
             if isinstance(step, Flows) and step.again is None:
                 for src in step.src:
-                    kinds["pod" if ipaddress.ip_address(src) in pods else
-                          "node" if src in (NODE_A, NODE_A_EXT) else "external"] += 1
-    assert kinds["pod"] and kinds["node"] and kinds["external"], kinds
+                    address = ipaddress.ip_address(src)
+                    kind = ("pod" if any(address in p for p in pods if p.version == address.version) else
+                            "node" if str(address) in node else "external")
+                    kinds[(address.version, kind)] += 1
+    assert all(kinds[(version, kind)] for version in (4, 6) for kind in ("pod", "node", "external")), kinds
+
+
+def test_ipv6_scenarios_cover_the_ipv6_rules() -> None:
+    """The IPv6 scenarios exercise every kind of frontend, policy and verdict in IPv6 too."""
+    covered = {rule for c in CASES if c.id.startswith(IPV6_CASE_PREFIXES) for rule in c.rules}
+    wanted = {"frontend.cluster-ips", "frontend.node-port", "frontend.lb-ingress", "frontend.external-ips",
+              "masq.cluster-ip", "masq.external-cluster", "masq.etp-local", "masq.hairpin",
+              "verdict.reject-no-endpoint", "verdict.itp-local-drop", "verdict.etp-local-drop",
+              "verdict.unknown-port", "verdict.source-ranges", "verdict.pass", "node.nodeport-addresses",
+              "node.local-detect", "affinity.client-ip", "ct.reply", "ct.udp-reselect", "endpoint.pods",
+              "topology.zone", "set.cluster", "set.local"}
+    assert wanted <= covered, sorted(wanted - covered)
