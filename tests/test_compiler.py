@@ -1256,8 +1256,8 @@ def test_ipv6_frontend_conflict_warning() -> None:
         svc("b", [port(80, "http")], cluster_ip="fd00::1"),
         svc("a", [port(80, "http")], cluster_ip="fd00::1"),
     ])
-    assert result.warnings == ("default/b:http (IPv6): [fd00::1]:80/TCP (ClusterIP) is already the ClusterIP "
-                               "frontend of default/a:http (IPv6); ignored",)
+    assert result.warnings == (("default/b:http (IPv6): [fd00::1]:80/TCP (ClusterIP) is already the ClusterIP "
+                                "frontend of default/a:http (IPv6); ignored"),)
 
 
 def test_service_label_names_the_ipv6_half() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from fastpath.icmp import MAX_ERROR_DATAGRAM6, port_unreachable
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6, UDPerror, in6_chksum
 from scapy.layers.l2 import CookedLinux, Dot1Q, Ether, Loopback
 from scapy.packet import Raw
-
-from fastpath.icmp import MAX_ERROR_DATAGRAM6, port_unreachable
 
 CLIENT6, VIP6 = "fd00:10:244:1::100", "fd00:10:96::10"
 CLIENT_MAC, NODE_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"

@@ -46,7 +46,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .maps import IPV6, FRONTEND_KINDS, PROTOCOL_NUMBERS, Backend, Frontend, Maps, NodeView, format_address
+from .maps import (
+    FRONTEND_KINDS,
+    IPV6,
+    PROTOCOL_NUMBERS,
+    Backend,
+    Frontend,
+    Maps,
+    NodeView,
+    format_address,
+)
 from .maps import Service as MapService
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
@@ -419,13 +428,13 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
     per_service: dict[tuple[str, str, int], tuple] = {}
     for service_id, entry in enumerate(ports, start=1):
         service, port, family = entry.service, entry.port, entry.family
-        key = (*service.key, family)
-        if key not in per_service:  # the same for every port of the service
+        service_key = (*service.key, family)
+        if service_key not in per_service:  # the same for every port of the service
             vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if _family(ip) == family]
             externals = [ip for ip in (_address(a) for a in service.external_ips) if _family(ip) == family]
             ranges = _source_ranges(service, vips, info.primary(family), family)
-            per_service[key] = (vips, externals, ranges, _external_policy_local(service))
-        vips, externals, ranges, external_local = per_service[key]
+            per_service[service_key] = (vips, externals, ranges, _external_policy_local(service))
+        vips, externals, ranges, external_local = per_service[service_key]
         wanted: list[tuple[str, int, int, bool, tuple[tuple[int, int], ...]]] = [
             ("ClusterIP", entry.cluster_ip, port.port, service.internal_traffic_policy == "Local", ())]
         wanted += [("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
