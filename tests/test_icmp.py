@@ -136,3 +136,43 @@ def test_ipv4_port_unreachable_unchanged() -> None:
 ])
 def test_nothing_to_answer(frame: bytes, linktype: int) -> None:
     assert port_unreachable(frame, linktype) is None
+
+
+@pytest.mark.parametrize("core", ["compiled", "reference"])
+@pytest.mark.parametrize("linktype", [1, 113, 276, 0, 101])
+def test_dataplane_rejects_both_families_in_every_framing(core: str, linktype: int) -> None:
+    """A REJECT through Dataplane.process_packet and Dataplane.process: the reply is ICMP for an
+    IPv4 packet and ICMPv6 for an IPv6 one, in the rejected frame's own framing."""
+    from array import array
+
+    from fastpath import ClusterState, Dataplane
+    from fastpath.capture import Batch
+    from fastpath.verdicts import Verdict
+
+    state = ClusterState.from_objects([{
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "empty", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9", VIP6],
+                 "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}])
+    dataplane = Dataplane(state, core=core)
+    v4 = bytes(IP(src="10.244.1.100", dst="10.96.0.9") / TCP(sport=40000, dport=80, flags="S"))
+    v6 = bytes(syn6())
+    framing = {1: lambda p, v: bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC, type=0x86DD if v == 6 else 0x800)) + p,
+               113: lambda p, v: bytes(14) + (b"\x86\xdd" if v == 6 else b"\x08\x00") + p,
+               276: lambda p, v: (b"\x86\xdd" if v == 6 else b"\x08\x00") + bytes(18) + p,
+               0: lambda p, v: struct.pack("<I", 30 if v == 6 else 2) + p,
+               101: lambda p, v: p}[linktype]
+    frames = [framing(v4, 4), framing(v6, 6)]
+    l2 = len(frames[0]) - len(v4)
+    for frame, icmp_type in zip(frames, (3, 1)):
+        result = dataplane.process_packet(frame, 0, linktype)
+        assert result.verdict == Verdict.REJECT and result.reply is not None
+        assert result.reply[:l2] == port_unreachable(frame, linktype)[:l2]
+        reply = result.reply[l2:]
+        ip = IPv6(reply) if icmp_type == 1 else IP(reply)
+        assert (ICMPv6DestUnreach if icmp_type == 1 else ICMP) in ip
+        assert bytes(ip.payload)[8:] == frame[l2:]  # the whole original packet is quoted
+    batch = Batch.from_packets([(0, frame) for frame in frames])
+    result = dataplane.process(batch, linktype)
+    assert list(result.verdicts) == [Verdict.REJECT, Verdict.REJECT]
+    assert result.replies == {i: port_unreachable(frame, linktype) for i, frame in enumerate(frames)}
+    assert isinstance(result.verdicts, array)
