@@ -145,9 +145,10 @@ def test_dataplane_rejects_both_families_in_every_framing(core: str, linktype: i
     IPv4 packet and ICMPv6 for an IPv6 one, in the rejected frame's own framing."""
     from array import array
 
-    from fastpath import ClusterState, Dataplane
     from fastpath.capture import Batch
     from fastpath.verdicts import Verdict
+
+    from fastpath import ClusterState, Dataplane
 
     state = ClusterState.from_objects([{
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "empty", "namespace": "default"},
