@@ -233,6 +233,10 @@ cdef inline int parse_ipv6(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept n
             length = (<uint32_t>ip[off + 1] + 1) * 8
         if off + length > end:
             return DROP_BAD_IP_HEADER
+        if nh == 43 and ip[off + 3] != 0:
+            # Segments left: not at its final destination yet (and its transport checksum
+            # covers the routing header's last address, not the destination field).
+            return PASS_UNSUPPORTED
         if nh == 44:
             if fragment_seen:
                 return DROP_BAD_IP_HEADER

@@ -225,3 +225,16 @@ def test_dual_stack_replay_summary(tmp_path):
         rebuilt = packet.copy()
         del rebuilt[TCP].chksum
         assert bytes(Ether(bytes(rebuilt))) == bytes(packet)
+
+
+def test_new_flow_rate_guard_from_the_command_line(tmp_path, demo_capture, demo_cluster):
+    bad = fastpath("replay", demo_capture, "--cluster", demo_cluster, "-o", tmp_path / "x.pcap",
+                   "--new-flow-rate", "-1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--new-flow-rate: expected new flows per second" in bad.stderr.strip().splitlines()[-1]
+    stats = tmp_path / "stats.json"
+    # A 1-entry table and 1 new flow a second: the demo's later flows find the guard spent.
+    fastpath("replay", demo_capture, "--cluster", demo_cluster, "-o", tmp_path / "out.pcap",
+             "--ct-capacity", "1", "--new-flow-rate", "1", "--stats", stats, check=True)
+    counts = json.loads(stats.read_text())
+    assert counts["reasons"]["DROP_FLOW_RATE"] == counts["conntrack"]["rate_limited"] > 0

@@ -156,3 +156,66 @@ def test_fragment_ids_follow_a_reload(engine_class):
                      backends=[Backend(i + 1, b.ip, 53, b.name) for i, b in enumerate(order)]))
     assert engine.process_packet(bytes(Ether() / second), 1)[1] == Reason.FRAG_DNAT
     assert engine.counters()["backends"] == [2, 0, 0, 0, 0, 0, 0, 0]
+
+
+def _tcp(src, sport, flags="A"):
+    return bytes(Ether() / IP(src=src, dst="10.96.0.10") / TCP(sport=sport, dport=80, flags=flags))
+
+
+def _established_through_a_flood(engine_class, new_flow_rate):
+    """A 200-entry table holding 160 idle flows and 40 established ones; then a second of
+    5,000 SYNs from other ports while each established flow sends a packet every 0.1 s. Returns
+    the reasons the established flows' packets got, and the conntrack counters."""
+    engine = engine_class(MAPS, ct_capacity=200, new_flow_rate=new_flow_rate)
+    second = 1_000_000_000
+    for port in range(160):
+        engine.process_packet(_tcp("10.244.7.7", 1000 + port, "S"), 0)
+    for port in range(40):
+        engine.process_packet(_tcp("10.244.0.5", 1000 + port, "S"), 1)
+        engine.process_packet(_tcp("10.244.0.5", 1000 + port), 2)
+    reasons = []
+    for n in range(5000):
+        now = second + n * second // 5000
+        engine.process_packet(_tcp("10.244.9.9", 20000 + n, "S"), now)
+        if n % 500 == 499:
+            reasons += [engine.process_packet(_tcp("10.244.0.5", 1000 + port), now)[1]
+                        for port in range(40)]
+    return reasons, engine.counters()["conntrack"]
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_new_flow_rate_guard_keeps_established_flows_through_a_syn_flood(engine_class):
+    unguarded, counts = _established_through_a_flood(engine_class, 0)
+    # Without the guard the flood turns the table over every 0.04 s: by each 0.1 s tick the
+    # established flows have been evicted and are picked up mid-stream as new flows.
+    assert unguarded.count(Reason.NEW_FLOW) == 400 and counts["rate_limited"] == 0
+    guarded, counts = _established_through_a_flood(engine_class, 50)
+    # With it, at most 50 (the burst) + 50 (the flood's second) evictions: idle flows only.
+    assert set(guarded) == {Reason.CT_ESTABLISHED}
+    assert counts["evictions"] <= 100 and counts["rate_limited"] >= 4900
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_ipv6_routing_header_with_segments_left_is_not_translated(engine_class):
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrRouting
+
+    from fastpath.maps import address_from_text
+
+    maps = Maps(
+        services=[Service(1, "default/web:http", (1,), family=6)],
+        frontends=[Frontend(address_from_text("fd00:96::10"), 80, 6, 1)],
+        backends=[Backend(1, address_from_text("fd00:244::5"), 8080, "a")],
+    )
+    engine = engine_class(maps)
+
+    def packet(segments_left):
+        return bytes(Ether() / IPv6(src="2001:db8::1", dst="fd00:96::10")
+                     / IPv6ExtHdrRouting(addresses=["fd00:96::10"], segleft=segments_left)
+                     / TCP(sport=1234, dport=80, flags="S"))
+
+    # On its way through a segment list the destination field is not where the packet ends up.
+    original = packet(1)
+    assert engine.process_packet(original, 0)[1:] == (Reason.PASS_UNSUPPORTED, original)
+    verdict, reason, rewritten = engine.process_packet(packet(0), 0)
+    assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
+    assert IPv6(rewritten[14:]).dst == "fd00:244::5"

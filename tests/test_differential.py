@@ -29,6 +29,7 @@ def assert_same(compiled, reference, packets, linktype):
     for i, (a, b) in enumerate(zip(got, want)):
         assert a == b, f"packet {i} differs"
     assert compiled.counters() == reference.counters()
+    return got
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -37,7 +38,9 @@ def test_generated_traffic(seed, linktype):
     rng = random.Random(seed * 1000 + linktype)
     maps = random_maps(rng)
     capacity = rng.choice([1, 8, 64, 4096])
-    compiled, reference = Engine(maps, ct_capacity=capacity), ReferenceEngine(maps, ct_capacity=capacity)
+    # The new-flow rate guard: off, tight, loose (without drawing from rng: same traffic).
+    settings = {"ct_capacity": capacity, "new_flow_rate": (0, 3, 1000)[seed % 3]}
+    compiled, reference = Engine(maps, **settings), ReferenceEngine(maps, **settings)
     for round_ in range(3):
         packets = random_traffic(maps, rng, 500, linktype)
         assert_same(compiled, reference, packets, linktype)

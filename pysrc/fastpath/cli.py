@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "flow is evicted when it is full",
     )
     replay.add_argument(
+        "--new-flow-rate", metavar="N", type=_flow_rate, default=0,
+        help="new-flow rate guard: when conntrack is full, at most N new flows per second of "
+        "capture time may evict a tracked flow; the others are dropped (DROP_FLOW_RATE), so a "
+        "SYN flood cannot push established flows out (default 0: off, as kube-proxy)",
+    )
+    replay.add_argument(
         "--batch", metavar="N", type=_positive_int, default=None,
         help="packets per batch handed to the core (default 65536)",
     )
@@ -178,6 +184,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _flow_rate(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 1_000_000_000:
+        raise argparse.ArgumentTypeError(
+            f"expected new flows per second from 0 (off) to 1000000000, got {text!r}")
+    return value
+
+
 def run_replay(args: argparse.Namespace) -> int:
     from fastpath.dataplane import Dataplane
     from fastpath.model import load_cluster
@@ -187,7 +204,7 @@ def run_replay(args: argparse.Namespace) -> int:
     state = load_cluster(args.cluster)
     dataplane = Dataplane(
         state, node=args.node, core=args.core,
-        ct_capacity=args.ct_capacity or DEFAULT_CT_CAPACITY,
+        ct_capacity=args.ct_capacity or DEFAULT_CT_CAPACITY, new_flow_rate=args.new_flow_rate,
     )
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     bar = ProgressBar(sys.stderr) if show_progress else None

@@ -65,6 +65,7 @@ class Dataplane:
         *,
         node: str | None = None,
         ct_capacity: int = DEFAULT_CT_CAPACITY,
+        new_flow_rate: int = 0,
         core: CoreName = "compiled",
     ) -> None:
         self.node = node
@@ -72,8 +73,11 @@ class Dataplane:
         self.notes: tuple[str, ...] = ()
         self.timeouts_s: dict[str, float] = {}
         self.maps = self._compile(cluster)
+        # new_flow_rate: at most this many new flows per second (packet time) may evict an
+        # entry of a full conntrack table; 0 (default, as kube-proxy) means no such guard.
         self.engine = _engine_class(core)(
-            self.maps, ct_capacity=ct_capacity, timeouts_s=self.timeouts_s or None
+            self.maps, ct_capacity=ct_capacity, timeouts_s=self.timeouts_s or None,
+            new_flow_rate=new_flow_rate,
         )
 
     def _compile(self, cluster: ClusterState | Maps) -> Maps:

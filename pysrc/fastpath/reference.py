@@ -265,8 +265,12 @@ Extension headers: nh = byte 6, off = 40. While nh is 0 (hop-by-hop), 43 (routin
   60 (destination options), 44 (fragment) or 51 (AH):
     at most 8 extension headers are walked: a 9th -> PASS_UNSUPPORTED
     off + 8 > captured -> DROP_TRUNCATED (every such header is at least 8 bytes)
-    its length: fragment 8; AH (byte 1 + 2) * 4; the others (byte 1 + 1) * 8
+    its length: fragment 8; AH (byte 1 + 2) * 4; the others (byte 1 + 1) * 8 (AH is only
+      walked over: a translated packet's AH no longer verifies, as with any NAT)
     off + length > end -> DROP_BAD_IP_HEADER
+    routing header with segments left (byte 3) != 0 -> PASS_UNSUPPORTED: the packet is not at
+      its final destination, and its transport checksum covers the routing header's last
+      address, not the destination field a rewrite would change
     fragment header (a second one in the chain -> DROP_BAD_IP_HEADER): offset = bytes 2-3 >> 3,
       M = byte 3 & 1, id = bytes 4-7 (32 bits), its nh = byte 0. offset != 0 -> a later fragment
       (see below; nothing after the fragment header is parsed). offset 0 and M set -> a first
@@ -973,6 +977,8 @@ def _walk_extension_headers(
         length = _extension_header_length(buf, pos, next_header)
         if off + length > end:
             return Reason.DROP_BAD_IP_HEADER
+        if next_header == IPV6_ROUTING and buf[pos + 3] != 0:
+            return Reason.PASS_UNSUPPORTED  # segments left: not at its final destination yet
         if next_header == IPV6_FRAGMENT:
             if fragment is not None:
                 return Reason.DROP_BAD_IP_HEADER  # a second fragment header
