@@ -249,11 +249,9 @@ cdef inline int parse_ipv6(uint8_t* ip, uint32_t l3_len, Packet* pkt) noexcept n
             pkt.first_fragment = (ip[off + 3] & 1) != 0
         nh = ip[off]
         off += length
-    pkt.proto = nh
+    pkt.proto = nh                  # (parse_ports passes the protocols it does not know)
     if not fragment_seen:
         pkt.frag_proto = nh
-    if nh != IPPROTO_TCP and nh != IPPROTO_UDP and nh != IPPROTO_SCTP and nh != IPPROTO_ICMPV6:
-        return PASS_UNSUPPORTED
     pkt.l4 = ip + off
     pkt.l4_length = end - off
     # A datagram beyond the captured bytes is a snaplen cut: clip to what was captured.
