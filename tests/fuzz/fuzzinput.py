@@ -18,6 +18,7 @@ import random
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -142,12 +143,20 @@ class GuardArena:
 # --------------------------------------------------------------------------- wire helpers
 
 ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
 VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
-PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMPV6 = 1, 6, 17, 132, 58
+# IPv6 extension headers (RFC 8200 4, RFC 4302): hop-by-hop, routing, fragment, AH, destination
+# options.
+EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS = 0, 43, 44, 51, 60
+EXTENSION_HEADERS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS)
+NULL_FAMILIES_IPV6 = (24, 28, 30)  # BSD loopback AF_INET6 values (NetBSD/OpenBSD, FreeBSD, macOS)
 
 
-def l3_offset(linktype: int, data: bytes | memoryview) -> int | None:
-    """Where the IPv4 header starts in a frame of this link type, None if it is not IPv4.
+def link_layer(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
+    """(L3 protocol as an ethertype, offset of the L3 header) of a frame of this link type, None
+    when its link header is cut or the link type unknown. NULL and raw IP frames report 0x0800 /
+    0x86DD for their family / version nibble (0 for anything else).
 
     Written from the link-layer formats, for the harness's own checks (not from the core).
     """
@@ -160,28 +169,109 @@ def l3_offset(linktype: int, data: bytes | memoryview) -> int | None:
             if off + 4 > n:
                 return None
             ethertype, off = (data[off + 2] << 8) | data[off + 3], off + 4
-    elif linktype == 113:
-        if n < 16:
-            return None
-        ethertype, off = (data[14] << 8) | data[15], 16
-    elif linktype == 276:
-        if n < 20:
-            return None
-        ethertype, off = (data[0] << 8) | data[1], 20
-    elif linktype == 0:
+        return ethertype, off
+    if linktype == 113:
+        return ((data[14] << 8) | data[15], 16) if n >= 16 else None
+    if linktype == 276:
+        return ((data[0] << 8) | data[1], 20) if n >= 20 else None
+    if linktype == 0:
         if n < 4:
             return None
         be, le = int.from_bytes(data[:4], "big"), int.from_bytes(data[:4], "little")
-        ethertype, off = (ETHERTYPE_IPV4 if 2 in (be, le) else 0), 4
-    elif linktype in (101, 228):
+        if 2 in (be, le):
+            return ETHERTYPE_IPV4, 4
+        if be in NULL_FAMILIES_IPV6 or le in NULL_FAMILIES_IPV6:
+            return ETHERTYPE_IPV6, 4
+        return 0, 4
+    if linktype in (101, 228):
         if n < 1:
             return None
-        ethertype, off = (ETHERTYPE_IPV4 if data[0] >> 4 == 4 else 0), 0
-    else:
+        return {4: ETHERTYPE_IPV4, 6: ETHERTYPE_IPV6}.get(data[0] >> 4, 0), 0
+    return None
+
+
+def ip_offset(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
+    """(offset, version) of the IP header in a frame of this link type: version 4 with at least
+    20 bytes or 6 with at least 40 from there, the link layer saying the same; else None."""
+    link = link_layer(linktype, data)
+    if link is None:
         return None
-    if ethertype != ETHERTYPE_IPV4 or n - off < 20 or data[off] >> 4 != 4:
-        return None
-    return off
+    ethertype, off = link
+    n = len(data)
+    if ethertype == ETHERTYPE_IPV4 and n - off >= 20 and data[off] >> 4 == 4:
+        return off, 4
+    if ethertype == ETHERTYPE_IPV6 and n - off >= 40 and data[off] >> 4 == 6:
+        return off, 6
+    return None
+
+
+def l3_offset(linktype: int, data: bytes | memoryview) -> int | None:
+    """Where the IPv4 header starts in a frame of this link type, None if it is not IPv4."""
+    found = ip_offset(linktype, data)
+    return found[0] if found is not None and found[1] == 4 else None
+
+
+def is_v4_mapped(address16: bytes | memoryview) -> bool:
+    """An IPv6 address in ::ffff:0:0/96 (an IPv4 address, never an IPv6 one on the wire)."""
+    return bytes(address16[:12]) == b"\0" * 10 + b"\xff\xff"
+
+
+@dataclass
+class V6Layout:
+    """An IPv6 packet's extension-header chain walked by the rules of the spec (fastpath.reference,
+    "IPv6"), from the captured bytes at l3: where the transport header starts and what it is."""
+
+    status: str  # "ok", "truncated" (a header past the capture), "bad" (past the datagram, a
+    #              second fragment header), "unsupported" (a 9th extension header, a routing
+    #              header with segments left)
+    proto: int  # the last next header (ok), else the one being walked
+    l4: int  # offset of the transport header from l3 (ok)
+    end: int  # 40 + payload length
+    headers: list[tuple[int, int, int]]  # (type, offset from l3, length) of each header walked
+    fragment: tuple[int, int, int, int] | None  # (offset in 8-byte units, M, id, nh)
+
+    @property
+    def later_fragment(self) -> bool:
+        return self.fragment is not None and self.fragment[0] != 0
+
+    @property
+    def first_fragment(self) -> bool:
+        return self.fragment is not None and self.fragment[0] == 0 and self.fragment[1] == 1
+
+
+def walk_ipv6(ip: bytes | memoryview) -> V6Layout:
+    """Walk the extension headers of the IPv6 packet `ip` (captured bytes from its header on)."""
+    captured = len(ip)
+    end = 40 + ((ip[4] << 8) | ip[5])
+    nh, off = ip[6], 40
+    headers: list[tuple[int, int, int]] = []
+    fragment = None
+    while nh in EXTENSION_HEADERS:
+        if len(headers) == 8:
+            return V6Layout("unsupported", nh, off, end, headers, fragment)
+        if off + 8 > captured:
+            return V6Layout("truncated", nh, off, end, headers, fragment)
+        if nh == EXT_FRAGMENT:
+            length = 8
+        elif nh == EXT_AH:
+            length = (ip[off + 1] + 2) * 4
+        else:
+            length = (ip[off + 1] + 1) * 8
+        if off + length > end:
+            return V6Layout("bad", nh, off, end, headers, fragment)
+        headers.append((nh, off, length))
+        if nh == EXT_ROUTING and ip[off + 3] != 0:  # segments left: not at its destination yet
+            return V6Layout("unsupported", nh, off, end, headers, fragment)
+        if nh == EXT_FRAGMENT:
+            if fragment is not None:
+                return V6Layout("bad", nh, off, end, headers, fragment)
+            fragment = (((ip[off + 2] << 8) | ip[off + 3]) >> 3, ip[off + 3] & 1,
+                        int.from_bytes(ip[off + 4 : off + 8], "big"), ip[off])
+            if fragment[0]:
+                return V6Layout("ok", ip[off], off + 8, end, headers, fragment)
+        nh = ip[off]
+        off += length
+    return V6Layout("ok", nh, off, end, headers, fragment)
 
 
 def ones_sum(data: bytes | memoryview, total: int = 0) -> int:
@@ -199,7 +289,11 @@ def internet_checksum(data: bytes | memoryview, total: int = 0) -> int:
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    return ones_sum(src + dst + struct.pack("!BBH", 0, proto, length & 0xFFFF))
+    """The IPv4 pseudo-header (RFC 793/768), or the IPv6 one (RFC 8200 8.1) for 16-byte
+    addresses: 32-bit upper-layer length, three zero bytes, next header."""
+    if len(src) == 16:
+        return ones_sum(bytes(src) + bytes(dst) + struct.pack("!I3xB", length, proto))
+    return ones_sum(bytes(src) + bytes(dst) + struct.pack("!BBH", 0, proto, length & 0xFFFF))
 
 
 def _crc32c_table() -> list[int]:
