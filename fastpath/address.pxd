@@ -21,6 +21,7 @@ ctypedef struct Addr:
 ctypedef struct Prefix:
     Addr network                    # already masked
     Addr mask
+    bint ipv4                       # an IPv6 prefix such as ::/0 must not hold IPv4 addresses
 
 
 cdef inline Addr addr_v4(uint32_t address) noexcept nogil:
@@ -71,7 +72,8 @@ cdef inline void store_addr6(uint8_t* p, const Addr* a) noexcept nogil:
 
 
 cdef inline bint in_prefix(const Addr* a, const Prefix* p) noexcept nogil:
-    return (a.hi & p.mask.hi) == p.network.hi and (a.lo & p.mask.lo) == p.network.lo
+    return ((a.hi & p.mask.hi) == p.network.hi and (a.lo & p.mask.lo) == p.network.lo
+            and addr_is_v4_mapped(a) == p.ipv4)
 
 
 cdef inline bint in_prefixes(const Addr* a, const Prefix* prefixes, uint32_t n) noexcept nogil:

@@ -280,6 +280,7 @@ cdef Prefix _prefix(network, length) except *:
     mask = _ALL128 ^ ((1 << (128 - length)) - 1)
     p.mask = _addr(IPV6 | mask)
     p.network = _addr(IPV6 | (value & mask))
+    p.ipv4 = network < IPV6
     return p
 
 

@@ -219,3 +219,22 @@ def test_ipv6_routing_header_with_segments_left_is_not_translated(engine_class):
     verdict, reason, rewritten = engine.process_packet(packet(0), 0)
     assert (verdict, reason) == (Verdict.DNAT, Reason.NEW_FLOW)
     assert IPv6(rewritten[14:]).dst == "fd00:244::5"
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+def test_an_ipv6_prefix_never_holds_an_ipv4_address(engine_class):
+    # The core keeps IPv4 addresses IPv4-mapped (::ffff:a.b.c.d) inside; ::/0 must still not
+    # cover them (a fuzzing finding): a source range or pod CIDR holds its own family only.
+    from fastpath.maps import IPV6
+
+    lb, client = ip4("203.0.113.10"), "198.51.100.7"
+    ranged = Maps(services=MAPS.services, backends=MAPS.backends, frontends=[
+        Frontend(lb, 80, 6, 1, "LoadBalancer", False, ((ip4("10.0.0.0"), 8), (IPV6, 0)))])
+    packet = bytes(Ether() / IP(src=client, dst="203.0.113.10") / TCP(sport=4000, dport=80))
+    assert engine_class(ranged).process_packet(packet, 0)[1] == Reason.DROP_SOURCE_RANGE
+    # An external client is not a pod because of ::/0: it is masqueraded to the node.
+    node = NodeView(primary_ip=ip4("192.168.1.10"), pod_cidrs=((ip4("10.244.0.0"), 16), (IPV6, 0)))
+    pods = Maps(services=MAPS.services, backends=MAPS.backends, frontends=MAPS.frontends, node=node)
+    syn = bytes(Ether() / IP(src=client, dst="10.96.0.10") / TCP(sport=4000, dport=80, flags="S"))
+    rewritten = engine_class(pods).process_packet(syn, 0)[2]
+    assert IP(rewritten[14:]).src == "192.168.1.10"
