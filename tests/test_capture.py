@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 from array import array
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,62 @@ def test_non_canonical_timestamp_fields_are_copied_verbatim(tmp_path):
     assert got == [(1_700_000_002_500_000_000, b"abc", 3)]
     copy_capture(src, tmp_path / "out.pcap")
     assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()
+
+
+# The last second a 32-bit seconds field holds (2106-02-07T06:28:15Z), with a microsecond field of
+# 2**32 - 1: a timestamp past 2106 that a classic pcap record still holds.
+LAST_SECOND = 0xFFFFFFFF
+PAST_2106_NS = LAST_SECOND * 10**9 + 0xFFFFFFFF * 1000
+
+
+def _past_2106_capture(path) -> bytes:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    records = (struct.pack("<IIII", 1_700_000_000, 5, 3, 3) + b"abc"
+               + struct.pack("<IIII", LAST_SECOND, 0xFFFFFFFF, 2, 2) + b"de")
+    path.write_bytes(header + records)
+    return records
+
+
+def test_timestamp_past_2106_in_the_last_seconds_fraction_is_written_back(tmp_path):
+    src = tmp_path / "in.pcap"
+    records = _past_2106_capture(src)
+    got, _ = read_all(src)
+    assert got == [(1_700_000_000_000_005_000, b"abc", 3), (PAST_2106_NS, b"de", 2)]
+    copy_capture(src, tmp_path / "same.pcap")
+    assert (tmp_path / "same.pcap").read_bytes() == src.read_bytes()
+    # Another encoding that can hold it: the fraction field carries the excess, as it came.
+    with open_capture(src) as reader:
+        info = dataclasses.replace(reader.info, byteorder=">")
+        with open_output(tmp_path / "be.pcap", like=info) as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+            writer.write_packet(PAST_2106_NS, b"reply")
+    body = (tmp_path / "be.pcap").read_bytes()[24:]
+    assert body[:19] == struct.pack(">IIII", 1_700_000_000, 5, 3, 3) + b"abc"
+    assert body[19:37] == struct.pack(">IIII", LAST_SECOND, 0xFFFFFFFF, 2, 2) + b"de"
+    assert read_all(tmp_path / "be.pcap")[0] == got + [(PAST_2106_NS, b"reply", 5)]
+    assert len(records) == 37
+
+
+def test_timestamp_no_pcap_record_holds_is_a_one_line_capture_error(tmp_path):
+    src = tmp_path / "in.pcap"
+    _past_2106_capture(src)
+    out = tmp_path / "ns.pcap"
+    with open_capture(src) as reader:
+        info = dataclasses.replace(reader.info, nanosecond=True)  # 4294967295000 ns > 2**32
+        with pytest.raises(CaptureError) as error:
+            with open_output(out, like=info) as writer:
+                for batch in reader.batches(max_packets=1):
+                    writer.write_batch(batch)
+    message = str(error.value)
+    assert message.startswith(f"{src}: packet 2 cannot be written to {out}: ")
+    assert "\n" not in message
+    assert str(PAST_2106_NS) in message
+    assert not out.exists() and _leftovers(tmp_path) == []
+    info = CaptureInfo("pcap", 1, 65535, False, "<")
+    with open_output(tmp_path / "x.pcap", like=info) as writer:
+        with pytest.raises(CaptureError, match=r"x\.pcap: cannot write record 1: "):
+            writer.write_packet(LAST_SECOND * 10**9 + 2**32 * 1000, b"x")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 17, 100, 1515, 9016, 9017, 1 << 20])
@@ -482,6 +539,62 @@ def test_pcap_to_pcapng_and_back(tmp_path):
             for batch in reader.batches():
                 w.write_batch(batch)
     assert (tmp_path / "c.pcap").read_bytes() == (tmp_path / "a.pcap").read_bytes()
+
+
+def test_pcapng_timestamp_beyond_2_64_ns_is_a_capture_error(tmp_path):
+    # Second resolution (if_tsresol 10**0): 64-bit timestamps reach far past 2**64 ns.
+    packets = [(10**9, b"early", 5), (2**63 * 10**9, b"late", 4)]
+    src = tmp_path / "far.pcapng"
+    src.write_bytes(pcapng_bytes(packets, tsresol_exp=0))
+    delivered = []
+    with open_capture(src) as reader:
+        with pytest.raises(CaptureError) as error:
+            for batch in reader.batches():
+                delivered += [batch.packet(i) for i in range(batch.count)]
+    assert delivered == [b"early"]
+    message = str(error.value)
+    assert message.startswith(f"{src}: packet 2: timestamp {2**63} in units of 1/1 s")
+    assert "\n" not in message
+
+
+def test_pcap_to_pcapng_keeps_an_original_length_of_zero(tmp_path):
+    packets = [(10**9, b"abcdef", 0), (2 * 10**9, b"xyz", 60), (3 * 10**9, b"", 0)]
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets, nanosecond=True))
+    with open_capture(tmp_path / "a.pcap") as reader:
+        info = dataclasses.replace(reader.info, format="pcapng")
+        with open_output(tmp_path / "b.pcapng", like=info) as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+            writer.write_packet(4 * 10**9, b"reply", 0)
+    want = packets + [(4 * 10**9, b"reply", 0)]
+    assert read_all(tmp_path / "b.pcapng")[0] == want
+    from scapy.utils import RawPcapNgReader  # an independent reader
+
+    with RawPcapNgReader(str(tmp_path / "b.pcapng")) as ng:
+        assert [(data, meta.wirelen) for data, meta in ng] == [(d, w) for _, d, w in want]
+
+
+def test_pcapng_packet_blocks_are_those_scapy_writes(tmp_path):
+    # Our packet blocks replaced scapy's: byte for byte the same whenever scapy kept the length.
+    from scapy.utils import RawPcapNgWriter
+
+    packets = [p for p in make_packets(40, seed=15) if p[2]]
+    batch = Batch.from_packets(packets)
+    for nanosecond in (False, True):
+        info = CaptureInfo("pcapng", 1, 65535, nanosecond)
+        with open_output(tmp_path / "ours.pcapng", like=info) as writer:
+            writer.write_batch(batch)
+        ours = (tmp_path / "ours.pcapng").read_bytes()
+        scapy_writer = RawPcapNgWriter(str(tmp_path / "scapy.pcapng"))
+        scapy_writer.linktype = 1
+        scapy_writer.tsresol = 10**9 if nanosecond else 10**6
+        scapy_writer.write_header(None)
+        start = scapy_writer.f.tell()
+        for ts, data, wire in packets:
+            scapy_writer.write_packet(data, sec=Fraction(ts, 10**9), caplen=len(data), wirelen=wire)
+        scapy_writer.f.close()
+        theirs = (tmp_path / "scapy.pcapng").read_bytes()[start:]
+        assert ours.endswith(theirs) and len(theirs) > 0
 
 
 # --- start-up cost --------------------------------------------------------------------------

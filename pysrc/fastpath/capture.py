@@ -19,8 +19,9 @@ by the end of a chunk is carried into the next one, so memory stays bounded by t
 whatever the capture's size. Writing copies the original timestamp fields, so an unmodified
 replay reproduces the input byte for byte.
 
-pcapng goes through scapy (imported only then: it costs 0.15-0.6 s to import), into the same
-batch layout, so the core sees identical packets, lengths and timestamps for the same traffic.
+pcapng is read through scapy (imported only then: it costs 0.15-0.6 s to import), into the same
+batch layout, so the core sees identical packets, lengths and timestamps for the same traffic;
+written with scapy's section and interface blocks and packet blocks of our own.
 Only one link type per capture is supported: a pcapng file whose interfaces have different
 link types is rejected (the core takes one link type per batch); split it per interface first.
 The pcapng output has one interface (link type, snaplen and timestamp resolution of the input);
@@ -38,7 +39,6 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from types import TracebackType
 from typing import IO, Any, Literal, NoReturn, Union, cast
 
@@ -67,6 +67,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 Format = Literal["pcap", "pcapng"]
 
 _NS_PER_S = 1_000_000_000
+_MAX_TS_NS = (1 << 64) - 1  # timestamps are uint64 ns in a batch
+_MAX_U32 = 0xFFFFFFFF
 # magic as it appears in the file -> (byte order, nanosecond timestamps)
 _PCAP_MAGICS: dict[bytes, tuple[Literal["<", ">"], bool]] = {
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -76,6 +78,11 @@ _PCAP_MAGICS: dict[bytes, tuple[Literal["<", ">"], bool]] = {
 }
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type (a palindrome: both orders)
 _PCAP_FILE_HEADER = 24
+# pcapng enhanced packet block up to its data: type, total length, interface id, timestamp
+# (high, low), captured length, original length; the total length is repeated after the data.
+# Little-endian, like the section header scapy writes.
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_U32_LE = struct.Struct("<I")
 
 
 # Link types the core parses (pcap LINKTYPE_* numbers), by name for summaries.
@@ -132,9 +139,14 @@ class Batch:
 
     A batch read from a pcap file shares its buffer with the other batches of the same chunk;
     it stays valid after the reader moves on (the reader never reuses a buffer).
+
+    A batch from a reader knows where it came from, so errors can name its packets: `source`
+    is the capture's path (None for a batch built otherwise) and `first_packet` the 1-based
+    number of its packet 0 in that capture.
     """
 
-    __slots__ = ("buf", "offsets", "lengths", "wire_lengths", "timestamps_ns", "header_flags")
+    __slots__ = ("buf", "offsets", "lengths", "wire_lengths", "timestamps_ns", "header_flags",
+                 "source", "first_packet")
 
     def __init__(
         self,
@@ -157,6 +169,14 @@ class Batch:
         self.wire_lengths = wire_lengths
         self.timestamps_ns = timestamps_ns
         self.header_flags = header_flags
+        self.source: str | None = None
+        self.first_packet = 1
+
+    def describe(self, i: int) -> str:
+        """Packet i for a message: "FILE: packet N" (its number in the capture) if known."""
+        if self.source is None:
+            return f"packet {i} of a batch"
+        return f"{self.source}: packet {self.first_packet + i}"
 
     @property
     def count(self) -> int:
@@ -213,8 +233,9 @@ class _BatchBuilder:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def take(self) -> Batch:
+    def take(self, source: str | None = None, first_packet: int = 1) -> Batch:
         batch = Batch(self.buf, self.offsets, self.lengths, self.timestamps_ns, self.wire_lengths)
+        batch.source, batch.first_packet = source, first_packet
         self.__init__()  # type: ignore[misc]
         return batch
 
@@ -374,8 +395,10 @@ class _PcapReader(CaptureReader):
                 )
                 self._pos = pos
                 if len(offsets):
+                    batch = Batch(self._buf, offsets, lengths, stamps, wires, self._flags)
+                    batch.source, batch.first_packet = self.path, self.packets_read + 1
                     self.packets_read += len(offsets)
-                    yield Batch(self._buf, offsets, lengths, stamps, wires, self._flags)
+                    yield batch
                 if status == _pcap.SCAN_BAD_RECORD:
                     raise CaptureError(
                         f"{self.path}: damaged record at byte offset {self.position_bytes}: "
@@ -496,7 +519,7 @@ class _PcapngReader(CaptureReader):
             data, meta = self._pending
             if meta.linktype != self.linktype:
                 if len(builder):
-                    yield builder.take()
+                    yield self._take(builder)
                 raise CaptureError(
                     f"{self.path}: interfaces with different link types ({self.linktype} and "
                     f"{meta.linktype}) after {self.packets_read} packets; split the capture per "
@@ -506,14 +529,25 @@ class _PcapngReader(CaptureReader):
                 ts_ns = 0
             else:
                 ts_ns = ((meta.tshigh << 32) | meta.tslow) * _NS_PER_S // meta.tsresol
+                if ts_ns > _MAX_TS_NS:  # a coarse if_tsresol lets 64 bits go past 2**64 ns
+                    if len(builder):
+                        yield self._take(builder)
+                    raise CaptureError(
+                        f"{self.path}: packet {self.packets_read + 1}: timestamp "
+                        f"{(meta.tshigh << 32) | meta.tslow} in units of 1/{meta.tsresol} s is past "
+                        "2**64 ns since 1970 (the year 2554), beyond what fastpath handles"
+                    )
             builder.add(ts_ns, data, meta.wirelen)
             self.packets_read += 1
             if len(builder) >= max_packets or len(builder.buf) >= self._chunk_size:
-                yield builder.take()
+                yield self._take(builder)
             self._pending = self._next_packet()
         if len(builder):
-            yield builder.take()
+            yield self._take(builder)
         self._check_tail()
+
+    def _take(self, builder: _BatchBuilder) -> Batch:
+        return builder.take(self.path, self.packets_read - len(builder) + 1)
 
     def _check_tail(self) -> None:
         """scapy reports a cut or damaged block as a plain end of file: walk the blocks after
@@ -608,11 +642,17 @@ class CaptureWriter:
         self._check_open()
         stop = batch.count if stop is None else stop
         if self._ng is None:
-            nbytes, kept = _pcap.build_records(
-                batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
-                batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
-                self._out, start, stop,
-            )
+            try:
+                nbytes, kept = _pcap.build_records(
+                    batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
+                    batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
+                    self._out, start, stop,
+                )
+            except _pcap.TimestampError as error:
+                raise CaptureError(
+                    f"{batch.describe(error.index)} cannot be written to {self.path}: "
+                    + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
+                ) from None
             self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
         else:
             if verdicts is not None and len(verdicts) != batch.count:
@@ -631,12 +671,16 @@ class CaptureWriter:
         """Write one record (e.g. a generated reply) after what was written so far."""
         self._check_open()
         wire_len = len(data) if wire_len is None else wire_len
+        if ts_ns < 0:
+            raise ValueError(f"negative timestamp {ts_ns} ns")
         if self._ng is None:
-            sec, frac = divmod(ts_ns, _NS_PER_S)
-            if not self.info.nanosecond:
-                frac //= 1000
-            if not 0 <= sec <= 0xFFFFFFFF:
-                raise ValueError(f"timestamp {ts_ns} ns does not fit a pcap record")
+            fields = _pcap_time_fields(ts_ns, self.info.nanosecond)
+            if fields is None:
+                raise CaptureError(
+                    f"{self.path}: cannot write record {self.packets_written + 1}: "
+                    + _beyond_pcap(ts_ns, self.info.nanosecond)
+                )
+            sec, frac = fields
             order = self.info.byteorder
             self._file.write(struct.pack(order + "IIII", sec, frac, len(data), wire_len))  # type: ignore[union-attr]
             self._file.write(data)  # type: ignore[union-attr]
@@ -645,8 +689,18 @@ class CaptureWriter:
         self.packets_written += 1
 
     def _write_ng(self, ts_ns: int, data: bytes, wire_len: int) -> None:
-        # A Fraction keeps the timestamp exact through scapy's `int(timestamp * tsresol)`.
-        self._ng.write_packet(data, sec=Fraction(ts_ns, _NS_PER_S), caplen=len(data), wirelen=wire_len)
+        # The enhanced packet block is built here: scapy's writer would write the captured
+        # length as the original length when the latter is 0.
+        if ts_ns > _MAX_TS_NS:  # only from write_packet: batches hold uint64 timestamps
+            raise CaptureError(f"{self.path}: cannot write record {self.packets_written + 1}: its "
+                               f"timestamp ({ts_ns} ns since 1970) is past 2**64 ns")
+        units = ts_ns if self.info.nanosecond else ts_ns // 1000  # the interface's if_tsresol
+        pad = -len(data) % 4
+        total = 32 + len(data) + pad
+        self._file.write(  # type: ignore[union-attr]
+            _EPB_HEAD.pack(6, total, 0, units >> 32, units & _MAX_U32, len(data), wire_len)
+            + data + bytes(pad) + _U32_LE.pack(total)
+        )
 
     def _check_open(self) -> None:
         if self._done:
@@ -715,6 +769,26 @@ def open_output(
     else:
         info = CaptureInfo(*like)
     return CaptureWriter(path, info)
+
+
+def _pcap_time_fields(ts_ns: int, nanosecond: bool) -> tuple[int, int] | None:
+    """(seconds, fraction) of a pcap record header for ts_ns, None if it cannot hold it.
+
+    The same rule as fastpath._pcap.build_records: past 2106 the last second's fraction field
+    takes the rest, as a non-canonical input record read this way had it.
+    """
+    sec, frac = divmod(ts_ns, _NS_PER_S)
+    if sec > _MAX_U32:
+        sec, frac = _MAX_U32, ts_ns - _MAX_U32 * _NS_PER_S
+    if not nanosecond:
+        frac //= 1000
+    return (sec, frac) if frac <= _MAX_U32 else None
+
+
+def _beyond_pcap(ts_ns: int, nanosecond: bool) -> str:
+    unit = "nanosecond" if nanosecond else "microsecond"
+    return (f"its timestamp ({ts_ns} ns since 1970) is past 2106 by more than a pcap record's "
+            f"32-bit {unit} field holds")
 
 
 def _pcap_file_header(info: CaptureInfo) -> bytes:
