@@ -39,11 +39,10 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import IO, Any, Literal, NoReturn, Union, cast
 
 from fastpath import _pcap
-from fastpath.atomicfile import discard, move_into_place, open_beside
+from fastpath.atomicfile import AtomicWriter, open_beside
 
 __all__ = [
     "Batch",
@@ -593,7 +592,7 @@ class _PcapngReader(CaptureReader):
 # Writing
 
 
-class CaptureWriter:
+class CaptureWriter(AtomicWriter):
     """Writes a capture atomically: to a temporary file beside `path`, renamed over it on commit.
 
     As a context manager it commits on normal exit and discards everything on an exception
@@ -602,14 +601,14 @@ class CaptureWriter:
     A target that exists and is not a regular file (/dev/null, a FIFO) is written in place.
     """
 
+    path: str
+
     def __init__(self, path: PathLike, info: CaptureInfo) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
-        self._done = False
-        self._tmp: str | None = None
-        self._file: IO[bytes] | None = None
         self._ng: Any = None
         if info.format not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {info.format!r}")
@@ -701,55 +700,6 @@ class CaptureWriter:
             _EPB_HEAD.pack(6, total, 0, units >> 32, units & _MAX_U32, len(data), wire_len)
             + data + bytes(pad) + _U32_LE.pack(total)
         )
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise ValueError(f"{self.path}: writer already committed or closed")
-
-    def commit(self) -> None:
-        """Flush, sync and move the output into place."""
-        self._check_open()
-        self._done = True
-        try:
-            assert self._file is not None
-            move_into_place(self._file, self._tmp, self.path)
-            self._tmp = None
-        except BaseException:
-            self._discard()
-            raise
-
-    def abort(self) -> None:
-        """Discard the output (the temporary file); a pre-existing target stays as it was."""
-        self._done = True
-        self._discard()
-
-    def close(self) -> None:
-        """Discard the output unless commit() was called."""
-        if not self._done:
-            self.abort()
-
-    def _discard(self) -> None:
-        discard(self._file, self._tmp)
-        self._tmp = None
-
-    def __enter__(self) -> CaptureWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and not self._done:
-            self.commit()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        # An abandoned writer leaves no temporary file behind.
-        if getattr(self, "_done", True) is False:
-            self.abort()
 
 
 def open_output(
