@@ -236,3 +236,55 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     if bad >= 0:
         raise TimestampError(bad, timestamps_ns[bad], nano)
     return pos, kept
+
+
+def verbatim_span(const uint8_t[::1] buf, const uint64_t[::1] offsets,
+                  const uint32_t[::1] lengths, const uint32_t[::1] wire_lengths,
+                  const uint64_t[::1] timestamps_ns, const uint8_t[::1] verdicts,
+                  int batch_flags, int out_flags, Py_ssize_t start=0, Py_ssize_t stop=-1):
+    """(begin, end) when buf[begin:end] is exactly what build_records would write for packets
+    start..stop-1, else None.
+
+    That is when none of them is dropped (`verdicts` may be None), their records lie back to
+    back in buf, and each header slot holds its record's header in the output encoding (same
+    caplen, original length and timestamp as the arrays): a batch read from a pcap file and
+    written in its own encoding, nothing dropped. The caller then writes that span of the input
+    buffer as it is instead of building a copy. None for an empty range too.
+    """
+    cdef Py_ssize_t n = offsets.shape[0]
+    if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
+        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
+    cdef bint has_verdicts = verdicts is not None
+    if has_verdicts and verdicts.shape[0] != n:
+        raise ValueError(f"{verdicts.shape[0]} verdicts for {n} packets")
+    if stop < 0:
+        stop = n
+    if start < 0 or start > stop or stop > n:
+        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    if start == stop or batch_flags < 0 or batch_flags != out_flags:
+        return None
+    if offsets[start] < _RECORD_HEADER:
+        return None
+    cdef const uint8_t* src = &buf[0] if buf.shape[0] > 0 else NULL
+    cdef uint64_t buf_len = <uint64_t>buf.shape[0]
+    cdef bint big = (out_flags & _HDR_BIG_ENDIAN) != 0
+    cdef uint64_t expected = offsets[start], off
+    cdef const uint8_t* hdr
+    cdef Py_ssize_t i
+    cdef bint ok = True
+    with nogil:
+        for i in range(start, stop):
+            off = offsets[i]
+            if (off != expected or off > buf_len or lengths[i] > buf_len - off
+                    or (has_verdicts and verdicts[i] >= _VERDICT_DROP)):
+                ok = False
+                break
+            hdr = src + off - _RECORD_HEADER
+            if (_load32(hdr + 8, big) != lengths[i] or _load32(hdr + 12, big) != wire_lengths[i]
+                    or _decode_ts(hdr, out_flags) != timestamps_ns[i]):
+                ok = False
+                break
+            expected = off + lengths[i] + _RECORD_HEADER
+    if not ok:
+        return None
+    return offsets[start] - _RECORD_HEADER, offsets[stop - 1] + lengths[stop - 1]

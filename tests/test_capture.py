@@ -240,6 +240,126 @@ def test_in_place_rewrites_reach_the_output(tmp_path):
     assert [d for _, d, _ in got] == [b"\xee" + bytes([i]) * 19 for i in range(10)]
 
 
+def _small_packets(n: int, seed: int) -> list[tuple[int, bytes, int]]:
+    rng = random.Random(seed)
+    return [(10**18 + i * 1000, rng.randbytes(rng.randrange(40, 600)), 600) for i in range(n)]
+
+
+def test_streaming_reads_reuse_two_buffers_and_held_batches_stay_valid(tmp_path, monkeypatch):
+    packets = _small_packets(300, seed=16)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    capture_module = sys.modules["fastpath.capture"]
+    chunks = []  # the read buffers made, by size
+
+    def counting(*args):
+        if args and args[0] >= 4096:
+            chunks.append(args[0])
+        return bytearray(*args)
+
+    monkeypatch.setattr(capture_module, "bytearray", counting, raising=False)
+    with open_capture(src, chunk_size=4096) as reader:
+        got = [p for batch in reader.batches(max_packets=5) for p in batch.packets()]
+    assert got == [(ts, data) for ts, data, _ in packets]
+    assert len(chunks) == 2  # then they take turns, over ~40 chunks
+
+    chunks.clear()
+    with open_capture(src, chunk_size=4096) as reader:
+        batches = reader.batches(max_packets=5)
+        held = next(batches)  # keeps the first buffer out of the turns
+        want = list(held.packets())
+        got = [p for batch in batches for p in batch.packets()]
+        assert list(held.packets()) == want
+    assert want + got == [(ts, data) for ts, data, _ in packets]
+    assert len(chunks) == 3
+
+
+def test_bytes_read_counts_captured_bytes(tmp_path):
+    packets = make_packets(50, seed=17)
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets))
+    (tmp_path / "a.pcapng").write_bytes(pcapng_bytes(packets))
+    for name in ("a.pcap", "a.pcapng"):
+        _, reader = read_all(tmp_path / name, chunk_size=3000, max_packets=7)
+        assert reader.bytes_read == sum(len(data) for _, data, _ in packets)
+
+
+@pytest.mark.parametrize(("byteorder", "nanosecond"), VARIANTS, ids=VARIANT_IDS)
+def test_verbatim_span_is_what_build_records_writes(tmp_path, byteorder, nanosecond):
+    packets = make_packets(30, seed=18, nanosecond=nanosecond)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, byteorder, nanosecond))
+    with open_capture(src) as reader:
+        (batch,) = reader.batches()
+    flags = batch.header_flags
+    arrays = (batch.buf, batch.offsets, batch.lengths, batch.wire_lengths, batch.timestamps_ns)
+    keep = array("B", [PASS] * batch.count)
+    for start, stop in [(0, 30), (0, 1), (7, 19), (29, 30)]:
+        begin, end = _pcap.verbatim_span(*arrays, keep, flags, flags, start, stop)
+        out = bytearray()
+        nbytes, kept = _pcap.build_records(*arrays, keep, flags, flags, out, start, stop)
+        assert bytes(batch.buf[begin:end]) == bytes(out[:nbytes]) and kept == stop - start
+    assert _pcap.verbatim_span(*arrays, None, flags, flags) is not None
+    assert _pcap.verbatim_span(*arrays, keep, flags, flags, 5, 5) is None  # nothing to write
+    assert _pcap.verbatim_span(*arrays, keep, flags, flags ^ _pcap.HDR_BIG_ENDIAN) is None
+    dropped = array("B", keep)
+    dropped[12] = DROP
+    assert _pcap.verbatim_span(*arrays, dropped, flags, flags) is None
+    assert _pcap.verbatim_span(*arrays, dropped, flags, flags, 13, 30) is not None
+    # Arrays that no longer match the header slots: build_records rewrites, so no span.
+    for name, i, value in [("timestamps_ns", 3, 5), ("lengths", 4, 0), ("wire_lengths", 5, 1)]:
+        changed = dict(zip(("offsets", "lengths", "wire_lengths", "timestamps_ns"), arrays[1:]))
+        changed[name] = array(changed[name].typecode, changed[name])
+        changed[name][i] = value
+        assert _pcap.verbatim_span(batch.buf, *changed.values(), keep, flags, flags) is None
+    # Packets not back to back (a library batch reorders or skips): no span.
+    offsets = array("Q", batch.offsets)
+    offsets[1], offsets[2] = offsets[2], offsets[1]
+    assert _pcap.verbatim_span(batch.buf, offsets, *arrays[2:], keep, flags, flags, 0, 3) is None
+    library = Batch.from_packets(packets)  # header slots empty: header_flags -1
+    assert _pcap.verbatim_span(library.buf, library.offsets, library.lengths,
+                               library.wire_lengths, library.timestamps_ns, None, -1, -1) is None
+
+
+def test_batches_without_drops_are_written_from_the_input_buffer(tmp_path, monkeypatch):
+    packets = make_packets(60, seed=19)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, ">", False))
+    built = []
+    real = _pcap.build_records
+    monkeypatch.setattr(_pcap, "build_records", lambda *a: built.append(a) or real(*a))
+    # Batches of 6: packet 13 dropped (batch 2); every other batch is kept whole.
+    copy_capture(src, tmp_path / "out.pcap", drop=lambda i: i == 13, max_packets=6)
+    assert len(built) == 1
+    kept = [p for i, p in enumerate(packets) if i != 13]
+    assert (tmp_path / "out.pcap").read_bytes() == pcap_bytes(kept, ">", False)
+
+
+def test_replay_output_and_stats_do_not_depend_on_the_write_path(tmp_path, monkeypatch):
+    from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
+
+    from fastpath.dataplane import Dataplane
+    from fastpath.replay import replay
+
+    rng = random.Random(20)
+    maps = random_maps(rng)
+    packets = random_traffic(maps, rng, 1500)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    spans = []
+    real = _pcap.verbatim_span
+    monkeypatch.setattr(_pcap, "verbatim_span", lambda *a: spans.append(real(*a)) or spans[-1])
+    fast = replay(src, tmp_path / "fast.pcap", Dataplane(maps), batch_packets=40)
+    assert any(span is not None for span in spans) and any(span is None for span in spans)
+    monkeypatch.setattr(_pcap, "verbatim_span", lambda *a: None)  # always build_records
+    slow = replay(src, tmp_path / "slow.pcap", Dataplane(maps), batch_packets=40)
+    assert (tmp_path / "fast.pcap").read_bytes() == (tmp_path / "slow.pcap").read_bytes()
+    written, _ = read_all(tmp_path / "fast.pcap")
+    assert fast.verdicts["DROP"] + fast.verdicts["REJECT"] > 0
+    assert fast.packets_written == slow.packets_written == len(written)
+    assert fast.bytes == slow.bytes == sum(len(data) for _, data in packets)
+    assert fast.packets == len(packets)
+
+
 # --- damaged and odd files ------------------------------------------------------------------
 
 @pytest.mark.parametrize("cut", [1, 8, 15, 16, 17, 50])

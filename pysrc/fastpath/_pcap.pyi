@@ -46,3 +46,18 @@ def build_records(
 ) -> tuple[int, int]:
     """Write the records of packets start..stop-1 not dropped (verdict 3) to out:
     (bytes written, packets written). TimestampError for a timestamp the encoding cannot hold."""
+
+def verbatim_span(
+    buf: Buffer,
+    offsets: Buffer,
+    lengths: Buffer,
+    wire_lengths: Buffer,
+    timestamps_ns: Buffer,
+    verdicts: Buffer | None,
+    batch_flags: int,
+    out_flags: int,
+    start: int = 0,
+    stop: int = -1,
+) -> tuple[int, int] | None:
+    """(begin, end) when buf[begin:end] is what build_records would write for packets
+    start..stop-1 (none dropped, records back to back, headers already in out_flags form)."""

@@ -16,8 +16,10 @@ per packet: the file is read in large chunks straight into a bytearray, the comp
 `fastpath._pcap` indexes the records in place (packet data stays where it was read, after its
 original record header) and builds the output records of a whole batch in one go. A record cut
 by the end of a chunk is carried into the next one, so memory stays bounded by the chunk size
-whatever the capture's size. Writing copies the original timestamp fields, so an unmodified
-replay reproduces the input byte for byte.
+whatever the capture's size; two buffers take turns, so a streaming read allocates nothing per
+chunk. Writing copies the original timestamp fields, so an unmodified replay reproduces the
+input byte for byte; a batch written in its own encoding with nothing dropped goes out straight
+from the input buffer, in one write.
 
 pcapng is read through scapy (imported only then: it costs 0.15-0.6 s to import), into the same
 batch layout, so the core sees identical packets, lengths and timestamps for the same traffic;
@@ -36,6 +38,7 @@ import io
 import logging
 import os
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,7 +140,8 @@ class Batch:
     means the slots hold nothing. The core rewrites packets in place in `buf`.
 
     A batch read from a pcap file shares its buffer with the other batches of the same chunk;
-    it stays valid after the reader moves on (the reader never reuses a buffer).
+    it stays valid after the reader moves on (the reader reuses a buffer only once no batch of
+    it, nor any view of it, is alive).
 
     A batch from a reader knows where it came from, so errors can name its packets: `source`
     is the capture's path (None for a batch built otherwise) and `first_packet` the 1-based
@@ -249,8 +253,9 @@ class CaptureReader:
     Attributes: path, format ('pcap' | 'pcapng'), linktype, snaplen, nanosecond (timestamp
     resolution finer than microseconds), byteorder, info (a CaptureInfo for open_output),
     size_bytes (file size), position_bytes (bytes consumed so far, for progress),
-    packets_read, truncated_tail (None, or a one-line message when the file ends inside a
-    record: the complete packets before it were delivered) and truncated_bytes.
+    packets_read, bytes_read (captured bytes of those packets), truncated_tail (None, or a
+    one-line message when the file ends inside a record: the complete packets before it were
+    delivered) and truncated_bytes.
     """
 
     format: Format
@@ -264,6 +269,7 @@ class CaptureReader:
         self._file = file
         self.size_bytes = size
         self.packets_read = 0
+        self.bytes_read = 0
         self.truncated_tail: str | None = None
         self.truncated_bytes = 0
 
@@ -368,6 +374,9 @@ class _PcapReader(CaptureReader):
         self._max_caplen = min(max(snaplen, DEFAULT_SNAPLEN), MAX_RECORD)
         self._chunk_size = chunk_size
         self._buf = bytearray()
+        # The buffer before _buf, reused for the next chunk once no batch of it is alive.
+        self._spare: bytearray | None = None
+        self._probe = bytearray()  # held like _spare: its reference count is the baseline
         self._filled = 0  # valid bytes in _buf
         self._pos = 0  # next unconsumed byte in _buf
         self._base = _PCAP_FILE_HEADER  # file offset of _buf[0]
@@ -392,6 +401,8 @@ class _PcapReader(CaptureReader):
                 offsets, lengths, wires, stamps, pos, status, need = _pcap.scan_records(
                     self._buf, self._pos, self._filled, self._flags, self._max_caplen, max_packets
                 )
+                # The records scanned lie back to back: their data is all but the headers.
+                self.bytes_read += pos - self._pos - RECORD_HEADER * len(offsets)
                 self._pos = pos
                 if len(offsets):
                     batch = Batch(self._buf, offsets, lengths, stamps, wires, self._flags)
@@ -421,17 +432,26 @@ class _PcapReader(CaptureReader):
             )
 
     def _refill(self, need: int) -> bool:
-        """Start a new buffer with the unconsumed tail, then read; returns True at EOF.
+        """Move the unconsumed tail to the start of the next buffer, then read; True at EOF.
 
-        A fresh buffer each time (rather than one reused) keeps earlier batches valid; the old
-        one is freed as soon as nobody holds those batches.
+        Two buffers take turns, so a streaming read allocates (and zero-fills) no memory per
+        chunk. The previous one is reused only when nothing references it any more (its
+        batches were dropped): a batch still held keeps its buffer, and a new one is made.
         """
         carry = self._filled - self._pos
         size = max(self._chunk_size, need, carry + 1)
-        buf = bytearray(size)
+        spare, probe = self._spare, self._probe
+        # spare and probe are referenced alike here (an attribute, a local, the argument):
+        # equal counts mean no batch or view holds spare.
+        if spare is not None and len(spare) >= size and \
+                sys.getrefcount(spare) == sys.getrefcount(probe):
+            buf, size = spare, len(spare)
+        else:
+            buf = bytearray(size)
         buf[:carry] = memoryview(self._buf)[self._pos : self._filled]
         got = _readinto_full(self._file, memoryview(buf)[carry:])
         self._base += self._pos
+        self._spare = self._buf
         self._buf, self._pos, self._filled = buf, 0, carry + got
         return carry + got < size
 
@@ -538,6 +558,7 @@ class _PcapngReader(CaptureReader):
                     )
             builder.add(ts_ns, data, meta.wirelen)
             self.packets_read += 1
+            self.bytes_read += len(data)
             if len(builder) >= max_packets or len(builder.buf) >= self._chunk_size:
                 yield self._take(builder)
             self._pending = self._next_packet()
@@ -641,18 +662,28 @@ class CaptureWriter(AtomicWriter):
         self._check_open()
         stop = batch.count if stop is None else stop
         if self._ng is None:
-            try:
-                nbytes, kept = _pcap.build_records(
-                    batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
-                    batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
-                    self._out, start, stop,
-                )
-            except _pcap.TimestampError as error:
-                raise CaptureError(
-                    f"{batch.describe(error.index)} cannot be written to {self.path}: "
-                    + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
-                ) from None
-            self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
+            span = _pcap.verbatim_span(
+                batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
+                batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
+                start, stop,
+            )
+            if span is not None:
+                # Nothing dropped, headers as they are to be written: one write of the input.
+                self._file.write(memoryview(batch.buf)[span[0] : span[1]])  # type: ignore[union-attr]
+                kept = stop - start
+            else:
+                try:
+                    nbytes, kept = _pcap.build_records(
+                        batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
+                        batch.timestamps_ns, verdicts, batch.header_flags,
+                        self.info.header_flags, self._out, start, stop,
+                    )
+                except _pcap.TimestampError as error:
+                    raise CaptureError(
+                        f"{batch.describe(error.index)} cannot be written to {self.path}: "
+                        + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
+                    ) from None
+                self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
         else:
             if verdicts is not None and len(verdicts) != batch.count:
                 raise ValueError(f"{len(verdicts)} verdicts for {batch.count} packets")
