@@ -57,7 +57,11 @@ __all__ = [
     "open_output",
 ]
 
-DEFAULT_CHUNK_SIZE = 8 << 20  # bytes read per system call; also the pcapng batch byte budget
+# Bytes read per system call; also the pcapng batch byte budget. Small enough that a read
+# buffer is still in the CPU cache when its turn comes again: with two 8 MiB buffers the
+# kernel's copy into the buffer and the record scan after it went to memory (replay of the
+# standard capture without output: 226 ms with 8 MiB chunks, 150 ms with 2 MiB, same load).
+DEFAULT_CHUNK_SIZE = 2 << 20
 DEFAULT_BATCH_PACKETS = 65536
 DEFAULT_SNAPLEN = 262144  # tcpdump's default, also used when a file says 0
 MAX_RECORD = 16 << 20  # a captured length beyond this is a damaged file, whatever the snaplen
