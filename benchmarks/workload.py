@@ -618,6 +618,20 @@ def write_capture(spec: WorkloadSpec, flows: list[Flow], chosen: list[tuple[int,
     random_ = rng.random
     getrandbits = rng.getrandbits
     reply_share = spec.reply_share
+
+    def start_packet(us: int, eth: bytes, total_len: int, ip_sum: int, ip_id: int) -> int:
+        """Index entry, record header and Ethernet header of an IPv4 packet of total_len bytes
+        at `us`; returns its IP header checksum (ip_sum: the partial sum of the fixed fields)."""
+        t = ip_sum + total_len + ip_id
+        t = (t & 0xFFFF) + (t >> 16)
+        t = (t & 0xFFFF) + (t >> 16)
+        caplen = 14 + total_len
+        add_offset(len(out) + 16)
+        add_length(caplen)
+        add_stamp((CAPTURE_EPOCH_US + us) * 1000)
+        append(pack_record(CAPTURE_EPOCH_S + us // 1_000_000, us % 1_000_000, caplen, caplen))
+        append(eth)
+        return ~t & 0xFFFF
     counts = {"tcp": 0, "udp": 0, "forward": 0, "reply": 0, "syn": 0, "fin": 0}
     for event in events:
         index = event & mask
@@ -664,16 +678,8 @@ def write_capture(spec: WorkloadSpec, flows: list[Flow], chosen: list[tuple[int,
             s = (s & 0xFFFF) + (s >> 16)
             s = (s & 0xFFFF) + (s >> 16)
             l4_csum = ~s & 0xFFFF
-            t = ip_sum + total_len + ip_id
-            t = (t & 0xFFFF) + (t >> 16)
-            t = (t & 0xFFFF) + (t >> 16)
-            caplen = 14 + total_len
-            add_offset(len(out) + 16)
-            add_length(caplen)
-            add_stamp((CAPTURE_EPOCH_US + us) * 1000)
-            append(pack_record(CAPTURE_EPOCH_S + us // 1_000_000, us % 1_000_000, caplen, caplen))
-            append(eth)
-            append(pack_tcp(0x45, 0, total_len, ip_id, 0x4000, 64, PROTO_TCP, ~t & 0xFFFF,
+            ip_csum = start_packet(us, eth, total_len, ip_sum, ip_id)
+            append(pack_tcp(0x45, 0, total_len, ip_id, 0x4000, 64, PROTO_TCP, ip_csum,
                             saddr, daddr, sport, dport, seq, ack, off_flags, window, l4_csum, 0))
             if options:
                 append(options)
@@ -691,16 +697,8 @@ def write_capture(spec: WorkloadSpec, flows: list[Flow], chosen: list[tuple[int,
             s = (s & 0xFFFF) + (s >> 16)
             s = (s & 0xFFFF) + (s >> 16)
             l4_csum = ~s & 0xFFFF or 0xFFFF
-            t = ip_sum + total_len + ip_id
-            t = (t & 0xFFFF) + (t >> 16)
-            t = (t & 0xFFFF) + (t >> 16)
-            caplen = 14 + total_len
-            add_offset(len(out) + 16)
-            add_length(caplen)
-            add_stamp((CAPTURE_EPOCH_US + us) * 1000)
-            append(pack_record(CAPTURE_EPOCH_S + us // 1_000_000, us % 1_000_000, caplen, caplen))
-            append(eth)
-            append(pack_udp(0x45, 0, total_len, ip_id, 0x4000, 64, PROTO_UDP, ~t & 0xFFFF,
+            ip_csum = start_packet(us, eth, total_len, ip_sum, ip_id)
+            append(pack_udp(0x45, 0, total_len, ip_id, 0x4000, 64, PROTO_UDP, ip_csum,
                             saddr, daddr, sport, dport, l4_len, l4_csum))
             append(payload)
             counts["udp"] += 1

@@ -44,6 +44,21 @@ SCAN_NEED_MORE = _SCAN_NEED_MORE
 SCAN_BAD_RECORD = _SCAN_BAD_RECORD
 RECORD_HEADER = _RECORD_HEADER
 
+
+class TimestampError(OverflowError):
+    """A timestamp no pcap record header of the output encoding can hold (build_records).
+
+    `index` is the packet's index in the batch, `timestamp_ns` its timestamp.
+    """
+
+    def __init__(self, index, timestamp_ns, nanosecond):
+        unit = "nanosecond" if nanosecond else "microsecond"
+        super().__init__(f"packet {index}: timestamp {timestamp_ns} ns does not fit a pcap record "
+                         f"header (past 2106 by more than its 32-bit {unit} field holds)")
+        self.index = index
+        self.timestamp_ns = timestamp_ns
+
+
 cdef array.array _u64_template = _array_module.array("Q")
 cdef array.array _u32_template = _array_module.array("I")
 
@@ -146,7 +161,9 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     A record header is rebuilt from the arrays in the `out_flags` encoding, except its timestamp
     fields: when the batch's header slots use the same encoding (`batch_flags` == `out_flags`)
     and decode to timestamps_ns[i], they are copied verbatim, so a rewritten file keeps even
-    non-canonical fields (a microsecond field >= 10**6) byte for byte.
+    non-canonical fields (a microsecond field >= 10**6) byte for byte. Otherwise a timestamp past
+    the last second a 32-bit seconds field holds (2106) is carried into the fraction field, as
+    such a non-canonical input had it; TimestampError when even that field cannot hold it.
     """
     cdef Py_ssize_t n = offsets.shape[0]
     if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
@@ -161,22 +178,18 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     cdef const uint8_t* src = &buf[0] if buf.shape[0] > 0 else NULL
     cdef uint64_t buf_len = <uint64_t>buf.shape[0]
     cdef Py_ssize_t i, bad = -1, total = 0, kept = 0
-    cdef uint64_t max_ts = (<uint64_t>0xFFFFFFFF) * _NS_PER_S + (_NS_PER_S - 1)
 
     # Pass 1: validate (never copy from outside buf) and size the output.
     with nogil:
         for i in range(start, stop):
             if has_verdicts and verdicts[i] >= _VERDICT_DROP:
                 continue
-            if offsets[i] > buf_len or lengths[i] > buf_len - offsets[i] or timestamps_ns[i] > max_ts:
+            if offsets[i] > buf_len or lengths[i] > buf_len - offsets[i]:
                 bad = i
                 break
             total += _RECORD_HEADER + lengths[i]
             kept += 1
     if bad >= 0:
-        if timestamps_ns[bad] > max_ts:
-            raise ValueError(f"packet {bad}: timestamp {timestamps_ns[bad]} ns is past 2106, "
-                             "beyond a pcap record's 32-bit seconds")
         raise ValueError(f"packet {bad}: [{offsets[bad]}, +{lengths[bad]}) is outside the "
                          f"{buf_len}-byte batch buffer")
     if len(out) < total:
@@ -185,8 +198,10 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
 
     # Pass 2: copy.
     cdef bint big = (out_flags & _HDR_BIG_ENDIAN) != 0
+    cdef bint nano = (out_flags & _HDR_NANOSECOND) != 0
     cdef bint reuse = batch_flags == out_flags
-    cdef uint64_t ts, off
+    cdef uint64_t ts, off, sec, frac
+    cdef uint64_t max_u32 = 0xFFFFFFFF
     cdef uint32_t caplen
     cdef Py_ssize_t pos = 0
     with nogil:
@@ -199,14 +214,77 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
             if reuse and off >= _RECORD_HEADER and _decode_ts(src + off - _RECORD_HEADER, batch_flags) == ts:
                 memcpy(dst + pos, src + off - _RECORD_HEADER, 8)
             else:
-                _store32(dst + pos, <uint32_t>(ts // _NS_PER_S), big)
-                if out_flags & _HDR_NANOSECOND:
-                    _store32(dst + pos + 4, <uint32_t>(ts % _NS_PER_S), big)
-                else:
-                    _store32(dst + pos + 4, <uint32_t>((ts % _NS_PER_S) // 1000), big)
+                sec = ts // _NS_PER_S
+                frac = ts % _NS_PER_S
+                if sec > max_u32:
+                    # Past 2106: the last second's fraction field takes the rest (what a
+                    # non-canonical input record read this way had), if it fits.
+                    sec = max_u32
+                    frac = ts - sec * _NS_PER_S
+                if not nano:
+                    frac //= 1000
+                if frac > max_u32:
+                    bad = i
+                    break
+                _store32(dst + pos, <uint32_t>sec, big)
+                _store32(dst + pos + 4, <uint32_t>frac, big)
             _store32(dst + pos + 8, caplen, big)
             _store32(dst + pos + 12, wire_lengths[i], big)
             if caplen:
                 memcpy(dst + pos + _RECORD_HEADER, src + off, caplen)
             pos += _RECORD_HEADER + caplen
+    if bad >= 0:
+        raise TimestampError(bad, timestamps_ns[bad], nano)
     return pos, kept
+
+
+def verbatim_span(const uint8_t[::1] buf, const uint64_t[::1] offsets,
+                  const uint32_t[::1] lengths, const uint32_t[::1] wire_lengths,
+                  const uint64_t[::1] timestamps_ns, const uint8_t[::1] verdicts,
+                  int batch_flags, int out_flags, Py_ssize_t start=0, Py_ssize_t stop=-1):
+    """(begin, end) when buf[begin:end] is exactly what build_records would write for packets
+    start..stop-1, else None.
+
+    That is when none of them is dropped (`verdicts` may be None), their records lie back to
+    back in buf, and each header slot holds its record's header in the output encoding (same
+    caplen, original length and timestamp as the arrays): a batch read from a pcap file and
+    written in its own encoding, nothing dropped. The caller then writes that span of the input
+    buffer as it is instead of building a copy. None for an empty range too.
+    """
+    cdef Py_ssize_t n = offsets.shape[0]
+    if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
+        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
+    cdef bint has_verdicts = verdicts is not None
+    if has_verdicts and verdicts.shape[0] != n:
+        raise ValueError(f"{verdicts.shape[0]} verdicts for {n} packets")
+    if stop < 0:
+        stop = n
+    if start < 0 or start > stop or stop > n:
+        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    if start == stop or batch_flags < 0 or batch_flags != out_flags:
+        return None
+    if offsets[start] < _RECORD_HEADER:
+        return None
+    cdef const uint8_t* src = &buf[0] if buf.shape[0] > 0 else NULL
+    cdef uint64_t buf_len = <uint64_t>buf.shape[0]
+    cdef bint big = (out_flags & _HDR_BIG_ENDIAN) != 0
+    cdef uint64_t expected = offsets[start], off
+    cdef const uint8_t* hdr
+    cdef Py_ssize_t i
+    cdef bint ok = True
+    with nogil:
+        for i in range(start, stop):
+            off = offsets[i]
+            if (off != expected or off > buf_len or lengths[i] > buf_len - off
+                    or (has_verdicts and verdicts[i] >= _VERDICT_DROP)):
+                ok = False
+                break
+            hdr = src + off - _RECORD_HEADER
+            if (_load32(hdr + 8, big) != lengths[i] or _load32(hdr + 12, big) != wire_lengths[i]
+                    or _decode_ts(hdr, out_flags) != timestamps_ns[i]):
+                ok = False
+                break
+            expected = off + lengths[i] + _RECORD_HEADER
+    if not ok:
+        return None
+    return offsets[start] - _RECORD_HEADER, offsets[stop - 1] + lengths[stop - 1]

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 from array import array
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,62 @@ def test_non_canonical_timestamp_fields_are_copied_verbatim(tmp_path):
     assert (tmp_path / "out.pcap").read_bytes() == src.read_bytes()
 
 
+# The last second a 32-bit seconds field holds (2106-02-07T06:28:15Z), with a microsecond field of
+# 2**32 - 1: a timestamp past 2106 that a classic pcap record still holds.
+LAST_SECOND = 0xFFFFFFFF
+PAST_2106_NS = LAST_SECOND * 10**9 + 0xFFFFFFFF * 1000
+
+
+def _past_2106_capture(path) -> bytes:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    records = (struct.pack("<IIII", 1_700_000_000, 5, 3, 3) + b"abc"
+               + struct.pack("<IIII", LAST_SECOND, 0xFFFFFFFF, 2, 2) + b"de")
+    path.write_bytes(header + records)
+    return records
+
+
+def test_timestamp_past_2106_in_the_last_seconds_fraction_is_written_back(tmp_path):
+    src = tmp_path / "in.pcap"
+    records = _past_2106_capture(src)
+    got, _ = read_all(src)
+    assert got == [(1_700_000_000_000_005_000, b"abc", 3), (PAST_2106_NS, b"de", 2)]
+    copy_capture(src, tmp_path / "same.pcap")
+    assert (tmp_path / "same.pcap").read_bytes() == src.read_bytes()
+    # Another encoding that can hold it: the fraction field carries the excess, as it came.
+    with open_capture(src) as reader:
+        info = dataclasses.replace(reader.info, byteorder=">")
+        with open_output(tmp_path / "be.pcap", like=info) as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+            writer.write_packet(PAST_2106_NS, b"reply")
+    body = (tmp_path / "be.pcap").read_bytes()[24:]
+    assert body[:19] == struct.pack(">IIII", 1_700_000_000, 5, 3, 3) + b"abc"
+    assert body[19:37] == struct.pack(">IIII", LAST_SECOND, 0xFFFFFFFF, 2, 2) + b"de"
+    assert read_all(tmp_path / "be.pcap")[0] == got + [(PAST_2106_NS, b"reply", 5)]
+    assert len(records) == 37
+
+
+def test_timestamp_no_pcap_record_holds_is_a_one_line_capture_error(tmp_path):
+    src = tmp_path / "in.pcap"
+    _past_2106_capture(src)
+    out = tmp_path / "ns.pcap"
+    with open_capture(src) as reader:
+        info = dataclasses.replace(reader.info, nanosecond=True)  # 4294967295000 ns > 2**32
+        with pytest.raises(CaptureError) as error:
+            with open_output(out, like=info) as writer:
+                for batch in reader.batches(max_packets=1):
+                    writer.write_batch(batch)
+    message = str(error.value)
+    assert message.startswith(f"{src}: packet 2 cannot be written to {out}: ")
+    assert "\n" not in message
+    assert str(PAST_2106_NS) in message
+    assert not out.exists() and _leftovers(tmp_path) == []
+    info = CaptureInfo("pcap", 1, 65535, False, "<")
+    with open_output(tmp_path / "x.pcap", like=info) as writer:
+        with pytest.raises(CaptureError, match=r"x\.pcap: cannot write record 1: "):
+            writer.write_packet(LAST_SECOND * 10**9 + 2**32 * 1000, b"x")
+
+
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 17, 100, 1515, 9016, 9017, 1 << 20])
 def test_records_cut_by_chunk_ends_are_carried_over(tmp_path, chunk_size):
     packets = make_packets(120, seed=3)
@@ -181,6 +238,126 @@ def test_in_place_rewrites_reach_the_output(tmp_path):
             writer.write_batch(batch)
     got, _ = read_all(tmp_path / "out.pcap")
     assert [d for _, d, _ in got] == [b"\xee" + bytes([i]) * 19 for i in range(10)]
+
+
+def _small_packets(n: int, seed: int) -> list[tuple[int, bytes, int]]:
+    rng = random.Random(seed)
+    return [(10**18 + i * 1000, rng.randbytes(rng.randrange(40, 600)), 600) for i in range(n)]
+
+
+def test_streaming_reads_reuse_two_buffers_and_held_batches_stay_valid(tmp_path, monkeypatch):
+    packets = _small_packets(300, seed=16)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    capture_module = sys.modules["fastpath.capture"]
+    chunks = []  # the read buffers made, by size
+
+    def counting(*args):
+        if args and args[0] >= 4096:
+            chunks.append(args[0])
+        return bytearray(*args)
+
+    monkeypatch.setattr(capture_module, "bytearray", counting, raising=False)
+    with open_capture(src, chunk_size=4096) as reader:
+        got = [p for batch in reader.batches(max_packets=5) for p in batch.packets()]
+    assert got == [(ts, data) for ts, data, _ in packets]
+    assert len(chunks) == 2  # then they take turns, over ~40 chunks
+
+    chunks.clear()
+    with open_capture(src, chunk_size=4096) as reader:
+        batches = reader.batches(max_packets=5)
+        held = next(batches)  # keeps the first buffer out of the turns
+        want = list(held.packets())
+        got = [p for batch in batches for p in batch.packets()]
+        assert list(held.packets()) == want
+    assert want + got == [(ts, data) for ts, data, _ in packets]
+    assert len(chunks) == 3
+
+
+def test_bytes_read_counts_captured_bytes(tmp_path):
+    packets = make_packets(50, seed=17)
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets))
+    (tmp_path / "a.pcapng").write_bytes(pcapng_bytes(packets))
+    for name in ("a.pcap", "a.pcapng"):
+        _, reader = read_all(tmp_path / name, chunk_size=3000, max_packets=7)
+        assert reader.bytes_read == sum(len(data) for _, data, _ in packets)
+
+
+@pytest.mark.parametrize(("byteorder", "nanosecond"), VARIANTS, ids=VARIANT_IDS)
+def test_verbatim_span_is_what_build_records_writes(tmp_path, byteorder, nanosecond):
+    packets = make_packets(30, seed=18, nanosecond=nanosecond)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, byteorder, nanosecond))
+    with open_capture(src) as reader:
+        (batch,) = reader.batches()
+    flags = batch.header_flags
+    arrays = (batch.buf, batch.offsets, batch.lengths, batch.wire_lengths, batch.timestamps_ns)
+    keep = array("B", [PASS] * batch.count)
+    for start, stop in [(0, 30), (0, 1), (7, 19), (29, 30)]:
+        begin, end = _pcap.verbatim_span(*arrays, keep, flags, flags, start, stop)
+        out = bytearray()
+        nbytes, kept = _pcap.build_records(*arrays, keep, flags, flags, out, start, stop)
+        assert bytes(batch.buf[begin:end]) == bytes(out[:nbytes]) and kept == stop - start
+    assert _pcap.verbatim_span(*arrays, None, flags, flags) is not None
+    assert _pcap.verbatim_span(*arrays, keep, flags, flags, 5, 5) is None  # nothing to write
+    assert _pcap.verbatim_span(*arrays, keep, flags, flags ^ _pcap.HDR_BIG_ENDIAN) is None
+    dropped = array("B", keep)
+    dropped[12] = DROP
+    assert _pcap.verbatim_span(*arrays, dropped, flags, flags) is None
+    assert _pcap.verbatim_span(*arrays, dropped, flags, flags, 13, 30) is not None
+    # Arrays that no longer match the header slots: build_records rewrites, so no span.
+    for name, i, value in [("timestamps_ns", 3, 5), ("lengths", 4, 0), ("wire_lengths", 5, 1)]:
+        changed = dict(zip(("offsets", "lengths", "wire_lengths", "timestamps_ns"), arrays[1:]))
+        changed[name] = array(changed[name].typecode, changed[name])
+        changed[name][i] = value
+        assert _pcap.verbatim_span(batch.buf, *changed.values(), keep, flags, flags) is None
+    # Packets not back to back (a library batch reorders or skips): no span.
+    offsets = array("Q", batch.offsets)
+    offsets[1], offsets[2] = offsets[2], offsets[1]
+    assert _pcap.verbatim_span(batch.buf, offsets, *arrays[2:], keep, flags, flags, 0, 3) is None
+    library = Batch.from_packets(packets)  # header slots empty: header_flags -1
+    assert _pcap.verbatim_span(library.buf, library.offsets, library.lengths,
+                               library.wire_lengths, library.timestamps_ns, None, -1, -1) is None
+
+
+def test_batches_without_drops_are_written_from_the_input_buffer(tmp_path, monkeypatch):
+    packets = make_packets(60, seed=19)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, ">", False))
+    built = []
+    real = _pcap.build_records
+    monkeypatch.setattr(_pcap, "build_records", lambda *a: built.append(a) or real(*a))
+    # Batches of 6: packet 13 dropped (batch 2); every other batch is kept whole.
+    copy_capture(src, tmp_path / "out.pcap", drop=lambda i: i == 13, max_packets=6)
+    assert len(built) == 1
+    kept = [p for i, p in enumerate(packets) if i != 13]
+    assert (tmp_path / "out.pcap").read_bytes() == pcap_bytes(kept, ">", False)
+
+
+def test_replay_output_and_stats_do_not_depend_on_the_write_path(tmp_path, monkeypatch):
+    from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
+
+    from fastpath.dataplane import Dataplane
+    from fastpath.replay import replay
+
+    rng = random.Random(20)
+    maps = random_maps(rng)
+    packets = random_traffic(maps, rng, 1500)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    spans = []
+    real = _pcap.verbatim_span
+    monkeypatch.setattr(_pcap, "verbatim_span", lambda *a: spans.append(real(*a)) or spans[-1])
+    fast = replay(src, tmp_path / "fast.pcap", Dataplane(maps), batch_packets=40)
+    assert any(span is not None for span in spans) and any(span is None for span in spans)
+    monkeypatch.setattr(_pcap, "verbatim_span", lambda *a: None)  # always build_records
+    slow = replay(src, tmp_path / "slow.pcap", Dataplane(maps), batch_packets=40)
+    assert (tmp_path / "fast.pcap").read_bytes() == (tmp_path / "slow.pcap").read_bytes()
+    written, _ = read_all(tmp_path / "fast.pcap")
+    assert fast.verdicts["DROP"] + fast.verdicts["REJECT"] > 0
+    assert fast.packets_written == slow.packets_written == len(written)
+    assert fast.bytes == slow.bytes == sum(len(data) for _, data in packets)
+    assert fast.packets == len(packets)
 
 
 # --- damaged and odd files ------------------------------------------------------------------
@@ -482,6 +659,62 @@ def test_pcap_to_pcapng_and_back(tmp_path):
             for batch in reader.batches():
                 w.write_batch(batch)
     assert (tmp_path / "c.pcap").read_bytes() == (tmp_path / "a.pcap").read_bytes()
+
+
+def test_pcapng_timestamp_beyond_2_64_ns_is_a_capture_error(tmp_path):
+    # Second resolution (if_tsresol 10**0): 64-bit timestamps reach far past 2**64 ns.
+    packets = [(10**9, b"early", 5), (2**63 * 10**9, b"late", 4)]
+    src = tmp_path / "far.pcapng"
+    src.write_bytes(pcapng_bytes(packets, tsresol_exp=0))
+    delivered = []
+    with open_capture(src) as reader:
+        with pytest.raises(CaptureError) as error:
+            for batch in reader.batches():
+                delivered += [batch.packet(i) for i in range(batch.count)]
+    assert delivered == [b"early"]
+    message = str(error.value)
+    assert message.startswith(f"{src}: packet 2: timestamp {2**63} in units of 1/1 s")
+    assert "\n" not in message
+
+
+def test_pcap_to_pcapng_keeps_an_original_length_of_zero(tmp_path):
+    packets = [(10**9, b"abcdef", 0), (2 * 10**9, b"xyz", 60), (3 * 10**9, b"", 0)]
+    (tmp_path / "a.pcap").write_bytes(pcap_bytes(packets, nanosecond=True))
+    with open_capture(tmp_path / "a.pcap") as reader:
+        info = dataclasses.replace(reader.info, format="pcapng")
+        with open_output(tmp_path / "b.pcapng", like=info) as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+            writer.write_packet(4 * 10**9, b"reply", 0)
+    want = packets + [(4 * 10**9, b"reply", 0)]
+    assert read_all(tmp_path / "b.pcapng")[0] == want
+    from scapy.utils import RawPcapNgReader  # an independent reader
+
+    with RawPcapNgReader(str(tmp_path / "b.pcapng")) as ng:
+        assert [(data, meta.wirelen) for data, meta in ng] == [(d, w) for _, d, w in want]
+
+
+def test_pcapng_packet_blocks_are_those_scapy_writes(tmp_path):
+    # Our packet blocks replaced scapy's: byte for byte the same whenever scapy kept the length.
+    from scapy.utils import RawPcapNgWriter
+
+    packets = [p for p in make_packets(40, seed=15) if p[2]]
+    batch = Batch.from_packets(packets)
+    for nanosecond in (False, True):
+        info = CaptureInfo("pcapng", 1, 65535, nanosecond)
+        with open_output(tmp_path / "ours.pcapng", like=info) as writer:
+            writer.write_batch(batch)
+        ours = (tmp_path / "ours.pcapng").read_bytes()
+        scapy_writer = RawPcapNgWriter(str(tmp_path / "scapy.pcapng"))
+        scapy_writer.linktype = 1
+        scapy_writer.tsresol = 10**9 if nanosecond else 10**6
+        scapy_writer.write_header(None)
+        start = scapy_writer.f.tell()
+        for ts, data, wire in packets:
+            scapy_writer.write_packet(data, sec=Fraction(ts, 10**9), caplen=len(data), wirelen=wire)
+        scapy_writer.f.close()
+        theirs = (tmp_path / "scapy.pcapng").read_bytes()[start:]
+        assert ours.endswith(theirs) and len(theirs) > 0
 
 
 # --- start-up cost --------------------------------------------------------------------------

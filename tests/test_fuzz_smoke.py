@@ -27,7 +27,8 @@ import make_corpus
 from fuzzinput import FuzzInput, GuardArena, RecordingInput
 from known_findings import KNOWN
 
-KNOWN_SIGNATURE = re.compile("|".join(f"(?:{sig})" for sig, _ in KNOWN.values()))
+# "(?!)" never matches: with no known finding, every finding fails (an empty pattern would match all).
+KNOWN_SIGNATURE = re.compile("|".join(f"(?:{sig})" for sig, _ in KNOWN.values()) or "(?!)")
 
 
 def sweep(body, inputs) -> dict[str, int]:
@@ -240,6 +241,21 @@ def test_guard_pages_fault_on_an_over_read():
     result = subprocess.run([sys.executable, "-c", code, str(FUZZ)], capture_output=True,
                             check=False)
     assert result.returncode < 0, "reading the byte after a slot did not fault"
+
+
+@pytest.mark.xfail(strict=True, reason="fuzzinput.ignoring builds its pattern from KNOWN without "
+                   "a guard: with KNOWN empty it is '', which matches every finding")
+def test_ignoring_no_known_findings_still_reports_the_others(monkeypatch):
+    import known_findings
+    from fuzzinput import ignoring
+
+    def body(data: bytes) -> None:
+        raise RuntimeError("a finding nobody reported")
+
+    monkeypatch.setattr(known_findings, "KNOWN", {})  # once every finding is fixed
+    monkeypatch.setenv("FASTPATH_FUZZ_IGNORE", "known")
+    with pytest.raises(RuntimeError):
+        ignoring(body)(b"")
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN))

@@ -13,6 +13,13 @@ SCAN_NEED_MORE: int
 SCAN_BAD_RECORD: int
 RECORD_HEADER: int  # 16
 
+class TimestampError(OverflowError):
+    """build_records: a timestamp no pcap record header of the output encoding can hold."""
+
+    index: int  # the packet's index in the batch
+    timestamp_ns: int
+    def __init__(self, index: int, timestamp_ns: int, nanosecond: bool) -> None: ...
+
 def scan_records(
     buf: Buffer,
     start: int,
@@ -38,4 +45,19 @@ def build_records(
     stop: int = -1,
 ) -> tuple[int, int]:
     """Write the records of packets start..stop-1 not dropped (verdict 3) to out:
-    (bytes written, packets written)."""
+    (bytes written, packets written). TimestampError for a timestamp the encoding cannot hold."""
+
+def verbatim_span(
+    buf: Buffer,
+    offsets: Buffer,
+    lengths: Buffer,
+    wire_lengths: Buffer,
+    timestamps_ns: Buffer,
+    verdicts: Buffer | None,
+    batch_flags: int,
+    out_flags: int,
+    start: int = 0,
+    stop: int = -1,
+) -> tuple[int, int] | None:
+    """(begin, end) when buf[begin:end] is what build_records would write for packets
+    start..stop-1 (none dropped, records back to back, headers already in out_flags form)."""

@@ -1,12 +1,17 @@
 """Output files written atomically: into a temporary file beside the target, renamed over it
 only once complete, so a failure or Ctrl-C never leaves a half-written file (and a file that was
-there before stays as it was). Shared by the capture writer, the trace writer and --stats."""
+there before stays as it was). Shared by the capture writer, the trace writer and --stats;
+AtomicWriter is the two writers' commit/abort lifecycle."""
 from __future__ import annotations
 
 import os
 import secrets
 import stat
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11 on
 
 
 def open_beside(path: str) -> tuple[int, str | None]:
@@ -59,3 +64,85 @@ def discard(file: IO[Any] | None, temporary: str | None) -> None:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+
+
+class AtomicWriter:
+    """The commit-on-success lifecycle shared by the capture and trace writers.
+
+    A subclass opens `_file` (through open_beside, keeping the temporary name in `_tmp`, or a
+    caller's stream with `_owned` False) and sets `path`. As a context manager it commits on
+    normal exit and discards everything on an exception (KeyboardInterrupt included); outside
+    `with`, call commit() then close(): close() without commit() discards the output, and so
+    does the garbage collector for a writer abandoned open.
+    """
+
+    _what = "writer"  # for the "already committed or closed" message
+
+    path: str | None
+    _file: IO[Any] | None
+
+    def __init__(self) -> None:
+        self._done = False
+        self._tmp: str | None = None
+        self._owned = True  # False: a caller's stream, flushed on commit, never closed
+        self._file = None
+
+    @property
+    def name(self) -> str:
+        """The path written, or a description of the stream."""
+        if self.path is not None:
+            return self.path
+        return str(getattr(self._file, "name", "<stream>"))
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise ValueError(f"{self.name}: {self._what} already committed or closed")
+
+    def commit(self) -> None:
+        """Flush, sync and move the output into place (a caller's stream: flush it)."""
+        self._check_open()
+        self._done = True
+        try:
+            assert self._file is not None
+            if self._owned:
+                assert self.path is not None
+                move_into_place(self._file, self._tmp, self.path)
+                self._tmp = None
+            else:
+                self._file.flush()
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        """Discard the output (the temporary file); a pre-existing target stays as it was."""
+        self._done = True
+        self._discard()
+
+    def close(self) -> None:
+        """Discard the output unless commit() was called."""
+        if not self._done:
+            self.abort()
+
+    def _discard(self) -> None:
+        discard(self._file if self._owned else None, self._tmp)
+        self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not self._done:
+            self.commit()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # An abandoned writer leaves no temporary file behind.
+        if getattr(self, "_done", True) is False:
+            self.abort()

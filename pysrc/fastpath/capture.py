@@ -16,11 +16,14 @@ per packet: the file is read in large chunks straight into a bytearray, the comp
 `fastpath._pcap` indexes the records in place (packet data stays where it was read, after its
 original record header) and builds the output records of a whole batch in one go. A record cut
 by the end of a chunk is carried into the next one, so memory stays bounded by the chunk size
-whatever the capture's size. Writing copies the original timestamp fields, so an unmodified
-replay reproduces the input byte for byte.
+whatever the capture's size; two buffers take turns, so a streaming read allocates nothing per
+chunk. Writing copies the original timestamp fields, so an unmodified replay reproduces the
+input byte for byte; a batch written in its own encoding with nothing dropped goes out straight
+from the input buffer, in one write.
 
-pcapng goes through scapy (imported only then: it costs 0.15-0.6 s to import), into the same
-batch layout, so the core sees identical packets, lengths and timestamps for the same traffic.
+pcapng is read through scapy (imported only then: it costs 0.15-0.6 s to import), into the same
+batch layout, so the core sees identical packets, lengths and timestamps for the same traffic;
+written with scapy's section and interface blocks and packet blocks of our own.
 Only one link type per capture is supported: a pcapng file whose interfaces have different
 link types is rejected (the core takes one link type per batch); split it per interface first.
 The pcapng output has one interface (link type, snaplen and timestamp resolution of the input);
@@ -35,15 +38,14 @@ import io
 import logging
 import os
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
-from types import TracebackType
 from typing import IO, Any, Literal, NoReturn, Union, cast
 
 from fastpath import _pcap
-from fastpath.atomicfile import discard, move_into_place, open_beside
+from fastpath.atomicfile import AtomicWriter, open_beside
 
 __all__ = [
     "Batch",
@@ -55,7 +57,11 @@ __all__ = [
     "open_output",
 ]
 
-DEFAULT_CHUNK_SIZE = 8 << 20  # bytes read per system call; also the pcapng batch byte budget
+# Bytes read per system call; also the pcapng batch byte budget. Small enough that a read
+# buffer is still in the CPU cache when its turn comes again: with two 8 MiB buffers the
+# kernel's copy into the buffer and the record scan after it went to memory (replay of the
+# standard capture without output: 226 ms with 8 MiB chunks, 150 ms with 2 MiB, same load).
+DEFAULT_CHUNK_SIZE = 2 << 20
 DEFAULT_BATCH_PACKETS = 65536
 DEFAULT_SNAPLEN = 262144  # tcpdump's default, also used when a file says 0
 MAX_RECORD = 16 << 20  # a captured length beyond this is a damaged file, whatever the snaplen
@@ -67,6 +73,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 Format = Literal["pcap", "pcapng"]
 
 _NS_PER_S = 1_000_000_000
+_MAX_TS_NS = (1 << 64) - 1  # timestamps are uint64 ns in a batch
+_MAX_U32 = 0xFFFFFFFF
 # magic as it appears in the file -> (byte order, nanosecond timestamps)
 _PCAP_MAGICS: dict[bytes, tuple[Literal["<", ">"], bool]] = {
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -76,6 +84,11 @@ _PCAP_MAGICS: dict[bytes, tuple[Literal["<", ">"], bool]] = {
 }
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type (a palindrome: both orders)
 _PCAP_FILE_HEADER = 24
+# pcapng enhanced packet block up to its data: type, total length, interface id, timestamp
+# (high, low), captured length, original length; the total length is repeated after the data.
+# Little-endian, like the section header scapy writes.
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_U32_LE = struct.Struct("<I")
 
 
 # Link types the core parses (pcap LINKTYPE_* numbers), by name for summaries.
@@ -131,10 +144,16 @@ class Batch:
     means the slots hold nothing. The core rewrites packets in place in `buf`.
 
     A batch read from a pcap file shares its buffer with the other batches of the same chunk;
-    it stays valid after the reader moves on (the reader never reuses a buffer).
+    it stays valid after the reader moves on (the reader reuses a buffer only once no batch of
+    it, nor any view of it, is alive).
+
+    A batch from a reader knows where it came from, so errors can name its packets: `source`
+    is the capture's path (None for a batch built otherwise) and `first_packet` the 1-based
+    number of its packet 0 in that capture.
     """
 
-    __slots__ = ("buf", "offsets", "lengths", "wire_lengths", "timestamps_ns", "header_flags")
+    __slots__ = ("buf", "offsets", "lengths", "wire_lengths", "timestamps_ns", "header_flags",
+                 "source", "first_packet")
 
     def __init__(
         self,
@@ -157,6 +176,14 @@ class Batch:
         self.wire_lengths = wire_lengths
         self.timestamps_ns = timestamps_ns
         self.header_flags = header_flags
+        self.source: str | None = None
+        self.first_packet = 1
+
+    def describe(self, i: int) -> str:
+        """Packet i for a message: "FILE: packet N" (its number in the capture) if known."""
+        if self.source is None:
+            return f"packet {i} of a batch"
+        return f"{self.source}: packet {self.first_packet + i}"
 
     @property
     def count(self) -> int:
@@ -213,8 +240,9 @@ class _BatchBuilder:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def take(self) -> Batch:
+    def take(self, source: str | None = None, first_packet: int = 1) -> Batch:
         batch = Batch(self.buf, self.offsets, self.lengths, self.timestamps_ns, self.wire_lengths)
+        batch.source, batch.first_packet = source, first_packet
         self.__init__()  # type: ignore[misc]
         return batch
 
@@ -229,8 +257,9 @@ class CaptureReader:
     Attributes: path, format ('pcap' | 'pcapng'), linktype, snaplen, nanosecond (timestamp
     resolution finer than microseconds), byteorder, info (a CaptureInfo for open_output),
     size_bytes (file size), position_bytes (bytes consumed so far, for progress),
-    packets_read, truncated_tail (None, or a one-line message when the file ends inside a
-    record: the complete packets before it were delivered) and truncated_bytes.
+    packets_read, bytes_read (captured bytes of those packets), truncated_tail (None, or a
+    one-line message when the file ends inside a record: the complete packets before it were
+    delivered) and truncated_bytes.
     """
 
     format: Format
@@ -244,6 +273,7 @@ class CaptureReader:
         self._file = file
         self.size_bytes = size
         self.packets_read = 0
+        self.bytes_read = 0
         self.truncated_tail: str | None = None
         self.truncated_bytes = 0
 
@@ -348,6 +378,9 @@ class _PcapReader(CaptureReader):
         self._max_caplen = min(max(snaplen, DEFAULT_SNAPLEN), MAX_RECORD)
         self._chunk_size = chunk_size
         self._buf = bytearray()
+        # The buffer before _buf, reused for the next chunk once no batch of it is alive.
+        self._spare: bytearray | None = None
+        self._probe = bytearray()  # held like _spare: its reference count is the baseline
         self._filled = 0  # valid bytes in _buf
         self._pos = 0  # next unconsumed byte in _buf
         self._base = _PCAP_FILE_HEADER  # file offset of _buf[0]
@@ -372,10 +405,14 @@ class _PcapReader(CaptureReader):
                 offsets, lengths, wires, stamps, pos, status, need = _pcap.scan_records(
                     self._buf, self._pos, self._filled, self._flags, self._max_caplen, max_packets
                 )
+                # The records scanned lie back to back: their data is all but the headers.
+                self.bytes_read += pos - self._pos - RECORD_HEADER * len(offsets)
                 self._pos = pos
                 if len(offsets):
+                    batch = Batch(self._buf, offsets, lengths, stamps, wires, self._flags)
+                    batch.source, batch.first_packet = self.path, self.packets_read + 1
                     self.packets_read += len(offsets)
-                    yield Batch(self._buf, offsets, lengths, stamps, wires, self._flags)
+                    yield batch
                 if status == _pcap.SCAN_BAD_RECORD:
                     raise CaptureError(
                         f"{self.path}: damaged record at byte offset {self.position_bytes}: "
@@ -399,17 +436,26 @@ class _PcapReader(CaptureReader):
             )
 
     def _refill(self, need: int) -> bool:
-        """Start a new buffer with the unconsumed tail, then read; returns True at EOF.
+        """Move the unconsumed tail to the start of the next buffer, then read; True at EOF.
 
-        A fresh buffer each time (rather than one reused) keeps earlier batches valid; the old
-        one is freed as soon as nobody holds those batches.
+        Two buffers take turns, so a streaming read allocates (and zero-fills) no memory per
+        chunk. The previous one is reused only when nothing references it any more (its
+        batches were dropped): a batch still held keeps its buffer, and a new one is made.
         """
         carry = self._filled - self._pos
         size = max(self._chunk_size, need, carry + 1)
-        buf = bytearray(size)
+        spare, probe = self._spare, self._probe
+        # spare and probe are referenced alike here (an attribute, a local, the argument):
+        # equal counts mean no batch or view holds spare.
+        if spare is not None and len(spare) >= size and \
+                sys.getrefcount(spare) == sys.getrefcount(probe):
+            buf, size = spare, len(spare)
+        else:
+            buf = bytearray(size)
         buf[:carry] = memoryview(self._buf)[self._pos : self._filled]
         got = _readinto_full(self._file, memoryview(buf)[carry:])
         self._base += self._pos
+        self._spare = self._buf
         self._buf, self._pos, self._filled = buf, 0, carry + got
         return carry + got < size
 
@@ -496,7 +542,7 @@ class _PcapngReader(CaptureReader):
             data, meta = self._pending
             if meta.linktype != self.linktype:
                 if len(builder):
-                    yield builder.take()
+                    yield self._take(builder)
                 raise CaptureError(
                     f"{self.path}: interfaces with different link types ({self.linktype} and "
                     f"{meta.linktype}) after {self.packets_read} packets; split the capture per "
@@ -506,14 +552,26 @@ class _PcapngReader(CaptureReader):
                 ts_ns = 0
             else:
                 ts_ns = ((meta.tshigh << 32) | meta.tslow) * _NS_PER_S // meta.tsresol
+                if ts_ns > _MAX_TS_NS:  # a coarse if_tsresol lets 64 bits go past 2**64 ns
+                    if len(builder):
+                        yield self._take(builder)
+                    raise CaptureError(
+                        f"{self.path}: packet {self.packets_read + 1}: timestamp "
+                        f"{(meta.tshigh << 32) | meta.tslow} in units of 1/{meta.tsresol} s is past "
+                        "2**64 ns since 1970 (the year 2554), beyond what fastpath handles"
+                    )
             builder.add(ts_ns, data, meta.wirelen)
             self.packets_read += 1
+            self.bytes_read += len(data)
             if len(builder) >= max_packets or len(builder.buf) >= self._chunk_size:
-                yield builder.take()
+                yield self._take(builder)
             self._pending = self._next_packet()
         if len(builder):
-            yield builder.take()
+            yield self._take(builder)
         self._check_tail()
+
+    def _take(self, builder: _BatchBuilder) -> Batch:
+        return builder.take(self.path, self.packets_read - len(builder) + 1)
 
     def _check_tail(self) -> None:
         """scapy reports a cut or damaged block as a plain end of file: walk the blocks after
@@ -559,7 +617,7 @@ class _PcapngReader(CaptureReader):
 # Writing
 
 
-class CaptureWriter:
+class CaptureWriter(AtomicWriter):
     """Writes a capture atomically: to a temporary file beside `path`, renamed over it on commit.
 
     As a context manager it commits on normal exit and discards everything on an exception
@@ -568,14 +626,14 @@ class CaptureWriter:
     A target that exists and is not a regular file (/dev/null, a FIFO) is written in place.
     """
 
+    path: str
+
     def __init__(self, path: PathLike, info: CaptureInfo) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
-        self._done = False
-        self._tmp: str | None = None
-        self._file: IO[bytes] | None = None
         self._ng: Any = None
         if info.format not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {info.format!r}")
@@ -608,12 +666,28 @@ class CaptureWriter:
         self._check_open()
         stop = batch.count if stop is None else stop
         if self._ng is None:
-            nbytes, kept = _pcap.build_records(
+            span = _pcap.verbatim_span(
                 batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
                 batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
-                self._out, start, stop,
+                start, stop,
             )
-            self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
+            if span is not None:
+                # Nothing dropped, headers as they are to be written: one write of the input.
+                self._file.write(memoryview(batch.buf)[span[0] : span[1]])  # type: ignore[union-attr]
+                kept = stop - start
+            else:
+                try:
+                    nbytes, kept = _pcap.build_records(
+                        batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
+                        batch.timestamps_ns, verdicts, batch.header_flags,
+                        self.info.header_flags, self._out, start, stop,
+                    )
+                except _pcap.TimestampError as error:
+                    raise CaptureError(
+                        f"{batch.describe(error.index)} cannot be written to {self.path}: "
+                        + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
+                    ) from None
+                self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
         else:
             if verdicts is not None and len(verdicts) != batch.count:
                 raise ValueError(f"{len(verdicts)} verdicts for {batch.count} packets")
@@ -631,12 +705,16 @@ class CaptureWriter:
         """Write one record (e.g. a generated reply) after what was written so far."""
         self._check_open()
         wire_len = len(data) if wire_len is None else wire_len
+        if ts_ns < 0:
+            raise ValueError(f"negative timestamp {ts_ns} ns")
         if self._ng is None:
-            sec, frac = divmod(ts_ns, _NS_PER_S)
-            if not self.info.nanosecond:
-                frac //= 1000
-            if not 0 <= sec <= 0xFFFFFFFF:
-                raise ValueError(f"timestamp {ts_ns} ns does not fit a pcap record")
+            fields = _pcap_time_fields(ts_ns, self.info.nanosecond)
+            if fields is None:
+                raise CaptureError(
+                    f"{self.path}: cannot write record {self.packets_written + 1}: "
+                    + _beyond_pcap(ts_ns, self.info.nanosecond)
+                )
+            sec, frac = fields
             order = self.info.byteorder
             self._file.write(struct.pack(order + "IIII", sec, frac, len(data), wire_len))  # type: ignore[union-attr]
             self._file.write(data)  # type: ignore[union-attr]
@@ -645,57 +723,18 @@ class CaptureWriter:
         self.packets_written += 1
 
     def _write_ng(self, ts_ns: int, data: bytes, wire_len: int) -> None:
-        # A Fraction keeps the timestamp exact through scapy's `int(timestamp * tsresol)`.
-        self._ng.write_packet(data, sec=Fraction(ts_ns, _NS_PER_S), caplen=len(data), wirelen=wire_len)
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise ValueError(f"{self.path}: writer already committed or closed")
-
-    def commit(self) -> None:
-        """Flush, sync and move the output into place."""
-        self._check_open()
-        self._done = True
-        try:
-            assert self._file is not None
-            move_into_place(self._file, self._tmp, self.path)
-            self._tmp = None
-        except BaseException:
-            self._discard()
-            raise
-
-    def abort(self) -> None:
-        """Discard the output (the temporary file); a pre-existing target stays as it was."""
-        self._done = True
-        self._discard()
-
-    def close(self) -> None:
-        """Discard the output unless commit() was called."""
-        if not self._done:
-            self.abort()
-
-    def _discard(self) -> None:
-        discard(self._file, self._tmp)
-        self._tmp = None
-
-    def __enter__(self) -> CaptureWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and not self._done:
-            self.commit()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        # An abandoned writer leaves no temporary file behind.
-        if getattr(self, "_done", True) is False:
-            self.abort()
+        # The enhanced packet block is built here: scapy's writer would write the captured
+        # length as the original length when the latter is 0.
+        if ts_ns > _MAX_TS_NS:  # only from write_packet: batches hold uint64 timestamps
+            raise CaptureError(f"{self.path}: cannot write record {self.packets_written + 1}: its "
+                               f"timestamp ({ts_ns} ns since 1970) is past 2**64 ns")
+        units = ts_ns if self.info.nanosecond else ts_ns // 1000  # the interface's if_tsresol
+        pad = -len(data) % 4
+        total = 32 + len(data) + pad
+        self._file.write(  # type: ignore[union-attr]
+            _EPB_HEAD.pack(6, total, 0, units >> 32, units & _MAX_U32, len(data), wire_len)
+            + data + bytes(pad) + _U32_LE.pack(total)
+        )
 
 
 def open_output(
@@ -715,6 +754,26 @@ def open_output(
     else:
         info = CaptureInfo(*like)
     return CaptureWriter(path, info)
+
+
+def _pcap_time_fields(ts_ns: int, nanosecond: bool) -> tuple[int, int] | None:
+    """(seconds, fraction) of a pcap record header for ts_ns, None if it cannot hold it.
+
+    The same rule as fastpath._pcap.build_records: past 2106 the last second's fraction field
+    takes the rest, as a non-canonical input record read this way had it.
+    """
+    sec, frac = divmod(ts_ns, _NS_PER_S)
+    if sec > _MAX_U32:
+        sec, frac = _MAX_U32, ts_ns - _MAX_U32 * _NS_PER_S
+    if not nanosecond:
+        frac //= 1000
+    return (sec, frac) if frac <= _MAX_U32 else None
+
+
+def _beyond_pcap(ts_ns: int, nanosecond: bool) -> str:
+    unit = "nanosecond" if nanosecond else "microsecond"
+    return (f"its timestamp ({ts_ns} ns since 1970) is past 2106 by more than a pcap record's "
+            f"32-bit {unit} field holds")
 
 
 def _pcap_file_header(info: CaptureInfo) -> bytes:

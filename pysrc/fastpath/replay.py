@@ -88,6 +88,7 @@ def replay(
             linktype=reader.linktype,
         )
         total = reader.size_bytes
+        replies = 0
         writer = tracer = None
         try:
             writer = open_output(output, like=reader) if output is not None else None
@@ -106,10 +107,7 @@ def replay(
                 if tracer is not None:
                     tracer.write_batch(batch, result)
                 stats.packets += batch.count
-                stats.packets_written += (batch.count - result.verdicts.count(Verdict.DROP)
-                                          - result.verdicts.count(Verdict.REJECT)
-                                          + len(result.replies))
-                stats.bytes += sum(batch.lengths)
+                replies += len(result.replies)
                 if progress is not None:
                     progress(reader.position_bytes, total, stats.packets)
             if writer is not None:
@@ -122,8 +120,12 @@ def replay(
             if tracer is not None and tracer is not trace:
                 tracer.close()
         stats.truncated_tail = reader.truncated_tail
+        stats.bytes = reader.bytes_read
     stats.elapsed_s = time.perf_counter() - started
     _fill_counts(stats, before, dataplane.counters())
+    # From the core's verdict counters: no pass over each batch's verdicts here.
+    stats.packets_written = (stats.packets - stats.verdicts.get(Verdict.DROP.name, 0)
+                             - stats.verdicts.get(Verdict.REJECT.name, 0) + replies)
     return stats
 
 

@@ -39,10 +39,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from types import TracebackType
 from typing import IO, Any, Union
 
-from fastpath.atomicfile import discard, move_into_place, open_beside
+from fastpath.atomicfile import AtomicWriter, open_beside
 from fastpath.maps import Maps, family_of, format_address, format_endpoint
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
 
@@ -102,7 +101,7 @@ def trace_fields(maps: Maps, verdict: int, reason: int, service: int, backend: i
     return fields
 
 
-class TraceWriter:
+class TraceWriter(AtomicWriter):
     """Writes a JSON Lines trace of a replay, one line per packet, a batch at a time.
 
     destination: a path (written atomically: a temporary file beside it, renamed over it on
@@ -115,17 +114,18 @@ class TraceWriter:
     set_maps() after Dataplane.update() so later lines use the new names.
     """
 
+    _what = "trace writer"
+    _file: Any
+
     def __init__(self, destination: PathLike | IO[str] | IO[bytes], maps: Maps) -> None:
+        super().__init__()
         self.lines_written = 0
         self._maps = maps
         self._suffixes: dict[tuple[int, int, int, int, int, bool], str] = {}
-        self._done = False
-        self._tmp: str | None = None
-        self._owned = False
-        self._file: Any = None
         self._binary = False
         if hasattr(destination, "write"):
-            self.path: str | None = None
+            self.path = None
+            self._owned = False
             self._file = destination
             self._binary = not isinstance(destination, io.TextIOBase) and (
                 isinstance(destination, (io.RawIOBase, io.BufferedIOBase))
@@ -135,14 +135,6 @@ class TraceWriter:
             self.path = os.fspath(destination)  # type: ignore[arg-type]
             fd, self._tmp = open_beside(self.path)
             self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=_BUFFER)
-            self._owned = True
-
-    @property
-    def name(self) -> str:
-        """The path written, or a description of the stream."""
-        if self.path is not None:
-            return self.path
-        return str(getattr(self._file, "name", "<stream>"))
 
     def set_maps(self, maps: Maps) -> None:
         """Use these maps (names of service and backend ids) for the packets written from now on."""
@@ -187,54 +179,3 @@ class TraceWriter:
         suffix = json.dumps(trace_fields(self._maps, *key), ensure_ascii=False)[1:]
         self._suffixes[key] = suffix
         return suffix
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise ValueError(f"{self.name}: trace writer already committed or closed")
-
-    def commit(self) -> None:
-        """Flush (and sync), and move the trace into place."""
-        self._check_open()
-        self._done = True
-        try:
-            if self._owned:
-                assert self.path is not None
-                move_into_place(self._file, self._tmp, self.path)
-                self._tmp = None
-            else:
-                self._file.flush()
-        except BaseException:
-            self._discard()
-            raise
-
-    def abort(self) -> None:
-        """Discard the trace (the temporary file); a pre-existing target stays as it was."""
-        self._done = True
-        self._discard()
-
-    def close(self) -> None:
-        """Discard the trace unless commit() was called."""
-        if not self._done:
-            self.abort()
-
-    def _discard(self) -> None:
-        discard(self._file if self._owned else None, self._tmp)
-        self._tmp = None
-
-    def __enter__(self) -> TraceWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and not self._done:
-            self.commit()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_done", True) is False:
-            self.abort()
