@@ -36,7 +36,7 @@ from nat cimport (
     translate_icmp_error,
 )
 from wire cimport (
-    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_FLOW_RATE, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
+    CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_FLOW_RATE, DROP_UNALLOCATED_SERVICE_IP, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
     DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, DROP_TRUNCATED, ETH_P_IP, ETH_P_IPV6, FRAG_DNAT,
     FRAG_DROP, FRAG_REVNAT, ICMP_ERROR_FORWARD, ICMP_ERROR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
     NEW_FLOW, PARSED, PARSED_FRAGMENT, PARSED_ICMP_ERROR, PASS_FRAGMENT, PASS_NO_SERVICE,
@@ -133,6 +133,8 @@ ctypedef struct Maps:
     uint32_t n_local_ips
     Prefix* pod_cidrs
     uint32_t n_pod_cidrs
+    Prefix* service_cidrs           # ServiceCIDRs: unallocated addresses in them are dropped
+    uint32_t n_service_cidrs
     bint pod_cidrs_v4               # pod_cidrs has a prefix of that family
     bint pod_cidrs_v6
     bint masquerade_all
@@ -175,6 +177,7 @@ REASON_NUMBERS = {
     "ICMP_ERROR_REPLY": ICMP_ERROR_REPLY, "FRAG_DNAT": FRAG_DNAT, "FRAG_REVNAT": FRAG_REVNAT,
     "FRAG_DROP": FRAG_DROP, "DROP_FRAG_NOT_FOUND": DROP_FRAG_NOT_FOUND,
     "PASS_FRAGMENT": PASS_FRAGMENT, "DROP_FLOW_RATE": DROP_FLOW_RATE,
+    "DROP_UNALLOCATED_SERVICE_IP": DROP_UNALLOCATED_SERVICE_IP,
 }
 VERDICT_NUMBERS = {"PASS": VERDICT_PASS, "DNAT": VERDICT_DNAT, "REVNAT": VERDICT_REVNAT,
                    "DROP": VERDICT_DROP, "REJECT": VERDICT_REJECT}
@@ -202,6 +205,7 @@ VERDICT_OF[FRAG_DROP] = VERDICT_DROP
 VERDICT_OF[DROP_FRAG_NOT_FOUND] = VERDICT_DROP
 VERDICT_OF[PASS_FRAGMENT] = VERDICT_PASS
 VERDICT_OF[DROP_FLOW_RATE] = VERDICT_DROP
+VERDICT_OF[DROP_UNALLOCATED_SERVICE_IP] = VERDICT_DROP
 
 
 def verdict_of_reason(int reason):
@@ -222,6 +226,7 @@ cdef void maps_free(Maps* m) noexcept nogil:
     free(m.backends)
     free(m.local_ips)
     free(m.pod_cidrs)
+    free(m.service_cidrs)
     memset(m, 0, sizeof(Maps))
 
 
@@ -681,6 +686,8 @@ cdef class Engine:
         if index < 0:
             if frontend_map_get(&m.service_ips, frontend_key(&dst, 0, 0)) >= 0:
                 return REJECT_UNKNOWN_PORT
+            if in_prefixes(&dst, m.service_cidrs, m.n_service_cidrs):
+                return DROP_UNALLOCATED_SERVICE_IP
             return PASS_NO_SERVICE
         cdef FrontendEntry* frontend = &m.frontends[index]
         cdef ServiceEntry* service = &m.services[frontend.service]
@@ -877,8 +884,9 @@ cdef _build_maps(Maps* m, maps):
     m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
     m.local_ips = <Addr*>calloc(len(node.local_ips) + 1, sizeof(Addr))
     m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
+    m.service_cidrs = <Prefix*>calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
     if not (m.frontends and m.ranges and m.services and m.slots and m.backends and m.local_ips
-            and m.pod_cidrs):
+            and m.pod_cidrs and m.service_cidrs):
         raise MemoryError("cannot allocate the service maps")
     m.n_services = n_services
     m.n_backends = n_backends
@@ -931,6 +939,9 @@ cdef _build_maps(Maps* m, maps):
         m.pod_cidrs[i] = _prefix(network, length)
         m.pod_cidrs_v6 = m.pod_cidrs_v6 or network >= IPV6
         m.pod_cidrs_v4 = m.pod_cidrs_v4 or network < IPV6
+    m.n_service_cidrs = len(node.service_cidrs)
+    for i, (network, length) in enumerate(node.service_cidrs):
+        m.service_cidrs[i] = _prefix(network, length)
     if frontend_map_init(&m.frontend_ips, n_frontends + len(node.service_ips)) != 0:
         raise MemoryError("cannot allocate the frontend address set")
     for ip in node.service_ips:

@@ -29,7 +29,8 @@ cdef enum:
     DROP_FRAG_NOT_FOUND = 19
     PASS_FRAGMENT = 20
     DROP_FLOW_RATE = 21
-    REASON_COUNT = 22
+    DROP_UNALLOCATED_SERVICE_IP = 22
+    REASON_COUNT = 23
     # Not reasons: what the parser found, for the engine to go on with.
     PARSED = 255            # IPv4 TCP/UDP/SCTP, parsed up to the ports
     PARSED_ICMP_ERROR = 254 # an ICMP error: parse_quoted() reads the packet it quotes

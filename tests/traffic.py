@@ -123,6 +123,9 @@ def random_maps(rng: random.Random, n_services: int = 24, n_backends: int = 40, 
         masquerade_all=rng.random() < 0.2,
         service_ips=tuple(f.ip for f in frontends[::2]),
     )
+    if node.primary_ip:  # (decided without a draw: the traffic stays what it was)
+        # Service CIDRs: frontend addresses outside service_ips become unallocated-drops.
+        node = replace(node, service_cidrs=((int(ipaddress.IPv4Address("10.96.0.0")), 24),))
     if ipv6:
         node = add_ipv6(side_rng(rng, "ipv6 maps"), services, frontends, backends, node)
     return Maps(services=services, frontends=frontends, backends=backends, node=node)
@@ -185,6 +188,7 @@ def add_ipv6(rng: random.Random, services: list, frontends: list, backends: list
         # Every other ClusterIP-ish address, and one with no frontend at all.
         service_ips=(*node.service_ips, *(f.ip for f in mine[::2] if f.ip >= VIP6_BASE),
                      VIP6_BASE + 0xFFFF),
+        service_cidrs=(*node.service_cidrs, (VIP6_BASE, 112)) if node.service_cidrs else (),
     )
 
 

@@ -139,6 +139,8 @@ class NodeView:
     # rejected, like kube-proxy does.
     service_ips: tuple[int, ...] = ()
     primary_ip6: int = 0  # IPv6 masquerade address (an IPV6-tagged address); 0: none
+    # ServiceCIDR prefixes: a new flow to an address in them that no service has is dropped.
+    service_cidrs: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -195,3 +197,5 @@ class Maps:
         _check_address(node.primary_ip6, "node.primary_ip6")
         for prefix in node.pod_cidrs:
             _check_prefix(prefix, "node.pod_cidrs")
+        for prefix in node.service_cidrs:
+            _check_prefix(prefix, "node.service_cidrs")

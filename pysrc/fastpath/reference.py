@@ -9,8 +9,8 @@ Python interface (identical for both engines)
 Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None, new_flow_rate=0)
                    ct_capacity >= 1; new_flow_rate 0 (guard off) .. 10**9 (see step d2)
   .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
-                   a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges or
-                   node.pod_cidrs -> ValueError
+                   a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges,
+                   node.pod_cidrs or node.service_cidrs -> ValueError
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
                     "backends": [n for id 1..], "conntrack": {...}, "affinity": {...},
@@ -100,7 +100,8 @@ Per TCP/UDP IPv4 packet with key K = (src ip, dst ip, src port, dst port, proto)
 New flows (policy is in the maps; the core follows these steps in this order)
 --------------------------------------------------------------------------------
  a. Frontend lookup (dst ip, dst port, proto). Miss: dst in node.service_ips ->
-    REJECT_UNKNOWN_PORT, else PASS_NO_SERVICE.
+    REJECT_UNKNOWN_PORT; else dst in a node.service_cidrs prefix (an address of the service
+    CIDRs no service has) -> DROP_UNALLOCATED_SERVICE_IP (trace zeros); else PASS_NO_SERVICE.
  b. The frontend has source_ranges and src ip is in none of them -> DROP_SOURCE_RANGE.
     (src is in (network, length) when their top `length` bits are equal; length 0: every src.)
  c. The service's cluster set (Service.backends) is empty -> REJECT_NO_ENDPOINT.
@@ -1329,6 +1330,7 @@ class ReferenceEngine:
         for frontend in maps.frontends:
             _check_prefixes(frontend.source_ranges, f"frontend {frontend}: source_ranges")
         _check_prefixes(maps.node.pod_cidrs, "node.pod_cidrs")
+        _check_prefixes(maps.node.service_cidrs, "node.service_cidrs")
 
         old = self._maps
         if old is None:
@@ -1647,6 +1649,8 @@ class ReferenceEngine:
         if frontend is None:
             if p.daddr in self._service_ips:
                 return Reason.REJECT_UNKNOWN_PORT, 0, 0, 0
+            if _in_any_prefix(p.daddr, node.service_cidrs):
+                return Reason.DROP_UNALLOCATED_SERVICE_IP, 0, 0, 0
             return Reason.PASS_NO_SERVICE, 0, 0, 0
         service_id = frontend.service
         service = maps.services[service_id - 1]

@@ -43,6 +43,7 @@ class Reason(enum.IntEnum):
     DROP_FRAG_NOT_FOUND = 19  # later fragment to a service address, its first fragment unseen
     PASS_FRAGMENT = 20  # later fragment, first fragment unseen, not to a service address
     DROP_FLOW_RATE = 21  # new flow refused: conntrack full and the new-flow rate guard spent
+    DROP_UNALLOCATED_SERVICE_IP = 22  # to an address in a service CIDR that no service has
 
 
 VERDICT_OF_REASON: dict[Reason, Verdict] = {
@@ -68,6 +69,7 @@ VERDICT_OF_REASON: dict[Reason, Verdict] = {
     Reason.DROP_FRAG_NOT_FOUND: Verdict.DROP,
     Reason.PASS_FRAGMENT: Verdict.PASS,
     Reason.DROP_FLOW_RATE: Verdict.DROP,
+    Reason.DROP_UNALLOCATED_SERVICE_IP: Verdict.DROP,
 }
 
 
