@@ -6,7 +6,10 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
 `x_cat` (the case's median over it) in extra_info.
 
   library_to_file     fastpath.replay(capture, output, Dataplane(maps)): pcap read, core, pcap
-                      write (the Dataplane with an empty conntrack is built in untimed setup)
+                      write (the Dataplane with an empty conntrack is built in untimed setup);
+                      nothing is dropped, so every batch goes out straight from the input buffer
+  library_to_file_built  the same with every batch copied by fastpath._pcap.build_records, the
+                      path of a batch with a dropped packet (verbatim_span stubbed out)
   library_no_output   the same with output=None: read and core only
   cli                 `python -m fastpath replay CAPTURE --cluster YAML -o OUT -q` in a
                       subprocess: interpreter start-up, imports, YAML load and compile, replay
@@ -78,6 +81,15 @@ def test_library_to_file(benchmark, maps, workload_files, tmpfs_capture, tmpfs_d
                          rounds):
     stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "replayed.pcap", rounds(5))
     assert stats.packets == workload_files.meta["capture"]["packets"]
+    _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
+
+
+def test_library_to_file_built(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir,
+                               cat_seconds, rounds, monkeypatch):
+    from fastpath import _pcap
+
+    monkeypatch.setattr(_pcap, "verbatim_span", lambda *args: None)
+    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "built.pcap", rounds(5))
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
 
 
