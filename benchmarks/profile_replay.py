@@ -6,15 +6,16 @@ Runs fastpath.replay(CAPTURE, OUT, Dataplane(workload maps)) with timers wrapped
 parts (monkeypatched for this process only), best of --rounds:
 
   read: syscalls     the file reads (capture._readinto_full)
-  read: buffers      the rest of _PcapReader._refill: a new zero-filled 8 MB bytearray per
-                     chunk and the carried tail
+  read: buffers      the rest of _PcapReader._refill: taking one of the two reused 2 MiB read
+                     buffers (a fresh one only while a caller still holds the other) and the
+                     carried tail
   read: scan         fastpath._pcap.scan_records (the record index of each batch)
   core               Engine.process (the compiled loop, GIL released)
   dataplane wrapper  Dataplane.process minus the core: result arrays, the REJECT scan
   write: build       fastpath._pcap.build_records (output records into one buffer)
   write: syscalls    the buffered file's write() calls, and commit (flush, fsync, rename)
-  python rest        replay() minus all of the above: the loop, per-batch stats (two
-                     array.count(Verdict.X) and sum(batch.lengths) per batch), counters
+  python rest        replay() minus all of the above: the loop, per-batch stats (from the
+                     core's verdict counters), progress
 
 CAPTURE defaults to the workload's capture copied to /dev/shm (OUT there too), as in
 bench_replay.py; the copy is removed at the end.
