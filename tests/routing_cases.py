@@ -61,6 +61,8 @@ VIP = "10.96.0.10"  # ClusterIP of most services
 LB = "198.51.100.1"  # load-balancer ingress IP
 LB2 = "198.51.100.2"
 XIP = "192.0.2.10"  # an external IP (spec.externalIPs)
+SERVICE_CIDR = "10.96.0.0/16"  # a ServiceCIDR holding VIP (and the other ClusterIPs below)
+UNALLOCATED = "10.96.0.99"  # inside SERVICE_CIDR, the ClusterIP of no service
 NP = 30080  # nodePort
 
 ZONES = {"node-a": "zone-a", "node-b": "zone-b", "node-c": "zone-a"}
@@ -87,6 +89,8 @@ VIP6 = "fd00:10:96::10"
 LB6 = "2001:db8:51::1"
 LB6_2 = "2001:db8:51::2"
 XIP6 = "2001:db8:2::10"
+SERVICE_CIDR6 = "fd00:10:96::/112"
+UNALLOCATED6 = "fd00:10:96::99"
 
 
 def at(port: int, *ips: str) -> frozenset[str]:
@@ -273,6 +277,15 @@ NODES = (
 )
 
 
+def service_cidr(name: str, *cidrs: str, version: str = "v1") -> dict:
+    """A ServiceCIDR (cluster-scoped) as `kubectl get servicecidrs -o json` prints it."""
+    return {"apiVersion": f"networking.k8s.io/{version}", "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": list(cidrs)},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "",
+                                       "message": "Kubernetes Service CIDR is ready",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+
+
 def cluster(*objects: dict, config: dict | None = None, nodes: tuple[dict, ...] = NODES) -> tuple[dict, ...]:
     """The standard nodes and kube-proxy configuration plus `objects`."""
     return (*nodes, config if config is not None else proxy_config(), *objects)
@@ -454,6 +467,8 @@ RULES = {
     "verdict.itp-local-drop": "internalTrafficPolicy Local without local endpoint: ClusterIP traffic DROPped",
     "verdict.etp-local-drop": "externalTrafficPolicy Local without local endpoint: external traffic DROPped",
     "verdict.unknown-port": "ClusterIP on a port/protocol the service lacks: REJECT",
+    "verdict.unallocated-service-ip": "address inside a ServiceCIDR that no service has: DROP "
+                                      "(no ServiceCIDR objects: passes)",
     "verdict.source-ranges": "loadBalancerSourceRanges on LB IPs (whitespace, /0, other family, node IP rule)",
     "verdict.pass": "anything not addressed to a frontend passes untouched",
     # Set and masquerade
@@ -1044,6 +1059,44 @@ CASES: list[Case] = [
          flows(EXT, LB, 443, PASS),
          flows(EXT, NODE_A, 30041, PASS),
          flows(EXT, "10.96.0.40", 443, REJECT)),
+    case("unallocated-service-ip-drops", "verdict.unallocated-service-ip verdict.unknown-port verdict.pass",
+         cluster(WEB, WEB_SLICE, service_cidr("kubernetes", SERVICE_CIDR)),
+         flows(POD, UNALLOCATED, 80, DROP),
+         flows(NODE_A, UNALLOCATED, 80, DROP),
+         flows(NODE_A_EXT, UNALLOCATED, 443, DROP),
+         flows(EXT, UNALLOCATED, 443, DROP),
+         udp(POD, UNALLOCATED, 53, DROP),
+         sctp(POD, UNALLOCATED, 3868, DROP),
+         flows(POD, "10.96.255.255", 80, DROP),  # the last address of the range
+         flows(POD, VIP, 81, REJECT),  # an allocated ClusterIP on a port it lacks: still REJECT
+         udp(EXT, VIP, 80, REJECT),
+         flows(POD, VIP, 80, reach(ALL3)),
+         flows(POD, "10.97.0.1", 80, PASS),  # just outside the range
+         flows(EXT, "10.95.255.255", 80, PASS),
+         flows(POD, E2, 8080, PASS)),
+    case("unallocated-service-ip-every-service-cidr", "verdict.unallocated-service-ip verdict.pass",
+         cluster(WEB, WEB_SLICE, service_cidr("kubernetes", SERVICE_CIDR),
+                 service_cidr("extra", "10.200.0.0/24", version="v1beta1")),
+         flows(POD, "10.200.0.7", 80, DROP),
+         flows(EXT, UNALLOCATED, 80, DROP),
+         flows(POD, "10.200.1.7", 80, PASS),
+         flows(POD, VIP, 80, reach(ALL3))),
+    case("unallocated-service-ip-without-service-cidr-passes", "verdict.unallocated-service-ip verdict.pass",
+         cluster(WEB, WEB_SLICE),
+         flows(POD, UNALLOCATED, 80, PASS),
+         flows(NODE_A, UNALLOCATED, 80, PASS),
+         flows(EXT, UNALLOCATED, 80, PASS),
+         flows(POD, VIP, 81, REJECT)),
+    case("unallocated-service-ip-allocated-by-update", "verdict.unallocated-service-ip",
+         cluster(WEB, WEB_SLICE, service_cidr("kubernetes", SERVICE_CIDR)),
+         flows(POD, UNALLOCATED, 80, DROP, label="before"),
+         Update(cluster(WEB, WEB_SLICE, service_cidr("kubernetes", SERVICE_CIDR),
+                        svc("late", port(80, target=8080), ip=UNALLOCATED), three("late"))),
+         flows(POD, UNALLOCATED, 80, reach(ALL3)),
+         flows(POD, UNALLOCATED, 81, REJECT),
+         Update(cluster(WEB, WEB_SLICE)),  # the ServiceCIDR is gone: nothing is dropped for it
+         flows(POD, UNALLOCATED, 80, PASS),
+         flows(POD, "10.96.0.11", 80, PASS)),
 
     # ------------------------------------------------------------------ loadBalancerSourceRanges
     case("source-ranges-inside", "verdict.source-ranges",
@@ -1500,6 +1553,35 @@ IPV6_CASES: list[Case] = [
          flows(POD6, VIP6, 81, REJECT),
          udp(POD6, VIP6, 80, REJECT),
          flows(POD6, "fd00:10:96::99", 80, PASS)),
+    case("ipv6-unallocated-service-ip-drops", "verdict.unallocated-service-ip verdict.unknown-port verdict.pass",
+         dual_cluster(WEB_DS, *both("web"), service_cidr("kubernetes", SERVICE_CIDR, SERVICE_CIDR6)),
+         flows(POD6, UNALLOCATED6, 80, DROP),
+         flows(NODE_A6, UNALLOCATED6, 80, DROP),
+         flows(NODE_A6_EXT, UNALLOCATED6, 443, DROP),
+         flows(EXT6, UNALLOCATED6, 443, DROP),
+         udp(POD6, UNALLOCATED6, 53, DROP),
+         sctp(EXT6, UNALLOCATED6, 3868, DROP),
+         flows(POD6, "fd00:10:96::ffff", 80, DROP),  # the last address of the range
+         flows(POD6, VIP6, 81, REJECT),  # an allocated ClusterIP on a port it lacks: still REJECT
+         udp(EXT6, VIP6, 80, REJECT),
+         flows(POD6, VIP6, 80, reach(ALL3_6)),
+         flows(POD6, "fd00:10:96::1:0", 80, PASS),  # just outside the range
+         flows(EXT6, "fd00:10:97::99", 80, PASS),
+         flows(POD6, E2_6, 8080, PASS),
+         flows(POD, UNALLOCATED, 80, DROP),  # the IPv4 half of the same ServiceCIDR
+         flows(EXT, UNALLOCATED, 80, DROP)),
+    case("ipv6-unallocated-service-ip-one-family-cidr", "verdict.unallocated-service-ip verdict.pass",
+         dual_cluster(WEB_DS, *both("web"), service_cidr("kubernetes", SERVICE_CIDR6, version="v1beta1")),
+         flows(POD6, UNALLOCATED6, 80, DROP),
+         flows(EXT6, UNALLOCATED6, 80, DROP),
+         flows(POD, UNALLOCATED, 80, PASS),  # no IPv4 service CIDR
+         flows(POD, VIP, 81, REJECT)),
+    case("ipv6-unallocated-service-ip-without-service-cidr-passes", "verdict.unallocated-service-ip verdict.pass",
+         dual_cluster(WEB_DS, *both("web")),
+         flows(POD6, UNALLOCATED6, 80, PASS),
+         flows(NODE_A6, UNALLOCATED6, 80, PASS),
+         flows(EXT6, UNALLOCATED6, 80, PASS),
+         flows(POD6, VIP6, 81, REJECT)),
 
     # ------------------------------------------------------------------ NodePort
     case("ipv6-nodeport-from-external", "frontend.node-port masq.external-cluster node.addresses",

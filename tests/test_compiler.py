@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -1278,3 +1279,52 @@ def test_conntrack_timeouts_only_those_set() -> None:
     result = compile_objects([proxy_config(conntrack={"udpStreamTimeout": "2m"})])
     assert result.timeouts_s == {}
     assert "conntrack.udpStreamTimeout is not used: the core has one UDP timeout (udpTimeout)" in result.notes
+
+
+# ServiceCIDR -------------------------------------------------------------------------------
+
+
+def service_cidr(name: str, *cidrs: str, version: str = "v1") -> dict[str, Any]:
+    return {"apiVersion": f"networking.k8s.io/{version}", "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": list(cidrs)}}
+
+
+def test_service_cidrs_of_every_service_cidr_object_both_families() -> None:
+    result = compile_objects([
+        node("n1"), dual_svc(),
+        service_cidr("kubernetes", "10.96.0.0/12", "fd00:10:96::/112"),
+        service_cidr("extra", "10.200.0.0/16", version="v1beta1"),
+        service_cidr("overlap", "10.96.0.0/12"),  # the same range twice is one prefix
+    ])
+    assert result.maps.node.service_cidrs == (
+        (ip("10.96.0.0"), 12), (ip("10.200.0.0"), 16), (ip("fd00:10:96::"), 112))
+    # ClusterIPs stay service_ips (their unknown ports REJECT); the CIDRs only add the DROP
+    assert result.maps.node.service_ips == (ip("10.96.0.10"), ip("fd00:10:96::10"))
+    assert ("service CIDRs 10.96.0.0/12, 10.200.0.0/16, fd00:10:96::/112 (ServiceCIDRs extra, kubernetes, "
+            "overlap): new flows to an address in them that no service has are dropped") in result.notes
+    assert result.skipped == Counter() and result.warnings == ()
+
+
+def test_service_cidrs_ipv6_only_and_without_services() -> None:
+    result = compile_objects([service_cidr("kubernetes", "fd00:10:96::/108")])
+    assert result.maps.node.service_cidrs == ((ip("fd00:10:96::"), 108),)
+    assert result.maps.services == [] and result.maps.frontends == []
+    assert ("service CIDRs fd00:10:96::/108 (ServiceCIDR kubernetes): new flows to an address in them "
+            "that no service has are dropped") in result.notes
+
+
+def test_without_service_cidr_objects_nothing_changes() -> None:
+    objects = [node("n1"), dual_svc()]
+    plain = compile_objects(objects)
+    assert plain.maps.node.service_cidrs == ()
+    assert not any("service CIDR" in note for note in plain.notes)
+    with_cidrs = compile_objects([*objects, service_cidr("kubernetes", "10.96.0.0/12")])
+    assert with_cidrs.maps.node == replace(plain.maps.node, service_cidrs=((ip("10.96.0.0"), 12),))
+    assert (with_cidrs.maps.services, with_cidrs.maps.frontends, with_cidrs.maps.backends) == (
+        plain.maps.services, plain.maps.frontends, plain.maps.backends)
+
+
+def test_bad_service_cidr_is_a_cluster_error() -> None:
+    with pytest.raises(ClusterError, match=r"^<memory>: ServiceCIDR kubernetes: spec.cidrs\[0\]: must be a CIDR "
+                                           r'such as 10.0.0.0/8, got "10.96.0.0"$'):
+        compile_objects([service_cidr("kubernetes", "10.96.0.0")])

@@ -499,3 +499,68 @@ def test_cli_ipv6(dual_state):
                       "--dst", f"[{NODE6}]:30443")
     assert result.returncode == 1 and "different IP families" in result.stderr
     assert "[IPv6]:PORT" in fastpath("explain", "--help").stdout
+
+
+# --------------------------------------------------------------------------- service CIDRs
+
+
+@pytest.fixture(scope="module")
+def cidr_state() -> ClusterState:
+    """A dual-stack ClusterIP service inside a ServiceCIDR of both families, seen from node-a."""
+    return ClusterState.from_objects([
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+         "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                                  {"type": "InternalIP", "address": "fd00:192:168::1"}]}},
+        {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+         "clusterCIDR": "10.244.0.0/16,fd00:10:244::/56"},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
+         "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112"]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::10"],
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        *({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
+           "metadata": {"name": f"web-{family}", "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": "web"}},
+           "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+           "endpoints": [{"addresses": [address], "nodeName": "node-a"}]}
+          for family, address in (("IPv4", "10.244.1.7"), ("IPv6", "fd00:10:244:1::7"))),
+    ])
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_unallocated_service_ip_is_dropped(cidr_state, core):
+    for src, dst, cidr in (("10.244.1.9:1", "10.96.0.99:80", "10.96.0.0/16"),
+                           ("[2001:db8::1]:1", "[fd00:10:96::99]:443", "fd00:10:96::/112")):
+        answer = explain(cidr_state, src, dst, node="node-a", core=core)
+        address = dst.rsplit(":", 1)[0].strip("[]")
+        assert (answer.verdict, answer.reason) == ("DROP", "DROP_UNALLOCATED_SERVICE_IP")
+        assert answer.frontend is None and answer.reply is None and answer.endpoints == []
+        assert answer.summary == "DROP: unallocated service IP (inside a service CIDR, no service has it)"
+        assert answer.rule is not None and "service CIDR" in answer.rule and "dropped" in answer.rule
+        inside = f"{address} is inside the service CIDR {cidr} (ServiceCIDR kubernetes)"
+        assert answer.notes == [f"{inside}, but no service has this address"]
+        text = answer.render()
+        assert "DROP (DROP_UNALLOCATED_SERVICE_IP)" in text and f"service CIDR {cidr}" in text
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_service_cidr_leaves_cluster_ips_and_other_addresses_alone(cidr_state, core):
+    served = explain(cidr_state, "10.244.1.9:1", "10.96.0.10:80", node="node-a", core=core)
+    assert served.verdict == "DNAT" and served.backend == "10.244.1.7:8080"
+    for dst in ("10.96.0.10:81", "[fd00:10:96::10]:81"):  # a ClusterIP on a port it lacks: still REJECT
+        src = "10.244.1.9:1" if "[" not in dst else "[fd00:10:244:1::9]:1"
+        rejected = explain(cidr_state, src, dst, node="node-a", core=core)
+        assert (rejected.verdict, rejected.reason) == ("REJECT", "REJECT_UNKNOWN_PORT")
+        assert not any("service CIDR" in note for note in rejected.notes)
+    for src, dst in (("10.244.1.9:1", "10.97.0.1:80"), ("[2001:db8::1]:1", "[fd00:10:96::1:0]:80")):
+        passed = explain(cidr_state, src, dst, node="node-a", core=core)
+        assert (passed.verdict, passed.reason, passed.notes) == ("PASS", "PASS_NO_SERVICE", [])
+
+
+def test_without_service_cidrs_an_unallocated_address_passes(cidr_state):
+    from dataclasses import replace
+
+    state = replace(cidr_state, service_cidrs=())
+    answer = explain(state, "10.244.1.9:1", "10.96.0.99:80", node="node-a")
+    assert (answer.verdict, answer.reason) == ("PASS", "PASS_NO_SERVICE")
+    assert answer.summary == "not a service address: passes untouched"

@@ -20,6 +20,7 @@ from fastpath.model import (
     LoadBalancerIngress,
     NodeAddress,
     ObjectReference,
+    ServiceCIDR,
     ServicePort,
     load_cluster,
     parse_cidr,
@@ -420,6 +421,89 @@ def test_node_and_proxy_config_errors() -> None:
     config = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
               "bindAddress": "0.0.0.0:10249"}
     assert error_of([config]).endswith('bindAddress: must be an IP address, got "0.0.0.0:10249"')
+
+
+SERVICE_CIDRS_YAML = """\
+apiVersion: v1
+items:
+- apiVersion: networking.k8s.io/v1
+  kind: ServiceCIDR
+  metadata:
+    creationTimestamp: "2025-05-01T10:00:00Z"
+    finalizers:
+    - networking.k8s.io/service-cidr-finalizer
+    generation: 1
+    labels:
+      kubernetes.io/service-ip-repair-controller: "true"
+    name: kubernetes
+    resourceVersion: "17"
+    uid: 0d3c9e8a-6f1e-4c2b-9a57-1e3b0c2d4f60
+  spec:
+    cidrs:
+    - 10.96.0.0/12
+    - fd00:10:96::/112
+  status:
+    conditions:
+    - lastTransitionTime: "2025-05-01T10:00:01Z"
+      message: Kubernetes Service CIDR is ready
+      reason: ""
+      status: "True"
+      type: Ready
+- apiVersion: networking.k8s.io/v1beta1
+  kind: ServiceCIDR
+  metadata:
+    name: extra-v6
+  spec:
+    cidrs:
+    - 2001:db8:96::/108
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+
+def service_cidr(name: str = "kubernetes", *cidrs: Any, api_version: str = "networking.k8s.io/v1") -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": list(cidrs)}}
+
+
+def test_service_cidrs_as_kubectl_prints_them(tmp_path: Path) -> None:
+    state = load_cluster([write(tmp_path, "servicecidrs.yaml", SERVICE_CIDRS_YAML)])
+    assert state.service_cidrs == (ServiceCIDR("kubernetes", ("10.96.0.0/12", "fd00:10:96::/112")),
+                                   ServiceCIDR("extra-v6", ("2001:db8:96::/108",)))
+    assert state.skipped == Counter()  # understood, no longer skipped
+    # Normalised like other CIDRs: host bits masked off, leading zeros decimal, one of each family.
+    (parsed,) = ClusterState.from_objects([service_cidr("k", "fd00:10:96::1/112", "10.096.0.1/12")]).service_cidrs
+    assert parsed.cidrs == ("fd00:10:96::/112", "10.96.0.0/12")
+    assert ClusterState.from_objects([]).service_cidrs == ()
+
+
+def test_service_cidr_errors() -> None:
+    assert error_of([service_cidr("kubernetes", "10.96.0.0/33")]) == (
+        '<memory>: ServiceCIDR kubernetes: spec.cidrs[0]: must be a CIDR such as 10.0.0.0/8, got "10.96.0.0/33"')
+    assert error_of([service_cidr("kubernetes", "10.96.0.0/12", "fd00:10:96::")]) == (
+        '<memory>: ServiceCIDR kubernetes: spec.cidrs[1]: must be a CIDR such as 10.0.0.0/8, got "fd00:10:96::"')
+    assert error_of([service_cidr("kubernetes", "10.96.0.0/12", 7)]).endswith("spec.cidrs[1]: must be a CIDR "
+                                                                             "such as 10.0.0.0/8, got 7")
+    assert error_of([service_cidr("two", "10.96.0.0/12", "10.100.0.0/16")]) == (
+        '<memory>: ServiceCIDR two: spec.cidrs: must hold at most one CIDR per family, '
+        'got ["10.96.0.0/12", "10.100.0.0/16"]')
+    assert error_of([service_cidr("empty")]) == "<memory>: ServiceCIDR empty: spec.cidrs: must hold at least one CIDR"
+    no_spec = service_cidr("bare")
+    del no_spec["spec"]
+    assert error_of([no_spec]) == "<memory>: ServiceCIDR bare: spec.cidrs: must hold at least one CIDR"
+    one = service_cidr("flat")
+    one["spec"]["cidrs"] = "10.96.0.0/12"
+    assert error_of([one]) == '<memory>: ServiceCIDR flat: spec.cidrs: must be a list, got "10.96.0.0/12"'
+    assert error_of([service_cidr("old", "10.96.0.0/12", api_version="networking.k8s.io/v1alpha2")]) == (
+        "<memory>: ServiceCIDR old: apiVersion: must be networking.k8s.io/v1 or networking.k8s.io/v1beta1, "
+        'got "networking.k8s.io/v1alpha2"')
+    assert error_of([service_cidr("", "10.96.0.0/12")]) == "<memory>: ServiceCIDR (no name): metadata.name: required"
+    assert error_of([service_cidr("k", "10.96.0.0/12"), service_cidr("k", "10.97.0.0/16")]) == (
+        "<memory>: ServiceCIDR k: duplicate object (appears twice in this file)")
+    # Another API group's ServiceCIDR is not ours.
+    other = service_cidr("k", "10.96.0.0/12", api_version="example.com/v1")
+    assert ClusterState.from_objects([other]).skipped == Counter({"ServiceCIDR (example.com/v1)": 1})
 
 
 def test_kube_proxy_configuration_node_fields() -> None:

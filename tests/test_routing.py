@@ -831,7 +831,7 @@ def test_ipv6_scenarios_cover_the_ipv6_rules() -> None:
     wanted = {"frontend.cluster-ips", "frontend.node-port", "frontend.lb-ingress", "frontend.external-ips",
               "masq.cluster-ip", "masq.external-cluster", "masq.etp-local", "masq.hairpin",
               "verdict.reject-no-endpoint", "verdict.itp-local-drop", "verdict.etp-local-drop",
-              "verdict.unknown-port", "verdict.source-ranges", "verdict.pass", "node.nodeport-addresses",
-              "node.local-detect", "affinity.client-ip", "ct.reply", "ct.udp-reselect", "endpoint.pods",
-              "topology.zone", "set.cluster", "set.local"}
+              "verdict.unknown-port", "verdict.unallocated-service-ip", "verdict.source-ranges", "verdict.pass",
+              "node.nodeport-addresses", "node.local-detect", "affinity.client-ip", "ct.reply", "ct.udp-reselect",
+              "endpoint.pods", "topology.zone", "set.cluster", "set.local"}
     assert wanted <= covered, sorted(wanted - covered)

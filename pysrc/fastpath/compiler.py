@@ -34,6 +34,11 @@ as the EndpointSlice controller would build them). Per service port and family:
   local set    this node's ready endpoints, else its serving and terminating ones
   serving      every serving endpoint (stale UDP flows to any other are forgotten on reload)
 
+Service CIDRs: the CIDRs of every ServiceCIDR object (both families) are NodeView.service_cidrs.
+A new flow to an address inside them that is no frontend and no ClusterIP of any service is
+dropped, as kube-proxy drops traffic to unallocated ClusterIPs; without ServiceCIDR objects in
+the input there are none, and such traffic passes.
+
 Output is deterministic: services (IPv4 before IPv6 of one service port), backends, frontends
 and each service's backend lists are sorted, so the same input gives identical maps on every
 run and every node builds the same selection tables.
@@ -279,6 +284,7 @@ def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfigura
         masquerade_all=config.masquerade_all,
         service_ips=_service_ips(state.services),
         primary_ip6=primaries[6],
+        service_cidrs=_service_cidrs(state, notes),
     )
     return _NodeInfo(name=name, zone=found.zone if found else None, view=view,
                      node_port_ips=_node_port_ips(config, primaries, local_ips))
@@ -363,6 +369,20 @@ def _service_ips(services: Iterable[Service]) -> tuple[int, ...]:
              if s.type != "ExternalName" and not s.headless and s.ports
              for address in s.cluster_ips}
     return tuple(sorted(found))
+
+
+def _service_cidrs(state: ClusterState, notes: list[str]) -> tuple[tuple[int, int], ...]:
+    """The CIDRs of every ServiceCIDR object, both families (kube-proxy's proxier of each family
+    drops new traffic to the addresses of its family in them that no service has allocated)."""
+    if not state.service_cidrs:
+        return ()
+    prefixes = _prefixes(cidr for service_cidr in state.service_cidrs for cidr in service_cidr.cidrs)
+    names = ", ".join(sorted(service_cidr.name for service_cidr in state.service_cidrs))
+    objects = "ServiceCIDRs" if len(state.service_cidrs) > 1 else "ServiceCIDR"
+    shown = ", ".join(f"{format_address(network)}/{length}" for network, length in prefixes)
+    notes.append(f"service CIDRs {shown} ({objects} {names}): new flows to an address in them "
+                 "that no service has are dropped")
+    return prefixes
 
 
 def _timeouts(config: KubeProxyConfiguration) -> dict[str, float]:

@@ -62,6 +62,10 @@ RULES: dict[Reason, str] = {
         "the destination is a ClusterIP, but no service has this port and protocol on it: the "
         "packet is rejected with an ICMP port unreachable (ICMPv6 for IPv6)"
     ),
+    Reason.DROP_UNALLOCATED_SERVICE_IP: (
+        "the destination is inside a service CIDR (ServiceCIDR), but no service has this address "
+        "(an unallocated ClusterIP): dropped, without a reply"
+    ),
     Reason.DROP_NO_LOCAL_ENDPOINT: (
         "the traffic policy is Local and this node has no endpoint of the service port: dropped"
     ),
@@ -75,6 +79,7 @@ RULES: dict[Reason, str] = {
 DROP_SUMMARIES = {
     Reason.DROP_NO_LOCAL_ENDPOINT.name: "Local traffic policy and no endpoint on this node",
     Reason.DROP_SOURCE_RANGE.name: "the source is outside loadBalancerSourceRanges",
+    Reason.DROP_UNALLOCATED_SERVICE_IP.name: "unallocated service IP (inside a service CIDR, no service has it)",
 }
 
 
@@ -546,6 +551,8 @@ def _explain_no_frontend(answer: Explanation, state: ClusterState, maps: Maps, d
                             f"{dport}/{protocol}; it serves {ports}")
     elif reason == Reason.REJECT_UNKNOWN_PORT:
         answer.notes.append(f"{dst_ip} is a ClusterIP of this cluster")
+    elif reason == Reason.DROP_UNALLOCATED_SERVICE_IP:
+        answer.notes.extend(_service_cidr_notes(state, maps, dst_ip, dst_int))
     owners = []
     for service in state.services:
         if dst_ip in service.cluster_ips and not same_ip:
@@ -562,6 +569,19 @@ def _explain_no_frontend(answer: Explanation, state: ClusterState, maps: Maps, d
     if endpoint_of and reason == Reason.PASS_NO_SERVICE:
         answer.notes.append(f"{dst_ip} is an endpoint of {', '.join(endpoint_of)}: traffic sent "
                             "straight to an endpoint is not translated")
+
+
+def _service_cidr_notes(state: ClusterState, maps: Maps, dst_ip: str, dst_int: int) -> list[str]:
+    """Which service CIDRs (and ServiceCIDR objects) hold the destination."""
+    notes = []
+    for network, length in maps.node.service_cidrs:
+        if _in_prefix(dst_int, network, length):
+            cidr = _cidr(network, length)
+            owners = sorted(s.name for s in state.service_cidrs if cidr in s.cidrs)
+            which = f" (ServiceCIDR {', '.join(owners)})" if owners else ""
+            notes.append(f"{dst_ip} is inside the service CIDR {cidr}{which}, but no service has "
+                         "this address")
+    return notes
 
 
 def _summary(answer: Explanation) -> str:

@@ -335,6 +335,14 @@ class KubeProxyConfiguration:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """A range ClusterIPs are allocated from (networking.k8s.io ServiceCIDR, cluster-scoped)."""
+
+    name: str
+    cidrs: tuple[str, ...]  # normalised; one or two, at most one per family
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything read from the inputs, in reading order."""
 
@@ -343,6 +351,7 @@ class ClusterState:
     nodes: tuple[Node, ...] = ()
     pods: tuple[Pod, ...] = ()
     proxy_config: KubeProxyConfiguration | None = None
+    service_cidrs: tuple[ServiceCIDR, ...] = ()
     skipped: Counter[str] = field(default_factory=Counter)  # objects of other kinds, per kind
     sources: tuple[str, ...] = ()  # files read, in order
 
@@ -795,7 +804,19 @@ def _parse_proxy_config(o: _Object, obj: Mapping[str, Any], namespace: str, name
     )
 
 
-_Model = Service | EndpointSlice | Node | Pod | KubeProxyConfiguration
+def _parse_service_cidr(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> ServiceCIDR:
+    spec = o.mapping(obj.get("spec"), "spec")
+    raw = o.list(spec.get("cidrs"), "spec.cidrs")
+    if not raw:
+        raise o.error("spec.cidrs", "must hold at least one CIDR")
+    cidrs = tuple(o.cidr(value, f"spec.cidrs[{index}]") for index, value in enumerate(raw))
+    # The API server allows one CIDR per family (dual-stack: one of each).
+    if len(cidrs) > 2 or len({ip_family(c.partition("/")[0]) for c in cidrs}) != len(cidrs):
+        raise o.error("spec.cidrs", f"must hold at most one CIDR per family, got {_shown(raw)}")
+    return ServiceCIDR(name=name, cidrs=cidrs)
+
+
+_Model = Service | EndpointSlice | Node | Pod | KubeProxyConfiguration | ServiceCIDR
 _Reader = Callable[[_Object, Mapping[str, Any], str, str], _Model]
 
 
@@ -805,6 +826,7 @@ class _Kind:
     reader: _Reader
     namespaced: bool
     named: bool = True  # KubeProxyConfiguration files carry no metadata.name
+    older_versions: tuple[str, ...] = ()  # other versions of the same group read the same way
 
 
 _KINDS: dict[str, _Kind] = {
@@ -814,6 +836,9 @@ _KINDS: dict[str, _Kind] = {
     "Pod": _Kind("v1", _parse_pod, namespaced=True),
     "KubeProxyConfiguration": _Kind("kubeproxy.config.k8s.io/v1alpha1", _parse_proxy_config,
                                     namespaced=False, named=False),
+    # v1 since Kubernetes 1.33; v1beta1 (1.31-1.32) has the same spec.
+    "ServiceCIDR": _Kind("networking.k8s.io/v1", _parse_service_cidr, namespaced=False,
+                         older_versions=("networking.k8s.io/v1beta1",)),
 }
 
 
@@ -875,8 +900,9 @@ class _Collector:
         else:
             label = _object_label(kind, namespace if spec.namespaced else None, name)
         o = _Object(source, label)
-        if api_version != spec.api_version:
-            raise o.error("apiVersion", f"must be {spec.api_version}, got {_shown(api_version)}")
+        if api_version != spec.api_version and api_version not in spec.older_versions:
+            wanted = " or ".join((spec.api_version, *spec.older_versions))
+            raise o.error("apiVersion", f"must be {wanted}, got {_shown(api_version)}")
         o.mapping(raw_metadata, "metadata")
         o.string(name, "metadata.name", required=spec.named)
         o.string(namespace, "metadata.namespace")
@@ -897,6 +923,7 @@ class _Collector:
             nodes=tuple(self.objects["Node"]),
             pods=tuple(self.objects["Pod"]),
             proxy_config=configs[0] if configs else None,
+            service_cidrs=tuple(self.objects["ServiceCIDR"]),
             skipped=self.skipped,
             sources=sources,
         )
