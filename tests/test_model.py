@@ -476,6 +476,10 @@ def test_service_cidrs_as_kubectl_prints_them(tmp_path: Path) -> None:
     (parsed,) = ClusterState.from_objects([service_cidr("k", "fd00:10:96::1/112", "10.096.0.1/12")]).service_cidrs
     assert parsed.cidrs == ("fd00:10:96::/112", "10.96.0.0/12")
     assert ClusterState.from_objects([]).service_cidrs == ()
+    # The alpha version of Kubernetes 1.27-1.30 has the same spec.
+    (alpha,) = ClusterState.from_objects([service_cidr("k", "10.96.0.0/12",
+                                                       api_version="networking.k8s.io/v1alpha1")]).service_cidrs
+    assert alpha.cidrs == ("10.96.0.0/12",)
 
 
 def test_service_cidr_errors() -> None:
@@ -496,8 +500,8 @@ def test_service_cidr_errors() -> None:
     one["spec"]["cidrs"] = "10.96.0.0/12"
     assert error_of([one]) == '<memory>: ServiceCIDR flat: spec.cidrs: must be a list, got "10.96.0.0/12"'
     assert error_of([service_cidr("old", "10.96.0.0/12", api_version="networking.k8s.io/v1alpha2")]) == (
-        "<memory>: ServiceCIDR old: apiVersion: must be networking.k8s.io/v1 or networking.k8s.io/v1beta1, "
-        'got "networking.k8s.io/v1alpha2"')
+        "<memory>: ServiceCIDR old: apiVersion: must be networking.k8s.io/v1 or networking.k8s.io/v1beta1 "
+        'or networking.k8s.io/v1alpha1, got "networking.k8s.io/v1alpha2"')
     assert error_of([service_cidr("", "10.96.0.0/12")]) == "<memory>: ServiceCIDR (no name): metadata.name: required"
     assert error_of([service_cidr("k", "10.96.0.0/12"), service_cidr("k", "10.97.0.0/16")]) == (
         "<memory>: ServiceCIDR k: duplicate object (appears twice in this file)")

@@ -836,9 +836,9 @@ _KINDS: dict[str, _Kind] = {
     "Pod": _Kind("v1", _parse_pod, namespaced=True),
     "KubeProxyConfiguration": _Kind("kubeproxy.config.k8s.io/v1alpha1", _parse_proxy_config,
                                     namespaced=False, named=False),
-    # v1 since Kubernetes 1.33; v1beta1 (1.31-1.32) has the same spec.
+    # v1 since Kubernetes 1.33; v1beta1 (1.31-1.32) and v1alpha1 (1.27-1.30) have the same spec.
     "ServiceCIDR": _Kind("networking.k8s.io/v1", _parse_service_cidr, namespaced=False,
-                         older_versions=("networking.k8s.io/v1beta1",)),
+                         older_versions=("networking.k8s.io/v1beta1", "networking.k8s.io/v1alpha1")),
 }
 
 
