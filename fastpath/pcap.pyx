@@ -150,6 +150,22 @@ def scan_records(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t end, int h
     return offsets, lengths, wire_lengths, timestamps, pos, status, need
 
 
+cdef Py_ssize_t _checked_range(Py_ssize_t n, Py_ssize_t n_lengths, Py_ssize_t n_wire,
+                               Py_ssize_t n_timestamps, Py_ssize_t n_verdicts, Py_ssize_t start,
+                               Py_ssize_t stop) except -1:
+    """The arrays of a batch of n packets agree in length and [start, stop) lies in it; returns
+    stop (a negative stop means n)."""
+    if n_lengths != n or n_wire != n or n_timestamps != n:
+        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
+    if n_verdicts != n:
+        raise ValueError(f"{n_verdicts} verdicts for {n} packets")
+    if stop < 0:
+        stop = n
+    if start < 0 or start > stop or stop > n:
+        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    return stop
+
+
 def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uint32_t[::1] lengths,
                   const uint32_t[::1] wire_lengths, const uint64_t[::1] timestamps_ns,
                   const uint8_t[::1] verdicts, int batch_flags, int out_flags, bytearray out,
@@ -166,15 +182,9 @@ def build_records(const uint8_t[::1] buf, const uint64_t[::1] offsets, const uin
     such a non-canonical input had it; TimestampError when even that field cannot hold it.
     """
     cdef Py_ssize_t n = offsets.shape[0]
-    if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
-        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
     cdef bint has_verdicts = verdicts is not None
-    if has_verdicts and verdicts.shape[0] != n:
-        raise ValueError(f"{verdicts.shape[0]} verdicts for {n} packets")
-    if stop < 0:
-        stop = n
-    if start < 0 or start > stop or stop > n:
-        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    stop = _checked_range(n, lengths.shape[0], wire_lengths.shape[0], timestamps_ns.shape[0],
+                          verdicts.shape[0] if has_verdicts else n, start, stop)
     cdef const uint8_t* src = &buf[0] if buf.shape[0] > 0 else NULL
     cdef uint64_t buf_len = <uint64_t>buf.shape[0]
     cdef Py_ssize_t i, bad = -1, total = 0, kept = 0
@@ -252,15 +262,9 @@ def verbatim_span(const uint8_t[::1] buf, const uint64_t[::1] offsets,
     buffer as it is instead of building a copy. None for an empty range too.
     """
     cdef Py_ssize_t n = offsets.shape[0]
-    if lengths.shape[0] != n or wire_lengths.shape[0] != n or timestamps_ns.shape[0] != n:
-        raise ValueError("offsets, lengths, wire_lengths and timestamps_ns differ in length")
     cdef bint has_verdicts = verdicts is not None
-    if has_verdicts and verdicts.shape[0] != n:
-        raise ValueError(f"{verdicts.shape[0]} verdicts for {n} packets")
-    if stop < 0:
-        stop = n
-    if start < 0 or start > stop or stop > n:
-        raise ValueError(f"packet range [{start}, {stop}) outside a batch of {n}")
+    stop = _checked_range(n, lengths.shape[0], wire_lengths.shape[0], timestamps_ns.shape[0],
+                          verdicts.shape[0] if has_verdicts else n, start, stop)
     if start == stop or batch_flags < 0 or batch_flags != out_flags:
         return None
     if offsets[start] < _RECORD_HEADER:

@@ -43,6 +43,7 @@ from fastpath.maps import (
     family_of,
     format_address,
 )
+from fastpath.icmp import internet_checksum
 from fastpath.reference import select_backend
 
 PROTOCOLS = [PROTO_TCP, PROTO_UDP, PROTO_SCTP]
@@ -511,15 +512,6 @@ def ipv4_traffic(view: FamilyView, rng: random.Random, count: int, linktype: int
 
 ICMPV6 = 58
 HOP_BY_HOP, ROUTING, FRAGMENT, AH, DEST_OPTS = 0, 43, 44, 51, 60
-
-
-def internet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def packed(address: int) -> bytes:
