@@ -8,6 +8,7 @@ from fastpath.verdicts import Reason, Verdict
 DEBUG_BUILD: bool
 DEFAULT_CT_CAPACITY: int
 DEFAULT_TIMEOUTS_S: dict[str, int]
+MAX_NEW_FLOW_RATE: int
 REASON_NUMBERS: dict[str, int]
 VERDICT_NUMBERS: dict[str, int]
 
@@ -19,6 +20,7 @@ class Engine:
         maps: Maps,
         ct_capacity: int = ...,
         timeouts_s: Mapping[str, float] | None = ...,
+        new_flow_rate: int = ...,
     ) -> None: ...
     @property
     def ct_capacity(self) -> int: ...
