@@ -74,6 +74,7 @@ from .model import (
     Pod,
     Service,
     ServicePort,
+    collection_paused,
 )
 
 __all__ = ["CompileResult", "compile_maps", "service_label"]
@@ -181,6 +182,11 @@ def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
     Raises ClusterError (one line) if the named node is not among the input's Nodes, or if the
     input has several Nodes and none is chosen.
     """
+    with collection_paused():
+        return _compile(state, node)
+
+
+def _compile(state: ClusterState, node: str | None) -> CompileResult:
     config = state.proxy_config or KubeProxyConfiguration()
     skipped: Counter[str] = Counter()
     notes: list[str] = []

@@ -170,17 +170,20 @@ class Maps:
         for frontend in self.frontends:
             if frontend.kind not in FRONTEND_KINDS:
                 raise ValueError(f"frontend {frontend} has an unknown kind")
+        for backend in self.backends:
+            _check_address(backend.ip, f"backend {backend.name!r}")
+        # Index 0 stands for an id out of range (ids are 1..N).
+        families = [0] + [6 if backend.ip >= IPV6 else 4 for backend in self.backends]
         for service in self.services:
             if service.family not in (4, 6):
                 raise ValueError(f"service {service.name!r} has family {service.family!r}, not 4 or 6")
             for backend_id in (*service.backends, *service.local_backends, *service.serving):
-                if not 1 <= backend_id <= len(self.backends):
-                    raise ValueError(f"service {service.name!r} names unknown backend id {backend_id}")
-                if family_of(self.backends[backend_id - 1].ip) != service.family:
+                family = families[backend_id] if 0 < backend_id < len(families) else 0
+                if family != service.family:
+                    if family == 0:
+                        raise ValueError(f"service {service.name!r} names unknown backend id {backend_id}")
                     raise ValueError(f"service {service.name!r} (IPv{service.family}) names backend "
                                      f"{self.backends[backend_id - 1].name!r} of the other family")
-        for backend in self.backends:
-            _check_address(backend.ip, f"backend {backend.name!r}")
         for frontend in self.frontends:
             _check_address(frontend.ip, f"frontend {frontend}")
             if family_of(frontend.ip) != self.services[frontend.service - 1].family:

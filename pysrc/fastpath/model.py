@@ -359,7 +359,7 @@ class ClusterState:
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], source: str = "<memory>") -> ClusterState:
         """Build a state from already-decoded objects (dicts shaped like kubectl's JSON, Lists too)."""
         collector = _Collector()
-        with _collection_paused():
+        with collection_paused():
             for number, obj in enumerate(objects, start=1):
                 collector.add(obj, source, f"object {number}")
         return collector.state((source,))
@@ -962,7 +962,7 @@ def load_cluster(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     collector = _Collector()
     sources: list[str] = []
     read: set[str] = set()
-    with _collection_paused():
+    with collection_paused():
         for path in paths:
             for file in _cluster_files(Path(path)):
                 identity = os.path.realpath(file)
@@ -977,11 +977,11 @@ def load_cluster(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
 
 
 @contextlib.contextmanager
-def _collection_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while reading.
+def collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while reading (or compiling).
 
     Decoding a dump allocates millions of containers and no cycles; the collector's repeated full
-    passes over the growing heap would otherwise make loading about twice as slow.
+    passes over the growing heap would otherwise make loading (and compiling) about twice as slow.
     """
     was_enabled = gc.isenabled()
     gc.disable()
