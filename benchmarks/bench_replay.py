@@ -36,13 +36,16 @@ from fastpath.replay import replay  # noqa: E402
 pytestmark = pytest.mark.benchmark(group="replay: capture file to capture file on tmpfs")
 
 
-def _fastpath_env() -> dict[str, str]:
-    """The subprocess imports the same fastpath as this process."""
+def _fastpath_env(cache: Path | None = None) -> dict[str, str]:
+    """The subprocess imports the same fastpath as this process (and caches parsed dumps in
+    `cache`, a folder of the benchmark's own)."""
     import fastpath
 
     env = dict(os.environ)
     package_parent = str(Path(fastpath.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    if cache is not None:
+        env["FASTPATH_CACHE_DIR"] = str(cache)
     return env
 
 
@@ -111,11 +114,14 @@ def _run(command: list[str], env: dict[str, str]) -> None:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}: {result.stderr}")
 
 
+@pytest.mark.parametrize("cache", ["warm", "off"])
 def test_cli(benchmark, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir, cat_seconds,
-             rounds):
+             rounds, cache):
+    """End to end; "warm": the parsed dump comes from the cache (the warm-up round fills it),
+    as when several captures are replayed against one dump; "off": --no-cache."""
     output = tmpfs_dir / "cli.pcap"
-    env = _fastpath_env()
-    command = _cli(tmpfs_capture, tmpfs_cluster, output)
+    env = _fastpath_env(tmpfs_dir / "cluster-cache")
+    command = _cli(tmpfs_capture, tmpfs_cluster, output) + (["--no-cache"] if cache == "off" else [])
     benchmark.extra_info["command"] = " ".join(command)
     benchmark.pedantic(_run, args=(command, env), rounds=rounds(5), warmup_rounds=1, iterations=1)
     assert output.stat().st_size == tmpfs_capture.stat().st_size
@@ -129,8 +135,8 @@ def test_cli_empty_capture(benchmark, workload_files, tmpfs_cluster, tmpfs_dir, 
     output = tmpfs_dir / "empty-out.pcap"
     command = _cli(empty, tmpfs_cluster, output)
     benchmark.extra_info["command"] = " ".join(command)
-    benchmark.pedantic(_run, args=(command, _fastpath_env()), rounds=rounds(5), warmup_rounds=1,
-                       iterations=1)
+    benchmark.pedantic(_run, args=(command, _fastpath_env(tmpfs_dir / "cluster-cache")),
+                       rounds=rounds(5), warmup_rounds=1, iterations=1)
     benchmark.extra_info["services"] = workload_files.meta["services"]
 
 

@@ -36,3 +36,9 @@ def run_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("COLUMNS", None)
     return env
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cluster_cache(tmp_path_factory) -> None:
+    """The suite (and the commands it runs) caches parsed dumps in a folder of its own."""
+    os.environ["FASTPATH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cluster-cache"))

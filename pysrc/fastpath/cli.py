@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(read recursively); repeat for several",
     )
     replay.add_argument("--node", metavar="NAME", help="the node whose dataplane this is")
+    _add_cache_option(replay)
     replay.add_argument(
         "-o", "--output", metavar="OUT",
         help="write the translated capture here (same format, link type and timestamps as "
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(read recursively); repeat for several",
     )
     explain.add_argument("--node", metavar="NAME", help="the node whose dataplane this is")
+    _add_cache_option(explain)
     explain.add_argument("--src", metavar="IP[:PORT]", required=True,
                          help="the client: an IPv4 or IPv6 address, with its port if known "
                          "(IP:PORT, [IPv6]:PORT)")
@@ -184,6 +186,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-cache", dest="cache", action="store_false",
+        help="parse --cluster afresh; by default a parsed dump is cached (FASTPATH_CACHE_DIR, "
+        "else ~/.cache/fastpath) and reused while its files are unchanged",
+    )
+
+
+def _load_cluster(args: argparse.Namespace):
+    from fastpath.clustercache import load_cluster_cached
+    from fastpath.model import load_cluster
+
+    return load_cluster_cached(args.cluster) if args.cache else load_cluster(args.cluster)
+
+
 def _flow_rate(text: str) -> int:
     try:
         value = int(text)
@@ -197,11 +214,10 @@ def _flow_rate(text: str) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     from fastpath.dataplane import Dataplane
-    from fastpath.model import load_cluster
     from fastpath.reference import DEFAULT_CT_CAPACITY
     from fastpath.replay import DEFAULT_BATCH_PACKETS, replay
 
-    state = load_cluster(args.cluster)
+    state = _load_cluster(args)
     dataplane = Dataplane(
         state, node=args.node, core=args.core,
         ct_capacity=args.ct_capacity or DEFAULT_CT_CAPACITY, new_flow_rate=args.new_flow_rate,
@@ -237,9 +253,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_explain(args: argparse.Namespace) -> int:
     from fastpath.explain import ExplainError, explain
-    from fastpath.model import load_cluster
 
-    state = load_cluster(args.cluster)
+    state = _load_cluster(args)
     try:
         answer = explain(state, args.src, args.dst, args.proto, node=args.node, core=args.core)
     except ExplainError as error:

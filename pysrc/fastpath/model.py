@@ -964,7 +964,7 @@ def load_cluster(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
     read: set[str] = set()
     with collection_paused():
         for path in paths:
-            for file in _cluster_files(Path(path)):
+            for file in cluster_files(Path(path)):
                 identity = os.path.realpath(file)
                 if identity in read:
                     continue
@@ -992,7 +992,8 @@ def collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _cluster_files(path: Path) -> list[Path]:
+def cluster_files(path: Path) -> list[Path]:
+    """The files load_cluster reads for one path, in its order (ClusterError when none)."""
     if path.is_dir():
         found: list[Path] = []
         for root, dirs, files in os.walk(path):
