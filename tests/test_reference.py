@@ -1262,7 +1262,7 @@ def pick(ids, src, dst, sport, dport, proto=PROTO_TCP, table=V2_BACKENDS) -> Bac
         x = x * 0xC4CEB9FE1A85EC53 % (1 << 64)
         return x ^ (x >> 33)
 
-    h = mix((((ip4(src) << 32) | ip4(dst)) ^ mix((sport << 24) | (dport << 8) | proto)) & mask)
+    h = mix((((spec_fold(src) << 32) | spec_fold(dst)) ^ mix((sport << 24) | (dport << 8) | proto)) & mask)
     return by_id[ids[((h & 0xFFFFFFFF) * len(ids)) >> 32]]
 
 
@@ -2967,19 +2967,8 @@ def spec_fold(text: str) -> int:
 
 
 def pick6(ids, src, dst, sport, dport, proto=PROTO_TCP, table=V6_BACKENDS) -> Backend:
-    """The spec's hash choice for a 5-tuple of either family (independent spelling)."""
-    by_id = {b.id: b for b in table}
-    mask = (1 << 64) - 1
-
-    def mix(x):
-        x ^= x >> 33
-        x = x * 0xFF51AFD7ED558CCD % (1 << 64)
-        x ^= x >> 33
-        x = x * 0xC4CEB9FE1A85EC53 % (1 << 64)
-        return x ^ (x >> 33)
-
-    h = mix((((spec_fold(src) << 32) | spec_fold(dst)) ^ mix((sport << 24) | (dport << 8) | proto)) & mask)
-    return by_id[ids[((h & 0xFFFFFFFF) * len(ids)) >> 32]]
+    """pick() for a 5-tuple of either family, its addresses folded as the spec says."""
+    return pick(ids, src, dst, sport, dport, proto, table)
 
 
 ETH6_HDR = bytes(Ether(src=MAC_A, dst=MAC_B, type=0x86DD))
