@@ -95,6 +95,18 @@ def test_only_the_most_recent_entries_are_kept(cache, tmp_path, demo_cluster, mo
     assert len(entries(cache)) == 2
 
 
+def test_entries_beyond_the_size_budget_are_deleted_but_the_newest_stays(cache, tmp_path, demo_cluster,
+                                                                         monkeypatch):
+    monkeypatch.setattr(clustercache, "KEEP_BYTES", 1)
+    for n in range(3):
+        folder = tmp_path / f"d{n}"
+        folder.mkdir()
+        shutil.copy(demo_cluster, folder / "c.yaml")
+        state = load_cluster_cached([folder])
+        (kept,) = entries(cache)
+        assert clustercache._read(kept) == state  # the entry just written
+
+
 def test_the_folder_is_private(cache, dump):
     load_cluster_cached([dump])
     assert cache.stat().st_mode & 0o077 == 0

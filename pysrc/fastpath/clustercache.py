@@ -23,8 +23,10 @@ from fastpath.atomicfile import discard, move_into_place, open_beside
 
 __all__ = ["cache_dir", "load_cluster_cached"]
 
-# Entries kept: the most recently used ones; older ones are deleted when a new one is written.
+# Entries kept: the most recently used ones, at most this many and this many bytes together
+# (the newest always stays); older ones are deleted when a new one is written.
 KEEP_ENTRIES = 8
+KEEP_BYTES = 1 << 30
 _SUFFIX = ".cluster.pickle"
 
 
@@ -82,12 +84,17 @@ def _write(entry: Path, state: model.ClusterState) -> None:
         handle = os.fdopen(fd, "wb")
         pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
         move_into_place(handle, temporary, str(entry))
-        _trim(entry.parent)
+        _trim(entry)
     except Exception:  # noqa: BLE001 - no room or no permission: the next run parses again
         discard(handle, temporary)
 
 
-def _trim(folder: Path) -> None:
-    entries = sorted(folder.glob(f"*{_SUFFIX}"), key=lambda path: path.stat().st_mtime, reverse=True)
-    for old in entries[KEEP_ENTRIES:]:
-        old.unlink(missing_ok=True)
+def _trim(newest: Path) -> None:
+    """Delete the least recently used entries beyond the budget; `newest` (just written) stays."""
+    others = sorted(((path.stat(), path) for path in newest.parent.glob(f"*{_SUFFIX}")
+                     if path != newest), key=lambda entry: entry[0].st_mtime, reverse=True)
+    total = newest.stat().st_size
+    for count, (stat, path) in enumerate(others, start=2):
+        total += stat.st_size
+        if count > KEEP_ENTRIES or total > KEEP_BYTES:
+            path.unlink(missing_ok=True)
