@@ -59,7 +59,10 @@ from .maps import (
     Frontend,
     Maps,
     NodeView,
+    address_bits,
+    family_of,
     format_address,
+    in_prefix,
 )
 from .maps import Service as MapService
 from .model import (
@@ -262,12 +265,12 @@ def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfigura
     # InternalIPs then ExternalIPs; the first of each family is that family's primary IP
     # (kube-proxy's node IPs), unless bindAddress names one.
     addresses = [_address(a) for a in (found.ips() if found else ())]
-    primaries = {family: next((a for a in addresses if _family(a) == family), 0) for family in FAMILIES}
+    primaries = {family: next((a for a in addresses if family_of(a) == family), 0) for family in FAMILIES}
     bind = config.bind_address
     if bind is not None:
         address = _address(bind)
         if address not in (0, IPV6):  # 0.0.0.0 and :: leave the node's addresses in charge
-            primaries[_family(address)] = address  # kube-proxy's bindAddress overrides its family's node IP
+            primaries[family_of(address)] = address  # kube-proxy's bindAddress overrides its family's node IP
             addresses.append(address)
     local_ips = tuple(sorted(set(addresses)))
     if found is None:
@@ -324,14 +327,14 @@ def _pod_cidrs(config: KubeProxyConfiguration, node: Node | None, name: str | No
         prefixes = _prefixes(config.cluster_cidrs)
         if prefixes:  # without any clusterCIDR nothing is detected, as before dual-stack
             for family in families:
-                if not any(_family(network) == family for network, _ in prefixes):
+                if not any(family_of(network) == family for network, _ in prefixes):
                     notes.append(f"clusterCIDR has no IPv{family} range: no IPv{family} source counts "
                                  "as pod traffic")
         return prefixes
     if mode == "NodeCIDR":
         prefixes = _prefixes(node.pod_cidrs if node else ())
         for family in families:
-            if not any(_family(network) == family for network, _ in prefixes):
+            if not any(family_of(network) == family for network, _ in prefixes):
                 if node is None:
                     why = "no Node" if name is None else f"Node {name} is not in the input"
                 else:
@@ -353,18 +356,18 @@ def _node_port_ips(config: KubeProxyConfiguration, primaries: Mapping[int, int],
     """
     listed = config.node_port_addresses or (NODE_PORT_ADDRESSES_PRIMARY,)
     if listed == (NODE_PORT_ADDRESSES_PRIMARY,):
-        prefixes = tuple((ip, _bits(ip)) for ip in primaries.values() if ip and not _loopback(ip))
+        prefixes = tuple((ip, address_bits(ip)) for ip in primaries.values() if ip and not _loopback(ip))
     else:
         prefixes = _prefixes(listed)
     usable = tuple(ip for ip in local_ips if not _loopback(ip))
     found = {}
     for family in FAMILIES:
-        mine = [prefix for prefix in prefixes if _family(prefix[0]) == family]
-        candidates = tuple(ip for ip in usable if _family(ip) == family)
+        mine = [prefix for prefix in prefixes if family_of(prefix[0]) == family]
+        candidates = tuple(ip for ip in usable if family_of(ip) == family)
         if not mine or any(length == 0 for _, length in mine):
             found[family] = candidates
         else:
-            found[family] = tuple(ip for ip in candidates if any(_in_prefix(ip, prefix) for prefix in mine))
+            found[family] = tuple(ip for ip in candidates if any(in_prefix(ip, *prefix) for prefix in mine))
     return found
 
 
@@ -422,7 +425,7 @@ def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_
         # the other family; without a ClusterIP of their family they are served by no proxier.
         for what, addresses in (("external IP", service.external_ips),
                                 ("load-balancer IP", _load_balancer_vips(service))):
-            count = sum(_family(_address(a)) not in cluster_ips for a in addresses)
+            count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
             if count:
                 skipped[f"{what} of a family the service has no cluster IP of"] += count
         for port in service.ports:
@@ -456,8 +459,8 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
         service, port, family = entry.service, entry.port, entry.family
         service_key = (*service.key, family)
         if service_key not in per_service:  # the same for every port of the service
-            vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if _family(ip) == family]
-            externals = [ip for ip in (_address(a) for a in service.external_ips) if _family(ip) == family]
+            vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if family_of(ip) == family]
+            externals = [ip for ip in (_address(a) for a in service.external_ips) if family_of(ip) == family]
             ranges = _source_ranges(service, vips, info.primary(family), family)
             per_service[service_key] = (vips, externals, ranges, _external_policy_local(service))
         vips, externals, ranges, external_local = per_service[service_key]
@@ -508,12 +511,12 @@ def _source_ranges(service: Service, vips: Sequence[int], primary_ip: int,
     family (or a /0 among them) every source of the family is allowed.
     """
     prefixes = tuple(prefix for prefix in _prefixes(service.load_balancer_source_ranges)
-                     if _family(prefix[0]) == family)
+                     if family_of(prefix[0]) == family)
     if not prefixes or any(length == 0 for _, length in prefixes):
         return ()
-    if primary_ip and any(_in_prefix(primary_ip, prefix) for prefix in prefixes):
+    if primary_ip and any(in_prefix(primary_ip, *prefix) for prefix in prefixes):
         # Traffic from the node to its own LB VIP loops back with the VIP as source.
-        prefixes = tuple(sorted({*prefixes, *((ip, _bits(ip)) for ip in vips)}))
+        prefixes = tuple(sorted({*prefixes, *((ip, address_bits(ip)) for ip in vips)}))
     return prefixes
 
 
@@ -540,7 +543,7 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
     if service.internal_traffic_policy == "Local":
         notes.append(f"{name}: internalTrafficPolicy Local and no local endpoint ({why})")
     external = entry.port.node_port is not None or any(
-        _family(_address(a)) == entry.family for a in (*service.external_ips, *_load_balancer_vips(service)))
+        family_of(_address(a)) == entry.family for a in (*service.external_ips, *_load_balancer_vips(service)))
     if external and _external_policy_local(service):
         notes.append(f"{name}: externalTrafficPolicy Local and no local endpoint ({why}); "
                      "external clients are dropped")
@@ -575,7 +578,7 @@ def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     found: dict[int, int] = {}
     for text in service.cluster_ips:
         address = _address(text)
-        found.setdefault(_family(address), address)  # one per family (the API server allows no more)
+        found.setdefault(family_of(address), address)  # one per family (the API server allows no more)
     return {family: found[family] for family in sorted(found)}
 
 
@@ -676,7 +679,7 @@ class _PodIndex:
                 address = _address(text)
                 if (address >= IPV6) != (":" in text):  # IPv4-mapped: shown as the IPv4 address
                     text = format_address(address)
-                addresses.setdefault(_family(address), text)
+                addresses.setdefault(family_of(address), text)
             usable.append((pod.namespace, pod.name, frozenset(pod.labels), addresses, pod))
         usable.sort(key=lambda entry: entry[:2])
         self.pods = usable
@@ -774,14 +777,6 @@ def _address(text: str) -> int:
     return IPV6 | value
 
 
-def _family(address: int) -> int:
-    return 6 if address >= IPV6 else 4
-
-
-def _bits(address: int) -> int:
-    return 128 if address >= IPV6 else 32
-
-
 def _endpoint_text(address: int, port: int) -> str:
     text = format_address(address)
     return f"[{text}]:{port}" if address >= IPV6 else f"{text}:{port}"
@@ -802,16 +797,8 @@ def _prefixes(cidrs: Iterable[str]) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(found))
 
 
-def _in_prefix(ip: int, prefix: tuple[int, int]) -> bool:
-    """`ip` is inside `prefix` (only ever for addresses of the prefix's family)."""
-    network, length = prefix
-    if (ip >= IPV6) != (network >= IPV6):
-        return False
-    return length == 0 or (ip ^ network) >> (_bits(network) - length) == 0
-
-
 def _loopback(ip: int) -> bool:
-    return any(_in_prefix(ip, prefix) for prefix in _LOOPBACKS)
+    return any(in_prefix(ip, *prefix) for prefix in _LOOPBACKS)
 
 
 def _service_name(service: Service, port: ServicePort) -> str:

@@ -27,11 +27,11 @@ from fastpath.maps import (
     PROTO_UDP,
     Frontend,
     Maps,
-    address_bits,
     address_from_text,
     family_of,
     format_address,
     format_endpoint,
+    in_prefix,
 )
 from fastpath.model import ClusterState, EndpointSlice, Service, ServicePort, parse_ip
 from fastpath.verdicts import TRACE_MASQUERADED, FrontendKind, Reason, Verdict
@@ -238,14 +238,6 @@ def _ip_int(text: str) -> int:
     return address_from_text(text)
 
 
-def _in_prefix(ip: int, network: int, length: int) -> bool:
-    """`ip` is in network/length (never for an address of the other family)."""
-    if family_of(ip) != family_of(network):
-        return False
-    shift = address_bits(network) - length
-    return length == 0 or (ip >> shift) == (network >> shift)
-
-
 def _cidr(network: int, length: int) -> str:
     return f"{_ip(network)}/{length}"
 
@@ -355,7 +347,7 @@ def explain(
                            f"{src_ip} stick to the endpoint this one gets")
     if frontend.source_ranges:
         answer.source_ranges = [_cidr(n, l) for n, l in frontend.source_ranges]
-        inside = any(_in_prefix(src_int, n, l) for n, l in frontend.source_ranges)
+        inside = any(in_prefix(src_int, n, l) for n, l in frontend.source_ranges)
         answer.notes.append(
             f"loadBalancerSourceRanges {', '.join(answer.source_ranges)}: {src_ip} is "
             + ("inside, allowed" if inside else "outside")
@@ -408,7 +400,7 @@ def _source_class(maps: Maps, src: int, src_ip: str, node: str | None) -> tuple[
     family = family_of(src)
     pod_cidrs = _family_pod_cidrs(maps, family)
     for network, length in pod_cidrs:
-        if _in_prefix(src, network, length):
+        if in_prefix(src, network, length):
             return "pod", f"{src_ip} is inside the pod network {_cidr(network, length)} (clusterCIDR)"
     if src in view.local_ips:
         return "node", f"{src_ip} is an address of this node" + (f" ({node})" if node else "")
@@ -575,7 +567,7 @@ def _service_cidr_notes(state: ClusterState, maps: Maps, dst_ip: str, dst_int: i
     """Which service CIDRs (and ServiceCIDR objects) hold the destination."""
     notes = []
     for network, length in maps.node.service_cidrs:
-        if _in_prefix(dst_int, network, length):
+        if in_prefix(dst_int, network, length):
             cidr = _cidr(network, length)
             owners = sorted(s.name for s in state.service_cidrs if cidr in s.cidrs)
             which = f" (ServiceCIDR {', '.join(owners)})" if owners else ""

@@ -21,7 +21,6 @@ PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 # carries both the family and the address. IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not
 # addresses a node routes on the wire and are refused.
 IPV6 = 1 << 128
-_V4_MAPPED = 0xFFFF << 32
 
 
 def ipv6_address(value: int) -> int:
@@ -41,6 +40,15 @@ def family_of(address: int) -> int:
 def address_bits(address: int) -> int:
     """32 for IPv4, 128 for IPv6: the most a prefix length may be."""
     return 128 if address >= IPV6 else 32
+
+
+def in_prefix(address: int, network: int, length: int) -> bool:
+    """`address` is of the family of `network` and they agree on their top `length` bits
+    (length 0: every address of that family)."""
+    if (address >= IPV6) != (network >= IPV6):
+        return False
+    shift = address_bits(network) - length
+    return (address >> shift) == (network >> shift)
 
 
 def address_from_text(text: str) -> int:

@@ -350,6 +350,7 @@ from fastpath.maps import (
     Service,
     address_bits,
     family_of,
+    in_prefix,
 )
 from fastpath.verdicts import (
     TRACE_MASQUERADED,
@@ -768,17 +769,8 @@ def next_snat_port(port: int) -> int:
     return port + 1
 
 
-def _in_prefix(addr: int, network: int, length: int) -> bool:
-    """`addr` is of the family of `network` and they agree on their top `length` bits (length 0:
-    every address of that family)."""
-    if family_of(addr) != family_of(network):
-        return False
-    shift = address_bits(network) - length
-    return (addr >> shift) == (network >> shift)
-
-
 def _in_any_prefix(addr: int, prefixes: Sequence[tuple[int, int]]) -> bool:
-    return any(_in_prefix(addr, network, length) for network, length in prefixes)
+    return any(in_prefix(addr, network, length) for network, length in prefixes)
 
 
 def _id_mapping(old_keys: Sequence[Any], new_keys: Sequence[Any]) -> list[int]:
