@@ -31,6 +31,15 @@ cdef inline void translate(Packet* pkt, bint set_dst, uint32_t dst_addr, uint16_
 cdef inline void translate6(Packet* pkt, bint set_dst, const Addr* dst_addr, uint16_t dst_port,
                             bint set_src, const Addr* src_addr, uint16_t src_port) noexcept nogil:
     """translate() for IPv6."""
+    update_transport_checksum(pkt, rewrite_ends6(pkt, set_dst, dst_addr, dst_port,
+                                                 set_src, src_addr, src_port))
+
+
+cdef inline uint32_t rewrite_ends6(Packet* pkt, bint set_dst, const Addr* dst_addr,
+                                   uint16_t dst_port, bint set_src, const Addr* src_addr,
+                                   uint16_t src_port) noexcept nogil:
+    """Set an IPv6 packet's destination and/or source address and port; returns the words they
+    add to a checksum covering them (a transport checksum's pseudo-header and ports)."""
     cdef uint32_t delta = 0
     if set_dst:
         delta += csum_delta_addr6(&pkt.dst6, dst_addr) + csum_delta16(pkt.dport, dst_port)
@@ -40,7 +49,7 @@ cdef inline void translate6(Packet* pkt, bint set_dst, const Addr* dst_addr, uin
         delta += csum_delta_addr6(&pkt.src6, src_addr) + csum_delta16(pkt.sport, src_port)
         store_addr6(pkt.l3 + 8, src_addr)
         store16(pkt.l4, src_port)
-    update_transport_checksum(pkt, delta)
+    return delta
 
 
 cdef inline void update_transport_checksum(Packet* pkt, uint32_t delta) noexcept nogil:
@@ -147,15 +156,9 @@ cdef inline void translate_icmp6_error(Packet* outer, Packet* quoted,
                                        bint set_outer_dst, const Addr* outer_dst) noexcept nogil:
     """translate_icmp_error() for ICMPv6: no IP header checksums, and the ICMPv6 checksum also
     covers the outer addresses (its pseudo-header)."""
-    cdef uint32_t quote_delta = 0, icmp_delta
-    if set_qdst:
-        quote_delta += csum_delta_addr6(&quoted.dst6, qd_addr) + csum_delta16(quoted.dport, qd_port)
-        store_addr6(quoted.l3 + 24, qd_addr)
-        store16(quoted.l4 + 2, qd_port)
-    if set_qsrc:
-        quote_delta += csum_delta_addr6(&quoted.src6, qs_addr) + csum_delta16(quoted.sport, qs_port)
-        store_addr6(quoted.l3 + 8, qs_addr)
-        store16(quoted.l4, qs_port)
+    cdef uint32_t quote_delta = rewrite_ends6(quoted, set_qdst, qd_addr, qd_port,
+                                              set_qsrc, qs_addr, qs_port)
+    cdef uint32_t icmp_delta
     icmp_delta = quote_delta + update_quoted_transport_checksum(quoted, quote_delta)
     if set_outer_dst:
         icmp_delta += csum_delta_addr6(&outer.dst6, outer_dst)
