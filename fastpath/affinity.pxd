@@ -55,8 +55,9 @@ cdef inline void affinity_free(Affinity* a) noexcept nogil:
 
 
 cdef inline uint32_t* affinity_bucket(Affinity* a, const Addr* client, uint32_t service) noexcept nogil:
-    cdef uint64_t key = client.lo ^ (client.hi * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>service << 48)
-    return &a.buckets[fmix64(key ^ service) & a.bucket_mask]
+    # An IPv4 client in the low 32 bits, the service id in the high 32: distinct keys stay apart.
+    cdef uint64_t key = client.lo ^ (client.hi * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>service << 32)
+    return &a.buckets[fmix64(key) & a.bucket_mask]
 
 
 cdef inline uint32_t affinity_find(Affinity* a, const Addr* client, uint32_t service) noexcept nogil:
