@@ -1,24 +1,31 @@
-# Connection tracking: a fixed pool of entries, each reachable by its original tuple
+# Connection tracking: a fixed pool of slots, each entry reachable by its original tuple
 # (client -> frontend) and its reply tuple (backend -> client) through one chained hash index,
-# with exact least-recently-used eviction through a doubly linked list.
+# with CLOCK (second-chance) eviction: an approximation of least-recently-used order that keeps
+# no list, so a packet of a tracked flow writes only its own entry.
 #
-# A chain link is a "ref": entry index * 2 + direction, so one bucket walk answers both
-# "is this a known flow?" and "is this a reply?" for a packet.
+# The table is one array of 64-byte, cache-line-aligned entries. The hash index lives in it:
+# entry i also holds the chain heads of buckets 2i and 2i+1, so there are two buckets per entry
+# (one per tuple) and no separate bucket array. Memory is 64 bytes per entry, all told.
+#
+# A chain link is a "ref": (slot + 1) * 2 + direction, so one bucket walk answers both "is this a
+# known flow?" and "is this a reply?" for a packet, and 0 (CT_NIL) is the end of a chain: the
+# zeroed pages calloc hands out are an empty index, touched only when used.
 #
 # IPv4 and IPv6 flows share the pool. An IPv6 entry holds the 32-bit folds of its addresses (for
-# hashing and a quick compare) and its whole addresses in a side array at the same index, so an
+# hashing and a quick compare) and its whole addresses in a side array at the same slot, so an
 # IPv4 entry stays one cache line.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
 from hashing cimport flow_hash
-from lru cimport Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
 cdef enum:
-    CT_NIL = 0xFFFFFFFF
+    CT_NIL = 0                      # no ref: the end of a chain, an empty bucket
+    CT_NO_SLOT = 0xFFFFFFFF         # the end of the free-slot stack
     DIR_ORIG = 0
     DIR_REPLY = 1
+    CT_ALIGN = 64                   # entries start on a cache line
 
 cdef enum:
     STATE_FREE = 0
@@ -32,11 +39,12 @@ cdef enum:
 cdef enum:
     FLAG_KIND_MASK = 0x07           # frontend kind + 1, as in the trace flags
     FLAG_MASQUERADED = 0x08
-    FLAG_IPV6 = 0x10                # not a trace flag: masked off before it reaches the trace
+    FLAG_IPV6 = 0x10                # not trace flags: masked off before they reach the trace
+    FLAG_REFERENCED = 0x20          # CLOCK's bit: a packet of the flow since the hand last passed
     TRACE_FLAGS = 0x0F
 
 
-ctypedef struct CtEntry:            # 64 bytes: one cache line
+ctypedef struct CtEntry:            # 60 bytes of fields in a 64-byte, aligned slot
     uint64_t last_seen_ns
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
@@ -48,11 +56,12 @@ ctypedef struct CtEntry:            # 64 bytes: one cache line
     uint16_t reply_port
     uint8_t proto
     uint8_t state
-    uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED | FLAG_IPV6
+    uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED | FLAG_IPV6 | FLAG_REFERENCED
     uint32_t service                # ids for the per-service and per-backend counters
     uint32_t backend
-    LruLinks lru
-    uint32_t chain[2]               # next ref in the bucket chain, per direction
+    uint32_t chain[2]               # next ref in the bucket chain, per direction (a free slot:
+                                    # chain[0] is the next free slot)
+    uint32_t heads[2]               # not this entry's: the heads of buckets 2i and 2i+1
 
 
 ctypedef struct CtAddrs6:           # an IPv6 entry's addresses, beside it
@@ -86,50 +95,65 @@ ctypedef struct FlowRateGuard:      # a token bucket in nanoseconds of packet ti
 
 
 ctypedef struct Conntrack:
-    CtEntry* entries
+    CtEntry* entries                # CT_ALIGN-aligned, inside `block`
+    void* block
     CtAddrs6* addrs6                # NULL until IPv6 frontends are loaded
-    uint32_t* buckets               # head ref per bucket
-    uint32_t bucket_mask
-    Lru lru                         # capacity, count, and the least recently used order
+    uint64_t nbuckets               # 2 * capacity
+    uint32_t capacity
+    uint32_t count
+    uint32_t never_used             # slots [never_used, capacity) were never handed out
+    uint32_t free_top               # the most recently freed slot (CT_NO_SLOT: none)
+    uint32_t hand                   # CLOCK's hand: the next slot eviction looks at
     uint64_t timeout_ns[STATE_COUNT]
     FlowRateGuard guard
     CtStats stats
 
 
 cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
-    cdef uint64_t nbuckets = 16, i
-    # Two refs per entry: keep chains short with one bucket per ref.
-    while nbuckets < 2 * <uint64_t>capacity:
-        nbuckets <<= 1
-    ct.entries = <CtEntry*>calloc(capacity, sizeof(CtEntry))
-    ct.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
-    if ct.entries == NULL or ct.buckets == NULL:
-        ct_free(ct)
+    # calloc, not aligned_alloc: untouched pages stay unallocated until a flow lands there.
+    ct.block = calloc(<size_t>capacity * sizeof(CtEntry) + CT_ALIGN, 1)
+    if ct.block == NULL:
         return -1
-    for i in range(nbuckets):
-        ct.buckets[i] = CT_NIL
-    ct.bucket_mask = <uint32_t>(nbuckets - 1)
-    lru_init(&ct.lru, ct.entries, sizeof(CtEntry),
-             <size_t>(<uint8_t*>&ct.entries[0].lru - <uint8_t*>ct.entries), capacity)
+    ct.entries = <CtEntry*>((<uintptr_t>ct.block + CT_ALIGN - 1) & ~(<uintptr_t>CT_ALIGN - 1))
+    ct.addrs6 = NULL
+    ct.nbuckets = 2 * <uint64_t>capacity
+    ct.capacity = capacity
+    ct.count = 0
+    ct.never_used = 0
+    ct.free_top = CT_NO_SLOT
+    ct.hand = 0
     return 0
 
 
 cdef inline void ct_free(Conntrack* ct) noexcept nogil:
-    free(ct.entries)
+    free(ct.block)
     free(ct.addrs6)
-    free(ct.buckets)
+    ct.block = NULL
     ct.entries = NULL
     ct.addrs6 = NULL
-    ct.buckets = NULL
 
 
 cdef inline int ct_enable_ipv6(Conntrack* ct) noexcept nogil:
     """Allocate the IPv6 side array (untouched pages cost nothing until IPv6 flows arrive)."""
     if ct.addrs6 == NULL:
-        ct.addrs6 = <CtAddrs6*>calloc(ct.lru.capacity, sizeof(CtAddrs6))
+        ct.addrs6 = <CtAddrs6*>calloc(ct.capacity, sizeof(CtAddrs6))
         if ct.addrs6 == NULL:
             return -1
     return 0
+
+
+cdef inline uint32_t ct_slot(uint32_t ref) noexcept nogil:
+    return (ref >> 1) - 1
+
+
+cdef inline uint32_t ct_direction(uint32_t ref) noexcept nogil:
+    return ref & 1
+
+
+cdef inline uint32_t* ct_head(const Conntrack* ct, uint64_t hash) noexcept nogil:
+    """The chain head of the hash's bucket (the high 32 bits pick it, by multiply-shift)."""
+    cdef uint64_t bucket = ((hash >> 32) * ct.nbuckets) >> 32
+    return &ct.entries[bucket >> 1].heads[bucket & 1]
 
 
 cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direction,
@@ -160,12 +184,13 @@ cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direct
 cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t saddr, uint32_t daddr,
                                uint16_t sport, uint16_t dport, uint8_t proto,
                                const Addr* src6, const Addr* dst6) noexcept nogil:
-    """The ref (entry * 2 + direction) whose tuple equals the packet's, or CT_NIL."""
-    cdef uint32_t ref = ct.buckets[hash & ct.bucket_mask]
+    """The ref whose tuple equals the packet's, or CT_NIL."""
+    cdef uint32_t ref = ct_head(ct, hash)[0]
     while ref != CT_NIL:
-        if ct_matches(ct, ref >> 1, ref & 1, saddr, daddr, sport, dport, proto, src6, dst6):
+        if ct_matches(ct, ct_slot(ref), ct_direction(ref), saddr, daddr, sport, dport, proto,
+                      src6, dst6):
             return ref
-        ref = ct.entries[ref >> 1].chain[ref & 1]
+        ref = ct.entries[ct_slot(ref)].chain[ct_direction(ref)]
     return CT_NIL
 
 
@@ -176,31 +201,63 @@ cdef inline uint64_t ct_tuple_hash(const CtEntry* e, uint32_t direction) noexcep
 
 
 cdef inline void ct_chain_link(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
-    cdef uint32_t* head = &ct.buckets[ct_tuple_hash(&ct.entries[index], direction) & ct.bucket_mask]
+    cdef uint32_t* head = ct_head(ct, ct_tuple_hash(&ct.entries[index], direction))
     ct.entries[index].chain[direction] = head[0]
-    head[0] = index * 2 + direction
+    head[0] = (index + 1) * 2 + direction
 
 
 cdef inline void ct_chain_unlink(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
-    cdef uint32_t target = index * 2 + direction
-    cdef uint32_t* link = &ct.buckets[ct_tuple_hash(&ct.entries[index], direction) & ct.bucket_mask]
+    cdef uint32_t target = (index + 1) * 2 + direction
+    cdef uint32_t* link = ct_head(ct, ct_tuple_hash(&ct.entries[index], direction))
     while link[0] != CT_NIL:
         if link[0] == target:
             link[0] = ct.entries[index].chain[direction]
             return
-        link = &ct.entries[link[0] >> 1].chain[link[0] & 1]
+        link = &ct.entries[ct_slot(link[0])].chain[ct_direction(link[0])]
 
 
 cdef inline void ct_touch(Conntrack* ct, uint32_t index) noexcept nogil:
-    """Make the entry the most recently used."""
-    lru_touch(&ct.lru, index)
+    """A packet of the flow: the hand passes it over once more."""
+    ct.entries[index].flags |= FLAG_REFERENCED
 
 
 cdef inline void ct_delete(Conntrack* ct, uint32_t index) noexcept nogil:
+    """Forget the entry; its slot goes on top of the free stack."""
+    cdef CtEntry* e = &ct.entries[index]
     ct_chain_unlink(ct, index, DIR_ORIG)
     ct_chain_unlink(ct, index, DIR_REPLY)
-    ct.entries[index].state = STATE_FREE
-    lru_release(&ct.lru, index)
+    e.state = STATE_FREE
+    e.flags = 0
+    e.chain[0] = ct.free_top
+    ct.free_top = index
+    ct.count -= 1
+
+
+cdef inline void ct_evict(Conntrack* ct) noexcept nogil:
+    """CLOCK: from the hand on, clear the bit of each referenced entry and evict the first one
+    without it. Only called on a full table, so every slot holds an entry."""
+    cdef CtEntry* e
+    while True:
+        e = &ct.entries[ct.hand]
+        ct.hand = ct.hand + 1 if ct.hand + 1 < ct.capacity else 0
+        if e.flags & FLAG_REFERENCED:
+            e.flags &= ~FLAG_REFERENCED
+        else:
+            ct_delete(ct, <uint32_t>(e - ct.entries))
+            return
+
+
+cdef inline uint32_t ct_take(Conntrack* ct) noexcept nogil:
+    """A free slot: the most recently freed one, else the lowest never used."""
+    cdef uint32_t index
+    if ct.free_top != CT_NO_SLOT:
+        index = ct.free_top
+        ct.free_top = ct.entries[index].chain[0]
+    else:
+        index = ct.never_used
+        ct.never_used += 1
+    ct.count += 1
+    return index
 
 
 cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_ns) noexcept nogil:
@@ -213,7 +270,6 @@ cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t 
                                   const Addr* src6, const Addr* dst6) noexcept nogil:
     return ct_lookup(ct, flow_hash(saddr, daddr, sport, dport, proto), saddr, daddr, sport, dport,
                      proto, src6, dst6) != CT_NIL
-
 
 cdef inline void ct_guard_init(Conntrack* ct, uint64_t new_flows_per_second) noexcept nogil:
     ct.guard.cost_ns = GUARD_WINDOW_NS // new_flows_per_second if new_flows_per_second else 0
@@ -241,27 +297,31 @@ cdef inline bint ct_guard_allows(Conntrack* ct, uint64_t now) noexcept nogil:
     return False
 
 
-cdef inline uint32_t ct_insert(Conntrack* ct, const CtEntry* flow,
-                               const CtAddrs6* addrs6) noexcept nogil:
-    """Track a new flow (addrs6: its IPv6 addresses, NULL for IPv4). Fails (CT_NIL) when its
+cdef inline bint ct_insert(Conntrack* ct, const CtEntry* flow,
+                           const CtAddrs6* addrs6) noexcept nogil:
+    """Track a new flow (addrs6: its IPv6 addresses, NULL for IPv4). Fails (False) when its
     reply tuple is already a tracked tuple."""
     if ct_tuple_present(ct, flow.backend_addr, flow.reply_addr, flow.backend_port,
                         flow.reply_port, flow.proto,
                         &addrs6.backend if addrs6 != NULL else NULL,
                         &addrs6.reply if addrs6 != NULL else NULL):
         ct.stats.insert_failures += 1
-        return CT_NIL
-    if ct.lru.count == ct.lru.capacity:
+        return False
+    if ct.count == ct.capacity:
         ct.stats.evictions += 1
-        ct_delete(ct, ct.lru.oldest)
-    cdef uint32_t index = lru_take(&ct.lru)
-    cdef LruLinks links = ct.entries[index].lru
-    ct.entries[index] = flow[0]
-    ct.entries[index].lru = links
+        ct_evict(ct)
+    cdef uint32_t index = ct_take(ct)
+    cdef CtEntry* e = &ct.entries[index]
+    # The slot's bucket heads belong to the index, not to the flow: keep them.
+    cdef uint32_t heads0 = e.heads[0], heads1 = e.heads[1]
+    e[0] = flow[0]
+    e.heads[0] = heads0
+    e.heads[1] = heads1
+    e.flags &= ~FLAG_REFERENCED
     if addrs6 != NULL:
         ct.addrs6[index] = addrs6[0]
     # Reply first: chains are LIFO, so an entry whose two tuples are equal answers as ORIG.
     ct_chain_link(ct, index, DIR_REPLY)
     ct_chain_link(ct, index, DIR_ORIG)
     ct.stats.inserts += 1
-    return index
+    return True

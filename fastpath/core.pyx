@@ -19,7 +19,7 @@ from conntrack cimport (
     CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_IPV6, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
     STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry, ct_delete,
     ct_enable_ipv6, ct_expired, ct_free, ct_guard_allows, ct_guard_init, ct_init, ct_insert,
-    ct_lookup, ct_touch, ct_tuple_present,
+    ct_direction, ct_head, ct_lookup, ct_slot, ct_touch, ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
@@ -331,7 +331,7 @@ cdef class Engine:
 
     @property
     def ct_capacity(self):
-        return self.ct.lru.capacity
+        return self.ct.capacity
 
     # -- maps ----------------------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ cdef class Engine:
         try:
             _build_maps(&m, maps)
             if m.any_affinity and self.affinity.entries == NULL:
-                if affinity_init(&self.affinity, self.ct.lru.capacity) != 0:
+                if affinity_init(&self.affinity, self.ct.capacity) != 0:
                     raise MemoryError("cannot allocate the session affinity table")
             if m.any_ipv6 and ct_enable_ipv6(&self.ct) != 0:
                 raise MemoryError("cannot allocate the IPv6 conntrack addresses")
@@ -365,7 +365,7 @@ cdef class Engine:
         self.backend_packets = _remapped(self.backend_packets, backend_ids, n_backends)
 
     cdef _remap_state(self, list service_ids, list backend_ids, maps):
-        cdef uint32_t index, following
+        cdef uint32_t index
         cdef CtEntry* e
         cdef uint32_t[::1] new_service_ids
         cdef FragEntry* fragment
@@ -373,10 +373,10 @@ cdef class Engine:
             {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
             for s in maps.services
         ]
-        index = self.ct.lru.oldest
-        while index != CT_NIL:
+        for index in range(self.ct.never_used):
             e = &self.ct.entries[index]
-            following = e.lru.next
+            if e.state == STATE_FREE:
+                continue
             e.service = service_ids[e.service] if e.service < len(service_ids) else 0
             e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
             backend_address = (_map_address(self.ct.addrs6[index].backend) if e.flags & FLAG_IPV6
@@ -385,7 +385,6 @@ cdef class Engine:
                     e.service == 0 or (backend_address, e.backend_port) not in serving[e.service]):
                 self.ct.stats.flushed += 1
                 ct_delete(&self.ct, index)
-            index = following
         # Fragment entries keep their verdict and addresses; their ids follow the mapping.
         index = self.fragments.lru.oldest
         while index != LRU_NIL:
@@ -498,15 +497,15 @@ cdef class Engine:
         p.l4_status = <uint8_t>parse_ports(&p.pkt)
         if p.l4_status == PARSED:
             p.hash = flow_hash(p.pkt.saddr, p.pkt.daddr, p.pkt.sport, p.pkt.dport, p.pkt.proto)
-            prefetch(&self.ct.buckets[p.hash & self.ct.bucket_mask])
+            prefetch(ct_head(&self.ct, p.hash))
 
     cdef inline void _prefetch_entry(self, const Parsed* p) noexcept nogil:
         """Ask for the first conntrack entry in the packet's bucket (fetched by _parse)."""
         cdef uint32_t ref
         if p.ip_status == PARSED and p.l4_status == PARSED:
-            ref = self.ct.buckets[p.hash & self.ct.bucket_mask]
+            ref = ct_head(&self.ct, p.hash)[0]
             if ref != CT_NIL:
-                prefetch(&self.ct.entries[ref >> 1])
+                prefetch(&self.ct.entries[ct_slot(ref)])
 
     cdef inline uint8_t _packet(self, Parsed* p, uint64_t now, TraceOut* trace) noexcept nogil:
         trace.service = 0
@@ -543,14 +542,14 @@ cdef class Engine:
                                       &pkt.dst6 if pkt.ipv6 else NULL)
         cdef CtEntry* e
         if ref != CT_NIL:
-            e = &self.ct.entries[ref >> 1]
+            e = &self.ct.entries[ct_slot(ref)]
             if ct_expired(&self.ct, e, now):
                 self.ct.stats.expired += 1
-                ct_delete(&self.ct, ref >> 1)
-            elif (ref & 1) == DIR_ORIG and pkt.proto == IPPROTO_TCP and e.state == STATE_CLOSING \
+                ct_delete(&self.ct, ct_slot(ref))
+            elif ct_direction(ref) == DIR_ORIG and pkt.proto == IPPROTO_TCP and e.state == STATE_CLOSING \
                     and pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
                 self.ct.stats.reopened += 1
-                ct_delete(&self.ct, ref >> 1)
+                ct_delete(&self.ct, ct_slot(ref))
             else:
                 return self._tracked(pkt, e, ref, now, trace)
         return self._new_flow(pkt, hash, now, trace)
@@ -608,16 +607,16 @@ cdef class Engine:
                                 quoted.proto),
             quoted.daddr, quoted.saddr, quoted.dport, quoted.sport, quoted.proto,
             &quoted.dst6 if quoted.ipv6 else NULL, &quoted.src6 if quoted.ipv6 else NULL)
-        if ref == CT_NIL or ct_expired(&self.ct, &self.ct.entries[ref >> 1], now):
+        if ref == CT_NIL or ct_expired(&self.ct, &self.ct.entries[ct_slot(ref)], now):
             return PASS_NO_SERVICE
-        cdef CtEntry* e = &self.ct.entries[ref >> 1]
+        cdef CtEntry* e = &self.ct.entries[ct_slot(ref)]
         cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
         trace.service = e.service
         trace.backend = e.backend
         trace.flags = e.flags & TRACE_FLAGS
         if pkt.ipv6:
-            self._icmp6_error(pkt, &quoted, e, &self.ct.addrs6[ref >> 1], ref & 1)
-        elif (ref & 1) == DIR_REPLY:
+            self._icmp6_error(pkt, &quoted, e, &self.ct.addrs6[ct_slot(ref)], ct_direction(ref))
+        elif ct_direction(ref) == DIR_REPLY:
             # Quoted: a translated forward packet (SNAT/client -> backend); going to the client.
             translate_icmp_error(
                 pkt, &quoted, True, e.frontend_addr, e.frontend_port,
@@ -631,7 +630,7 @@ cdef class Engine:
                 True, e.backend_addr, e.backend_port,
                 masqueraded and pkt.saddr == e.client_addr, e.reply_addr,
                 pkt.daddr == e.frontend_addr, e.backend_addr)
-        return ICMP_ERROR_REPLY if (ref & 1) == DIR_REPLY else ICMP_ERROR_FORWARD
+        return ICMP_ERROR_REPLY if ct_direction(ref) == DIR_REPLY else ICMP_ERROR_FORWARD
 
     cdef inline void _icmp6_error(self, Packet* pkt, Packet* quoted, const CtEntry* e,
                                   const CtAddrs6* a, uint32_t direction) noexcept nogil:
@@ -654,22 +653,22 @@ cdef class Engine:
                                  TraceOut* trace) noexcept nogil:
         if now > e.last_seen_ns:
             e.last_seen_ns = now
-        ct_touch(&self.ct, ref >> 1)
+        ct_touch(&self.ct, ct_slot(ref))
         if pkt.proto == IPPROTO_TCP:
-            e.state = tcp_state_after(e.state, pkt.tcp_flags, ref & 1)
+            e.state = tcp_state_after(e.state, pkt.tcp_flags, ct_direction(ref))
         trace.service = e.service
         trace.backend = e.backend
         trace.flags = e.flags & TRACE_FLAGS
         cdef bint masqueraded = (e.flags & FLAG_MASQUERADED) != 0
         cdef const CtAddrs6* a
         if pkt.ipv6:
-            a = &self.ct.addrs6[ref >> 1]
-            if (ref & 1) == DIR_ORIG:
+            a = &self.ct.addrs6[ct_slot(ref)]
+            if ct_direction(ref) == DIR_ORIG:
                 translate6(pkt, True, &a.backend, e.backend_port, masqueraded, &a.reply, e.reply_port)
                 return CT_ESTABLISHED
             translate6(pkt, masqueraded, &a.client, e.client_port, True, &a.frontend, e.frontend_port)
             return CT_REPLY
-        if (ref & 1) == DIR_ORIG:
+        if ct_direction(ref) == DIR_ORIG:
             translate(pkt, True, e.backend_addr, e.backend_port,
                       masqueraded, e.reply_addr, e.reply_port)
             return CT_ESTABLISHED
@@ -723,7 +722,7 @@ cdef class Engine:
         cdef uint32_t count = service.n_local if use_local else service.n_cluster
         if count == 0:
             return DROP_NO_LOCAL_ENDPOINT
-        if self.ct.lru.count == self.ct.lru.capacity and not ct_guard_allows(&self.ct, now):
+        if self.ct.count == self.ct.capacity and not ct_guard_allows(&self.ct, now):
             return DROP_FLOW_RATE
 
         cdef uint32_t backend_id = 0
@@ -851,7 +850,7 @@ cdef class Engine:
                 "insert_failures": s.insert_failures, "flushed": s.flushed,
                 "snat_failures": s.snat_failures, "snat_unavailable": s.snat_unavailable,
                 "rate_limited": s.rate_limited,
-                "entries": self.ct.lru.count,
+                "entries": self.ct.count,
             },
             "affinity": {
                 "evictions": self.affinity.evictions, "expired": self.affinity.expired,

@@ -601,15 +601,22 @@ def test_ct_capacity_must_be_positive():
     ReferenceEngine(make_maps(), ct_capacity=1)
 
 
-def test_lru_eviction_at_capacity():
+def _slots(eng) -> list[tuple[int, int, bool]]:
+    """(client port, slot, referenced) of each conntrack entry, in slot order."""
+    return [(e.orig[2], e.slot, e.referenced) for e in eng.conntrack_entries()]
+
+
+def test_clock_eviction_at_capacity():
     eng = engine(capacity=3)
     for n, port in enumerate((1001, 1002, 1003)):
         assert run(eng, eth(tcp(sport=port)), T0 + n)[1] == Reason.NEW_FLOW
-    # Touch flow 1001 (now most recently used): 1002 becomes the least recently used.
+    assert _slots(eng) == [(1001, 0, False), (1002, 1, False), (1003, 2, False)]
+    # A packet of flow 1001 sets its bit, so the hand (at slot 0) passes it over, clearing the
+    # bit, and evicts 1002; the new flow takes slot 1, right behind the hand.
     assert run(eng, eth(tcp(sport=1001, flags="A")), T0 + 10)[1] == Reason.CT_ESTABLISHED
+    assert _slots(eng)[0] == (1001, 0, True)
     assert run(eng, eth(tcp(sport=1004)), T0 + 11)[1] == Reason.NEW_FLOW
-    ports = [e.orig[2] for e in eng.conntrack_entries()]
-    assert ports == [1003, 1001, 1004]
+    assert _slots(eng) == [(1001, 0, False), (1004, 1, False), (1003, 2, False)]
     c = eng.counters()["conntrack"]
     assert (c["inserts"], c["evictions"], c["entries"]) == (4, 1, 3)
     # A reply of the evicted flow is no longer known; its next forward packet is a mid-stream miss.
@@ -619,10 +626,25 @@ def test_lru_eviction_at_capacity():
     assert run(eng, eth(tcp(sport=1002, flags="A")), T0 + 13)[1] == Reason.NEW_FLOW
     c = eng.counters()["conntrack"]
     assert (c["inserts"], c["evictions"], c["non_syn_miss"], c["entries"]) == (5, 2, 1, 3)
-    assert [e.orig[2] for e in eng.conntrack_entries()] == [1001, 1004, 1002]
+    assert _slots(eng) == [(1001, 0, False), (1004, 1, False), (1002, 2, False)]
+    # The hand wrapped round to slot 0: 1001, without a packet since its bit was cleared, is next.
+    assert run(eng, eth(tcp(sport=1005)), T0 + 14)[1] == Reason.NEW_FLOW
+    assert _slots(eng) == [(1005, 0, False), (1004, 1, False), (1002, 2, False)]
 
 
-def test_reply_refreshes_lru_position():
+def test_clock_full_turn_when_every_entry_is_referenced():
+    eng = engine(capacity=2)
+    for port in (1001, 1002):
+        run(eng, eth(tcp(sport=port)), T0)
+        run(eng, eth(tcp(sport=port, flags="A")), T0 + 1)
+    assert _slots(eng) == [(1001, 0, True), (1002, 1, True)]
+    # The hand clears both bits, comes back to slot 0 and evicts 1001.
+    run(eng, eth(tcp(sport=1003)), T0 + 2)
+    assert _slots(eng) == [(1003, 0, False), (1002, 1, False)]
+    assert eng.counters()["conntrack"]["evictions"] == 1
+
+
+def test_reply_sets_the_referenced_bit():
     eng = engine(capacity=2)
     run(eng, eth(tcp(sport=1001)), T0)
     run(eng, eth(tcp(sport=1002)), T0 + 1)
@@ -631,6 +653,23 @@ def test_reply_refreshes_lru_position():
     assert run(eng, reply, T0 + 2)[1] == Reason.CT_REPLY
     run(eng, eth(tcp(sport=1003)), T0 + 3)
     assert [e.orig[2] for e in eng.conntrack_entries()] == [1001, 1003]
+
+
+def test_freed_slots_are_reused_most_recent_first():
+    eng = engine(capacity=4)
+    for port in (1001, 1002, 1003):
+        run(eng, eth(tcp(sport=port)), T0)
+    # Replies after the SYN_SENT timeout find 1002's, then 1001's entry expired: slots 1, then 0
+    # are freed (the replies themselves pass: they are not addressed to a service).
+    for port in (1002, 1001):
+        chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, port, 80, PROTO_TCP)
+        reply = eth(tcp(src=txt(chosen.ip), dst=CLIENT, sport=8080, dport=port, flags="SA"))
+        assert run(eng, reply, T0 + 100 * SECOND)[1] == Reason.PASS_NO_SERVICE
+    assert eng.counters()["conntrack"]["expired"] == 2
+    for port in (1004, 1005, 1006):
+        run(eng, eth(tcp(sport=port)), T0 + 101 * SECOND)
+    # Slot 0 (freed last) first, then slot 1, then the never-used slot 3.
+    assert [(p, slot) for p, slot, _ in _slots(eng)] == [(1004, 0), (1005, 1), (1003, 2), (1006, 3)]
 
 
 def test_capacity_one():

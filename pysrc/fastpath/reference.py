@@ -74,12 +74,22 @@ Hash (selection and conntrack buckets), all arithmetic modulo 2**64:
 
 Conntrack
 ---------
-A fixed capacity of entries with exact least-recently-used eviction. An entry holds:
+A fixed pool of `capacity` slots (0 to capacity - 1) with CLOCK (second-chance) eviction, an
+approximation of least-recently-used order. An entry holds:
   orig tuple  (client ip, frontend ip, client port, frontend port, proto)
   reply tuple (backend ip, reply-dst ip, backend port, reply-dst port, proto) where reply-dst is
               the SNAT address and port when the flow is masqueraded, else the client's
   snat ip/port (0 when not masqueraded), frontend kind, service id, backend id, state,
-  last_seen_ns.
+  last_seen_ns, its slot, and a `referenced` bit.
+Slots: a new entry takes the most recently freed slot (deleting an entry frees its slot), else
+the lowest slot never used; it starts unreferenced. A packet of a tracked flow (step 4) sets the
+bit. Eviction (a new flow into a table holding `capacity` entries, so every slot is in use): a
+hand, at slot 0 when the engine is made, looks at the entry in its slot and moves on one slot
+(after capacity - 1 comes 0); a referenced entry loses its bit and the hand goes on, the first
+unreferenced one is evicted. The new entry then takes that slot, right behind the hand: a full
+turn of the hand passes before it can be evicted, and a flow with packets in that turn is passed
+over once more. (Exact LRU would need a list relinked by every packet, two more cache lines
+written per packet.)
 States and timeouts: SYN_SENT 60 s, ESTABLISHED 8000 s, CLOSING 10 s, OTHER (UDP) 60 s
 (overridable per engine: timeouts_s={"syn_sent", "established", "closing", "other"}).
 An entry is expired when ts - last_seen_ns > timeout(state) (ts earlier than last_seen is never
@@ -89,7 +99,7 @@ Per TCP/UDP IPv4 packet with key K = (src ip, dst ip, src port, dst port, proto)
  1. Look K up among orig tuples (direction ORIG) and reply tuples (direction REPLY).
  2. Found but expired: delete it (ct_expired += 1) and go on as not found.
  3. Found ORIG, TCP, pure SYN, entry state CLOSING: delete it (ct_reopened += 1), not found.
- 4. Found: last_seen = max(last_seen, ts); the entry becomes most recently used; state update
+ 4. Found: last_seen = max(last_seen, ts); the entry is referenced; state update
     (TCP only): FIN or RST -> CLOSING; else if REPLY and state SYN_SENT -> ESTABLISHED.
     ORIG: DNAT (dst := backend ip/port; and src := snat ip/port when masqueraded), reason
     CT_ESTABLISHED.
@@ -143,9 +153,9 @@ New flows (policy is in the maps; the core follows these steps in this order)
     entry in the table, expired or not.
  i. TCP and not pure SYN -> ct_non_syn_miss += 1. Initial state: UDP OTHER; TCP with FIN or RST
     -> CLOSING; pure SYN -> SYN_SENT; other TCP -> ESTABLISHED. Insert: the reply tuple present
-    in the table (without masq) -> not inserted, ct_insert_failures += 1; otherwise evict the
-    least recently used entry if the table holds `capacity` entries (ct_evictions += 1), insert
-    (ct_inserts += 1), last_seen = ts, most recently used.
+    in the table (without masq) -> not inserted, ct_insert_failures += 1; otherwise evict an
+    entry by CLOCK if the table holds `capacity` entries (ct_evictions += 1), insert
+    (ct_inserts += 1), last_seen = ts, unreferenced.
  j. DNAT (+ SNAT when masq), reason NEW_FLOW.
 
 REJECT packets are not rewritten and are left out of the output; the caller inserts the reply
@@ -159,8 +169,8 @@ entries, and the per-service and per-backend counters, follow the mapping (a cou
 no counterpart is dropped; counters of old ids mapped to one new id add up; a fragment entry
 keeps its verdict and addresses, so later fragments still follow their first one). Affinity
 entries whose service has no counterpart are deleted (uncounted); of two affinity entries mapped
-to one key the most recently used stays. LRU orders are kept.
-Then every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
+to one key the most recently used stays. LRU orders, conntrack slots, bits and the hand are kept.
+Then, in slot order, every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
 service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
 entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
 
@@ -643,6 +653,8 @@ class ConntrackEntry:
     backend: int  # Backend.id (0: no counterpart after load())
     state: int
     last_seen_ns: int
+    slot: int = -1  # where the table keeps it (CLOCK's hand walks the slots)
+    referenced: bool = False  # CLOCK's bit: a packet of the flow since the hand last passed
 
     @property
     def masqueraded(self) -> bool:
@@ -650,20 +662,27 @@ class ConntrackEntry:
 
 
 class _Conntrack:
-    """Fixed-capacity table with exact LRU eviction and two indexes (orig tuple, reply tuple).
+    """Fixed pool of `capacity` slots with CLOCK eviction and two indexes (orig tuple, reply tuple).
 
-    `lru` holds the entries, least recently used first, keyed by their orig tuple; `by_orig` and
-    `by_reply` map a tuple to its entry.
+    `slots[i]` is the entry in slot i (None: free); slots from len(slots) on were never used;
+    `free` holds freed slots, the most recently freed last; `hand` is the next slot eviction
+    looks at. `by_orig` and `by_reply` map a tuple to its entry.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.lru: OrderedDict[Tuple5, ConntrackEntry] = OrderedDict()
+        self.slots: list[ConntrackEntry | None] = []
+        self.free: list[int] = []
+        self.hand = 0
         self.by_orig: dict[Tuple5, ConntrackEntry] = {}
         self.by_reply: dict[Tuple5, ConntrackEntry] = {}
 
     def __len__(self) -> int:
-        return len(self.lru)
+        return len(self.by_orig)
+
+    def entries(self) -> list[ConntrackEntry]:
+        """The entries in slot order."""
+        return [entry for entry in self.slots if entry is not None]
 
     def lookup(self, key: Tuple5) -> tuple[ConntrackEntry | None, bool]:
         """(entry, is_reply). Orig tuples are searched first.
@@ -680,10 +699,11 @@ class _Conntrack:
         return None, False
 
     def touch(self, entry: ConntrackEntry) -> None:
-        self.lru.move_to_end(entry.orig)
+        entry.referenced = True
 
     def delete(self, entry: ConntrackEntry) -> None:
-        del self.lru[entry.orig]
+        self.slots[entry.slot] = None
+        self.free.append(entry.slot)
         del self.by_orig[entry.orig]
         del self.by_reply[entry.reply]
 
@@ -691,13 +711,27 @@ class _Conntrack:
         """`flow` is the orig or the reply tuple of an entry in the table (expired or not)."""
         return flow in self.by_orig or flow in self.by_reply
 
-    def evict_lru(self) -> ConntrackEntry:
-        entry = next(iter(self.lru.values()))
-        self.delete(entry)
-        return entry
+    def evict(self) -> ConntrackEntry:
+        """CLOCK on a full table: from the hand on, referenced entries lose their bit and are
+        passed; the first unreferenced one is deleted. The hand stops just after it."""
+        while True:
+            entry = self.slots[self.hand]
+            assert entry is not None  # a full table has every slot in use
+            self.hand = (self.hand + 1) % self.capacity
+            if not entry.referenced:
+                self.delete(entry)
+                return entry
+            entry.referenced = False
 
     def insert(self, entry: ConntrackEntry) -> None:
-        self.lru[entry.orig] = entry
+        """Into the most recently freed slot, else the lowest never used; unreferenced."""
+        if self.free:
+            entry.slot = self.free.pop()
+            self.slots[entry.slot] = entry
+        else:
+            entry.slot = len(self.slots)
+            self.slots.append(entry)
+        entry.referenced = False
         self.by_orig[entry.orig] = entry
         self.by_reply[entry.reply] = entry
 
@@ -1336,7 +1370,7 @@ class ReferenceEngine:
         self._backend_counts = _remapped_counts(self._backend_counts, backend_map, len(maps.backends))
 
         # Conntrack entries follow the ids (their tuples, and so their translation, stay).
-        for entry in self._ct.lru.values():
+        for entry in self._ct.entries():
             entry.service = service_map[entry.service] if entry.service < len(service_map) else 0
             entry.backend = backend_map[entry.backend] if entry.backend < len(backend_map) else 0
 
@@ -1375,7 +1409,7 @@ class ReferenceEngine:
             frozenset((maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in service.serving)
             for service in maps.services
         ]
-        for entry in list(self._ct.lru.values()):
+        for entry in self._ct.entries():
             if entry.orig[4] != PROTO_UDP:
                 continue
             if entry.service == 0 or (entry.reply[0], entry.reply[2]) not in serving[entry.service - 1]:
@@ -1730,7 +1764,7 @@ class ReferenceEngine:
                 self._ct_counts["insert_failures"] += 1
             else:
                 if len(ct) >= ct.capacity:
-                    ct.evict_lru()
+                    ct.evict()
                     self._ct_counts["evictions"] += 1
                 ct.insert(
                     ConntrackEntry(
@@ -1806,8 +1840,8 @@ class ReferenceEngine:
         }
 
     def conntrack_entries(self) -> list[ConntrackEntry]:
-        """Twin only (for tests): copies of the entries, least recently used first."""
-        return [replace(e) for e in self._ct.lru.values()]
+        """Twin only (for tests): copies of the entries, in slot order."""
+        return [replace(e) for e in self._ct.entries()]
 
     def affinity_entries(self) -> list[AffinityEntry]:
         """Twin only (for tests): copies of the affinity entries, least recently used first."""
