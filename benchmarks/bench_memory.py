@@ -4,8 +4,9 @@
                               interpreter: an Engine with ct_capacity 2**20 filled with 2**20
                               distinct flows; RSS growth (VmRSS) minus its maps, divided by the
                               capacity (`bytes_per_entry`), split into what creating the table
-                              touches (`created_bytes_per_entry`: the bucket index) and what
-                              filling it touches (`fill_bytes_per_entry`: the entries).
+                              touches (`created_bytes_per_entry`: nothing but the allocation, as
+                              the hash index lives in the entries) and what filling it touches
+                              (`fill_bytes_per_entry`: the entries and their bucket heads).
                               `struct` is sizeof(CtEntry) as the C ABI lays out the fields of
                               fastpath/conntrack.pxd (ctypes). Timed: the whole probe (fill batch
                               generation included), for the record only.

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
+from aligned cimport aligned_calloc
 from hashing cimport fmix64
 from lru cimport LRU_NIL, Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -22,7 +23,8 @@ ctypedef struct AffinityEntry:      # 64 bytes
 
 
 ctypedef struct Affinity:
-    AffinityEntry* entries          # NULL until a service with affinity is loaded
+    AffinityEntry* entries          # NULL until a service with affinity is loaded; cache-line
+    void* block                     # aligned, inside `block`
     uint32_t* buckets
     uint32_t bucket_mask
     Lru lru
@@ -34,7 +36,7 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
     cdef uint64_t nbuckets = 16, i
     while nbuckets < <uint64_t>capacity:
         nbuckets <<= 1
-    a.entries = <AffinityEntry*>calloc(capacity, sizeof(AffinityEntry))
+    a.entries = <AffinityEntry*>aligned_calloc(capacity, sizeof(AffinityEntry), &a.block)
     a.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
     if a.entries == NULL or a.buckets == NULL:
         affinity_free(a)
@@ -48,8 +50,9 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
 
 
 cdef inline void affinity_free(Affinity* a) noexcept nogil:
-    free(a.entries)
+    free(a.block)
     free(a.buckets)
+    a.block = NULL
     a.entries = NULL
     a.buckets = NULL
 

@@ -14,10 +14,11 @@
 # IPv4 and IPv6 flows share the pool. An IPv6 entry holds the 32-bit folds of its addresses (for
 # hashing and a quick compare) and its whole addresses in a side array at the same slot, so an
 # IPv4 entry stays one cache line.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
+from aligned cimport aligned_calloc
 from hashing cimport flow_hash
 
 cdef enum:
@@ -25,7 +26,6 @@ cdef enum:
     CT_NO_SLOT = 0xFFFFFFFF         # the end of the free-slot stack
     DIR_ORIG = 0
     DIR_REPLY = 1
-    CT_ALIGN = 64                   # entries start on a cache line
 
 cdef enum:
     STATE_FREE = 0
@@ -44,7 +44,7 @@ cdef enum:
     TRACE_FLAGS = 0x0F
 
 
-ctypedef struct CtEntry:            # 60 bytes of fields in a 64-byte, aligned slot
+ctypedef struct CtEntry:            # 59 bytes of fields in a 64-byte, aligned slot
     uint64_t last_seen_ns
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
@@ -95,7 +95,7 @@ ctypedef struct FlowRateGuard:      # a token bucket in nanoseconds of packet ti
 
 
 ctypedef struct Conntrack:
-    CtEntry* entries                # CT_ALIGN-aligned, inside `block`
+    CtEntry* entries                # cache-line aligned, inside `block`
     void* block
     CtAddrs6* addrs6                # NULL until IPv6 frontends are loaded
     uint64_t nbuckets               # 2 * capacity
@@ -110,11 +110,9 @@ ctypedef struct Conntrack:
 
 
 cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
-    # calloc, not aligned_alloc: untouched pages stay unallocated until a flow lands there.
-    ct.block = calloc(<size_t>capacity * sizeof(CtEntry) + CT_ALIGN, 1)
-    if ct.block == NULL:
+    ct.entries = <CtEntry*>aligned_calloc(capacity, sizeof(CtEntry), &ct.block)
+    if ct.entries == NULL:
         return -1
-    ct.entries = <CtEntry*>((<uintptr_t>ct.block + CT_ALIGN - 1) & ~(<uintptr_t>CT_ALIGN - 1))
     ct.addrs6 = NULL
     ct.nbuckets = 2 * <uint64_t>capacity
     ct.capacity = capacity
