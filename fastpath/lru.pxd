@@ -1,4 +1,4 @@
-# Exact least-recently-used order and free slots for a fixed pool of entries (conntrack, session
+# Exact least-recently-used order and free slots for a fixed pool of entries (session
 # affinity, fragments). The links live inside each table's own entries (at `links_offset`, every
 # `stride` bytes), so a lookup that touches an entry touches its links in the same cache line.
 from libc.stdint cimport uint8_t, uint32_t
