@@ -179,11 +179,11 @@ cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direct
     return addr_eq(&a.backend, src6) and addr_eq(&a.reply, dst6)
 
 
-cdef inline uint32_t ct_lookup(const Conntrack* ct, uint64_t hash, uint32_t saddr, uint32_t daddr,
-                               uint16_t sport, uint16_t dport, uint8_t proto,
+cdef inline uint32_t ct_lookup(const Conntrack* ct, const uint32_t* head, uint32_t saddr,
+                               uint32_t daddr, uint16_t sport, uint16_t dport, uint8_t proto,
                                const Addr* src6, const Addr* dst6) noexcept nogil:
-    """The ref whose tuple equals the packet's, or CT_NIL."""
-    cdef uint32_t ref = ct_head(ct, hash)[0]
+    """The ref whose tuple equals the packet's, or CT_NIL. head: ct_head() of the tuple's hash."""
+    cdef uint32_t ref = head[0]
     while ref != CT_NIL:
         if ct_matches(ct, ct_slot(ref), ct_direction(ref), saddr, daddr, sport, dport, proto,
                       src6, dst6):
@@ -266,8 +266,8 @@ cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_
 cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t daddr,
                                   uint16_t sport, uint16_t dport, uint8_t proto,
                                   const Addr* src6, const Addr* dst6) noexcept nogil:
-    return ct_lookup(ct, flow_hash(saddr, daddr, sport, dport, proto), saddr, daddr, sport, dport,
-                     proto, src6, dst6) != CT_NIL
+    cdef const uint32_t* head = ct_head(ct, flow_hash(saddr, daddr, sport, dport, proto))
+    return ct_lookup(ct, head, saddr, daddr, sport, dport, proto, src6, dst6) != CT_NIL
 
 cdef inline void ct_guard_init(Conntrack* ct, uint64_t new_flows_per_second) noexcept nogil:
     ct.guard.cost_ns = GUARD_WINDOW_NS // new_flows_per_second if new_flows_per_second else 0

@@ -146,7 +146,8 @@ ctypedef struct Maps:
 
 ctypedef struct Parsed:             # a packet parsed ahead of its processing
     Packet pkt
-    uint64_t hash                   # flow_hash of its tuple (a flow's only)
+    uint64_t hash                   # a flow's only: flow_hash of its tuple,
+    uint32_t* head                  # and ct_head() of that
     uint8_t ip_status               # parse_ipv4/6: PARSED, PARSED_FRAGMENT or a reason
     uint8_t l4_status               # parse_ports, when ip_status is PARSED
 
@@ -497,13 +498,14 @@ cdef class Engine:
         p.l4_status = <uint8_t>parse_ports(&p.pkt)
         if p.l4_status == PARSED:
             p.hash = flow_hash(p.pkt.saddr, p.pkt.daddr, p.pkt.sport, p.pkt.dport, p.pkt.proto)
-            prefetch(ct_head(&self.ct, p.hash))
+            p.head = ct_head(&self.ct, p.hash)
+            prefetch(p.head)
 
     cdef inline void _prefetch_entry(self, const Parsed* p) noexcept nogil:
         """Ask for the first conntrack entry in the packet's bucket (fetched by _parse)."""
         cdef uint32_t ref
         if p.ip_status == PARSED and p.l4_status == PARSED:
-            ref = ct_head(&self.ct, p.hash)[0]
+            ref = p.head[0]
             if ref != CT_NIL:
                 prefetch(&self.ct.entries[ct_slot(ref)])
 
@@ -518,7 +520,7 @@ cdef class Engine:
             return p.ip_status
         cdef uint8_t reason
         if p.l4_status == PARSED:
-            reason = self._flow(pkt, p.hash, now, trace)
+            reason = self._flow(pkt, p.hash, p.head, now, trace)
         elif p.l4_status == PARSED_ICMP_ERROR:
             reason = self._icmp_error(pkt, now, trace)
         else:
@@ -535,9 +537,9 @@ cdef class Engine:
         cdef Addr dst = packet_dst(pkt)
         return frontend_map_get(&self.maps.frontend_ips, frontend_key(&dst, 0, 0)) >= 0
 
-    cdef inline uint8_t _flow(self, Packet* pkt, uint64_t hash, uint64_t now,
-                             TraceOut* trace) noexcept nogil:
-        cdef uint32_t ref = ct_lookup(&self.ct, hash, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
+    cdef inline uint8_t _flow(self, Packet* pkt, uint64_t hash, const uint32_t* head,
+                             uint64_t now, TraceOut* trace) noexcept nogil:
+        cdef uint32_t ref = ct_lookup(&self.ct, head, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
                                       pkt.proto, &pkt.src6 if pkt.ipv6 else NULL,
                                       &pkt.dst6 if pkt.ipv6 else NULL)
         cdef CtEntry* e
@@ -603,8 +605,8 @@ cdef class Engine:
             return PASS_UNSUPPORTED
         # The quoted packet went the other way: its reversed tuple is the flow's tuple.
         cdef uint32_t ref = ct_lookup(
-            &self.ct, flow_hash(quoted.daddr, quoted.saddr, quoted.dport, quoted.sport,
-                                quoted.proto),
+            &self.ct, ct_head(&self.ct, flow_hash(quoted.daddr, quoted.saddr, quoted.dport,
+                                                  quoted.sport, quoted.proto)),
             quoted.daddr, quoted.saddr, quoted.dport, quoted.sport, quoted.proto,
             &quoted.dst6 if quoted.ipv6 else NULL, &quoted.src6 if quoted.ipv6 else NULL)
         if ref == CT_NIL or ct_expired(&self.ct, &self.ct.entries[ct_slot(ref)], now):
