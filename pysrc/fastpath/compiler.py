@@ -49,6 +49,7 @@ import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from .maps import (
@@ -63,6 +64,7 @@ from .maps import (
     family_of,
     format_address,
     in_prefix,
+    make_backends,
 )
 from .maps import Service as MapService
 from .model import (
@@ -125,19 +127,31 @@ def service_label(service: MapService) -> str:
 class _Candidate(NamedTuple):
     """One endpoint of one service port, as kube-proxy's endpoint info sees it.
 
-    A named tuple, not a dataclass: a large cluster makes hundreds of thousands of these.
+    A named tuple, not a dataclass, and made with _new_candidate (tuple.__new__, skipping the
+    named tuple's Python-level __new__): a large cluster makes millions of these.
     """
 
-    ip: int  # a map address (IPv6 ones tagged with maps.IPV6)
-    port: int
-    address: str  # the ip as text, for names
+    key: int  # _backend_key(ip, port): (ip, port) as one int, ordered like the pair
+    name: str  # the backend's name: "10.244.1.5:8080 (namespace/pod)", IPv6 in brackets
     ready: bool
     serving: bool
     terminating: bool
     local: bool
-    zone_hints: frozenset[str]
-    node_hints: frozenset[str]
-    owner: str  # "namespace/pod" from targetRef or the Pod, else "namespace/slice"
+    zone_hints: tuple[str, ...]
+    node_hints: tuple[str, ...]
+
+
+_new_candidate = tuple.__new__
+_candidate_key = itemgetter(0)  # _Candidate.key, as a C-level callable for map()
+
+# A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
+# than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
+_PORT_BITS = 16
+_PORT_MASK = (1 << _PORT_BITS) - 1
+
+
+def _backend_key(ip: int, port: int) -> int:
+    return ip << _PORT_BITS | port
 
 
 class _Port(NamedTuple):
@@ -171,7 +185,7 @@ class _NodeInfo(NamedTuple):
         return self.view.primary_ip6 if family == 6 else self.view.primary_ip
 
 
-_NO_HINTS: frozenset[str] = frozenset()
+_NO_HINTS: tuple[str, ...] = ()
 
 
 def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
@@ -216,7 +230,7 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
                                      slices.get((*service.key, entry.family), ()), info.name, skipped)
         sets = _Sets(
             cluster=_cluster_set(candidates, info.name, info.zone),
-            local=_local_set(candidates),
+            local=_local_set(candidates) if info.name is not None else [],  # nothing is local to no node
             serving=[c for c in candidates if c.serving],
         )
         _endpoint_notes(entry, sets, info, notes)
@@ -225,25 +239,28 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
                      "(no EndpointSlice in the input for them)")
 
-    # Every endpoint of any set is a backend (each service port's candidates are distinct by (ip, port)).
-    backends, backend_ids = _number_backends(
-        c for sets in chosen for c in {(c.ip, c.port): c for c in (*sets.cluster, *sets.local, *sets.serving)}.values())
+    backends, backend_ids = _number_backends(chosen)
+    to_id = backend_ids.__getitem__
 
-    def ids(candidates: Iterable[_Candidate]) -> tuple[int, ...]:
-        return tuple(sorted({backend_ids[(c.ip, c.port)] for c in candidates}))
+    def ids(candidates: list[_Candidate]) -> tuple[int, ...]:
+        # A service port's candidates are distinct by key, and ids follow key order.
+        return tuple(sorted(map(to_id, map(_candidate_key, candidates))))
 
-    services = [
-        MapService(
+    services = []
+    for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1):
+        cluster = ids(sets.cluster)
+        # Usually every endpoint is ready and serving: the sets are equal, so are their ids.
+        serving = cluster if sets.serving == sets.cluster else ids(sets.serving)
+        local = ids(sets.local) if sets.local else ()
+        services.append(MapService(
             id=service_id,
             name=entry.name,
-            backends=ids(sets.cluster),
-            local_backends=ids(sets.local),
-            serving=ids(sets.serving),
+            backends=cluster,
+            local_backends=local,
+            serving=serving,
             affinity_timeout_s=_affinity_timeout(entry.service),
             family=entry.family,
-        )
-        for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1)
-    ]
+        ))
     frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
@@ -549,20 +566,29 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
                      "external clients are dropped")
 
 
-def _number_backends(candidates: Iterable[_Candidate]) -> tuple[list[Backend], dict[tuple[int, int], int]]:
-    """One backend per distinct (ip, port) over every service, ids in (ip, port) order (IPv4 first)."""
-    names: dict[tuple[int, int], str] = {}
-    for candidate in candidates:
-        key = (candidate.ip, candidate.port)
-        if candidate.ip >= IPV6:
-            name = f"[{candidate.address}]:{candidate.port} ({candidate.owner})"
-        else:
-            name = f"{candidate.address}:{candidate.port} ({candidate.owner})"
-        previous = names.get(key)
-        if previous is None or name < previous:  # slices may name the same address differently
-            names[key] = name
-    ids = {key: number for number, key in enumerate(sorted(names), start=1)}
-    backends = [Backend(id=number, ip=ip, port=port, name=names[(ip, port)]) for (ip, port), number in ids.items()]
+def _number_backends(chosen: Sequence[_Sets]) -> tuple[list[Backend], dict[int, int]]:
+    """One backend per distinct (ip, port) over every set of every service port, ids in (ip, port)
+    order (IPv4 first); and backend key -> id."""
+    endpoints: list[_Candidate] = []
+    for sets in chosen:
+        if sets.serving == sets.cluster and not sets.local:  # the usual case: one set
+            endpoints += sets.cluster
+        else:  # each (ip, port) once
+            endpoints += {c.key: c for c in (*sets.cluster, *sets.local, *sets.serving)}.values()
+    names = dict(map(itemgetter(0, 1), endpoints))  # key -> name, of the last candidate
+    if len(names) < len(endpoints):
+        # Some (ip, port) came more than once: the same endpoint in several sets or services, or
+        # slices naming the same address differently. Its backend is named by the smallest name.
+        names = {}
+        for candidate in endpoints:
+            key, name = candidate.key, candidate.name
+            previous = names.setdefault(key, name)
+            if name < previous:
+                names[key] = name
+    keys = sorted(names)
+    ids = dict(zip(keys, range(1, len(keys) + 1)))
+    backends = make_backends(zip(range(1, len(keys) + 1), [key >> _PORT_BITS for key in keys],
+                                 [key & _PORT_MASK for key in keys], map(names.__getitem__, keys)))
     return backends, ids
 
 
@@ -608,60 +634,69 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
     one wins, as in kube-proxy; then the ready, serving, local one, so the result never depends
     on which slice was read first.
+
+    This loop runs once per endpoint of the cluster (a million in a big one): it reads each field
+    once and makes one tuple per endpoint.
     """
-    found: dict[tuple[int, int], _Candidate] = {}
+    found: dict[int, _Candidate] = {}
+    keep = found.setdefault
     for endpoint_slice in slices:
-        slice_port = next((p for p in endpoint_slice.ports
-                           if p.name == port.name and p.protocol == port.protocol), None)
-        if slice_port is None or slice_port.port is None:
+        number = next((p.port for p in endpoint_slice.ports
+                       if p.name == port.name and p.protocol == port.protocol), None)
+        if number is None:
             continue
+        _checked_port(number)
+        namespace = endpoint_slice.namespace
+        slice_owner = f"{namespace}/{endpoint_slice.name}"
         for endpoint in endpoint_slice.endpoints:
-            candidate = _candidate(endpoint, slice_port.port, endpoint_slice, node, family)
-            if candidate is None:
-                skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+            address = endpoint.addresses[0]  # only the first address counts
+            if family == 4:
+                ip = int.from_bytes(_inet_aton(address), "big")
+                name = f"{address}:{number} ("
             else:
-                _keep(found, candidate)
+                ip = _address(address)
+                if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
+                    skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+                    continue
+                name = f"[{address}]:{number} ("
+            ref = endpoint.target_ref
+            if ref is not None and ref.name:
+                name += f"{ref.namespace or namespace}/{ref.name})"
+            else:
+                name += f"{slice_owner})"
+            conditions = endpoint.conditions
+            ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
+            candidate = _new_candidate(_Candidate, (
+                ip << _PORT_BITS | number,
+                name,
+                ready is None or ready,
+                serving is None or serving,
+                bool(conditions.terminating),
+                node is not None and endpoint.node_name == node,
+                endpoint.hints_for_zones,
+                endpoint.hints_for_nodes,
+            ))
+            previous = keep(candidate.key, candidate)
+            if previous is not candidate and _preference(candidate) > _preference(previous):
+                found[candidate.key] = candidate
     return list(found.values())
 
 
-def _keep(found: dict[tuple[int, int], _Candidate], candidate: _Candidate) -> None:
-    key = (candidate.ip, candidate.port)
-    previous = found.get(key)
-    if previous is None or _preference(candidate) > _preference(previous):
-        found[key] = candidate
+def _keep(found: dict[int, _Candidate], candidate: _Candidate) -> None:
+    previous = found.setdefault(candidate.key, candidate)
+    if previous is not candidate and _preference(candidate) > _preference(previous):
+        found[candidate.key] = candidate
 
 
 def _preference(candidate: _Candidate) -> tuple[bool, bool, bool, bool]:
     return (not candidate.terminating, candidate.ready, candidate.serving, candidate.local)
 
 
-def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, node: str | None,
-               family: int) -> _Candidate | None:
-    ref = endpoint.target_ref
-    if ref is not None and ref.name:
-        owner = f"{ref.namespace or endpoint_slice.namespace}/{ref.name}"
-    else:
-        owner = f"{endpoint_slice.namespace}/{endpoint_slice.name}"
-    conditions = endpoint.conditions
-    address = endpoint.addresses[0]  # only the first address counts
-    if family == 4:
-        ip = int.from_bytes(_inet_aton(address), "big")
-    else:
-        ip = _address(address)
-        if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
-            return None
-    return _Candidate(
-        ip=ip,
-        port=port,
-        address=address,
-        ready=conditions.is_ready,
-        serving=conditions.is_serving,
-        terminating=conditions.is_terminating,
-        local=node is not None and endpoint.node_name == node,
-        zone_hints=frozenset(endpoint.hints_for_zones),
-        node_hints=frozenset(endpoint.hints_for_nodes),
-        owner=owner,
-    )
+def _checked_port(number: int) -> int:
+    """A backend port; the model's parser allows only 1..65535, a state built by hand might not."""
+    if not 0 <= number <= _PORT_MASK:
+        raise ClusterError(f"endpoint port {number} is outside 0..65535")
+    return number
 
 
 class _PodIndex:
@@ -709,7 +744,7 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
     through each pod's container ports (same name and protocol); a pod without it is no endpoint
     of this port.
     """
-    found: dict[tuple[int, int], _Candidate] = {}
+    found: dict[int, _Candidate] = {}
     target = port.target_port
     for addresses, pod in pods:
         address = addresses.get(family)
@@ -721,17 +756,17 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
                 continue
         else:
             number = target
+        ip = _address(address)
+        endpoint = f"[{address}]:{number}" if ip >= IPV6 else f"{address}:{number}"
         _keep(found, _Candidate(
-            ip=_address(address),
-            port=number,
-            address=address,
+            key=_backend_key(ip, _checked_port(number)),
+            name=f"{endpoint} ({pod.namespace}/{pod.name})",
             ready=service.publish_not_ready_addresses or (pod.ready and not pod.terminating),
             serving=pod.ready,
             terminating=pod.terminating,
             local=node is not None and pod.node_name == node,
             zone_hints=_NO_HINTS,
             node_hints=_NO_HINTS,
-            owner=f"{pod.namespace}/{pod.name}",
         ))
     return list(found.values())
 
