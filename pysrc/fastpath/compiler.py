@@ -64,6 +64,7 @@ from .maps import (
     family_of,
     format_address,
     in_prefix,
+    make_all,
     make_backends,
 )
 from .maps import Service as MapService
@@ -246,21 +247,15 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         # A service port's candidates are distinct by key, and ids follow key order.
         return tuple(sorted(map(to_id, map(_candidate_key, candidates))))
 
-    services = []
+    rows = []
     for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1):
         cluster = ids(sets.cluster)
         # Usually every endpoint is ready and serving: the sets are equal, so are their ids.
         serving = cluster if sets.serving == sets.cluster else ids(sets.serving)
         local = ids(sets.local) if sets.local else ()
-        services.append(MapService(
-            id=service_id,
-            name=entry.name,
-            backends=cluster,
-            local_backends=local,
-            serving=serving,
-            affinity_timeout_s=_affinity_timeout(entry.service),
-            family=entry.family,
-        ))
+        # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
+        rows.append((service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family))
+    services = make_all(MapService, rows)
     frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
@@ -440,11 +435,12 @@ def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_
             continue
         # kube-proxy's proxier of a family ignores the service's external and load-balancer IPs of
         # the other family; without a ClusterIP of their family they are served by no proxier.
-        for what, addresses in (("external IP", service.external_ips),
-                                ("load-balancer IP", _load_balancer_vips(service))):
-            count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
-            if count:
-                skipped[f"{what} of a family the service has no cluster IP of"] += count
+        if service.external_ips or service.load_balancer_ingress:
+            for what, addresses in (("external IP", service.external_ips),
+                                    ("load-balancer IP", _load_balancer_vips(service))):
+                count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
+                if count:
+                    skipped[f"{what} of a family the service has no cluster IP of"] += count
         for port in service.ports:
             if port.protocol not in PROTOCOL_NUMBERS:
                 skipped[f"{port.protocol} service port"] += 1
@@ -474,6 +470,10 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
     per_service: dict[tuple[str, str, int], tuple] = {}
     for service_id, entry in enumerate(ports, start=1):
         service, port, family = entry.service, entry.port, entry.family
+        claims.append(_FrontendClaim(_CLAIM_ORDER["ClusterIP"], service_id, entry.cluster_ip, port.port, entry.proto,
+                                     "ClusterIP", service.internal_traffic_policy == "Local", ()))
+        if not (service.load_balancer_ingress or service.external_ips or port.node_port is not None):
+            continue  # a ClusterIP service port: that is all
         service_key = (*service.key, family)
         if service_key not in per_service:  # the same for every port of the service
             vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if family_of(ip) == family]
@@ -482,8 +482,7 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
             per_service[service_key] = (vips, externals, ranges, _external_policy_local(service))
         vips, externals, ranges, external_local = per_service[service_key]
         wanted: list[tuple[str, int, int, bool, tuple[tuple[int, int], ...]]] = [
-            ("ClusterIP", entry.cluster_ip, port.port, service.internal_traffic_policy == "Local", ())]
-        wanted += [("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
+            ("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
         wanted += [("ExternalIP", ip, port.port, external_local, ()) for ip in externals]
         if port.node_port is not None:
             wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips[family]]
@@ -504,8 +503,9 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
                             f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
                             "ignored")
     kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
-    return [Frontend(ip=c.ip, port=c.port, proto=c.proto, service=c.service, kind=c.kind,
-                     local_policy=c.local_policy, source_ranges=c.source_ranges) for c in kept]
+    # Frontend(ip, port, proto, service, kind, local_policy, source_ranges), made in bulk
+    return make_all(Frontend, [(c.ip, c.port, c.proto, c.service, c.kind, c.local_policy, c.source_ranges)
+                               for c in kept])
 
 
 def _external_policy_local(service: Service) -> bool:
@@ -548,21 +548,25 @@ def _affinity_timeout(service: Service) -> int:
 
 
 def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]) -> None:
-    name, service = entry.label, entry.service
     if not sets.cluster:
-        notes.append(f"{name}: no usable endpoint; traffic to it is rejected")
+        notes.append(f"{entry.label}: no usable endpoint; traffic to it is rejected")
         return
     if not any(c.ready for c in sets.cluster):
-        notes.append(f"{name}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
+        notes.append(f"{entry.label}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
     if sets.local:
         return
+    service = entry.service
+    internal_local = service.internal_traffic_policy == "Local"
+    external_local = _external_policy_local(service)
+    if not (internal_local or external_local):  # the usual case: no Local policy to warn about
+        return
     why = "no node given" if info.name is None else f"none on node {info.name}"
-    if service.internal_traffic_policy == "Local":
-        notes.append(f"{name}: internalTrafficPolicy Local and no local endpoint ({why})")
+    if internal_local:
+        notes.append(f"{entry.label}: internalTrafficPolicy Local and no local endpoint ({why})")
     external = entry.port.node_port is not None or any(
         family_of(_address(a)) == entry.family for a in (*service.external_ips, *_load_balancer_vips(service)))
-    if external and _external_policy_local(service):
-        notes.append(f"{name}: externalTrafficPolicy Local and no local endpoint ({why}); "
+    if external and external_local:
+        notes.append(f"{entry.label}: externalTrafficPolicy Local and no local endpoint ({why}); "
                      "external clients are dropped")
 
 
@@ -605,6 +609,8 @@ def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     for text in service.cluster_ips:
         address = _address(text)
         found.setdefault(family_of(address), address)  # one per family (the API server allows no more)
+    if len(found) == 1:  # single-stack
+        return found
     return {family: found[family] for family in sorted(found)}
 
 
