@@ -49,7 +49,8 @@ import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import and_, itemgetter, rshift
 from typing import NamedTuple
 
 from .maps import (
@@ -143,7 +144,8 @@ class _Candidate(NamedTuple):
 
 
 _new_candidate = tuple.__new__
-_candidate_key = itemgetter(0)  # _Candidate.key, as a C-level callable for map()
+_candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
+_candidate_name = itemgetter(1)
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
 # than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
@@ -579,20 +581,26 @@ def _number_backends(chosen: Sequence[_Sets]) -> tuple[list[Backend], dict[int, 
             endpoints += sets.cluster
         else:  # each (ip, port) once
             endpoints += {c.key: c for c in (*sets.cluster, *sets.local, *sets.serving)}.values()
-    names = dict(map(itemgetter(0, 1), endpoints))  # key -> name, of the last candidate
-    if len(names) < len(endpoints):
-        # Some (ip, port) came more than once: the same endpoint in several sets or services, or
-        # slices naming the same address differently. Its backend is named by the smallest name.
-        names = {}
+    # Sorted by key, each endpoint is its backend, unless an (ip, port) comes more than once.
+    endpoints.sort(key=_candidate_key)
+    keys = list(map(_candidate_key, endpoints))
+    ids = dict(zip(keys, range(1, len(keys) + 1)))
+    if len(ids) == len(endpoints):
+        names: Iterable[str] = map(_candidate_name, endpoints)
+    else:
+        # The same endpoint in several services, or slices naming the same address differently:
+        # one backend, named by the smallest name.
+        smallest: dict[int, str] = {}
         for candidate in endpoints:
             key, name = candidate.key, candidate.name
-            previous = names.setdefault(key, name)
+            previous = smallest.setdefault(key, name)
             if name < previous:
-                names[key] = name
-    keys = sorted(names)
-    ids = dict(zip(keys, range(1, len(keys) + 1)))
-    backends = make_backends(zip(range(1, len(keys) + 1), [key >> _PORT_BITS for key in keys],
-                                 [key & _PORT_MASK for key in keys], map(names.__getitem__, keys)))
+                smallest[key] = name
+        keys = list(smallest)  # in key order, as endpoints are
+        ids = dict(zip(keys, range(1, len(keys) + 1)))
+        names = smallest.values()
+    backends = make_backends(zip(range(1, len(keys) + 1), map(rshift, keys, repeat(_PORT_BITS)),
+                                 map(and_, keys, repeat(_PORT_MASK)), names))
     return backends, ids
 
 
