@@ -50,7 +50,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import and_, itemgetter, rshift
+from operator import and_, attrgetter, itemgetter, rshift
 from typing import NamedTuple
 
 from .maps import (
@@ -146,6 +146,8 @@ class _Candidate(NamedTuple):
 _new_candidate = tuple.__new__
 _candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
 _candidate_name = itemgetter(1)
+_is_ready = attrgetter("ready")
+_is_serving = attrgetter("serving")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
 # than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
@@ -234,7 +236,7 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         sets = _Sets(
             cluster=_cluster_set(candidates, info.name, info.zone),
             local=_local_set(candidates) if info.name is not None else [],  # nothing is local to no node
-            serving=[c for c in candidates if c.serving],
+            serving=list(filter(_is_serving, candidates)),
         )
         _endpoint_notes(entry, sets, info, notes)
         chosen.append(sets)
@@ -662,22 +664,22 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
         _checked_port(number)
         namespace = endpoint_slice.namespace
         slice_owner = f"{namespace}/{endpoint_slice.name}"
+        port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
         for endpoint in endpoint_slice.endpoints:
             address = endpoint.addresses[0]  # only the first address counts
             if family == 4:
                 ip = int.from_bytes(_inet_aton(address), "big")
-                name = f"{address}:{number} ("
             else:
                 ip = _address(address)
                 if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
                     skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
                     continue
-                name = f"[{address}]:{number} ("
+                address = f"[{address}]"
             ref = endpoint.target_ref
             if ref is not None and ref.name:
-                name += f"{ref.namespace or namespace}/{ref.name})"
+                name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
             else:
-                name += f"{slice_owner})"
+                name = f"{address}{port_text}{slice_owner})"
             conditions = endpoint.conditions
             ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
             candidate = _new_candidate(_Candidate, (
@@ -787,7 +789,7 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:
     """Ready endpoints, narrowed by hints when they apply; else serving+terminating ones, unfiltered."""
-    ready = [c for c in candidates if c.ready]
+    ready = list(filter(_is_ready, candidates))
     if ready:
         # Node hints first, then zone hints: each applies only if every ready endpoint carries
         # that kind of hint and at least one names this node / zone.
