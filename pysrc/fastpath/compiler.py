@@ -224,19 +224,20 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
 
     chosen: list[_Sets] = []
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
+    node_name, zone = info.name, info.zone
     for entry in ports:
         service = entry.service
-        if service.key not in with_slices and service.selector is not None:
-            if service.key not in from_pods:
-                from_pods[service.key] = pods.selected(service)
-            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[service.key], info.name)
+        key = service.key
+        if key not in with_slices and service.selector is not None:
+            if key not in from_pods:
+                from_pods[key] = pods.selected(service)
+            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[key], node_name)
         else:
-            candidates = _candidates(entry.port, entry.family,
-                                     slices.get((*service.key, entry.family), ()), info.name, skipped)
+            candidates = _candidates(entry.port, entry.family, slices.get((*key, entry.family), ()), node_name, skipped)
         sets = _Sets(
-            cluster=_cluster_set(candidates, info.name, info.zone),
-            local=_local_set(candidates) if info.name is not None else [],  # nothing is local to no node
-            serving=list(filter(_is_serving, candidates)),
+            _cluster_set(candidates, node_name, zone),
+            _local_set(candidates) if node_name is not None else [],  # nothing is local to no node
+            list(filter(_is_serving, candidates)),
         )
         _endpoint_notes(entry, sets, info, notes)
         chosen.append(sets)
@@ -656,6 +657,7 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     """
     found: dict[int, _Candidate] = {}
     keep = found.setdefault
+    from_bytes = int.from_bytes
     for endpoint_slice in slices:
         number = next((p.port for p in endpoint_slice.ports
                        if p.name == port.name and p.protocol == port.protocol), None)
@@ -668,7 +670,7 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
         for endpoint in endpoint_slice.endpoints:
             address = endpoint.addresses[0]  # only the first address counts
             if family == 4:
-                ip = int.from_bytes(_inet_aton(address), "big")
+                ip = from_bytes(_inet_aton(address), "big")
             else:
                 ip = _address(address)
                 if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
