@@ -390,7 +390,7 @@ class _Object:
     def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
         if value is None:
             return {}
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # (the ABC check is slow)
             raise self.error(path, f"must be a mapping, got {_shown(value)}")
         return value
 
@@ -907,7 +907,7 @@ class _Collector:
         """One decoded document or array element: an object, a List of objects, or nothing."""
         if obj is None:  # an empty YAML document ("---" at the end of a file)
             return
-        if not isinstance(obj, Mapping):
+        if type(obj) is not dict and not isinstance(obj, Mapping):
             raise ClusterError(f"expected a Kubernetes object (a mapping), got {_shown(obj)}", source=source, obj=where)
         kind, api_version = _required_string(obj, "kind", source, where), _required_string(obj, "apiVersion", source, where)
         if _is_list(obj, kind):
@@ -938,7 +938,7 @@ class _Collector:
 
     def _add_object(self, obj: Mapping[str, Any], kind: str, api_version: str, spec: _Kind, source: str) -> None:
         raw_metadata = obj.get("metadata")
-        metadata = raw_metadata if isinstance(raw_metadata, Mapping) else {}
+        metadata = raw_metadata if type(raw_metadata) is dict or isinstance(raw_metadata, Mapping) else {}
         name = metadata.get("name")
         # Hand-written objects often leave the namespace out; kubectl would apply them to "default".
         namespace = (metadata.get("namespace") or "default") if spec.namespaced else ""
