@@ -680,8 +680,9 @@ def _plain_ipv4_endpoint(raw: Any) -> Endpoint | None:
     elif type(conditions) is not dict:
         return None
     key = (conditions.get("ready"), conditions.get("serving"), conditions.get("terminating"))
-    if not all(value is None or type(value) is bool for value in key):  # (1 == True: look first)
-        return None
+    for value in key:
+        if value is not None and value is not True and value is not False:  # (1 == True: look first)
+            return None
     shared = _CONDITIONS[key]
     ref = raw.get("targetRef")
     target_ref = None
@@ -689,7 +690,8 @@ def _plain_ipv4_endpoint(raw: Any) -> Endpoint | None:
         if type(ref) is not dict:
             return None
         kind, namespace, name = ref.get("kind"), ref.get("namespace"), ref.get("name")
-        if not all(value is None or type(value) is str for value in (kind, namespace, name)):
+        if not ((kind is None or type(kind) is str) and (namespace is None or type(namespace) is str)
+                and (name is None or type(name) is str)):
             return None
         target_ref = ObjectReference(kind=kind, namespace=namespace, name=name)
     node_name, zone = raw.get("nodeName"), raw.get("zone")
