@@ -620,9 +620,12 @@ def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
     )
 
 
+_SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"
+
+
 def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
     labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
-    service_name = o.string(labels.get(LABEL_SERVICE_NAME), f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]")
+    service_name = o.string(labels.get(LABEL_SERVICE_NAME), _SERVICE_NAME_PATH)
     address_type = obj.get("addressType")
     if address_type not in ADDRESS_TYPES:
         raise o.error("addressType", f"must be one of {', '.join(ADDRESS_TYPES)}, got {_shown(address_type)}")
