@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from fastpath.compiler import compile_maps
 from fastpath.maps import Maps, format_endpoint
-from fastpath.model import ClusterError, ClusterState, Endpoint, EndpointPort, EndpointSlice
+from fastpath.model import (
+    ClusterError,
+    ClusterState,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+)
 from test_compiler import compile_objects, ep, eps, node, pod, port, svc
 
 NODES = ("n1", "n2", "n3")

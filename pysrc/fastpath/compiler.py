@@ -74,7 +74,6 @@ from .model import (
     NODE_PORT_ADDRESSES_PRIMARY,
     ClusterError,
     ClusterState,
-    Endpoint,
     EndpointSlice,
     KubeProxyConfiguration,
     Node,
