@@ -555,7 +555,7 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
     if not sets.cluster:
         notes.append(f"{entry.label}: no usable endpoint; traffic to it is rejected")
         return
-    if not any(c.ready for c in sets.cluster):
+    if not any(map(_is_ready, sets.cluster)):
         notes.append(f"{entry.label}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
     if sets.local:
         return
