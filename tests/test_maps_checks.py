@@ -53,7 +53,7 @@ def item_error(maps: Maps) -> str | None:
     try:
         maps._check_items()
         maps._check_node()
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
         return f"{type(error).__name__}: {error}"
     return None
 
@@ -61,14 +61,14 @@ def item_error(maps: Maps) -> str | None:
 def bulk_valid(maps: Maps) -> bool:
     try:
         return maps._valid()
-    except (TypeError, ValueError, IndexError, KeyError):
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
         return False
 
 
 def construct_error(maps: Maps) -> str | None:
     try:
         Maps(services=maps.services, frontends=maps.frontends, backends=maps.backends, node=maps.node)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
         return f"{type(error).__name__}: {error}"
     return None
 
@@ -100,6 +100,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "backend of the other family": lambda m: {"services": replaced(m.services, 1, serving=(3, 1))},
     "IPv4 service naming IPv6": lambda m: {"services": replaced(m.services, 0, local_backends=(3,))},
     "float backend id": lambda m: {"services": replaced(m.services, 0, backends=(1.0, 2))},
+    "not a backend": lambda m: {"backends": [*m.backends[:-1], ("4", V6 | 2, 53, "x")]},
     "frontend of the other family": lambda m: {"frontends": replaced(m.frontends, 2, service=1)},
     "IPv4-mapped frontend": lambda m: {"frontends": replaced(m.frontends, 0, ip=IPV6 | 0xFFFF << 32 | 1)},
     "bad source range": lambda m: {"frontends": replaced(m.frontends, 1, source_ranges=((-5, 8),))},

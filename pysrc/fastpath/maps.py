@@ -227,8 +227,8 @@ class Maps:
         # each field), and only when that finds a problem go item by item for the error.
         try:
             valid = self._valid()
-        except (TypeError, ValueError, IndexError, KeyError):  # something not even comparable
-            valid = False
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):  # not even comparable:
+            valid = False  # the item checks say what
         if not valid:
             self._check_items()
         self._check_node()
