@@ -49,6 +49,8 @@ import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import and_, attrgetter, itemgetter, rshift
 from typing import NamedTuple
 
 from .maps import (
@@ -63,6 +65,8 @@ from .maps import (
     family_of,
     format_address,
     in_prefix,
+    make_all,
+    make_backends,
 )
 from .maps import Service as MapService
 from .model import (
@@ -70,7 +74,6 @@ from .model import (
     NODE_PORT_ADDRESSES_PRIMARY,
     ClusterError,
     ClusterState,
-    Endpoint,
     EndpointSlice,
     KubeProxyConfiguration,
     Node,
@@ -125,19 +128,34 @@ def service_label(service: MapService) -> str:
 class _Candidate(NamedTuple):
     """One endpoint of one service port, as kube-proxy's endpoint info sees it.
 
-    A named tuple, not a dataclass: a large cluster makes hundreds of thousands of these.
+    A named tuple, not a dataclass, and made with _new_candidate (tuple.__new__, skipping the
+    named tuple's Python-level __new__): a large cluster makes millions of these.
     """
 
-    ip: int  # a map address (IPv6 ones tagged with maps.IPV6)
-    port: int
-    address: str  # the ip as text, for names
+    key: int  # _backend_key(ip, port): (ip, port) as one int, ordered like the pair
+    name: str  # the backend's name: "10.244.1.5:8080 (namespace/pod)", IPv6 in brackets
     ready: bool
     serving: bool
     terminating: bool
     local: bool
-    zone_hints: frozenset[str]
-    node_hints: frozenset[str]
-    owner: str  # "namespace/pod" from targetRef or the Pod, else "namespace/slice"
+    zone_hints: tuple[str, ...]
+    node_hints: tuple[str, ...]
+
+
+_new_candidate = tuple.__new__
+_candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
+_candidate_name = itemgetter(1)
+_is_ready = attrgetter("ready")
+_is_serving = attrgetter("serving")
+
+# A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
+# than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
+_PORT_BITS = 16
+_PORT_MASK = (1 << _PORT_BITS) - 1
+
+
+def _backend_key(ip: int, port: int) -> int:
+    return ip << _PORT_BITS | port
 
 
 class _Port(NamedTuple):
@@ -171,7 +189,7 @@ class _NodeInfo(NamedTuple):
         return self.view.primary_ip6 if family == 6 else self.view.primary_ip
 
 
-_NO_HINTS: frozenset[str] = frozenset()
+_NO_HINTS: tuple[str, ...] = ()
 
 
 def compile_maps(state: ClusterState, node: str | None = None) -> CompileResult:
@@ -205,19 +223,20 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
 
     chosen: list[_Sets] = []
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
+    node_name, zone = info.name, info.zone
     for entry in ports:
         service = entry.service
-        if service.key not in with_slices and service.selector is not None:
-            if service.key not in from_pods:
-                from_pods[service.key] = pods.selected(service)
-            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[service.key], info.name)
+        key = service.key
+        if key not in with_slices and service.selector is not None:
+            if key not in from_pods:
+                from_pods[key] = pods.selected(service)
+            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[key], node_name)
         else:
-            candidates = _candidates(entry.port, entry.family,
-                                     slices.get((*service.key, entry.family), ()), info.name, skipped)
+            candidates = _candidates(entry.port, entry.family, slices.get((*key, entry.family), ()), node_name, skipped)
         sets = _Sets(
-            cluster=_cluster_set(candidates, info.name, info.zone),
-            local=_local_set(candidates),
-            serving=[c for c in candidates if c.serving],
+            _cluster_set(candidates, node_name, zone),
+            _local_set(candidates) if node_name is not None else [],  # nothing is local to no node
+            list(filter(_is_serving, candidates)),
         )
         _endpoint_notes(entry, sets, info, notes)
         chosen.append(sets)
@@ -225,25 +244,22 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
                      "(no EndpointSlice in the input for them)")
 
-    # Every endpoint of any set is a backend (each service port's candidates are distinct by (ip, port)).
-    backends, backend_ids = _number_backends(
-        c for sets in chosen for c in {(c.ip, c.port): c for c in (*sets.cluster, *sets.local, *sets.serving)}.values())
+    backends, backend_ids = _number_backends(chosen)
+    to_id = backend_ids.__getitem__
 
-    def ids(candidates: Iterable[_Candidate]) -> tuple[int, ...]:
-        return tuple(sorted({backend_ids[(c.ip, c.port)] for c in candidates}))
+    def ids(candidates: list[_Candidate]) -> tuple[int, ...]:
+        # A service port's candidates are distinct by key, and ids follow key order.
+        return tuple(sorted(map(to_id, map(_candidate_key, candidates))))
 
-    services = [
-        MapService(
-            id=service_id,
-            name=entry.name,
-            backends=ids(sets.cluster),
-            local_backends=ids(sets.local),
-            serving=ids(sets.serving),
-            affinity_timeout_s=_affinity_timeout(entry.service),
-            family=entry.family,
-        )
-        for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1)
-    ]
+    rows = []
+    for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1):
+        cluster = ids(sets.cluster)
+        # Usually every endpoint is ready and serving: the sets are equal, so are their ids.
+        serving = cluster if sets.serving == sets.cluster else ids(sets.serving)
+        local = ids(sets.local) if sets.local else ()
+        # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
+        rows.append((service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family))
+    services = make_all(MapService, rows)
     frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
@@ -423,11 +439,12 @@ def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_
             continue
         # kube-proxy's proxier of a family ignores the service's external and load-balancer IPs of
         # the other family; without a ClusterIP of their family they are served by no proxier.
-        for what, addresses in (("external IP", service.external_ips),
-                                ("load-balancer IP", _load_balancer_vips(service))):
-            count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
-            if count:
-                skipped[f"{what} of a family the service has no cluster IP of"] += count
+        if service.external_ips or service.load_balancer_ingress:
+            for what, addresses in (("external IP", service.external_ips),
+                                    ("load-balancer IP", _load_balancer_vips(service))):
+                count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
+                if count:
+                    skipped[f"{what} of a family the service has no cluster IP of"] += count
         for port in service.ports:
             if port.protocol not in PROTOCOL_NUMBERS:
                 skipped[f"{port.protocol} service port"] += 1
@@ -457,6 +474,10 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
     per_service: dict[tuple[str, str, int], tuple] = {}
     for service_id, entry in enumerate(ports, start=1):
         service, port, family = entry.service, entry.port, entry.family
+        claims.append(_FrontendClaim(_CLAIM_ORDER["ClusterIP"], service_id, entry.cluster_ip, port.port, entry.proto,
+                                     "ClusterIP", service.internal_traffic_policy == "Local", ()))
+        if not (service.load_balancer_ingress or service.external_ips or port.node_port is not None):
+            continue  # a ClusterIP service port: that is all
         service_key = (*service.key, family)
         if service_key not in per_service:  # the same for every port of the service
             vips = [ip for ip in (_address(a) for a in _load_balancer_vips(service)) if family_of(ip) == family]
@@ -465,8 +486,7 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
             per_service[service_key] = (vips, externals, ranges, _external_policy_local(service))
         vips, externals, ranges, external_local = per_service[service_key]
         wanted: list[tuple[str, int, int, bool, tuple[tuple[int, int], ...]]] = [
-            ("ClusterIP", entry.cluster_ip, port.port, service.internal_traffic_policy == "Local", ())]
-        wanted += [("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
+            ("LoadBalancer", ip, port.port, external_local, ranges) for ip in vips]
         wanted += [("ExternalIP", ip, port.port, external_local, ()) for ip in externals]
         if port.node_port is not None:
             wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips[family]]
@@ -487,8 +507,9 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
                             f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
                             "ignored")
     kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
-    return [Frontend(ip=c.ip, port=c.port, proto=c.proto, service=c.service, kind=c.kind,
-                     local_policy=c.local_policy, source_ranges=c.source_ranges) for c in kept]
+    # Frontend(ip, port, proto, service, kind, local_policy, source_ranges), made in bulk
+    return make_all(Frontend, [(c.ip, c.port, c.proto, c.service, c.kind, c.local_policy, c.source_ranges)
+                               for c in kept])
 
 
 def _external_policy_local(service: Service) -> bool:
@@ -531,38 +552,57 @@ def _affinity_timeout(service: Service) -> int:
 
 
 def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]) -> None:
-    name, service = entry.label, entry.service
     if not sets.cluster:
-        notes.append(f"{name}: no usable endpoint; traffic to it is rejected")
+        notes.append(f"{entry.label}: no usable endpoint; traffic to it is rejected")
         return
-    if not any(c.ready for c in sets.cluster):
-        notes.append(f"{name}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
+    if not any(map(_is_ready, sets.cluster)):
+        notes.append(f"{entry.label}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
     if sets.local:
         return
+    service = entry.service
+    internal_local = service.internal_traffic_policy == "Local"
+    external_local = _external_policy_local(service)
+    if not (internal_local or external_local):  # the usual case: no Local policy to warn about
+        return
     why = "no node given" if info.name is None else f"none on node {info.name}"
-    if service.internal_traffic_policy == "Local":
-        notes.append(f"{name}: internalTrafficPolicy Local and no local endpoint ({why})")
+    if internal_local:
+        notes.append(f"{entry.label}: internalTrafficPolicy Local and no local endpoint ({why})")
     external = entry.port.node_port is not None or any(
         family_of(_address(a)) == entry.family for a in (*service.external_ips, *_load_balancer_vips(service)))
-    if external and _external_policy_local(service):
-        notes.append(f"{name}: externalTrafficPolicy Local and no local endpoint ({why}); "
+    if external and external_local:
+        notes.append(f"{entry.label}: externalTrafficPolicy Local and no local endpoint ({why}); "
                      "external clients are dropped")
 
 
-def _number_backends(candidates: Iterable[_Candidate]) -> tuple[list[Backend], dict[tuple[int, int], int]]:
-    """One backend per distinct (ip, port) over every service, ids in (ip, port) order (IPv4 first)."""
-    names: dict[tuple[int, int], str] = {}
-    for candidate in candidates:
-        key = (candidate.ip, candidate.port)
-        if candidate.ip >= IPV6:
-            name = f"[{candidate.address}]:{candidate.port} ({candidate.owner})"
-        else:
-            name = f"{candidate.address}:{candidate.port} ({candidate.owner})"
-        previous = names.get(key)
-        if previous is None or name < previous:  # slices may name the same address differently
-            names[key] = name
-    ids = {key: number for number, key in enumerate(sorted(names), start=1)}
-    backends = [Backend(id=number, ip=ip, port=port, name=names[(ip, port)]) for (ip, port), number in ids.items()]
+def _number_backends(chosen: Sequence[_Sets]) -> tuple[list[Backend], dict[int, int]]:
+    """One backend per distinct (ip, port) over every set of every service port, ids in (ip, port)
+    order (IPv4 first); and backend key -> id."""
+    endpoints: list[_Candidate] = []
+    for sets in chosen:
+        if sets.serving == sets.cluster and not sets.local:  # the usual case: one set
+            endpoints += sets.cluster
+        else:  # each (ip, port) once
+            endpoints += {c.key: c for c in (*sets.cluster, *sets.local, *sets.serving)}.values()
+    # Sorted by key, each endpoint is its backend, unless an (ip, port) comes more than once.
+    endpoints.sort(key=_candidate_key)
+    keys = list(map(_candidate_key, endpoints))
+    ids = dict(zip(keys, range(1, len(keys) + 1)))
+    if len(ids) == len(endpoints):
+        names: Iterable[str] = map(_candidate_name, endpoints)
+    else:
+        # The same endpoint in several services, or slices naming the same address differently:
+        # one backend, named by the smallest name.
+        smallest: dict[int, str] = {}
+        for candidate in endpoints:
+            key, name = candidate.key, candidate.name
+            previous = smallest.setdefault(key, name)
+            if name < previous:
+                smallest[key] = name
+        keys = list(smallest)  # in key order, as endpoints are
+        ids = dict(zip(keys, range(1, len(keys) + 1)))
+        names = smallest.values()
+    backends = make_backends(zip(range(1, len(keys) + 1), map(rshift, keys, repeat(_PORT_BITS)),
+                                 map(and_, keys, repeat(_PORT_MASK)), names))
     return backends, ids
 
 
@@ -579,6 +619,8 @@ def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     for text in service.cluster_ips:
         address = _address(text)
         found.setdefault(family_of(address), address)  # one per family (the API server allows no more)
+    if len(found) == 1:  # single-stack
+        return found
     return {family: found[family] for family in sorted(found)}
 
 
@@ -608,60 +650,70 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
     one wins, as in kube-proxy; then the ready, serving, local one, so the result never depends
     on which slice was read first.
+
+    This loop runs once per endpoint of the cluster (a million in a big one): it reads each field
+    once and makes one tuple per endpoint.
     """
-    found: dict[tuple[int, int], _Candidate] = {}
+    found: dict[int, _Candidate] = {}
+    keep = found.setdefault
+    from_bytes = int.from_bytes
     for endpoint_slice in slices:
-        slice_port = next((p for p in endpoint_slice.ports
-                           if p.name == port.name and p.protocol == port.protocol), None)
-        if slice_port is None or slice_port.port is None:
+        number = next((p.port for p in endpoint_slice.ports
+                       if p.name == port.name and p.protocol == port.protocol), None)
+        if number is None:
             continue
+        _checked_port(number)
+        namespace = endpoint_slice.namespace
+        slice_owner = f"{namespace}/{endpoint_slice.name}"
+        port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
         for endpoint in endpoint_slice.endpoints:
-            candidate = _candidate(endpoint, slice_port.port, endpoint_slice, node, family)
-            if candidate is None:
-                skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+            address = endpoint.addresses[0]  # only the first address counts
+            if family == 4:
+                ip = from_bytes(_inet_aton(address), "big")
             else:
-                _keep(found, candidate)
+                ip = _address(address)
+                if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
+                    skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+                    continue
+                address = f"[{address}]"
+            ref = endpoint.target_ref
+            if ref is not None and ref.name:
+                name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
+            else:
+                name = f"{address}{port_text}{slice_owner})"
+            conditions = endpoint.conditions
+            ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
+            candidate = _new_candidate(_Candidate, (
+                ip << _PORT_BITS | number,
+                name,
+                ready is None or ready,
+                serving is None or serving,
+                bool(conditions.terminating),
+                node is not None and endpoint.node_name == node,
+                endpoint.hints_for_zones,
+                endpoint.hints_for_nodes,
+            ))
+            previous = keep(candidate.key, candidate)
+            if previous is not candidate and _preference(candidate) > _preference(previous):
+                found[candidate.key] = candidate
     return list(found.values())
 
 
-def _keep(found: dict[tuple[int, int], _Candidate], candidate: _Candidate) -> None:
-    key = (candidate.ip, candidate.port)
-    previous = found.get(key)
-    if previous is None or _preference(candidate) > _preference(previous):
-        found[key] = candidate
+def _keep(found: dict[int, _Candidate], candidate: _Candidate) -> None:
+    previous = found.setdefault(candidate.key, candidate)
+    if previous is not candidate and _preference(candidate) > _preference(previous):
+        found[candidate.key] = candidate
 
 
 def _preference(candidate: _Candidate) -> tuple[bool, bool, bool, bool]:
     return (not candidate.terminating, candidate.ready, candidate.serving, candidate.local)
 
 
-def _candidate(endpoint: Endpoint, port: int, endpoint_slice: EndpointSlice, node: str | None,
-               family: int) -> _Candidate | None:
-    ref = endpoint.target_ref
-    if ref is not None and ref.name:
-        owner = f"{ref.namespace or endpoint_slice.namespace}/{ref.name}"
-    else:
-        owner = f"{endpoint_slice.namespace}/{endpoint_slice.name}"
-    conditions = endpoint.conditions
-    address = endpoint.addresses[0]  # only the first address counts
-    if family == 4:
-        ip = int.from_bytes(_inet_aton(address), "big")
-    else:
-        ip = _address(address)
-        if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
-            return None
-    return _Candidate(
-        ip=ip,
-        port=port,
-        address=address,
-        ready=conditions.is_ready,
-        serving=conditions.is_serving,
-        terminating=conditions.is_terminating,
-        local=node is not None and endpoint.node_name == node,
-        zone_hints=frozenset(endpoint.hints_for_zones),
-        node_hints=frozenset(endpoint.hints_for_nodes),
-        owner=owner,
-    )
+def _checked_port(number: int) -> int:
+    """A backend port; the model's parser allows only 1..65535, a state built by hand might not."""
+    if not 0 <= number <= _PORT_MASK:
+        raise ClusterError(f"endpoint port {number} is outside 0..65535")
+    return number
 
 
 class _PodIndex:
@@ -709,7 +761,7 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
     through each pod's container ports (same name and protocol); a pod without it is no endpoint
     of this port.
     """
-    found: dict[tuple[int, int], _Candidate] = {}
+    found: dict[int, _Candidate] = {}
     target = port.target_port
     for addresses, pod in pods:
         address = addresses.get(family)
@@ -721,24 +773,24 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
                 continue
         else:
             number = target
+        ip = _address(address)
+        endpoint = f"[{address}]:{number}" if ip >= IPV6 else f"{address}:{number}"
         _keep(found, _Candidate(
-            ip=_address(address),
-            port=number,
-            address=address,
+            key=_backend_key(ip, _checked_port(number)),
+            name=f"{endpoint} ({pod.namespace}/{pod.name})",
             ready=service.publish_not_ready_addresses or (pod.ready and not pod.terminating),
             serving=pod.ready,
             terminating=pod.terminating,
             local=node is not None and pod.node_name == node,
             zone_hints=_NO_HINTS,
             node_hints=_NO_HINTS,
-            owner=f"{pod.namespace}/{pod.name}",
         ))
     return list(found.values())
 
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:
     """Ready endpoints, narrowed by hints when they apply; else serving+terminating ones, unfiltered."""
-    ready = [c for c in candidates if c.ready]
+    ready = list(filter(_is_ready, candidates))
     if ready:
         # Node hints first, then zone hints: each applies only if every ready endpoint carries
         # that kind of hint and at least one names this node / zone.

@@ -390,7 +390,7 @@ class _Object:
     def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
         if value is None:
             return {}
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # (the ABC check is slow)
             raise self.error(path, f"must be a mapping, got {_shown(value)}")
         return value
 
@@ -620,9 +620,12 @@ def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
     )
 
 
+_SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"
+
+
 def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
     labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
-    service_name = o.string(labels.get(LABEL_SERVICE_NAME), f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]")
+    service_name = o.string(labels.get(LABEL_SERVICE_NAME), _SERVICE_NAME_PATH)
     address_type = obj.get("addressType")
     if address_type not in ADDRESS_TYPES:
         raise o.error("addressType", f"must be one of {', '.join(ADDRESS_TYPES)}, got {_shown(address_type)}")
@@ -647,9 +650,58 @@ def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, na
 
     endpoints = []
     for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
-        endpoints.append(_endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family))
+        endpoint = _plain_ipv4_endpoint(raw) if family == 4 else None
+        if endpoint is None:
+            endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
+        endpoints.append(endpoint)
     return EndpointSlice(namespace=namespace, name=name, service_name=service_name, address_type=address_type,
                          ports=tuple(ports), endpoints=tuple(endpoints))
+
+
+# The conditions are few (each of three None, True or False): endpoints share them.
+_CONDITIONS = {(ready, serving, terminating): EndpointConditions(ready, serving, terminating)
+               for ready in (None, True, False) for serving in (None, True, False)
+               for terminating in (None, True, False)}
+
+
+def _plain_ipv4_endpoint(raw: Any) -> Endpoint | None:
+    """_endpoint() of an IPv4 slice's endpoint as the EndpointSlice controller writes it (canonical
+    addresses, no hints), without building an error path for every field; None for anything
+    else, which _endpoint() then reads (and reports) field by field. A big cluster has a million
+    endpoints."""
+    if type(raw) is not dict:
+        return None
+    addresses = raw.get("addresses")
+    if type(addresses) is not list or not addresses or raw.get("hints") is not None:
+        return None
+    for address in addresses:
+        if type(address) is not str or not _CANONICAL_IPV4.fullmatch(address):
+            return None
+    conditions = raw.get("conditions")
+    if conditions is None:
+        conditions = {}
+    elif type(conditions) is not dict:
+        return None
+    key = (conditions.get("ready"), conditions.get("serving"), conditions.get("terminating"))
+    for value in key:
+        if value is not None and value is not True and value is not False:  # (1 == True: look first)
+            return None
+    shared = _CONDITIONS[key]
+    ref = raw.get("targetRef")
+    target_ref = None
+    if ref is not None:
+        if type(ref) is not dict:
+            return None
+        kind, namespace, name = ref.get("kind"), ref.get("namespace"), ref.get("name")
+        if not ((kind is None or type(kind) is str) and (namespace is None or type(namespace) is str)
+                and (name is None or type(name) is str)):
+            return None
+        target_ref = ObjectReference(kind=kind, namespace=namespace, name=name)
+    node_name, zone = raw.get("nodeName"), raw.get("zone")
+    if not (node_name is None or type(node_name) is str) or not (zone is None or type(zone) is str):
+        return None
+    return Endpoint(addresses=tuple(addresses), conditions=shared, node_name=node_name or None, zone=zone or None,
+                    target_ref=target_ref)
 
 
 def _endpoint(o: _Object, raw: Mapping[str, Any], path: str, family: int | None) -> Endpoint:
@@ -860,7 +912,7 @@ class _Collector:
         """One decoded document or array element: an object, a List of objects, or nothing."""
         if obj is None:  # an empty YAML document ("---" at the end of a file)
             return
-        if not isinstance(obj, Mapping):
+        if type(obj) is not dict and not isinstance(obj, Mapping):
             raise ClusterError(f"expected a Kubernetes object (a mapping), got {_shown(obj)}", source=source, obj=where)
         kind, api_version = _required_string(obj, "kind", source, where), _required_string(obj, "apiVersion", source, where)
         if _is_list(obj, kind):
@@ -891,7 +943,7 @@ class _Collector:
 
     def _add_object(self, obj: Mapping[str, Any], kind: str, api_version: str, spec: _Kind, source: str) -> None:
         raw_metadata = obj.get("metadata")
-        metadata = raw_metadata if isinstance(raw_metadata, Mapping) else {}
+        metadata = raw_metadata if type(raw_metadata) is dict or isinstance(raw_metadata, Mapping) else {}
         name = metadata.get("name")
         # Hand-written objects often leave the namespace out; kubectl would apply them to "default".
         namespace = (metadata.get("namespace") or "default") if spec.namespaced else ""
