@@ -207,18 +207,13 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
     for entry in ports:
         service = entry.service
+        selected = None
         if service.key not in with_slices and service.selector is not None:
             if service.key not in from_pods:
                 from_pods[service.key] = pods.selected(service)
-            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[service.key], info.name)
-        else:
-            candidates = _candidates(entry.port, entry.family,
-                                     slices.get((*service.key, entry.family), ()), info.name, skipped)
-        sets = _Sets(
-            cluster=_cluster_set(candidates, info.name, info.zone),
-            local=_local_set(candidates),
-            serving=[c for c in candidates if c.serving],
-        )
+            selected = from_pods[service.key]
+        sets = endpoint_sets(entry, slices.get((*service.key, entry.family), ()), selected,
+                             info.name, info.zone, skipped)
         _endpoint_notes(entry, sets, info, notes)
         chosen.append(sets)
     if from_pods and state.pods:
@@ -554,16 +549,20 @@ def _number_backends(candidates: Iterable[_Candidate]) -> tuple[list[Backend], d
     names: dict[tuple[int, int], str] = {}
     for candidate in candidates:
         key = (candidate.ip, candidate.port)
-        if candidate.ip >= IPV6:
-            name = f"[{candidate.address}]:{candidate.port} ({candidate.owner})"
-        else:
-            name = f"{candidate.address}:{candidate.port} ({candidate.owner})"
+        name = backend_name(candidate)
         previous = names.get(key)
         if previous is None or name < previous:  # slices may name the same address differently
             names[key] = name
     ids = {key: number for number, key in enumerate(sorted(names), start=1)}
     backends = [Backend(id=number, ip=ip, port=port, name=names[(ip, port)]) for (ip, port), number in ids.items()]
     return backends, ids
+
+
+def backend_name(candidate: _Candidate) -> str:
+    """A backend's name in the maps: "ip:port (owner)", the IPv6 address in brackets."""
+    if candidate.ip >= IPV6:
+        return f"[{candidate.address}]:{candidate.port} ({candidate.owner})"
+    return f"{candidate.address}:{candidate.port} ({candidate.owner})"
 
 
 def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
@@ -734,6 +733,24 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
             owner=f"{pod.namespace}/{pod.name}",
         ))
     return list(found.values())
+
+
+def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
+                  pods: Iterable[tuple[dict[int, str], Pod]] | None, node: str | None,
+                  zone: str | None, skipped: Counter[str]) -> _Sets:
+    """One service port's cluster, local and serving sets of its family: from its EndpointSlices
+    of the family (sorted by name), or from the Pods it selects when `pods` is given (a selector
+    service without any EndpointSlice). The whole policy of one service port; also used by
+    fastpath.endpoints to apply one EndpointSlice change without a full compile."""
+    if pods is not None:
+        candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
+    else:
+        candidates = _candidates(entry.port, entry.family, slices, node, skipped)
+    return _Sets(
+        cluster=_cluster_set(candidates, node, zone),
+        local=_local_set(candidates),
+        serving=[c for c in candidates if c.serving],
+    )
 
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:

@@ -929,6 +929,20 @@ class _Collector:
         )
 
 
+def parse_endpoint_slice(obj: Any) -> EndpointSlice:
+    """One EndpointSlice as the API or `kubectl get -o json` gives it (a decoded dict with kind
+    and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line)."""
+    kind = obj.get("kind") if isinstance(obj, Mapping) else None
+    if kind != "EndpointSlice":
+        raise ClusterError(f"expected an EndpointSlice (discovery.k8s.io/v1), got {_shown(kind if kind else obj)}")
+    collector = _Collector()
+    collector.add(obj, "", "EndpointSlice")
+    (endpoint_slice,) = collector.objects["EndpointSlice"] or (None,)
+    if endpoint_slice is None:  # another API group's kind of that name
+        raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
+    return endpoint_slice
+
+
 def _required_string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
