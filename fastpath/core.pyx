@@ -396,7 +396,8 @@ cdef class Engine:
         cdef Maps* m = &self.maps
         cdef uint32_t service_id = service.id
         cdef uint32_t n_backends = m.n_backends + len(new_backends)
-        cdef uint32_t needed = _block_size(service)
+        members = _member_ids(service)
+        cdef uint32_t needed = _block_size(service, members)
         cdef ServiceEntry* entry = &m.services[service_id]
         # Everything that can fail first: a MemoryError leaves the engine as it was.
         if n_backends > m.backends_capacity:
@@ -409,14 +410,14 @@ cdef class Engine:
         for backend in new_backends:
             _set_backend(m, backend)
         m.n_backends = n_backends
-        if not _member_ids(self.py_maps.services[service_id - 1]) <= _member_ids(service):
+        if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= members:
             m.may_flush[service_id] = True  # its tracked UDP flows check their backend from now on
         if needed <= entry.block:
-            _write_block(m, service_id, entry.first_cluster, service)  # in place
+            _write_block(m, service_id, entry.first_cluster, service, members)  # in place
         else:
             m.garbage_slots += entry.block
             entry.block = needed
-            _write_block(m, service_id, m.n_slots, service)
+            _write_block(m, service_id, m.n_slots, service, members)
             m.n_slots += needed
         self.py_maps.services[service_id - 1] = service
         self.py_maps.backends.extend(new_backends)
@@ -943,7 +944,8 @@ cdef _build_maps(Maps* m, maps):
     """Fill the C maps from a fastpath.maps.Maps (m is freed by the caller on error)."""
     cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
     cdef uint32_t n_frontends = len(maps.frontends)
-    cdef uint32_t n_slots = 1 + sum(_block_size(s) for s in maps.services)
+    members = [_member_ids(s) for s in maps.services]
+    cdef uint32_t n_slots = 1 + sum(_block_size(s, ids) for s, ids in zip(maps.services, members))
     cdef uint32_t n_ranges = sum(len(f.source_ranges) for f in maps.frontends)
     cdef uint32_t i, range_index = 0
     node = maps.node
@@ -971,9 +973,9 @@ cdef _build_maps(Maps* m, maps):
     m.may_flush[0] = True
     m.slots_capacity = n_slots
     m.n_slots = 1
-    for service in maps.services:
-        m.services[service.id].block = _block_size(service)
-        _write_block(m, service.id, m.n_slots, service)
+    for service, ids in zip(maps.services, members):
+        m.services[service.id].block = _block_size(service, ids)
+        _write_block(m, service.id, m.n_slots, service, ids)
         m.n_slots += m.services[service.id].block
     cdef Addr address
     for i, frontend in enumerate(maps.frontends):
@@ -1039,12 +1041,11 @@ cdef uint32_t _table_size(Py_ssize_t members):
     return size
 
 
-cdef uint32_t _block_size(service) except? 0:
-    return (len(service.backends) + len(service.local_backends)
-            + _table_size(len(_member_ids(service))))
+cdef uint32_t _block_size(service, frozenset members) except? 0:
+    return len(service.backends) + len(service.local_backends) + _table_size(len(members))
 
 
-cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service):
+cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozenset members):
     """Lay the service's sets out from slots[start] (its block must fit there)."""
     cdef ServiceEntry* entry = &m.services[service_id]
     cdef uint32_t slot = start, i
@@ -1058,7 +1059,6 @@ cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service):
     for backend_id in service.local_backends:
         m.slots[slot] = backend_id
         slot += 1
-    members = _member_ids(service)
     entry.first_member = slot
     entry.member_mask = _table_size(len(members)) - 1
     memset(&m.slots[slot], 0, (entry.member_mask + 1) * sizeof(uint32_t))

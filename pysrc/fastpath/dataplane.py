@@ -118,11 +118,11 @@ class Dataplane:
         (one line) for anything but a valid discovery.k8s.io/v1 EndpointSlice, or on a
         Dataplane built from Maps; nothing has changed then.
         """
-        from fastpath.model import ClusterError, parse_endpoint_slice
+        from fastpath.model import ClusterError
 
         index = self._endpoint_index("apply_endpoint_slice")
         try:
-            endpoint_slice = parse_endpoint_slice(obj)
+            endpoint_slice = index.parse(obj)
         except ClusterError as error:
             raise ValueError(str(error)) from None
         return self._apply(index.change((endpoint_slice.namespace, endpoint_slice.name),

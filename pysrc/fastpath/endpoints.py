@@ -18,13 +18,13 @@ it had when it was first seen.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .compiler import _PodIndex, _Port, _service_ports, backend_name, endpoint_sets
 from .maps import Backend, Maps
 from .maps import Service as MapService
-from .model import ClusterState, EndpointSlice
+from .model import ClusterState, Endpoint, EndpointSlice, parse_endpoint_slice
 
 __all__ = ["EndpointIndex", "SliceChange"]
 
@@ -59,11 +59,23 @@ class EndpointIndex:
         self.labelled: Counter[tuple[str, str]] = Counter()
         for endpoint_slice in state.endpoint_slices:
             self._add(endpoint_slice)
+        # Per slice, its endpoints as last parsed, by raw fingerprint (model.parse_endpoint_slice).
+        self.parsed: dict[SliceKey, dict[Hashable, Endpoint]] = {}
         self._pods = state.pods
         self._pod_index: _PodIndex | None = None
         self.backend_ids: dict[tuple[int, int], int] = {}
         for backend in maps.backends:
             self.backend_ids.setdefault((backend.ip, backend.port), backend.id)
+
+    def parse(self, obj: Any) -> EndpointSlice:
+        """The EndpointSlice of a decoded object (ClusterError if it is none), reusing what an
+        earlier version of the same slice parsed to for the endpoints that did not change."""
+        metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+        guess = (metadata.get("namespace") or "default", metadata.get("name")) if isinstance(metadata, Mapping) else None
+        parsed: dict[Hashable, Endpoint] = {}
+        endpoint_slice = parse_endpoint_slice(obj, self.parsed.get(guess), parsed)
+        self.parsed[(endpoint_slice.namespace, endpoint_slice.name)] = parsed
+        return endpoint_slice
 
     def change(self, key: SliceKey, new: EndpointSlice | None, maps: Maps) -> SliceChange:
         """Put `new` in the place of slice `key` (None: delete it) and work out what the maps
@@ -84,6 +96,8 @@ class EndpointIndex:
 
     def commit(self, change: SliceChange) -> None:
         """The change reached the maps: its new backends have ids now."""
+        if change.new is None:
+            self.parsed.pop(change.key, None)
         for backend in change.backends:
             self.backend_ids[(backend.ip, backend.port)] = backend.id
 
@@ -144,14 +158,17 @@ class EndpointIndex:
                 pending.append((service_id, entry, sets))
 
         # New endpoints get the next ids, in address order (as a compile would number them).
-        ids = dict(self.backend_ids)
-        new_backends = []
-        for number, key in enumerate(sorted(new_names), start=len(maps.backends) + 1):
-            ids[key] = number
-            new_backends.append(Backend(id=number, ip=key[0], port=key[1], name=new_names[key]))
+        new_backends = [Backend(id=number, ip=key[0], port=key[1], name=new_names[key])
+                        for number, key in enumerate(sorted(new_names), start=len(maps.backends) + 1)]
+        ids = self.backend_ids
+        new_ids = {(backend.ip, backend.port): backend.id for backend in new_backends}
 
         def ordered(candidates: Iterable[Any]) -> tuple[int, ...]:
-            return tuple(ids[key] for key in sorted({(c.ip, c.port) for c in candidates}))
+            keys = [(c.ip, c.port) for c in candidates]  # (distinct: the compiler merged duplicates)
+            keys.sort()
+            if new_ids:
+                return tuple([new_ids.get(key) or ids[key] for key in keys])
+            return tuple([ids[key] for key in keys])
 
         for service_id, entry, sets in pending:
             current = maps.services[service_id - 1]

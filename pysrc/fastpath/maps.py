@@ -109,8 +109,9 @@ class Service:
     backends: tuple[int, ...]  # the cluster set: what new flows choose from by default
     # The local set (endpoints on this node), used under a Local traffic policy.
     local_backends: tuple[int, ...] = ()
-    # Every serving endpoint (ready or terminating). When new maps are loaded, tracked UDP flows
-    # whose backend is not serving any more are forgotten, so their next packet selects again.
+    # Every serving endpoint (ready or terminating). A tracked UDP flow whose backend is in none
+    # of the service's sets any more (after load() or update_service()) is forgotten by its next
+    # packet, which selects again.
     serving: tuple[int, ...] = ()
     affinity_timeout_s: int = 0  # ClientIP session affinity timeout; 0: no affinity
     # A dual-stack service port is two Services, one per family (like kube-proxy's two proxiers):

@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -929,18 +929,69 @@ class _Collector:
         )
 
 
-def parse_endpoint_slice(obj: Any) -> EndpointSlice:
+def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Endpoint] | None = None,
+                         parsed: dict[Hashable, Endpoint] | None = None) -> EndpointSlice:
     """One EndpointSlice as the API or `kubectl get -o json` gives it (a decoded dict with kind
-    and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line)."""
+    and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line).
+
+    A watch sends the whole slice again when one endpoint changes: `reuse` holds endpoints of
+    an earlier parse by the fingerprint of their raw object (see _endpoint_fingerprint), so an
+    unchanged endpoint is not checked again; `parsed`, when given, receives this parse's.
+    """
     kind = obj.get("kind") if isinstance(obj, Mapping) else None
     if kind != "EndpointSlice":
         raise ClusterError(f"expected an EndpointSlice (discovery.k8s.io/v1), got {_shown(kind if kind else obj)}")
     collector = _Collector()
-    collector.add(obj, "", "EndpointSlice")
-    (endpoint_slice,) = collector.objects["EndpointSlice"] or (None,)
-    if endpoint_slice is None:  # another API group's kind of that name
+    collector.add({**obj, "endpoints": None}, "", "EndpointSlice")  # the endpoints follow
+    (shell,) = collector.objects["EndpointSlice"] or (None,)
+    if shell is None:  # another API group's kind of that name
         raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
-    return endpoint_slice
+    o = _Object("", _object_label("EndpointSlice", shell.namespace, shell.name))
+    family = {"IPv4": 4, "IPv6": 6}.get(shell.address_type)
+    endpoints = []
+    for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
+        key = _endpoint_fingerprint(raw, family) if reuse is not None or parsed is not None else None
+        endpoint = reuse.get(key) if key is not None and reuse else None
+        if endpoint is None:
+            endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
+        if key is not None and parsed is not None:
+            parsed[key] = endpoint
+        endpoints.append(endpoint)
+    return EndpointSlice(namespace=shell.namespace, name=shell.name, service_name=shell.service_name,
+                         address_type=shell.address_type, ports=shell.ports, endpoints=tuple(endpoints))
+
+
+_PLAIN = frozenset((str, bool, type(None)))
+_DICT = frozenset((dict,))
+
+
+def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
+    """Everything _endpoint reads of a raw endpoint, as nested tuples, when all of it is plain
+    JSON (dicts, lists, and str, bool or null values: `1` is not `true` here); None otherwise.
+    Equal fingerprints parse to equal Endpoints, so a parsed endpoint can stand for another."""
+    if type(raw) is not dict:
+        return None
+    addresses, conditions, hints = raw.get("addresses"), raw.get("conditions"), raw.get("hints")
+    conditions = {} if conditions is None else conditions  # (absent reads as empty, not falsy)
+    hints = {} if hints is None else hints
+    ref = raw.get("targetRef")
+    if type(addresses) is not list or type(conditions) is not dict or type(hints) is not dict:
+        return None
+    hinted = [(), ()]
+    for position, entries in enumerate((hints.get("forZones"), hints.get("forNodes"))):
+        if entries is None:
+            continue
+        if type(entries) is not list or not _DICT.issuperset(map(type, entries)):
+            return None
+        hinted[position] = tuple([entry.get("name") for entry in entries])
+    if ref is not None and type(ref) is not dict:
+        return None
+    scalars = (conditions.get("ready"), conditions.get("serving"), conditions.get("terminating"),
+               raw.get("nodeName"), raw.get("zone"),
+               *((ref.get("kind"), ref.get("namespace"), ref.get("name")) if ref is not None else ()))
+    if not _PLAIN.issuperset(map(type, (*addresses, *hinted[0], *hinted[1], *scalars))):
+        return None
+    return (family, tuple(addresses), *hinted, ref is not None, scalars)
 
 
 def _required_string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:

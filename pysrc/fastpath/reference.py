@@ -99,7 +99,8 @@ Per TCP/UDP IPv4 packet with key K = (src ip, dst ip, src port, dst port, proto)
     found, so an ORIG packet selects again and a reply is handled like any untracked packet.
     TCP and SCTP entries are never flushed: a terminating backend drains, and a vanished one
     keeps its flows as in kube-proxy. (The sets a new flow may be sent to count too, so a flow
-    to a ready endpoint that is not serving, as with publishNotReadyAddresses, stays.)
+    to a ready endpoint that is not serving, as with publishNotReadyAddresses, stays. Members
+    are those when the packet arrives: a backend that left and came back since keeps its flow.)
  4. Found: last_seen = max(last_seen, ts); the entry becomes most recently used; state update
     (TCP only): FIN or RST -> CLOSING; else if REPLY and state SYN_SENT -> ESTABLISHED.
     ORIG: DNAT (dst := backend ip/port; and src := snat ip/port when masqueraded), reason
