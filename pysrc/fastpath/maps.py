@@ -241,7 +241,12 @@ def check_service_update(maps: Maps, service: Service, new_backends: Sequence[Ba
         _check_address(backend.ip, f"update_service: backend {backend.name!r}")
         if not isinstance(backend.port, int) or not 0 <= backend.port <= 0xFFFF:
             raise ValueError(f"update_service: backend {backend.name!r} has port {backend.port!r}")
-    for backend_id in (*service.backends, *service.local_backends, *service.serving):
+    # Ids the loaded service already names were checked when they came in.
+    try:
+        named = {*service.backends, *service.local_backends, *service.serving}
+    except TypeError:
+        raise ValueError(f"update_service: service {service.name!r} names backend ids that are no integers") from None
+    for backend_id in named.difference(loaded.backends, loaded.local_backends, loaded.serving):
         if not isinstance(backend_id, int) or not 1 <= backend_id <= known + len(new_backends):
             raise ValueError(f"update_service: service {service.name!r} names unknown backend id {backend_id!r}")
         backend = maps.backends[backend_id - 1] if backend_id <= known else new_backends[backend_id - known - 1]

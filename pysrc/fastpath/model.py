@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import marshal
 import os
 import re
 from collections import Counter
@@ -620,9 +621,12 @@ def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
     )
 
 
+_SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"  # (once: a watch parses many slices)
+
+
 def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
     labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
-    service_name = o.string(labels.get(LABEL_SERVICE_NAME), f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]")
+    service_name = o.string(labels.get(LABEL_SERVICE_NAME), _SERVICE_NAME_PATH)
     address_type = obj.get("addressType")
     if address_type not in ADDRESS_TYPES:
         raise o.error("addressType", f"must be one of {', '.join(ADDRESS_TYPES)}, got {_shown(address_type)}")
@@ -961,37 +965,15 @@ def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Endpoint] | None = N
                          address_type=shell.address_type, ports=shell.ports, endpoints=tuple(endpoints))
 
 
-_PLAIN = frozenset((str, bool, type(None)))
-_DICT = frozenset((dict,))
-
-
 def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
-    """Everything _endpoint reads of a raw endpoint, as nested tuples, when all of it is plain
-    JSON (dicts, lists, and str, bool or null values: `1` is not `true` here); None otherwise.
-    Equal fingerprints parse to equal Endpoints, so a parsed endpoint can stand for another."""
-    if type(raw) is not dict:
+    """The raw endpoint serialised by marshal (format 0: no references, interned strings like
+    any other), which keeps every type apart (`1` is not `true`, a tuple no list): equal
+    fingerprints are equal plain JSON values, which parse to equal Endpoints. None for a value
+    marshal cannot write."""
+    try:
+        return family, marshal.dumps(raw, 0)
+    except ValueError:
         return None
-    addresses, conditions, hints = raw.get("addresses"), raw.get("conditions"), raw.get("hints")
-    conditions = {} if conditions is None else conditions  # (absent reads as empty, not falsy)
-    hints = {} if hints is None else hints
-    ref = raw.get("targetRef")
-    if type(addresses) is not list or type(conditions) is not dict or type(hints) is not dict:
-        return None
-    hinted = [(), ()]
-    for position, entries in enumerate((hints.get("forZones"), hints.get("forNodes"))):
-        if entries is None:
-            continue
-        if type(entries) is not list or not _DICT.issuperset(map(type, entries)):
-            return None
-        hinted[position] = tuple([entry.get("name") for entry in entries])
-    if ref is not None and type(ref) is not dict:
-        return None
-    scalars = (conditions.get("ready"), conditions.get("serving"), conditions.get("terminating"),
-               raw.get("nodeName"), raw.get("zone"),
-               *((ref.get("kind"), ref.get("namespace"), ref.get("name")) if ref is not None else ()))
-    if not _PLAIN.issuperset(map(type, (*addresses, *hinted[0], *hinted[1], *scalars))):
-        return None
-    return (family, tuple(addresses), *hinted, ref is not None, scalars)
 
 
 def _required_string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:
