@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from .compiler import _PodIndex, _Port, _service_ports, backend_name, endpoint_sets
 from .maps import Backend, Maps
 from .maps import Service as MapService
-from .model import ClusterState, Endpoint, EndpointSlice, parse_endpoint_slice
+from .model import ClusterState, EndpointSlice, parse_endpoint_slice
 
 __all__ = ["EndpointIndex", "SliceChange"]
 
@@ -59,8 +59,8 @@ class EndpointIndex:
         self.labelled: Counter[tuple[str, str]] = Counter()
         for endpoint_slice in state.endpoint_slices:
             self._add(endpoint_slice)
-        # Per slice, its endpoints as last parsed, by raw fingerprint (model.parse_endpoint_slice).
-        self.parsed: dict[SliceKey, dict[Hashable, Endpoint]] = {}
+        # Per slice, what its last version parsed to, by raw fingerprint (model.parse_endpoint_slice).
+        self.parsed: dict[SliceKey, dict[Hashable, Any]] = {}
         self._pods = state.pods
         self._pod_index: _PodIndex | None = None
         self.backend_ids: dict[tuple[int, int], int] = {}
@@ -72,7 +72,7 @@ class EndpointIndex:
         earlier version of the same slice parsed to for the endpoints that did not change."""
         metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
         guess = (metadata.get("namespace") or "default", metadata.get("name")) if isinstance(metadata, Mapping) else None
-        parsed: dict[Hashable, Endpoint] = {}
+        parsed: dict[Hashable, Any] = {}
         endpoint_slice = parse_endpoint_slice(obj, self.parsed.get(guess), parsed)
         self.parsed[(endpoint_slice.namespace, endpoint_slice.name)] = parsed
         return endpoint_slice
@@ -149,12 +149,11 @@ class EndpointIndex:
                 group = self.groups.get((namespace, service_name, entry.family), {})
                 sets = endpoint_sets(entry, [group[name] for name in sorted(group)], pods,
                                      self.node, self.zone, Counter())
-                for candidate in (*sets.cluster, *sets.local, *sets.serving):
-                    key = (candidate.ip, candidate.port)
-                    if key not in self.backend_ids:
-                        name = backend_name(candidate)
-                        if key not in new_names or name < new_names[key]:
-                            new_names[key] = name
+                chosen = {(c.ip, c.port): c for c in (*sets.cluster, *sets.local, *sets.serving)}
+                for key in [key for key in chosen if key not in self.backend_ids]:  # never seen
+                    name = backend_name(chosen[key])
+                    if key not in new_names or name < new_names[key]:
+                        new_names[key] = name
                 pending.append((service_id, entry, sets))
 
         # New endpoints get the next ids, in address order (as a compile would number them).

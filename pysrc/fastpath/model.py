@@ -933,23 +933,30 @@ class _Collector:
         )
 
 
-def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Endpoint] | None = None,
-                         parsed: dict[Hashable, Endpoint] | None = None) -> EndpointSlice:
+def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Any] | None = None,
+                         parsed: dict[Hashable, Any] | None = None) -> EndpointSlice:
     """One EndpointSlice as the API or `kubectl get -o json` gives it (a decoded dict with kind
     and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line).
 
-    A watch sends the whole slice again when one endpoint changes: `reuse` holds endpoints of
-    an earlier parse by the fingerprint of their raw object (see _endpoint_fingerprint), so an
-    unchanged endpoint is not checked again; `parsed`, when given, receives this parse's.
+    A watch sends the whole slice again when one endpoint changes: `reuse` holds what an
+    earlier parse made of the slice's ports and labels and of each endpoint, by the fingerprint
+    of the raw values read (_shell_fingerprint, _endpoint_fingerprint), so what did not change
+    is not checked again; `parsed`, when given, receives this parse's.
     """
     kind = obj.get("kind") if isinstance(obj, Mapping) else None
     if kind != "EndpointSlice":
         raise ClusterError(f"expected an EndpointSlice (discovery.k8s.io/v1), got {_shown(kind if kind else obj)}")
-    collector = _Collector()
-    collector.add({**obj, "endpoints": None}, "", "EndpointSlice")  # the endpoints follow
-    (shell,) = collector.objects["EndpointSlice"] or (None,)
-    if shell is None:  # another API group's kind of that name
-        raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
+    # The slice without its endpoints (they follow), unless an earlier version read the same.
+    shell_key = _shell_fingerprint(obj) if reuse is not None or parsed is not None else None
+    shell = reuse.get(shell_key) if shell_key is not None and reuse else None
+    if shell is None:
+        collector = _Collector()
+        collector.add({**obj, "endpoints": None}, "", "EndpointSlice")
+        (shell,) = collector.objects["EndpointSlice"] or (None,)
+        if shell is None:  # another API group's kind of that name
+            raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
+    if shell_key is not None and parsed is not None:
+        parsed[shell_key] = shell
     o = _Object("", _object_label("EndpointSlice", shell.namespace, shell.name))
     family = {"IPv4": 4, "IPv6": 6}.get(shell.address_type)
     endpoints = []
@@ -963,6 +970,20 @@ def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Endpoint] | None = N
         endpoints.append(endpoint)
     return EndpointSlice(namespace=shell.namespace, name=shell.name, service_name=shell.service_name,
                          address_type=shell.address_type, ports=shell.ports, endpoints=tuple(endpoints))
+
+
+def _shell_fingerprint(obj: Mapping[str, Any]) -> Hashable | None:
+    """Like _endpoint_fingerprint, for everything but the endpoints that reading an EndpointSlice
+    looks at (not the resourceVersion or annotations, which change with every version)."""
+    metadata = obj.get("metadata")
+    if type(metadata) is not dict:
+        return None
+    try:
+        return "slice", marshal.dumps((obj.get("kind"), obj.get("apiVersion"), metadata.get("name"),
+                                       metadata.get("namespace"), metadata.get("labels"),
+                                       obj.get("addressType"), obj.get("ports")), 0)
+    except ValueError:
+        return None
 
 
 def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
