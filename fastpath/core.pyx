@@ -108,10 +108,13 @@ ctypedef struct ServiceEntry:
     uint32_t n_cluster
     uint32_t first_local            # slots[first_local, +n_local): the local set
     uint32_t n_local
+    uint64_t affinity_timeout_ns    # 0: no session affinity
+
+
+ctypedef struct ServiceBlock:       # beside ServiceEntry: what only updates and stale flows use
+    uint32_t size                   # slots[first_cluster, +size) belong to the service
     uint32_t first_member           # slots[first_member, +member_mask + 1): the backend ids of
     uint32_t member_mask            # any set, open addressing (0: empty), for stale UDP flows
-    uint32_t block                  # slots[first_cluster, +block) belong to the service
-    uint64_t affinity_timeout_ns    # 0: no session affinity
 
 
 ctypedef struct BackendEntry:
@@ -124,7 +127,8 @@ ctypedef struct Maps:
     FrontendMap frontend_map
     FrontendEntry* frontends
     Prefix* ranges
-    ServiceEntry* services          # indexed by service id (0: no members at all)
+    ServiceEntry* services          # indexed by service id (0 unused)
+    ServiceBlock* blocks            # indexed by service id (0: no members at all)
     # Per service id: may a tracked UDP flow of it have a backend that is no member any more?
     # (set when the service loses a member; only then does a tracked UDP packet check it)
     uint8_t* may_flush
@@ -233,6 +237,7 @@ cdef void maps_free(Maps* m) noexcept nogil:
     free(m.frontends)
     free(m.ranges)
     free(m.services)
+    free(m.blocks)
     free(m.may_flush)
     free(m.slots)
     free(m.backends)
@@ -267,15 +272,15 @@ cdef inline uint16_t next_snat_port(uint16_t port) noexcept nogil:
 
 cdef inline bint is_member(const Maps* m, uint32_t service_id, uint32_t backend_id) noexcept nogil:
     """Is the backend in one of the service's sets? (Its member table always has a free slot.)"""
-    cdef const ServiceEntry* service = &m.services[service_id]
-    cdef uint32_t i = member_hash(backend_id) & service.member_mask, found
+    cdef const ServiceBlock* block = &m.blocks[service_id]
+    cdef uint32_t i = member_hash(backend_id) & block.member_mask, found
     while True:
-        found = m.slots[service.first_member + i]
+        found = m.slots[block.first_member + i]
         if found == 0:
             return False
         if found == backend_id:
             return True
-        i = (i + 1) & service.member_mask
+        i = (i + 1) & block.member_mask
 
 
 cdef inline uint32_t member_hash(uint32_t backend_id) noexcept nogil:
@@ -398,11 +403,11 @@ cdef class Engine:
         cdef uint32_t n_backends = m.n_backends + len(new_backends)
         members = _member_ids(service)
         cdef uint32_t needed = _block_size(service, members)
-        cdef ServiceEntry* entry = &m.services[service_id]
+        cdef ServiceBlock* block = &m.blocks[service_id]
         # Everything that can fail first: a MemoryError leaves the engine as it was.
         if n_backends > m.backends_capacity:
             self._grow_backends(max(n_backends, 2 * m.backends_capacity))
-        if needed > entry.block and needed > m.slots_capacity - m.n_slots:
+        if needed > block.size and needed > m.slots_capacity - m.n_slots:
             _make_room(m, needed)
         if service.affinity_timeout_s and self.affinity.entries == NULL:
             if affinity_init(&self.affinity, self.ct.lru.capacity) != 0:
@@ -412,11 +417,11 @@ cdef class Engine:
         m.n_backends = n_backends
         if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= members:
             m.may_flush[service_id] = True  # its tracked UDP flows check their backend from now on
-        if needed <= entry.block:
-            _write_block(m, service_id, entry.first_cluster, service, members)  # in place
+        if needed <= block.size:
+            _write_block(m, service_id, m.services[service_id].first_cluster, service, members)  # in place
         else:
-            m.garbage_slots += entry.block
-            entry.block = needed
+            m.garbage_slots += block.size
+            block.size = needed
             _write_block(m, service_id, m.n_slots, service, members)
             m.n_slots += needed
         self.py_maps.services[service_id - 1] = service
@@ -955,13 +960,14 @@ cdef _build_maps(Maps* m, maps):
     m.frontends = <FrontendEntry*>calloc(n_frontends + 1, sizeof(FrontendEntry))
     m.ranges = <Prefix*>calloc(n_ranges + 1, sizeof(Prefix))
     m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
+    m.blocks = <ServiceBlock*>calloc(n_services + 1, sizeof(ServiceBlock))
     m.may_flush = <uint8_t*>calloc(n_services + 1, sizeof(uint8_t))
     m.slots = <uint32_t*>calloc(n_slots, sizeof(uint32_t))
     m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
     m.local_ips = <Addr*>calloc(len(node.local_ips) + 1, sizeof(Addr))
     m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
     m.service_cidrs = <Prefix*>calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
-    if not (m.frontends and m.ranges and m.services and m.may_flush and m.slots and m.backends
+    if not (m.frontends and m.ranges and m.services and m.blocks and m.may_flush and m.slots and m.backends
             and m.local_ips and m.pod_cidrs and m.service_cidrs):
         raise MemoryError("cannot allocate the service maps")
     m.n_services = n_services
@@ -974,9 +980,9 @@ cdef _build_maps(Maps* m, maps):
     m.slots_capacity = n_slots
     m.n_slots = 1
     for service, ids in zip(maps.services, members):
-        m.services[service.id].block = _block_size(service, ids)
+        m.blocks[service.id].size = _block_size(service, ids)
         _write_block(m, service.id, m.n_slots, service, ids)
-        m.n_slots += m.services[service.id].block
+        m.n_slots += m.blocks[service.id].size
     cdef Addr address
     for i, frontend in enumerate(maps.frontends):
         m.frontends[i].addr = _addr(frontend.ip)
@@ -1048,6 +1054,7 @@ cdef uint32_t _block_size(service, frozenset members) except? 0:
 cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozenset members):
     """Lay the service's sets out from slots[start] (its block must fit there)."""
     cdef ServiceEntry* entry = &m.services[service_id]
+    cdef ServiceBlock* block = &m.blocks[service_id]
     cdef uint32_t slot = start, i
     entry.first_cluster = slot
     entry.n_cluster = len(service.backends)
@@ -1059,13 +1066,13 @@ cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozens
     for backend_id in service.local_backends:
         m.slots[slot] = backend_id
         slot += 1
-    entry.first_member = slot
-    entry.member_mask = _table_size(len(members)) - 1
-    memset(&m.slots[slot], 0, (entry.member_mask + 1) * sizeof(uint32_t))
+    block.first_member = slot
+    block.member_mask = _table_size(len(members)) - 1
+    memset(&m.slots[slot], 0, (block.member_mask + 1) * sizeof(uint32_t))
     for backend_id in members:
-        i = member_hash(backend_id) & entry.member_mask
+        i = member_hash(backend_id) & block.member_mask
         while m.slots[slot + i] != 0:
-            i = (i + 1) & entry.member_mask
+            i = (i + 1) & block.member_mask
         m.slots[slot + i] = backend_id
     entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
     m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
@@ -1078,6 +1085,7 @@ cdef _make_room(Maps* m, uint32_t needed):
     cdef uint32_t live = m.n_slots - m.garbage_slots
     cdef uint32_t capacity, position, service_id
     cdef ServiceEntry* entry
+    cdef ServiceBlock* block
     cdef uint32_t* slots
     if m.garbage_slots > m.n_slots // 2:
         capacity = 2 * (live + needed)
@@ -1086,12 +1094,12 @@ cdef _make_room(Maps* m, uint32_t needed):
             raise MemoryError("cannot compact the service slots")
         position = 1  # slots[0] stays service 0's empty member table
         for service_id in range(1, m.n_services + 1):
-            entry = &m.services[service_id]
-            memcpy(&slots[position], &m.slots[entry.first_cluster], entry.block * sizeof(uint32_t))
+            entry, block = &m.services[service_id], &m.blocks[service_id]
+            memcpy(&slots[position], &m.slots[entry.first_cluster], block.size * sizeof(uint32_t))
             entry.first_local = entry.first_local - entry.first_cluster + position
-            entry.first_member = entry.first_member - entry.first_cluster + position
+            block.first_member = block.first_member - entry.first_cluster + position
             entry.first_cluster = position
-            position += entry.block
+            position += block.size
         free(m.slots)
         m.slots = slots
         m.n_slots = position
@@ -1110,7 +1118,7 @@ cdef void _inherit_may_flush(Maps* m, const Maps* old, const uint32_t* service_i
     """After a load: a new service may hold stale UDP flows when an old one renumbered to it
     might have, or when one of that old service's members is no member of the new one."""
     cdef uint32_t old_id, new_id, i, backend_id
-    cdef const ServiceEntry* before
+    cdef const ServiceBlock* before
     for old_id in range(1, old.n_services + 1):
         new_id = service_ids[old_id]
         if new_id == 0 or m.may_flush[new_id]:
@@ -1118,7 +1126,7 @@ cdef void _inherit_may_flush(Maps* m, const Maps* old, const uint32_t* service_i
         if old.may_flush[old_id]:
             m.may_flush[new_id] = True
             continue
-        before = &old.services[old_id]
+        before = &old.blocks[old_id]
         for i in range(before.member_mask + 1):
             backend_id = old.slots[before.first_member + i]
             if backend_id != 0 and not is_member(m, new_id, backend_ids[backend_id]):
