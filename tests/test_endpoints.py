@@ -379,6 +379,29 @@ def test_bad_input_is_one_line_and_changes_nothing(core):
     assert plane.counters() == before[2]
 
 
+def test_memory_running_out_between_two_ports_keeps_maps_and_engine_agreed():
+    objects = cluster()
+    plane = Dataplane(ClusterState.from_objects(objects), node=NODE, core="reference", ct_capacity=CT)
+    web = _slice(objects, "web-1")
+    web["endpoints"].append(ep("10.244.1.99", node=NODE))  # both ports of web change
+    engine_update, calls = plane.engine.update_service, []
+
+    def failing_second(service, new_backends=()):
+        calls.append(service.id)
+        if len(calls) == 2:
+            raise MemoryError("no memory")
+        engine_update(service, new_backends)
+
+    plane.engine.update_service = failing_second
+    with pytest.raises(MemoryError):
+        plane.apply_endpoint_slice(copy.deepcopy(web))
+    assert len(plane.maps.backends) == len(plane.engine.counters()["backends"])
+    del plane.engine.update_service
+    # The port left behind catches up with the slice's next change.
+    assert plane.apply_endpoint_slice(copy.deepcopy(web)) == 1
+    assert sets_by_address(plane.maps) == sets_by_address(compile_maps(ClusterState.from_objects(objects), NODE).maps)
+
+
 def test_a_dataplane_made_from_maps_refuses():
     plane = Dataplane(compile_maps(ClusterState.from_objects(cluster()), NODE).maps, ct_capacity=CT)
     with pytest.raises(ValueError, match="needs a Dataplane made from cluster state"):

@@ -102,7 +102,8 @@ class Dataplane:
 
     def update(self, cluster: ClusterState | Maps) -> None:
         """Apply new cluster state between batches: tracked TCP flows keep their backends
-        (terminating ones drain), UDP flows to endpoints no longer serving select again."""
+        (terminating ones drain), UDP flows to endpoints no longer serving select again with
+        their next packet."""
         self.maps = self._compile(cluster)
         self.engine.load(self.maps)
 
@@ -148,17 +149,28 @@ class Dataplane:
 
     def _apply(self, change: SliceChange) -> int:
         assert self._endpoints is not None
+        applied = 0
         try:
-            for number, service in enumerate(change.services):
-                self.engine.update_service(service, change.backends if number == 0 else ())
+            for service in change.services:
+                self.engine.update_service(service, () if applied else change.backends)
+                applied += 1
         except BaseException:
-            self._endpoints.undo(change)  # (update_service checks before it changes anything)
+            if applied == 0:  # (update_service changes nothing when it fails)
+                self._endpoints.undo(change)
+                raise
+            # Memory ran out between two ports of the service: the maps keep what the engine
+            # holds; the other ports catch up with the slice's next change.
+            self._commit(change, change.services[:applied])
             raise
+        self._commit(change, change.services)
+        return len(change.services)
+
+    def _commit(self, change: SliceChange, services: list) -> None:
+        assert self._endpoints is not None
         self._endpoints.commit(change)
         self.maps.backends.extend(change.backends)
-        for service in change.services:
+        for service in services:
             self.maps.services[service.id - 1] = service
-        return len(change.services)
 
     def process(self, batch: Batch, linktype: int = 1, *, trace: bool = False) -> BatchResult:
         """Run a batch through the core; packets are rewritten in place in batch.buf.
