@@ -282,7 +282,8 @@ def _new_flow_destinations(dataplane, prefix: str, first_port: int, flows: int =
     for sport in range(first_port, first_port + flows):
         l4 = (TCP(sport=sport, dport=frontend.port, flags="S") if frontend.proto == PROTO_TCP
               else UDP(sport=sport, dport=frontend.port))
-        packet = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.250.1", dst=format_address(frontend.ip)) / l4
+        ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # (no ARP lookup)
+        packet = ether / IP(src="10.244.250.1", dst=format_address(frontend.ip)) / l4
         result = dataplane.process_packet(bytes(packet), ts_ns=1)
         assert result.reason.name == "NEW_FLOW"
         seen.add(IP(result.data[14:]).dst)

@@ -71,7 +71,9 @@ class EndpointIndex:
         """The EndpointSlice of a decoded object (ClusterError if it is none), reusing what an
         earlier version of the same slice parsed to for the endpoints that did not change."""
         metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-        guess = (metadata.get("namespace") or "default", metadata.get("name")) if isinstance(metadata, Mapping) else None
+        guess = None  # (namespace, name) before the checks: only for finding the last version
+        if isinstance(metadata, Mapping):
+            guess = (metadata.get("namespace") or "default", metadata.get("name"))
         parsed: dict[Hashable, Any] = {}
         endpoint_slice = parse_endpoint_slice(obj, self.parsed.get(guess), parsed)
         self.parsed[(endpoint_slice.namespace, endpoint_slice.name)] = parsed
@@ -135,8 +137,8 @@ class EndpointIndex:
                           maps: Maps) -> tuple[list[MapService], list[Backend]]:
         changed: list[MapService] = []
         new_names: dict[tuple[int, int], str] = {}  # (ip, port) of endpoints never seen -> name
-        pending: list[tuple[int, _Port, Any]] = []
-        for service_name in sorted(service_names):
+        pending: list[tuple[int, Any]] = []  # (service id, its sets)
+        for service_name in service_names:
             service_key = (namespace, service_name)
             selected = None
             for service_id, entry in self.ports.get(service_key, ()):
@@ -154,7 +156,7 @@ class EndpointIndex:
                     name = backend_name(chosen[key])
                     if key not in new_names or name < new_names[key]:
                         new_names[key] = name
-                pending.append((service_id, entry, sets))
+                pending.append((service_id, sets))
 
         # New endpoints get the next ids, in address order (as a compile would number them).
         new_backends = [Backend(id=number, ip=key[0], port=key[1], name=new_names[key])
@@ -169,7 +171,7 @@ class EndpointIndex:
                 return tuple([new_ids.get(key) or ids[key] for key in keys])
             return tuple([ids[key] for key in keys])
 
-        for service_id, entry, sets in pending:
+        for service_id, sets in pending:
             current = maps.services[service_id - 1]
             service = MapService(
                 id=service_id,
