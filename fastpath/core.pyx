@@ -128,18 +128,13 @@ ctypedef struct Maps:
     FrontendEntry* frontends
     Prefix* ranges
     ServiceEntry* services          # indexed by service id (0 unused)
-    ServiceBlock* blocks            # indexed by service id (0: no members at all)
-    # Per service id: may a tracked UDP flow of it have a backend that is no member any more?
-    # (set when the service loses a member; only then does a tracked UDP packet check it)
-    uint8_t* may_flush
     uint32_t* slots                 # every service's block; slots[0] stays 0 (service 0's table)
-    uint32_t n_slots                # in use, garbage included
-    uint32_t slots_capacity
-    uint32_t garbage_slots          # blocks update_service moved away from (reclaimed by compaction)
     BackendEntry* backends          # indexed by backend id (0 unused)
     uint32_t n_services
     uint32_t n_backends
-    uint32_t backends_capacity      # backends (and the per-backend counters) hold ids 0..capacity
+    # Per service id: may a tracked UDP flow of it have a backend that is no member any more?
+    # (set when the service loses a member; only then does a tracked UDP packet check it)
+    uint8_t* may_flush
     # The node view
     uint32_t primary_ip             # IPv4 masquerade address (0: none)
     Addr primary_ip6                # IPv6 masquerade address,
@@ -157,6 +152,12 @@ ctypedef struct Maps:
     FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
     bint any_affinity
     bint any_ipv6
+    # What only update_service and stale UDP flows use (after the fields every packet reads)
+    ServiceBlock* blocks            # indexed by service id (0: no members at all)
+    uint32_t n_slots                # in use, garbage included
+    uint32_t slots_capacity
+    uint32_t garbage_slots          # blocks update_service moved away from (reclaimed by compaction)
+    uint32_t backends_capacity      # backends (and the per-backend counters) hold ids 0..capacity
 
 
 ctypedef struct Parsed:             # a packet parsed ahead of its processing
