@@ -155,20 +155,20 @@ class Dataplane:
                 self.engine.update_service(service, () if applied else change.backends)
                 applied += 1
         except BaseException:
-            if applied == 0:  # (update_service changes nothing when it fails)
-                self._endpoints.undo(change)
-                raise
-            # Memory ran out between two ports of the service: the maps keep what the engine
-            # holds; the other ports catch up with the slice's next change.
-            self._commit(change, change.services[:applied])
+            # The slice is not taken (update_service changes nothing when it fails). If memory
+            # ran out between two ports of its service, the maps keep what the engine took;
+            # the other ports follow when the slice is applied again.
+            self._endpoints.undo(change)
+            if applied:
+                self._endpoints.keep_backends(change.backends)
+                self._to_maps(change.backends, change.services[:applied])
             raise
-        self._commit(change, change.services)
+        self._endpoints.commit(change)
+        self._to_maps(change.backends, change.services)
         return len(change.services)
 
-    def _commit(self, change: SliceChange, services: list) -> None:
-        assert self._endpoints is not None
-        self._endpoints.commit(change)
-        self.maps.backends.extend(change.backends)
+    def _to_maps(self, backends: list, services: list) -> None:
+        self.maps.backends.extend(backends)
         for service in services:
             self.maps.services[service.id - 1] = service
 

@@ -84,6 +84,8 @@ class EndpointIndex:
         need: the map Services whose sets changed (same ids) and the new backends they name (ids
         from len(maps.backends) + 1). Then either commit() or undo() it."""
         old = self.slices.get(key)
+        if new is not None and new == old:  # a new version that changes nothing we read
+            return SliceChange(key, old, new, [], [])
         if old is not None:
             self._remove(old)
         if new is not None:
@@ -97,10 +99,14 @@ class EndpointIndex:
         return SliceChange(key, old, new, services, backends)
 
     def commit(self, change: SliceChange) -> None:
-        """The change reached the maps: its new backends have ids now."""
+        """The change reached the maps."""
         if change.new is None:
             self.parsed.pop(change.key, None)
-        for backend in change.backends:
+        self.keep_backends(change.backends)
+
+    def keep_backends(self, backends: Iterable[Backend]) -> None:
+        """These new backends are in the maps now, with their ids."""
+        for backend in backends:
             self.backend_ids[(backend.ip, backend.port)] = backend.id
 
     def undo(self, change: SliceChange) -> None:
