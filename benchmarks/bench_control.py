@@ -19,6 +19,9 @@ workload.cluster_objects() (the objects cluster_yaml() would print, never writte
                           (a full recompile and reload); target 50 us
   update_compile_only /   the two halves of that update: compile_maps(state) and
   update_load_only        Engine.load(maps)
+  endpoint_readiness_change  the same change the incremental way: Dataplane.apply_endpoint_slice
+                          (the decoded slice, one endpoint flipping not ready / ready), only that
+                          service's sets derived again and swapped in place; target 50 us
   yaml_load_standard      fastpath.load_cluster(cluster.yaml) of the standard 4.4 MB dump
                           (`loader` and `libyaml` in extra_info say whether the C loader ran)
   yaml_parse_standard     fastpath.kubeyaml.load_yaml(text) alone: the YAML parse
@@ -247,3 +250,87 @@ def test_yaml_parse_python_loader(benchmark, workload_files, rounds, monkeypatch
     assert len(documents[0]["items"]) == 2 * workload_files.meta["services"]
     _loader_info(benchmark, yaml.SafeLoader)
     benchmark.extra_info["bytes"] = len(text)
+
+
+# --------------------------------------------------------------------------- incremental readiness
+
+@pytest.fixture(scope="module")
+def readiness_slices(workload_files):
+    """The standard cluster's state, and one of its EndpointSlices as the API would send it with
+    all endpoints ready and with its first endpoint not ready (+ the service and address)."""
+    spec = workload_files.spec
+    objects = workload.cluster_objects(spec, workload.plan_cluster(spec))
+    slices = [o for o in objects if o["kind"] == "EndpointSlice"]
+    ready = slices[len(slices) // 2]
+    not_ready = copy.deepcopy(ready)
+    endpoint = not_ready["endpoints"][0]
+    endpoint["conditions"] = {"ready": False, "serving": False, "terminating": False}
+    service = f"{ready['metadata']['namespace']}/{ready['metadata']['labels']['kubernetes.io/service-name']}"
+    return ClusterState.from_objects(objects), ready, not_ready, service, endpoint["addresses"][0]
+
+
+def _new_flow_destinations(dataplane, prefix: str, first_port: int, flows: int = 200) -> set[str]:
+    """Where the engine sends new flows (one per source port) to the service's ClusterIP."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    from fastpath.maps import PROTO_TCP, format_address
+
+    service = next(s for s in dataplane.maps.services if s.name.startswith(prefix + ":"))
+    frontend = next(f for f in dataplane.maps.frontends if f.service == service.id and f.kind == "ClusterIP")
+    seen = set()
+    for sport in range(first_port, first_port + flows):
+        l4 = (TCP(sport=sport, dport=frontend.port, flags="S") if frontend.proto == PROTO_TCP
+              else UDP(sport=sport, dport=frontend.port))
+        ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # (no ARP lookup)
+        packet = ether / IP(src="10.244.250.1", dst=format_address(frontend.ip)) / l4
+        result = dataplane.process_packet(bytes(packet), ts_ns=1)
+        assert result.reason.name == "NEW_FLOW"
+        seen.add(IP(result.data[14:]).dst)
+    return seen
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_endpoint_readiness_change(benchmark, readiness_slices, rounds):
+    """Dataplane.apply_endpoint_slice(obj) on the standard cluster, the slice alternating between
+    "all ready" and "its first endpoint not ready": issue 5's one readiness change, target 50 us."""
+    state, ready, not_ready, service, address = readiness_slices
+    dataplane = Dataplane(state)
+    dataplane.apply_endpoint_slice(ready)  # the first change indexes the state's slices (untimed)
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return ((not_ready if turn[0] % 2 else ready),), {}
+
+    benchmark.pedantic(dataplane.apply_endpoint_slice, setup=setup, rounds=rounds(400),
+                       warmup_rounds=20, iterations=1)
+    # The change reaches the maps and the engine the next batch runs on (sanity, not timing).
+    assert dataplane.apply_endpoint_slice(not_ready) in (0, 1)
+    assert address not in _service_backends(dataplane.maps, service)
+    assert address not in _new_flow_destinations(dataplane, service, 20000)
+    assert dataplane.apply_endpoint_slice(ready) == 1
+    assert address in _service_backends(dataplane.maps, service)
+    assert address in _new_flow_destinations(dataplane, service, 30000)
+    benchmark.extra_info.update(services=len(dataplane.maps.services), changed_service=service,
+                                changed_endpoint=address, target_us=TARGET_UPDATE_US,
+                                engine_update_us=_engine_update_us(dataplane, service))
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        benchmark.extra_info["median_us"] = round(stats.median * 1e6, 1)
+        benchmark.extra_info["x_target"] = round(stats.median * 1e6 / TARGET_UPDATE_US, 2)
+
+
+def _engine_update_us(dataplane, prefix: str, rounds: int = 200) -> float:
+    """The engine's share (Engine.update_service alone, the service's sets without and with one
+    of its backends), the fastest of `rounds`, in microseconds."""
+    import time
+
+    service = next(s for s in dataplane.maps.services if s.name.startswith(prefix + ":"))
+    fewer = dataclasses.replace(service, backends=service.backends[1:], serving=service.serving[1:])
+    best = float("inf")
+    for turn in range(rounds):
+        start = time.perf_counter()
+        dataplane.engine.update_service(fewer if turn % 2 == 0 else service)
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1e6, 1)

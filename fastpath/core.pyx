@@ -5,10 +5,11 @@ The behaviour is specified in fastpath/reference.py (the pure-Python twin); the 
 byte for byte. Policy never lives here: the maps arrive fully decided from fastpath.compiler.
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy, memset
 
 from array import array
+from copy import copy
 
 from address cimport Addr, Prefix, addr_eq, addr_v4, fold6, in_prefixes, load_addr6
 from affinity cimport (
@@ -46,7 +47,7 @@ from wire cimport (
     load32, packet_dst, packet_src, parse_ipv4, parse_ipv6, parse_ports, parse_quoted,
 )
 
-from fastpath.maps import FRONTEND_KINDS, IPV6
+from fastpath.maps import FRONTEND_KINDS, IPV6, check_service_update
 from fastpath.verdicts import Reason, Verdict
 
 cdef extern from "crc32c.h":
@@ -110,6 +111,12 @@ ctypedef struct ServiceEntry:
     uint64_t affinity_timeout_ns    # 0: no session affinity
 
 
+ctypedef struct ServiceBlock:       # beside ServiceEntry: what only updates and stale flows use
+    uint32_t size                   # slots[first_cluster, +size) belong to the service
+    uint32_t first_member           # slots[first_member, +member_mask + 1): the backend ids of
+    uint32_t member_mask            # any set, open addressing (0: empty), for stale UDP flows
+
+
 ctypedef struct BackendEntry:
     Addr addr
     uint32_t addr32                 # what conntrack stores: the IPv4 address, or fold6()
@@ -121,10 +128,13 @@ ctypedef struct Maps:
     FrontendEntry* frontends
     Prefix* ranges
     ServiceEntry* services          # indexed by service id (0 unused)
-    uint32_t* slots
+    uint32_t* slots                 # every service's block; slots[0] stays 0 (service 0's table)
     BackendEntry* backends          # indexed by backend id (0 unused)
     uint32_t n_services
     uint32_t n_backends
+    # Per service id: may a tracked UDP flow of it have a backend that is no member any more?
+    # (set when the service loses a member; only then does a tracked UDP packet check it)
+    uint8_t* may_flush
     # The node view
     uint32_t primary_ip             # IPv4 masquerade address (0: none)
     Addr primary_ip6                # IPv6 masquerade address,
@@ -142,6 +152,12 @@ ctypedef struct Maps:
     FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
     bint any_affinity
     bint any_ipv6
+    # What only update_service and stale UDP flows use (after the fields every packet reads)
+    ServiceBlock* blocks            # indexed by service id (0: no members at all)
+    uint32_t n_slots                # in use, garbage included
+    uint32_t slots_capacity
+    uint32_t garbage_slots          # blocks update_service moved away from (reclaimed by compaction)
+    uint32_t backends_capacity      # backends (and the per-backend counters) hold ids 0..capacity
 
 
 ctypedef struct Parsed:             # a packet parsed ahead of its processing
@@ -223,6 +239,8 @@ cdef void maps_free(Maps* m) noexcept nogil:
     free(m.frontends)
     free(m.ranges)
     free(m.services)
+    free(m.blocks)
+    free(m.may_flush)
     free(m.slots)
     free(m.backends)
     free(m.local_ips)
@@ -254,6 +272,24 @@ cdef inline uint16_t next_snat_port(uint16_t port) noexcept nogil:
     return port + 1
 
 
+cdef inline bint is_member(const Maps* m, uint32_t service_id, uint32_t backend_id) noexcept nogil:
+    """Is the backend in one of the service's sets? (Its member table always has a free slot.)"""
+    cdef const ServiceBlock* block = &m.blocks[service_id]
+    cdef uint32_t i = member_hash(backend_id) & block.member_mask, found
+    while True:
+        found = m.slots[block.first_member + i]
+        if found == 0:
+            return False
+        if found == backend_id:
+            return True
+        i = (i + 1) & block.member_mask
+
+
+cdef inline uint32_t member_hash(uint32_t backend_id) noexcept nogil:
+    cdef uint32_t x = backend_id * <uint32_t>0x9E3779B1
+    return x ^ (x >> 16)
+
+
 _ALL128 = (1 << 128) - 1
 _V4_MAPPED = 0xFFFF << 32
 
@@ -266,13 +302,6 @@ cdef Addr _addr(address) except *:
         a.lo = address & 0xFFFFFFFFFFFFFFFF
         return a
     return addr_v4(address)
-
-
-cdef object _map_address(Addr a):
-    """The inverse of _addr()."""
-    if a.hi == 0 and (a.lo >> 32) == 0xFFFF:
-        return a.lo & 0xFFFFFFFF
-    return IPV6 | (<object>a.hi << 64) | <object>a.lo
 
 
 cdef Prefix _prefix(network, length) except *:
@@ -338,9 +367,10 @@ cdef class Engine:
 
     def load(self, maps):
         """Replace the maps between batches. Tracked flows, affinity and counters follow the new
-        ids (matched by service name and backend address); UDP flows to a backend that is no
-        longer serving are forgotten."""
+        ids (matched by service name and backend address); a UDP flow whose backend is no member
+        of its service any more is forgotten by its next packet."""
         cdef Maps m
+        cdef uint32_t[::1] new_service_ids, new_backend_ids
         memset(&m, 0, sizeof(Maps))
         try:
             _build_maps(&m, maps)
@@ -355,37 +385,83 @@ cdef class Engine:
         service_ids, backend_ids = _id_mapping(self.py_maps, maps)
         self._remap_counters(service_ids, backend_ids, len(maps.services), len(maps.backends))
         if self.py_maps is not None:
-            self._remap_state(service_ids, backend_ids, maps)
+            self._remap_state(service_ids, backend_ids)
+            new_service_ids, new_backend_ids = array("I", service_ids), array("I", backend_ids)
+            _inherit_may_flush(&m, &self.maps, &new_service_ids[0], &new_backend_ids[0])
         maps_free(&self.maps)
         self.maps = m
-        self.py_maps = maps
+        # The engine's own lists: update_service() changes them, never the caller's maps.
+        self.py_maps = copy(maps)
+        self.py_maps.services = list(maps.services)
+        self.py_maps.backends = list(maps.backends)
+
+    def update_service(self, service, new_backends=()):
+        """Replace one service's backend sets in place between batches, appending new backends;
+        no id changes (see "update_service" in fastpath.reference)."""
+        new_backends = tuple(new_backends)
+        check_service_update(self.py_maps, service, new_backends)
+        cdef Maps* m = &self.maps
+        cdef uint32_t service_id = service.id
+        cdef uint32_t n_backends = m.n_backends + len(new_backends)
+        members = _member_ids(service)
+        cdef uint32_t needed = _block_size(service, members)
+        cdef ServiceBlock* block = &m.blocks[service_id]
+        # Everything that can fail first: a MemoryError leaves the engine as it was.
+        if n_backends > m.backends_capacity:
+            self._grow_backends(max(n_backends, 2 * m.backends_capacity))
+        if needed > block.size and needed > m.slots_capacity - m.n_slots:
+            _make_room(m, needed)
+        if service.affinity_timeout_s and self.affinity.entries == NULL:
+            if affinity_init(&self.affinity, self.ct.capacity) != 0:
+                raise MemoryError("cannot allocate the session affinity table")
+        for backend in new_backends:
+            _set_backend(m, backend)
+        m.n_backends = n_backends
+        if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= members:
+            m.may_flush[service_id] = True  # its tracked UDP flows check their backend from now on
+        if needed <= block.size:
+            _write_block(m, service_id, m.services[service_id].first_cluster, service, members)  # in place
+        else:
+            m.garbage_slots += block.size
+            block.size = needed
+            _write_block(m, service_id, m.n_slots, service, members)
+            m.n_slots += needed
+        self.py_maps.services[service_id - 1] = service
+        self.py_maps.backends.extend(new_backends)
+
+    cdef _grow_backends(self, uint32_t capacity):
+        """Room for backend ids up to `capacity`, in the table and the per-backend counters."""
+        cdef Maps* m = &self.maps
+        cdef BackendEntry* backends = <BackendEntry*>realloc(
+            m.backends, (<size_t>capacity + 1) * sizeof(BackendEntry))
+        if backends == NULL:
+            raise MemoryError("cannot grow the backend table")
+        m.backends = backends
+        cdef uint64_t* counts = <uint64_t*>realloc(self.backend_packets,
+                                                   (<size_t>capacity + 1) * sizeof(uint64_t))
+        if counts == NULL:
+            raise MemoryError("cannot grow the backend counters")
+        self.backend_packets = counts
+        memset(&counts[m.backends_capacity + 1], 0,
+               (capacity - m.backends_capacity) * sizeof(uint64_t))
+        m.backends_capacity = capacity
 
     cdef _remap_counters(self, list service_ids, list backend_ids, uint32_t n_services,
                          uint32_t n_backends):
         self.service_packets = _remapped(self.service_packets, service_ids, n_services)
         self.backend_packets = _remapped(self.backend_packets, backend_ids, n_backends)
 
-    cdef _remap_state(self, list service_ids, list backend_ids, maps):
+    cdef _remap_state(self, list service_ids, list backend_ids):
         cdef uint32_t index
         cdef CtEntry* e
         cdef uint32_t[::1] new_service_ids
         cdef FragEntry* fragment
-        serving = [None] + [
-            {(maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in s.serving}
-            for s in maps.services
-        ]
+        # Entries follow the ids; stale UDP ones are flushed later, by their own next packet.
         for index in range(self.ct.never_used):
             e = &self.ct.entries[index]
-            if e.state == STATE_FREE:
-                continue
-            e.service = service_ids[e.service] if e.service < len(service_ids) else 0
-            e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
-            backend_address = (_map_address(self.ct.addrs6[index].backend) if e.flags & FLAG_IPV6
-                               else e.backend_addr)
-            if e.proto == IPPROTO_UDP and (
-                    e.service == 0 or (backend_address, e.backend_port) not in serving[e.service]):
-                self.ct.stats.flushed += 1
-                ct_delete(&self.ct, index)
+            if e.state != STATE_FREE:
+                e.service = service_ids[e.service] if e.service < len(service_ids) else 0
+                e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
         # Fragment entries keep their verdict and addresses; their ids follow the mapping.
         index = self.fragments.lru.oldest
         while index != LRU_NIL:
@@ -551,6 +627,11 @@ cdef class Engine:
             elif ct_direction(ref) == DIR_ORIG and pkt.proto == IPPROTO_TCP and e.state == STATE_CLOSING \
                     and pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
                 self.ct.stats.reopened += 1
+                ct_delete(&self.ct, ct_slot(ref))
+            elif pkt.proto == IPPROTO_UDP and self.maps.may_flush[e.service] \
+                    and not is_member(&self.maps, e.service, e.backend):
+                # Its backend left the service's sets since it was tracked: select again.
+                self.ct.stats.flushed += 1
                 ct_delete(&self.ct, ct_slot(ref))
             else:
                 return self._tracked(pkt, e, ref, now, trace)
@@ -870,10 +951,10 @@ cdef _build_maps(Maps* m, maps):
     """Fill the C maps from a fastpath.maps.Maps (m is freed by the caller on error)."""
     cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
     cdef uint32_t n_frontends = len(maps.frontends)
-    cdef uint32_t n_slots = sum(len(s.backends) + len(s.local_backends) for s in maps.services)
+    members = [_member_ids(s) for s in maps.services]
+    cdef uint32_t n_slots = 1 + sum(_block_size(s, ids) for s, ids in zip(maps.services, members))
     cdef uint32_t n_ranges = sum(len(f.source_ranges) for f in maps.frontends)
-    cdef uint32_t i, slot = 0, range_index = 0
-    cdef ServiceEntry* entry
+    cdef uint32_t i, range_index = 0
     node = maps.node
     if frontend_map_init(&m.frontend_map, n_frontends) != 0 \
             or frontend_map_init(&m.service_ips, len(node.service_ips)) != 0:
@@ -881,35 +962,29 @@ cdef _build_maps(Maps* m, maps):
     m.frontends = <FrontendEntry*>calloc(n_frontends + 1, sizeof(FrontendEntry))
     m.ranges = <Prefix*>calloc(n_ranges + 1, sizeof(Prefix))
     m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
-    m.slots = <uint32_t*>calloc(n_slots + 1, sizeof(uint32_t))
+    m.blocks = <ServiceBlock*>calloc(n_services + 1, sizeof(ServiceBlock))
+    m.may_flush = <uint8_t*>calloc(n_services + 1, sizeof(uint8_t))
+    m.slots = <uint32_t*>calloc(n_slots, sizeof(uint32_t))
     m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
     m.local_ips = <Addr*>calloc(len(node.local_ips) + 1, sizeof(Addr))
     m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
     m.service_cidrs = <Prefix*>calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
-    if not (m.frontends and m.ranges and m.services and m.slots and m.backends and m.local_ips
-            and m.pod_cidrs and m.service_cidrs):
+    if not (m.frontends and m.ranges and m.services and m.blocks and m.may_flush and m.slots and m.backends
+            and m.local_ips and m.pod_cidrs and m.service_cidrs):
         raise MemoryError("cannot allocate the service maps")
     m.n_services = n_services
     m.n_backends = n_backends
+    m.backends_capacity = n_backends
     for backend in maps.backends:
-        m.backends[backend.id].addr = _addr(backend.ip)
-        m.backends[backend.id].addr32 = (fold6(&m.backends[backend.id].addr) if backend.ip >= IPV6
-                                         else backend.ip)
-        m.backends[backend.id].port = backend.port
-    for service in maps.services:
-        entry = &m.services[service.id]
-        entry.first_cluster = slot
-        entry.n_cluster = len(service.backends)
-        for backend_id in service.backends:
-            m.slots[slot] = backend_id
-            slot += 1
-        entry.first_local = slot
-        entry.n_local = len(service.local_backends)
-        for backend_id in service.local_backends:
-            m.slots[slot] = backend_id
-            slot += 1
-        entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
-        m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
+        _set_backend(m, backend)
+    # Service 0 (a flow whose service vanished) has no members: its table is slots[0], empty.
+    m.may_flush[0] = True
+    m.slots_capacity = n_slots
+    m.n_slots = 1
+    for service, ids in zip(maps.services, members):
+        m.blocks[service.id].size = _block_size(service, ids)
+        _write_block(m, service.id, m.n_slots, service, ids)
+        m.n_slots += m.blocks[service.id].size
     cdef Addr address
     for i, frontend in enumerate(maps.frontends):
         m.frontends[i].addr = _addr(frontend.ip)
@@ -951,6 +1026,114 @@ cdef _build_maps(Maps* m, maps):
         frontend_map_put(&m.frontend_ips, frontend_key(&address, 0, 0), 0)
     for i in range(n_frontends):
         frontend_map_put(&m.frontend_ips, frontend_key(&m.frontends[i].addr, 0, 0), 0)
+
+
+cdef _set_backend(Maps* m, backend):
+    cdef BackendEntry* entry = &m.backends[<uint32_t>backend.id]
+    entry.addr = _addr(backend.ip)
+    entry.addr32 = fold6(&entry.addr) if backend.ip >= IPV6 else backend.ip
+    entry.port = backend.port
+
+
+# A service's block of slots: its cluster set, its local set, then a table of its members (the
+# backend ids of any set) with at least one free slot, so a lookup always ends.
+
+cdef frozenset _member_ids(service):
+    return frozenset((*service.backends, *service.local_backends, *service.serving))
+
+
+cdef uint32_t _table_size(Py_ssize_t members):
+    cdef uint32_t size = 1
+    while size < 2 * members:
+        size <<= 1
+    return size
+
+
+cdef uint32_t _block_size(service, frozenset members) except? 0:
+    return len(service.backends) + len(service.local_backends) + _table_size(len(members))
+
+
+cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozenset members):
+    """Lay the service's sets out from slots[start] (its block must fit there)."""
+    cdef ServiceEntry* entry = &m.services[service_id]
+    cdef ServiceBlock* block = &m.blocks[service_id]
+    cdef uint32_t slot = start, i
+    entry.first_cluster = slot
+    entry.n_cluster = len(service.backends)
+    for backend_id in service.backends:
+        m.slots[slot] = backend_id
+        slot += 1
+    entry.first_local = slot
+    entry.n_local = len(service.local_backends)
+    for backend_id in service.local_backends:
+        m.slots[slot] = backend_id
+        slot += 1
+    block.first_member = slot
+    block.member_mask = _table_size(len(members)) - 1
+    memset(&m.slots[slot], 0, (block.member_mask + 1) * sizeof(uint32_t))
+    for backend_id in members:
+        i = member_hash(backend_id) & block.member_mask
+        while m.slots[slot + i] != 0:
+            i = (i + 1) & block.member_mask
+        m.slots[slot + i] = backend_id
+    entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
+    m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
+
+
+cdef _make_room(Maps* m, uint32_t needed):
+    """Room for a block of `needed` slots at m.n_slots: the blocks compacted when more than
+    half the slots in use are garbage, else the array grown (so it stays within a few times
+    what the services use)."""
+    cdef uint32_t live = m.n_slots - m.garbage_slots
+    cdef uint32_t capacity, position, service_id
+    cdef ServiceEntry* entry
+    cdef ServiceBlock* block
+    cdef uint32_t* slots
+    if m.garbage_slots > m.n_slots // 2:
+        capacity = 2 * (live + needed)
+        slots = <uint32_t*>calloc(capacity, sizeof(uint32_t))
+        if slots == NULL:
+            raise MemoryError("cannot compact the service slots")
+        position = 1  # slots[0] stays service 0's empty member table
+        for service_id in range(1, m.n_services + 1):
+            entry, block = &m.services[service_id], &m.blocks[service_id]
+            memcpy(&slots[position], &m.slots[entry.first_cluster], block.size * sizeof(uint32_t))
+            entry.first_local = entry.first_local - entry.first_cluster + position
+            block.first_member = block.first_member - entry.first_cluster + position
+            entry.first_cluster = position
+            position += block.size
+        free(m.slots)
+        m.slots = slots
+        m.n_slots = position
+        m.garbage_slots = 0
+    else:
+        capacity = max(m.n_slots + needed, 2 * m.slots_capacity)
+        slots = <uint32_t*>realloc(m.slots, <size_t>capacity * sizeof(uint32_t))
+        if slots == NULL:
+            raise MemoryError("cannot grow the service slots")
+        m.slots = slots
+    m.slots_capacity = capacity
+
+
+cdef void _inherit_may_flush(Maps* m, const Maps* old, const uint32_t* service_ids,
+                             const uint32_t* backend_ids) noexcept nogil:
+    """After a load: a new service may hold stale UDP flows when an old one renumbered to it
+    might have, or when one of that old service's members is no member of the new one."""
+    cdef uint32_t old_id, new_id, i, backend_id
+    cdef const ServiceBlock* before
+    for old_id in range(1, old.n_services + 1):
+        new_id = service_ids[old_id]
+        if new_id == 0 or m.may_flush[new_id]:
+            continue
+        if old.may_flush[old_id]:
+            m.may_flush[new_id] = True
+            continue
+        before = &old.blocks[old_id]
+        for i in range(before.member_mask + 1):
+            backend_id = old.slots[before.first_member + i]
+            if backend_id != 0 and not is_member(m, new_id, backend_ids[backend_id]):
+                m.may_flush[new_id] = True
+                break
 
 
 def _id_mapping(old, new):

@@ -920,12 +920,14 @@ def test_load_drops_counters_and_ids_without_counterpart():
     assert eng.counters()["services"] == [0]
     assert eng.counters()["backends"] == []
     # The TCP entry names no service or backend any more but still translates, unattributed;
-    # the UDP entry (service gone) was flushed.
-    (entry,) = eng.conntrack_entries()
-    assert (entry.orig[4], entry.service, entry.backend) == (PROTO_TCP, 0, 0)
-    assert eng.counters()["conntrack"]["flushed"] == 1
+    # the UDP entry (service gone) stays until its next packet flushes it.
+    tcp_entry, udp_entry = eng.conntrack_entries()
+    assert (tcp_entry.orig[4], tcp_entry.service, tcp_entry.backend) == (PROTO_TCP, 0, 0)
+    assert (udp_entry.orig[4], udp_entry.service, udp_entry.backend) == (PROTO_UDP, 0, 0)
+    assert eng.counters()["conntrack"]["flushed"] == 0
     assert run(eng, eth(tcp(flags="A")))[1] == Reason.CT_ESTABLISHED
     assert run(eng, eth(udp()))[1] == Reason.PASS_NO_SERVICE
+    assert eng.counters()["conntrack"]["flushed"] == 1
     assert eng.counters()["services"] == [0]
     eng.load(make_maps())
     assert eng.counters()["services"] == [0, 0, 0]
@@ -1964,21 +1966,28 @@ def test_load_flushes_udp_flows_off_serving_backends_and_lets_tcp_drain():
     eng.load(maps)
     assert eng.counters()["conntrack"]["flushed"] == 0
     assert go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 1)[3][1] == udp_backend
-    # Now they stop serving: the UDP flow is forgotten and selects again; the TCP flow drains.
-    maps.services[DNS - 1] = replace(maps.services[DNS - 1], serving=(udp_other,))
-    maps.services[WEB - 1] = replace(maps.services[WEB - 1], serving=tcp_rest)
+    # Now they stop serving (and leave the local sets): the UDP flow is forgotten and selects
+    # again; the TCP flow drains.
+    maps.services[DNS - 1] = replace(maps.services[DNS - 1], serving=(udp_other,), local_backends=())
+    maps.services[WEB - 1] = replace(maps.services[WEB - 1], serving=tcp_rest, local_backends=())
     eng.load(maps)
+    # Lazily: the stale UDP entry goes with its next packet (here a reply, then passed as untracked).
     c = eng.counters()["conntrack"]
-    assert (c["flushed"], c["entries"]) == (1, 1)
+    assert (c["flushed"], c["entries"]) == (0, 2)
     reply = udp(src=txt(V2_BACKENDS[udp_backend - 1].ip), dst=POD_CLIENT, sport=5353, dport=50000)
     assert go(eng, reply, T0 + 2)[1] == Reason.PASS_NO_SERVICE
+    c = eng.counters()["conntrack"]
+    assert (c["flushed"], c["entries"]) == (1, 1)
     _, reason, got, trace = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 3)
     assert (reason, trace[1], got.dst) == (Reason.NEW_FLOW, udp_other, txt(V2_BACKENDS[udp_other - 1].ip))
     _, reason, got, trace = go(eng, tcp(src=POD_CLIENT, dst="10.96.0.10", flags="A"), T0 + 4)
     assert (reason, trace[1]) == (Reason.CT_ESTABLISHED, tcp_backend)
-    # A UDP flow whose service disappears is flushed too; a masqueraded one by its backend address.
+    # A UDP flow whose service disappears is flushed too (by its next packet), masqueraded or not.
     go(eng, udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053), T0 + 5)
     eng.load(Maps(services=[], frontends=[], backends=[], node=maps.node))
+    assert eng.counters()["conntrack"]["entries"] == 3
+    assert go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 6)[1] == Reason.REJECT_UNKNOWN_PORT  # still a ClusterIP
+    assert go(eng, udp(src=EXT_CLIENT, dst=NODE_IP, dport=30053), T0 + 6)[1] == Reason.PASS_NO_SERVICE
     c = eng.counters()["conntrack"]
     assert (c["flushed"], c["entries"]) == (3, 1)
     assert eng.conntrack_entries()[0].orig[4] == PROTO_TCP
@@ -2305,15 +2314,21 @@ def test_load_does_not_flush_sctp_flows():
     _, _, _, (_, sctp_backend, _) = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"))
     _, _, _, (_, udp_backend, _) = go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"))
     maps = sctp_v2_maps()
-    maps.services[WEB - 1] = replace(maps.services[WEB - 1], serving=tuple(b for b in (1, 2, 3) if b != sctp_backend))
-    maps.services[DNS - 1] = replace(maps.services[DNS - 1], serving=(9 - udp_backend,))
+    # Both backends leave every set of their service.
+    rest = tuple(b for b in (1, 2, 3) if b != sctp_backend)
+    maps.services[WEB - 1] = replace(maps.services[WEB - 1], backends=rest,
+                                     local_backends=tuple(b for b in (1,) if b != sctp_backend), serving=rest)
+    maps.services[DNS - 1] = replace(maps.services[DNS - 1], backends=(9 - udp_backend,), local_backends=(),
+                                     serving=(9 - udp_backend,))
     eng.load(maps)
-    # The UDP flow is forgotten; the SCTP flow, like TCP, keeps its backend.
+    # The UDP flow is forgotten (by its next packet); the SCTP flow, like TCP, keeps its backend.
+    assert go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 1)[1] == Reason.NEW_FLOW
     assert eng.counters()["conntrack"]["flushed"] == 1
     _, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"), T0 + 1)
     assert (reason, trace[1], got.dst) == (Reason.CT_ESTABLISHED, sctp_backend, txt(V2_BACKENDS[sctp_backend - 1].ip))
-    # Even with every service gone.
+    # Even with every service gone (when the UDP flow's next packet has flushed it).
     eng.load(Maps(services=[], frontends=[], backends=[], node=maps.node))
+    go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 2)
     assert [e.orig[4] for e in eng.conntrack_entries()] == [PROTO_SCTP]
     _, reason, got, trace = go(eng, sctp(src=POD_CLIENT, dst="10.96.0.10"), T0 + 2)
     assert (reason, trace) == (Reason.CT_ESTABLISHED, (0, 0, KIND["ClusterIP"]))
@@ -4121,14 +4136,18 @@ def test_load_remaps_services_by_name_and_family():
     assert c["services"][new_id["kube-system/dns:dns", 6] - 1] == 2
     assert c["services"][new_id["default/web:http", 6] - 1] == 2
     assert c["services"][new_id["default/web:http", 4] - 1] == 0
-    # The IPv6 half of the DNS service goes away: its UDP flows are flushed, the IPv4 half's stay.
+    # The IPv6 half of the DNS service goes away: its UDP flows are flushed (by their next packet,
+    # which selects again, now for the service that took its frontend), the IPv4 half's stay.
     maps = v6_maps()
     maps.services[DNS6 - 1] = replace(maps.services[DNS6 - 1], name="kube-system/other:dns")
     eng.load(maps)
+    assert eng.counters()["conntrack"]["flushed"] == 0
+    assert go6(eng, udp6(src=POD6, dst=DNS6_VIP), T0 + 2)[1] == Reason.NEW_FLOW
+    assert go(eng, udp(src=POD_CLIENT, dst="10.96.0.53"), T0 + 2)[1] == Reason.CT_ESTABLISHED
     flushed = eng.counters()["conntrack"]["flushed"]
     assert flushed == 1
     entries = {e.orig[1]: e for e in eng.conntrack_entries()}
-    assert ip6(DNS6_VIP) not in entries and ip4("10.96.0.53") in entries
+    assert entries[ip6(DNS6_VIP)].service == DNS6 and entries[ip4("10.96.0.53")].service == DNS4
     assert entries[ip6(VIP6)].service == WEB6
     assert c["services"][new_id["default/web:http", 6] - 1] == eng.counters()["services"][WEB6 - 1]
 

@@ -1,8 +1,8 @@
 """Typed interface of the compiled core (fastpath/core.pyx); behaviour in fastpath.reference."""
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastpath.maps import Maps
+from fastpath.maps import Backend, Maps, Service
 from fastpath.verdicts import Reason, Verdict
 
 DEBUG_BUILD: bool
@@ -25,6 +25,7 @@ class Engine:
     @property
     def ct_capacity(self) -> int: ...
     def load(self, maps: Maps) -> None: ...
+    def update_service(self, service: Service, new_backends: Sequence[Backend] = ()) -> None: ...
     def process(
         self,
         buf: Any,

@@ -227,17 +227,13 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     for entry in ports:
         service = entry.service
         key = service.key
+        selected = None
         if key not in with_slices and service.selector is not None:
             if key not in from_pods:
                 from_pods[key] = pods.selected(service)
-            candidates = _pod_candidates(service, entry.port, entry.family, from_pods[key], node_name)
-        else:
-            candidates = _candidates(entry.port, entry.family, slices.get((*key, entry.family), ()), node_name, skipped)
-        sets = _Sets(
-            _cluster_set(candidates, node_name, zone),
-            _local_set(candidates) if node_name is not None else [],  # nothing is local to no node
-            list(filter(_is_serving, candidates)),
-        )
+            selected = from_pods[key]
+        sets = endpoint_sets(entry, slices.get((*key, entry.family), ()), selected, node_name, zone,
+                             skipped)
         _endpoint_notes(entry, sets, info, notes)
         chosen.append(sets)
     if from_pods and state.pods:
@@ -606,6 +602,11 @@ def _number_backends(chosen: Sequence[_Sets]) -> tuple[list[Backend], dict[int, 
     return backends, ids
 
 
+def backend_address(key: int) -> tuple[int, int]:
+    """A backend key (see _backend_key) as the backend's (ip, port)."""
+    return key >> _PORT_BITS, key & _PORT_MASK
+
+
 def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     """family -> the service's cluster IP of that family (a map address); empty, and counted, when
     the service gets no frontend."""
@@ -786,6 +787,24 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
             node_hints=_NO_HINTS,
         ))
     return list(found.values())
+
+
+def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
+                  pods: Iterable[tuple[dict[int, str], Pod]] | None, node: str | None,
+                  zone: str | None, skipped: Counter[str]) -> _Sets:
+    """One service port's cluster, local and serving sets of its family: from its EndpointSlices
+    of the family (sorted by name), or from the Pods it selects when `pods` is given (a selector
+    service without any EndpointSlice). The whole policy of one service port; also used by
+    fastpath.endpoints to apply one EndpointSlice change without a full compile."""
+    if pods is not None:
+        candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
+    else:
+        candidates = _candidates(entry.port, entry.family, slices, node, skipped)
+    return _Sets(
+        _cluster_set(candidates, node, zone),
+        _local_set(candidates) if node is not None else [],  # nothing is local to no node
+        list(filter(_is_serving, candidates)),
+    )
 
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:

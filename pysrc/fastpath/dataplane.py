@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from fastpath.icmp import port_unreachable
 from fastpath.maps import Maps
@@ -16,7 +16,10 @@ from fastpath.reference import DEFAULT_CT_CAPACITY, ReferenceEngine
 from fastpath.verdicts import Reason, Verdict
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fastpath.capture import Batch
+    from fastpath.endpoints import EndpointIndex, SliceChange
     from fastpath.model import ClusterState
 
 CoreName = Literal["compiled", "reference"]
@@ -72,6 +75,8 @@ class Dataplane:
         self.core = core
         self.notes: tuple[str, ...] = ()
         self.timeouts_s: dict[str, float] = {}
+        self._state: ClusterState | None = None  # what was compiled (None: given ready Maps)
+        self._endpoints: EndpointIndex | None = None  # built on the first EndpointSlice change
         self.maps = self._compile(cluster)
         # new_flow_rate: at most this many new flows per second (packet time) may evict an
         # entry of a full conntrack table; 0 (default, as kube-proxy) means no such guard.
@@ -81,7 +86,9 @@ class Dataplane:
         )
 
     def _compile(self, cluster: ClusterState | Maps) -> Maps:
+        self._endpoints = None
         if isinstance(cluster, Maps):
+            self._state = None
             return cluster
         from fastpath.compiler import compile_maps
 
@@ -90,13 +97,80 @@ class Dataplane:
         self.node = compiled.node or self.node
         self.notes = compiled.notes
         self.timeouts_s = dict(getattr(compiled, "timeouts_s", {}) or {})
+        self._state = cluster
         return compiled.maps
 
     def update(self, cluster: ClusterState | Maps) -> None:
         """Apply new cluster state between batches: tracked TCP flows keep their backends
-        (terminating ones drain), UDP flows to endpoints no longer serving select again."""
+        (terminating ones drain), UDP flows to endpoints no longer serving select again with
+        their next packet."""
         self.maps = self._compile(cluster)
         self.engine.load(self.maps)
+
+    def apply_endpoint_slice(self, obj: Mapping[str, Any]) -> int:
+        """Apply one EndpointSlice a watch reports ADDED or MODIFIED, between batches, without a
+        full compile: `obj` is the decoded object as the API or `kubectl get -o json` gives it.
+
+        Only the sets of its service's ports are derived again (by the compiler's own rules) and
+        swapped in place; the next batch sees them. Ids never change, so conntrack, affinity and
+        counters stay valid; tracked TCP flows keep their backend (terminating endpoints drain),
+        a tracked UDP flow whose backend stopped serving selects again with its next packet.
+        Returns how many map services (service ports, per family) changed. Raises ValueError
+        (one line) for anything but a valid discovery.k8s.io/v1 EndpointSlice, or on a
+        Dataplane built from Maps; nothing has changed then.
+        """
+        from fastpath.model import ClusterError
+
+        index = self._endpoint_index("apply_endpoint_slice")
+        try:
+            endpoint_slice = index.parse(obj)
+        except ClusterError as error:
+            raise ValueError(str(error)) from None
+        return self._apply(index.change((endpoint_slice.namespace, endpoint_slice.name),
+                                        endpoint_slice, self.maps))
+
+    def delete_endpoint_slice(self, namespace: str, name: str) -> int:
+        """Apply an EndpointSlice a watch reports DELETED, like apply_endpoint_slice. Raises
+        ValueError when no EndpointSlice namespace/name is known."""
+        index = self._endpoint_index("delete_endpoint_slice")
+        key = (namespace, name)
+        if key not in index.slices:
+            raise ValueError(f"delete_endpoint_slice: no EndpointSlice {namespace}/{name} is known")
+        return self._apply(index.change(key, None, self.maps))
+
+    def _endpoint_index(self, what: str) -> EndpointIndex:
+        if self._endpoints is None:
+            if self._state is None:
+                raise ValueError(f"{what} needs a Dataplane made from cluster state, not from Maps")
+            from fastpath.endpoints import EndpointIndex
+
+            self._endpoints = EndpointIndex(self._state, self.maps, self.node)
+        return self._endpoints
+
+    def _apply(self, change: SliceChange) -> int:
+        assert self._endpoints is not None
+        applied = 0
+        try:
+            for service in change.services:
+                self.engine.update_service(service, () if applied else change.backends)
+                applied += 1
+        except BaseException:
+            # The slice is not taken (update_service changes nothing when it fails). If memory
+            # ran out between two ports of its service, the maps keep what the engine took;
+            # the other ports follow when the slice is applied again.
+            self._endpoints.undo(change)
+            if applied:
+                self._endpoints.keep_backends(change.backends)
+                self._to_maps(change.backends, change.services[:applied])
+            raise
+        self._endpoints.commit(change)
+        self._to_maps(change.backends, change.services)
+        return len(change.services)
+
+    def _to_maps(self, backends: list, services: list) -> None:
+        self.maps.backends.extend(backends)
+        for service in services:
+            self.maps.services[service.id - 1] = service
 
     def process(self, batch: Batch, linktype: int = 1, *, trace: bool = False) -> BatchResult:
         """Run a batch through the core; packets are rewritten in place in batch.buf.

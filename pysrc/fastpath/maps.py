@@ -7,7 +7,7 @@ filters endpoints or interprets Kubernetes semantics, it only looks keys up.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from operator import attrgetter
@@ -150,8 +150,9 @@ class Service:
     backends: tuple[int, ...]  # the cluster set: what new flows choose from by default
     # The local set (endpoints on this node), used under a Local traffic policy.
     local_backends: tuple[int, ...] = ()
-    # Every serving endpoint (ready or terminating). When new maps are loaded, tracked UDP flows
-    # whose backend is not serving any more are forgotten, so their next packet selects again.
+    # Every serving endpoint (ready or terminating). A tracked UDP flow whose backend is in none
+    # of the service's sets any more (after load() or update_service()) is forgotten by its next
+    # packet, which selects again.
     serving: tuple[int, ...] = ()
     affinity_timeout_s: int = 0  # ClientIP session affinity timeout; 0: no affinity
     # A dual-stack service port is two Services, one per family (like kube-proxy's two proxiers):
@@ -334,3 +335,44 @@ class Maps:
             _check_prefix(prefix, "node.pod_cidrs")
         for prefix in node.service_cidrs:
             _check_prefix(prefix, "node.service_cidrs")
+
+
+def check_service_update(maps: Maps, service: Service, new_backends: Sequence[Backend]) -> None:
+    """What a core's update_service(service, new_backends) accepts, given the maps it holds: one
+    line of ValueError otherwise (both cores check with this, before changing anything).
+
+    `service` replaces the service of its id (same name and family: ids keep their meaning);
+    `new_backends` continue the backend ids (len(maps.backends) + 1, ...); the service's sets
+    name only backends of its family, known or new.
+    """
+    if not isinstance(service, Service):
+        raise ValueError(f"update_service: expected a fastpath.maps.Service, got {type(service).__name__}")
+    count = len(maps.services)
+    if not isinstance(service.id, int) or not 1 <= service.id <= count:
+        raise ValueError(f"update_service: service id {service.id!r} is not loaded (ids 1..{count})")
+    loaded = maps.services[service.id - 1]
+    if (service.name, service.family) != (loaded.name, loaded.family):
+        raise ValueError(f"update_service: service {service.id} is {loaded.name!r} (IPv{loaded.family}), "
+                         f"not {service.name!r} (IPv{service.family})")
+    timeout = service.affinity_timeout_s
+    if not isinstance(timeout, int) or not 0 <= timeout < 1 << 32:
+        raise ValueError(f"update_service: affinity_timeout_s {timeout!r} of {service.name!r} is out of range")
+    known = len(maps.backends)
+    for number, backend in enumerate(new_backends, start=known + 1):
+        if not isinstance(backend, Backend) or backend.id != number:
+            raise ValueError(f"update_service: new backend {backend!r} must be a Backend with id {number}")
+        _check_address(backend.ip, f"update_service: backend {backend.name!r}")
+        if not isinstance(backend.port, int) or not 0 <= backend.port <= 0xFFFF:
+            raise ValueError(f"update_service: backend {backend.name!r} has port {backend.port!r}")
+    # Ids the loaded service already names were checked when they came in.
+    try:
+        named = {*service.backends, *service.local_backends, *service.serving}
+    except TypeError:
+        raise ValueError(f"update_service: service {service.name!r} names backend ids that are no integers") from None
+    for backend_id in named.difference(loaded.backends, loaded.local_backends, loaded.serving):
+        if not isinstance(backend_id, int) or not 1 <= backend_id <= known + len(new_backends):
+            raise ValueError(f"update_service: service {service.name!r} names unknown backend id {backend_id!r}")
+        backend = maps.backends[backend_id - 1] if backend_id <= known else new_backends[backend_id - known - 1]
+        if family_of(backend.ip) != service.family:
+            raise ValueError(f"update_service: service {service.name!r} (IPv{service.family}) names backend "
+                             f"{backend.name!r} of the other family")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import marshal
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -620,7 +621,7 @@ def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
     )
 
 
-_SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"
+_SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"  # (once: a watch parses many slices)
 
 
 def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
@@ -979,6 +980,70 @@ class _Collector:
             skipped=self.skipped,
             sources=sources,
         )
+
+
+def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Any] | None = None,
+                         parsed: dict[Hashable, Any] | None = None) -> EndpointSlice:
+    """One EndpointSlice as the API or `kubectl get -o json` gives it (a decoded dict with kind
+    and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line).
+
+    A watch sends the whole slice again when one endpoint changes: `reuse` holds what an
+    earlier parse made of the slice's ports and labels and of each endpoint, by the fingerprint
+    of the raw values read (_shell_fingerprint, _endpoint_fingerprint), so what did not change
+    is not checked again; `parsed`, when given, receives this parse's.
+    """
+    kind = obj.get("kind") if isinstance(obj, Mapping) else None
+    if kind != "EndpointSlice":
+        raise ClusterError(f"expected an EndpointSlice (discovery.k8s.io/v1), got {_shown(kind if kind else obj)}")
+    # The slice without its endpoints (they follow), unless an earlier version read the same.
+    shell_key = _shell_fingerprint(obj) if reuse is not None or parsed is not None else None
+    shell = reuse.get(shell_key) if shell_key is not None and reuse else None
+    if shell is None:
+        collector = _Collector()
+        collector.add({**obj, "endpoints": None}, "", "EndpointSlice")
+        (shell,) = collector.objects["EndpointSlice"] or (None,)
+        if shell is None:  # another API group's kind of that name
+            raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
+    if shell_key is not None and parsed is not None:
+        parsed[shell_key] = shell
+    o = _Object("", _object_label("EndpointSlice", shell.namespace, shell.name))
+    family = {"IPv4": 4, "IPv6": 6}.get(shell.address_type)
+    endpoints = []
+    for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
+        key = _endpoint_fingerprint(raw, family) if reuse is not None or parsed is not None else None
+        endpoint = reuse.get(key) if key is not None and reuse else None
+        if endpoint is None:
+            endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
+        if key is not None and parsed is not None:
+            parsed[key] = endpoint
+        endpoints.append(endpoint)
+    return EndpointSlice(namespace=shell.namespace, name=shell.name, service_name=shell.service_name,
+                         address_type=shell.address_type, ports=shell.ports, endpoints=tuple(endpoints))
+
+
+def _shell_fingerprint(obj: Mapping[str, Any]) -> Hashable | None:
+    """Like _endpoint_fingerprint, for everything but the endpoints that reading an EndpointSlice
+    looks at (not the resourceVersion or annotations, which change with every version)."""
+    metadata = obj.get("metadata")
+    if type(metadata) is not dict:
+        return None
+    try:
+        return "slice", marshal.dumps((obj.get("kind"), obj.get("apiVersion"), metadata.get("name"),
+                                       metadata.get("namespace"), metadata.get("labels"),
+                                       obj.get("addressType"), obj.get("ports")), 0)
+    except ValueError:
+        return None
+
+
+def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
+    """The raw endpoint serialised by marshal (format 0: no references, interned strings like
+    any other), which keeps every type apart (`1` is not `true`, a tuple no list): equal
+    fingerprints are equal plain JSON values, which parse to equal Endpoints. None for a value
+    marshal cannot write."""
+    try:
+        return family, marshal.dumps(raw, 0)
+    except ValueError:
+        return None
 
 
 def _required_string(obj: Mapping[str, Any], key: str, source: str, where: str) -> str:

@@ -11,6 +11,9 @@ Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None, new_flow_rate=0)
   .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
                    a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges,
                    node.pod_cidrs or node.service_cidrs -> ValueError
+  .update_service(service, new_backends=())
+                   replace one service's backend sets in place between batches, no id changing
+                   (see "update_service")
   .process(...)    one batch, see below (the compiled core releases the GIL inside)
   .counters()      {"verdicts": {name: n}, "reasons": {name: n}, "services": [n for id 1..],
                     "backends": [n for id 1..], "conntrack": {...}, "affinity": {...},
@@ -59,7 +62,7 @@ UDP: fewer than 8 bytes in the L4 region -> DROP_TRUNCATED; UDP length field < 8
   DROP_BAD_L4_HEADER.
 SCTP: fewer than 12 bytes (the common header) in the L4 region -> DROP_TRUNCATED. Ports at
   bytes 0-1 and 2-3 as for TCP/UDP. Conntrack treats SCTP like UDP (state OTHER, the "other"
-  timeout), but load() does not flush SCTP flows (only UDP).
+  timeout), but SCTP flows are never flushed (only UDP ones, step 3b).
 Flags used: SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04. "Pure SYN" = SYN set and ACK clear.
 
 Hash (selection and conntrack buckets), all arithmetic modulo 2**64:
@@ -99,6 +102,15 @@ Per TCP/UDP IPv4 packet with key K = (src ip, dst ip, src port, dst port, proto)
  1. Look K up among orig tuples (direction ORIG) and reply tuples (direction REPLY).
  2. Found but expired: delete it (ct_expired += 1) and go on as not found.
  3. Found ORIG, TCP, pure SYN, entry state CLOSING: delete it (ct_reopened += 1), not found.
+ 3b. Found (either direction), UDP, and the entry's backend id is no member of its service: in
+    none of the service's backends, local_backends and serving (an entry whose service id is 0
+    has no members). Its backend stopped serving since the flow was tracked (load() or
+    update_service() changed the sets): delete the entry (ct_flushed += 1) and go on as not
+    found, so an ORIG packet selects again and a reply is handled like any untracked packet.
+    TCP and SCTP entries are never flushed: a terminating backend drains, and a vanished one
+    keeps its flows as in kube-proxy. (The sets a new flow may be sent to count too, so a flow
+    to a ready endpoint that is not serving, as with publishNotReadyAddresses, stays. Members
+    are those when the packet arrives: a backend that left and came back since keeps its flow.)
  4. Found: last_seen = max(last_seen, ts); the entry is referenced; state update
     (TCP only): FIN or RST -> CLOSING; else if REPLY and state SYN_SENT -> ESTABLISHED.
     ORIG: DNAT (dst := backend ip/port; and src := snat ip/port when masqueraded), reason
@@ -170,9 +182,23 @@ no counterpart is dropped; counters of old ids mapped to one new id add up; a fr
 keeps its verdict and addresses, so later fragments still follow their first one). Affinity
 entries whose service has no counterpart are deleted (uncounted); of two affinity entries mapped
 to one key the most recently used stays. LRU orders, conntrack slots, bits and the hand are kept.
-Then, in slot order, every UDP entry whose new service id is 0, or whose backend (ip, port) is not in the new
-service's `serving` backends, is deleted (ct_flushed += 1): its next packet selects again. TCP
-entries stay (a terminating backend drains; a vanished one keeps its flows as kube-proxy does).
+Nothing is deleted at load: a UDP entry whose backend is no member of its (new) service any more
+is flushed by its own next packet (step 3b), so load() costs nothing per tracked flow beyond the
+renumbering. Until then such an entry is an entry like any other: it ages, can be evicted, is
+"present" for steps h and i, and ICMP errors about it are still translated.
+
+update_service(service, new_backends=()): between batches
+----------------------------------------------------------
+Replaces the backends, local_backends, serving and affinity_timeout_s of the loaded service
+with id service.id, which must have the same name and family, after appending new_backends to
+the backend table (ids len(backends) + 1, ... in order). Nothing else changes: no id is
+renumbered, so conntrack, affinity and fragment entries and every counter stay valid (a new
+backend's counter starts at 0), and a backend left in no set stays in the table, unused, until
+the next load(). New flows choose from the new sets at once; a tracked UDP flow whose backend
+left the service's sets is flushed by its next packet (step 3b), as after load(); TCP drains.
+Anything fastpath.maps.check_service_update refuses (an unknown service id, another name or
+family, a new backend out of sequence or with a bad address or port, an unknown backend id or
+one of the other family) -> ValueError, before anything changes.
 
 IPv4 fragments
 --------------
@@ -347,6 +373,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from copy import copy
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -355,10 +382,12 @@ from fastpath.maps import (
     PROTO_SCTP,
     PROTO_TCP,
     PROTO_UDP,
+    Backend,
     Maps,
     NodeView,
     Service,
     address_bits,
+    check_service_update,
     family_of,
     in_prefix,
 )
@@ -813,6 +842,11 @@ def _id_mapping(old_keys: Sequence[Any], new_keys: Sequence[Any]) -> list[int]:
     for new_id, key in enumerate(new_keys, start=1):
         first.setdefault(key, new_id)
     return [0] + [first.get(key, 0) for key in old_keys]
+
+
+def _members(service: Service) -> frozenset[int]:
+    """The backend ids of any of the service's sets: those its tracked UDP flows may keep."""
+    return frozenset((*service.backends, *service.local_backends, *service.serving))
 
 
 def _remapped_counts(counts: Sequence[int], mapping: Sequence[int], size: int) -> list[int]:
@@ -1396,7 +1430,12 @@ class ReferenceEngine:
         frontends: dict[tuple[int, int, int], Any] = {}
         for frontend in maps.frontends:
             frontends.setdefault((frontend.ip, frontend.port, frontend.proto), frontend)
-        self._maps = maps
+        # The engine's own lists: update_service() changes them, never the caller's maps.
+        self._maps = copy(maps)
+        self._maps.services = list(maps.services)
+        self._maps.backends = list(maps.backends)
+        # Per service id (0: none), the backend ids a tracked UDP flow may keep (step 3b).
+        self._members = [frozenset()] + [_members(service) for service in maps.services]
         self._frontends = frontends
         self._service_ips = frozenset(maps.node.service_ips)
         # Where a later fragment without its first one cannot go untranslated.
@@ -1404,17 +1443,17 @@ class ReferenceEngine:
         self._local_ips = frozenset(maps.node.local_ips)
         self._pod_cidr_families = frozenset(family_of(network) for network, _ in maps.node.pod_cidrs)
 
-        # UDP flows whose backend is not serving any more select again on their next packet.
-        serving = [
-            frozenset((maps.backends[b - 1].ip, maps.backends[b - 1].port) for b in service.serving)
-            for service in maps.services
-        ]
-        for entry in self._ct.entries():
-            if entry.orig[4] != PROTO_UDP:
-                continue
-            if entry.service == 0 or (entry.reply[0], entry.reply[2]) not in serving[entry.service - 1]:
-                self._ct.delete(entry)
-                self._ct_counts["flushed"] += 1
+    def update_service(self, service: Service, new_backends: Sequence[Backend] = ()) -> None:
+        """Replace one service's backend sets in place (see "update_service" in the module
+        docstring); ValueError before any change for what check_service_update refuses."""
+        maps = self._maps
+        assert maps is not None
+        new_backends = tuple(new_backends)
+        check_service_update(maps, service, new_backends)
+        maps.backends.extend(new_backends)
+        self._backend_counts.extend([0] * len(new_backends))
+        maps.services[service.id - 1] = service
+        self._members[service.id] = _members(service)
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -1636,6 +1675,11 @@ class ReferenceEngine:
         if entry is not None and not is_reply and pure_syn and entry.state == CT_CLOSING:
             ct.delete(entry)
             self._ct_counts["reopened"] += 1
+            entry = None
+        # 3b. A UDP flow whose backend left its service's sets is forgotten: it selects again.
+        if entry is not None and p.proto == PROTO_UDP and entry.backend not in self._members[entry.service]:
+            ct.delete(entry)
+            self._ct_counts["flushed"] += 1
             entry = None
 
         # 4. Tracked flow.

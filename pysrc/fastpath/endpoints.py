@@ -1,0 +1,198 @@
+"""One EndpointSlice change applied to compiled maps, without compiling the cluster again.
+
+A controller that drives fastpath from a watch stream hands every ADDED or MODIFIED slice (the
+decoded object) and every DELETED one (namespace and name) to the Dataplane, which passes them
+here. `EndpointIndex` keeps what that needs from the state of the last full compile: every
+EndpointSlice by service and family, the service ports with their map ids, and the backend ids
+by address. A change re-derives the sets of the changed service's ports only, with the
+compiler's own per-port code (compiler.endpoint_sets: every rule of the full compile), and
+turns them into map Services that keep their ids; endpoints never seen before become new
+backends with the next ids. The engine then swaps those sets in place (update_service).
+
+The sets are exactly those a full compile of the changed state gives, in the same order (by
+address and port, as the compiler numbers backends), so new flows select the same endpoints.
+Only the ids of new backends and the names of backends differ from a fresh compile: ids are
+never renumbered (conntrack, affinity and counters stay valid), and a backend keeps the name
+it had when it was first seen.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from .compiler import _backend_key, _PodIndex, _Port, _service_ports, backend_address, endpoint_sets
+from .maps import Backend, Maps
+from .maps import Service as MapService
+from .model import ClusterState, EndpointSlice, parse_endpoint_slice
+
+__all__ = ["EndpointIndex", "SliceChange"]
+
+_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
+
+SliceKey = tuple[str, str]  # (namespace, name)
+
+
+class SliceChange(NamedTuple):
+    key: SliceKey
+    old: EndpointSlice | None  # the slice replaced (None: it is new)
+    new: EndpointSlice | None  # None: deleted
+    services: list[MapService]  # map Services whose sets change, ids kept
+    backends: list[Backend]  # endpoints never seen before, with the next backend ids
+
+
+class EndpointIndex:
+    """The slices of a compiled cluster state, and where each service port's sets live in the maps."""
+
+    def __init__(self, state: ClusterState, maps: Maps, node: str | None) -> None:
+        self.node = node
+        found = state.node(node) if node is not None else None
+        self.zone = found.zone if found is not None else None
+        # Service ports in the compiler's id order (the same function numbers them there).
+        self.ports: defaultdict[tuple[str, str], list[tuple[int, _Port]]] = defaultdict(list)
+        for service_id, entry in enumerate(_service_ports(state.services, Counter()), start=1):
+            self.ports[entry.service.key].append((service_id, entry))
+        self.slices: dict[SliceKey, EndpointSlice] = {}
+        # (namespace, service, family) -> {slice name: slice}; and how many slices name each
+        # service at all (a selector service with none gets its endpoints from Pods).
+        self.groups: defaultdict[tuple[str, str, int], dict[str, EndpointSlice]] = defaultdict(dict)
+        self.labelled: Counter[tuple[str, str]] = Counter()
+        for endpoint_slice in state.endpoint_slices:
+            self._add(endpoint_slice)
+        # Per slice, what its last version parsed to, by raw fingerprint (model.parse_endpoint_slice).
+        self.parsed: dict[SliceKey, dict[Hashable, Any]] = {}
+        self._pods = state.pods
+        self._pod_index: _PodIndex | None = None
+        self.backend_ids: dict[int, int] = {}  # backend key (compiler._backend_key) -> id
+        for backend in maps.backends:
+            self.backend_ids.setdefault(_backend_key(backend.ip, backend.port), backend.id)
+
+    def parse(self, obj: Any) -> EndpointSlice:
+        """The EndpointSlice of a decoded object (ClusterError if it is none), reusing what an
+        earlier version of the same slice parsed to for the endpoints that did not change."""
+        metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+        guess = None  # (namespace, name) before the checks: only for finding the last version
+        if isinstance(metadata, Mapping):
+            guess = (metadata.get("namespace") or "default", metadata.get("name"))
+        parsed: dict[Hashable, Any] = {}
+        endpoint_slice = parse_endpoint_slice(obj, self.parsed.get(guess), parsed)
+        self.parsed[(endpoint_slice.namespace, endpoint_slice.name)] = parsed
+        return endpoint_slice
+
+    def change(self, key: SliceKey, new: EndpointSlice | None, maps: Maps) -> SliceChange:
+        """Put `new` in the place of slice `key` (None: delete it) and work out what the maps
+        need: the map Services whose sets changed (same ids) and the new backends they name (ids
+        from len(maps.backends) + 1). Then either commit() or undo() it."""
+        old = self.slices.get(key)
+        if new is not None and new == old:  # a new version that changes nothing we read
+            return SliceChange(key, old, new, [], [])
+        if old is not None:
+            self._remove(old)
+        if new is not None:
+            self._add(new)
+        names = {s.service_name for s in (old, new) if s is not None and s.service_name is not None}
+        try:
+            services, backends = self._changed_services(sorted(names), key[0], maps)
+        except BaseException:
+            self.undo(SliceChange(key, old, new, [], []))
+            raise
+        return SliceChange(key, old, new, services, backends)
+
+    def commit(self, change: SliceChange) -> None:
+        """The change reached the maps."""
+        if change.new is None:
+            self.parsed.pop(change.key, None)
+        self.keep_backends(change.backends)
+
+    def keep_backends(self, backends: Iterable[Backend]) -> None:
+        """These new backends are in the maps now, with their ids."""
+        for backend in backends:
+            self.backend_ids[_backend_key(backend.ip, backend.port)] = backend.id
+
+    def undo(self, change: SliceChange) -> None:
+        """Forget a change that did not reach the maps."""
+        if change.new is not None:
+            self._remove(change.new)
+        if change.old is not None:
+            self._add(change.old)
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def _add(self, endpoint_slice: EndpointSlice) -> None:
+        self.slices[(endpoint_slice.namespace, endpoint_slice.name)] = endpoint_slice
+        if endpoint_slice.service_name is None:
+            return
+        self.labelled[(endpoint_slice.namespace, endpoint_slice.service_name)] += 1
+        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        if family is not None:
+            group = self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)]
+            group[endpoint_slice.name] = endpoint_slice
+
+    def _remove(self, endpoint_slice: EndpointSlice) -> None:
+        del self.slices[(endpoint_slice.namespace, endpoint_slice.name)]
+        if endpoint_slice.service_name is None:
+            return
+        self.labelled[(endpoint_slice.namespace, endpoint_slice.service_name)] -= 1
+        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        if family is not None:
+            del self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)][endpoint_slice.name]
+
+    # -- the sets ----------------------------------------------------------------------------
+
+    def _changed_services(self, service_names: Iterable[str], namespace: str,
+                          maps: Maps) -> tuple[list[MapService], list[Backend]]:
+        changed: list[MapService] = []
+        new_names: dict[int, str] = {}  # backend key of endpoints never seen -> name
+        pending: list[tuple[int, Any]] = []  # (service id, its sets)
+        for service_name in service_names:
+            service_key = (namespace, service_name)
+            selected = None
+            for service_id, entry in self.ports.get(service_key, ()):
+                if not self.labelled[service_key] and entry.service.selector is not None:
+                    if selected is None:
+                        selected = self._pod_index_built().selected(entry.service)
+                    pods = selected
+                else:
+                    pods = None
+                group = self.groups.get((namespace, service_name, entry.family), {})
+                sets = endpoint_sets(entry, [group[name] for name in sorted(group)], pods,
+                                     self.node, self.zone, Counter())
+                chosen = {c.key: c for c in (*sets.cluster, *sets.local, *sets.serving)}
+                for key in [key for key in chosen if key not in self.backend_ids]:  # never seen
+                    name = chosen[key].name
+                    if key not in new_names or name < new_names[key]:
+                        new_names[key] = name
+                pending.append((service_id, sets))
+
+        # New endpoints get the next ids, in address order (as a compile would number them).
+        new_backends = [Backend(number, *backend_address(key), new_names[key])
+                        for number, key in enumerate(sorted(new_names), start=len(maps.backends) + 1)]
+        ids = self.backend_ids
+        new_ids = {_backend_key(backend.ip, backend.port): backend.id for backend in new_backends}
+
+        def ordered(candidates: Iterable[Any]) -> tuple[int, ...]:
+            keys = [c.key for c in candidates]  # (distinct: the compiler merged duplicates)
+            keys.sort()
+            if new_ids:
+                return tuple([new_ids.get(key) or ids[key] for key in keys])
+            return tuple([ids[key] for key in keys])
+
+        for service_id, sets in pending:
+            current = maps.services[service_id - 1]
+            service = MapService(
+                id=service_id,
+                name=current.name,
+                backends=ordered(sets.cluster),
+                local_backends=ordered(sets.local),
+                serving=ordered(sets.serving),
+                affinity_timeout_s=current.affinity_timeout_s,
+                family=current.family,
+            )
+            if service != current:  # (a port with a new endpoint always is)
+                changed.append(service)
+        return changed, new_backends
+
+    def _pod_index_built(self) -> _PodIndex:
+        if self._pod_index is None:
+            self._pod_index = _PodIndex(self._pods)
+        return self._pod_index
