@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Union
 
 from fastpath.capture import open_capture, open_output
@@ -55,7 +55,12 @@ class ReplayStats:
         return self.packets / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        # What dataclasses.asdict gives, but the counts (10,000 backends) are copied as dicts:
+        # asdict copies them entry by entry, recursively, 25 ms for the standard workload.
+        data = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            data[item.name] = dict(value) if isinstance(value, dict) else value
         data["packets_per_second"] = round(self.packets_per_second, 1)
         data["elapsed_s"] = round(self.elapsed_s, 6)
         return data
