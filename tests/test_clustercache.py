@@ -183,10 +183,11 @@ def test_the_node_asked_has_its_own_entry(cache, tmp_path):
 
 def test_a_hit_imports_neither_model_nor_compiler_nor_yaml(cache, dump):
     compile_cluster_cached([dump])
-    script = ("import sys; from fastpath.clustercache import compile_cluster_cached as c; "
+    script = ("import sys; before = set(sys.modules); "
+              "from fastpath.clustercache import compile_cluster_cached as c; "
               f"c([{str(dump)!r}]); "
-              "print(sorted(m for m in sys.modules if m in ('fastpath.model', 'fastpath.compiler') "
-              "or m.split('.')[0] == 'yaml'))")
+              "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] == 'yaml' "
+              "or m in ('fastpath.model', 'fastpath.compiler', 'pathlib')))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True, env={**os.environ, "FASTPATH_CACHE_DIR": str(cache)})
     assert result.stdout.strip() == "[]"
@@ -289,3 +290,26 @@ def test_replay_output_stats_trace_and_summary_are_the_same_with_and_without_the
     fresh = run("fresh", "--no-cache")
     assert run("miss") == fresh and len(compiled_entries(cache)) == 1
     assert run("hit") == fresh
+
+
+def test_an_entry_of_another_fastpath_is_never_used(cache, dump, tmp_path):
+    """Any change to fastpath's source (here a comment added to the compiler) gives new keys."""
+    import fastpath
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(fastpath.__file__), copy / "fastpath",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import sys; from fastpath.clustercache import compile_cluster_cached as c; "
+              f"c([{str(dump)!r}]); print('fastpath.compiler' in sys.modules)")
+
+    def compiled_again() -> bool:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                check=True, cwd=tmp_path,
+                                env={**os.environ, "FASTPATH_CACHE_DIR": str(cache),
+                                     "PYTHONPATH": str(copy)})
+        return result.stdout.strip() == "True"
+
+    assert compiled_again() and not compiled_again()
+    with open(copy / "fastpath" / "compiler.py", "a") as source:
+        source.write("# another fastpath\n")
+    assert compiled_again() and not compiled_again()

@@ -5,16 +5,16 @@
   the state back takes a tenth of that).
 - Compiled (`compile_cluster_cached`): what a replay needs of compile_maps(state, node): the
   maps (as plain columns, see fastpath.compactmaps), notes, conntrack timeouts and node, with
-  the dump's sources and skipped kinds. Skips the parsed state and the compile too: about 15 ms
-  for that dump, and none of fastpath.model, fastpath.compiler or PyYAML is imported.
+  the dump's sources and skipped kinds. Skips reading the parsed state back and compiling it
+  too: about 15 ms for that dump, importing none of fastpath.model, fastpath.compiler or PyYAML.
 
 Never stale. A parsed entry's key is a hash of the paths as given, every file read (its path,
-real path and bytes) and the source of the modules the state depends on. A compiled entry's key
-is a hash of the paths, the node asked and the source of the modules the compile output depends
-on; the entry records its inputs (each path's kind, the whole tree of names under a folder,
-every file read with its real path and digest) and is used only while they are unchanged. An
-entry is written only if its inputs did not change while they were read. A changed file, a file
-added to a folder or a new fastpath therefore never meets an old entry.
+real path and bytes) and the source of every module of fastpath. A compiled entry's key is a
+hash of the paths, the node asked and that source; the entry records its inputs (each path's
+kind, the whole tree of names under a folder, every file read with its real path and digest)
+and is used only while they are unchanged. An entry is written only if its inputs did not
+change while they were read. A changed file, a file added to a folder or a new fastpath
+therefore never meets an old entry.
 
 Entries are pickles in a private folder (0700, owned by the user; a file owned by anyone else is
 never loaded): FASTPATH_CACHE_DIR, else $XDG_CACHE_HOME/fastpath, else ~/.cache/fastpath.
@@ -29,12 +29,13 @@ import os
 import pickle
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastpath.atomicfile import discard, move_into_place, open_beside
 
 if TYPE_CHECKING:
+    from pathlib import Path  # (not imported on a hit: paths here are strings, os.path)
+
     from fastpath.maps import Maps
     from fastpath.model import ClusterState
 
@@ -46,10 +47,6 @@ KEEP_ENTRIES = 8
 KEEP_BYTES = 1 << 30
 _PARSED = ".cluster.pickle"
 _COMPILED = ".compiled.pickle"
-
-# The modules (files beside this one) whose source decides a parsed state, and a compiled one.
-_PARSE_MODULES = ("model.py", "kubeyaml.py")
-_COMPILE_MODULES = (*_PARSE_MODULES, "compiler.py", "maps.py", "compactmaps.py", "clustercache.py")
 
 # (path as given, what it is: ("file",), ("folder", tree of names) or ("missing",))
 Shape = tuple[str, tuple[Any, ...]]
@@ -69,11 +66,17 @@ class CompiledDump(NamedTuple):  # (a NamedTuple: a tenth of a frozen dataclass'
 
 
 def cache_dir() -> Path:
+    from pathlib import Path
+
+    return Path(_folder())
+
+
+def _folder() -> str:
     configured = os.environ.get("FASTPATH_CACHE_DIR")
     if configured:
-        return Path(configured)
+        return configured
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "fastpath")
+    return os.path.join(base, "fastpath")
 
 
 def load_cluster_cached(paths: Iterable[str | os.PathLike[str]]) -> ClusterState:
@@ -82,8 +85,8 @@ def load_cluster_cached(paths: Iterable[str | os.PathLike[str]]) -> ClusterState
 
     paths = [os.fspath(path) for path in paths]
     fingerprint = _fingerprint(paths)  # ClusterError for a missing path, as load_cluster gives
-    key = _key(_PARSE_MODULES, "parsed", paths, fingerprint)
-    entry = cache_dir() / f"{key}{_PARSED}" if key else None
+    key = _key("parsed", paths, fingerprint)
+    entry = os.path.join(_folder(), key + _PARSED) if key else None
     state = _read(entry) if entry else None
     if state is None:
         state = model.load_cluster(paths)
@@ -97,8 +100,8 @@ def compile_cluster_cached(paths: Iterable[str | os.PathLike[str]],
     """compile_maps(load_cluster(paths), node) with the dump's sources and skipped kinds, from
     the cache when the same inputs were compiled for the same node before."""
     paths = [os.fspath(path) for path in paths]
-    key = _key(_COMPILE_MODULES, "compiled", paths, node)
-    entry = cache_dir() / f"{key}{_COMPILED}" if key else None
+    key = _key("compiled", paths, node)
+    entry = os.path.join(_folder(), key + _COMPILED) if key else None
     compiled = _read_compiled(entry, paths) if entry else None
     if compiled is None:
         from fastpath.compiler import compile_maps
@@ -114,13 +117,18 @@ def compile_cluster_cached(paths: Iterable[str | os.PathLike[str]],
     return compiled
 
 
-def _key(modules: tuple[str, ...], kind: str, *parts: Any) -> str | None:
-    """A hash of the modules' source and `parts`; None when a source cannot be read (no
-    caching then: an entry could outlive a change to it)."""
+def _key(kind: str, *parts: Any) -> str | None:
+    """A hash of `parts` and the source of every module of fastpath (the state and the compile
+    output depend on the model, the YAML reader, the compiler and the maps, and whatever they
+    come to import; 0.3 ms for all of them); None when a source cannot be read (no caching then:
+    an entry could outlive a change to it)."""
     digest = hashlib.sha256(f"{kind}\0{sys.version}\0".encode())
+    package = os.path.dirname(os.path.abspath(__file__))
     try:
-        for name in modules:
-            digest.update(Path(__file__).with_name(name).read_bytes())
+        for name in sorted(os.listdir(package)):
+            if name.endswith(".py"):
+                with open(os.path.join(package, name), "rb") as source:
+                    digest.update(f"\0{name}\0".encode() + source.read())
     except OSError:
         return None
     digest.update(repr(parts).encode("utf-8", "surrogateescape"))
@@ -130,6 +138,8 @@ def _key(modules: tuple[str, ...], kind: str, *parts: Any) -> str | None:
 def _fingerprint(paths: list[str]) -> Fingerprint:
     """Every file load_cluster reads for `paths` (duplicates too: which copy is read depends on
     the real paths), with its real path and digest."""
+    from pathlib import Path
+
     from fastpath.model import cluster_files
 
     return _digests(str(file) for path in paths for file in cluster_files(Path(path)))
@@ -163,7 +173,7 @@ def _shapes(paths: list[str]) -> tuple[Shape, ...]:
     return tuple(shapes)
 
 
-def _open_own(entry: Path):
+def _open_own(entry: str):
     """The entry opened for reading if it is ours, else None (never unpickle what someone else
     could have written)."""
     handle = open(entry, "rb")
@@ -189,7 +199,7 @@ def _collector_paused(read):
 
 
 @_collector_paused
-def _read(entry: Path) -> ClusterState | None:
+def _read(entry: str) -> ClusterState | None:
     from fastpath.model import ClusterState
 
     try:
@@ -205,7 +215,7 @@ def _read(entry: Path) -> ClusterState | None:
 
 
 @_collector_paused
-def _read_compiled(entry: Path, paths: list[str]) -> CompiledDump | None:
+def _read_compiled(entry: str, paths: list[str]) -> CompiledDump | None:
     from fastpath import compactmaps
 
     try:
@@ -226,7 +236,7 @@ def _read_compiled(entry: Path, paths: list[str]) -> CompiledDump | None:
     return compiled
 
 
-def _write_compiled(entry: Path, inputs: tuple[Any, Any], compiled: CompiledDump) -> None:
+def _write_compiled(entry: str, inputs: tuple[Any, Any], compiled: CompiledDump) -> None:
     from fastpath import compactmaps
 
     try:
@@ -237,17 +247,19 @@ def _write_compiled(entry: Path, inputs: tuple[Any, Any], compiled: CompiledDump
                            compiled.sources, compiled.skipped))
 
 
-def _write(entry: Path, *documents: Any) -> None:
+def _write(entry: str, *documents: Any) -> None:
     """The documents pickled one after the other into `entry`, atomically."""
+    from pathlib import Path
+
     handle = temporary = None
     try:
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temporary = open_beside(str(entry))
+        os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
+        fd, temporary = open_beside(entry)
         handle = os.fdopen(fd, "wb")
         for document in documents:
             pickle.dump(document, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        move_into_place(handle, temporary, str(entry))
-        _trim(entry)
+        move_into_place(handle, temporary, entry)
+        _trim(Path(entry))
     except Exception:  # noqa: BLE001 - no room or no permission: the next run does the work again
         discard(handle, temporary)
 
