@@ -8,8 +8,9 @@ import struct
 
 from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
 
-from fastpath.dataplane import Dataplane
-from fastpath.replay import replay
+# (The package's names: importing the module fastpath.replay first would leave the module, not
+# the function, as fastpath.replay for the test modules collected after this one.)
+from fastpath import Dataplane, replay
 
 
 def write_pcap(path, packets) -> None:
