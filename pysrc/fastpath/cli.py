@@ -241,7 +241,7 @@ def _replay_dataplane(args: argparse.Namespace):
             return cluster.maps
 
     compiled = compile_cluster_cached(args.cluster, args.node)
-    return CachedDataplane(compiled, **options), compiled
+    return CachedDataplane(compiled, **options), compiled  # type: ignore[arg-type]
 
 
 def run_replay(args: argparse.Namespace) -> int:

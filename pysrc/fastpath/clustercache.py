@@ -83,14 +83,14 @@ def load_cluster_cached(paths: Iterable[str | os.PathLike[str]]) -> ClusterState
     """model.load_cluster(paths), from the cache when the same inputs were read before."""
     from fastpath import model
 
-    paths = [os.fspath(path) for path in paths]
-    fingerprint = _fingerprint(paths)  # ClusterError for a missing path, as load_cluster gives
-    key = _key("parsed", paths, fingerprint)
+    given = [os.fspath(path) for path in paths]
+    fingerprint = _fingerprint(given)  # ClusterError for a missing path, as load_cluster gives
+    key = _key("parsed", given, fingerprint)
     entry = os.path.join(_folder(), key + _PARSED) if key else None
     state = _read(entry) if entry else None
     if state is None:
-        state = model.load_cluster(paths)
-        if entry and _fingerprint(paths) == fingerprint:
+        state = model.load_cluster(given)
+        if entry and _fingerprint(given) == fingerprint:
             _write(entry, state)
     return state
 
@@ -99,20 +99,20 @@ def compile_cluster_cached(paths: Iterable[str | os.PathLike[str]],
                            node: str | None = None) -> CompiledDump:
     """compile_maps(load_cluster(paths), node) with the dump's sources and skipped kinds, from
     the cache when the same inputs were compiled for the same node before."""
-    paths = [os.fspath(path) for path in paths]
-    key = _key("compiled", paths, node)
+    given = [os.fspath(path) for path in paths]
+    key = _key("compiled", given, node)
     entry = os.path.join(_folder(), key + _COMPILED) if key else None
-    compiled = _read_compiled(entry, paths) if entry else None
+    compiled = _read_compiled(entry, given) if entry else None
     if compiled is None:
         from fastpath.compiler import compile_maps
 
-        inputs = _shapes(paths), _fingerprint(paths)  # ClusterError for a missing path
-        state = load_cluster_cached(paths)
+        inputs = _shapes(given), _fingerprint(given)  # ClusterError for a missing path
+        state = load_cluster_cached(given)
         result = compile_maps(state, node=node)
         compiled = CompiledDump(maps=result.maps, notes=result.notes,
                                 timeouts_s=dict(result.timeouts_s), node=result.node,
                                 sources=state.sources, skipped=dict(state.skipped))
-        if entry and (_shapes(paths), _fingerprint(paths)) == inputs:
+        if entry and (_shapes(given), _fingerprint(given)) == inputs:
             _write_compiled(entry, inputs, compiled)
     return compiled
 
@@ -160,10 +160,10 @@ def _digests(files: Iterable[str]) -> Fingerprint:
 def _shapes(paths: list[str]) -> tuple[Shape, ...]:
     """What each path is; for a folder, every name under it (hidden ones too), so that a file
     added, removed or renamed anywhere in it changes the shape."""
-    shapes = []
+    shapes: list[Shape] = []
     for path in paths:
         if os.path.isdir(path):
-            tree = []
+            tree: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 tree.append((os.path.relpath(root, path), tuple(dirs), tuple(sorted(files))))

@@ -58,7 +58,7 @@ def _rebuild(cls: type, columns: Columns) -> list[Any]:
     names, values = columns
     if names != _names(cls) or len({len(column) for column in values}) > 1:
         raise ValueError(f"{cls.__name__} columns do not match its fields")
-    objects = list(map(object.__new__, repeat(cls, len(values[0]) if values else 0)))
+    objects: list[Any] = list(map(object.__new__, repeat(cls, len(values[0]) if values else 0)))
     _fill(cls, objects, names, values)
     return objects
 

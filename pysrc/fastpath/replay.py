@@ -15,9 +15,9 @@ from typing import IO, TYPE_CHECKING, Union
 from fastpath.capture import open_capture, open_output
 from fastpath.verdicts import Verdict
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (replay() imports fastpath.trace only when a trace is asked)
     from fastpath.dataplane import Dataplane
-    from fastpath.trace import TraceWriter  # imported by replay() only when a trace is asked
+    from fastpath.trace import TraceWriter
 
 DEFAULT_BATCH_PACKETS = 65536
 
