@@ -12,7 +12,8 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
                       path of a batch with a dropped packet (verbatim_span stubbed out)
   library_no_output   the same with output=None: read and core only
   cli                 `python -m fastpath replay CAPTURE --cluster YAML -o OUT -q` in a
-                      subprocess: interpreter start-up, imports, YAML load and compile, replay
+                      subprocess: interpreter start-up, imports, YAML load and compile (or, warm,
+                      the compiled dump read from the cache), replay
   cli_empty_capture   the same on a header-only capture: the fixed cost (start-up, cluster) alone
   cluster_load        fastpath.load_cluster + compile_maps of the workload's cluster.yaml, in-process
   cat                 `cat CAPTURE > tmpfs/x`, timed like the others, for the table
@@ -117,8 +118,8 @@ def _run(command: list[str], env: dict[str, str]) -> None:
 @pytest.mark.parametrize("cache", ["warm", "off"])
 def test_cli(benchmark, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir, cat_seconds,
              rounds, cache):
-    """End to end; "warm": the parsed dump comes from the cache (the warm-up round fills it),
-    as when several captures are replayed against one dump; "off": --no-cache."""
+    """End to end; "warm": the dump's compiled maps come from the cache (the warm-up round
+    fills it), as when several captures are replayed against one dump; "off": --no-cache."""
     output = tmpfs_dir / "cli.pcap"
     env = _fastpath_env(tmpfs_dir / "cluster-cache")
     command = _cli(tmpfs_capture, tmpfs_cluster, output) + (["--no-cache"] if cache == "off" else [])

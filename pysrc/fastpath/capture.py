@@ -35,17 +35,19 @@ OS errors (missing file, permissions) are left as `OSError`.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Literal, NoReturn, Union, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Union, cast
 
 from fastpath import _pcap
 from fastpath.atomicfile import AtomicWriter, open_beside
+
+if TYPE_CHECKING:
+    import logging  # imported when scapy is (pcapng only), not for classic pcap
 
 __all__ = [
     "Batch",
@@ -460,14 +462,17 @@ class _PcapReader(CaptureReader):
         return carry + got < size
 
 
-class _ScapyLog(logging.Filter):
+class _ScapyLog:
     """Keeps scapy's warnings about a damaged pcapng out of stderr, for our one-line message.
 
-    Installed only around our own calls into scapy, so other scapy use is left alone.
+    Installed only around our own calls into scapy, so other scapy use is left alone. A logging
+    filter need not subclass logging.Filter (an object with a filter method is one), so classic
+    pcap never imports logging.
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        import logging
+
         self.messages: list[str] = []
         self._logger = logging.getLogger("scapy.runtime")
 

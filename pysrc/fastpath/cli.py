@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import TextIO
 
 from fastpath import __version__
-from fastpath.atomicfile import discard, move_into_place, open_beside
+
+# Everything else is imported where it is used: a replay whose compiled dump comes from the cache
+# imports neither the cluster model nor the compiler nor PyYAML (see fastpath.clustercache).
 
 PROG = "fastpath"
 
@@ -189,8 +190,9 @@ def _positive_int(text: str) -> int:
 def _add_cache_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-cache", dest="cache", action="store_false",
-        help="parse --cluster afresh; by default a parsed dump is cached (FASTPATH_CACHE_DIR, "
-        "else ~/.cache/fastpath) and reused while its files are unchanged",
+        help="parse and compile --cluster afresh; by default the parsed dump (and for replay "
+        "its compiled maps) is cached (FASTPATH_CACHE_DIR, else ~/.cache/fastpath) and reused "
+        "while its files are unchanged",
     )
 
 
@@ -212,16 +214,40 @@ def _flow_rate(text: str) -> int:
     return value
 
 
-def run_replay(args: argparse.Namespace) -> int:
+def _replay_dataplane(args: argparse.Namespace):
+    """The dataplane to replay through, and the dump it was compiled from (its `sources` and
+    `skipped` are reported): a ClusterState, or with the cache the CompiledDump."""
     from fastpath.dataplane import Dataplane
-    from fastpath.reference import DEFAULT_CT_CAPACITY
+
+    options = {"node": args.node, "core": args.core, "new_flow_rate": args.new_flow_rate}
+    if args.ct_capacity:
+        options["ct_capacity"] = args.ct_capacity
+    if not args.cache:
+        from fastpath.model import load_cluster
+
+        state = load_cluster(args.cluster)
+        return Dataplane(state, **options), state
+    from fastpath.clustercache import CompiledDump, compile_cluster_cached
+
+    class CachedDataplane(Dataplane):
+        """Takes from a CompiledDump what Dataplane takes from compile_maps' result."""
+
+        def _compile(self, cluster):
+            if not isinstance(cluster, CompiledDump):
+                return super()._compile(cluster)
+            self.node = cluster.node or self.node
+            self.notes = cluster.notes
+            self.timeouts_s = dict(cluster.timeouts_s)
+            return cluster.maps
+
+    compiled = compile_cluster_cached(args.cluster, args.node)
+    return CachedDataplane(compiled, **options), compiled  # type: ignore[arg-type]
+
+
+def run_replay(args: argparse.Namespace) -> int:
     from fastpath.replay import DEFAULT_BATCH_PACKETS, replay
 
-    state = _load_cluster(args)
-    dataplane = Dataplane(
-        state, node=args.node, core=args.core,
-        ct_capacity=args.ct_capacity or DEFAULT_CT_CAPACITY, new_flow_rate=args.new_flow_rate,
-    )
+    dataplane, dump = _replay_dataplane(args)
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     bar = ProgressBar(sys.stderr) if show_progress else None
     trace_to_stdout = args.trace == "-"
@@ -241,13 +267,13 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: {stats.truncated_tail}", file=sys.stderr)
     if args.stats:
         document = stats.to_dict()
-        document["cluster"] = {"sources": [str(s) for s in state.sources],
-                               "skipped": dict(state.skipped)}
+        document["cluster"] = {"sources": [str(s) for s in dump.sources],
+                               "skipped": dict(dump.skipped)}
         _write_json_atomically(args.stats, document)
     if not args.quiet:
         out = sys.stderr if trace_to_stdout else sys.stdout
         print_summary(stats, out)
-        print_cluster(state, dataplane, out)
+        print_cluster(dump, dataplane, out)
     return 0
 
 
@@ -260,6 +286,8 @@ def run_explain(args: argparse.Namespace) -> int:
     except ExplainError as error:
         raise CliError(str(error)) from None
     if args.json:
+        import json
+
         json.dump(answer.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
@@ -268,6 +296,10 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomically(path: str, document: dict) -> None:
+    import json
+
+    from fastpath.atomicfile import discard, move_into_place, open_beside
+
     temporary = None
     handle = None
     try:
@@ -333,15 +365,17 @@ def print_summary(stats, out: TextIO) -> None:
     out.write("conntrack    " + "  ".join(f"{k} {v:,}" for k, v in ct.items()) + "\n")
 
 
-def print_cluster(state, dataplane, out: TextIO) -> None:
+def print_cluster(dump, dataplane, out: TextIO) -> None:
+    """The cluster line and the compile notes; `dump` has the `sources` and `skipped` of the
+    ClusterState (or CompiledDump) the dataplane was built from."""
     maps = dataplane.maps
-    skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(state.skipped.items()))
+    skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(dump.skipped.items()))
     node = f"node {dataplane.node}" if dataplane.node else "no node"
     ipv6 = sum(service.family == 6 for service in maps.services)
     ports = f"{len(maps.services)} service ports" + (f" ({ipv6} of them IPv6)" if ipv6 else "")
     out.write(
         f"cluster      {node}; {ports}, {len(maps.frontends)} "
-        f"frontends, {len(maps.backends)} backends from {len(state.sources)} file(s)"
+        f"frontends, {len(maps.backends)} backends from {len(dump.sources)} file(s)"
         + (f"; skipped {skipped}" if skipped else "") + "\n"
     )
     for note in dataplane.notes:
@@ -353,32 +387,43 @@ def _table(out: TextIO, title: str, counts: dict[str, int]) -> None:
         out.write(f"{title + 's':<12} -\n")
         return
     width = max(len(title), *(len(name) for name in counts))
-    out.write(f"{title:<{width}}  packets\n")
-    for name, count in sorted(counts.items()):
-        out.write(f"{name:<{width}}  {count:>7,}\n")
+    lines = [f"{title:<{width}}  packets"]
+    lines += [f"{name:<{width}}  {count:>7,}" for name, count in sorted(counts.items())]
+    out.write("\n".join(lines) + "\n")  # one write: 10,000 backends are 10,000 lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fastpath.capture import CaptureError
-    from fastpath.model import ClusterError
-
     try:
         return args.run(args)
     except BrokenPipeError:
         # The reader of our stdout went away (`| head`): stop quietly, like a SIGPIPE'd tool.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CliError, ClusterError, CaptureError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output written", file=sys.stderr)
         return 130
+    except Exception as error:
+        if isinstance(error, _input_errors()):
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+        elif isinstance(error, OSError):
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
+        else:
+            raise
     return 1
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The errors reported as one line: ours, and bad cluster or capture input. Their modules
+    are looked up, not imported: an error of a module the command never loaded cannot have been
+    raised."""
+    errors: list[type[Exception]] = [CliError]
+    for module, name in (("fastpath.model", "ClusterError"), ("fastpath.capture", "CaptureError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 if __name__ == "__main__":
