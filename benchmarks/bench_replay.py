@@ -30,9 +30,9 @@ import pytest
 import workload
 from conftest import record_rates
 
-replay_module = pytest.importorskip("fastpath.replay", reason="fastpath.replay is not importable")
+replay_module = pytest.importorskip("fastpath.replaying", reason="fastpath.replaying is not importable")
 from fastpath.dataplane import Dataplane  # noqa: E402
-from fastpath.replay import replay  # noqa: E402
+from fastpath.replaying import replay  # noqa: E402
 
 pytestmark = pytest.mark.benchmark(group="replay: capture file to capture file on tmpfs")
 

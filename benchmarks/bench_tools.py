@@ -42,7 +42,7 @@ from conftest import record_rates
 
 pytest.importorskip("fastpath._core", reason="build the core first")
 from fastpath.dataplane import Dataplane  # noqa: E402
-from fastpath.replay import replay  # noqa: E402
+from fastpath.replaying import replay  # noqa: E402
 
 pytestmark = pytest.mark.benchmark(group="tools: standard capture, file to file on tmpfs")
 

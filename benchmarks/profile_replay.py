@@ -93,7 +93,7 @@ def profile(capture: Path, output: Path | None, maps, rounds: int) -> list[tuple
     # Modules, not the same-named functions fastpath/__init__.py exports.
     capture_module = importlib.import_module("fastpath.capture")
     dataplane_module = importlib.import_module("fastpath.dataplane")
-    replay_module = importlib.import_module("fastpath.replay")
+    replay_module = importlib.import_module("fastpath.replaying")
 
     patches = [
         (capture_module, "_readinto_full", _timed("read: syscalls", capture_module._readinto_full)),

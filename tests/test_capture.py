@@ -338,7 +338,7 @@ def test_replay_output_and_stats_do_not_depend_on_the_write_path(tmp_path, monke
     from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
 
     from fastpath.dataplane import Dataplane
-    from fastpath.replay import replay
+    from fastpath.replaying import replay
 
     rng = random.Random(20)
     maps = random_maps(rng)

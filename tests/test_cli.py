@@ -242,7 +242,7 @@ def test_new_flow_rate_guard_from_the_command_line(tmp_path, demo_capture, demo_
 
 def test_a_cached_replay_imports_only_what_it_uses(tmp_path, demo_capture, demo_cluster):
     """Start-up cost: no trace writer without --trace, no scapy or logging for classic pcap, no
-    explain."""
+    explain, and with the compiled dump cached no compiler, cluster model or YAML parser."""
     command = ["replay", str(demo_capture), "--cluster", str(demo_cluster),
                "-o", str(tmp_path / "out.pcap"), "-q"]
     fastpath(*command, check=True)  # the compiled dump is cached from here on
@@ -252,7 +252,8 @@ before = set(sys.modules)
 from fastpath.cli import main
 assert main({command!r}) == 0
 print(sorted(m for m in set(sys.modules) - before
-             if m.split(".")[0] in ("scapy", "logging") or m in ("fastpath.trace", "fastpath.explain")))
+             if m.split(".")[0] in ("scapy", "logging", "yaml")
+             or m in ("fastpath.trace", "fastpath.explain", "fastpath.compiler", "fastpath.model")))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True)

@@ -8,8 +8,7 @@ import struct
 
 from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
 
-# (The package's names: importing the module fastpath.replay first would leave the module, not
-# the function, as fastpath.replay for the test modules collected after this one.)
+import fastpath
 from fastpath import Dataplane, replay
 
 
@@ -49,3 +48,10 @@ def test_a_second_replay_counts_only_its_own_packets(tmp_path):
     assert second.packets == first.packets == sum(second.verdicts.values())
     assert all(count > 0 for count in (*second.services.values(), *second.backends.values()))
     assert first.services == fresh.services and first.backends == fresh.backends
+
+
+def test_package_replay_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("fastpath.replaying")
+    assert callable(fastpath.replay) and fastpath.replay is replay

@@ -30,8 +30,8 @@ _EXPORTS = {
     "ClusterError": "fastpath.model",
     "ClusterState": "fastpath.model",
     "load_cluster": "fastpath.model",
-    "ReplayStats": "fastpath.replay",
-    "replay": "fastpath.replay",
+    "ReplayStats": "fastpath.replaying",
+    "replay": "fastpath.replaying",
     "Reason": "fastpath.verdicts",
     "Verdict": "fastpath.verdicts",
 }
@@ -58,5 +58,5 @@ if TYPE_CHECKING:
     from fastpath.dataplane import BatchResult, Dataplane, PacketResult
     from fastpath.maps import Backend, Frontend, Maps, Service
     from fastpath.model import ClusterError, ClusterState, load_cluster
-    from fastpath.replay import ReplayStats, replay
+    from fastpath.replaying import ReplayStats, replay
     from fastpath.verdicts import Reason, Verdict

@@ -5,7 +5,6 @@ AtomicWriter is the two writers' commit/abort lifecycle."""
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ def open_beside(path: str) -> tuple[int, str | None]:
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC), None
     directory, name = os.path.split(os.path.abspath(path))
     while True:
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        temporary = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             # 0o666 and the umask: the final file gets the usual permissions.
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

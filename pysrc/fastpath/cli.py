@@ -245,7 +245,7 @@ def _replay_dataplane(args: argparse.Namespace):
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from fastpath.replay import DEFAULT_BATCH_PACKETS, replay
+    from fastpath.replaying import DEFAULT_BATCH_PACKETS, replay
 
     dataplane, dump = _replay_dataplane(args)
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())

@@ -67,6 +67,7 @@ from .maps import (
     in_prefix,
     make_all,
     make_backends,
+    service_label,
 )
 from .maps import Service as MapService
 from .model import (
@@ -117,12 +118,6 @@ class CompileResult:
     # "closing", "other"); only those the KubeProxyConfiguration sets (> 0).
     timeouts_s: dict[str, float] = field(default_factory=dict)
     node: str | None = None  # the node the maps were compiled for (None: no node known)
-
-
-def service_label(service: MapService) -> str:
-    """A map Service's name for reports, unique in the maps: the service port's name, with
-    " (IPv6)" for the IPv6 half of a service port (the IPv4 one keeps the plain name)."""
-    return f"{service.name} (IPv6)" if service.family == 6 else service.name
 
 
 class _Candidate(NamedTuple):

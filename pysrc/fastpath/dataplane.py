@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from fastpath.icmp import port_unreachable
-from fastpath.maps import Maps
+from fastpath.maps import Maps, service_label
 from fastpath.reference import DEFAULT_CT_CAPACITY, ReferenceEngine
 from fastpath.verdicts import Reason, Verdict
 
@@ -206,9 +206,7 @@ class Dataplane:
 
     def counters(self) -> dict:
         """The engine's counters with services and backends keyed by name (the IPv6 half of a
-        service port as "namespace/name:port (IPv6)", see fastpath.compiler.service_label)."""
-        from fastpath.compiler import service_label
-
+        service port as "namespace/name:port (IPv6)", see fastpath.maps.service_label)."""
         raw = self.engine.counters()
         return {
             "verdicts": raw["verdicts"],

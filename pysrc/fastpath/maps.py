@@ -163,6 +163,12 @@ class Service:
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
 
 
+def service_label(service: Service) -> str:
+    """A map Service's name for reports, unique in the maps: the service port's name, with
+    " (IPv6)" for the IPv6 half of a service port (the IPv4 one keeps the plain name)."""
+    return f"{service.name} (IPv6)" if service.family == 6 else service.name
+
+
 @dataclass(frozen=True, slots=True)
 class Frontend:
     """An address the dataplane answers for: (ip, port, proto) -> service port."""
