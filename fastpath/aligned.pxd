@@ -8,8 +8,14 @@
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
 
-cdef extern from "<sys/mman.h>" nogil:
-    int madvise(void* addr, size_t length, int advice)
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    #ifndef MADV_HUGEPAGE  /* not Linux: no transparent huge pages, the advice is a no-op */
+    #define MADV_HUGEPAGE MADV_NORMAL
+    #endif
+    """
+    int madvise(void* addr, size_t length, int advice) nogil
     int MADV_HUGEPAGE
 
 cdef enum:
