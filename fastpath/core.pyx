@@ -385,8 +385,9 @@ cdef class Engine:
         service_ids, backend_ids = _id_mapping(self.py_maps, maps)
         self._remap_counters(service_ids, backend_ids, len(maps.services), len(maps.backends))
         if self.py_maps is not None:
-            self._remap_state(service_ids, backend_ids)
+            # (never empty: id 0 is always there)
             new_service_ids, new_backend_ids = array("I", service_ids), array("I", backend_ids)
+            self._remap_state(new_service_ids, new_backend_ids)
             _inherit_may_flush(&m, &self.maps, &new_service_ids[0], &new_backend_ids[0])
         maps_free(&self.maps)
         self.maps = m
@@ -451,27 +452,27 @@ cdef class Engine:
         self.service_packets = _remapped(self.service_packets, service_ids, n_services)
         self.backend_packets = _remapped(self.backend_packets, backend_ids, n_backends)
 
-    cdef _remap_state(self, list service_ids, list backend_ids):
+    cdef _remap_state(self, const uint32_t[::1] service_ids, const uint32_t[::1] backend_ids):
+        """Conntrack, fragment and affinity entries follow the new ids (old id -> new id)."""
         cdef uint32_t index
+        cdef uint32_t n_service_ids = service_ids.shape[0], n_backend_ids = backend_ids.shape[0]
         cdef CtEntry* e
-        cdef uint32_t[::1] new_service_ids
         cdef FragEntry* fragment
         # Entries follow the ids; stale UDP ones are flushed later, by their own next packet.
         for index in range(self.ct.never_used):
             e = &self.ct.entries[index]
             if e.state != STATE_FREE:
-                e.service = service_ids[e.service] if e.service < len(service_ids) else 0
-                e.backend = backend_ids[e.backend] if e.backend < len(backend_ids) else 0
+                e.service = service_ids[e.service] if e.service < n_service_ids else 0
+                e.backend = backend_ids[e.backend] if e.backend < n_backend_ids else 0
         # Fragment entries keep their verdict and addresses; their ids follow the mapping.
         index = self.fragments.lru.oldest
         while index != LRU_NIL:
             fragment = &self.fragments.entries[index]
-            fragment.service = service_ids[fragment.service] if fragment.service < len(service_ids) else 0
-            fragment.backend = backend_ids[fragment.backend] if fragment.backend < len(backend_ids) else 0
+            fragment.service = service_ids[fragment.service] if fragment.service < n_service_ids else 0
+            fragment.backend = backend_ids[fragment.backend] if fragment.backend < n_backend_ids else 0
             index = fragment.lru.next
-        new_service_ids = array("I", service_ids)  # never empty: id 0 is always there
         if self.affinity.entries != NULL:
-            affinity_remap(&self.affinity, &new_service_ids[0], new_service_ids.shape[0])
+            affinity_remap(&self.affinity, &service_ids[0], n_service_ids)
 
     # -- the packet loop -----------------------------------------------------------------------
 
