@@ -81,10 +81,15 @@ def _folder() -> str:
 
 def load_cluster_cached(paths: Iterable[str | os.PathLike[str]]) -> ClusterState:
     """model.load_cluster(paths), from the cache when the same inputs were read before."""
+    given = [os.fspath(path) for path in paths]
+    # (_fingerprint raises ClusterError for a missing path, as load_cluster does)
+    return _load_parsed(given, _fingerprint(given))
+
+
+def _load_parsed(given: list[str], fingerprint: Fingerprint) -> ClusterState:
+    """load_cluster_cached, the inputs' fingerprint already taken."""
     from fastpath import model
 
-    given = [os.fspath(path) for path in paths]
-    fingerprint = _fingerprint(given)  # ClusterError for a missing path, as load_cluster gives
     key = _key("parsed", given, fingerprint)
     entry = os.path.join(_folder(), key + _PARSED) if key else None
     state = _read(entry) if entry else None
@@ -107,7 +112,7 @@ def compile_cluster_cached(paths: Iterable[str | os.PathLike[str]],
         from fastpath.compiler import compile_maps
 
         inputs = _shapes(given), _fingerprint(given)  # ClusterError for a missing path
-        state = load_cluster_cached(given)
+        state = _load_parsed(given, inputs[1])
         result = compile_maps(state, node=node)
         compiled = CompiledDump(maps=result.maps, notes=result.notes,
                                 timeouts_s=dict(result.timeouts_s), node=result.node,
