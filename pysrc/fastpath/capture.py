@@ -65,6 +65,10 @@ __all__ = [
 # standard capture without output: 226 ms with 8 MiB chunks, 150 ms with 2 MiB, same load).
 DEFAULT_CHUNK_SIZE = 2 << 20
 DEFAULT_BATCH_PACKETS = 65536
+# Read buffers a pcap reader keeps for reuse: the chunks a replay's stages hold at once
+# (fastpath.pipeline: one being read, two queued, one in the core, two queued and one being
+# written) fit without allocating.
+_SPARE_BUFFERS = 6
 DEFAULT_SNAPLEN = 262144  # tcpdump's default, also used when a file says 0
 MAX_RECORD = 16 << 20  # a captured length beyond this is a damaged file, whatever the snaplen
 RECORD_HEADER = 16
@@ -380,9 +384,9 @@ class _PcapReader(CaptureReader):
         self._max_caplen = min(max(snaplen, DEFAULT_SNAPLEN), MAX_RECORD)
         self._chunk_size = chunk_size
         self._buf = bytearray()
-        # The buffer before _buf, reused for the next chunk once no batch of it is alive.
-        self._spare: bytearray | None = None
-        self._probe = bytearray()  # held like _spare: its reference count is the baseline
+        # Buffers read before _buf, reused for later chunks once no batch of them is alive.
+        self._spares: list[bytearray] = []
+        self._probe = bytearray()  # held like a spare (see _refill): the baseline count
         self._filled = 0  # valid bytes in _buf
         self._pos = 0  # next unconsumed byte in _buf
         self._base = _PCAP_FILE_HEADER  # file offset of _buf[0]
@@ -440,24 +444,32 @@ class _PcapReader(CaptureReader):
     def _refill(self, need: int) -> bool:
         """Move the unconsumed tail to the start of the next buffer, then read; True at EOF.
 
-        Two buffers take turns, so a streaming read allocates (and zero-fills) no memory per
-        chunk. The previous one is reused only when nothing references it any more (its
-        batches were dropped): a batch still held keeps its buffer, and a new one is made.
+        Used buffers are kept in a small pool and reused, so a streaming read allocates (and
+        zero-fills) no memory per chunk. A buffer is reused only when nothing references it
+        any more (its batches were dropped): batches still held, by a caller or by a replay's
+        stages further down, keep theirs, and a new one is made.
         """
         carry = self._filled - self._pos
         size = max(self._chunk_size, need, carry + 1)
-        spare, probe = self._spare, self._probe
-        # spare and probe are referenced alike here (an attribute, a local, the argument):
-        # equal counts mean no batch or view holds spare.
-        if spare is not None and len(spare) >= size and \
-                sys.getrefcount(spare) == sys.getrefcount(probe):
-            buf, size = spare, len(spare)
-        else:
+        buf = None
+        spares, probe = self._spares, self._probe
+        for index in range(len(spares)):
+            spare = spares[index]
+            # spare and probe are referenced alike here (the list or an attribute, a local,
+            # the argument): equal counts mean no batch or view holds spare.
+            if len(spare) >= size and sys.getrefcount(spare) == sys.getrefcount(probe):
+                buf, size = spares.pop(index), len(spare)
+                break
+        spare = None
+        if buf is None:
             buf = bytearray(size)
         buf[:carry] = memoryview(self._buf)[self._pos : self._filled]
         got = _readinto_full(self._file, memoryview(buf)[carry:])
         self._base += self._pos
-        self._spare = self._buf
+        if self._buf:
+            self._spares.append(self._buf)
+            if len(self._spares) > _SPARE_BUFFERS:
+                del self._spares[0]  # the oldest: most likely still held
         self._buf, self._pos, self._filled = buf, 0, carry + got
         return carry + got < size
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Union
 
-from fastpath.capture import open_capture, open_output
+from fastpath.capture import Batch, open_capture, open_output
+from fastpath.pipeline import ReadAhead, WriteBehind
 from fastpath.verdicts import Verdict
 
 if TYPE_CHECKING:  # (replay() imports fastpath.trace only when a trace is asked)
@@ -20,6 +22,10 @@ if TYPE_CHECKING:  # (replay() imports fastpath.trace only when a trace is asked
     from fastpath.trace import TraceWriter
 
 DEFAULT_BATCH_PACKETS = 65536
+# Batches queued between the stages when threads=True: enough to ride out one slow write or
+# read, few enough that memory stays a handful of read chunks.
+READ_AHEAD = 2
+WRITE_BEHIND = 2
 
 # progress(bytes_done, bytes_total, packets_done) is called after every batch.
 ProgressCallback = Callable[[int, int, int], None]
@@ -74,6 +80,7 @@ def replay(
     batch_packets: int = DEFAULT_BATCH_PACKETS,
     progress: ProgressCallback | None = None,
     trace: TraceTarget | None = None,
+    threads: bool = True,
 ) -> ReplayStats:
     """Replay `capture` through `dataplane`, writing kept packets to `output` (None: no output).
 
@@ -81,6 +88,10 @@ def replay(
     backend, masquerade; see fastpath.trace) to this path (atomically, committed together with
     the output), open file, or TraceWriter. Without it the core fills no per-packet trace and
     replay does no per-packet Python work.
+
+    threads: read the next chunk and write the last one on threads of their own while the core
+    runs (fastpath.pipeline); the output is the same either way. False runs every stage on the
+    caller's thread.
 
     Counts in the returned stats are those of this replay only, even if the dataplane ran other
     traffic before.
@@ -111,16 +122,33 @@ def replay(
                     tracer = TraceWriter(trace, dataplane.maps)
                 stats.trace = tracer.name
             tracing = tracer is not None
-            for batch in reader.batches(max_packets=batch_packets):
-                result = dataplane.process(batch, reader.linktype, trace=tracing)
-                if writer is not None:
-                    _write(writer, batch, result)
-                if tracer is not None:
-                    tracer.write_batch(batch, result)
-                stats.packets += batch.count
-                replies += len(result.replies)
-                if progress is not None:
-                    progress(reader.position_bytes, total, stats.packets)
+            with ExitStack() as stages:
+                if threads:
+                    # Reading ahead and writing behind overlap with the core (fastpath.pipeline).
+                    batches: Iterable[tuple[Batch, int]] = stages.enter_context(ReadAhead(
+                        reader.batches(max_packets=batch_packets), depth=READ_AHEAD,
+                        probe=lambda: reader.position_bytes))
+                    behind = stages.enter_context(WriteBehind(
+                        lambda item: _write(writer, *item), depth=WRITE_BEHIND)) \
+                        if writer is not None else None
+                else:
+                    batches = ((batch, reader.position_bytes)
+                               for batch in reader.batches(max_packets=batch_packets))
+                    behind = None
+                for batch, position in batches:
+                    result = dataplane.process(batch, reader.linktype, trace=tracing)
+                    if behind is not None:
+                        behind.submit((batch, result))
+                    elif writer is not None:
+                        _write(writer, batch, result)
+                    if tracer is not None:
+                        tracer.write_batch(batch, result)
+                    stats.packets += batch.count
+                    replies += len(result.replies)
+                    if progress is not None:
+                        progress(position, total, stats.packets)
+                if behind is not None:
+                    behind.finish()
             if writer is not None:
                 writer.commit()
             if tracer is not None and tracer is not trace:
