@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from fastpath.icmp import port_unreachable
-from fastpath.maps import Maps, service_label
-from fastpath.reference import DEFAULT_CT_CAPACITY, ReferenceEngine
+from fastpath.maps import DEFAULT_CT_CAPACITY, Maps, service_label
 from fastpath.verdicts import Reason, Verdict
 
 if TYPE_CHECKING:
@@ -46,7 +45,9 @@ class BatchResult:
 
 
 def _engine_class(core: CoreName):
-    if core == "reference":
+    if core == "reference":  # (imported only when asked: the twin is a large module)
+        from fastpath.reference import ReferenceEngine
+
         return ReferenceEngine
     if core == "compiled":
         from fastpath._core import Engine

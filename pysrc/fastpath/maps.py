@@ -21,6 +21,9 @@ PROTO_SCTP = 132
 PROTOCOL_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
+# Conntrack entries a core makes room for unless told otherwise (both cores' default).
+DEFAULT_CT_CAPACITY = 1 << 19
+
 # Addresses are integers: an IPv4 address is its 32-bit value; an IPv6 address is IPV6 | its
 # 128-bit value, so the two families never share a number (::1 is not 0.0.0.1) and one int
 # carries both the family and the address. IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not

@@ -378,6 +378,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from fastpath.maps import (
+    DEFAULT_CT_CAPACITY,
     IPV6,
     PROTO_SCTP,
     PROTO_TCP,
@@ -421,8 +422,6 @@ __all__ = [
     "FragmentEntry",
     "MAX_NEW_FLOW_RATE",
 ]
-
-DEFAULT_CT_CAPACITY = 1 << 19
 
 MASK16 = 0xFFFF
 MASK32 = 0xFFFFFFFF

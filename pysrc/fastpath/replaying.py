@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from operator import attrgetter
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Union
 
 from fastpath.capture import Batch, open_capture, open_output
+from fastpath.maps import service_label
 from fastpath.pipeline import ReadAhead, WriteBehind
 from fastpath.verdicts import Verdict
 
@@ -96,9 +98,7 @@ def replay(
     Counts in the returned stats are those of this replay only, even if the dataplane ran other
     traffic before.
     """
-    before = dataplane.counters()
-    # Timed from here: the first counters() may import the compiler (for the services' labels),
-    # which is no part of the replay's packets/s.
+    before = dataplane.engine.counters()
     started = time.perf_counter()
     with open_capture(capture) as reader:
         stats = ReplayStats(
@@ -161,7 +161,7 @@ def replay(
         stats.truncated_tail = reader.truncated_tail
         stats.bytes = reader.bytes_read
     stats.elapsed_s = time.perf_counter() - started
-    _fill_counts(stats, before, dataplane.counters())
+    _fill_counts(stats, before, dataplane.engine.counters(), dataplane.maps)
     # From the core's verdict counters: no pass over each batch's verdicts here.
     stats.packets_written = (stats.packets - stats.verdicts.get(Verdict.DROP.name, 0)
                              - stats.verdicts.get(Verdict.REJECT.name, 0) + replies)
@@ -178,20 +178,23 @@ def _write(writer, batch, result) -> None:
     writer.write_batch(batch, result.verdicts, start, batch.count)
 
 
-def _fill_counts(stats: ReplayStats, before: dict, after: dict) -> None:
+def _fill_counts(stats: ReplayStats, before: dict, after: dict, maps) -> None:
+    """The counts of this replay: `before` and `after` are the engine's raw counters (services
+    and backends as lists in map order); only the services and backends that moved are named,
+    as Dataplane.counters() names them (10,000 backends are mostly zeros)."""
     def delta(section: str) -> dict[str, int]:
         old = before[section]
         return {name: count - old.get(name, 0) for name, count in after[section].items()}
 
-    def moved(section: str) -> dict[str, int]:
-        """The non-zero deltas only, in one pass (10,000 backends are mostly zeros)."""
-        old = before[section]
-        return {name: n for name, count in after[section].items() if (n := count - old.get(name, 0))}
+    def moved(section: str, objects, label) -> dict[str, int]:
+        old, new = before[section], after[section]
+        return {label(objects[i]): n for i, count in enumerate(new)
+                if (n := count - (old[i] if i < len(old) else 0))}
 
+    stats.services = moved("services", maps.services, service_label)
+    stats.backends = moved("backends", maps.backends, attrgetter("name"))
     stats.verdicts = delta("verdicts")
     stats.reasons = delta("reasons")
-    stats.services = moved("services")
-    stats.backends = moved("backends")
     stats.conntrack = delta("conntrack")
     stats.conntrack["entries"] = after["conntrack"]["entries"]
     if after.get("affinity"):
