@@ -7,7 +7,10 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
 
   library_to_file     fastpath.replay(capture, output, Dataplane(maps)): pcap read, core, pcap
                       write (the Dataplane with an empty conntrack is built in untimed setup);
-                      nothing is dropped, so every batch goes out straight from the input buffer
+                      nothing is dropped, so every batch goes out straight from the input buffer.
+                      Reading ahead and writing behind run on threads of their own
+  library_to_file_one_thread  the same with threads=False: every stage on one thread, one
+                      after the other
   library_to_file_built  the same with every batch copied by fastpath._pcap.build_records, the
                       path of a batch with a dropped packet (verbatim_span stubbed out)
   library_no_output   the same with output=None: read and core only
@@ -59,7 +62,7 @@ def _record(benchmark, workload_files, cat_seconds, **extra):
         benchmark.extra_info["x_cat"] = round(stats.median / cat_seconds, 2)
 
 
-def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds):
+def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds, threads=True):
     if output is not None:
         output = tmpfs_dir / output
     results = []
@@ -70,7 +73,7 @@ def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds):
         return (tmpfs_capture, output, Dataplane(maps)), {}
 
     def target(capture, out, dataplane):
-        results.append(replay(capture, out, dataplane))
+        results.append(replay(capture, out, dataplane, threads=threads))
 
     benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
     stats = results[-1]
@@ -85,6 +88,13 @@ def test_library_to_file(benchmark, maps, workload_files, tmpfs_capture, tmpfs_d
                          rounds):
     stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "replayed.pcap", rounds(5))
     assert stats.packets == workload_files.meta["capture"]["packets"]
+    _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
+
+
+def test_library_to_file_one_thread(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir,
+                                    cat_seconds, rounds):
+    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "one-thread.pcap", rounds(5),
+                          threads=False)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
 
 
