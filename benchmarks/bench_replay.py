@@ -8,9 +8,8 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
   library_to_file     fastpath.replay(capture, output, Dataplane(maps)): pcap read, core, pcap
                       write (the Dataplane with an empty conntrack is built in untimed setup);
                       nothing is dropped, so every batch goes out straight from the input buffer.
-                      Reading ahead and writing behind run on threads of their own
-  library_to_file_one_thread  the same with threads=False: every stage on one thread, one
-                      after the other
+                      Reading ahead and writing behind run on threads of their own (the
+                      same with threads=False: bench_sharded.py's one_thread)
   library_to_file_built  the same with every batch copied by fastpath._pcap.build_records, the
                       path of a batch with a dropped packet (verbatim_span stubbed out)
   library_no_output   the same with output=None: read and core only
@@ -88,13 +87,6 @@ def test_library_to_file(benchmark, maps, workload_files, tmpfs_capture, tmpfs_d
                          rounds):
     stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "replayed.pcap", rounds(5))
     assert stats.packets == workload_files.meta["capture"]["packets"]
-    _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
-
-
-def test_library_to_file_one_thread(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir,
-                                    cat_seconds, rounds):
-    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "one-thread.pcap", rounds(5),
-                          threads=False)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
 
 
