@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import random
 import threading
 
@@ -229,3 +230,32 @@ def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks
                progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap"]
     assert _no_worker_threads()
+
+
+def test_pipes_and_devices_run_on_the_callers_thread(tmp_path, monkeypatch):
+    """A FIFO capture and a device output can block a stage indefinitely: no worker for them."""
+    rng = random.Random(8)
+    maps = random_maps(rng)
+    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 300))
+    expected = replay(tmp_path / "in.pcap", tmp_path / "expected.pcap", Dataplane(maps)).to_dict()
+    started = []
+    real_init = threading.Thread.__init__
+
+    def recording(self, *args, **kwargs):
+        started.append(kwargs.get("name"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "__init__", recording)
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes((tmp_path / "in.pcap").read_bytes()))
+    feeder.start()
+    got = replay(fifo, tmp_path / "out.pcap", Dataplane(maps)).to_dict()
+    feeder.join()
+    assert started == [None, "fastpath-write-behind"]  # the feeder, then the writer only
+    assert (tmp_path / "out.pcap").read_bytes() == (tmp_path / "expected.pcap").read_bytes()
+    assert got["verdicts"] == expected["verdicts"]
+
+    started.clear()
+    replay(tmp_path / "in.pcap", "/dev/null", Dataplane(maps))
+    assert started == ["fastpath-read-ahead"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import sys
 from array import array
@@ -262,7 +263,7 @@ class CaptureReader:
 
     Attributes: path, format ('pcap' | 'pcapng'), linktype, snaplen, nanosecond (timestamp
     resolution finer than microseconds), byteorder, info (a CaptureInfo for open_output),
-    size_bytes (file size), position_bytes (bytes consumed so far, for progress),
+    size_bytes (file size), regular_file (False for a pipe or a device), position_bytes (bytes consumed so far, for progress),
     packets_read, bytes_read (captured bytes of those packets), truncated_tail (None, or a
     one-line message when the file ends inside a record: the complete packets before it were
     delivered) and truncated_bytes.
@@ -278,6 +279,7 @@ class CaptureReader:
         self.path = path
         self._file = file
         self.size_bytes = size
+        self.regular_file = stat.S_ISREG(os.fstat(file.fileno()).st_mode)
         self.packets_read = 0
         self.bytes_read = 0
         self.truncated_tail: str | None = None
@@ -640,7 +642,8 @@ class CaptureWriter(AtomicWriter):
     As a context manager it commits on normal exit and discards everything on an exception
     (KeyboardInterrupt included): no half-written output, and a pre-existing file is untouched.
     Outside `with`, call commit() then close(); close() without commit() discards the output.
-    A target that exists and is not a regular file (/dev/null, a FIFO) is written in place.
+    A target that exists and is not a regular file (/dev/null, a FIFO) is written in place;
+    `regular_file` says which.
     """
 
     path: str
@@ -648,6 +651,7 @@ class CaptureWriter(AtomicWriter):
     def __init__(self, path: PathLike, info: CaptureInfo) -> None:
         super().__init__()
         self.path = os.fspath(path)
+        self.regular_file = False  # True once a temporary file beside path is being written
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
@@ -655,6 +659,7 @@ class CaptureWriter(AtomicWriter):
         if info.format not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {info.format!r}")
         fd, self._tmp = open_beside(self.path)
+        self.regular_file = self._tmp is not None
         try:
             if info.format == "pcap":
                 self._file = os.fdopen(fd, "wb", buffering=1 << 20)

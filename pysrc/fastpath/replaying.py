@@ -92,8 +92,8 @@ def replay(
     replay does no per-packet Python work.
 
     threads: read the next chunk and write the last one on threads of their own while the core
-    runs (fastpath.pipeline); the output is the same either way. False runs every stage on the
-    caller's thread.
+    runs (fastpath.pipeline), for a capture and an output that are regular files; the output
+    is the same either way. False runs every stage on the caller's thread.
 
     Counts in the returned stats are those of this replay only, even if the dataplane ran other
     traffic before.
@@ -123,18 +123,19 @@ def replay(
                 stats.trace = tracer.name
             tracing = tracer is not None
             with ExitStack() as stages:
-                if threads:
-                    # Reading ahead and writing behind overlap with the core (fastpath.pipeline).
+                # Reading ahead and writing behind overlap with the core (fastpath.pipeline);
+                # only for regular files: a pipe or a device can block a stage indefinitely.
+                if threads and reader.regular_file:
                     batches: Iterable[tuple[Batch, int]] = stages.enter_context(ReadAhead(
                         reader.batches(max_packets=batch_packets), depth=READ_AHEAD,
                         probe=lambda: reader.position_bytes))
-                    behind = stages.enter_context(WriteBehind(
-                        lambda item: _write(writer, *item), depth=WRITE_BEHIND)) \
-                        if writer is not None else None
                 else:
                     batches = ((batch, reader.position_bytes)
                                for batch in reader.batches(max_packets=batch_packets))
-                    behind = None
+                behind = None
+                if threads and writer is not None and writer.regular_file:
+                    behind = stages.enter_context(WriteBehind(
+                        lambda item: _write(writer, *item), depth=WRITE_BEHIND))
                 for batch, position in batches:
                     result = dataplane.process(batch, reader.linktype, trace=tracing)
                     if behind is not None:
