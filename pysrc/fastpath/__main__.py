@@ -1,5 +1,3 @@
-import sys
+from fastpath.cli import run
 
-from fastpath.cli import main
-
-sys.exit(main())
+run()
