@@ -641,6 +641,8 @@ def test_cached_parses_equal_fresh_ones(seed):
         _random_edit(rng, obj["endpoints"], address_type)
         if rng.random() < 0.03:
             obj["ports"] = [port(rng.choice([8080, 9090]), "http")]
+        if rng.random() < 0.03:  # the same raw endpoints read for another family
+            obj["addressType"] = rng.choice(["IPv4", "IPv6", "FQDN"])
         got, fresh = _parsed_cached(copy.deepcopy(obj), cache), _parsed_fresh(obj)
         assert got == fresh, f"step {step}"
         if not isinstance(got, str):

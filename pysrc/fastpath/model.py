@@ -1058,12 +1058,18 @@ def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
                       cache: dict[Hashable, Any]) -> list[Endpoint]:
     """parse_endpoint_slice's endpoints with a cache: every raw endpoint fingerprinted (one
     marshal call each, at C speed), those seen before taken from the cache, the others read
-    (in order: the first bad one raises) and remembered."""
-    updating = bool(cache)  # (the first version's endpoints get no sans-conditions entries)
+    (in order: the first bad one raises) and remembered. The cache holds one address family's
+    endpoints (another family reads the same raw values otherwise): a slice whose addressType
+    changed starts afresh."""
+    updating = _FAMILY_KEY in cache  # (the first version's endpoints get no sans-conditions entries)
+    if updating and cache[_FAMILY_KEY] != family:
+        cache.clear()
+        updating = False
+    cache[_FAMILY_KEY] = family
     try:
-        keys: list[Hashable | None] = list(zip(repeat(family), map(marshal.dumps, raws, repeat(0))))
+        keys: list[bytes | None] = list(map(marshal.dumps, raws, repeat(0)))
     except ValueError:  # some endpoint marshal cannot write: fingerprint them one by one
-        keys = [_endpoint_fingerprint(raw, family) for raw in raws]
+        keys = [_endpoint_fingerprint(raw) for raw in raws]
     if all(map(cache.__contains__, keys)):  # (the usual case: at most conditions changed, and
         return list(map(cache.__getitem__, keys))  # to a state seen not long ago)
     endpoints = list(map(cache.get, keys))
@@ -1076,7 +1082,7 @@ def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
         if endpoint is not None:
             endpoints[index] = endpoint
             continue
-        sans = _sans_conditions(raw, family) if updating and key is not None else None
+        sans = _sans_conditions(raw) if updating and key is not None else None
         base = cache.get(sans) if sans is not None else None
         if base is not None:
             endpoint = _with_conditions(base, raw.get("conditions"))
@@ -1092,14 +1098,19 @@ def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
     return endpoints
 
 
-def _sans_conditions(raw: Any, family: int | None) -> Hashable | None:
+# The cache entry that holds the address family its endpoints were read for (the other keys:
+# bytes for endpoints, tuples for the rest).
+_FAMILY_KEY = "address family"
+
+
+def _sans_conditions(raw: Any) -> Hashable | None:
     """The fingerprint of a raw endpoint without its conditions (their value read as null): two
     endpoints with the same one parse to Endpoints that differ at most in their conditions,
     which _endpoint reads from nothing else. None unless `raw` is a dict marshal can write."""
     if type(raw) is not dict:
         return None
     try:
-        return "sans conditions", family, marshal.dumps({**raw, "conditions": None}, 0)
+        return "sans conditions", marshal.dumps({**raw, "conditions": None}, 0)
     except ValueError:
         return None
 
@@ -1126,6 +1137,7 @@ def _trim(cache: dict[Hashable, Any], shell: EndpointSlice, endpoints: list[Endp
     fingerprint and, if it has one, its sans-conditions fingerprint)."""
     current = {id(shell), *map(id, endpoints)}
     kept = {key: value for key, value in cache.items() if id(value) in current}
+    kept[_FAMILY_KEY] = cache[_FAMILY_KEY]
     cache.clear()
     cache.update(kept)
 
@@ -1144,13 +1156,13 @@ def _shell_fingerprint(obj: Mapping[str, Any]) -> Hashable | None:
         return None
 
 
-def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
+def _endpoint_fingerprint(raw: Any) -> bytes | None:
     """The raw endpoint serialised by marshal (format 0: no references, interned strings like
     any other), which keeps every type apart (`1` is not `true`, a tuple no list): equal
-    fingerprints are equal plain JSON values, which parse to equal Endpoints. None for a value
-    marshal cannot write."""
+    fingerprints are equal plain JSON values, which parse to equal Endpoints (in slices of one
+    address family). None for a value marshal cannot write."""
     try:
-        return family, marshal.dumps(raw, 0)
+        return marshal.dumps(raw, 0)
     except ValueError:
         return None
 
