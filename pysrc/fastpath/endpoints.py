@@ -9,6 +9,11 @@ compiler's own per-port code (compiler.endpoint_sets: every rule of the full com
 turns them into map Services that keep their ids; endpoints never seen before become new
 backends with the next ids. The engine then swaps those sets in place (update_service).
 
+A readiness change costs about what changed, not the whole slice: the parse keeps each slice's
+recent versions (model.parse_endpoint_slice: unchanged endpoints are found by fingerprint, one
+whose conditions alone changed reads only them), and endpoint_sets remembers the candidate each
+of a slice's Endpoint objects made (its memo), so only the changed endpoint is made again.
+
 The sets are exactly those a full compile of the changed state gives, in the same order (by
 address and port, as the compiler numbers backends), so new flows select the same endpoints.
 Only the ids of new backends and the names of backends differ from a fresh compile: ids are
@@ -54,7 +59,10 @@ class SliceChange(NamedTuple):
 
 _new_change = tuple.__new__  # SliceChange(...) without the named tuple's Python-level __new__
 _new_service = object.__new__
-_SERVICE_SLOTS = tuple(MapService.__dict__[f.name].__set__ for f in fields(MapService))
+_SERVICE_FIELDS = ("id", "name", "backends", "local_backends", "serving", "affinity_timeout_s", "family")
+_SERVICE_SLOTS = tuple(MapService.__dict__[name].__set__ for name in _SERVICE_FIELDS)
+if {f.name for f in fields(MapService)} != set(_SERVICE_FIELDS):  # (every slot must be filled)
+    raise ImportError("fastpath.maps.Service has other fields than fastpath.endpoints fills")
 
 
 class EndpointIndex:
@@ -245,8 +253,8 @@ class EndpointIndex:
             local_ids = tuple(map(to_id, local))
             if (backends, local_ids, serving_ids) == (current.backends, current.local_backends, current.serving):
                 continue  # (a port with a new endpoint never is)
-            # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family),
-            # its slots filled directly
+            # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
+            # with its slots filled directly (a frozen dataclass's __init__ costs more)
             service = _new_service(MapService)
             for set_field, value in zip(_SERVICE_SLOTS, (service_id, current.name, backends, local_ids, serving_ids,
                                                          current.affinity_timeout_s, current.family), strict=True):

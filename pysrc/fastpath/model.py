@@ -18,7 +18,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import repeat
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -1025,8 +1025,10 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
 
 
 _SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
-_SLICE_SLOTS = tuple(EndpointSlice.__dict__[name].__set__ for name in
-                     ("namespace", "name", "service_name", "address_type", "ports", "endpoints"))
+_SLICE_FIELDS = ("namespace", "name", "service_name", "address_type", "ports", "endpoints")
+_SLICE_SLOTS = tuple(EndpointSlice.__dict__[name].__set__ for name in _SLICE_FIELDS)
+if {f.name for f in fields(EndpointSlice)} != set(_SLICE_FIELDS):  # (every slot must be filled)
+    raise ImportError("EndpointSlice has other fields than _new_slice fills")
 
 
 def _new_slice(shell: EndpointSlice, endpoints: tuple[Endpoint, ...]) -> EndpointSlice:
@@ -1074,9 +1076,7 @@ def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
         return list(map(cache.__getitem__, keys))  # to a state seen not long ago)
     endpoints = list(map(cache.get, keys))
     o = None  # (made for the first endpoint read: its errors name the slice)
-    for index, endpoint in enumerate(endpoints):
-        if endpoint is not None:
-            continue
+    for index in [index for index, endpoint in enumerate(endpoints) if endpoint is None]:
         raw, key = raws[index], keys[index]
         endpoint = cache.get(key) if key is not None else None  # (the same raw earlier in this version)
         if endpoint is not None:
@@ -1127,9 +1127,20 @@ def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
     for value in key:
         if value is not None and value is not True and value is not False:  # (1 == True: look first)
             return None
-    return Endpoint(addresses=base.addresses, conditions=_CONDITIONS[key], node_name=base.node_name,
-                    zone=base.zone, hints_for_zones=base.hints_for_zones, hints_for_nodes=base.hints_for_nodes,
-                    target_ref=base.target_ref)
+    # Endpoint(addresses, conditions, node_name, zone, hints_for_zones, hints_for_nodes,
+    # target_ref), its slots filled directly (see _new_slice)
+    made = object.__new__(Endpoint)
+    for set_field, value in zip(_ENDPOINT_SLOTS, (base.addresses, _CONDITIONS[key], base.node_name, base.zone,
+                                                  base.hints_for_zones, base.hints_for_nodes, base.target_ref),
+                                strict=True):
+        set_field(made, value)
+    return made
+
+
+_ENDPOINT_FIELDS = ("addresses", "conditions", "node_name", "zone", "hints_for_zones", "hints_for_nodes", "target_ref")
+_ENDPOINT_SLOTS = tuple(Endpoint.__dict__[name].__set__ for name in _ENDPOINT_FIELDS)
+if {f.name for f in fields(Endpoint)} != set(_ENDPOINT_FIELDS):  # (every slot must be filled)
+    raise ImportError("Endpoint has other fields than _with_conditions fills")
 
 
 def _trim(cache: dict[Hashable, Any], shell: EndpointSlice, endpoints: list[Endpoint]) -> None:
