@@ -138,6 +138,7 @@ class _Candidate(NamedTuple):
 
 
 _new_candidate = tuple.__new__
+_new_sets = tuple.__new__  # _Sets(...) without the named tuple's Python-level __new__
 _candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
 _candidate_name = itemgetter(1)
 _is_ready = attrgetter("ready")
@@ -836,11 +837,11 @@ def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
         candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
     else:
         candidates = _candidates(entry.port, entry.family, slices, node, skipped, memo)
-    return _Sets(
+    return _new_sets(_Sets, (
         _cluster_set(candidates, node, zone),
         _local_set(candidates) if node is not None else [],  # nothing is local to no node
         list(filter(_is_serving, candidates)),
-    )
+    ))
 
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:
