@@ -690,3 +690,6 @@ def test_remembered_candidates_give_the_compilers_sets(seed):
                     remembered = endpoint_sets(entry, slices, None, node_name, "z1", counted, memo)
                     assert remembered == endpoint_sets(entry, slices, None, node_name, "z1", plain), f"step {step}"
                     assert counted == plain
+            for endpoint_slice in slices:  # (it stays bounded: it starts afresh past twice the slice's size)
+                for known in memo[(endpoint_slice.namespace, endpoint_slice.name)].values():
+                    assert len(known) <= 3 * len(endpoint_slice.endpoints) + 8

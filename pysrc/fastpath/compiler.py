@@ -642,12 +642,11 @@ def _slices_by_service(
 
 # Why an endpoint of an IPv6 slice is no candidate (counted in `skipped`).
 _MAPPED_IN_IPV6 = "IPv4-mapped address in an IPv6 EndpointSlice"
-_NO_CANDIDATE = "no candidate"  # (a memo's entry for an endpoint skipped)
 
 # Candidates remembered between calls (see endpoint_sets): (namespace, slice name) -> (slice port
-# number, family, node) -> (the slice's endpoints, which keep the ids below theirs; id(endpoint)
-# -> its candidate, or _NO_CANDIDATE).
-CandidateMemo = dict[tuple[str, str], dict[tuple[int, int, str | None], tuple[tuple[Any, ...], dict[int, Any]]]]
+# number, family, node) -> id(endpoint) -> (the Endpoint, which keeps the id its own; its
+# candidate, or None for an endpoint skipped).
+CandidateMemo = dict[tuple[str, str], dict[tuple[int, int, str | None], dict[int, tuple[Any, Any]]]]
 
 
 def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice], node: str | None,
@@ -666,8 +665,7 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     keep = found.setdefault
     from_bytes = int.from_bytes
     name_, protocol_ = port.name, port.protocol
-    known: dict[int, Any] | None = None  # (with memo) the candidates of the slice's last version
-    kept: dict[int, Any] = {}  # (with memo) this version's
+    known: dict[int, tuple[Any, Any]] | None = None  # (with memo) the slice port's candidates
     for endpoint_slice in slices:
         for slice_port in endpoint_slice.ports:
             if slice_port.name == name_ and slice_port.protocol == protocol_:
@@ -684,13 +682,19 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
         if memo is not None:
             contexts = memo.setdefault((namespace, endpoint_slice.name), {})
             context = (number, family, node)
-            previous = contexts.get(context)  # (held while the slice is read: the ids stay theirs)
-            known = previous[1] if previous is not None else {}
-            kept = {}
-            contexts[context] = (endpoint_slice.endpoints, kept)  # (this version's endpoints only)
+            known = contexts.get(context)
+            # The candidates of the slice's recent versions, up to twice as many as it has
+            # endpoints (then it starts afresh).
+            if known is None or len(known) > 2 * len(endpoint_slice.endpoints) + 8:
+                known = contexts[context] = {}
         for endpoint in endpoint_slice.endpoints:
-            candidate = known.get(id(endpoint)) if known is not None else None
-            if candidate is None:
+            hit = known.get(id(endpoint)) if known is not None else None
+            if hit is not None:  # (the memo holds that endpoint: no other object has its id)
+                candidate = hit[1]
+                if candidate is None:
+                    skipped[_MAPPED_IN_IPV6] += 1
+                    continue
+            else:
                 address = endpoint.addresses[0]  # only the first address counts
                 if family == 4:
                     ip = from_bytes(_inet_aton(address), "big")
@@ -699,7 +703,7 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
                     if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
                         skipped[_MAPPED_IN_IPV6] += 1
                         if known is not None:
-                            kept[id(endpoint)] = _NO_CANDIDATE
+                            known[id(endpoint)] = (endpoint, None)
                         continue
                     address = f"[{address}]"
                 ref = endpoint.target_ref
@@ -719,14 +723,10 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
                     endpoint.hints_for_zones,
                     endpoint.hints_for_nodes,
                 ))
-            elif candidate is _NO_CANDIDATE:
-                skipped[_MAPPED_IN_IPV6] += 1
-                kept[id(endpoint)] = candidate
-                continue
-            if known is not None:
-                kept[id(endpoint)] = candidate
-            previous_candidate = keep(candidate.key, candidate)
-            if previous_candidate is not candidate and _preference(candidate) > _preference(previous_candidate):
+                if known is not None:
+                    known[id(endpoint)] = (endpoint, candidate)
+            previous = keep(candidate.key, candidate)
+            if previous is not candidate and _preference(candidate) > _preference(previous):
                 found[candidate.key] = candidate
     return list(found.values())
 
@@ -831,8 +831,9 @@ def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
     `memo` (a dict kept by the caller between calls, first empty) remembers the candidate each
     Endpoint object of each slice made for each slice port: a slice's next version that shares
     the Endpoint objects which did not change (fastpath.model.parse_endpoint_slice reuses them)
-    makes only the others again. It holds each slice's latest version; forget a deleted slice
-    with memo.pop((namespace, name), None). The sets are the same with or without it."""
+    makes only the others again. It holds the Endpoints of each slice's recent versions, up to
+    twice as many as the slice has; forget a deleted slice with memo.pop((namespace, name),
+    None). The sets are the same with or without it."""
     if pods is not None:
         candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
     else:

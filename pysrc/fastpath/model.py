@@ -1002,6 +1002,7 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
     # The slice without its endpoints (they follow), unless an earlier version read the same.
     shell_key = _shell_fingerprint(obj) if cache is not None else None
     shell = cache.get(shell_key) if shell_key is not None and cache else None
+    known_shell = shell is not None
     if shell is None:
         collector = _Collector()
         collector.add({**obj, "endpoints": None}, "", "EndpointSlice")
@@ -1017,7 +1018,7 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
         endpoints = [_read_endpoint(o, raw, index, family) for index, raw in enumerate(raws)]
     else:
         endpoints = _cached_endpoints(shell, raws, family, cache)
-        if shell_key is not None:
+        if shell_key is not None and not known_shell:  # (one found is of the family: still cached)
             cache[shell_key] = shell
         if len(cache) > 3 * len(endpoints) + 8:
             _trim(cache, shell, endpoints)
@@ -1063,11 +1064,12 @@ def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
     (in order: the first bad one raises) and remembered. The cache holds one address family's
     endpoints (another family reads the same raw values otherwise): a slice whose addressType
     changed starts afresh."""
-    updating = _FAMILY_KEY in cache  # (the first version's endpoints get no sans-conditions entries)
-    if updating and cache[_FAMILY_KEY] != family:
-        cache.clear()
-        updating = False
-    cache[_FAMILY_KEY] = family
+    known_family = cache.get(_FAMILY_KEY, _FAMILY_KEY)  # (the key itself: no family read yet)
+    updating = known_family == family  # (the first version's endpoints get no sans-conditions entries)
+    if not updating:
+        if known_family != _FAMILY_KEY:
+            cache.clear()
+        cache[_FAMILY_KEY] = family
     try:
         keys: list[bytes | None] = list(map(marshal.dumps, raws, repeat(0)))
     except ValueError:  # some endpoint marshal cannot write: fingerprint them one by one
