@@ -555,7 +555,8 @@ def test_a_conditions_only_change_reads_only_the_conditions(monkeypatch, address
 
 @pytest.mark.parametrize("change, message", [
     (lambda e: e.update(conditions={"ready": 1}), "endpoints[1].conditions.ready: must be true or false, got 1"),
-    (lambda e: e.update(conditions={"ready": "true"}), 'endpoints[1].conditions.ready: must be true or false, got "true"'),
+    (lambda e: e.update(conditions={"ready": "true"}),
+     'endpoints[1].conditions.ready: must be true or false, got "true"'),
     (lambda e: e.update(conditions={"serving": 0.0}), "endpoints[1].conditions.serving: must be true or false"),
     (lambda e: e.update(conditions=[True]), "endpoints[1].conditions: must be a mapping"),
     (lambda e: e.update(conditions=""), "endpoints[1].conditions: must be a mapping"),

@@ -23,7 +23,7 @@ it had when it was first seen.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import fields
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -55,6 +55,11 @@ class SliceChange(NamedTuple):
     new: EndpointSlice | None  # None: deleted
     services: list[MapService]  # map Services whose sets change, ids kept
     backends: list[Backend]  # endpoints never seen before, with the next backend ids
+
+
+def _either(first: dict[int, int], second: dict[int, int]) -> Callable[[int], int]:
+    """key -> first[key] if there is one, else second[key]."""
+    return lambda key: first.get(key) or second[key]
 
 
 _new_change = tuple.__new__  # SliceChange(...) without the named tuple's Python-level __new__
@@ -175,7 +180,8 @@ class EndpointIndex:
             return
         family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
         if family is not None:
-            self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)][endpoint_slice.name] = endpoint_slice
+            group = self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)]
+            group[endpoint_slice.name] = endpoint_slice
 
     def _remove(self, endpoint_slice: EndpointSlice) -> None:
         del self.slices[(endpoint_slice.namespace, endpoint_slice.name)]
@@ -241,7 +247,7 @@ class EndpointIndex:
             new_backends = [Backend(number, *backend_address(key), new_names[key])
                             for number, key in enumerate(sorted(new_names), start=len(maps.backends) + 1)]
             new_ids = {_backend_key(backend.ip, backend.port): backend.id for backend in new_backends}
-            to_id = lambda key: new_ids.get(key) or ids[key]  # noqa: E731
+            to_id = _either(new_ids, ids)
         else:
             to_id = ids.__getitem__
 

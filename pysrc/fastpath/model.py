@@ -19,8 +19,8 @@ import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from itertools import repeat
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
