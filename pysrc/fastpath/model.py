@@ -1129,13 +1129,16 @@ def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
     for value in key:
         if value is not None and value is not True and value is not False:  # (1 == True: look first)
             return None
-    # Endpoint(addresses, conditions, node_name, zone, hints_for_zones, hints_for_nodes,
-    # target_ref), its slots filled directly (see _new_slice)
+    # Endpoint(base's fields, conditions), its slots filled directly (see _new_slice)
     made = object.__new__(Endpoint)
-    for set_field, value in zip(_ENDPOINT_SLOTS, (base.addresses, _CONDITIONS[key], base.node_name, base.zone,
-                                                  base.hints_for_zones, base.hints_for_nodes, base.target_ref),
-                                strict=True):
-        set_field(made, value)
+    set_addresses, set_conditions, set_node_name, set_zone, set_zone_hints, set_node_hints, set_ref = _ENDPOINT_SLOTS
+    set_addresses(made, base.addresses)
+    set_conditions(made, _CONDITIONS[key])
+    set_node_name(made, base.node_name)
+    set_zone(made, base.zone)
+    set_zone_hints(made, base.hints_for_zones)
+    set_node_hints(made, base.hints_for_nodes)
+    set_ref(made, base.target_ref)
     return made
 
 
