@@ -22,6 +22,10 @@ workload.cluster_objects() (the objects cluster_yaml() would print, never writte
   endpoint_readiness_change  the same change the incremental way: Dataplane.apply_endpoint_slice
                           (the decoded slice, one endpoint flipping not ready / ready), only that
                           service's sets derived again and swapped in place; target 50 us
+  endpoint_readiness_change_varied  the same, each round one endpoint of the slice (in turn) taking
+                          the next of the eight ready/serving/terminating states, so that the
+                          version is one the slice's recent versions did not have (its endpoint
+                          read by its conditions alone, not found as a whole)
   yaml_load_standard      fastpath.load_cluster(cluster.yaml) of the standard 4.4 MB dump
                           (`loader` and `libyaml` in extra_info say whether the C loader ran)
   yaml_parse_standard     fastpath.kubeyaml.load_yaml(text) alone: the YAML parse
@@ -334,3 +338,53 @@ def _engine_update_us(dataplane, prefix: str, rounds: int = 200) -> float:
         dataplane.engine.update_service(fewer if turn % 2 == 0 else service)
         best = min(best, time.perf_counter() - start)
     return round(best * 1e6, 1)
+
+
+def _condition_versions(ready: dict, count: int) -> list[dict]:
+    """`count` versions of the slice after `ready`, each changing the conditions of one endpoint
+    (in turn) to the next of the eight ready/serving/terminating states: an endpoint's raw value
+    comes back every 8 x len(endpoints) versions."""
+    states = [{"ready": r, "serving": s, "terminating": t}
+              for r in (True, False) for s in (True, False) for t in (False, True)]
+    versions, current = [], copy.deepcopy(ready)
+    turns = [0] * len(current["endpoints"])
+    for number in range(count):
+        index = number % len(turns)
+        turns[index] += 1
+        current["endpoints"][index]["conditions"] = dict(states[turns[index] % len(states)])
+        versions.append(copy.deepcopy(current))
+    return versions
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_endpoint_readiness_change_varied(benchmark, readiness_slices, rounds):
+    """apply_endpoint_slice with one endpoint's conditions changed each round to a state the
+    slice's recent versions did not hold (the other case flips one endpoint between two states)."""
+    from fastpath.model import parse_endpoint_slice
+
+    state, ready, _, service, _ = readiness_slices
+    dataplane = Dataplane(state)
+    dataplane.apply_endpoint_slice(ready)
+    count = rounds(400) + 20
+    versions = _condition_versions(ready, count + 1)
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return (versions[turn[0] - 1],), {}
+
+    benchmark.pedantic(dataplane.apply_endpoint_slice, setup=setup, rounds=count - 20, warmup_rounds=20,
+                       iterations=1)
+    # The maps hold what a full compile of the last version gives (sanity, not timing).
+    last = versions[turn[0] - 1]
+    parsed = parse_endpoint_slice(copy.deepcopy(last))
+    changed = dataclasses.replace(state, endpoint_slices=tuple(
+        parsed if (s.namespace, s.name) == (parsed.namespace, parsed.name) else s for s in state.endpoint_slices))
+    full = compile_maps(changed).maps
+    assert _service_backends(dataplane.maps, service) == _service_backends(full, service)
+    benchmark.extra_info.update(services=len(dataplane.maps.services), changed_service=service,
+                                target_us=TARGET_UPDATE_US)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        benchmark.extra_info["median_us"] = round(stats.median * 1e6, 1)
+        benchmark.extra_info["x_target"] = round(stats.median * 1e6 / TARGET_UPDATE_US, 2)

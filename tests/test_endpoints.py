@@ -14,6 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from test_compiler import ep, eps, node, pod, port, proxy_config, svc
 
+from fastpath import model
 from fastpath.compiler import compile_maps
 from fastpath.dataplane import Dataplane
 from fastpath.maps import PROTO_TCP, PROTO_UDP, Backend, Maps, Service, format_address
@@ -478,3 +479,218 @@ def test_update_service_grows_and_reuses_slots(engine_class):
                 frame = _frame("10.244.0.9", "10.96.0.1", sport + step * 64, 80, PROTO_TCP)
                 assert engine.process_packet(frame, 1) == fresh.process_packet(frame, 1)
     assert len(engine.counters()["backends"]) == len(backends)
+
+
+# --------------------------------------------------------------------------- the parse cache
+
+def _parsed_fresh(obj: Any) -> Any:
+    """parse_endpoint_slice without a cache: the slice, or the error's text."""
+    try:
+        return model.parse_endpoint_slice(copy.deepcopy(obj))
+    except model.ClusterError as error:
+        return f"error: {error}"
+
+
+def _parsed_cached(obj: Any, cache: dict) -> Any:
+    try:
+        return model.parse_endpoint_slice(obj, cache)
+    except model.ClusterError as error:
+        return f"error: {error}"
+
+
+CONDITION_STATES = [{"ready": True, "serving": True, "terminating": False},
+                    {"ready": False, "serving": False, "terminating": False},
+                    {"ready": False, "serving": True, "terminating": True},
+                    {"ready": False, "serving": False, "terminating": True},
+                    {"ready": True}, {}, None, {"serving": False, "unknown": 3}]
+
+
+def _count_reads(monkeypatch) -> list[int]:
+    """How many endpoints are read field by field (the plain IPv4 reader or _endpoint)."""
+    reads = [0]
+    plain, full = model._plain_ipv4_endpoint, model._endpoint
+
+    def counting_plain(raw):
+        reads[0] += 1
+        return plain(raw)
+
+    def counting_full(o, raw, path, family):
+        if family != 4:
+            reads[0] += 1
+        return full(o, raw, path, family)
+
+    monkeypatch.setattr(model, "_plain_ipv4_endpoint", counting_plain)
+    monkeypatch.setattr(model, "_endpoint", counting_full)
+    return reads
+
+
+@pytest.mark.parametrize("address_type, prefix", [("IPv4", "10.244.1."), ("IPv6", "FD00:10:244:1::")])
+def test_a_conditions_only_change_reads_only_the_conditions(monkeypatch, address_type, prefix):
+    reads = _count_reads(monkeypatch)
+    endpoints = [ep(f"{prefix}{i}", node="node-a", pod=f"pod-{i}", zones=["z1"] if i == 2 else None)
+                 for i in range(1, 5)]
+    obj = eps("web-1", "web", [port(8080, "http")], endpoints, address_type=address_type)
+    cache: dict = {}
+    first = _parsed_cached(copy.deepcopy(obj), cache)
+    assert reads[0] == 4
+    assert first == _parsed_fresh(obj)
+    # An endpoint's first change is read in full (a slice's first version keeps no entries
+    # without conditions: most endpoints never change); from then on only its conditions are.
+    for index in (1, 2):
+        obj["endpoints"][index]["conditions"] = {"ready": False, "serving": True, "terminating": True}
+    reads[0] = 0
+    changed = _parsed_cached(copy.deepcopy(obj), cache)
+    assert reads[0] == 2
+    assert changed == _parsed_fresh(obj)
+    for step, conditions in enumerate(CONDITION_STATES):
+        for index in (1, 2):  # a plain endpoint, and one with hints (never the plain reader's)
+            obj["endpoints"][index]["conditions"] = conditions
+            reads[0] = 0
+            parsed = _parsed_cached(copy.deepcopy(obj), cache)
+            assert reads[0] == 0, (step, index)  # taken from the one before, with its conditions read
+            assert parsed == _parsed_fresh(obj), (step, index)
+            assert parsed.endpoints[index].conditions == model._CONDITIONS[tuple(
+                (conditions or {}).get(key) for key in ("ready", "serving", "terminating"))]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.update(conditions={"ready": 1}), "endpoints[1].conditions.ready: must be true or false, got 1"),
+    (lambda e: e.update(conditions={"ready": "true"}),
+     'endpoints[1].conditions.ready: must be true or false, got "true"'),
+    (lambda e: e.update(conditions={"serving": 0.0}), "endpoints[1].conditions.serving: must be true or false"),
+    (lambda e: e.update(conditions=[True]), "endpoints[1].conditions: must be a mapping"),
+    (lambda e: e.update(conditions=""), "endpoints[1].conditions: must be a mapping"),
+])
+def test_bad_conditions_of_a_known_endpoint_are_refused_alike(change, message):
+    obj = eps("web-1", "web", [port(8080, "http")], [ep(f"10.244.1.{i}", pod=f"pod-{i}") for i in range(1, 4)])
+    cache: dict = {}
+    model.parse_endpoint_slice(copy.deepcopy(obj), cache)
+    obj["endpoints"][1]["conditions"] = {"ready": False}
+    model.parse_endpoint_slice(copy.deepcopy(obj), cache)  # its entry without conditions exists now
+    change(obj["endpoints"][1])
+    got, fresh = _parsed_cached(copy.deepcopy(obj), cache), _parsed_fresh(obj)
+    assert got == fresh and isinstance(got, str) and message in got
+
+
+@pytest.mark.parametrize("address_type, prefix", [("IPv4", "10.244.1."), ("IPv6", "fd00:10:244:1::")])
+def test_other_changes_are_read_in_full(monkeypatch, address_type, prefix):
+    reads = _count_reads(monkeypatch)
+    obj = eps("web-1", "web", [port(8080, "http")],
+              [ep(f"{prefix}{i}", node="node-a", pod=f"pod-{i}") for i in range(1, 4)], address_type=address_type)
+    cache: dict = {}
+    model.parse_endpoint_slice(copy.deepcopy(obj), cache)
+    obj["endpoints"][0]["conditions"] = {"ready": False}
+    model.parse_endpoint_slice(copy.deepcopy(obj), cache)
+    for change in (lambda e: e.update(nodeName="node-b"), lambda e: e.update(zone="z9"),
+                   lambda e: e["targetRef"].update(name="pod-9"), lambda e: e.update(addresses=[f"{prefix}99"]),
+                   lambda e: e.update(hints={"forZones": [{"name": "z1"}]}),
+                   lambda e: e.update(conditions={"ready": True}, nodeName="node-c")):
+        change(obj["endpoints"][0])
+        reads[0] = 0
+        parsed = _parsed_cached(copy.deepcopy(obj), cache)
+        assert reads[0] == 1  # that endpoint, and only it
+        assert parsed == _parsed_fresh(obj)
+
+
+def _random_endpoint(rng: random.Random, address_type: str) -> dict[str, Any]:
+    if address_type == "IPv6":
+        address = rng.choice(["fd00::1", "FD00::2", "fd00:0::3", "::ffff:10.0.0.4"])
+    else:
+        address = rng.choice(["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.000.4"])
+    return ep(address, ready=rng.choice([True, False, None]), node=rng.choice([None, "node-a", "node-b"]),
+              pod=rng.choice([None, "pod-a", "pod-b"]), zones=rng.choice([None, ["z1"]]))
+
+
+def _random_edit(rng: random.Random, endpoints: list[dict[str, Any]], address_type: str) -> None:
+    roll = rng.random()
+    if not endpoints or roll < 0.1:
+        endpoints.insert(rng.randrange(len(endpoints) + 1), _random_endpoint(rng, address_type))
+        return
+    target = rng.choice(endpoints)
+    if roll < 0.55:
+        target["conditions"] = rng.choice(CONDITION_STATES + [{"ready": 1}, "", {"terminating": "yes"}])
+    elif roll < 0.62:
+        target.pop("conditions", None)
+    elif roll < 0.7:
+        target["conditions"] = dict(reversed(list((target.get("conditions") or {}).items())))  # key order
+    elif roll < 0.78:
+        target["nodeName"] = rng.choice(["node-a", "node-b", "", 7])
+    elif roll < 0.84:
+        endpoints.remove(target)
+    elif roll < 0.9:
+        target["addresses"] = rng.choice([["10.244.0.9"], ["fd00::9"], [], "10.244.0.9"])
+    elif roll < 0.95:
+        endpoints.append(copy.deepcopy(target))  # the same endpoint twice
+    else:
+        target["uid-like"] = rng.random()  # a field nothing reads
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cached_parses_equal_fresh_ones(seed):
+    """Random versions of one slice (conditions, other fields, bad values, endpoints added and
+    removed): each parsed with the cache of the versions before is what a fresh parse gives
+    (the same slice, or the same error); the cache stays within its bound."""
+    rng = random.Random(seed)
+    address_type = ["IPv4", "IPv6", "FQDN"][seed % 3]
+    if address_type == "FQDN":
+        endpoints = [ep(f"host-{i}.example", pod=f"pod-{i}") for i in range(4)]
+    else:
+        endpoints = [_random_endpoint(rng, address_type) for _ in range(5)]
+    obj = eps("web-1", "web", [port(8080, "http")], endpoints, address_type=address_type)
+    cache: dict = {}
+    for step in range(300):
+        _random_edit(rng, obj["endpoints"], address_type)
+        if rng.random() < 0.03:
+            obj["ports"] = [port(rng.choice([8080, 9090]), "http")]
+        if rng.random() < 0.03:  # the same raw endpoints read for another family
+            obj["addressType"] = rng.choice(["IPv4", "IPv6", "FQDN"])
+        got, fresh = _parsed_cached(copy.deepcopy(obj), cache), _parsed_fresh(obj)
+        assert got == fresh, f"step {step}"
+        if not isinstance(got, str):
+            assert len(cache) <= 3 * len(got.endpoints) + 8
+            # What an endpoint parsed to is shared with the version before (no copies pile up).
+            again = model.parse_endpoint_slice(copy.deepcopy(obj), cache)
+            assert all(a is b for a, b in zip(again.endpoints, got.endpoints))
+
+
+# --------------------------------------------------------------------------- the candidate memo
+
+@pytest.mark.parametrize("seed", range(4))
+def test_remembered_candidates_give_the_compilers_sets(seed):
+    """compiler.endpoint_sets with a memo kept across a slice's versions (as fastpath.endpoints
+    keeps it) gives the sets, and the skipped counts, that it gives without one."""
+    from fastpath.compiler import _service_ports, endpoint_sets
+
+    rng = random.Random(seed)
+    address_type = "IPv6" if seed % 2 else "IPv4"
+    state = ClusterState.from_objects(cluster())
+    family = 6 if address_type == "IPv6" else 4
+    entries = [e for e in _service_ports(state.services, __import__("collections").Counter())
+               if e.service.name == "dual" and e.family == family]
+    assert entries
+    objs = [eps(name, "dual", [port(8080, "http"), port(5353, "dns", "UDP")],
+                [_random_endpoint(rng, address_type) for _ in range(4)], address_type=address_type)
+            for name in ("dual-1", "dual-2")]
+    caches: list[dict] = [{}, {}]
+    memo: dict = {}
+    for step in range(200):
+        which = rng.randrange(2)
+        _random_edit(rng, objs[which]["endpoints"], address_type)
+        slices = []
+        for obj, cache in zip(objs, caches):
+            try:
+                slices.append(model.parse_endpoint_slice(copy.deepcopy(obj), cache))
+            except model.ClusterError:
+                objs[which]["endpoints"] = [_random_endpoint(rng, address_type)]
+                break
+        else:
+            for entry in entries:
+                for node_name in (None, NODE):
+                    counted: Any = __import__("collections").Counter()
+                    plain: Any = __import__("collections").Counter()
+                    remembered = endpoint_sets(entry, slices, None, node_name, "z1", counted, memo)
+                    assert remembered == endpoint_sets(entry, slices, None, node_name, "z1", plain), f"step {step}"
+                    assert counted == plain
+            for endpoint_slice in slices:  # (it stays bounded: it starts afresh past twice the slice's size)
+                for known in memo[(endpoint_slice.namespace, endpoint_slice.name)].values():
+                    assert len(known) <= 3 * len(endpoint_slice.endpoints) + 8

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import and_, attrgetter, itemgetter, rshift
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .maps import (
     FRONTEND_KINDS,
@@ -138,6 +138,7 @@ class _Candidate(NamedTuple):
 
 
 _new_candidate = tuple.__new__
+_new_sets = tuple.__new__  # _Sets(...) without the named tuple's Python-level __new__
 _candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
 _candidate_name = itemgetter(1)
 _is_ready = attrgetter("ready")
@@ -639,8 +640,17 @@ def _slices_by_service(
     return grouped
 
 
+# Why an endpoint of an IPv6 slice is no candidate (counted in `skipped`).
+_MAPPED_IN_IPV6 = "IPv4-mapped address in an IPv6 EndpointSlice"
+
+# Candidates remembered between calls (see endpoint_sets): (namespace, slice name) -> (slice port
+# number, family, node) -> id(endpoint) -> (the Endpoint, which keeps the id its own; its
+# candidate, or None for an endpoint skipped).
+CandidateMemo = dict[tuple[str, str], dict[tuple[int, int, str | None], dict[int, tuple[Any, Any]]]]
+
+
 def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice], node: str | None,
-                skipped: Counter[str]) -> list[_Candidate]:
+                skipped: Counter[str], memo: CandidateMemo | None = None) -> list[_Candidate]:
     """The service port's endpoints from its slices of the family, one per (ip, port).
 
     Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
@@ -648,47 +658,73 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     on which slice was read first.
 
     This loop runs once per endpoint of the cluster (a million in a big one): it reads each field
-    once and makes one tuple per endpoint.
+    once and makes one tuple per endpoint. With `memo` (see endpoint_sets), an Endpoint object
+    that made a candidate for the same slice port before gives that candidate again.
     """
     found: dict[int, _Candidate] = {}
     keep = found.setdefault
     from_bytes = int.from_bytes
+    name_, protocol_ = port.name, port.protocol
+    known: dict[int, tuple[Any, Any]] | None = None  # (with memo) the slice port's candidates
     for endpoint_slice in slices:
-        number = next((p.port for p in endpoint_slice.ports
-                       if p.name == port.name and p.protocol == port.protocol), None)
+        for slice_port in endpoint_slice.ports:
+            if slice_port.name == name_ and slice_port.protocol == protocol_:
+                number = slice_port.port
+                break
+        else:
+            continue
         if number is None:
             continue
         _checked_port(number)
         namespace = endpoint_slice.namespace
         slice_owner = f"{namespace}/{endpoint_slice.name}"
         port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
+        if memo is not None:
+            contexts = memo.setdefault((namespace, endpoint_slice.name), {})
+            context = (number, family, node)
+            known = contexts.get(context)
+            # The candidates of the slice's recent versions, up to twice as many as it has
+            # endpoints (then it starts afresh).
+            if known is None or len(known) > 2 * len(endpoint_slice.endpoints) + 8:
+                known = contexts[context] = {}
         for endpoint in endpoint_slice.endpoints:
-            address = endpoint.addresses[0]  # only the first address counts
-            if family == 4:
-                ip = from_bytes(_inet_aton(address), "big")
-            else:
-                ip = _address(address)
-                if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
-                    skipped["IPv4-mapped address in an IPv6 EndpointSlice"] += 1
+            hit = known.get(id(endpoint)) if known is not None else None
+            if hit is not None:  # (the memo holds that endpoint: no other object has its id)
+                candidate = hit[1]
+                if candidate is None:
+                    skipped[_MAPPED_IN_IPV6] += 1
                     continue
-                address = f"[{address}]"
-            ref = endpoint.target_ref
-            if ref is not None and ref.name:
-                name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
             else:
-                name = f"{address}{port_text}{slice_owner})"
-            conditions = endpoint.conditions
-            ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
-            candidate = _new_candidate(_Candidate, (
-                ip << _PORT_BITS | number,
-                name,
-                ready is None or ready,
-                serving is None or serving,
-                bool(conditions.terminating),
-                node is not None and endpoint.node_name == node,
-                endpoint.hints_for_zones,
-                endpoint.hints_for_nodes,
-            ))
+                address = endpoint.addresses[0]  # only the first address counts
+                if family == 4:
+                    ip = from_bytes(_inet_aton(address), "big")
+                else:
+                    ip = _address(address)
+                    if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
+                        skipped[_MAPPED_IN_IPV6] += 1
+                        if known is not None:
+                            known[id(endpoint)] = (endpoint, None)
+                        continue
+                    address = f"[{address}]"
+                ref = endpoint.target_ref
+                if ref is not None and ref.name:
+                    name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
+                else:
+                    name = f"{address}{port_text}{slice_owner})"
+                conditions = endpoint.conditions
+                ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
+                candidate = _new_candidate(_Candidate, (
+                    ip << _PORT_BITS | number,
+                    name,
+                    ready is None or ready,
+                    serving is None or serving,
+                    bool(conditions.terminating),
+                    node is not None and endpoint.node_name == node,
+                    endpoint.hints_for_zones,
+                    endpoint.hints_for_nodes,
+                ))
+                if known is not None:
+                    known[id(endpoint)] = (endpoint, candidate)
             previous = keep(candidate.key, candidate)
             if previous is not candidate and _preference(candidate) > _preference(previous):
                 found[candidate.key] = candidate
@@ -786,20 +822,27 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
 
 def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
                   pods: Iterable[tuple[dict[int, str], Pod]] | None, node: str | None,
-                  zone: str | None, skipped: Counter[str]) -> _Sets:
+                  zone: str | None, skipped: Counter[str], memo: CandidateMemo | None = None) -> _Sets:
     """One service port's cluster, local and serving sets of its family: from its EndpointSlices
     of the family (sorted by name), or from the Pods it selects when `pods` is given (a selector
     service without any EndpointSlice). The whole policy of one service port; also used by
-    fastpath.endpoints to apply one EndpointSlice change without a full compile."""
+    fastpath.endpoints to apply one EndpointSlice change without a full compile.
+
+    `memo` (a dict kept by the caller between calls, first empty) remembers the candidate each
+    Endpoint object of each slice made for each slice port: a slice's next version that shares
+    the Endpoint objects which did not change (fastpath.model.parse_endpoint_slice reuses them)
+    makes only the others again. It holds the Endpoints of each slice's recent versions, up to
+    twice as many as the slice has; forget a deleted slice with memo.pop((namespace, name),
+    None). The sets are the same with or without it."""
     if pods is not None:
         candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
     else:
-        candidates = _candidates(entry.port, entry.family, slices, node, skipped)
-    return _Sets(
+        candidates = _candidates(entry.port, entry.family, slices, node, skipped, memo)
+    return _new_sets(_Sets, (
         _cluster_set(candidates, node, zone),
         _local_set(candidates) if node is not None else [],  # nothing is local to no node
         list(filter(_is_serving, candidates)),
-    )
+    ))
 
 
 def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:

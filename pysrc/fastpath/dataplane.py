@@ -120,12 +120,14 @@ class Dataplane:
         (one line) for anything but a valid discovery.k8s.io/v1 EndpointSlice, or on a
         Dataplane built from Maps; nothing has changed then.
         """
-        from fastpath.model import ClusterError
-
-        index = self._endpoint_index("apply_endpoint_slice")
+        index = self._endpoints or self._endpoint_index("apply_endpoint_slice")
         try:
             endpoint_slice = index.parse(obj)
-        except ClusterError as error:
+        except Exception as error:
+            from fastpath.model import ClusterError
+
+            if not isinstance(error, ClusterError):
+                raise
             raise ValueError(str(error)) from None
         return self._apply(index.change((endpoint_slice.namespace, endpoint_slice.name),
                                         endpoint_slice, self.maps))
@@ -150,6 +152,9 @@ class Dataplane:
 
     def _apply(self, change: SliceChange) -> int:
         assert self._endpoints is not None
+        if not change.services:  # (then there are no new backends either)
+            self._endpoints.commit(change)
+            return 0
         applied = 0
         try:
             for service in change.services:

@@ -18,8 +18,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -982,43 +983,179 @@ class _Collector:
         )
 
 
-def parse_endpoint_slice(obj: Any, reuse: Mapping[Hashable, Any] | None = None,
-                         parsed: dict[Hashable, Any] | None = None) -> EndpointSlice:
+def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> EndpointSlice:
     """One EndpointSlice as the API or `kubectl get -o json` gives it (a decoded dict with kind
     and apiVersion), checked exactly as load_cluster checks one. Raises ClusterError (one line).
 
-    A watch sends the whole slice again when one endpoint changes: `reuse` holds what an
-    earlier parse made of the slice's ports and labels and of each endpoint, by the fingerprint
-    of the raw values read (_shell_fingerprint, _endpoint_fingerprint), so what did not change
-    is not checked again; `parsed`, when given, receives this parse's.
+    A watch sends the whole slice again when one endpoint changes: `cache` (a dict kept for one
+    slice from version to version, first empty) holds what earlier versions' ports and labels
+    and endpoints parsed to, by the fingerprint of the raw values read (_shell_fingerprint,
+    _endpoint_fingerprint), so what did not change is not checked again. An endpoint whose raw
+    value differs from one read before only in its conditions takes that one's other fields
+    (see _sans_conditions) and reads just its conditions. The cache keeps the entries of the
+    latest version and, up to a few times as many, of earlier ones (a readiness that flaps
+    finds both of its versions).
     """
-    kind = obj.get("kind") if isinstance(obj, Mapping) else None
+    kind = obj.get("kind") if type(obj) is dict or isinstance(obj, Mapping) else None
     if kind != "EndpointSlice":
         raise ClusterError(f"expected an EndpointSlice (discovery.k8s.io/v1), got {_shown(kind if kind else obj)}")
     # The slice without its endpoints (they follow), unless an earlier version read the same.
-    shell_key = _shell_fingerprint(obj) if reuse is not None or parsed is not None else None
-    shell = reuse.get(shell_key) if shell_key is not None and reuse else None
+    shell_key = _shell_fingerprint(obj) if cache is not None else None
+    shell = cache.get(shell_key) if shell_key is not None and cache else None
+    known_shell = shell is not None
     if shell is None:
         collector = _Collector()
         collector.add({**obj, "endpoints": None}, "", "EndpointSlice")
         (shell,) = collector.objects["EndpointSlice"] or (None,)
         if shell is None:  # another API group's kind of that name
             raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
-    if shell_key is not None and parsed is not None:
-        parsed[shell_key] = shell
-    o = _Object("", _object_label("EndpointSlice", shell.namespace, shell.name))
-    family = {"IPv4": 4, "IPv6": 6}.get(shell.address_type)
-    endpoints = []
-    for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
-        key = _endpoint_fingerprint(raw, family) if reuse is not None or parsed is not None else None
-        endpoint = reuse.get(key) if key is not None and reuse else None
+    family = _SLICE_FAMILIES.get(shell.address_type)
+    raws = obj.get("endpoints")
+    if type(raws) is not list:
+        raws = _slice_object(shell).list(raws, "endpoints")
+    if cache is None:
+        o = _slice_object(shell)
+        endpoints = [_read_endpoint(o, raw, index, family) for index, raw in enumerate(raws)]
+    else:
+        endpoints = _cached_endpoints(shell, raws, family, cache)
+        if shell_key is not None and not known_shell:  # (one found is of the family: still cached)
+            cache[shell_key] = shell
+        if len(cache) > 3 * len(endpoints) + 8:
+            _trim(cache, shell, endpoints)
+    return _new_slice(shell, tuple(endpoints))
+
+
+_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
+_SLICE_FIELDS = ("namespace", "name", "service_name", "address_type", "ports", "endpoints")
+_SLICE_SLOTS = tuple(EndpointSlice.__dict__[name].__set__ for name in _SLICE_FIELDS)
+if {f.name for f in fields(EndpointSlice)} != set(_SLICE_FIELDS):  # (every slot must be filled)
+    raise ImportError("EndpointSlice has other fields than _new_slice fills")
+
+
+def _new_slice(shell: EndpointSlice, endpoints: tuple[Endpoint, ...]) -> EndpointSlice:
+    """EndpointSlice(shell's fields, endpoints), its slots filled directly (a frozen dataclass's
+    __init__ sets each field through object.__setattr__, which costs more here)."""
+    made = object.__new__(EndpointSlice)
+    set_namespace, set_name, set_service_name, set_address_type, set_ports, set_endpoints = _SLICE_SLOTS
+    set_namespace(made, shell.namespace)
+    set_name(made, shell.name)
+    set_service_name(made, shell.service_name)
+    set_address_type(made, shell.address_type)
+    set_ports(made, shell.ports)
+    set_endpoints(made, endpoints)
+    return made
+
+
+def _slice_object(shell: EndpointSlice) -> _Object:
+    return _Object("", _object_label("EndpointSlice", shell.namespace, shell.name))
+
+
+def _read_endpoint(o: _Object, raw: Any, index: int, family: int | None) -> Endpoint:
+    endpoint = _plain_ipv4_endpoint(raw) if family == 4 else None
+    if endpoint is None:
+        endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
+    return endpoint
+
+
+def _cached_endpoints(shell: EndpointSlice, raws: list[Any], family: int | None,
+                      cache: dict[Hashable, Any]) -> list[Endpoint]:
+    """parse_endpoint_slice's endpoints with a cache: every raw endpoint fingerprinted (one
+    marshal call each, at C speed), those seen before taken from the cache, the others read
+    (in order: the first bad one raises) and remembered. The cache holds one address family's
+    endpoints (another family reads the same raw values otherwise): a slice whose addressType
+    changed starts afresh."""
+    known_family = cache.get(_FAMILY_KEY, _FAMILY_KEY)  # (the key itself: no family read yet)
+    updating = known_family == family  # (the first version's endpoints get no sans-conditions entries)
+    if not updating:
+        if known_family != _FAMILY_KEY:
+            cache.clear()
+        cache[_FAMILY_KEY] = family
+    try:
+        keys: list[bytes | None] = list(map(marshal.dumps, raws, repeat(0)))
+    except ValueError:  # some endpoint marshal cannot write: fingerprint them one by one
+        keys = [_endpoint_fingerprint(raw) for raw in raws]
+    if all(map(cache.__contains__, keys)):  # (the usual case: at most conditions changed, and
+        return list(map(cache.__getitem__, keys))  # to a state seen not long ago)
+    endpoints = list(map(cache.get, keys))
+    o = None  # (made for the first endpoint read: its errors name the slice)
+    for index in [index for index, endpoint in enumerate(endpoints) if endpoint is None]:
+        raw, key = raws[index], keys[index]
+        endpoint = cache.get(key) if key is not None else None  # (the same raw earlier in this version)
+        if endpoint is not None:
+            endpoints[index] = endpoint
+            continue
+        sans = _sans_conditions(raw) if updating and key is not None else None
+        base = cache.get(sans) if sans is not None else None
+        if base is not None:
+            endpoint = _with_conditions(base, raw.get("conditions"))
         if endpoint is None:
-            endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
-        if key is not None and parsed is not None:
-            parsed[key] = endpoint
-        endpoints.append(endpoint)
-    return EndpointSlice(namespace=shell.namespace, name=shell.name, service_name=shell.service_name,
-                         address_type=shell.address_type, ports=shell.ports, endpoints=tuple(endpoints))
+            if o is None:
+                o = _slice_object(shell)
+            endpoint = _read_endpoint(o, raw, index, family)
+        if key is not None:
+            cache[key] = endpoint
+            if sans is not None:
+                cache[sans] = endpoint
+        endpoints[index] = endpoint
+    return endpoints
+
+
+# The cache entry that holds the address family its endpoints were read for (the other keys:
+# bytes for endpoints, tuples for the rest).
+_FAMILY_KEY = "address family"
+
+
+def _sans_conditions(raw: Any) -> Hashable | None:
+    """The fingerprint of a raw endpoint without its conditions (their value read as null): two
+    endpoints with the same one parse to Endpoints that differ at most in their conditions,
+    which _endpoint reads from nothing else. None unless `raw` is a dict marshal can write."""
+    if type(raw) is not dict:
+        return None
+    try:
+        return "sans conditions", marshal.dumps({**raw, "conditions": None}, 0)
+    except ValueError:
+        return None
+
+
+def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
+    """`base` with the conditions read from `raw` (an endpoint's raw "conditions" value), for an
+    endpoint that differs from base's only there; None unless they are a plain dict of true,
+    false or null (_endpoint then reads the whole endpoint, and reports what is wrong)."""
+    if raw is None:
+        raw = {}
+    elif type(raw) is not dict:
+        return None
+    key = (raw.get("ready"), raw.get("serving"), raw.get("terminating"))
+    for value in key:
+        if value is not None and value is not True and value is not False:  # (1 == True: look first)
+            return None
+    # Endpoint(base's fields, conditions), its slots filled directly (see _new_slice)
+    made = object.__new__(Endpoint)
+    set_addresses, set_conditions, set_node_name, set_zone, set_zone_hints, set_node_hints, set_ref = _ENDPOINT_SLOTS
+    set_addresses(made, base.addresses)
+    set_conditions(made, _CONDITIONS[key])
+    set_node_name(made, base.node_name)
+    set_zone(made, base.zone)
+    set_zone_hints(made, base.hints_for_zones)
+    set_node_hints(made, base.hints_for_nodes)
+    set_ref(made, base.target_ref)
+    return made
+
+
+_ENDPOINT_FIELDS = ("addresses", "conditions", "node_name", "zone", "hints_for_zones", "hints_for_nodes", "target_ref")
+_ENDPOINT_SLOTS = tuple(Endpoint.__dict__[name].__set__ for name in _ENDPOINT_FIELDS)
+if {f.name for f in fields(Endpoint)} != set(_ENDPOINT_FIELDS):  # (every slot must be filled)
+    raise ImportError("Endpoint has other fields than _with_conditions fills")
+
+
+def _trim(cache: dict[Hashable, Any], shell: EndpointSlice, endpoints: list[Endpoint]) -> None:
+    """Keep only the entries of the version just read (its shell and endpoints, each under its
+    fingerprint and, if it has one, its sans-conditions fingerprint)."""
+    current = {id(shell), *map(id, endpoints)}
+    kept = {key: value for key, value in cache.items() if id(value) in current}
+    kept[_FAMILY_KEY] = cache[_FAMILY_KEY]
+    cache.clear()
+    cache.update(kept)
 
 
 def _shell_fingerprint(obj: Mapping[str, Any]) -> Hashable | None:
@@ -1035,13 +1172,13 @@ def _shell_fingerprint(obj: Mapping[str, Any]) -> Hashable | None:
         return None
 
 
-def _endpoint_fingerprint(raw: Any, family: int | None) -> Hashable | None:
+def _endpoint_fingerprint(raw: Any) -> bytes | None:
     """The raw endpoint serialised by marshal (format 0: no references, interned strings like
     any other), which keeps every type apart (`1` is not `true`, a tuple no list): equal
-    fingerprints are equal plain JSON values, which parse to equal Endpoints. None for a value
-    marshal cannot write."""
+    fingerprints are equal plain JSON values, which parse to equal Endpoints (in slices of one
+    address family). None for a value marshal cannot write."""
     try:
-        return family, marshal.dumps(raw, 0)
+        return marshal.dumps(raw, 0)
     except ValueError:
         return None
 
