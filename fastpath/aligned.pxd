@@ -1,4 +1,5 @@
-# Zeroed arrays laid out for the tables the core hits at random.
+# Zeroed arrays laid out for the tables the core hits at random, and huge-page advice for big
+# ones allocated otherwise.
 # - Cache-line aligned: glibc's large calloc blocks start 16 bytes into a page, so an array of
 #   64-byte entries from plain calloc puts every entry across two cache lines.
 # - Big ones (HUGE_FROM and up) on 2 MiB boundaries, advised to the kernel as transparent huge
@@ -28,6 +29,18 @@ cdef inline uintptr_t _align_up(uintptr_t address, uintptr_t alignment) noexcept
     return (address + alignment - 1) & ~(alignment - 1)
 
 
+cdef inline void advise_huge(void* start, size_t size) noexcept nogil:
+    """Advise the whole 2 MiB pages inside a big table from plain calloc or realloc as
+    transparent huge page candidates (again after each realloc: a table that outgrows the heap
+    moves to a new mapping)."""
+    if size < HUGE_FROM:
+        return
+    cdef uintptr_t first = _align_up(<uintptr_t>start, HUGE_PAGE)
+    cdef uintptr_t end = (<uintptr_t>start + size) & ~(<uintptr_t>HUGE_PAGE - 1)
+    if end > first:
+        madvise(<void*>first, end - first, MADV_HUGEPAGE)
+
+
 cdef inline void* aligned_calloc(size_t count, size_t size, void** block) noexcept nogil:
     """count * size zeroed bytes (NULL when out of memory); free block[0] to release them. Like
     calloc, pages stay unallocated until written."""
@@ -39,5 +52,6 @@ cdef inline void* aligned_calloc(size_t count, size_t size, void** block) noexce
     if not huge:
         return <void*>_align_up(<uintptr_t>block[0], CACHE_LINE)
     cdef void* start = <void*>_align_up(<uintptr_t>block[0], HUGE_PAGE)
-    madvise(start, total & ~(<size_t>HUGE_PAGE - 1), MADV_HUGEPAGE)
+    advise_huge(start, total)
     return start
+

@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr
+from aligned cimport advise_huge
 from hashing cimport fmix64
 
 
@@ -50,6 +51,7 @@ cdef inline int frontend_map_init(FrontendMap* m, uint32_t count) noexcept nogil
     m.mask = <uint32_t>(size - 1)
     if m.slots == NULL:
         return -1
+    advise_huge(m.slots, size * sizeof(FrontendSlot))  # probed at random
     return 0
 
 
