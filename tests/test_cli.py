@@ -240,6 +240,18 @@ def test_new_flow_rate_guard_from_the_command_line(tmp_path, demo_capture, demo_
     assert counts["reasons"]["DROP_FLOW_RATE"] == counts["conntrack"]["rate_limited"] > 0
 
 
+def test_one_thread_writes_the_same_capture(tmp_path, demo_capture, demo_cluster, demo_replay):
+    fastpath("replay", demo_capture, "--cluster", demo_cluster, "-o", tmp_path / "one.pcap",
+             "--stats", tmp_path / "one.json", "--one-thread", check=True)
+    _, _, threaded, threaded_stats = demo_replay
+    threaded_stats = dict(threaded_stats)  # (the fixture is shared)
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert [bytes(p) for p in rdpcap(str(tmp_path / "one.pcap"))] == [bytes(p) for p in threaded]
+    for varying in ("output", "elapsed_s", "packets_per_second"):
+        del one[varying], threaded_stats[varying]
+    assert one == threaded_stats
+
+
 def test_a_cached_replay_imports_only_what_it_uses(tmp_path, demo_capture, demo_cluster):
     """Start-up cost: no trace writer without --trace, no scapy or logging for classic pcap, no
     explain, and with the compiled dump cached no compiler, cluster model or YAML parser."""

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--ct-capacity", metavar="N", type=_positive_int, default=None,
-        help="conntrack table capacity in entries (default 524288); the least recently used "
-        "flow is evicted when it is full",
+        help="conntrack table capacity in entries (default 524288); when it is full, a flow "
+        "not seen recently is evicted (CLOCK, an approximation of least recently used)",
     )
     replay.add_argument(
         "--new-flow-rate", metavar="N", type=_flow_rate, default=0,
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--batch", metavar="N", type=_positive_int, default=None,
         help="packets per batch handed to the core (default 65536)",
+    )
+    replay.add_argument(
+        "--one-thread", action="store_true",
+        help="read, process and write on one thread (default: for regular files the next "
+        "chunk is read and the last one written on threads of their own while the core runs; "
+        "the output is the same)",
     )
     replay.add_argument(
         "--core", choices=("compiled", "reference"), default="compiled",
@@ -257,6 +263,7 @@ def run_replay(args: argparse.Namespace) -> int:
             batch_packets=args.batch or DEFAULT_BATCH_PACKETS,
             progress=bar.update if bar else None,
             trace=sys.stdout if trace_to_stdout else args.trace,
+            threads=not args.one_thread,
         )
     finally:
         if bar:
