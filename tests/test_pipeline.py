@@ -131,6 +131,14 @@ def test_closing_drops_what_waits():
 
 # -- replay with and without threads ---------------------------------------------------------
 
+def _capture(path, seed: int, packets: int):
+    """Writes random traffic for random maps to `path`; returns the maps."""
+    rng = random.Random(seed)
+    maps = random_maps(rng)
+    write_pcap(path, random_traffic(maps, rng, packets))
+    return maps
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Reads in 4 KiB chunks, so a short capture spans many read buffers (and reuses them)."""
@@ -139,9 +147,7 @@ def small_chunks(monkeypatch):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks, seed):
-    rng = random.Random(seed)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 1200))
+    maps = _capture(tmp_path / "in.pcap", seed=seed, packets=1200)
     results = {}
     for threads in (False, True):
         out, trace = tmp_path / f"out-{threads}.pcap", tmp_path / f"trace-{threads}.jsonl"
@@ -159,9 +165,7 @@ def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks,
 
 
 def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, small_chunks):
-    rng = random.Random(4)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 800))
+    maps = _capture(tmp_path / "in.pcap", seed=4, packets=800)
     seen = {}
     for threads in (False, True):
         calls = []
@@ -173,9 +177,7 @@ def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, sma
 
 
 def test_a_damaged_record_fails_the_threaded_replay_and_leaves_no_output(tmp_path, small_chunks):
-    rng = random.Random(5)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 800))
+    maps = _capture(tmp_path / "in.pcap", seed=5, packets=800)
     data = bytearray((tmp_path / "in.pcap").read_bytes())
     # Record 501's captured length becomes absurd: everything after it is unreadable.
     offset = 24
@@ -196,9 +198,7 @@ def test_a_damaged_record_fails_the_threaded_replay_and_leaves_no_output(tmp_pat
 
 
 def test_a_failed_write_fails_the_replay_and_leaves_nothing(tmp_path, small_chunks, monkeypatch):
-    rng = random.Random(6)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 800))
+    maps = _capture(tmp_path / "in.pcap", seed=6, packets=800)
     calls = []
     real = CaptureWriter.write_batch
 
@@ -217,9 +217,7 @@ def test_a_failed_write_fails_the_replay_and_leaves_nothing(tmp_path, small_chun
 
 
 def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks):
-    rng = random.Random(7)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 800))
+    maps = _capture(tmp_path / "in.pcap", seed=7, packets=800)
 
     def interrupt(done, total, packets):
         if packets > 200:
@@ -234,9 +232,7 @@ def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks
 
 def test_pipes_and_devices_run_on_the_callers_thread(tmp_path, monkeypatch):
     """A FIFO capture and a device output can block a stage indefinitely: no worker for them."""
-    rng = random.Random(8)
-    maps = random_maps(rng)
-    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 300))
+    maps = _capture(tmp_path / "in.pcap", seed=8, packets=300)
     expected = replay(tmp_path / "in.pcap", tmp_path / "expected.pcap", Dataplane(maps)).to_dict()
     started = []
     real_init = threading.Thread.__init__

@@ -679,15 +679,9 @@ def _plain_ipv4_endpoint(raw: Any) -> Endpoint | None:
     for address in addresses:
         if type(address) is not str or not _CANONICAL_IPV4.fullmatch(address):
             return None
-    conditions = raw.get("conditions")
-    if conditions is None:
-        conditions = {}
-    elif type(conditions) is not dict:
+    key = _plain_conditions(raw.get("conditions"))
+    if key is None:
         return None
-    key = (conditions.get("ready"), conditions.get("serving"), conditions.get("terminating"))
-    for value in key:
-        if value is not None and value is not True and value is not False:  # (1 == True: look first)
-            return None
     shared = _CONDITIONS[key]
     ref = raw.get("targetRef")
     target_ref = None
@@ -1117,18 +1111,27 @@ def _sans_conditions(raw: Any) -> Hashable | None:
         return None
 
 
-def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
-    """`base` with the conditions read from `raw` (an endpoint's raw "conditions" value), for an
-    endpoint that differs from base's only there; None unless they are a plain dict of true,
-    false or null (_endpoint then reads the whole endpoint, and reports what is wrong)."""
+def _plain_conditions(raw: Any) -> tuple[bool | None, bool | None, bool | None] | None:
+    """(ready, serving, terminating) of an endpoint's raw "conditions" value when it is absent
+    or a plain dict of true, false or null; else None (the full reader then says what is wrong)."""
     if raw is None:
-        raw = {}
-    elif type(raw) is not dict:
+        return None, None, None
+    if type(raw) is not dict:
         return None
     key = (raw.get("ready"), raw.get("serving"), raw.get("terminating"))
     for value in key:
         if value is not None and value is not True and value is not False:  # (1 == True: look first)
             return None
+    return key
+
+
+def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
+    """`base` with the conditions read from `raw` (an endpoint's raw "conditions" value), for an
+    endpoint that differs from base's only there; None unless they are a plain dict of true,
+    false or null (_endpoint then reads the whole endpoint, and reports what is wrong)."""
+    key = _plain_conditions(raw)
+    if key is None:
+        return None
     # Endpoint(base's fields, conditions), its slots filled directly (see _new_slice)
     made = object.__new__(Endpoint)
     set_addresses, set_conditions, set_node_name, set_zone, set_zone_hints, set_node_hints, set_ref = _ENDPOINT_SLOTS
