@@ -22,7 +22,6 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,26 +29,13 @@ from pathlib import Path
 import pytest
 
 import workload
-from conftest import record_rates
+from conftest import fastpath_env, record_rates
 
 replay_module = pytest.importorskip("fastpath.replaying", reason="fastpath.replaying is not importable")
 from fastpath.dataplane import Dataplane  # noqa: E402
 from fastpath.replaying import replay  # noqa: E402
 
 pytestmark = pytest.mark.benchmark(group="replay: capture file to capture file on tmpfs")
-
-
-def _fastpath_env(cache: Path | None = None) -> dict[str, str]:
-    """The subprocess imports the same fastpath as this process (and caches parsed dumps in
-    `cache`, a folder of the benchmark's own)."""
-    import fastpath
-
-    env = dict(os.environ)
-    package_parent = str(Path(fastpath.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-    if cache is not None:
-        env["FASTPATH_CACHE_DIR"] = str(cache)
-    return env
 
 
 def _record(benchmark, workload_files, cat_seconds, **extra):
@@ -123,7 +109,7 @@ def test_cli(benchmark, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir,
     """End to end; "warm": the dump's compiled maps come from the cache (the warm-up round
     fills it), as when several captures are replayed against one dump; "off": --no-cache."""
     output = tmpfs_dir / "cli.pcap"
-    env = _fastpath_env(tmpfs_dir / "cluster-cache")
+    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
     command = _cli(tmpfs_capture, tmpfs_cluster, output) + (["--no-cache"] if cache == "off" else [])
     benchmark.extra_info["command"] = " ".join(command)
     benchmark.pedantic(_run, args=(command, env), rounds=rounds(5), warmup_rounds=1, iterations=1)
@@ -138,7 +124,7 @@ def test_cli_empty_capture(benchmark, workload_files, tmpfs_cluster, tmpfs_dir, 
     output = tmpfs_dir / "empty-out.pcap"
     command = _cli(empty, tmpfs_cluster, output)
     benchmark.extra_info["command"] = " ".join(command)
-    benchmark.pedantic(_run, args=(command, _fastpath_env(tmpfs_dir / "cluster-cache")),
+    benchmark.pedantic(_run, args=(command, fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")),
                        rounds=rounds(5), warmup_rounds=1, iterations=1)
     benchmark.extra_info["services"] = workload_files.meta["services"]
 

@@ -21,7 +21,6 @@ import os
 
 import pytest
 
-import workload  # noqa: F401  (the suites' path set-up, as in the other bench files)
 from bench_replay import _library_case, _record
 from conftest import record_rates
 

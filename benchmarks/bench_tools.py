@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 import workload
-from conftest import record_rates
+from conftest import fastpath_env, record_rates
 
 pytest.importorskip("fastpath._core", reason="build the core first")
 from fastpath.dataplane import Dataplane  # noqa: E402
@@ -199,12 +199,8 @@ def _ratios(benchmark, references: dict[str, float]) -> None:
 
 def test_fastpath_cli(benchmark, request, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir,
                       rounds):
-    import fastpath
-
     output = tmpfs_dir / "fastpath-cli.pcap"
-    env = dict(os.environ)
-    parent = str(Path(fastpath.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
+    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
     command = [sys.executable, "-m", "fastpath", "replay", str(tmpfs_capture), "--cluster",
                str(tmpfs_cluster), "-o", str(output), "-q", "--progress", "never"]
     benchmark.extra_info["command"] = " ".join(command)
