@@ -47,7 +47,10 @@ def _record(benchmark, workload_files, cat_seconds, **extra):
         benchmark.extra_info["x_cat"] = round(stats.median / cat_seconds, 2)
 
 
-def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds, threads=True):
+def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds, threads=True,
+                  digests=None):
+    """Replays to `output` (None: no output) in timed rounds; the last round's stats. With
+    `digests` (a dict), the last output's SHA-256 goes there under the output's name."""
     if output is not None:
         output = tmpfs_dir / output
     results = []
@@ -65,8 +68,17 @@ def _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, output, rounds, thr
     assert stats.verdicts["REVNAT"] > 0 and stats.verdicts["DNAT"] > 0
     if output is not None:
         assert output.stat().st_size == tmpfs_capture.stat().st_size  # nothing dropped
+        if digests is not None:  # (untimed: for cases that compare outputs)
+            digests[output.name] = _digest(output)
         output.unlink()
     return stats
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def test_library_to_file(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds,

@@ -4,7 +4,8 @@
                           after the other on one thread (the one-core figure)
   pipelined               fastpath.replay(...) as it runs by default: the next chunk read and
                           the last one written on threads of their own while the core runs;
-                          `speedup` in extra_info is one_thread's median over this one's
+                          `speedup` in extra_info is one_thread's median over this one's, and
+                          the output is checked to be byte for byte one_thread's
   two_replays_at_once     two processes, each replaying the whole capture with threads=False
                           into its own output, started together: what two cores give two
                           replays that share nothing (no conntrack, no file, no GIL). `speedup`
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.benchmark(group="sharded: one replay on one core and on
 
 TARGET_SPEEDUP = 1.7
 _medians: dict[str, float] = {}
+_digests: dict[str, str] = {}  # output name -> SHA-256 of the last round's output
 
 
 def _median(benchmark) -> float | None:
@@ -51,16 +53,20 @@ def _speedup(benchmark, case: str, workers: int = 1) -> None:
 def test_one_thread(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds,
                     rounds):
     stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "one-thread.pcap",
-                          rounds(5), threads=False)
+                          rounds(5), threads=False, digests=_digests)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
     if (median := _median(benchmark)) is not None:
         _medians["one_thread"] = median
 
 
 def test_pipelined(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds, rounds):
-    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "pipelined.pcap", rounds(5))
+    stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "pipelined.pcap", rounds(5),
+                          digests=_digests)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
     _speedup(benchmark, "pipelined")
+    if "one-thread.pcap" in _digests:  # the same bytes as one thread (sanity, not timing)
+        assert _digests["pipelined.pcap"] == _digests["one-thread.pcap"]
+        benchmark.extra_info["identical_to_one_thread"] = True
 
 
 def _worker(connection, maps, capture: str, output: str) -> None:
