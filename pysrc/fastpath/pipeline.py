@@ -106,7 +106,8 @@ class WriteBehind(Generic[T]):
             raise ValueError("depth must be at least 1")
         self._write = write
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the failed write's, until raised
+        self._dropping = False  # after a failed write or close(): items are taken, not written
         self._thread = threading.Thread(target=self._consume, name="fastpath-write-behind",
                                         daemon=True)
         self._thread.start()
@@ -116,11 +117,11 @@ class WriteBehind(Generic[T]):
             item = self._queue.get()
             if item is _END:
                 return
-            if self._error is None:
+            if not self._dropping:
                 try:
                     self._write(item)
                 except BaseException as error:  # raised again on the caller's thread
-                    self._error = error
+                    self._error, self._dropping = error, True
 
     def submit(self, item: T) -> None:
         self._raise_if_failed()
@@ -133,7 +134,7 @@ class WriteBehind(Generic[T]):
 
     def close(self) -> None:
         """Stop without writing what is still waiting (after an error elsewhere)."""
-        self._error = self._error or _Abandoned()
+        self._dropping = True
         self._stop()
 
     def _stop(self) -> None:
@@ -142,9 +143,9 @@ class WriteBehind(Generic[T]):
             self._thread.join()
 
     def _raise_if_failed(self) -> None:
-        error = self._error
-        if error is not None and not isinstance(error, _Abandoned):
-            self._error = _Abandoned()  # raised once
+        error = self._error  # (set once by the worker, which then only drops items)
+        if error is not None:
+            self._error = None  # raised once
             raise error
 
     def __enter__(self) -> WriteBehind[T]:
@@ -153,6 +154,3 @@ class WriteBehind(Generic[T]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-class _Abandoned(Exception):
-    """Marks a WriteBehind whose remaining items are to be dropped."""
