@@ -16,8 +16,8 @@ per packet: the file is read in large chunks straight into a bytearray, the comp
 `fastpath._pcap` indexes the records in place (packet data stays where it was read, after its
 original record header) and builds the output records of a whole batch in one go. A record cut
 by the end of a chunk is carried into the next one, so memory stays bounded by the chunk size
-whatever the capture's size; two buffers take turns, so a streaming read allocates nothing per
-chunk. Writing copies the original timestamp fields, so an unmodified replay reproduces the
+whatever the capture's size; used buffers are kept in a small pool and reused, so a streaming
+read allocates nothing per chunk. Writing copies the original timestamp fields, so an unmodified replay reproduces the
 input byte for byte; a batch written in its own encoding with nothing dropped goes out straight
 from the input buffer, in one write.
 
@@ -263,8 +263,8 @@ class CaptureReader:
 
     Attributes: path, format ('pcap' | 'pcapng'), linktype, snaplen, nanosecond (timestamp
     resolution finer than microseconds), byteorder, info (a CaptureInfo for open_output),
-    size_bytes (file size), regular_file (False for a pipe or a device), position_bytes (bytes consumed so far, for progress),
-    packets_read, bytes_read (captured bytes of those packets), truncated_tail (None, or a
+    size_bytes (file size), regular_file (False for a pipe or a device), position_bytes (bytes
+    consumed so far, for progress), packets_read, bytes_read (captured bytes of those packets), truncated_tail (None, or a
     one-line message when the file ends inside a record: the complete packets before it were
     delivered) and truncated_bytes.
     """
@@ -275,11 +275,12 @@ class CaptureReader:
     nanosecond: bool
     byteorder: Literal["<", ">"]
 
-    def __init__(self, path: str, file: IO[bytes], size: int) -> None:
+    def __init__(self, path: str, file: IO[bytes]) -> None:
         self.path = path
         self._file = file
-        self.size_bytes = size
-        self.regular_file = stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+        status = os.fstat(file.fileno())
+        self.size_bytes = status.st_size
+        self.regular_file = stat.S_ISREG(status.st_mode)
         self.packets_read = 0
         self.bytes_read = 0
         self.truncated_tail: str | None = None
@@ -320,7 +321,6 @@ def open_capture(path: PathLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Cap
         raise ValueError("chunk_size must be positive")
     raw = open(name, "rb", buffering=0)  # noqa: SIM115 (owned by the reader)
     try:
-        size = os.fstat(raw.fileno()).st_size
         head = _read_exact(raw, 4)
         if not head:
             raise CaptureError(f"{name}: empty file, not a pcap or pcapng capture")
@@ -333,10 +333,10 @@ def open_capture(path: PathLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Cap
                 raise CaptureError(
                     f"{name}: truncated pcap file header ({len(header)} of 24 bytes)"
                 )
-            return _PcapReader(name, raw, size, header, chunk_size)
+            return _PcapReader(name, raw, header, chunk_size)
         if head == _PCAPNG_MAGIC:
             raw.seek(0)
-            return _PcapngReader(name, raw, size, chunk_size)
+            return _PcapngReader(name, raw, chunk_size)
         raise CaptureError(
             f"{name}: not a pcap or pcapng capture (starts with 0x{head.hex()})"
         )
@@ -371,8 +371,8 @@ def _readinto_full(file: Any, view: memoryview) -> int:
 class _PcapReader(CaptureReader):
     format: Format = "pcap"
 
-    def __init__(self, path: str, raw: io.FileIO, size: int, header: bytes, chunk_size: int):
-        super().__init__(path, raw, size)
+    def __init__(self, path: str, raw: io.FileIO, header: bytes, chunk_size: int):
+        super().__init__(path, raw)
         self.byteorder, self.nanosecond = _PCAP_MAGICS[header[:4]]
         _, _, _, _, _, snaplen, network = struct.unpack(self.byteorder + "IHHiIII", header)
         self.snaplen = snaplen
@@ -505,14 +505,14 @@ class _PcapngReader(CaptureReader):
     format: Format = "pcapng"
     byteorder: Literal["<", ">"] = "<"
 
-    def __init__(self, path: str, raw: io.FileIO, size: int, chunk_size: int):
+    def __init__(self, path: str, raw: io.FileIO, chunk_size: int):
         from scapy.error import Scapy_Exception
         from scapy.utils import RawPcapNgReader
 
         self._log = _ScapyLog()
         self._scapy_error = Scapy_Exception
         buffered = io.BufferedReader(raw, 1 << 20)
-        super().__init__(path, buffered, size)
+        super().__init__(path, buffered)
         try:
             with self._log:
                 self._ng = RawPcapNgReader(cast(Any, buffered))  # takes a file object too

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from operator import attrgetter
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import IO, TYPE_CHECKING, Union
 
 from fastpath.capture import Batch, open_capture, open_output
