@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 from .maps import (
     FRONTEND_KINDS,
     IPV6,
+    PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
     Backend,
     Frontend,
@@ -73,6 +74,7 @@ from .maps import Service as MapService
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
     NODE_PORT_ADDRESSES_PRIMARY,
+    SLICE_FAMILIES,
     ClusterError,
     ClusterState,
     EndpointSlice,
@@ -93,8 +95,6 @@ FAMILIES = (4, 6)
 # is both a load-balancer IP and an external IP, its source-range firewall still applies.
 _CLAIM_ORDER = {"ClusterIP": 0, "LoadBalancer": 1, "ExternalIP": 2, "NodePort": 3}
 _KIND_ORDER = {kind: index for index, kind in enumerate(FRONTEND_KINDS)}
-_PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
-_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
 
 # KubeProxyConfiguration conntrack settings -> the core's conntrack timeout keys.
 _TIMEOUT_KEYS = (
@@ -495,7 +495,7 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
             owners[key] = c
             kept.append(c)
         elif not (owner.service == c.service and owner.kind == c.kind):  # the same address listed twice: nothing to say
-            warnings.append(f"{ports[c.service - 1].label}: {_endpoint_text(c.ip, c.port)}/{_PROTOCOL_NAMES[c.proto]} "
+            warnings.append(f"{ports[c.service - 1].label}: {_endpoint_text(c.ip, c.port)}/{PROTOCOL_NAMES[c.proto]} "
                             f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
                             "ignored")
     kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
@@ -628,7 +628,7 @@ def _slices_by_service(
     slice name."""
     grouped: defaultdict[tuple[str, str, int], list[EndpointSlice]] = defaultdict(list)
     for endpoint_slice in slices:
-        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
         if endpoint_slice.service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
         elif family is None:

@@ -39,11 +39,10 @@ from .compiler import (
 )
 from .maps import Backend, Maps
 from .maps import Service as MapService
-from .model import ClusterState, EndpointSlice, parse_endpoint_slice
+from .model import SLICE_FAMILIES, ClusterState, EndpointSlice, parse_endpoint_slice
 
 __all__ = ["EndpointIndex", "SliceChange"]
 
-_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
 _key = itemgetter(0)  # a compiler candidate's backend key
 
 SliceKey = tuple[str, str]  # (namespace, name)
@@ -167,7 +166,7 @@ class EndpointIndex:
         if endpoint_slice.service_name is None:
             return
         self.labelled[(endpoint_slice.namespace, endpoint_slice.service_name)] += 1
-        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
         if family is not None:
             group = self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)]
             group[endpoint_slice.name] = endpoint_slice
@@ -178,7 +177,7 @@ class EndpointIndex:
         self.slices[(endpoint_slice.namespace, endpoint_slice.name)] = endpoint_slice
         if endpoint_slice.service_name is None:
             return
-        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
         if family is not None:
             group = self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)]
             group[endpoint_slice.name] = endpoint_slice
@@ -188,7 +187,7 @@ class EndpointIndex:
         if endpoint_slice.service_name is None:
             return
         self.labelled[(endpoint_slice.namespace, endpoint_slice.service_name)] -= 1
-        family = _SLICE_FAMILIES.get(endpoint_slice.address_type)
+        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
         if family is not None:
             del self.groups[(endpoint_slice.namespace, endpoint_slice.service_name, family)][endpoint_slice.name]
 

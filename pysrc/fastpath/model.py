@@ -38,6 +38,7 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 SESSION_AFFINITIES = ("None", "ClientIP")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}  # an EndpointSlice's addressType -> its address family
 LB_IP_MODES = ("VIP", "Proxy")
 PROXY_MODES = ("", "iptables", "ipvs", "nftables", "kernelspace")
 DETECT_LOCAL_MODES = ("", "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
@@ -631,7 +632,7 @@ def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, na
     address_type = obj.get("addressType")
     if address_type not in ADDRESS_TYPES:
         raise o.error("addressType", f"must be one of {', '.join(ADDRESS_TYPES)}, got {_shown(address_type)}")
-    family = {"IPv4": 4, "IPv6": 6}.get(address_type)
+    family = SLICE_FAMILIES.get(address_type)
 
     ports = []
     seen: dict[tuple[str, str], int] = {}
@@ -650,12 +651,8 @@ def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, na
         seen[key] = index
         ports.append(port)
 
-    endpoints = []
-    for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints")):
-        endpoint = _plain_ipv4_endpoint(raw) if family == 4 else None
-        if endpoint is None:
-            endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
-        endpoints.append(endpoint)
+    endpoints = [_read_endpoint(o, raw, index, family)
+                 for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints"))]
     return EndpointSlice(namespace=namespace, name=name, service_name=service_name, address_type=address_type,
                          ports=tuple(ports), endpoints=tuple(endpoints))
 
@@ -1003,7 +1000,7 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
         (shell,) = collector.objects["EndpointSlice"] or (None,)
         if shell is None:  # another API group's kind of that name
             raise ClusterError(f"expected apiVersion discovery.k8s.io/v1, got {_shown(obj.get('apiVersion'))}")
-    family = _SLICE_FAMILIES.get(shell.address_type)
+    family = SLICE_FAMILIES.get(shell.address_type)
     raws = obj.get("endpoints")
     if type(raws) is not list:
         raws = _slice_object(shell).list(raws, "endpoints")
@@ -1019,7 +1016,6 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
     return _new_slice(shell, tuple(endpoints))
 
 
-_SLICE_FAMILIES = {"IPv4": 4, "IPv6": 6}
 _SLICE_FIELDS = ("namespace", "name", "service_name", "address_type", "ports", "endpoints")
 _SLICE_SLOTS = tuple(EndpointSlice.__dict__[name].__set__ for name in _SLICE_FIELDS)
 if {f.name for f in fields(EndpointSlice)} != set(_SLICE_FIELDS):  # (every slot must be filled)
