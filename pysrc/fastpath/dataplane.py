@@ -120,7 +120,7 @@ class Dataplane:
         (one line) for anything but a valid discovery.k8s.io/v1 EndpointSlice, or on a
         Dataplane built from Maps; nothing has changed then.
         """
-        index = self._endpoints or self._endpoint_index("apply_endpoint_slice")
+        index = self._endpoint_index("apply_endpoint_slice")
         try:
             endpoint_slice = index.parse(obj)
         except Exception as error:
