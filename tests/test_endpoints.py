@@ -282,13 +282,20 @@ def test_udp_flows_select_again_lazily_and_tcp_flows_drain(core):
     assert plane.counters()["conntrack"]["flushed"] == 1
 
 
-@pytest.mark.parametrize("core", CORES)
-def test_udp_flows_stay_while_their_endpoint_serves(core):
+def _tracked_udp_flow(core):
+    """The test cluster's objects, a Dataplane on them with one UDP flow tracked (10.244.100.5
+    port 40000 to 10.96.0.10:53), the flow's backend and the EndpointSlice (object) holding it."""
     objects = cluster()
     plane = Dataplane(ClusterState.from_objects(objects), node=NODE, core=core, ct_capacity=CT)
     out = plane.process_packet(_frame("10.244.100.5", "10.96.0.10", 40000, 53, PROTO_UDP), ts_ns=1)
     backend = IP(out.data[14:]).dst
     owner = next(s for s in slices_of(objects) if any(e["addresses"][0] == backend for e in s["endpoints"]))
+    return objects, plane, backend, owner
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_udp_flows_stay_while_their_endpoint_serves(core):
+    _, plane, backend, owner = _tracked_udp_flow(core)
     # Terminating but serving: out of the cluster set, still serving: the flow stays.
     plane.apply_endpoint_slice(_set_conditions(owner, backend, ready=False, serving=True, terminating=True))
     again = plane.process_packet(_frame("10.244.100.5", "10.96.0.10", 40000, 53, PROTO_UDP), ts_ns=2)
@@ -303,11 +310,7 @@ def test_udp_flows_stay_while_their_endpoint_serves(core):
 
 @pytest.mark.parametrize("core", CORES)
 def test_full_update_after_incremental_changes_keeps_flows(core):
-    objects = cluster()
-    plane = Dataplane(ClusterState.from_objects(objects), node=NODE, core=core, ct_capacity=CT)
-    out = plane.process_packet(_frame("10.244.100.5", "10.96.0.10", 40000, 53, PROTO_UDP), ts_ns=1)
-    backend = IP(out.data[14:]).dst
-    owner = next(s for s in slices_of(objects) if any(e["addresses"][0] == backend for e in s["endpoints"]))
+    objects, plane, backend, owner = _tracked_udp_flow(core)
     web = _slice(objects, "web-1")
     web["endpoints"].append(ep("10.244.1.77", node=NODE))
     plane.apply_endpoint_slice(copy.deepcopy(web))
