@@ -28,7 +28,6 @@ case is skipped with the reason. Its output is deleted after each round.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import workload
-from conftest import HERE, _say
+from conftest import HERE, _say, fastpath_env
 
 pytest.importorskip("fastpath._core", reason="build the core first")
 
@@ -47,21 +46,12 @@ CT_CAPACITY = 1 << 20
 _peaks: dict[int, int] = {}
 
 
-def _env() -> dict[str, str]:
-    import fastpath
-
-    env = dict(os.environ)
-    parent = str(Path(fastpath.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
-    return env
-
-
 def test_conntrack_bytes_per_entry(benchmark, rounds):
     command = [sys.executable, str(HERE / "memprobe.py"), "conntrack", str(CT_CAPACITY)]
     results = []
 
     def probe():
-        done = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
+        done = subprocess.run(command, env=fastpath_env(), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {done.returncode}: {done.stderr}")
         results.append(json.loads(done.stdout))
@@ -121,7 +111,7 @@ def test_replay_peak_rss(benchmark, request, workload_files, large_repeats, roun
     output = out_dir / "replayed.pcap"
     command = [sys.executable, "-m", "fastpath", "replay", str(capture), "--cluster",
                str(workload_files.cluster), "-o", str(output), "-q", "--progress", "never"]
-    env = _env()
+    env = fastpath_env()
     runs: list[tuple[float, int]] = []
 
     def run():

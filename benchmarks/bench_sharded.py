@@ -32,7 +32,7 @@ from fastpath.replaying import replay  # noqa: E402
 pytestmark = pytest.mark.benchmark(group="sharded: one replay on one core and on two")
 
 TARGET_SPEEDUP = 1.7
-_medians: dict[str, float] = {}
+_one_thread_median: list[float] = []  # test_one_thread's, once it ran
 _digests: dict[str, str] = {}  # output name -> SHA-256 of the last round's output
 
 
@@ -41,12 +41,10 @@ def _median(benchmark) -> float | None:
     return stats.median if stats is not None else None
 
 
-def _speedup(benchmark, case: str, workers: int = 1) -> None:
-    mine, one = _median(benchmark), _medians.get("one_thread")
-    if mine is not None:
-        _medians[case] = mine
-        if one is not None:
-            benchmark.extra_info["speedup"] = round(workers * one / mine, 2)
+def _speedup(benchmark, workers: int = 1) -> None:
+    mine = _median(benchmark)
+    if mine is not None and _one_thread_median:
+        benchmark.extra_info["speedup"] = round(workers * _one_thread_median[0] / mine, 2)
     benchmark.extra_info["target_speedup"] = TARGET_SPEEDUP
 
 
@@ -56,14 +54,14 @@ def test_one_thread(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, c
                           rounds(5), threads=False, digests=_digests)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
     if (median := _median(benchmark)) is not None:
-        _medians["one_thread"] = median
+        _one_thread_median[:] = [median]
 
 
 def test_pipelined(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, cat_seconds, rounds):
     stats = _library_case(benchmark, maps, tmpfs_capture, tmpfs_dir, "pipelined.pcap", rounds(5),
                           digests=_digests)
     _record(benchmark, workload_files, cat_seconds, verdicts=stats.verdicts)
-    _speedup(benchmark, "pipelined")
+    _speedup(benchmark)
     if "one-thread.pcap" in _digests:  # the same bytes as one thread (sanity, not timing)
         assert _digests["pipelined.pcap"] == _digests["one-thread.pcap"]
         benchmark.extra_info["identical_to_one_thread"] = True
@@ -117,4 +115,4 @@ def test_two_replays_at_once(benchmark, maps, workload_files, tmpfs_capture, tmp
     capture = workload_files.meta["capture"]
     assert packets[-1] == [capture["packets"]] * 2
     record_rates(benchmark, 2 * capture["packets"], 2 * capture["bytes"], workers=2)
-    _speedup(benchmark, "two_replays_at_once", workers=2)
+    _speedup(benchmark, workers=2)

@@ -117,18 +117,19 @@ def tmpfs_cluster(workload_files: workload.WorkloadFiles, tmpfs_dir: Path) -> Pa
     return target
 
 
-def fastpath_env(folder: Path, cache: Path | None = None) -> dict[str, str]:
-    """The environment of a `python -m fastpath` child: the same fastpath as this process, run
-    as an installed one is, from bytecode (pip compiles it at install; the first, warm-up round
-    writes it under `folder`, so the tree stays clean, even where PYTHONDONTWRITEBYTECODE is
-    set), and dump caches in `cache` when given."""
+def fastpath_env(folder: Path | None = None, cache: Path | None = None) -> dict[str, str]:
+    """The environment of a child running fastpath: the same fastpath as this process; with a
+    `folder`, run as an installed one is, from bytecode (pip compiles it at install; the first,
+    warm-up round writes it under `folder`, so the tree stays clean, even where
+    PYTHONDONTWRITEBYTECODE is set); dump caches in `cache` when given."""
     import fastpath
 
     env = dict(os.environ)
     package_parent = str(Path(fastpath.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    if folder is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
     if cache is not None:
         env["FASTPATH_CACHE_DIR"] = str(cache)
     return env
