@@ -99,6 +99,8 @@ cdef enum:
     RING = 16
     RING_MASK = RING - 1
     SNAT_TRIES = 64
+    CACHED_COUNTER_BYTES = 256 * 1024   # per-service and per-backend counters up to this stay
+                                        # in a core's L2 cache (512 KiB on the machine measured)
 
 
 ctypedef struct FrontendEntry:
@@ -509,6 +511,10 @@ cdef class Engine:
         cdef TraceOut trace
         cdef Parsed ring[RING]
         cdef Outputs out
+        # Counters beyond what stays cached (a million service ports) are fetched a packet ahead;
+        # smaller ones stay in cache, and fetching them would only cost instructions.
+        cdef bint far_counters = ((<uint64_t>self.maps.n_services + self.maps.n_backends)
+                                  * sizeof(uint64_t) > CACHED_COUNTER_BYTES)
         out.verdicts = &verdicts[0] if n else NULL
         out.reasons = &reasons[0] if n else NULL
         out.services = &services[0] if tracing and n else NULL
@@ -536,6 +542,8 @@ cdef class Engine:
                                     linktype, &ring[(i + PARSE_AHEAD) & RING_MASK])
                     if i + ENTRY_AHEAD < n:
                         self._prefetch_entry(&ring[(i + ENTRY_AHEAD) & RING_MASK])
+                    if far_counters and i + 1 < n:
+                        self._prefetch_counters(&ring[(i + 1) & RING_MASK])
                     self._account(i, self._packet(&ring[i & RING_MASK], timestamps_ns[i], &trace),
                                   &trace, &out)
             elif bad < 0:
@@ -595,6 +603,18 @@ cdef class Engine:
             ref = p.head[0]
             if ref != CT_NIL:
                 prefetch(&self.ct.entries[ct_slot(ref)])
+
+    cdef inline void _prefetch_counters(self, const Parsed* p) noexcept nogil:
+        """Ask for the packet counters of the flow in the first entry of the packet's bucket
+        (fetched by _prefetch_entry): usually the packet's own flow."""
+        cdef uint32_t ref
+        cdef const CtEntry* e
+        if p.ip_status == PARSED and p.l4_status == PARSED:
+            ref = p.head[0]
+            if ref != CT_NIL:
+                e = &self.ct.entries[ct_slot(ref)]
+                prefetch(&self.service_packets[e.service])
+                prefetch(&self.backend_packets[e.backend])
 
     cdef inline uint8_t _packet(self, Parsed* p, uint64_t now, TraceOut* trace) noexcept nogil:
         trace.service = 0
