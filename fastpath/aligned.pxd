@@ -54,4 +54,3 @@ cdef inline void* aligned_calloc(size_t count, size_t size, void** block) noexce
     cdef void* start = <void*>_align_up(<uintptr_t>block[0], HUGE_PAGE)
     advise_huge(start, total)
     return start
-

@@ -330,6 +330,14 @@ cdef Prefix _prefix(network, length) except *:
     return p
 
 
+cdef inline uint32_t _first_ref(const Parsed* p) noexcept nogil:
+    """The first ref in a parsed packet's conntrack bucket; CT_NIL for an empty bucket or a
+    packet that has no flow tuple (its bucket was never looked up)."""
+    if p.ip_status == PARSED and p.l4_status == PARSED:
+        return p.head[0]
+    return CT_NIL
+
+
 cdef class Engine:
     """The compiled dataplane. See fastpath.reference for the specification of every method."""
 
@@ -598,23 +606,19 @@ cdef class Engine:
 
     cdef inline void _prefetch_entry(self, const Parsed* p) noexcept nogil:
         """Ask for the first conntrack entry in the packet's bucket (fetched by _parse)."""
-        cdef uint32_t ref
-        if p.ip_status == PARSED and p.l4_status == PARSED:
-            ref = p.head[0]
-            if ref != CT_NIL:
-                prefetch(&self.ct.entries[ct_slot(ref)])
+        cdef uint32_t ref = _first_ref(p)
+        if ref != CT_NIL:
+            prefetch(&self.ct.entries[ct_slot(ref)])
 
     cdef inline void _prefetch_counters(self, const Parsed* p) noexcept nogil:
         """Ask for the packet counters of the flow in the first entry of the packet's bucket
         (fetched by _prefetch_entry): usually the packet's own flow."""
-        cdef uint32_t ref
+        cdef uint32_t ref = _first_ref(p)
         cdef const CtEntry* e
-        if p.ip_status == PARSED and p.l4_status == PARSED:
-            ref = p.head[0]
-            if ref != CT_NIL:
-                e = &self.ct.entries[ct_slot(ref)]
-                prefetch(&self.service_packets[e.service])
-                prefetch(&self.backend_packets[e.backend])
+        if ref != CT_NIL:
+            e = &self.ct.entries[ct_slot(ref)]
+            prefetch(&self.service_packets[e.service])
+            prefetch(&self.backend_packets[e.backend])
 
     cdef inline uint8_t _packet(self, Parsed* p, uint64_t now, TraceOut* trace) noexcept nogil:
         trace.service = 0
