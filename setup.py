@@ -39,7 +39,7 @@ os.makedirs(os.path.join(BUILD_DIR, "fastpath"), exist_ok=True)
 
 setup(
     ext_modules=cythonize(
-        [extension("_core", "core.pyx"), extension("_pcap", "pcap.pyx")],
+        [extension("_core", "core.pyx"), extension("_pcap", "pcap.pyx"), extension("_compile", "compile.pyx")],
         include_path=["fastpath"],
         compiler_directives=directives,
         build_dir=BUILD_DIR,

@@ -1,5 +1,5 @@
 """fastpath.maps: Maps' bulk checks reject what the item-by-item checks reject, with their errors;
-make_backends and make_all build the same objects as the constructors."""
+fastpath._compile.make_objects builds the same objects as the constructors."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +17,6 @@ from fastpath.maps import (
     Maps,
     NodeView,
     Service,
-    make_all,
-    make_backends,
 )
 
 V6 = IPV6 | 0xFD00 << 112
@@ -142,17 +140,18 @@ def test_random_corruptions_never_pass_the_bulk_checks_alone() -> None:
         assert construct_error(bad) == expected
 
 
-def test_make_backends_and_make_all_equal_the_constructors() -> None:
+def test_make_objects_equals_the_constructors() -> None:
+    make_objects = pytest.importorskip("fastpath._compile", reason="build the core first").make_objects
     rows = [(1, 0x0A000001, 8080, "10.0.0.1:8080 (a/p)"), (2, V6 | 1, 53, "[fd00::1]:53 (a/q)")]
-    assert make_backends(rows) == [Backend(*row) for row in rows]
+    assert make_objects(Backend, rows) == [Backend(*row) for row in rows]
     service_rows = [(1, "a/web:http", (1,), (), (1,), 0, 4), (2, "a/web:http", (2,), (2,), (2,), 30, 6)]
-    assert make_all(Service, service_rows) == [Service(*row) for row in service_rows]
+    assert make_objects(Service, service_rows) == [Service(*row) for row in service_rows]
     frontend_rows = [(0x0A600001, 80, PROTO_TCP, 1, "ClusterIP", False, ()),
                      (0xC6336401, 80, PROTO_TCP, 1, "LoadBalancer", True, ((0xCB007100, 24),))]
-    made = make_all(Frontend, frontend_rows)
+    made = make_objects(Frontend, frontend_rows)
     assert made == [Frontend(*row) for row in frontend_rows]
     assert hash(made[1]) == hash(Frontend(*frontend_rows[1]))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made[0].port = 81  # type: ignore[misc]
     with pytest.raises(ValueError):
-        make_all(Frontend, [frontend_rows[0][:-1]])  # every field is given
+        make_objects(Frontend, [frontend_rows[0][:-1]])  # every field is given

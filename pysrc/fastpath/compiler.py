@@ -45,14 +45,15 @@ run and every node builds the same selection tables.
 """
 from __future__ import annotations
 
-import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import and_, attrgetter, itemgetter, rshift
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
+from ._compile import candidates as _compiled_candidates
+from ._compile import make_objects, map_address
+from ._compile import number_backends as _number_backends
 from .maps import (
     FRONTEND_KINDS,
     IPV6,
@@ -66,8 +67,6 @@ from .maps import (
     family_of,
     format_address,
     in_prefix,
-    make_all,
-    make_backends,
     service_label,
 )
 from .maps import Service as MapService
@@ -104,8 +103,6 @@ _TIMEOUT_KEYS = (
 )
 
 _LOOPBACKS = ((0x7F000000, 8), (IPV6 | 1, 128))  # 127.0.0.0/8 and ::1/128
-_V6_MASK = IPV6 - 1
-_V4_MAPPED = 0xFFFF  # bits 32-127 of an IPv4-mapped IPv6 address (::ffff:0:0/96)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,22 +233,14 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
                      "(no EndpointSlice in the input for them)")
 
-    backends, backend_ids = _number_backends(chosen)
-    to_id = backend_ids.__getitem__
-
-    def ids(candidates: list[_Candidate]) -> tuple[int, ...]:
-        # A service port's candidates are distinct by key, and ids follow key order.
-        return tuple(sorted(map(to_id, map(_candidate_key, candidates))))
-
-    rows = []
-    for service_id, (entry, sets) in enumerate(zip(ports, chosen), start=1):
-        cluster = ids(sets.cluster)
-        # Usually every endpoint is ready and serving: the sets are equal, so are their ids.
-        serving = cluster if sets.serving == sets.cluster else ids(sets.serving)
-        local = ids(sets.local) if sets.local else ()
-        # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
-        rows.append((service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family))
-    services = make_all(MapService, rows)
+    # One backend per distinct (ip, port) over every set of every service port, ids in (ip, port)
+    # order (IPv4 first); an (ip, port) in several service ports, or named differently by two
+    # slices, is one backend named by the smallest name. Per service port, each set's ids sorted.
+    backends, id_sets = _number_backends(chosen, Backend)
+    # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
+    services = make_objects(MapService, [
+        (service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family)
+        for service_id, (entry, (cluster, local, serving)) in enumerate(zip(ports, id_sets), start=1)])
     frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
@@ -500,7 +489,7 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
                             "ignored")
     kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
     # Frontend(ip, port, proto, service, kind, local_policy, source_ranges), made in bulk
-    return make_all(Frontend, [(c.ip, c.port, c.proto, c.service, c.kind, c.local_policy, c.source_ranges)
+    return make_objects(Frontend, [(c.ip, c.port, c.proto, c.service, c.kind, c.local_policy, c.source_ranges)
                                for c in kept])
 
 
@@ -566,38 +555,6 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
                      "external clients are dropped")
 
 
-def _number_backends(chosen: Sequence[_Sets]) -> tuple[list[Backend], dict[int, int]]:
-    """One backend per distinct (ip, port) over every set of every service port, ids in (ip, port)
-    order (IPv4 first); and backend key -> id."""
-    endpoints: list[_Candidate] = []
-    for sets in chosen:
-        if sets.serving == sets.cluster and not sets.local:  # the usual case: one set
-            endpoints += sets.cluster
-        else:  # each (ip, port) once
-            endpoints += {c.key: c for c in (*sets.cluster, *sets.local, *sets.serving)}.values()
-    # Sorted by key, each endpoint is its backend, unless an (ip, port) comes more than once.
-    endpoints.sort(key=_candidate_key)
-    keys = list(map(_candidate_key, endpoints))
-    ids = dict(zip(keys, range(1, len(keys) + 1)))
-    if len(ids) == len(endpoints):
-        names: Iterable[str] = map(_candidate_name, endpoints)
-    else:
-        # The same endpoint in several services, or slices naming the same address differently:
-        # one backend, named by the smallest name.
-        smallest: dict[int, str] = {}
-        for candidate in endpoints:
-            key, name = candidate.key, candidate.name
-            previous = smallest.setdefault(key, name)
-            if name < previous:
-                smallest[key] = name
-        keys = list(smallest)  # in key order, as endpoints are
-        ids = dict(zip(keys, range(1, len(keys) + 1)))
-        names = smallest.values()
-    backends = make_backends(zip(range(1, len(keys) + 1), map(rshift, keys, repeat(_PORT_BITS)),
-                                 map(and_, keys, repeat(_PORT_MASK)), names))
-    return backends, ids
-
-
 def backend_address(key: int) -> tuple[int, int]:
     """A backend key (see _backend_key) as the backend's (ip, port)."""
     return key >> _PORT_BITS, key & _PORT_MASK
@@ -640,9 +597,6 @@ def _slices_by_service(
     return grouped
 
 
-# Why an endpoint of an IPv6 slice is no candidate (counted in `skipped`).
-_MAPPED_IN_IPV6 = "IPv4-mapped address in an IPv6 EndpointSlice"
-
 # Candidates remembered between calls (see endpoint_sets): (namespace, slice name) -> (slice port
 # number, family, node) -> id(endpoint) -> (the Endpoint, which keeps the id its own; its
 # candidate, or None for an endpoint skipped).
@@ -655,80 +609,15 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
 
     Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
     one wins, as in kube-proxy; then the ready, serving, local one, so the result never depends
-    on which slice was read first.
+    on which slice was read first. Only an endpoint's first address counts; an IPv4-mapped
+    address in an IPv6 slice is skipped (and counted). Backend names read
+    "10.244.1.5:8080 (namespace/pod)", or name the slice when the endpoint has no targetRef.
 
-    This loop runs once per endpoint of the cluster (a million in a big one): it reads each field
-    once and makes one tuple per endpoint. With `memo` (see endpoint_sets), an Endpoint object
-    that made a candidate for the same slice port before gives that candidate again.
+    This runs once per endpoint of the cluster (a million in a big one), so the loop is compiled
+    (fastpath._compile.candidates). With `memo` (see endpoint_sets), an Endpoint object that made
+    a candidate for the same slice port before gives that candidate again.
     """
-    found: dict[int, _Candidate] = {}
-    keep = found.setdefault
-    from_bytes = int.from_bytes
-    name_, protocol_ = port.name, port.protocol
-    known: dict[int, tuple[Any, Any]] | None = None  # (with memo) the slice port's candidates
-    for endpoint_slice in slices:
-        for slice_port in endpoint_slice.ports:
-            if slice_port.name == name_ and slice_port.protocol == protocol_:
-                number = slice_port.port
-                break
-        else:
-            continue
-        if number is None:
-            continue
-        _checked_port(number)
-        namespace = endpoint_slice.namespace
-        slice_owner = f"{namespace}/{endpoint_slice.name}"
-        port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
-        if memo is not None:
-            contexts = memo.setdefault((namespace, endpoint_slice.name), {})
-            context = (number, family, node)
-            known = contexts.get(context)
-            # The candidates of the slice's recent versions, up to twice as many as it has
-            # endpoints (then it starts afresh).
-            if known is None or len(known) > 2 * len(endpoint_slice.endpoints) + 8:
-                known = contexts[context] = {}
-        for endpoint in endpoint_slice.endpoints:
-            hit = known.get(id(endpoint)) if known is not None else None
-            if hit is not None:  # (the memo holds that endpoint: no other object has its id)
-                candidate = hit[1]
-                if candidate is None:
-                    skipped[_MAPPED_IN_IPV6] += 1
-                    continue
-            else:
-                address = endpoint.addresses[0]  # only the first address counts
-                if family == 4:
-                    ip = from_bytes(_inet_aton(address), "big")
-                else:
-                    ip = _address(address)
-                    if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
-                        skipped[_MAPPED_IN_IPV6] += 1
-                        if known is not None:
-                            known[id(endpoint)] = (endpoint, None)
-                        continue
-                    address = f"[{address}]"
-                ref = endpoint.target_ref
-                if ref is not None and ref.name:
-                    name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
-                else:
-                    name = f"{address}{port_text}{slice_owner})"
-                conditions = endpoint.conditions
-                ready, serving = conditions.ready, conditions.serving  # EndpointConditions.is_ready etc.
-                candidate = _new_candidate(_Candidate, (
-                    ip << _PORT_BITS | number,
-                    name,
-                    ready is None or ready,
-                    serving is None or serving,
-                    bool(conditions.terminating),
-                    node is not None and endpoint.node_name == node,
-                    endpoint.hints_for_zones,
-                    endpoint.hints_for_nodes,
-                ))
-                if known is not None:
-                    known[id(endpoint)] = (endpoint, candidate)
-            previous = keep(candidate.key, candidate)
-            if previous is not candidate and _preference(candidate) > _preference(previous):
-                found[candidate.key] = candidate
-    return list(found.values())
+    return _compiled_candidates(port, family, slices, node, skipped, memo, _Candidate)
 
 
 def _keep(found: dict[int, _Candidate], candidate: _Candidate) -> None:
@@ -868,22 +757,9 @@ def _local_set(candidates: list[_Candidate]) -> list[_Candidate]:
 # --------------------------------------------------------------------------------------------
 # Addresses (map integers: IPv4 as its 32-bit value, IPv6 tagged with maps.IPV6)
 
-_inet_aton = socket.inet_aton
-_inet_pton = socket.inet_pton
-_AF_INET6 = socket.AF_INET6
-
-
-def _address(text: str) -> int:
-    """A model address (canonical text) as a map address, without ipaddress' overhead.
-
-    An IPv4-mapped IPv6 address is its IPv4 address, as in kube-proxy (Go's net.IP).
-    """
-    if ":" not in text:
-        return int.from_bytes(_inet_aton(text), "big")
-    value = int.from_bytes(_inet_pton(_AF_INET6, text), "big")
-    if value >> 32 == _V4_MAPPED:
-        return value & 0xFFFFFFFF
-    return IPV6 | value
+# _address(text): a model address (canonical text) as a map address, without ipaddress'
+# overhead; an IPv4-mapped IPv6 address is its IPv4 address, as in kube-proxy (Go's net.IP).
+_address = map_address
 
 
 def _endpoint_text(address: int, port: int) -> str:

@@ -7,13 +7,10 @@ filters endpoints or interprets Kubernetes semantics, it only looks keys up.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from operator import attrgetter
-from typing import Any, TypeVar
-
-_T = TypeVar("_T")
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -101,43 +98,6 @@ class Backend:
     ip: int  # a map address (see IPV6): IPv4 as its 32-bit value, IPv6 tagged with IPV6
     port: int
     name: str  # for reports: "10.244.1.5:8080 (namespace/pod-or-slice)"
-
-
-# Backend(...) of a frozen dataclass sets each field through object.__setattr__, which costs
-# more than everything else the compiler does per endpoint. make_backends (and make_all for the
-# other classes) fill the slots directly: the same objects, for callers (the compiler) making
-# hundreds of thousands at once.
-_BACKEND_SLOTS = tuple(Backend.__dict__[name].__set__ for name in ("id", "ip", "port", "name"))
-
-
-def make_backends(rows: Iterable[tuple[int, int, int, str]]) -> list[Backend]:
-    """[Backend(id, ip, port, name) for each row], several times faster. Checks nothing (Maps
-    checks them as for any other backend)."""
-    new = object.__new__
-    set_id, set_ip, set_port, set_name = _BACKEND_SLOTS
-    made = []
-    for id, ip, port, name in rows:
-        backend = new(Backend)
-        set_id(backend, id)
-        set_ip(backend, ip)
-        set_port(backend, port)
-        set_name(backend, name)
-        made.append(backend)
-    return made
-
-
-def make_all(cls: type[_T], rows: Iterable[tuple[Any, ...]]) -> list[_T]:
-    """[cls(*row) for each row] for a slotted dataclass of this module, every field given in
-    order; like make_backends, without the per-field object.__setattr__."""
-    setters = [cls.__dict__[f.name].__set__ for f in fields(cls)]  # type: ignore[arg-type]
-    new = object.__new__
-    made = []
-    for row in rows:
-        item = new(cls)
-        for setter, value in zip(setters, row, strict=True):
-            setter(item, value)
-        made.append(item)
-    return made
 
 
 @dataclass(frozen=True, slots=True)

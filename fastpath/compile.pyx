@@ -1,0 +1,427 @@
+# cython: language_level=3
+"""The compiler's per-endpoint loops, compiled (the module fastpath._compile).
+
+A big cluster has a million endpoints, and fastpath.compiler visits each one a few times: to
+read it out of its EndpointSlice, to number the backends, to list each service port's backend
+ids. Those loops live here, written against the same objects the Python compiler passes around
+(the model's slotted dataclasses in, fastpath.compiler's named tuples and fastpath.maps' classes
+out); every rule they apply is documented where they are called, in pysrc/fastpath/compiler.py.
+"""
+from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromSsize_t, PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject, Py_INCREF
+from cpython.list cimport PyList_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport qsort
+from libc.string cimport memchr, strlen
+
+from fastpath.model import ClusterError
+
+cdef extern from "arpa/inet.h" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    int inet_aton(const char* text, in_addr* address)
+    int inet_pton(int family, const char* text, void* address)
+    uint32_t ntohl(uint32_t value)
+    int AF_INET6
+
+cdef extern from *:
+    # An instance of a tuple subclass (a named tuple) made directly, as tuple.__new__ would
+    # allocate it: its items start NULL, for PyTuple_SET_ITEM.
+    """
+    #define fastpath_tuple_alloc(cls, size) PyType_GenericAlloc((PyTypeObject*)(cls), (size))
+    """
+    object tuple_alloc "fastpath_tuple_alloc"(object cls, Py_ssize_t size)
+
+cdef extern from *:
+    # A slotted object made empty and its slots filled through their member descriptors, the
+    # way unpickling does it: a frozen dataclass's __setattr__ (and __init__) are skipped.
+    """
+    #define fastpath_new_empty(cls) PyType_GenericAlloc((PyTypeObject*)(cls), 0)
+    #define fastpath_set_slot(descriptor, item, value) \
+        (Py_TYPE(descriptor)->tp_descr_set((descriptor), (item), (value)))
+    """
+    object new_empty "fastpath_new_empty"(object cls)
+    int set_slot "fastpath_set_slot"(object descriptor, object item, object value) except -1
+
+cdef enum:
+    PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
+    PREFETCH_AHEAD = 8  # objects fetched this many endpoints ahead in a walk in random order
+
+cdef extern from *:
+    """
+    #define fastpath_prefetch(p) __builtin_prefetch((p), 0, 3)
+    """
+    void prefetch "fastpath_prefetch"(const void* p) nogil
+
+cdef object IPV6 = 1 << 128
+cdef uint64_t V4_MAPPED = 0xFFFF  # bits 32-127 of an IPv4-mapped IPv6 address
+
+# Why an endpoint of an IPv6 slice is no candidate (counted in `skipped`).
+MAPPED_IN_IPV6 = "IPv4-mapped address in an IPv6 EndpointSlice"
+
+
+def map_address(str text):
+    """A model address (canonical text) as a map address (fastpath.maps: IPv4 as its 32-bit
+    value, IPv6 tagged with IPV6). An IPv4-mapped IPv6 address is its IPv4 address, as in
+    kube-proxy (Go's net.IP). OSError for text that is no address, as socket.inet_pton raises."""
+    cdef Py_ssize_t size
+    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
+    cdef in_addr v4
+    cdef unsigned char v6[16]
+    if strlen(utf8) != <size_t>size:
+        raise ValueError("embedded null character")
+    if memchr(utf8, b":", size) == NULL:
+        if not inet_aton(utf8, &v4):
+            raise OSError("illegal IP address string passed to inet_aton")
+        return PyLong_FromUnsignedLongLong(ntohl(v4.s_addr))
+    if inet_pton(AF_INET6, utf8, v6) != 1:
+        raise OSError("illegal IP address string passed to inet_pton")
+    value = int.from_bytes(v6[:16], "big")
+    if value >> 32 == V4_MAPPED:
+        return value & 0xFFFFFFFF
+    return IPV6 | value
+
+
+cdef inline object ipv4_key(str text, uint32_t port):
+    cdef Py_ssize_t size
+    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
+    cdef in_addr v4
+    if strlen(utf8) != <size_t>size or not inet_aton(utf8, &v4):
+        raise OSError("illegal IP address string passed to inet_aton")
+    return PyLong_FromUnsignedLongLong((<uint64_t>ntohl(v4.s_addr)) << PORT_BITS | port)
+
+
+cdef inline bint prefer(object candidate, object previous):
+    """compiler._preference(candidate) > compiler._preference(previous): not terminating, then
+    ready, serving, local (items 4, 2, 3, 5 of a _Candidate)."""
+    cdef int i
+    cdef bint mine = not item(candidate, 4), theirs = not item(previous, 4)
+    if mine != theirs:
+        return mine
+    for i in (2, 3, 5):
+        mine, theirs = item(candidate, i), item(previous, i)
+        if mine != theirs:
+            return mine
+    return False
+
+
+def candidates(port, int family, slices, node, skipped, dict memo, candidate_type):
+    """compiler._candidates: the service port's endpoints from its slices of the family, one
+    `candidate_type` (compiler._Candidate) per (ip, port); see there for the rules and `memo`."""
+    cdef dict found = {}
+    cdef dict known = None
+    cdef dict contexts
+    cdef tuple hit
+    cdef object candidate, previous
+    cdef object number, ip, key
+    cdef str address, name, namespace, slice_owner, port_text
+    port_name, protocol = port.name, port.protocol
+    for endpoint_slice in slices:
+        for slice_port in endpoint_slice.ports:
+            if slice_port.name == port_name and slice_port.protocol == protocol:
+                number = slice_port.port
+                break
+        else:
+            continue
+        if number is None:
+            continue
+        if not 0 <= number <= 0xFFFF:
+            raise ClusterError(f"endpoint port {number} is outside 0..65535")
+        namespace = endpoint_slice.namespace
+        slice_owner = f"{namespace}/{endpoint_slice.name}"
+        port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
+        if memo is not None:
+            contexts = memo.setdefault((namespace, endpoint_slice.name), {})
+            context = (number, family, node)
+            known = contexts.get(context)
+            # The candidates of the slice's recent versions, up to twice as many as it has
+            # endpoints (then it starts afresh).
+            if known is None or len(known) > 2 * len(endpoint_slice.endpoints) + 8:
+                known = contexts[context] = {}
+        for endpoint in endpoint_slice.endpoints:
+            hit = known.get(id(endpoint)) if known is not None else None
+            if hit is not None:  # (the memo holds that endpoint: no other object has its id)
+                if hit[1] is None:
+                    skipped[MAPPED_IN_IPV6] += 1
+                    continue
+                candidate = hit[1]
+            else:
+                address = endpoint.addresses[0]  # only the first address counts
+                if family == 4:
+                    key = ipv4_key(address, number)
+                else:
+                    ip = map_address(address)
+                    if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
+                        skipped[MAPPED_IN_IPV6] += 1
+                        if known is not None:
+                            known[id(endpoint)] = (endpoint, None)
+                        continue
+                    key = ip << PORT_BITS | number
+                    address = f"[{address}]"
+                ref = endpoint.target_ref
+                if ref is not None and ref.name:
+                    name = f"{address}{port_text}{ref.namespace or namespace}/{ref.name})"
+                else:
+                    name = f"{address}{port_text}{slice_owner})"
+                conditions = endpoint.conditions
+                ready, serving = conditions.ready, conditions.serving
+                candidate = tuple_alloc(candidate_type, 8)
+                fill(candidate, 0, key)
+                fill(candidate, 1, name)
+                fill(candidate, 2, ready is None or ready)
+                fill(candidate, 3, serving is None or serving)
+                fill(candidate, 4, bool(conditions.terminating))
+                fill(candidate, 5, node is not None and endpoint.node_name == node)
+                fill(candidate, 6, endpoint.hints_for_zones)
+                fill(candidate, 7, endpoint.hints_for_nodes)
+                if known is not None:
+                    known[id(endpoint)] = (endpoint, candidate)
+            key = item(candidate, 0)
+            previous = found.setdefault(key, candidate)
+            if previous is not candidate and prefer(candidate, previous):
+                found[key] = candidate
+    return list(found.values())
+
+
+cdef inline object item(object candidate, Py_ssize_t index):
+    return <object>PyTuple_GET_ITEM(candidate, index)
+
+
+cdef inline void fill(object item, Py_ssize_t index, object value):
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(item, index, value)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Objects of fastpath.maps' slotted dataclasses, in bulk
+
+cdef list slot_setters(cls):
+    from dataclasses import fields
+    from types import MemberDescriptorType
+    setters = [cls.__dict__.get(field.name) for field in fields(cls)]
+    if not all(type(setter) is MemberDescriptorType for setter in setters):
+        raise TypeError(f"{cls.__name__} has fields that are not slots")
+    return setters
+
+
+def make_objects(cls, rows):
+    """[cls(*row) for row in rows] for a slotted dataclass, every field given in order (ValueError
+    otherwise), several times faster: neither __init__ nor __post_init__ runs, so nothing is
+    checked (Maps checks what it is given, as for any other objects)."""
+    cdef list setters = slot_setters(cls)
+    cdef Py_ssize_t width = len(setters), i
+    cdef list made = []
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"{cls.__name__} has {width} fields, a row has {len(row)}")
+        item = new_empty(cls)
+        for i in range(width):
+            set_slot(setters[i], item, row[i])
+        made.append(item)
+    return made
+
+
+# --------------------------------------------------------------------------------------------
+# Numbering the backends
+
+cdef enum:
+    # Which of a service port's sets an endpoint is in.
+    IN_CLUSTER = 1
+    IN_LOCAL = 2
+    IN_SERVING = 4
+
+cdef struct Keyed:
+    uint64_t words[3]  # the backend key (ip << 16 | port, up to 145 bits), most significant first
+    Py_ssize_t position  # where the endpoint was gathered
+    PyObject* name  # its candidate's name (the candidate owns it): read in key order, beside the key
+
+
+cdef int compare_keys(const void* a, const void* b) noexcept nogil:
+    cdef const Keyed* x = <const Keyed*>a
+    cdef const Keyed* y = <const Keyed*>b
+    cdef int i
+    for i in range(3):
+        if x.words[i] != y.words[i]:
+            return -1 if x.words[i] < y.words[i] else 1
+    return -1 if x.position < y.position else (x.position > y.position)
+
+
+cdef inline bint same_key(const Keyed* x, const Keyed* y) noexcept nogil:
+    return x.words[0] == y.words[0] and x.words[1] == y.words[1] and x.words[2] == y.words[2]
+
+
+cdef object key_ip(const Keyed* keyed):
+    """The backend's ip: its key without the port."""
+    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4
+        return PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
+    cdef object high = PyLong_FromUnsignedLongLong(keyed.words[0])
+    cdef object middle = PyLong_FromUnsignedLongLong(keyed.words[1])
+    return high << 112 | middle << 48 | PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
+
+
+cdef int compare_ids(const void* a, const void* b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t*>a)[0], y = (<const uint32_t*>b)[0]
+    return -1 if x < y else (x > y)
+
+
+cdef object WORD_MASK = (1 << 64) - 1
+
+
+cdef class _Gathered:
+    """Every service port's endpoints, each port's distinct by key, in port order."""
+    cdef Keyed* keyed
+    cdef uint8_t* sets  # IN_* bits, by position
+    cdef uint32_t* ids  # backend id, by position
+    cdef Py_ssize_t* port_ends  # positions of port p: port_ends[p - 1] (0 for p = 0) .. port_ends[p]
+    cdef uint8_t* serving_is_cluster  # by port: its serving set equals its cluster set
+    cdef Py_ssize_t count, capacity
+
+    def __cinit__(self, Py_ssize_t capacity, Py_ssize_t ports):
+        self.capacity = capacity
+        self.keyed = <Keyed*>PyMem_Malloc(max(capacity, 1) * sizeof(Keyed))
+        self.sets = <uint8_t*>PyMem_Malloc(max(capacity, 1))
+        self.ids = <uint32_t*>PyMem_Malloc(max(capacity, 1) * sizeof(uint32_t))
+        self.port_ends = <Py_ssize_t*>PyMem_Malloc(max(ports, 1) * sizeof(Py_ssize_t))
+        self.serving_is_cluster = <uint8_t*>PyMem_Malloc(max(ports, 1))
+        if not (self.keyed and self.sets and self.ids and self.port_ends
+                and self.serving_is_cluster):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.keyed)
+        PyMem_Free(self.sets)
+        PyMem_Free(self.ids)
+        PyMem_Free(self.port_ends)
+        PyMem_Free(self.serving_is_cluster)
+
+    cdef void add(self, candidate, uint8_t sets) except *:
+        cdef Keyed* keyed = &self.keyed[self.count]
+        key = item(candidate, 0)
+        if key <= WORD_MASK:  # IPv4
+            keyed.words[0] = keyed.words[1] = 0
+            keyed.words[2] = PyLong_AsUnsignedLongLong(key)
+        else:
+            keyed.words[0] = PyLong_AsUnsignedLongLong(key >> 128)
+            keyed.words[1] = PyLong_AsUnsignedLongLong((key >> 64) & WORD_MASK)
+            keyed.words[2] = PyLong_AsUnsignedLongLong(key & WORD_MASK)
+        keyed.position = self.count
+        self.sets[self.count] = sets
+        keyed.name = PyTuple_GET_ITEM(candidate, 1)
+        self.count += 1
+
+
+cdef tuple sorted_ids(_Gathered gathered, Py_ssize_t start, Py_ssize_t end, uint8_t bit,
+                      uint32_t* scratch, list numbers):
+    """The ids of the endpoints at positions start..end that are in set `bit`, ascending."""
+    cdef Py_ssize_t position, n = 0, i, j
+    cdef uint32_t number
+    for position in range(start, end):
+        if gathered.sets[position] & bit:
+            scratch[n] = gathered.ids[position]
+            n += 1
+    if n == 0:
+        return ()
+    if n > 16:
+        qsort(scratch, n, sizeof(uint32_t), compare_ids)
+    else:  # a service port's handful: insertion sort
+        for i in range(1, n):
+            number, j = scratch[i], i
+            while j > 0 and scratch[j - 1] > number:
+                scratch[j] = scratch[j - 1]
+                j -= 1
+            scratch[j] = number
+    cdef tuple ids = PyTuple_New(n)
+    for i in range(n):
+        fill(ids, i, <object>PyList_GET_ITEM(numbers, scratch[i] - 1))
+    return ids
+
+
+def number_backends(list chosen, backend_type):
+    """One backend per distinct (ip, port) over every set of every service port, ids in key order
+    (compiler._number_backends documents the rules). `chosen` holds each service port's
+    (cluster, local, serving) candidate lists.
+
+    Returns (backends, sets): the `backend_type` objects, and per service port its
+    (cluster, local, serving) backend ids, each a sorted tuple; serving is the cluster tuple
+    itself when the two sets are equal."""
+    cdef Py_ssize_t capacity = 0, p, position, start, end, i, first, count
+    cdef list cluster, local, serving
+    cdef dict index
+    cdef uint8_t bit
+    for sets in chosen:
+        capacity += len(sets[0]) + len(sets[1]) + len(sets[2])
+    cdef _Gathered gathered = _Gathered(capacity, len(chosen))
+    for p, sets in enumerate(chosen):
+        cluster, local, serving = sets
+        same = serving == cluster
+        gathered.serving_is_cluster[p] = same
+        if same and not local:  # the usual case: one set
+            for candidate in cluster:
+                gathered.add(candidate, IN_CLUSTER | IN_SERVING)
+        else:  # each (ip, port) once, in every set it is in
+            index = {}
+            for bit, group in ((IN_CLUSTER, cluster), (IN_LOCAL, local), (IN_SERVING, serving)):
+                for candidate in group:
+                    key = item(candidate, 0)
+                    at = index.get(key)
+                    if at is None:
+                        index[key] = gathered.count
+                        gathered.add(candidate, bit)
+                    else:
+                        gathered.sets[<Py_ssize_t>at] |= bit
+        gathered.port_ends[p] = gathered.count
+
+    count = gathered.count
+    qsort(gathered.keyed, count, sizeof(Keyed), compare_keys)
+    cdef list backends = []
+    cdef list numbers = []  # the id ints, shared by the backends and the services' tuples
+    cdef list setters = slot_setters(backend_type)
+    set_id, set_ip, set_port, set_name = setters
+    cdef Keyed* keyed = gathered.keyed
+    cdef uint32_t number = 0
+    i = 0
+    while i < count:
+        # The sorted walk reads the names in random order: fetch them ahead.
+        if i + PREFETCH_AHEAD < count:
+            prefetch(keyed[i + PREFETCH_AHEAD].name)
+        # The endpoints of one (ip, port): one backend, named by the smallest name.
+        first = i
+        name = <object>keyed[i].name
+        number += 1
+        while i < count and same_key(&keyed[i], &keyed[first]):
+            gathered.ids[keyed[i].position] = number
+            other = <object>keyed[i].name
+            if other < name:
+                name = other
+            i += 1
+        backend = new_empty(backend_type)
+        numbers.append(PyLong_FromSsize_t(number))
+        set_slot(set_id, backend, numbers[number - 1])
+        set_slot(set_ip, backend, key_ip(&keyed[first]))
+        set_slot(set_port, backend, PyLong_FromSsize_t(keyed[first].words[2] & 0xFFFF))
+        set_slot(set_name, backend, name)
+        backends.append(backend)
+
+    cdef list port_sets = []
+    cdef uint32_t* scratch = <uint32_t*>PyMem_Malloc(max(capacity, 1) * sizeof(uint32_t))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        start = 0
+        for p in range(len(chosen)):
+            end = gathered.port_ends[p]
+            cluster_ids = sorted_ids(gathered, start, end, IN_CLUSTER, scratch, numbers)
+            local_ids = sorted_ids(gathered, start, end, IN_LOCAL, scratch, numbers)
+            if gathered.serving_is_cluster[p]:
+                serving_ids = cluster_ids
+            else:
+                serving_ids = sorted_ids(gathered, start, end, IN_SERVING, scratch, numbers)
+            port_sets.append((cluster_ids, local_ids, serving_ids))
+            start = end
+    finally:
+        PyMem_Free(scratch)
+    return backends, port_sets
