@@ -54,6 +54,7 @@ cdef extern from *:
     PyObject* slot_at "fastpath_slot_at"(object item, Py_ssize_t offset)
     object new_empty "fastpath_new_empty"(object cls)
     void fill_slot "fastpath_fill_slot"(object item, Py_ssize_t offset, object value)
+    void gc_untrack "PyObject_GC_UnTrack"(object item)
 
 cdef enum:
     PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
@@ -424,6 +425,7 @@ cdef tuple sorted_ids(_Gathered gathered, Py_ssize_t start, Py_ssize_t end, uint
     cdef tuple ids = PyTuple_New(n)
     for i in range(n):
         fill(ids, i, <object>PyList_GET_ITEM(numbers, scratch[i] - 1))
+    gc_untrack(ids)  # ints only (see number_backends)
     return ids
 
 
@@ -494,6 +496,10 @@ def number_backends(list chosen, backend_type):
             port = ports[keyed[first].words[2] & 0xFFFF] = PyLong_FromSsize_t(keyed[first].words[2] & 0xFFFF)
         slots.fill(backend, 2, port)
         slots.fill(backend, 3, name)
+        # A backend holds ints and a string: it can be in no reference cycle, so the cyclic
+        # collector need not know it. A million of them made while it was paused would
+        # otherwise all be traversed by its first pass after (a second per big compile).
+        gc_untrack(backend)
         backends.append(backend)
 
     cdef list port_sets = []

@@ -4,6 +4,7 @@ its smallest name, each service port's sets as sorted id tuples; map_address as 
 module reads addresses."""
 from __future__ import annotations
 
+import gc
 import random
 import socket
 
@@ -59,6 +60,9 @@ def test_number_backends_follows_the_rules(seed: int) -> None:
         chosen.append(sets)
     backends, port_sets = compile_kernel.number_backends(chosen, Backend)
     assert (backends, port_sets) == expected_numbering(chosen)
+    # Ints and strings only: the cyclic collector is not told of them.
+    assert not any(map(gc.is_tracked, backends))
+    assert not any(gc.is_tracked(ids) for sets in port_sets for ids in sets)
     for sets, (cluster, _, serving) in zip(chosen, port_sets):
         if sets.serving == sets.cluster:
             assert serving is cluster  # equal sets share one tuple (Maps checks it once)
