@@ -244,6 +244,67 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
     return list(found.values())
 
 
+cdef enum:
+    # A _Candidate's items (fastpath.compiler).
+    KEY = 0
+    NAME = 1
+    READY = 2
+    SERVING = 3
+    TERMINATING = 4
+    LOCAL = 5
+    ZONE_HINTS = 6
+    NODE_HINTS = 7
+
+
+cdef list hinted(list ready, Py_ssize_t hints, where):
+    """The ready endpoints whose hints of that kind name `where`, if every ready endpoint has
+    such hints and one names it; else None (the hints do not apply)."""
+    cdef bint named = False
+    for candidate in ready:
+        if not item(candidate, hints):
+            return None
+        named = named or where in item(candidate, hints)
+    if not named:
+        return None
+    return [candidate for candidate in ready if where in item(candidate, hints)]
+
+
+def port_sets(list candidates, node, zone, sets_type):
+    """One service port's `sets_type` (compiler._Sets): cluster, local and serving lists of its
+    candidates (compiler.endpoint_sets documents the rules).
+
+    cluster: the ready endpoints, narrowed by node hints, else by zone hints, when every ready
+    endpoint carries that kind of hint and one names this node / zone; with none ready, the
+    serving terminating ones, unfiltered. local (only with a node): the local ready endpoints,
+    else the local serving terminating ones; hints do not apply. serving: every serving one."""
+    cdef list ready = [], cluster, local = [], serving = [], narrowed
+    for candidate in candidates:
+        if item(candidate, READY):
+            ready.append(candidate)
+        if item(candidate, SERVING):
+            serving.append(candidate)
+    cluster = ready
+    if ready:
+        narrowed = hinted(ready, NODE_HINTS, node) if node is not None else None
+        if narrowed is None and zone is not None:
+            narrowed = hinted(ready, ZONE_HINTS, zone)
+        if narrowed is not None:
+            cluster = narrowed
+    else:
+        cluster = [candidate for candidate in candidates
+                   if item(candidate, SERVING) and item(candidate, TERMINATING)]
+    if node is not None:  # nothing is local to no node
+        local = [candidate for candidate in candidates if item(candidate, LOCAL) and item(candidate, READY)]
+        if not local:
+            local = [candidate for candidate in candidates if item(candidate, LOCAL)
+                     and item(candidate, SERVING) and item(candidate, TERMINATING)]
+    made = tuple_alloc(sets_type, 3)
+    fill(made, 0, cluster)
+    fill(made, 1, local)
+    fill(made, 2, serving)
+    return made
+
+
 cdef inline object item(object candidate, Py_ssize_t index):
     return <object>PyTuple_GET_ITEM(candidate, index)
 

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 from ._compile import candidates as _compiled_candidates
 from ._compile import make_objects, map_address
 from ._compile import number_backends as _number_backends
+from ._compile import port_sets as _port_sets
 from .maps import (
     FRONTEND_KINDS,
     IPV6,
@@ -135,11 +136,9 @@ class _Candidate(NamedTuple):
 
 
 _new_candidate = tuple.__new__
-_new_sets = tuple.__new__  # _Sets(...) without the named tuple's Python-level __new__
 _candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
 _candidate_name = itemgetter(1)
 _is_ready = attrgetter("ready")
-_is_serving = attrgetter("serving")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
 # than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
@@ -164,6 +163,11 @@ class _Port(NamedTuple):
     @property
     def label(self) -> str:
         return f"{self.name} (IPv6)" if self.family == 6 else self.name
+
+
+_new_port = tuple.__new__  # _Port(...) without the named tuple's Python-level __new__
+_sort_key = itemgetter(0)
+_entry = itemgetter(1)
 
 
 class _Sets(NamedTuple):
@@ -426,16 +430,19 @@ def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_
                 count = sum(family_of(_address(a)) not in cluster_ips for a in addresses)
                 if count:
                     skipped[f"{what} of a family the service has no cluster IP of"] += count
+        namespace, service_name = service.namespace, service.name
         for port in service.ports:
-            if port.protocol not in PROTOCOL_NUMBERS:
-                skipped[f"{port.protocol} service port"] += 1
+            protocol = port.protocol
+            if protocol not in PROTOCOL_NUMBERS:
+                skipped[f"{protocol} service port"] += 1
                 continue
             name = _service_name(service, port)
             for family, cluster_ip in cluster_ips.items():
-                ports.append(_Port(service, port, family, cluster_ip, PROTOCOL_NUMBERS[port.protocol], name))
-    ports.sort(key=lambda entry: (entry.service.namespace, entry.service.name, entry.port.name,
-                                  entry.port.protocol, entry.family))
-    return ports
+                # (sort key, _Port(service, port, family, cluster_ip, proto, name))
+                ports.append(((namespace, service_name, port.name, protocol, family),
+                              _new_port(_Port, (service, port, family, cluster_ip, PROTOCOL_NUMBERS[protocol], name))))
+    ports.sort(key=_sort_key)
+    return list(map(_entry, ports))
 
 
 class _FrontendClaim(NamedTuple):
@@ -727,31 +734,11 @@ def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
         candidates = _pod_candidates(entry.service, entry.port, entry.family, pods, node)
     else:
         candidates = _candidates(entry.port, entry.family, slices, node, skipped, memo)
-    return _new_sets(_Sets, (
-        _cluster_set(candidates, node, zone),
-        _local_set(candidates) if node is not None else [],  # nothing is local to no node
-        list(filter(_is_serving, candidates)),
-    ))
-
-
-def _cluster_set(candidates: list[_Candidate], node: str | None, zone: str | None) -> list[_Candidate]:
-    """Ready endpoints, narrowed by hints when they apply; else serving+terminating ones, unfiltered."""
-    ready = list(filter(_is_ready, candidates))
-    if ready:
-        # Node hints first, then zone hints: each applies only if every ready endpoint carries
-        # that kind of hint and at least one names this node / zone.
-        if node is not None and all(c.node_hints for c in ready) and any(node in c.node_hints for c in ready):
-            return [c for c in ready if node in c.node_hints]
-        if zone is not None and all(c.zone_hints for c in ready) and any(zone in c.zone_hints for c in ready):
-            return [c for c in ready if zone in c.zone_hints]
-        return ready
-    return [c for c in candidates if c.serving and c.terminating]
-
-
-def _local_set(candidates: list[_Candidate]) -> list[_Candidate]:
-    """Local ready endpoints, else local serving+terminating ones (hints do not apply)."""
-    local = [c for c in candidates if c.local]
-    return [c for c in local if c.ready] or [c for c in local if c.serving and c.terminating]
+    # cluster: ready endpoints, narrowed by node hints, else zone hints, when every ready one
+    # carries that kind of hint and one names this node / zone; with none ready, the serving
+    # terminating ones. local: this node's ready endpoints, else its serving terminating ones
+    # (hints do not apply). serving: every serving endpoint. Compiled: it runs once per port.
+    return _port_sets(candidates, node, zone, _Sets)
 
 
 # --------------------------------------------------------------------------------------------
