@@ -4,6 +4,7 @@ its smallest name, each service port's sets as sorted id tuples; map_address as 
 module reads addresses."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import random
 import socket
@@ -83,3 +84,37 @@ def test_map_address_reads_addresses_as_the_socket_module(text: str) -> None:
 def test_map_address_refuses_what_is_no_address(text: str) -> None:
     with pytest.raises((OSError, ValueError)):
         compile_kernel.map_address(text)
+
+
+def test_candidates_read_other_endpoint_types_by_attribute() -> None:
+    """Fields are read by slot offset only from objects of the model's own classes; a subclass
+    (or any stand-in) is read by attribute, with the same result."""
+    from collections import Counter
+
+    from fastpath.model import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, ObjectReference, ServicePort
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class TaggedEndpoint(Endpoint):
+        tag: str = "x"
+
+    def slice_of(kind: type) -> EndpointSlice:
+        endpoints = tuple(kind(addresses=(f"10.0.0.{i}",), conditions=EndpointConditions(ready=i != 2),
+                               node_name="n1", target_ref=ObjectReference("Pod", "a", f"p{i}"))
+                          for i in range(1, 4))
+        return EndpointSlice("a", "web-1", "web", "IPv4", (EndpointPort("http", "TCP", 8080),), endpoints)
+
+    port = ServicePort("http", "TCP", 80, 8080)
+    made = [compile_kernel.candidates(port, 4, [slice_of(kind)], "n1", Counter(), None, _Candidate)
+            for kind in (Endpoint, TaggedEndpoint)]
+    assert made[0] == made[1]
+    assert [(c.name, c.ready, c.local) for c in made[0]] == [
+        ("10.0.0.1:8080 (a/p1)", True, True), ("10.0.0.2:8080 (a/p2)", False, True), ("10.0.0.3:8080 (a/p3)", True, True)]
+
+
+def test_make_objects_refuses_a_class_without_slots() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        x: int
+
+    with pytest.raises(TypeError, match="not a slot"):
+        compile_kernel.make_objects(Plain, [(1,)])

@@ -1,0 +1,27 @@
+"""Typed stub of fastpath._compile (compiled from fastpath/compile.pyx): the compiler's
+per-endpoint loops."""
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+MAPPED_IN_IPV6: str  # the `skipped` reason of an IPv4-mapped address in an IPv6 EndpointSlice
+
+def map_address(text: str) -> int:
+    """A model address (canonical text) as a map address; OSError (ValueError for an embedded
+    NUL) for text that is no address."""
+
+def candidates(port: Any, family: int, slices: Iterable[Any], node: str | None, skipped: Counter[str],
+               memo: dict[Any, Any] | None, candidate_type: type[_T]) -> list[_T]:
+    """compiler._candidates: a service port's endpoints from its slices, one per (ip, port)."""
+
+def port_sets(candidates: list[Any], node: str | None, zone: str | None, sets_type: type[_T]) -> _T:
+    """A service port's (cluster, local, serving) candidate lists, as `sets_type`."""
+
+def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
+    """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""
+
+def number_backends(chosen: list[Any], backend_type: type[_T]) -> tuple[list[_T], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
+    """The backends, one per distinct (ip, port) in key order, and per service port its
+    (cluster, local, serving) backend ids, sorted."""
