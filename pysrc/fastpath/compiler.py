@@ -121,8 +121,8 @@ class CompileResult:
 class _Candidate(NamedTuple):
     """One endpoint of one service port, as kube-proxy's endpoint info sees it.
 
-    A named tuple, not a dataclass, and made with _new_candidate (tuple.__new__, skipping the
-    named tuple's Python-level __new__): a large cluster makes millions of these.
+    A named tuple, not a dataclass: a large cluster makes millions of these, and the compiled
+    loops (fastpath._compile) make them as tuples and read them by index.
     """
 
     key: int  # _backend_key(ip, port): (ip, port) as one int, ordered like the pair
@@ -135,9 +135,6 @@ class _Candidate(NamedTuple):
     node_hints: tuple[str, ...]
 
 
-_new_candidate = tuple.__new__
-_candidate_key = itemgetter(0)  # _Candidate.key and .name, as C-level callables for map()
-_candidate_name = itemgetter(1)
 _is_ready = attrgetter("ready")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
