@@ -587,3 +587,79 @@ def number_backends(list chosen, backend_type):
     finally:
         PyMem_Free(scratch)
     return backends, port_sets
+
+
+# --------------------------------------------------------------------------------------------
+# Maps' bulk check of the backends and the ids services name
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object value, int* overflow) except? -1
+
+
+cdef object IPV6_END = IPV6 << 1
+cdef object IPV6_MASK = IPV6 - 1
+
+
+cdef int address_family(object ip) except -1:
+    """4 or 6 for a map address (fastpath.maps: IPv4 as its 32-bit value, IPv6 tagged with
+    IPV6 and never IPv4-mapped); 0 for any other int."""
+    cdef int overflow
+    cdef long long value = PyLong_AsLongLongAndOverflow(ip, &overflow)
+    if overflow == 0:
+        return 4 if 0 <= value <= 0xFFFFFFFF else 0
+    if overflow > 0 and IPV6 <= ip < IPV6_END and (ip & IPV6_MASK) >> 32 != V4_MAPPED:
+        return 6
+    return 0
+
+
+def members_valid(list services, list backends, service_type, backend_type):
+    """Maps' bulk check of its backends and of what its services name (see Maps._valid): True
+    only if backend i has the id i + 1 and a map address, every service is of family 4 or 6,
+    and every id a service names is an int naming a backend of the service's family. False can
+    also mean: let the item-by-item checks decide (anything not exactly of the map classes, ids
+    in lists rather than tuples). A million ids in one pass, none of them put in a set."""
+    cdef Fields backend_fields = Fields(backend_type, ("id", "ip"))
+    cdef Fields service_fields = Fields(service_type, ("backends", "local_backends", "serving", "family"))
+    cdef Py_ssize_t count = len(backends), i, number
+    cdef int family, overflow
+    cdef uint8_t* families = <uint8_t*>PyMem_Malloc(count + 1)  # by id; 0: no backend
+    if families == NULL:
+        raise MemoryError()
+    try:
+        families[0] = 0
+        for i in range(count):
+            backend = backends[i]
+            if type(backend) is not backend_type:
+                return False
+            value = backend_fields.get(backend, 0)
+            if type(value) is not int or PyLong_AsLongLongAndOverflow(value, &overflow) != i + 1 or overflow:
+                return False
+            value = backend_fields.get(backend, 1)
+            if type(value) is not int:
+                return False
+            families[i + 1] = address_family(value)
+            if families[i + 1] == 0:
+                return False
+        for service in services:
+            if type(service) is not service_type:
+                return False
+            value = service_fields.get(service, 3)
+            if type(value) is not int or value not in (4, 6):
+                return False
+            family = value
+            members = service_fields.get(service, 0)
+            for index in range(3):
+                ids = service_fields.get(service, index)
+                if index == 2 and ids is members:
+                    break  # the serving set is the cluster set
+                if type(ids) is not tuple:
+                    return False
+                for value in <tuple>ids:
+                    if type(value) is not int:
+                        return False
+                    number = PyLong_AsLongLongAndOverflow(value, &overflow)
+                    if overflow or not 1 <= number <= count or families[number] != family:
+                        return False
+        return True
+    finally:
+        PyMem_Free(families)
