@@ -25,3 +25,7 @@ def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
 def number_backends(chosen: list[Any], backend_type: type[_T]) -> tuple[list[_T], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
     """The backends, one per distinct (ip, port) in key order, and per service port its
     (cluster, local, serving) backend ids, sorted."""
+
+def members_valid(services: list[Any], backends: list[Any], service_type: type, backend_type: type) -> bool:
+    """Maps' bulk check of its backends and of the ids its services name (False: let the item
+    checks decide)."""

@@ -136,6 +136,7 @@ class _Candidate(NamedTuple):
 
 
 _is_ready = attrgetter("ready")
+_slice_name = attrgetter("name")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
 # than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
@@ -453,14 +454,19 @@ class _FrontendClaim(NamedTuple):
     source_ranges: tuple[tuple[int, int], ...]
 
 
+_new_claim = tuple.__new__  # _FrontendClaim(...) without the named tuple's Python-level __new__
+_CLUSTER_IP_ORDER = _CLAIM_ORDER["ClusterIP"]
+
+
 def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
                skipped: Counter[str]) -> list[Frontend]:
     claims: list[_FrontendClaim] = []
     per_service: dict[tuple[str, str, int], tuple] = {}
     for service_id, entry in enumerate(ports, start=1):
         service, port, family = entry.service, entry.port, entry.family
-        claims.append(_FrontendClaim(_CLAIM_ORDER["ClusterIP"], service_id, entry.cluster_ip, port.port, entry.proto,
-                                     "ClusterIP", service.internal_traffic_policy == "Local", ()))
+        claims.append(_new_claim(_FrontendClaim, (_CLUSTER_IP_ORDER, service_id, entry.cluster_ip, port.port,
+                                                  entry.proto, "ClusterIP",
+                                                  service.internal_traffic_policy == "Local", ())))
         if not (service.load_balancer_ingress or service.external_ips or port.node_port is not None):
             continue  # a ClusterIP service port: that is all
         service_key = (*service.key, family)
@@ -597,7 +603,8 @@ def _slices_by_service(
         else:
             grouped[(endpoint_slice.namespace, endpoint_slice.service_name, family)].append(endpoint_slice)
     for group in grouped.values():
-        group.sort(key=lambda s: s.name)  # the order that decides duplicates must not be the file order
+        if len(group) > 1:  # the order that decides duplicates must not be the file order
+            group.sort(key=_slice_name)
     return grouped
 
 
