@@ -135,7 +135,6 @@ class _Candidate(NamedTuple):
     node_hints: tuple[str, ...]
 
 
-_is_ready = attrgetter("ready")
 _slice_name = attrgetter("name")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
@@ -546,11 +545,14 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
     if not sets.cluster:
         notes.append(f"{entry.label}: no usable endpoint; traffic to it is rejected")
         return
-    if not any(map(_is_ready, sets.cluster)):
+    # The cluster set is the ready endpoints or, with none ready, the fallback: its first says which.
+    if not sets.cluster[0].ready:
         notes.append(f"{entry.label}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
     if sets.local:
         return
     service = entry.service
+    if service.internal_traffic_policy != "Local" and service.external_traffic_policy != "Local":
+        return  # the usual case: no Local policy to warn about
     internal_local = service.internal_traffic_policy == "Local"
     external_local = _external_policy_local(service)
     if not (internal_local or external_local):  # the usual case: no Local policy to warn about
@@ -582,7 +584,7 @@ def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     found: dict[int, int] = {}
     for text in service.cluster_ips:
         address = _address(text)
-        found.setdefault(family_of(address), address)  # one per family (the API server allows no more)
+        found.setdefault(6 if address >= IPV6 else 4, address)  # one per family (the API server allows no more)
     if len(found) == 1:  # single-stack
         return found
     return {family: found[family] for family in sorted(found)}
