@@ -67,6 +67,18 @@ cdef enum:
     MAX_FIELDS = 8  # of a class Fields reads
     KEY_BYTES = 24  # the bytes of Keyed.words
 
+cdef enum:
+    # A _Candidate's items (fastpath.compiler).
+    KEY = 0
+    NAME = 1
+    READY = 2
+    SERVING = 3
+    TERMINATING = 4
+    LOCAL = 5
+    ZONE_HINTS = 6
+    NODE_HINTS = 7
+
+
 cdef extern from *:
     """
     #define fastpath_prefetch(p) __builtin_prefetch((p), 0, 3)
@@ -141,10 +153,15 @@ cdef class Fields:
         fill_slot(item, self.offsets[index], value)
 
 
+# The model fields the candidates loop reads, and their indexes in each Fields.
 cdef Fields ENDPOINT = Fields(Endpoint, ("addresses", "conditions", "node_name", "hints_for_zones",
                                          "hints_for_nodes", "target_ref"))
 cdef Fields CONDITIONS = Fields(EndpointConditions, ("ready", "serving", "terminating"))
 cdef Fields REFERENCE = Fields(ObjectReference, ("namespace", "name"))
+cdef enum:
+    EP_ADDRESSES, EP_CONDITIONS, EP_NODE_NAME, EP_ZONE_HINTS, EP_NODE_HINTS, EP_TARGET_REF
+    IS_READY = 0, IS_SERVING, IS_TERMINATING
+    REF_NAMESPACE = 0, REF_NAME
 
 
 cdef inline object ipv4_key(str text, uint32_t port):
@@ -158,12 +175,12 @@ cdef inline object ipv4_key(str text, uint32_t port):
 
 cdef inline bint prefer(object candidate, object previous):
     """compiler._preference(candidate) > compiler._preference(previous): not terminating, then
-    ready, serving, local (items 4, 2, 3, 5 of a _Candidate)."""
+    ready, serving, local."""
     cdef int i
-    cdef bint mine = not item(candidate, 4), theirs = not item(previous, 4)
+    cdef bint mine = not item(candidate, TERMINATING), theirs = not item(previous, TERMINATING)
     if mine != theirs:
         return mine
-    for i in (2, 3, 5):
+    for i in (READY, SERVING, LOCAL):
         mine, theirs = item(candidate, i), item(previous, i)
         if mine != theirs:
             return mine
@@ -211,7 +228,7 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
                     continue
                 candidate = hit[1]
             else:
-                address = ENDPOINT.get(endpoint, 0)[0]  # only the first address counts
+                address = ENDPOINT.get(endpoint, EP_ADDRESSES)[0]  # only the first address counts
                 if family == 4:
                     key = ipv4_key(address, number)
                 else:
@@ -223,42 +240,30 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
                         continue
                     key = ip << PORT_BITS | number
                     address = f"[{address}]"
-                ref = ENDPOINT.get(endpoint, 5)
-                ref_name = REFERENCE.get(ref, 1) if ref is not None else None
+                ref = ENDPOINT.get(endpoint, EP_TARGET_REF)
+                ref_name = REFERENCE.get(ref, REF_NAME) if ref is not None else None
                 if ref_name:
-                    name = f"{address}{port_text}{REFERENCE.get(ref, 0) or namespace}/{ref_name})"
+                    name = f"{address}{port_text}{REFERENCE.get(ref, REF_NAMESPACE) or namespace}/{ref_name})"
                 else:
                     name = f"{address}{port_text}{slice_owner})"
-                conditions = ENDPOINT.get(endpoint, 1)
-                ready, serving = CONDITIONS.get(conditions, 0), CONDITIONS.get(conditions, 1)
+                conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
+                ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
                 candidate = tuple_alloc(candidate_type, 8)
-                fill(candidate, 0, key)
-                fill(candidate, 1, name)
-                fill(candidate, 2, ready is None or ready)
-                fill(candidate, 3, serving is None or serving)
-                fill(candidate, 4, bool(CONDITIONS.get(conditions, 2)))
-                fill(candidate, 5, node is not None and ENDPOINT.get(endpoint, 2) == node)
-                fill(candidate, 6, ENDPOINT.get(endpoint, 3))
-                fill(candidate, 7, ENDPOINT.get(endpoint, 4))
+                fill(candidate, KEY, key)
+                fill(candidate, NAME, name)
+                fill(candidate, READY, ready is None or ready)
+                fill(candidate, SERVING, serving is None or serving)
+                fill(candidate, TERMINATING, bool(CONDITIONS.get(conditions, IS_TERMINATING)))
+                fill(candidate, LOCAL, node is not None and ENDPOINT.get(endpoint, EP_NODE_NAME) == node)
+                fill(candidate, ZONE_HINTS, ENDPOINT.get(endpoint, EP_ZONE_HINTS))
+                fill(candidate, NODE_HINTS, ENDPOINT.get(endpoint, EP_NODE_HINTS))
                 if known is not None:
                     known[id(endpoint)] = (endpoint, candidate)
-            key = item(candidate, 0)
+            key = item(candidate, KEY)
             previous = found.setdefault(key, candidate)
             if previous is not candidate and prefer(candidate, previous):
                 found[key] = candidate
     return list(found.values())
-
-
-cdef enum:
-    # A _Candidate's items (fastpath.compiler).
-    KEY = 0
-    NAME = 1
-    READY = 2
-    SERVING = 3
-    TERMINATING = 4
-    LOCAL = 5
-    ZONE_HINTS = 6
-    NODE_HINTS = 7
 
 
 cdef list hinted(list ready, Py_ssize_t hints, where):
@@ -454,7 +459,7 @@ cdef class _Gathered:
 
     cdef void add(self, candidate, uint8_t sets) except *:
         cdef Keyed* keyed = &self.keyed[self.count]
-        key = item(candidate, 0)
+        key = item(candidate, KEY)
         if key <= WORD_MASK:  # IPv4
             keyed.words[0] = keyed.words[1] = 0
             keyed.words[2] = PyLong_AsUnsignedLongLong(key)
@@ -464,7 +469,7 @@ cdef class _Gathered:
             keyed.words[2] = PyLong_AsUnsignedLongLong(key & WORD_MASK)
         keyed.position = self.count
         self.sets[self.count] = sets
-        keyed.name = PyTuple_GET_ITEM(candidate, 1)
+        keyed.name = PyTuple_GET_ITEM(candidate, NAME)
         self.count += 1
 
 
@@ -521,7 +526,7 @@ def number_backends(list chosen, backend_type):
             index = {}
             for bit, group in ((IN_CLUSTER, cluster), (IN_LOCAL, local), (IN_SERVING, serving)):
                 for candidate in group:
-                    key = item(candidate, 0)
+                    key = item(candidate, KEY)
                     at = index.get(key)
                     if at is None:
                         index[key] = gathered.count
