@@ -21,6 +21,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memchr, memcpy, memset, strlen
 
+from prefetch cimport prefetch
+
 from fastpath.model import ClusterError, Endpoint, EndpointConditions, ObjectReference
 
 cdef extern from "arpa/inet.h" nogil:
@@ -79,12 +81,6 @@ cdef enum:
     NODE_HINTS = 7
 
 
-cdef extern from *:
-    """
-    #define fastpath_prefetch(p) __builtin_prefetch((p), 0, 3)
-    """
-    void prefetch "fastpath_prefetch"(const void* p) nogil
-
 cdef object IPV6 = 1 << 128
 cdef uint64_t V4_MAPPED = 0xFFFF  # bits 32-127 of an IPv4-mapped IPv6 address
 
@@ -98,14 +94,13 @@ def map_address(str text):
     kube-proxy (Go's net.IP). OSError for text that is no address, as socket.inet_pton raises."""
     cdef Py_ssize_t size
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
-    cdef in_addr v4
+    cdef uint32_t v4
     cdef unsigned char v6[16]
     if strlen(utf8) != <size_t>size:
         raise ValueError("embedded null character")
     if memchr(utf8, b":", size) == NULL:
-        if not inet_aton(utf8, &v4):
-            raise OSError("illegal IP address string passed to inet_aton")
-        return PyLong_FromUnsignedLongLong(ntohl(v4.s_addr))
+        parse_ipv4(text, &v4)
+        return PyLong_FromUnsignedLongLong(v4)
     if inet_pton(AF_INET6, utf8, v6) != 1:
         raise OSError("illegal IP address string passed to inet_pton")
     value = int.from_bytes(v6[:16], "big")
@@ -164,18 +159,26 @@ cdef enum:
     REF_NAMESPACE = 0, REF_NAME
 
 
-cdef inline object ipv4_key(str text, uint32_t port):
+cdef int parse_ipv4(str text, uint32_t* value) except -1:
+    """A dotted quad as its 32-bit value, read as socket.inet_aton reads it (OSError if not)."""
     cdef Py_ssize_t size
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
     cdef in_addr v4
     if strlen(utf8) != <size_t>size or not inet_aton(utf8, &v4):
         raise OSError("illegal IP address string passed to inet_aton")
-    return PyLong_FromUnsignedLongLong((<uint64_t>ntohl(v4.s_addr)) << PORT_BITS | port)
+    value[0] = ntohl(v4.s_addr)
+    return 0
+
+
+cdef inline object ipv4_key(str text, uint32_t port):
+    cdef uint32_t v4
+    parse_ipv4(text, &v4)
+    return PyLong_FromUnsignedLongLong((<uint64_t>v4) << PORT_BITS | port)
 
 
 cdef inline bint prefer(object candidate, object previous):
-    """compiler._preference(candidate) > compiler._preference(previous): not terminating, then
-    ready, serving, local."""
+    """Is `candidate` preferred to `previous` (see keep)? Not terminating, then ready, serving,
+    local, in that order."""
     cdef int i
     cdef bint mine = not item(candidate, TERMINATING), theirs = not item(previous, TERMINATING)
     if mine != theirs:
@@ -187,6 +190,25 @@ cdef inline bint prefer(object candidate, object previous):
     return False
 
 
+cpdef keep(dict found, candidate):
+    """Keep `candidate` in `found` (key -> candidate) unless an endpoint of the same (ip, port)
+    is already there and preferred: of duplicates (the same pod in two slices while the
+    controller moves it) the non-terminating one wins, as in kube-proxy; then the ready, serving,
+    local one, so the result never depends on which slice was read first."""
+    key = item(candidate, KEY)
+    previous = found.setdefault(key, candidate)
+    if previous is not candidate and prefer(candidate, previous):
+        found[key] = candidate
+
+
+cpdef checked_port(number):
+    """A backend port; the model's parser allows only 1..65535, a state built by hand might not
+    (ClusterError)."""
+    if not 0 <= number <= 0xFFFF:
+        raise ClusterError(f"endpoint port {number} is outside 0..65535")
+    return number
+
+
 def candidates(port, int family, slices, node, skipped, dict memo, candidate_type):
     """compiler._candidates: the service port's endpoints from its slices of the family, one
     `candidate_type` (compiler._Candidate) per (ip, port); see there for the rules and `memo`."""
@@ -194,7 +216,7 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
     cdef dict known = None
     cdef dict contexts
     cdef tuple hit
-    cdef object candidate, previous
+    cdef object candidate
     cdef object number, ip, key
     cdef str address, name, namespace, slice_owner, port_text
     port_name, protocol = port.name, port.protocol
@@ -207,8 +229,7 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
             continue
         if number is None:
             continue
-        if not 0 <= number <= 0xFFFF:
-            raise ClusterError(f"endpoint port {number} is outside 0..65535")
+        checked_port(number)
         namespace = endpoint_slice.namespace
         slice_owner = f"{namespace}/{endpoint_slice.name}"
         port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
@@ -259,10 +280,7 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
                 fill(candidate, NODE_HINTS, ENDPOINT.get(endpoint, EP_NODE_HINTS))
                 if known is not None:
                     known[id(endpoint)] = (endpoint, candidate)
-            key = item(candidate, KEY)
-            previous = found.setdefault(key, candidate)
-            if previous is not candidate and prefer(candidate, previous):
-                found[key] = candidate
+            keep(found, candidate)
     return list(found.values())
 
 
@@ -322,7 +340,6 @@ cdef inline object item(object candidate, Py_ssize_t index):
 cdef inline void fill(object item, Py_ssize_t index, object value):
     Py_INCREF(value)
     PyTuple_SET_ITEM(item, index, value)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,10 +454,9 @@ cdef class _Gathered:
     cdef uint32_t* ids  # backend id, by position
     cdef Py_ssize_t* port_ends  # positions of port p: port_ends[p - 1] (0 for p = 0) .. port_ends[p]
     cdef uint8_t* serving_is_cluster  # by port: its serving set equals its cluster set
-    cdef Py_ssize_t count, capacity
+    cdef Py_ssize_t count
 
     def __cinit__(self, Py_ssize_t capacity, Py_ssize_t ports):
-        self.capacity = capacity
         self.keyed = <Keyed*>PyMem_Malloc(max(capacity, 1) * sizeof(Keyed))
         self.sets = <uint8_t*>PyMem_Malloc(max(capacity, 1))
         self.ids = <uint32_t*>PyMem_Malloc(max(capacity, 1) * sizeof(uint32_t))
@@ -502,7 +518,8 @@ cdef tuple sorted_ids(_Gathered gathered, Py_ssize_t start, Py_ssize_t end, uint
 
 def number_backends(list chosen, backend_type):
     """One backend per distinct (ip, port) over every set of every service port, ids in key order
-    (compiler._number_backends documents the rules). `chosen` holds each service port's
+    ((ip, port) order, IPv4 first); an (ip, port) in several service ports, or named differently
+    by two slices, is one backend named by the smallest name. `chosen` holds each service port's
     (cluster, local, serving) candidate lists.
 
     Returns (backends, sets): the `backend_type` objects, and per service port its

@@ -37,6 +37,7 @@ from nat cimport (
     rewrite_addresses, rewrite_addresses6, translate, translate6, translate_icmp6_error,
     translate_icmp_error,
 )
+from prefetch cimport prefetch
 from wire cimport (
     CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_FLOW_RATE, DROP_UNALLOCATED_SERVICE_IP, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
     DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, DROP_TRUNCATED, ETH_P_IP, ETH_P_IPV6, FRAG_DNAT,
@@ -75,19 +76,6 @@ DEFAULT_TIMEOUTS_S = {"syn_sent": 60, "established": 8000, "closing": 10, "other
 # The new-flow rate guard counts in nanoseconds: at most one evicting insert per nanosecond.
 MAX_NEW_FLOW_RATE = SECOND_NS
 
-# A prefetch changes nothing the compiler can see, so a function that does nothing else (like
-# Engine._prefetch_entry) is "pure" to GCC, and a call to it whose result is unused is removed:
-# the conntrack entry prefetch was compiled out that way. The empty volatile asm beside it is a
-# side effect the compiler keeps, and costs no instruction. With it, 1,000,000 packets over
-# 1,000,000 tracked flows take 100-110 ms instead of 205-230 (AMD EPYC guest).
-cdef extern from *:
-    """
-    #define fp_prefetch(p) do { \\
-        __builtin_prefetch((p), 1, 3); \\
-        __asm__ volatile("" : : "r"(p)); \\
-    } while (0)
-    """
-    void prefetch "fp_prefetch"(const void* p) nogil
 
 cdef enum:
     KIND_CLUSTER_IP = 1             # frontend kind + 1, as in the trace flags

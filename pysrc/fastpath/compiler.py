@@ -52,6 +52,8 @@ from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from ._compile import candidates as _compiled_candidates
+from ._compile import checked_port as _checked_port
+from ._compile import keep as _keep
 from ._compile import make_objects, map_address
 from ._compile import number_backends as _number_backends
 from ._compile import port_sets as _port_sets
@@ -551,10 +553,8 @@ def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]
     if sets.local:
         return
     service = entry.service
-    if service.internal_traffic_policy != "Local" and service.external_traffic_policy != "Local":
-        return  # the usual case: no Local policy to warn about
     internal_local = service.internal_traffic_policy == "Local"
-    external_local = _external_policy_local(service)
+    external_local = service.external_traffic_policy == "Local" and _external_policy_local(service)
     if not (internal_local or external_local):  # the usual case: no Local policy to warn about
         return
     why = "no node given" if info.name is None else f"none on node {info.name}"
@@ -631,23 +631,6 @@ def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice],
     a candidate for the same slice port before gives that candidate again.
     """
     return _compiled_candidates(port, family, slices, node, skipped, memo, _Candidate)
-
-
-def _keep(found: dict[int, _Candidate], candidate: _Candidate) -> None:
-    previous = found.setdefault(candidate.key, candidate)
-    if previous is not candidate and _preference(candidate) > _preference(previous):
-        found[candidate.key] = candidate
-
-
-def _preference(candidate: _Candidate) -> tuple[bool, bool, bool, bool]:
-    return (not candidate.terminating, candidate.ready, candidate.serving, candidate.local)
-
-
-def _checked_port(number: int) -> int:
-    """A backend port; the model's parser allows only 1..65535, a state built by hand might not."""
-    if not 0 <= number <= _PORT_MASK:
-        raise ClusterError(f"endpoint port {number} is outside 0..65535")
-    return number
 
 
 class _PodIndex:
