@@ -8,14 +8,20 @@ the Python compiler passes around (the model's slotted dataclasses in, fastpath.
 tuples and fastpath.maps' classes out); the rules they apply are the compiler's, documented
 where it calls them (pysrc/fastpath/compiler.py) and repeated in each function here.
 
+The full compile keeps each endpoint as a C record (Gatherer): its key, its name and its
+conditions as bits, with no other Python object made or freed per endpoint. The incremental
+path (fastpath.endpoints) needs candidate tuples it can remember between changes: candidates()
+makes them from records read the same way, and port_sets() chooses their sets through the
+same Gatherer code.
+
 Slotted objects are read and made through their slots' offsets (Fields), not attribute by
 attribute: at a million endpoints the attribute machinery was a quarter of the time.
 """
 from cpython.list cimport PyList_GET_ITEM
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromSsize_t, PyLong_FromUnsignedLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.ref cimport PyObject, Py_INCREF
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
@@ -23,7 +29,8 @@ from libc.string cimport memchr, memcpy, memset, strlen
 
 from prefetch cimport prefetch
 
-from fastpath.model import ClusterError, Endpoint, EndpointConditions, ObjectReference
+from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+                            ObjectReference)
 
 cdef extern from "arpa/inet.h" nogil:
     struct in_addr:
@@ -66,6 +73,7 @@ cdef extern from *:
 cdef enum:
     PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
     PREFETCH_AHEAD = 8  # objects fetched this many endpoints ahead in a walk in random order
+    WARM_AHEAD = 16  # endpoints of a slice fetched together, level by level (warm)
     MAX_FIELDS = 8  # of a class Fields reads
     KEY_BYTES = 24  # the bytes of Keyed.words
 
@@ -95,18 +103,16 @@ def map_address(str text):
     cdef Py_ssize_t size
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
     cdef uint32_t v4
-    cdef unsigned char v6[16]
+    cdef uint64_t high, low
     if strlen(utf8) != <size_t>size:
         raise ValueError("embedded null character")
     if memchr(utf8, b":", size) == NULL:
         parse_ipv4(text, &v4)
         return PyLong_FromUnsignedLongLong(v4)
-    if inet_pton(AF_INET6, utf8, v6) != 1:
-        raise OSError("illegal IP address string passed to inet_pton")
-    value = int.from_bytes(v6[:16], "big")
-    if value >> 32 == V4_MAPPED:
-        return value & 0xFFFFFFFF
-    return IPV6 | value
+    parse_ipv6(text, &high, &low)
+    if high == 0 and low >> 32 == V4_MAPPED:
+        return PyLong_FromUnsignedLongLong(low & 0xFFFFFFFF)
+    return IPV6 | PyLong_FromUnsignedLongLong(high) << 64 | PyLong_FromUnsignedLongLong(low)
 
 
 cdef class Fields:
@@ -159,45 +165,151 @@ cdef enum:
     REF_NAMESPACE = 0, REF_NAME
 
 
+cdef inline bint canonical_ipv4(const char* text, Py_ssize_t size, uint32_t* value) noexcept nogil:
+    """Canonical dotted decimal (four parts 0..255, no leading zero) as its 32-bit value, which is
+    what inet_aton reads it as; False for any other text (inet_aton decides, at ten times the
+    cost: it reads each part with strtoul)."""
+    cdef uint32_t result = 0, part
+    cdef Py_ssize_t i = 0, first
+    cdef int parts
+    for parts in range(4):
+        if parts and (i >= size or text[i] != c"."):
+            return False
+        i += parts != 0
+        first, part = i, 0
+        while i < size and i - first < 3 and c"0" <= text[i] <= c"9":
+            part = part * 10 + (text[i] - c"0")
+            i += 1
+        if i == first or part > 255 or (text[first] == c"0" and i - first > 1):
+            return False
+        result = result << 8 | part
+    if i != size:
+        return False
+    value[0] = result
+    return True
+
+
 cdef int parse_ipv4(str text, uint32_t* value) except -1:
     """A dotted quad as its 32-bit value, read as socket.inet_aton reads it (OSError if not)."""
     cdef Py_ssize_t size
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
     cdef in_addr v4
+    if canonical_ipv4(utf8, size, value):
+        return 0
     if strlen(utf8) != <size_t>size or not inet_aton(utf8, &v4):
         raise OSError("illegal IP address string passed to inet_aton")
     value[0] = ntohl(v4.s_addr)
     return 0
 
 
-cdef inline object ipv4_key(str text, uint32_t port):
-    cdef uint32_t v4
-    parse_ipv4(text, &v4)
-    return PyLong_FromUnsignedLongLong((<uint64_t>v4) << PORT_BITS | port)
-
-
-cdef inline bint prefer(object candidate, object previous):
-    """Is `candidate` preferred to `previous` (see keep)? Not terminating, then ready, serving,
-    local, in that order."""
+cdef int parse_ipv6(str text, uint64_t* high, uint64_t* low) except -1:
+    """IPv6 text as its two 64-bit halves, read as socket.inet_pton reads it (OSError if not)."""
+    cdef Py_ssize_t size
+    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
+    cdef unsigned char v6[16]
     cdef int i
-    cdef bint mine = not item(candidate, TERMINATING), theirs = not item(previous, TERMINATING)
-    if mine != theirs:
-        return mine
-    for i in (READY, SERVING, LOCAL):
-        mine, theirs = item(candidate, i), item(previous, i)
-        if mine != theirs:
-            return mine
-    return False
+    if strlen(utf8) != <size_t>size:
+        raise ValueError("embedded null character")
+    if inet_pton(AF_INET6, utf8, v6) != 1:
+        raise OSError("illegal IP address string passed to inet_pton")
+    high[0] = low[0] = 0
+    for i in range(8):
+        high[0] = high[0] << 8 | v6[i]
+        low[0] = low[0] << 8 | v6[8 + i]
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints as records
+#
+# An endpoint of a service port is read once, into a record: its backend key as three 64-bit
+# words (ip << 16 | port, as fastpath.compiler._backend_key; up to 145 bits), its name, and its
+# conditions as flag bits. The full compile keeps only records (Gatherer: no Python object per
+# endpoint but its name); the incremental path (fastpath.endpoints) gets candidate tuples made
+# from the same records. Both choose a port's sets through the same code (Gatherer.choose).
+
+cdef enum:
+    # An endpoint's flags.
+    F_READY = 1
+    F_SERVING = 2
+    F_TERMINATING = 4
+    F_LOCAL = 8
+
+cdef enum:
+    # Which of a service port's sets an endpoint is in.
+    IN_CLUSTER = 1
+    IN_LOCAL = 2
+    IN_SERVING = 4
+
+cdef struct Keyed:
+    uint64_t words[3]  # the backend key, most significant word first
+    Py_ssize_t position  # where the endpoint was gathered (numbering's ties)
+    PyObject* name  # a reference owned by the record's holder
+
+
+cdef inline bint same_key(const Keyed* x, const Keyed* y) noexcept nogil:
+    return x.words[0] == y.words[0] and x.words[1] == y.words[1] and x.words[2] == y.words[2]
+
+
+cdef object WORD_MASK = (1 << 64) - 1
+
+
+cdef object key_object(const Keyed* keyed):
+    """The key as fastpath.compiler._backend_key makes it."""
+    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4
+        return PyLong_FromUnsignedLongLong(keyed.words[2])
+    return (PyLong_FromUnsignedLongLong(keyed.words[0]) << 128
+            | PyLong_FromUnsignedLongLong(keyed.words[1]) << 64
+            | PyLong_FromUnsignedLongLong(keyed.words[2]))
+
+
+cdef int key_words(object key, Keyed* keyed) except -1:
+    """A key int (fastpath.compiler._backend_key) as the record's words."""
+    if key <= WORD_MASK:  # IPv4
+        keyed.words[0] = keyed.words[1] = 0
+        keyed.words[2] = PyLong_AsUnsignedLongLong(key)
+    else:
+        keyed.words[0] = PyLong_AsUnsignedLongLong(key >> 128)
+        keyed.words[1] = PyLong_AsUnsignedLongLong((key >> 64) & WORD_MASK)
+        keyed.words[2] = PyLong_AsUnsignedLongLong(key & WORD_MASK)
+    return 0
+
+
+cdef object key_ip(const Keyed* keyed):
+    """The backend's ip: its key without the port."""
+    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4
+        return PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
+    return (PyLong_FromUnsignedLongLong(keyed.words[0]) << 112
+            | PyLong_FromUnsignedLongLong(keyed.words[1]) << 48
+            | PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS))
+
+
+cdef inline bint prefer(uint8_t mine, uint8_t theirs) noexcept:
+    """Is an endpoint with flags `mine` preferred to a duplicate with flags `theirs` (the same
+    (ip, port) twice in a port's slices, as while the controller moves a pod)? Not terminating,
+    as in kube-proxy; then ready, serving, local, so the result never depends on which slice was
+    read first."""
+    cdef uint8_t differ = mine ^ theirs
+    if differ & F_TERMINATING:
+        return not (mine & F_TERMINATING)
+    if differ & F_READY:
+        return mine & F_READY
+    if differ & F_SERVING:
+        return mine & F_SERVING
+    return differ & F_LOCAL and mine & F_LOCAL
+
+
+cdef uint8_t candidate_flags(object candidate) except? 0xFF:
+    return ((F_READY if item(candidate, READY) else 0) | (F_SERVING if item(candidate, SERVING) else 0)
+            | (F_TERMINATING if item(candidate, TERMINATING) else 0) | (F_LOCAL if item(candidate, LOCAL) else 0))
 
 
 cpdef keep(dict found, candidate):
     """Keep `candidate` in `found` (key -> candidate) unless an endpoint of the same (ip, port)
-    is already there and preferred: of duplicates (the same pod in two slices while the
-    controller moves it) the non-terminating one wins, as in kube-proxy; then the ready, serving,
-    local one, so the result never depends on which slice was read first."""
+    is already there and preferred (see prefer)."""
     key = item(candidate, KEY)
     previous = found.setdefault(key, candidate)
-    if previous is not candidate and prefer(candidate, previous):
+    if previous is not candidate and prefer(candidate_flags(candidate), candidate_flags(previous)):
         found[key] = candidate
 
 
@@ -209,128 +321,131 @@ cpdef checked_port(number):
     return number
 
 
+cdef Fields SLICE = Fields(EndpointSlice, ("namespace", "name", "ports", "endpoints"))
+cdef Fields SLICE_PORT = Fields(EndpointPort, ("name", "protocol", "port"))
+cdef enum:
+    SL_NAMESPACE = 0, SL_NAME, SL_PORTS, SL_ENDPOINTS
+    SP_NAME = 0, SP_PROTOCOL, SP_PORT
+
+
+cdef class SliceReader:
+    """Reads the endpoints of one EndpointSlice for one service port into records."""
+    cdef object number  # the slice port's number for the service port; None: no such port
+    cdef tuple endpoints
+    cdef str namespace, name
+    cdef int family
+    cdef uint32_t port
+    cdef object node
+    cdef str slice_owner, port_text
+
+    def __cinit__(self, endpoint_slice, port_name, protocol, int family, node):
+        self.family, self.node = family, node
+        self.number = None
+        for slice_port in SLICE.get(endpoint_slice, SL_PORTS):
+            if (SLICE_PORT.get(slice_port, SP_NAME) == port_name
+                    and SLICE_PORT.get(slice_port, SP_PROTOCOL) == protocol):
+                self.number = SLICE_PORT.get(slice_port, SP_PORT)
+                break
+        if self.number is None:
+            return
+        self.port = checked_port(self.number)
+        self.endpoints = tuple(SLICE.get(endpoint_slice, SL_ENDPOINTS))
+        self.namespace, self.name = SLICE.get(endpoint_slice, SL_NAMESPACE), SLICE.get(endpoint_slice, SL_NAME)
+        self.slice_owner = f"{self.namespace}/{self.name}"
+        self.port_text = f":{self.number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
+
+    cdef int read(self, endpoint, Keyed* keyed, uint8_t* flags, PyObject** hints) except -1:
+        """The endpoint's key, name (a new reference in keyed.name), flags and hints (new
+        references: zone hints, node hints); 1 (and nothing set) for an endpoint that is no
+        candidate: an IPv4-mapped address in an IPv6 slice (the API server refuses them)."""
+        cdef str address = ENDPOINT.get(endpoint, EP_ADDRESSES)[0]  # only the first address counts
+        cdef Py_ssize_t size
+        cdef const char* utf8 = PyUnicode_AsUTF8AndSize(address, &size)
+        cdef uint32_t v4
+        cdef uint64_t high, low
+        cdef str name
+        if self.family == 4:
+            parse_ipv4(address, &v4)
+            keyed.words[0] = keyed.words[1] = 0
+            keyed.words[2] = (<uint64_t>v4) << PORT_BITS | self.port
+        elif memchr(utf8, b":", size) == NULL:
+            parse_ipv4(address, &v4)  # IPv4 text: as map_address, an IPv4 address
+            return 1
+        else:
+            parse_ipv6(address, &high, &low)
+            if high == 0 and low >> 32 == V4_MAPPED:
+                return 1
+            keyed.words[0] = 1 << PORT_BITS | high >> 48  # bit 144: IPV6 << 16
+            keyed.words[1] = high << 16 | low >> 48
+            keyed.words[2] = (low & 0xFFFFFFFFFFFF) << PORT_BITS | self.port
+            address = f"[{address}]"
+        ref = ENDPOINT.get(endpoint, EP_TARGET_REF)
+        ref_name = REFERENCE.get(ref, REF_NAME) if ref is not None else None
+        if ref_name:
+            name = f"{address}{self.port_text}{REFERENCE.get(ref, REF_NAMESPACE) or self.namespace}/{ref_name})"
+        else:
+            name = f"{address}{self.port_text}{self.slice_owner})"
+        conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
+        ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
+        flags[0] = ((F_READY if ready is None or ready else 0) | (F_SERVING if serving is None or serving else 0)
+                    | (F_TERMINATING if CONDITIONS.get(conditions, IS_TERMINATING) else 0)
+                    | (F_LOCAL if self.node is not None and ENDPOINT.get(endpoint, EP_NODE_NAME) == self.node else 0))
+        zone_hints, node_hints = ENDPOINT.get(endpoint, EP_ZONE_HINTS), ENDPOINT.get(endpoint, EP_NODE_HINTS)
+        Py_INCREF(name)
+        Py_INCREF(zone_hints)
+        Py_INCREF(node_hints)
+        keyed.name, hints[0], hints[1] = <PyObject*>name, <PyObject*>zone_hints, <PyObject*>node_hints
+        return 0
+
+
 def candidates(port, int family, slices, node, skipped, dict memo, candidate_type):
     """compiler._candidates: the service port's endpoints from its slices of the family, one
-    `candidate_type` (compiler._Candidate) per (ip, port); see there for the rules and `memo`."""
+    `candidate_type` (compiler._Candidate) per (ip, port); see there for the rules and `memo`.
+    The endpoints are read as the full compile reads them (SliceReader), then made tuples."""
     cdef dict found = {}
     cdef dict known = None
     cdef dict contexts
     cdef tuple hit
-    cdef object candidate
-    cdef object number, ip, key
-    cdef str address, name, namespace, slice_owner, port_text
-    port_name, protocol = port.name, port.protocol
+    cdef SliceReader reader
+    cdef Keyed keyed
+    cdef uint8_t flags
+    cdef PyObject* hints[2]
     for endpoint_slice in slices:
-        for slice_port in endpoint_slice.ports:
-            if slice_port.name == port_name and slice_port.protocol == protocol:
-                number = slice_port.port
-                break
-        else:
+        reader = SliceReader(endpoint_slice, port.name, port.protocol, family, node)
+        if reader.number is None:
             continue
-        if number is None:
-            continue
-        checked_port(number)
-        namespace = endpoint_slice.namespace
-        slice_owner = f"{namespace}/{endpoint_slice.name}"
-        port_text = f":{number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
         if memo is not None:
-            contexts = memo.setdefault((namespace, endpoint_slice.name), {})
-            context = (number, family, node)
+            contexts = memo.setdefault((reader.namespace, reader.name), {})
+            context = (reader.number, family, node)
             known = contexts.get(context)
             # The candidates of the slice's recent versions, up to twice as many as it has
             # endpoints (then it starts afresh).
-            if known is None or len(known) > 2 * len(endpoint_slice.endpoints) + 8:
+            if known is None or len(known) > 2 * len(reader.endpoints) + 8:
                 known = contexts[context] = {}
-        for endpoint in endpoint_slice.endpoints:
+        for endpoint in reader.endpoints:
             hit = known.get(id(endpoint)) if known is not None else None
             if hit is not None:  # (the memo holds that endpoint: no other object has its id)
-                if hit[1] is None:
-                    skipped[MAPPED_IN_IPV6] += 1
-                    continue
                 candidate = hit[1]
+            elif reader.read(endpoint, &keyed, &flags, hints):
+                candidate = None
             else:
-                address = ENDPOINT.get(endpoint, EP_ADDRESSES)[0]  # only the first address counts
-                if family == 4:
-                    key = ipv4_key(address, number)
-                else:
-                    ip = map_address(address)
-                    if ip < IPV6:  # an IPv4-mapped address (the API server refuses them in IPv6 slices)
-                        skipped[MAPPED_IN_IPV6] += 1
-                        if known is not None:
-                            known[id(endpoint)] = (endpoint, None)
-                        continue
-                    key = ip << PORT_BITS | number
-                    address = f"[{address}]"
-                ref = ENDPOINT.get(endpoint, EP_TARGET_REF)
-                ref_name = REFERENCE.get(ref, REF_NAME) if ref is not None else None
-                if ref_name:
-                    name = f"{address}{port_text}{REFERENCE.get(ref, REF_NAMESPACE) or namespace}/{ref_name})"
-                else:
-                    name = f"{address}{port_text}{slice_owner})"
-                conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
-                ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
                 candidate = tuple_alloc(candidate_type, 8)
-                fill(candidate, KEY, key)
-                fill(candidate, NAME, name)
-                fill(candidate, READY, ready is None or ready)
-                fill(candidate, SERVING, serving is None or serving)
-                fill(candidate, TERMINATING, bool(CONDITIONS.get(conditions, IS_TERMINATING)))
-                fill(candidate, LOCAL, node is not None and ENDPOINT.get(endpoint, EP_NODE_NAME) == node)
-                fill(candidate, ZONE_HINTS, ENDPOINT.get(endpoint, EP_ZONE_HINTS))
-                fill(candidate, NODE_HINTS, ENDPOINT.get(endpoint, EP_NODE_HINTS))
-                if known is not None:
-                    known[id(endpoint)] = (endpoint, candidate)
-            keep(found, candidate)
+                fill(candidate, KEY, key_object(&keyed))
+                # The references read() made go to the tuple.
+                PyTuple_SET_ITEM(candidate, NAME, <object>keyed.name)
+                PyTuple_SET_ITEM(candidate, ZONE_HINTS, <object>hints[0])
+                PyTuple_SET_ITEM(candidate, NODE_HINTS, <object>hints[1])
+                fill(candidate, READY, bool(flags & F_READY))
+                fill(candidate, SERVING, bool(flags & F_SERVING))
+                fill(candidate, TERMINATING, bool(flags & F_TERMINATING))
+                fill(candidate, LOCAL, bool(flags & F_LOCAL))
+            if known is not None and hit is None:
+                known[id(endpoint)] = (endpoint, candidate)
+            if candidate is None:
+                skipped[MAPPED_IN_IPV6] += 1
+            else:
+                keep(found, candidate)
     return list(found.values())
-
-
-cdef list hinted(list ready, Py_ssize_t hints, where):
-    """The ready endpoints whose hints of that kind name `where`, if every ready endpoint has
-    such hints and one names it; else None (the hints do not apply)."""
-    cdef bint named = False
-    for candidate in ready:
-        if not item(candidate, hints):
-            return None
-        named = named or where in item(candidate, hints)
-    if not named:
-        return None
-    return [candidate for candidate in ready if where in item(candidate, hints)]
-
-
-def port_sets(list candidates, node, zone, sets_type):
-    """One service port's `sets_type` (compiler._Sets): cluster, local and serving lists of its
-    candidates (compiler.endpoint_sets documents the rules).
-
-    cluster: the ready endpoints, narrowed by node hints, else by zone hints, when every ready
-    endpoint carries that kind of hint and one names this node / zone; with none ready, the
-    serving terminating ones, unfiltered. local (only with a node): the local ready endpoints,
-    else the local serving terminating ones; hints do not apply. serving: every serving one."""
-    cdef list ready = [], cluster, local = [], serving = [], narrowed
-    for candidate in candidates:
-        if item(candidate, READY):
-            ready.append(candidate)
-        if item(candidate, SERVING):
-            serving.append(candidate)
-    cluster = ready
-    if ready:
-        narrowed = hinted(ready, NODE_HINTS, node) if node is not None else None
-        if narrowed is None and zone is not None:
-            narrowed = hinted(ready, ZONE_HINTS, zone)
-        if narrowed is not None:
-            cluster = narrowed
-    else:
-        cluster = [candidate for candidate in candidates
-                   if item(candidate, SERVING) and item(candidate, TERMINATING)]
-    if node is not None:  # nothing is local to no node
-        local = [candidate for candidate in candidates if item(candidate, LOCAL) and item(candidate, READY)]
-        if not local:
-            local = [candidate for candidate in candidates if item(candidate, LOCAL)
-                     and item(candidate, SERVING) and item(candidate, TERMINATING)]
-    made = tuple_alloc(sets_type, 3)
-    fill(made, 0, cluster)
-    fill(made, 1, local)
-    fill(made, 2, serving)
-    return made
 
 
 cdef inline object item(object candidate, Py_ssize_t index):
@@ -340,6 +455,401 @@ cdef inline object item(object candidate, Py_ssize_t index):
 cdef inline void fill(object item, Py_ssize_t index, object value):
     Py_INCREF(value)
     PyTuple_SET_ITEM(item, index, value)
+
+
+cdef void warm(tuple endpoints, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """Fetch what reading endpoints start..end will touch, level by level: the Endpoints, then
+    the objects their slots hold, then the strings those hold. A model is a graph of small
+    objects spread over memory, six of them per endpoint; fetched one level at a time for a
+    handful of endpoints, their misses overlap instead of coming one after another."""
+    cdef Py_ssize_t i
+    cdef PyObject* endpoint
+    cdef PyObject* value
+    for i in range(start, end):
+        prefetch(PyTuple_GET_ITEM(endpoints, i))
+    for i in range(start, end):
+        endpoint = PyTuple_GET_ITEM(endpoints, i)
+        if type(<object>endpoint) is ENDPOINT.cls:
+            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES]))
+            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_CONDITIONS]))
+            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF]))
+    for i in range(start, end):
+        endpoint = PyTuple_GET_ITEM(endpoints, i)
+        if type(<object>endpoint) is not ENDPOINT.cls:
+            continue
+        value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES])
+        if value != NULL and type(<object>value) is tuple and PyTuple_GET_SIZE(<object>value):
+            prefetch(PyTuple_GET_ITEM(<object>value, 0))
+        value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF])
+        if value != NULL and type(<object>value) is REFERENCE.cls:
+            prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
+            prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
+
+
+cdef inline size_t key_slot(const Keyed* keyed, size_t mask) noexcept nogil:
+    cdef uint64_t h = keyed.words[1] * <uint64_t>0xC2B2AE3D27D4EB4FULL
+    h = (h ^ keyed.words[2] ^ keyed.words[0]) * <uint64_t>0x9E3779B97F4A7C15ULL
+    return (h >> 32) & mask
+
+
+cdef class Gatherer:
+    """Service ports' endpoints as records, port after port: each port's distinct by key (the
+    preferred of duplicates kept, see prefer), marked with the sets they are in (choose); then
+    the backends numbered over all of them (number).
+
+    The full compile adds each port's slices (add_slices) or, for a service built from Pods, its
+    candidates (add_candidates); port_sets adds one port's candidates and reads its sets back."""
+    cdef object node, zone, skipped
+    cdef Keyed* keyed  # the records, port after port
+    cdef uint8_t* sets  # IN_* bits, by record
+    cdef Py_ssize_t count, capacity
+    cdef Py_ssize_t* port_ends  # records of port p: port_ends[p - 1] (0 for p = 0) .. port_ends[p]
+    cdef uint8_t* serving_is_cluster  # by port: its serving set equals its cluster set
+    cdef Py_ssize_t ports, port_capacity
+    # The port being added: its first record, and by record from there its flags, hints (owned
+    # references: zone, node) and the candidate it came from (borrowed; add_candidates only).
+    cdef Py_ssize_t start
+    cdef uint8_t* flags
+    cdef PyObject** hints
+    cdef PyObject** origins
+    cdef Py_ssize_t scratch_capacity
+    cdef uint32_t* table  # open addressing: a key's record - start + 1; 0 free
+    cdef size_t table_mask, table_capacity
+
+    def __cinit__(self, node, zone, skipped):
+        self.node, self.zone, self.skipped = node, zone, skipped
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        self.release_hints()
+        for i in range(self.count):
+            Py_XDECREF(self.keyed[i].name)
+        PyMem_Free(self.keyed)
+        PyMem_Free(self.sets)
+        PyMem_Free(self.port_ends)
+        PyMem_Free(self.serving_is_cluster)
+        PyMem_Free(self.flags)
+        PyMem_Free(self.hints)
+        PyMem_Free(self.origins)
+        PyMem_Free(self.table)
+
+    cdef void release_hints(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(2 * (self.count - self.start)):
+            Py_XDECREF(self.hints[i])
+        self.start = self.count
+
+    cdef int begin_port(self, Py_ssize_t most) except -1:
+        """Room for a port of at most `most` records."""
+        cdef Py_ssize_t capacity
+        cdef size_t size = 8
+        if self.count + most > self.capacity:
+            capacity = max(2 * self.capacity, self.count + most, 1024)
+            self.keyed = <Keyed*>grown(self.keyed, capacity * sizeof(Keyed))
+            self.sets = <uint8_t*>grown(self.sets, capacity)
+            self.capacity = capacity
+        if most > self.scratch_capacity:
+            capacity = max(2 * self.scratch_capacity, most)
+            self.flags = <uint8_t*>grown(self.flags, capacity)
+            self.hints = <PyObject**>grown(self.hints, 2 * capacity * sizeof(PyObject*))
+            self.origins = <PyObject**>grown(self.origins, capacity * sizeof(PyObject*))
+            self.scratch_capacity = capacity
+        while size < <size_t>(2 * most):
+            size *= 2
+        if size > self.table_capacity:
+            self.table = <uint32_t*>grown(self.table, size * sizeof(uint32_t))
+            self.table_capacity = size
+        memset(self.table, 0, size * sizeof(uint32_t))
+        self.table_mask = size - 1
+        if self.ports == self.port_capacity:
+            capacity = max(2 * self.port_capacity, 256)
+            self.port_ends = <Py_ssize_t*>grown(self.port_ends, capacity * sizeof(Py_ssize_t))
+            self.serving_is_cluster = <uint8_t*>grown(self.serving_is_cluster, capacity)
+            self.port_capacity = capacity
+        self.start = self.count
+        return 0
+
+    cdef void put(self, Keyed* keyed, uint8_t flags, PyObject** hints, PyObject* origin) noexcept:
+        """Add a record of the port being added (its name and hints: references given to the
+        gatherer), unless a preferred one of the same key is there (then they are released)."""
+        cdef size_t slot = key_slot(keyed, self.table_mask)
+        cdef Py_ssize_t at
+        cdef PyObject* swap
+        while self.table[slot]:
+            at = self.table[slot] - 1
+            if same_key(&self.keyed[self.start + at], keyed):
+                if prefer(flags, self.flags[at]):  # replaces the one there, at its place
+                    swap = self.keyed[self.start + at].name
+                    self.keyed[self.start + at].name = keyed.name
+                    keyed.name = swap
+                    self.flags[at], self.origins[at] = flags, origin
+                    hints[0], self.hints[2 * at] = self.hints[2 * at], hints[0]
+                    hints[1], self.hints[2 * at + 1] = self.hints[2 * at + 1], hints[1]
+                Py_XDECREF(keyed.name)
+                Py_XDECREF(hints[0])
+                Py_XDECREF(hints[1])
+                return
+            slot = (slot + 1) & self.table_mask
+        at = self.count - self.start
+        self.keyed[self.count] = keyed[0]
+        self.flags[at], self.origins[at] = flags, origin
+        self.hints[2 * at], self.hints[2 * at + 1] = hints[0], hints[1]
+        self.table[slot] = at + 1
+        self.count += 1
+
+    cdef bint hinted(self, Py_ssize_t kind, where) except -1:
+        """Do the hints of that kind (0 zones, 1 nodes) narrow the port's cluster set to `where`:
+        every ready endpoint has such hints, and one names `where`?"""
+        cdef Py_ssize_t i
+        cdef bint named = False
+        for i in range(self.count - self.start):
+            if self.flags[i] & F_READY:
+                if not <object>self.hints[2 * i + kind]:
+                    return False
+                named = named or where in <object>self.hints[2 * i + kind]
+        return named
+
+    cdef int choose(self) except -1:
+        """Mark the port's records with the sets they are in (compiler.endpoint_sets documents
+        the rules). cluster: the ready endpoints, narrowed by node hints, else by zone hints, when
+        every ready endpoint carries that kind of hint and one names this node / zone; with none
+        ready, the serving terminating ones, unfiltered. local (only with a node): the local ready
+        endpoints, else the local serving terminating ones; hints do not apply. serving: every
+        serving one."""
+        cdef Py_ssize_t i, n = self.count - self.start, ready = 0, local = 0
+        cdef Py_ssize_t kind = -1
+        cdef uint8_t flags, bits
+        cdef uint8_t* sets = self.sets + self.start
+        where = None
+        for i in range(n):
+            ready += self.flags[i] & F_READY
+        if ready and self.node is not None and self.hinted(1, self.node):
+            kind, where = 1, self.node
+        elif ready and self.zone is not None and self.hinted(0, self.zone):
+            kind, where = 0, self.zone
+        for i in range(n):
+            flags = self.flags[i]
+            bits = IN_SERVING if flags & F_SERVING else 0
+            if ready:
+                if flags & F_READY and (kind < 0 or where in <object>self.hints[2 * i + kind]):
+                    bits |= IN_CLUSTER
+            elif flags & F_SERVING and flags & F_TERMINATING:
+                bits |= IN_CLUSTER
+            if self.node is not None and flags & F_LOCAL and flags & F_READY:
+                bits |= IN_LOCAL
+                local += 1
+            sets[i] = bits
+        if self.node is not None and not local:
+            for i in range(n):
+                flags = self.flags[i]
+                if flags & F_LOCAL and flags & F_SERVING and flags & F_TERMINATING:
+                    sets[i] |= IN_LOCAL
+        return 0
+
+    cdef tuple end_port(self):
+        """Release the port's scratch, drop its records in no set; (records in its cluster set,
+        whether those are ready ones, records in its local set)."""
+        cdef Py_ssize_t i, kept = self.start, cluster = 0, local = 0
+        cdef bint ready = False, same = True
+        cdef uint8_t bits
+        for i in range(self.start, self.count):
+            bits = self.sets[i]
+            if not bits:
+                Py_XDECREF(self.keyed[i].name)
+                continue
+            if bits & IN_CLUSTER:
+                cluster += 1
+                ready = ready or self.flags[i - self.start] & F_READY
+            local += (bits & IN_LOCAL) != 0
+            same = same and ((bits & IN_CLUSTER) != 0) == ((bits & IN_SERVING) != 0)
+            self.keyed[kept] = self.keyed[i]
+            self.sets[kept] = bits
+            kept += 1
+        self.release_hints()
+        self.count = self.start = kept
+        self.port_ends[self.ports] = kept
+        self.serving_is_cluster[self.ports] = same
+        self.ports += 1
+        return cluster, ready, local
+
+    def add_slices(self, port, int family, slices):
+        """Add a service port (compiler._Port.port) of the family from its EndpointSlices of the
+        family (in name order: that order decides nothing but is kept). Returns (endpoints in its
+        cluster set, whether they are ready ones, endpoints in its local set)."""
+        cdef list readers = []
+        cdef SliceReader reader
+        cdef Py_ssize_t most = 0, i
+        cdef tuple endpoints
+        cdef Keyed keyed
+        cdef uint8_t flags
+        cdef PyObject* hints[2]
+        port_name, protocol = port.name, port.protocol
+        for endpoint_slice in slices:
+            reader = SliceReader(endpoint_slice, port_name, protocol, family, self.node)
+            if reader.number is not None:
+                readers.append(reader)
+                most += len(reader.endpoints)
+        self.begin_port(most)
+        for reader in readers:
+            endpoints = reader.endpoints
+            for i in range(len(endpoints)):
+                if i % WARM_AHEAD == 0:
+                    warm(endpoints, i, min(i + WARM_AHEAD, len(endpoints)))
+                if reader.read(endpoints[i], &keyed, &flags, hints):
+                    self.skipped[MAPPED_IN_IPV6] += 1
+                else:
+                    self.put(&keyed, flags, hints, NULL)
+        self.choose()
+        return self.end_port()
+
+    cdef int add_tuples(self, list candidates) except -1:
+        cdef Keyed keyed
+        cdef PyObject* hints[2]
+        self.begin_port(len(candidates))
+        for candidate in candidates:
+            key_words(item(candidate, KEY), &keyed)
+            keyed.name = PyTuple_GET_ITEM(candidate, NAME)
+            hints[0], hints[1] = PyTuple_GET_ITEM(candidate, ZONE_HINTS), PyTuple_GET_ITEM(candidate, NODE_HINTS)
+            Py_INCREF(<object>keyed.name)
+            Py_INCREF(<object>hints[0])
+            Py_INCREF(<object>hints[1])
+            self.put(&keyed, candidate_flags(candidate), hints, <PyObject*>candidate)
+        self.choose()
+        return 0
+
+    def add_candidates(self, list candidates):
+        """Add a service port from its candidates (compiler._Candidate tuples, as from
+        compiler._pod_candidates); returns what add_slices returns."""
+        self.add_tuples(candidates)
+        return self.end_port()
+
+    def number(self, backend_type):
+        """One backend per distinct (ip, port) over every set of every port, ids in key order
+        ((ip, port) order, IPv4 first); an (ip, port) in several service ports, or named
+        differently by two slices, is one backend named by the smallest name.
+
+        Returns (backends, sets): the `backend_type` objects, and per port, in the order added,
+        its (cluster, local, serving) backend ids, each a sorted tuple; serving is the cluster
+        tuple itself when the two sets are equal."""
+        cdef Py_ssize_t count = self.count, i, first, p, start, end
+        cdef uint32_t number = 0
+        cdef Keyed* keyed
+        cdef uint32_t* ids = <uint32_t*>PyMem_Malloc(max(count, 1) * sizeof(uint32_t))  # by record
+        cdef Keyed* ordered = <Keyed*>PyMem_Malloc(max(count, 1) * sizeof(Keyed))
+        cdef list backends = []
+        cdef list numbers = []  # the id ints, shared by the backends and the services' tuples
+        cdef list port_sets = []
+        cdef Fields slots = Fields(backend_type, ("id", "ip", "port", "name"))
+        cdef list port_numbers = [None] * 0x10000  # one int object per port number
+        try:
+            if ids == NULL or ordered == NULL:
+                raise MemoryError()
+            for i in range(count):
+                ordered[i] = self.keyed[i]  # the names stay the gatherer's
+                ordered[i].position = i
+            sort_by_key(ordered, count)
+            i = 0
+            while i < count:
+                # The sorted walk reads the names in random order: fetch them ahead.
+                if i + PREFETCH_AHEAD < count:
+                    prefetch(ordered[i + PREFETCH_AHEAD].name)
+                # The records of one (ip, port): one backend, named by the smallest name.
+                first = i
+                name = <object>ordered[i].name
+                number += 1
+                while i < count and same_key(&ordered[i], &ordered[first]):
+                    ids[ordered[i].position] = number
+                    other = <object>ordered[i].name
+                    if other < name:
+                        name = other
+                    i += 1
+                backend = slots.new()
+                numbers.append(PyLong_FromSsize_t(number))
+                slots.fill(backend, 0, numbers[number - 1])
+                slots.fill(backend, 1, key_ip(&ordered[first]))
+                port = port_numbers[ordered[first].words[2] & 0xFFFF]
+                if port is None:
+                    port = port_numbers[ordered[first].words[2] & 0xFFFF] = PyLong_FromSsize_t(ordered[first].words[2] & 0xFFFF)
+                slots.fill(backend, 2, port)
+                slots.fill(backend, 3, name)
+                # A backend holds ints and a string: it can be in no reference cycle, so the
+                # cyclic collector need not know it. A million of them made while it was paused
+                # would otherwise all be traversed by its first pass after (a second per big
+                # compile).
+                gc_untrack(backend)
+                backends.append(backend)
+            start = 0  # (`ordered` is done with: it serves as sorted_ids' scratch)
+            for p in range(self.ports):
+                end = self.port_ends[p]
+                cluster_ids = self.sorted_ids(start, end, IN_CLUSTER, ids, <uint32_t*>ordered, numbers)
+                local_ids = self.sorted_ids(start, end, IN_LOCAL, ids, <uint32_t*>ordered, numbers)
+                if self.serving_is_cluster[p]:
+                    serving_ids = cluster_ids
+                else:
+                    serving_ids = self.sorted_ids(start, end, IN_SERVING, ids, <uint32_t*>ordered, numbers)
+                port_sets.append((cluster_ids, local_ids, serving_ids))
+                start = end
+        finally:
+            PyMem_Free(ids)
+            PyMem_Free(ordered)
+        return backends, port_sets
+
+    cdef tuple sorted_ids(self, Py_ssize_t start, Py_ssize_t end, uint8_t bit, const uint32_t* ids,
+                          uint32_t* scratch, list numbers):
+        """The ids of the records start..end that are in set `bit`, ascending."""
+        cdef Py_ssize_t position, n = 0, i, j
+        cdef uint32_t number
+        for position in range(start, end):
+            if self.sets[position] & bit:
+                scratch[n] = ids[position]
+                n += 1
+        if n == 0:
+            return ()
+        if n > 16:
+            qsort(scratch, n, sizeof(uint32_t), compare_ids)
+        else:  # a service port's handful: insertion sort
+            for i in range(1, n):
+                number, j = scratch[i], i
+                while j > 0 and scratch[j - 1] > number:
+                    scratch[j] = scratch[j - 1]
+                    j -= 1
+                scratch[j] = number
+        cdef tuple made = PyTuple_New(n)
+        for i in range(n):
+            fill(made, i, <object>PyList_GET_ITEM(numbers, scratch[i] - 1))
+        gc_untrack(made)  # ints only (see number)
+        return made
+
+
+cdef void* grown(void* memory, size_t size) except NULL:
+    cdef void* bigger = PyMem_Realloc(memory, size)
+    if bigger == NULL:
+        raise MemoryError()
+    return bigger
+
+
+def port_sets(list candidates, node, zone, sets_type):
+    """One service port's `sets_type` (compiler._Sets): cluster, local and serving lists of its
+    candidates, in their order, chosen as the full compile chooses them (Gatherer.choose)."""
+    cdef Gatherer gatherer = Gatherer(node, zone, None)
+    cdef list cluster = [], local = [], serving = []
+    cdef Py_ssize_t i
+    cdef uint8_t bits
+    gatherer.add_tuples(candidates)
+    for i in range(gatherer.count):
+        bits = gatherer.sets[i]
+        candidate = <object>gatherer.origins[i]
+        if bits & IN_CLUSTER:
+            cluster.append(candidate)
+        if bits & IN_LOCAL:
+            local.append(candidate)
+        if bits & IN_SERVING:
+            serving.append(candidate)
+    made = tuple_alloc(sets_type, 3)
+    fill(made, 0, cluster)
+    fill(made, 1, local)
+    fill(made, 2, serving)
+    return made
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,19 +873,7 @@ def make_objects(cls, rows):
 
 
 # --------------------------------------------------------------------------------------------
-# Numbering the backends
-
-cdef enum:
-    # Which of a service port's sets an endpoint is in.
-    IN_CLUSTER = 1
-    IN_LOCAL = 2
-    IN_SERVING = 4
-
-cdef struct Keyed:
-    uint64_t words[3]  # the backend key (ip << 16 | port, up to 145 bits), most significant first
-    Py_ssize_t position  # where the endpoint was gathered
-    PyObject* name  # its candidate's name (the candidate owns it): read in key order, beside the key
-
+# Numbering the backends: the sort
 
 cdef int sort_by_key(Keyed* items, Py_ssize_t count) except -1:
     """Sort by key, ties in gathering order: an LSD radix sort by bytes (stable), skipping the
@@ -426,189 +924,9 @@ cdef int sort_by_key(Keyed* items, Py_ssize_t count) except -1:
     return 0
 
 
-cdef inline bint same_key(const Keyed* x, const Keyed* y) noexcept nogil:
-    return x.words[0] == y.words[0] and x.words[1] == y.words[1] and x.words[2] == y.words[2]
-
-
-cdef object key_ip(const Keyed* keyed):
-    """The backend's ip: its key without the port."""
-    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4
-        return PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
-    cdef object high = PyLong_FromUnsignedLongLong(keyed.words[0])
-    cdef object middle = PyLong_FromUnsignedLongLong(keyed.words[1])
-    return high << 112 | middle << 48 | PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
-
-
 cdef int compare_ids(const void* a, const void* b) noexcept nogil:
     cdef uint32_t x = (<const uint32_t*>a)[0], y = (<const uint32_t*>b)[0]
     return -1 if x < y else (x > y)
-
-
-cdef object WORD_MASK = (1 << 64) - 1
-
-
-cdef class _Gathered:
-    """Every service port's endpoints, each port's distinct by key, in port order."""
-    cdef Keyed* keyed
-    cdef uint8_t* sets  # IN_* bits, by position
-    cdef uint32_t* ids  # backend id, by position
-    cdef Py_ssize_t* port_ends  # positions of port p: port_ends[p - 1] (0 for p = 0) .. port_ends[p]
-    cdef uint8_t* serving_is_cluster  # by port: its serving set equals its cluster set
-    cdef Py_ssize_t count
-
-    def __cinit__(self, Py_ssize_t capacity, Py_ssize_t ports):
-        self.keyed = <Keyed*>PyMem_Malloc(max(capacity, 1) * sizeof(Keyed))
-        self.sets = <uint8_t*>PyMem_Malloc(max(capacity, 1))
-        self.ids = <uint32_t*>PyMem_Malloc(max(capacity, 1) * sizeof(uint32_t))
-        self.port_ends = <Py_ssize_t*>PyMem_Malloc(max(ports, 1) * sizeof(Py_ssize_t))
-        self.serving_is_cluster = <uint8_t*>PyMem_Malloc(max(ports, 1))
-        if not (self.keyed and self.sets and self.ids and self.port_ends
-                and self.serving_is_cluster):
-            raise MemoryError()
-
-    def __dealloc__(self):
-        PyMem_Free(self.keyed)
-        PyMem_Free(self.sets)
-        PyMem_Free(self.ids)
-        PyMem_Free(self.port_ends)
-        PyMem_Free(self.serving_is_cluster)
-
-    cdef void add(self, candidate, uint8_t sets) except *:
-        cdef Keyed* keyed = &self.keyed[self.count]
-        key = item(candidate, KEY)
-        if key <= WORD_MASK:  # IPv4
-            keyed.words[0] = keyed.words[1] = 0
-            keyed.words[2] = PyLong_AsUnsignedLongLong(key)
-        else:
-            keyed.words[0] = PyLong_AsUnsignedLongLong(key >> 128)
-            keyed.words[1] = PyLong_AsUnsignedLongLong((key >> 64) & WORD_MASK)
-            keyed.words[2] = PyLong_AsUnsignedLongLong(key & WORD_MASK)
-        keyed.position = self.count
-        self.sets[self.count] = sets
-        keyed.name = PyTuple_GET_ITEM(candidate, NAME)
-        self.count += 1
-
-
-cdef tuple sorted_ids(_Gathered gathered, Py_ssize_t start, Py_ssize_t end, uint8_t bit,
-                      uint32_t* scratch, list numbers):
-    """The ids of the endpoints at positions start..end that are in set `bit`, ascending."""
-    cdef Py_ssize_t position, n = 0, i, j
-    cdef uint32_t number
-    for position in range(start, end):
-        if gathered.sets[position] & bit:
-            scratch[n] = gathered.ids[position]
-            n += 1
-    if n == 0:
-        return ()
-    if n > 16:
-        qsort(scratch, n, sizeof(uint32_t), compare_ids)
-    else:  # a service port's handful: insertion sort
-        for i in range(1, n):
-            number, j = scratch[i], i
-            while j > 0 and scratch[j - 1] > number:
-                scratch[j] = scratch[j - 1]
-                j -= 1
-            scratch[j] = number
-    cdef tuple ids = PyTuple_New(n)
-    for i in range(n):
-        fill(ids, i, <object>PyList_GET_ITEM(numbers, scratch[i] - 1))
-    gc_untrack(ids)  # ints only (see number_backends)
-    return ids
-
-
-def number_backends(list chosen, backend_type):
-    """One backend per distinct (ip, port) over every set of every service port, ids in key order
-    ((ip, port) order, IPv4 first); an (ip, port) in several service ports, or named differently
-    by two slices, is one backend named by the smallest name. `chosen` holds each service port's
-    (cluster, local, serving) candidate lists.
-
-    Returns (backends, sets): the `backend_type` objects, and per service port its
-    (cluster, local, serving) backend ids, each a sorted tuple; serving is the cluster tuple
-    itself when the two sets are equal."""
-    cdef Py_ssize_t capacity = 0, p, position, start, end, i, first, count
-    cdef list cluster, local, serving
-    cdef dict index
-    cdef uint8_t bit
-    for sets in chosen:
-        capacity += len(sets[0]) + len(sets[1]) + len(sets[2])
-    cdef _Gathered gathered = _Gathered(capacity, len(chosen))
-    for p, sets in enumerate(chosen):
-        cluster, local, serving = sets
-        same = serving == cluster
-        gathered.serving_is_cluster[p] = same
-        if same and not local:  # the usual case: one set
-            for candidate in cluster:
-                gathered.add(candidate, IN_CLUSTER | IN_SERVING)
-        else:  # each (ip, port) once, in every set it is in
-            index = {}
-            for bit, group in ((IN_CLUSTER, cluster), (IN_LOCAL, local), (IN_SERVING, serving)):
-                for candidate in group:
-                    key = item(candidate, KEY)
-                    at = index.get(key)
-                    if at is None:
-                        index[key] = gathered.count
-                        gathered.add(candidate, bit)
-                    else:
-                        gathered.sets[<Py_ssize_t>at] |= bit
-        gathered.port_ends[p] = gathered.count
-
-    count = gathered.count
-    sort_by_key(gathered.keyed, count)
-    cdef list backends = []
-    cdef list numbers = []  # the id ints, shared by the backends and the services' tuples
-    cdef Fields slots = Fields(backend_type, ("id", "ip", "port", "name"))
-    cdef list ports = [None] * 0x10000  # one int object per port number
-    cdef Keyed* keyed = gathered.keyed
-    cdef uint32_t number = 0
-    i = 0
-    while i < count:
-        # The sorted walk reads the names in random order: fetch them ahead.
-        if i + PREFETCH_AHEAD < count:
-            prefetch(keyed[i + PREFETCH_AHEAD].name)
-        # The endpoints of one (ip, port): one backend, named by the smallest name.
-        first = i
-        name = <object>keyed[i].name
-        number += 1
-        while i < count and same_key(&keyed[i], &keyed[first]):
-            gathered.ids[keyed[i].position] = number
-            other = <object>keyed[i].name
-            if other < name:
-                name = other
-            i += 1
-        backend = slots.new()
-        numbers.append(PyLong_FromSsize_t(number))
-        slots.fill(backend, 0, numbers[number - 1])
-        slots.fill(backend, 1, key_ip(&keyed[first]))
-        port = ports[keyed[first].words[2] & 0xFFFF]
-        if port is None:
-            port = ports[keyed[first].words[2] & 0xFFFF] = PyLong_FromSsize_t(keyed[first].words[2] & 0xFFFF)
-        slots.fill(backend, 2, port)
-        slots.fill(backend, 3, name)
-        # A backend holds ints and a string: it can be in no reference cycle, so the cyclic
-        # collector need not know it. A million of them made while it was paused would
-        # otherwise all be traversed by its first pass after (a second per big compile).
-        gc_untrack(backend)
-        backends.append(backend)
-
-    cdef list port_sets = []
-    cdef uint32_t* scratch = <uint32_t*>PyMem_Malloc(max(capacity, 1) * sizeof(uint32_t))
-    if scratch == NULL:
-        raise MemoryError()
-    try:
-        start = 0
-        for p in range(len(chosen)):
-            end = gathered.port_ends[p]
-            cluster_ids = sorted_ids(gathered, start, end, IN_CLUSTER, scratch, numbers)
-            local_ids = sorted_ids(gathered, start, end, IN_LOCAL, scratch, numbers)
-            if gathered.serving_is_cluster[p]:
-                serving_ids = cluster_ids
-            else:
-                serving_ids = sorted_ids(gathered, start, end, IN_SERVING, scratch, numbers)
-            port_sets.append((cluster_ids, local_ids, serving_ids))
-            start = end
-    finally:
-        PyMem_Free(scratch)
-    return backends, port_sets
 
 
 # --------------------------------------------------------------------------------------------

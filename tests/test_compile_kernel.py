@@ -37,36 +37,102 @@ def random_key(rng: random.Random) -> int:
     return ip << 16 | rng.choice((0, 53, 8080, 0xFFFF))
 
 
-def candidate(key: int, name: str, ready: bool) -> _Candidate:
-    return _Candidate(key, name, ready, True, False, False, (), ())
+def candidate(rng: random.Random, key: int, name: str) -> _Candidate:
+    terminating = rng.random() < 0.2
+    return _Candidate(key, name, rng.random() < 0.8 and not terminating, rng.random() < 0.9, terminating,
+                      rng.random() < 0.3, (), ())
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_number_backends_follows_the_rules(seed: int) -> None:
+def test_numbering_follows_the_rules(seed: int) -> None:
     rng = random.Random(seed)
     pool = sorted({random_key(rng) for _ in range(rng.randrange(1, 60))})
-    chosen = []
+    gatherer = compile_kernel.Gatherer("n1", None, None)
+    chosen, summaries = [], []
     for _ in range(rng.randrange(0, 30)):
-        # A service port's candidates are distinct by key; the same key may recur across ports,
-        # named differently.
-        keys = rng.sample(pool, rng.randrange(0, min(len(pool), 25) + 1))
-        candidates = [candidate(key, f"n{rng.randrange(5)}-{key:x}", rng.random() < 0.8) for key in keys]
-        cluster = [c for c in candidates if c.ready]
-        if rng.random() < 0.5:
-            sets = _Sets(cluster, [], cluster)  # the usual case: one set
-        else:
-            local = [c for c in candidates if rng.random() < 0.3]
-            serving = candidates if rng.random() < 0.7 else list(cluster)
-            sets = _Sets(cluster, local, serving)
-        chosen.append(sets)
-    backends, port_sets = compile_kernel.number_backends(chosen, Backend)
+        # A port's candidates may repeat a key (the preferred one is kept); the same key may
+        # recur across ports, named differently.
+        keys = [rng.choice(pool) for _ in range(rng.randrange(0, 25))]
+        candidates = [candidate(rng, key, f"n{rng.randrange(5)}-{key:x}") for key in keys]
+        summaries.append(gatherer.add_candidates(candidates))
+        chosen.append(compile_kernel.port_sets(candidates, "n1", None, _Sets))
+    backends, port_sets = gatherer.number(Backend)
     assert (backends, port_sets) == expected_numbering(chosen)
+    assert summaries == [(len(s.cluster), any(c.ready for c in s.cluster), len(s.local)) for s in chosen]
     # Ints and strings only: the cyclic collector is not told of them.
     assert not any(map(gc.is_tracked, backends))
     assert not any(gc.is_tracked(ids) for sets in port_sets for ids in sets)
     for sets, (cluster, _, serving) in zip(chosen, port_sets):
         if sets.serving == sets.cluster:
             assert serving is cluster  # equal sets share one tuple (Maps checks it once)
+
+
+def test_port_sets_keep_the_preferred_of_duplicates_in_first_seen_order() -> None:
+    def made(key: int, name: str, ready: bool, terminating: bool = False) -> _Candidate:
+        return _Candidate(key, name, ready, True, terminating, False, (), ())
+
+    first, second, third = made(1 << 16 | 80, "a", False), made(2 << 16 | 80, "b", True), made(1 << 16 | 80, "c", True)
+    sets = compile_kernel.port_sets([first, second, third], None, None, _Sets)
+    assert sets.cluster == [third, second] and sets.serving == [third, second]
+    # Not terminating wins over ready.
+    sets = compile_kernel.port_sets([made(5, "x", True, terminating=True), made(5, "y", False)], None, None, _Sets)
+    assert [c.name for c in sets.serving] == ["y"]
+
+
+def random_slices(rng: random.Random, family: int) -> list:
+    from fastpath.model import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, ObjectReference
+
+    def address() -> str:
+        if family == 4:
+            return f"10.0.{rng.randrange(2)}.{rng.randrange(1, 9)}"
+        if rng.random() < 0.1:
+            return rng.choice(("::ffff:10.0.0.1", "10.0.0.2"))  # no candidate in an IPv6 slice
+        return f"fd00::{rng.randrange(1, 9):x}"
+
+    def condition() -> bool | None:
+        return rng.choice((None, True, False))
+
+    slices = []
+    for index in range(rng.randrange(0, 4)):
+        endpoints = tuple(
+            Endpoint(addresses=(address(),),
+                     conditions=EndpointConditions(condition(), condition(), condition()),
+                     node_name=rng.choice((None, "n1", "n2")),
+                     hints_for_zones=rng.choice(((), ("z1",), ("z2", "z1"))),
+                     hints_for_nodes=rng.choice(((), ("n1",), ("n2",))),
+                     target_ref=rng.choice((None, ObjectReference("Pod", rng.choice(("", "b")), f"p{i}"))))
+            for i in range(rng.randrange(0, 12)))
+        ports = rng.choice(((EndpointPort("http", "TCP", 8080),), (EndpointPort("dns", "UDP", 53),),
+                            (EndpointPort("http", "TCP", None),)))
+        slices.append(EndpointSlice("a", f"web-{index}", "web", f"IPv{family}", ports, endpoints))
+    return slices
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_slices_gather_as_their_candidates(seed: int) -> None:
+    """The full compile reads slices straight into records (add_slices); the incremental path
+    makes candidate tuples of the same endpoints (candidates, then port_sets). Same result."""
+    from collections import Counter
+
+    from fastpath.model import ServicePort
+
+    rng = random.Random(seed)
+    node, zone = rng.choice((None, "n1")), rng.choice((None, "z1"))
+    port = ServicePort("http", "TCP", 80, 8080)
+    skipped: Counter[str] = Counter()
+    skipped_directly: Counter[str] = Counter()
+    direct = compile_kernel.Gatherer(node, zone, skipped_directly)
+    through_tuples = compile_kernel.Gatherer(node, zone, None)
+    summaries = []
+    for _ in range(rng.randrange(1, 6)):
+        family = rng.choice((4, 6))
+        slices = random_slices(rng, family)
+        made = compile_kernel.candidates(port, family, slices, node, skipped, None, _Candidate)
+        assert len({c.key for c in made}) == len(made)
+        summaries.append((direct.add_slices(port, family, slices), through_tuples.add_candidates(made)))
+    assert all(a == b for a, b in summaries)
+    assert direct.number(Backend) == through_tuples.number(Backend)
+    assert skipped_directly == skipped
 
 
 @pytest.mark.parametrize("text", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "fd00::1", "::", "::1",
@@ -118,3 +184,21 @@ def test_make_objects_refuses_a_class_without_slots() -> None:
 
     with pytest.raises(TypeError, match="not a slot"):
         compile_kernel.make_objects(Plain, [(1,)])
+
+
+def test_map_address_reads_any_ipv4_text_as_inet_aton() -> None:
+    """Canonical dotted quads are parsed without inet_aton; any other text (leading zeros are
+    octal to inet_aton, hex, fewer parts, spaces) must still read as inet_aton reads it."""
+    rng = random.Random(7)
+    parts = ["0", "00", "1", "9", "10", "99", "100", "255", "256", "010", "08", "1000", "", " 1", "1 ", "0x1f"]
+    for _ in range(20000):
+        text = ".".join(rng.choice(parts) for _ in range(rng.choice((1, 2, 3, 4, 4, 4, 5))))
+        try:
+            expected: int | None = int.from_bytes(socket.inet_aton(text), "big")
+        except OSError:
+            expected = None
+        try:
+            got: int | None = compile_kernel.map_address(text)
+        except (OSError, ValueError):
+            got = None
+        assert got == expected, text

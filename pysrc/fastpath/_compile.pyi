@@ -28,9 +28,20 @@ def port_sets(candidates: list[Any], node: str | None, zone: str | None, sets_ty
 def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
     """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""
 
-def number_backends(chosen: list[Any], backend_type: type[_T]) -> tuple[list[_T], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
-    """The backends, one per distinct (ip, port) in key order, and per service port its
-    (cluster, local, serving) backend ids, sorted."""
+class Gatherer:
+    """Service ports' endpoints as compiled records, port after port (no Python object per
+    endpoint but its name): each port's sets chosen as endpoint_sets chooses them, then the
+    backends numbered over all ports."""
+
+    def __init__(self, node: str | None, zone: str | None, skipped: Counter[str] | None) -> None: ...
+    def add_slices(self, port: Any, family: int, slices: Iterable[Any]) -> tuple[int, bool, int]:
+        """Add a service port from its EndpointSlices of the family: (endpoints in its cluster
+        set, whether they are ready ones, endpoints in its local set)."""
+    def add_candidates(self, candidates: list[Any]) -> tuple[int, bool, int]:
+        """Add a service port from its candidate tuples; returns what add_slices returns."""
+    def number(self, backend_type: type[_T]) -> tuple[list[_T], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
+        """The backends, one per distinct (ip, port) in key order, and per port added its
+        (cluster, local, serving) backend ids, sorted."""
 
 def members_valid(services: list[Any], backends: list[Any], service_type: type, backend_type: type) -> bool:
     """Maps' bulk check of its backends and of the ids its services name (False: let the item

@@ -51,11 +51,11 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
+from ._compile import Gatherer as _Gatherer
 from ._compile import candidates as _compiled_candidates
 from ._compile import checked_port as _checked_port
 from ._compile import keep as _keep
 from ._compile import make_objects, map_address
-from ._compile import number_backends as _number_backends
 from ._compile import port_sets as _port_sets
 from .maps import (
     FRONTEND_KINDS,
@@ -217,21 +217,21 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     with_slices = {(s.namespace, s.service_name) for s in state.endpoint_slices if s.service_name is not None}
     pods = _PodIndex(state.pods)
 
-    chosen: list[_Sets] = []
+    # Every service port's endpoints, gathered as compiled records (no Python object per
+    # endpoint but its name): its sets chosen by the rules of endpoint_sets, then numbered.
+    gatherer = _Gatherer(info.name, info.zone, skipped)
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
-    node_name, zone = info.name, info.zone
     for entry in ports:
         service = entry.service
         key = service.key
-        selected = None
         if key not in with_slices and service.selector is not None:
             if key not in from_pods:
                 from_pods[key] = pods.selected(service)
-            selected = from_pods[key]
-        sets = endpoint_sets(entry, slices.get((*key, entry.family), ()), selected, node_name, zone,
-                             skipped)
-        _endpoint_notes(entry, sets, info, notes)
-        chosen.append(sets)
+            summary = gatherer.add_candidates(
+                _pod_candidates(service, entry.port, entry.family, from_pods[key], info.name))
+        else:
+            summary = gatherer.add_slices(entry.port, entry.family, slices.get((*key, entry.family), ()))
+        _endpoint_notes(entry, summary, info, notes)
     if from_pods and state.pods:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
                      "(no EndpointSlice in the input for them)")
@@ -239,7 +239,8 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     # One backend per distinct (ip, port) over every set of every service port, ids in (ip, port)
     # order (IPv4 first); an (ip, port) in several service ports, or named differently by two
     # slices, is one backend named by the smallest name. Per service port, each set's ids sorted.
-    backends, id_sets = _number_backends(chosen, Backend)
+    backends, id_sets = gatherer.number(Backend)
+    del gatherer
     # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
     services = make_objects(MapService, [
         (service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family)
@@ -543,14 +544,16 @@ def _affinity_timeout(service: Service) -> int:
 # Endpoints
 
 
-def _endpoint_notes(entry: _Port, sets: _Sets, info: _NodeInfo, notes: list[str]) -> None:
-    if not sets.cluster:
+def _endpoint_notes(entry: _Port, summary: tuple[int, bool, int], info: _NodeInfo, notes: list[str]) -> None:
+    """Notes on a service port's sets, from (endpoints in its cluster set, whether they are ready
+    ones, endpoints in its local set): what Gatherer.add_slices returns."""
+    cluster, ready, local = summary
+    if not cluster:
         notes.append(f"{entry.label}: no usable endpoint; traffic to it is rejected")
         return
-    # The cluster set is the ready endpoints or, with none ready, the fallback: its first says which.
-    if not sets.cluster[0].ready:
-        notes.append(f"{entry.label}: no ready endpoint; using {len(sets.cluster)} serving terminating endpoint(s)")
-    if sets.local:
+    if not ready:  # the cluster set is the ready endpoints or, with none ready, the fallback
+        notes.append(f"{entry.label}: no ready endpoint; using {cluster} serving terminating endpoint(s)")
+    if local:
         return
     service = entry.service
     internal_local = service.internal_traffic_policy == "Local"
