@@ -544,7 +544,7 @@ cdef class Gatherer:
         cdef Py_ssize_t capacity
         cdef size_t size = 8
         if self.count + most > self.capacity:
-            capacity = max(2 * self.capacity, self.count + most, 1024)
+            capacity = max(2 * self.capacity, self.count + most, 16)
             self.keyed = <Keyed*>grown(self.keyed, capacity * sizeof(Keyed))
             self.sets = <uint8_t*>grown(self.sets, capacity)
             self.capacity = capacity
@@ -562,7 +562,7 @@ cdef class Gatherer:
         memset(self.table, 0, size * sizeof(uint32_t))
         self.table_mask = size - 1
         if self.ports == self.port_capacity:
-            capacity = max(2 * self.port_capacity, 256)
+            capacity = max(2 * self.port_capacity, 16)
             self.port_ends = <Py_ssize_t*>grown(self.port_ends, capacity * sizeof(Py_ssize_t))
             self.serving_is_cluster = <uint8_t*>grown(self.serving_is_cluster, capacity)
             self.port_capacity = capacity
