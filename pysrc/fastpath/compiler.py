@@ -123,8 +123,9 @@ class CompileResult:
 class _Candidate(NamedTuple):
     """One endpoint of one service port, as kube-proxy's endpoint info sees it.
 
-    A named tuple, not a dataclass: a large cluster makes millions of these, and the compiled
-    loops (fastpath._compile) make them as tuples and read them by index.
+    Made for the incremental path (endpoint_sets, remembered between changes) and for endpoints
+    built from Pods; the full compile keeps endpoints as compiled records instead
+    (fastpath._compile.Gatherer). A named tuple: the compiled code makes and reads it by index.
     """
 
     key: int  # _backend_key(ip, port): (ip, port) as one int, ordered like the pair
@@ -223,14 +224,17 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
     for entry in ports:
         service = entry.service
-        key = service.key
-        if key not in with_slices and service.selector is not None:
+        namespace, name = service.namespace, service.name
+        port_slices = slices.get((namespace, name, entry.family))
+        # A service with no EndpointSlice at all (of any family) gets its endpoints from Pods.
+        if port_slices is None and service.selector is not None and (namespace, name) not in with_slices:
+            key = namespace, name
             if key not in from_pods:
                 from_pods[key] = pods.selected(service)
             summary = gatherer.add_candidates(
                 _pod_candidates(service, entry.port, entry.family, from_pods[key], info.name))
         else:
-            summary = gatherer.add_slices(entry.port, entry.family, slices.get((*key, entry.family), ()))
+            summary = gatherer.add_slices(entry.port, entry.family, port_slices or ())
         _endpoint_notes(entry, summary, info, notes)
     if from_pods and state.pods:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
