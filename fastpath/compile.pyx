@@ -277,11 +277,9 @@ cdef int key_words(object key, Keyed* keyed) except -1:
 
 cdef object key_ip(const Keyed* keyed):
     """The backend's ip: its key without the port."""
-    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4
+    if keyed.words[0] == 0 and keyed.words[1] == 0:  # IPv4: no big int on the way
         return PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS)
-    return (PyLong_FromUnsignedLongLong(keyed.words[0]) << 112
-            | PyLong_FromUnsignedLongLong(keyed.words[1]) << 48
-            | PyLong_FromUnsignedLongLong(keyed.words[2] >> PORT_BITS))
+    return key_object(keyed) >> PORT_BITS
 
 
 cdef inline bint prefer(uint8_t mine, uint8_t theirs) noexcept:
@@ -302,15 +300,6 @@ cdef inline bint prefer(uint8_t mine, uint8_t theirs) noexcept:
 cdef uint8_t candidate_flags(object candidate) except? 0xFF:
     return ((F_READY if item(candidate, READY) else 0) | (F_SERVING if item(candidate, SERVING) else 0)
             | (F_TERMINATING if item(candidate, TERMINATING) else 0) | (F_LOCAL if item(candidate, LOCAL) else 0))
-
-
-cpdef keep(dict found, candidate):
-    """Keep `candidate` in `found` (key -> candidate) unless an endpoint of the same (ip, port)
-    is already there and preferred (see prefer)."""
-    key = item(candidate, KEY)
-    previous = found.setdefault(key, candidate)
-    if previous is not candidate and prefer(candidate_flags(candidate), candidate_flags(previous)):
-        found[key] = candidate
 
 
 cpdef checked_port(number):
@@ -399,10 +388,11 @@ cdef class SliceReader:
 
 
 def candidates(port, int family, slices, node, skipped, dict memo, candidate_type):
-    """compiler._candidates: the service port's endpoints from its slices of the family, one
-    `candidate_type` (compiler._Candidate) per (ip, port); see there for the rules and `memo`.
-    The endpoints are read as the full compile reads them (SliceReader), then made tuples."""
-    cdef dict found = {}
+    """compiler._candidates: the service port's endpoints from its slices of the family, each a
+    `candidate_type` (compiler._Candidate), duplicates included (port_sets resolves them); see
+    there for the rules and `memo`. The endpoints are read as the full compile reads them
+    (SliceReader), then made tuples."""
+    cdef list found = []
     cdef dict known = None
     cdef dict contexts
     cdef tuple hit
@@ -444,8 +434,8 @@ def candidates(port, int family, slices, node, skipped, dict memo, candidate_typ
             if candidate is None:
                 skipped[MAPPED_IN_IPV6] += 1
             else:
-                keep(found, candidate)
-    return list(found.values())
+                found.append(candidate)
+    return found
 
 
 cdef inline object item(object candidate, Py_ssize_t index):

@@ -12,15 +12,12 @@ def map_address(text: str) -> int:
     """A model address (canonical text) as a map address; OSError (ValueError for an embedded
     NUL) for text that is no address."""
 
-def keep(found: dict[int, Any], candidate: Any) -> None:
-    """Keep `candidate` in `found` unless a preferred endpoint of its (ip, port) is there."""
-
 def checked_port(number: int) -> int:
     """A backend port in 0..65535 (ClusterError otherwise)."""
 
 def candidates(port: Any, family: int, slices: Iterable[Any], node: str | None, skipped: Counter[str],
                memo: dict[Any, Any] | None, candidate_type: type[_T]) -> list[_T]:
-    """compiler._candidates: a service port's endpoints from its slices, one per (ip, port)."""
+    """compiler._candidates: a service port's endpoints from its slices, duplicates included."""
 
 def port_sets(candidates: list[Any], node: str | None, zone: str | None, sets_type: type[_T]) -> _T:
     """A service port's (cluster, local, serving) candidate lists, as `sets_type`."""

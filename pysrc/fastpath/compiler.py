@@ -54,7 +54,6 @@ from typing import Any, NamedTuple
 from ._compile import Gatherer as _Gatherer
 from ._compile import candidates as _compiled_candidates
 from ._compile import checked_port as _checked_port
-from ._compile import keep as _keep
 from ._compile import make_objects, map_address
 from ._compile import port_sets as _port_sets
 from .maps import (
@@ -511,8 +510,9 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
 
 def _external_policy_local(service: Service) -> bool:
     """externalTrafficPolicy Local, honoured only for externally accessible services (kube-proxy)."""
-    accessible = service.type in ("NodePort", "LoadBalancer") or (service.type == "ClusterIP" and bool(service.external_ips))
-    return accessible and service.external_traffic_policy == "Local"
+    if service.external_traffic_policy != "Local":  # the usual case, checked first
+        return False
+    return service.type in ("NodePort", "LoadBalancer") or (service.type == "ClusterIP" and bool(service.external_ips))
 
 
 def _load_balancer_vips(service: Service) -> list[str]:
@@ -561,7 +561,7 @@ def _endpoint_notes(entry: _Port, summary: tuple[int, bool, int], info: _NodeInf
         return
     service = entry.service
     internal_local = service.internal_traffic_policy == "Local"
-    external_local = service.external_traffic_policy == "Local" and _external_policy_local(service)
+    external_local = _external_policy_local(service)
     if not (internal_local or external_local):  # the usual case: no Local policy to warn about
         return
     why = "no node given" if info.name is None else f"none on node {info.name}"
@@ -625,11 +625,12 @@ CandidateMemo = dict[tuple[str, str], dict[tuple[int, int, str | None], dict[int
 
 def _candidates(port: ServicePort, family: int, slices: Iterable[EndpointSlice], node: str | None,
                 skipped: Counter[str], memo: CandidateMemo | None = None) -> list[_Candidate]:
-    """The service port's endpoints from its slices of the family, one per (ip, port).
+    """The service port's endpoints from its slices of the family, in slice order.
 
-    Of duplicates (the same pod in two slices while the controller moves it) the non-terminating
-    one wins, as in kube-proxy; then the ready, serving, local one, so the result never depends
-    on which slice was read first. Only an endpoint's first address counts; an IPv4-mapped
+    An (ip, port) can be listed twice (the same pod in two slices while the controller moves
+    it): choosing the sets (_port_sets, Gatherer) keeps the non-terminating one, as in
+    kube-proxy; then the ready, serving, local one, so the result never depends on which slice
+    was read first. Only an endpoint's first address counts; an IPv4-mapped
     address in an IPv6 slice is skipped (and counted). Backend names read
     "10.244.1.5:8080 (namespace/pod)", or name the slice when the endpoint has no targetRef.
 
@@ -683,9 +684,10 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
     serving = the pod's Ready condition, terminating = deletionTimestamp set, ready = serving and
     not terminating (always ready with publishNotReadyAddresses). A named targetPort resolves
     through each pod's container ports (same name and protocol); a pod without it is no endpoint
-    of this port.
+    of this port. Two pods of one (ip, port) (host-network pods) are both listed; choosing the
+    sets keeps the preferred one (see _candidates).
     """
-    found: dict[int, _Candidate] = {}
+    found: list[_Candidate] = []
     target = port.target_port
     for addresses, pod in pods:
         address = addresses.get(family)
@@ -699,7 +701,7 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
             number = target
         ip = _address(address)
         endpoint = f"[{address}]:{number}" if ip >= IPV6 else f"{address}:{number}"
-        _keep(found, _Candidate(
+        found.append(_Candidate(
             key=_backend_key(ip, _checked_port(number)),
             name=f"{endpoint} ({pod.namespace}/{pod.name})",
             ready=service.publish_not_ready_addresses or (pod.ready and not pod.terminating),
@@ -709,7 +711,7 @@ def _pod_candidates(service: Service, port: ServicePort, family: int, pods: Iter
             zone_hints=_NO_HINTS,
             node_hints=_NO_HINTS,
         ))
-    return list(found.values())
+    return found
 
 
 def endpoint_sets(entry: _Port, slices: Iterable[EndpointSlice],
