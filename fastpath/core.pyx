@@ -7,6 +7,7 @@ byte for byte. Policy never lives here: the maps arrive fully decided from fastp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from array import array
 from copy import copy
@@ -1003,18 +1004,30 @@ cdef _build_maps(Maps* m, maps):
     m.n_services = n_services
     m.n_backends = n_backends
     m.backends_capacity = n_backends
+    # Every id used as an index is checked here, whatever Maps checked when it was made (its lists
+    # can change after, and Maps.unchecked skips that): a bad one gets Maps.check()'s error.
+    i = 0
     for backend in maps.backends:
+        i += 1
+        if _int_or_zero(backend.id) != i:
+            _refuse(maps)
         _set_backend(m, backend)
     # Service 0 (a flow whose service vanished) has no members: its table is slots[0], empty.
     m.may_flush[0] = True
     m.slots_capacity = n_slots
     m.n_slots = 1
+    i = 0
     for service, ids in zip(maps.services, members):
+        i += 1
+        if _int_or_zero(service.id) != i or not _ids_within(ids, n_backends):
+            _refuse(maps)
         m.blocks[service.id].size = _block_size(service, ids)
         _write_block(m, service.id, m.n_slots, service, ids)
         m.n_slots += m.blocks[service.id].size
     cdef Addr address
     for i, frontend in enumerate(maps.frontends):
+        if not 1 <= _int_or_zero(frontend.service) <= n_services:
+            _refuse(maps)
         m.frontends[i].addr = _addr(frontend.ip)
         m.any_ipv6 = m.any_ipv6 or frontend.ip >= IPV6
         m.frontends[i].port = frontend.port
@@ -1054,6 +1067,31 @@ cdef _build_maps(Maps* m, maps):
         frontend_map_put(&m.frontend_ips, frontend_key(&address, 0, 0), 0)
     for i in range(n_frontends):
         frontend_map_put(&m.frontend_ips, frontend_key(&m.frontends[i].addr, 0, 0), 0)
+
+
+cdef _refuse(maps):
+    """Raise the ValueError Maps.check() raises for `maps`, or a general one."""
+    maps.check()
+    raise ValueError("maps name an id that is out of range")
+
+
+cdef inline int64_t _int_or_zero(value) except? -1:
+    """An int id's value; 0 (never an id) for anything else."""
+    cdef int overflow
+    cdef long long number
+    if type(value) is not int:
+        return 0
+    number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    return 0 if overflow else number
+
+
+cdef bint _ids_within(frozenset ids, uint32_t count) except -1:
+    cdef int64_t number
+    for backend_id in ids:
+        number = _int_or_zero(backend_id)
+        if not 1 <= number <= count:
+            return False
+    return True
 
 
 cdef _set_backend(Maps* m, backend):

@@ -119,7 +119,9 @@ def container_port(number: int, name: str, protocol: str = "TCP") -> dict[str, A
 
 
 def compile_objects(objects: list[dict[str, Any]], node_name: str | None = None) -> CompileResult:
-    return compile_maps(ClusterState.from_objects(objects), node_name)
+    result = compile_maps(ClusterState.from_objects(objects), node_name)
+    result.maps.check()  # made with Maps.unchecked: it must pass what Maps() checks
+    return result
 
 
 def ip(text: str) -> int:

@@ -67,6 +67,7 @@ def random_cluster(rng: random.Random, dual: bool) -> list[dict[str, Any]]:
 
 
 def check_invariants(maps: Maps) -> None:
+    maps.check()  # the compiler makes its maps with Maps.unchecked: they must pass what Maps() checks
     backends = maps.backends
     assert [b.id for b in backends] == list(range(1, len(backends) + 1))
     keys = [(b.ip, b.port) for b in backends]

@@ -103,6 +103,43 @@ def test_duplicate_frontend_is_refused():
              backends=MAPS.backends)
 
 
+# Maps' lists can change after Maps(...) checked them (and Maps.unchecked checks nothing): load()
+# checks every id it would index by itself, and refuses with Maps.check()'s error.
+ID_CORRUPTIONS = {
+    "a service added out of place": (lambda m: m.services.append(Service(5, "default/x:http", (1,))),
+                                     "service 'default/x:http' has id 5, expected 3"),
+    "a set naming no backend": (lambda m: m.services.append(Service(3, "default/x:http", (1,), (), (9,))),
+                                "service 'default/x:http' names unknown backend id 9"),
+    "a set naming id 0": (lambda m: m.services.append(Service(3, "default/x:http", (0,))),
+                          "names unknown backend id 0"),
+    "a backend added out of place": (lambda m: m.backends.append(Backend(7, ip4("10.244.1.7"), 80, "c")),
+                                     "backend 'c' has id 7, expected 3"),
+    "a backend id that is no int": (lambda m: m.backends.append(Backend("3", ip4("10.244.1.7"), 80, "c")),
+                                    "backend 'c' has id '3', expected 3"),
+    "a frontend of no service": (lambda m: m.frontends.append(Frontend(ip4("10.96.0.12"), 80, 6, 3)),
+                                 "names an unknown service id"),
+}
+
+
+@pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
+@pytest.mark.parametrize("corruption", sorted(ID_CORRUPTIONS))
+def test_load_refuses_ids_changed_after_the_maps_were_checked(engine_class, corruption):
+    change, message = ID_CORRUPTIONS[corruption]
+    engine = engine_class(MAPS)
+    first = engine.process_packet(syn(), 1)
+    for made in (Maps(services=list(MAPS.services), frontends=list(MAPS.frontends), backends=list(MAPS.backends)),
+                 Maps.unchecked(list(MAPS.services), list(MAPS.frontends), list(MAPS.backends), NodeView())):
+        change(made)
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            engine.load(made)
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            engine_class(made)
+    # Nothing changed: the tracked flow and the old maps are still there.
+    assert engine.process_packet(syn(), 2)[1] == Reason.CT_ESTABLISHED
+    assert engine.process_packet(syn(sport=40001), 3)[2] is not None
+    assert first[0] == Verdict.DNAT
+
+
 @pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])
 def test_timeouts_are_configurable(engine_class):
     engine = engine_class(MAPS, timeouts_s={"syn_sent": 1})

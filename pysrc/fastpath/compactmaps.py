@@ -5,7 +5,7 @@ looks the fields up again for every object): 35 ms for 1,000 Services with 10,00
 As columns (one list of values per field) the pickle holds no objects of ours, loads in a
 couple of milliseconds, and the objects are rebuilt by C-level loops: each made empty and its
 slots filled through the slot descriptors, which is what unpickling does too (neither
-__init__ nor __post_init__ runs: the maps were checked when they were compiled).
+__init__ nor __post_init__ runs: they are the compiler's maps, see Maps.unchecked).
 """
 from __future__ import annotations
 
@@ -34,10 +34,9 @@ def unpack(packed: tuple[Columns, Columns, Columns, Columns]) -> Maps:
     """The Maps `pack` was given, equal field for field (ValueError if the classes' fields are
     not those packed)."""
     services, frontends, backends, node = packed
-    maps = object.__new__(Maps)
-    _fill(Maps, [maps], _names(Maps), [[_rebuild(Service, services)], [_rebuild(Frontend, frontends)],
-                                 [_rebuild(Backend, backends)], _rebuild(NodeView, node)])
-    return maps
+    (node_view,) = _rebuild(NodeView, node)
+    return Maps.unchecked(_rebuild(Service, services), _rebuild(Frontend, frontends),
+                          _rebuild(Backend, backends), node_view)
 
 
 def _names(cls: type) -> tuple[str, ...]:

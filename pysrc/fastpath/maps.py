@@ -185,7 +185,12 @@ def _valid_addresses(addresses: list[int]) -> bool:
 
 @dataclass(slots=True)
 class Maps:
-    """Everything a core needs; ids index these lists directly (entry i has id i + 1)."""
+    """Everything a core needs; ids index these lists directly (entry i has id i + 1).
+
+    Made with Maps(...), the maps are checked (check()); Maps.unchecked(...) skips that for
+    maps fastpath made itself. Either way a core's load() refuses ids it would index out of
+    range, whatever was changed after.
+    """
 
     services: list[Service] = field(default_factory=list)
     frontends: list[Frontend] = field(default_factory=list)
@@ -193,6 +198,22 @@ class Maps:
     node: NodeView = field(default_factory=NodeView)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    @classmethod
+    def unchecked(cls, services: list[Service], frontends: list[Frontend], backends: list[Backend],
+                  node: NodeView) -> Maps:
+        """Maps without check(): for those fastpath's compiler and its cache build, right by
+        construction (the compiler's tests check its output; checking a million backends again
+        would be an eighth of a big compile)."""
+        maps = object.__new__(cls)
+        maps.services, maps.frontends, maps.backends, maps.node = services, frontends, backends, node
+        return maps
+
+    def check(self) -> None:
+        """Raise ValueError (one line, naming the first bad item) unless ids are dense and
+        match their positions, every id a service or frontend names exists, frontends are
+        unique, families agree and addresses are map addresses."""
         # A big cluster's maps hold a million backends: check them in bulk (C-level passes over
         # each field), and only when that finds a problem go item by item for the error.
         try:
@@ -240,10 +261,10 @@ class Maps:
         """The checks of _valid(), item by item: raises ValueError naming the first bad item."""
         for position, item in enumerate(self.services):
             if item.id != position + 1:
-                raise ValueError(f"service {item.name!r} has id {item.id}, expected {position + 1}")
+                raise ValueError(f"service {item.name!r} has id {item.id!r}, expected {position + 1}")
         for position, item in enumerate(self.backends):
             if item.id != position + 1:
-                raise ValueError(f"backend {item.name!r} has id {item.id}, expected {position + 1}")
+                raise ValueError(f"backend {item.name!r} has id {item.id!r}, expected {position + 1}")
         keys = set()
         for frontend in self.frontends:
             if not 1 <= frontend.service <= len(self.services):
@@ -289,6 +310,22 @@ class Maps:
             _check_prefix(prefix, "node.pod_cidrs")
         for prefix in node.service_cidrs:
             _check_prefix(prefix, "node.service_cidrs")
+
+
+def ids_in_place(maps: Maps) -> bool:
+    """What a core's load() makes sure of before it indexes anything by id (Maps.check() checks
+    more): every backend's and service's id is its position + 1, and every id a service's sets
+    or a frontend names is an int of an existing backend or service."""
+    backends, services = len(maps.backends), len(maps.services)
+
+    def is_id(value: object, count: int) -> bool:
+        return type(value) is int and 1 <= value <= count
+
+    return (all(type(b.id) is int and b.id == i for i, b in enumerate(maps.backends, start=1))
+            and all(type(s.id) is int and s.id == i for i, s in enumerate(maps.services, start=1))
+            and all(is_id(backend_id, backends) for s in maps.services
+                    for backend_id in (*s.backends, *s.local_backends, *s.serving))
+            and all(is_id(f.service, services) for f in maps.frontends))
 
 
 def check_service_update(maps: Maps, service: Service, new_backends: Sequence[Backend]) -> None:

@@ -10,7 +10,10 @@ Engine(maps, ct_capacity=DEFAULT_CT_CAPACITY, timeouts_s=None, new_flow_rate=0)
                    ct_capacity >= 1; new_flow_rate 0 (guard off) .. 10**9 (see step d2)
   .load(maps)      replace frontends/services/backends between batches (see "load(maps)");
                    a prefix length outside 0..32 (IPv4) or 0..128 (IPv6) in source_ranges,
-                   node.pod_cidrs or node.service_cidrs -> ValueError
+                   node.pod_cidrs or node.service_cidrs, or an id out of place or naming
+                   nothing (a backend's or service's id not its position + 1, a set's backend
+                   id or a frontend's service id out of range: Maps.check()'s error, whatever
+                   was changed after the Maps was made) -> ValueError
   .update_service(service, new_backends=())
                    replace one service's backend sets in place between batches, no id changing
                    (see "update_service")
@@ -390,6 +393,7 @@ from fastpath.maps import (
     address_bits,
     check_service_update,
     family_of,
+    ids_in_place,
     in_prefix,
 )
 from fastpath.verdicts import (
@@ -1384,8 +1388,11 @@ class ReferenceEngine:
 
         Conntrack and affinity entries and all counters are kept; per-id state follows the ids
         by name (services: by name and family). Raises ValueError (before changing anything) for a
-        prefix length outside 0..32 (IPv4) or 0..128 (IPv6).
+        prefix length outside 0..32 (IPv4) or 0..128 (IPv6), or for an id out of place or range.
         """
+        if not ids_in_place(maps):
+            maps.check()
+            raise ValueError("maps name an id that is out of range")
         for frontend in maps.frontends:
             _check_prefixes(frontend.source_ranges, f"frontend {frontend}: source_ranges")
         _check_prefixes(maps.node.pod_cidrs, "node.pod_cidrs")
