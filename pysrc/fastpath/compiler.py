@@ -209,12 +209,13 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     notes: list[str] = []
     warnings: list[str] = []
 
-    ports = _service_ports(state.services, skipped)
+    service_ips: set[int] = set()
+    ports = _service_ports(state.services, skipped, service_ips)
     # The families the node's view matters for (IPv4 when there is no service port at all).
     families = tuple(sorted({entry.family for entry in ports})) or (4,)
-    info = _node_info(state, node, config, families, notes)
-    slices = _slices_by_service(state.endpoint_slices, skipped)
-    with_slices = {(s.namespace, s.service_name) for s in state.endpoint_slices if s.service_name is not None}
+    info = _node_info(state, node, config, families, notes, service_ips)
+    with_slices: set[tuple[str, str]] = set()
+    slices = _slices_by_service(state.endpoint_slices, skipped, with_slices)
     pods = _PodIndex(state.pods)
 
     # Every service port's endpoints, gathered as compiled records (no Python object per
@@ -263,7 +264,7 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
 
 
 def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfiguration,
-               families: Sequence[int], notes: list[str]) -> _NodeInfo:
+               families: Sequence[int], notes: list[str], service_ips: Iterable[int]) -> _NodeInfo:
     name, found = _choose_node(state, node, config)
     if node is None and name is not None and config.hostname_override:
         notes.append(f"node {name} chosen by the KubeProxyConfiguration's hostnameOverride")
@@ -296,7 +297,7 @@ def _node_info(state: ClusterState, node: str | None, config: KubeProxyConfigura
         local_ips=local_ips,
         pod_cidrs=_pod_cidrs(config, found, name, families, notes),
         masquerade_all=config.masquerade_all,
-        service_ips=_service_ips(state.services),
+        service_ips=tuple(sorted(service_ips)),
         primary_ip6=primaries[6],
         service_cidrs=_service_cidrs(state, notes),
     )
@@ -376,15 +377,6 @@ def _node_port_ips(config: KubeProxyConfiguration, primaries: Mapping[int, int],
     return found
 
 
-def _service_ips(services: Iterable[Service]) -> tuple[int, ...]:
-    """ClusterIPs (both families) of services that get dataplane entries (whatever their port
-    protocols)."""
-    found = {_address(address) for s in services
-             if s.type != "ExternalName" and not s.headless and s.ports
-             for address in s.cluster_ips}
-    return tuple(sorted(found))
-
-
 def _service_cidrs(state: ClusterState, notes: list[str]) -> tuple[tuple[int, int], ...]:
     """The CIDRs of every ServiceCIDR object, both families (kube-proxy's proxier of each family
     drops new traffic to the addresses of its family in them that no service has allocated)."""
@@ -418,12 +410,14 @@ def _config_notes(config: KubeProxyConfiguration) -> list[str]:
 # Service ports and frontends
 
 
-def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_Port]:
+def _service_ports(services: Iterable[Service], skipped: Counter[str],
+                   service_ips: set[int] | None = None) -> list[_Port]:
     """Every TCP/UDP/SCTP service port of each family the service has a ClusterIP of, in id order:
-    (namespace, name, port name, protocol, family)."""
+    (namespace, name, port name, protocol, family). `service_ips` (NodeView.service_ips) gets every
+    ClusterIP of a service with ports (whatever their protocols)."""
     ports = []
     for service in services:
-        cluster_ips = _cluster_ips(service, skipped)
+        cluster_ips = _cluster_ips(service, skipped, service_ips if service.ports else None)
         if not cluster_ips:
             continue
         # kube-proxy's proxier of a family ignores the service's external and load-balancer IPs of
@@ -450,7 +444,7 @@ def _service_ports(services: Iterable[Service], skipped: Counter[str]) -> list[_
 
 
 class _FrontendClaim(NamedTuple):
-    order: int
+    order: int  # _CLAIM_ORDER of its kind: which claim of an (ip, port, proto) wins
     service: int
     ip: int
     port: int
@@ -492,21 +486,23 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
 
     claims.sort()
     owners: dict[tuple[int, int, int], _FrontendClaim] = {}
-    kept: list[_FrontendClaim] = []
-    for c in claims:
-        key = (c.ip, c.port, c.proto)
-        owner = owners.get(key)
-        if owner is None:
-            owners[key] = c
-            kept.append(c)
-        elif not (owner.service == c.service and owner.kind == c.kind):  # the same address listed twice: nothing to say
-            warnings.append(f"{ports[c.service - 1].label}: {_endpoint_text(c.ip, c.port)}/{PROTOCOL_NAMES[c.proto]} "
-                            f"({c.kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
+    # Kept claims as (service, kind's place in FRONTEND_KINDS, ip, port, proto, kind, local_policy,
+    # source_ranges): sorted as they are, the frontends' order. (Plain tuples unpacked: a named
+    # tuple's field reads cost more than the rest of this loop.)
+    kept: list[tuple] = []
+    for claim in claims:
+        _, service_id, ip, number, proto, kind, local, source = claim
+        owner = owners.setdefault((ip, number, proto), claim)
+        if owner is claim:
+            kept.append((service_id, _KIND_ORDER[kind], ip, number, proto, kind, local, source))
+        elif not (owner.service == service_id and owner.kind == kind):  # the same address listed twice: nothing to say
+            warnings.append(f"{ports[service_id - 1].label}: {_endpoint_text(ip, number)}/{PROTOCOL_NAMES[proto]} "
+                            f"({kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
                             "ignored")
-    kept.sort(key=lambda c: (c.service, _KIND_ORDER[c.kind], c.ip, c.port))
+    kept.sort()  # (service, kind, ip, port) is unique: a service port has one protocol
     # Frontend(ip, port, proto, service, kind, local_policy, source_ranges), made in bulk
-    return make_objects(Frontend, [(c.ip, c.port, c.proto, c.service, c.kind, c.local_policy, c.source_ranges)
-                               for c in kept])
+    return make_objects(Frontend, [(ip, number, proto, service_id, kind, local, source)
+                                   for service_id, _, ip, number, proto, kind, local, source in kept])
 
 
 def _external_policy_local(service: Service) -> bool:
@@ -580,9 +576,9 @@ def backend_address(key: int) -> tuple[int, int]:
     return key >> _PORT_BITS, key & _PORT_MASK
 
 
-def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
+def _cluster_ips(service: Service, skipped: Counter[str], every: set[int] | None = None) -> dict[int, int]:
     """family -> the service's cluster IP of that family (a map address); empty, and counted, when
-    the service gets no frontend."""
+    the service gets no frontend. `every` gets all of them."""
     if service.type == "ExternalName":
         skipped["ExternalName service"] += 1
         return {}
@@ -593,25 +589,30 @@ def _cluster_ips(service: Service, skipped: Counter[str]) -> dict[int, int]:
     for text in service.cluster_ips:
         address = _address(text)
         found.setdefault(6 if address >= IPV6 else 4, address)  # one per family (the API server allows no more)
+        if every is not None:
+            every.add(address)
     if len(found) == 1:  # single-stack
         return found
     return {family: found[family] for family in sorted(found)}
 
 
 def _slices_by_service(
-    slices: Iterable[EndpointSlice], skipped: Counter[str]
+    slices: Iterable[EndpointSlice], skipped: Counter[str], labelled: set[tuple[str, str]]
 ) -> dict[tuple[str, str, int], list[EndpointSlice]]:
     """IPv4 and IPv6 slices grouped by (namespace, service name, family), each group sorted by
-    slice name."""
+    slice name; `labelled` gets the (namespace, service name) of every slice that names one."""
     grouped: defaultdict[tuple[str, str, int], list[EndpointSlice]] = defaultdict(list)
     for endpoint_slice in slices:
-        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
-        if endpoint_slice.service_name is None:
+        namespace, service_name = endpoint_slice.namespace, endpoint_slice.service_name
+        if service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
-        elif family is None:
+            continue
+        labelled.add((namespace, service_name))
+        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
+        if family is None:
             skipped[f"{endpoint_slice.address_type} EndpointSlice"] += 1
         else:
-            grouped[(endpoint_slice.namespace, endpoint_slice.service_name, family)].append(endpoint_slice)
+            grouped[(namespace, service_name, family)].append(endpoint_slice)
     for group in grouped.values():
         if len(group) > 1:  # the order that decides duplicates must not be the file order
             group.sort(key=_slice_name)
