@@ -848,7 +848,8 @@ def port_sets(list candidates, node, zone, sets_type):
 def make_objects(cls, rows):
     """[cls(*row) for row in rows] for a slotted dataclass, every field given in order (ValueError
     otherwise), several times faster: neither __init__ nor __post_init__ runs, so nothing is
-    checked (Maps checks what it is given, as for any other objects)."""
+    checked (Maps(...) checks what it is given; the compiler's own maps skip that, see
+    Maps.unchecked, and a core's load() checks the ids it indexes by)."""
     cdef Fields slots = Fields(cls)
     cdef Py_ssize_t i
     cdef list made = []
