@@ -50,6 +50,7 @@ from wire cimport (
     load32, packet_dst, packet_src, parse_ipv4, parse_ipv6, parse_ports, parse_quoted,
 )
 
+from fastpath.collector import collection_paused
 from fastpath.maps import FRONTEND_KINDS, IPV6, check_service_update
 from fastpath.verdicts import Reason, Verdict
 
@@ -377,6 +378,10 @@ cdef class Engine:
         """Replace the maps between batches. Tracked flows, affinity and counters follow the new
         ids (matched by service name and backend address); a UDP flow whose backend is no member
         of its service any more is forgotten by its next packet."""
+        with collection_paused():  # (a big cluster's frozensets and tuples: no cycles among them)
+            self._load(maps)
+
+    cdef _load(self, maps):
         cdef Maps m
         cdef uint32_t[::1] new_service_ids, new_backend_ids
         memset(&m, 0, sizeof(Maps))
@@ -1209,14 +1214,58 @@ def _id_mapping(old, new):
     if old is None:
         return [0], [0]
     # A name or address listed twice maps to its lowest id.
-    by_name, by_address = {}, {}
+    by_name = {}
     for service in new.services:
         by_name.setdefault((service.name, service.family), service.id)
-    for backend in new.backends:
-        by_address.setdefault((backend.ip, backend.port), backend.id)
     services = [0] + [by_name.get((service.name, service.family), 0) for service in old.services]
-    backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
+    backends = _merged_backend_ids(old.backends, new.backends)
+    if backends is None:
+        by_address = {}
+        for backend in new.backends:
+            by_address.setdefault((backend.ip, backend.port), backend.id)
+        backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
     return services, backends
+
+
+cdef list _merged_backend_ids(list old, list new):
+    """_id_mapping's backend list by a merge of the two lists, for lists in strictly increasing
+    (ip, port) order (the compiler's: a million backends mapped without a dict of a million
+    tuples); None as soon as either is found in any other order."""
+    cdef Py_ssize_t i = 0, j = 0, n_old = len(old), n_new = len(new)
+    cdef list mapping = [0] * (n_old + 1)
+    previous_old = previous_new = None
+    while i < n_old and j < n_new:
+        a, b = old[i], new[j]
+        key_a, key_b = (a.ip, a.port), (b.ip, b.port)
+        if key_a < key_b:
+            if previous_old is not None and not previous_old < key_a:
+                return None
+            previous_old = key_a
+            i += 1
+        elif key_b < key_a:
+            if previous_new is not None and not previous_new < key_b:
+                return None
+            previous_new = key_b
+            j += 1
+        else:
+            if (previous_old is not None and not previous_old < key_a) or \
+                    (previous_new is not None and not previous_new < key_b):
+                return None
+            mapping[i + 1] = b.id
+            previous_old = previous_new = key_a
+            i += 1
+            j += 1
+    for i in range(i, n_old):  # (the rest of either list: still checked for its order)
+        key_a = (old[i].ip, old[i].port)
+        if previous_old is not None and not previous_old < key_a:
+            return None
+        previous_old = key_a
+    for j in range(j, n_new):
+        key_b = (new[j].ip, new[j].port)
+        if previous_new is not None and not previous_new < key_b:
+            return None
+        previous_new = key_b
+    return mapping
 
 
 cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:

@@ -1,7 +1,9 @@
 """The compiled Engine's own contract: vocabulary, argument checking, counters, conntrack size."""
 from __future__ import annotations
 
+import random
 from array import array
+from types import SimpleNamespace
 
 import pytest
 from conftest import ip4
@@ -9,8 +11,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fastpath import _core
-from fastpath.maps import Backend, Frontend, Maps, NodeView, Service
+from fastpath.maps import IPV6, Backend, Frontend, Maps, NodeView, Service
 from fastpath.reference import DEFAULT_CT_CAPACITY, DEFAULT_TIMEOUTS_S, ReferenceEngine
+from fastpath.reference import _id_mapping as reference_id_mapping
 from fastpath.verdicts import VERDICT_OF_REASON, Reason, Verdict
 
 MAPS = Maps(
@@ -138,6 +141,29 @@ def test_load_refuses_ids_changed_after_the_maps_were_checked(engine_class, corr
     assert engine.process_packet(syn(), 2)[1] == Reason.CT_ESTABLISHED
     assert engine.process_packet(syn(sport=40001), 3)[2] is not None
     assert first[0] == Verdict.DNAT
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_backend_ids_map_by_address_whatever_the_order(seed):
+    """load()'s old id -> new id mapping of backends (by (ip, port), a key listed twice mapping to
+    its lowest id) is the twin's, whether the lists come in the compiler's order (merged) or not
+    (looked up in a dict)."""
+    rng = random.Random(seed)
+    pool = sorted({(rng.choice([ip4("10.0.0.1") + rng.randrange(8), IPV6 | rng.randrange(4)]),
+                    rng.choice([53, 80, 8080])) for _ in range(30)})
+
+    def backends(ordered: bool) -> list[Backend]:
+        keys = rng.sample(pool, rng.randrange(len(pool) + 1))
+        if ordered:
+            keys.sort()
+        elif keys:
+            keys += rng.choices(keys, k=rng.randrange(3))  # duplicates, out of order
+        return [Backend(i, ip, port, "b") for i, (ip, port) in enumerate(keys, start=1)]
+
+    old, new = (SimpleNamespace(services=[], backends=backends(rng.random() < 0.7)) for _ in range(2))
+    _, mapping = _core._id_mapping(old, new)
+    assert mapping == reference_id_mapping([(b.ip, b.port) for b in old.backends],
+                                           [(b.ip, b.port) for b in new.backends])
 
 
 @pytest.mark.parametrize("engine_class", [_core.Engine, ReferenceEngine])

@@ -23,7 +23,6 @@ changes a result and never raises.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import pickle
@@ -32,6 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastpath.atomicfile import discard, move_into_place, open_beside
+from fastpath.collector import collection_paused
 
 if TYPE_CHECKING:
     from pathlib import Path  # (not imported on a hit: paths here are strings, os.path)
@@ -188,22 +188,7 @@ def _open_own(entry: str):
     return handle
 
 
-def _collector_paused(read):
-    """`read` with the cyclic garbage collector paused: loading an entry makes tens of thousands
-    of objects and no cycles, and the collector's passes over them would cost a third more."""
-    def paused(*args):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return read(*args)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return paused
-
-
-@_collector_paused
+@collection_paused()  # (tens of thousands of objects, no cycles)
 def _read(entry: str) -> ClusterState | None:
     from fastpath.model import ClusterState
 
@@ -219,7 +204,7 @@ def _read(entry: str) -> ClusterState | None:
     return state if isinstance(state, ClusterState) else None
 
 
-@_collector_paused
+@collection_paused()  # (tens of thousands of objects, no cycles)
 def _read_compiled(entry: str, paths: list[str]) -> CompiledDump | None:
     from fastpath import compactmaps
 

@@ -10,8 +10,6 @@ This module decides nothing about routing: that is the compiler's job.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import marshal
 import os
@@ -26,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from fastpath.collector import collection_paused
 from fastpath.kubeyaml import load_yaml
 
 CLUSTER_FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -1227,22 +1226,6 @@ def load_cluster(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str
                 for number, document in enumerate(_decode_file(file, source), start=1):
                     collector.add(document, source, f"document {number}")
     return collector.state(tuple(sources))
-
-
-@contextlib.contextmanager
-def collection_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while reading (or compiling).
-
-    Decoding a dump allocates millions of containers and no cycles; the collector's repeated full
-    passes over the growing heap would otherwise make loading (and compiling) about twice as slow.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def cluster_files(path: Path) -> list[Path]:
