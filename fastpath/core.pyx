@@ -429,7 +429,7 @@ cdef class Engine:
             if affinity_init(&self.affinity, self.ct.capacity) != 0:
                 raise MemoryError("cannot allocate the session affinity table")
         for backend in new_backends:
-            _set_backend(m, backend)
+            _set_backend(m, backend.id, backend)
         m.n_backends = n_backends
         if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= members:
             m.may_flush[service_id] = True  # its tracked UDP flows check their backend from now on
@@ -981,7 +981,8 @@ cdef _build_maps(Maps* m, maps):
     cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
     cdef uint32_t n_frontends = len(maps.frontends)
     members = [_member_ids(s) for s in maps.services]
-    cdef uint32_t n_slots = 1 + sum(_block_size(s, ids) for s, ids in zip(maps.services, members))
+    block_sizes = [_block_size(s, ids) for s, ids in zip(maps.services, members)]
+    cdef uint32_t n_slots = 1 + sum(block_sizes)
     cdef uint32_t n_ranges = sum(len(f.source_ranges) for f in maps.frontends)
     cdef uint32_t i, range_index = 0
     node = maps.node
@@ -1016,37 +1017,41 @@ cdef _build_maps(Maps* m, maps):
         i += 1
         if _int_or_zero(backend.id) != i:
             _refuse(maps)
-        _set_backend(m, backend)
+        _set_backend(m, i, backend)
     # Service 0 (a flow whose service vanished) has no members: its table is slots[0], empty.
     m.may_flush[0] = True
     m.slots_capacity = n_slots
     m.n_slots = 1
     i = 0
-    for service, ids in zip(maps.services, members):
+    for service, ids, size in zip(maps.services, members, block_sizes):
         i += 1
         if _int_or_zero(service.id) != i or not _ids_within(ids, n_backends):
             _refuse(maps)
-        m.blocks[service.id].size = _block_size(service, ids)
-        _write_block(m, service.id, m.n_slots, service, ids)
-        m.n_slots += m.blocks[service.id].size
+        m.blocks[i].size = size
+        _write_block(m, i, m.n_slots, service, ids)
+        m.n_slots += size
     cdef Addr address
+    cdef FrontendEntry* entry
+    cdef int64_t service_id
     for i, frontend in enumerate(maps.frontends):
-        if not 1 <= _int_or_zero(frontend.service) <= n_services:
+        entry = &m.frontends[i]
+        ip, ranges = frontend.ip, frontend.source_ranges
+        service_id = _int_or_zero(frontend.service)
+        if not 1 <= service_id <= n_services:
             _refuse(maps)
-        m.frontends[i].addr = _addr(frontend.ip)
-        m.any_ipv6 = m.any_ipv6 or frontend.ip >= IPV6
-        m.frontends[i].port = frontend.port
-        m.frontends[i].proto = frontend.proto
-        m.frontends[i].kind = FRONTEND_KINDS.index(frontend.kind) + 1
-        m.frontends[i].local_policy = frontend.local_policy
-        m.frontends[i].service = frontend.service
-        m.frontends[i].first_range = range_index
-        m.frontends[i].n_ranges = len(frontend.source_ranges)
-        for network, length in frontend.source_ranges:
+        entry.service = <uint32_t>service_id
+        entry.addr = _addr(ip)
+        m.any_ipv6 = m.any_ipv6 or ip >= IPV6
+        entry.port = frontend.port
+        entry.proto = frontend.proto
+        entry.kind = FRONTEND_KINDS.index(frontend.kind) + 1
+        entry.local_policy = frontend.local_policy
+        entry.first_range = range_index
+        entry.n_ranges = len(ranges)
+        for network, length in ranges:
             m.ranges[range_index] = _prefix(network, length)
             range_index += 1
-        if not frontend_map_put(&m.frontend_map, frontend_key(&m.frontends[i].addr, frontend.port,
-                                                              frontend.proto), i):
+        if not frontend_map_put(&m.frontend_map, frontend_key(&entry.addr, entry.port, entry.proto), i):
             raise ValueError(f"duplicate frontend {frontend}")
     m.primary_ip = node.primary_ip
     m.has_primary_ip6 = node.primary_ip6 != 0
@@ -1099,10 +1104,12 @@ cdef bint _ids_within(frozenset ids, uint32_t count) except -1:
     return True
 
 
-cdef _set_backend(Maps* m, backend):
-    cdef BackendEntry* entry = &m.backends[<uint32_t>backend.id]
-    entry.addr = _addr(backend.ip)
-    entry.addr32 = fold6(&entry.addr) if backend.ip >= IPV6 else backend.ip
+cdef _set_backend(Maps* m, uint32_t backend_id, backend):
+    """The entry of `backend`, whose id (checked by the caller) is `backend_id`."""
+    ip = backend.ip  # (each field read once: a load reads a million backends)
+    cdef BackendEntry* entry = &m.backends[backend_id]
+    entry.addr = _addr(ip)
+    entry.addr32 = fold6(&entry.addr) if ip >= IPV6 else ip
     entry.port = backend.port
 
 
@@ -1129,14 +1136,15 @@ cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozens
     cdef ServiceEntry* entry = &m.services[service_id]
     cdef ServiceBlock* block = &m.blocks[service_id]
     cdef uint32_t slot = start, i
+    cluster, local, timeout = service.backends, service.local_backends, service.affinity_timeout_s
     entry.first_cluster = slot
-    entry.n_cluster = len(service.backends)
-    for backend_id in service.backends:
+    entry.n_cluster = len(cluster)
+    for backend_id in cluster:
         m.slots[slot] = backend_id
         slot += 1
     entry.first_local = slot
-    entry.n_local = len(service.local_backends)
-    for backend_id in service.local_backends:
+    entry.n_local = len(local)
+    for backend_id in local:
         m.slots[slot] = backend_id
         slot += 1
     block.first_member = slot
@@ -1147,8 +1155,8 @@ cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozens
         while m.slots[slot + i] != 0:
             i = (i + 1) & block.member_mask
         m.slots[slot + i] = backend_id
-    entry.affinity_timeout_ns = service.affinity_timeout_s * SECOND_NS
-    m.any_affinity = m.any_affinity or service.affinity_timeout_s > 0
+    entry.affinity_timeout_ns = timeout * SECOND_NS
+    m.any_affinity = m.any_affinity or timeout > 0
 
 
 cdef _make_room(Maps* m, uint32_t needed):

@@ -121,6 +121,8 @@ ID_CORRUPTIONS = {
                                     "backend 'c' has id '3', expected 3"),
     "a frontend of no service": (lambda m: m.frontends.append(Frontend(ip4("10.96.0.12"), 80, 6, 3)),
                                  "names an unknown service id"),
+    "a frontend's service id past 32 bits": (
+        lambda m: m.frontends.append(Frontend(ip4("10.96.0.12"), 80, 6, 2**32 + 1)), "names an unknown service id"),
 }
 
 
