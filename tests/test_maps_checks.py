@@ -155,3 +155,19 @@ def test_make_objects_equals_the_constructors() -> None:
         made[0].port = 81  # type: ignore[misc]
     with pytest.raises(ValueError):
         make_objects(Frontend, [frontend_rows[0][:-1]])  # every field is given
+
+
+def test_make_objects_leaves_objects_of_leaves_to_the_collector_only_when_they_can_cycle() -> None:
+    """An object holding only values the collector does not track can be in no cycle: it is not
+    tracked either. One holding a container the collector tracks (a list, a dict) is."""
+    import gc
+
+    make_objects = pytest.importorskip("fastpath._compile", reason="build the core first").make_objects
+    ids = tuple(range(1, 4))
+    gc.collect()  # (a tuple of ints is untracked by the collection after it is made)
+    leaf, holder = make_objects(Service, [(1, "a/web:http", ids, (), ids, 0, 4),
+                                          (2, "a/web:http", [1], (), (), 0, 4)])
+    assert not gc.is_tracked(ids) and not gc.is_tracked(leaf)
+    assert gc.is_tracked(holder)
+    holder.backends.append(holder)  # the kind of cycle the collector must still see
+    assert holder in gc.get_referrers(holder.backends)
