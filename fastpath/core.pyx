@@ -50,7 +50,7 @@ from wire cimport (
     load32, packet_dst, packet_src, parse_ipv4, parse_ipv6, parse_ports, parse_quoted,
 )
 
-from fastpath.collector import collection_paused
+from fastpath.gcpause import collection_paused
 from fastpath.maps import FRONTEND_KINDS, IPV6, check_service_update
 from fastpath.verdicts import Reason, Verdict
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastpath.atomicfile import discard, move_into_place, open_beside
-from fastpath.collector import collection_paused
+from fastpath.gcpause import collection_paused
 
 if TYPE_CHECKING:
     from pathlib import Path  # (not imported on a hit: paths here are strings, os.path)

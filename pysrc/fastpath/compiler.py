@@ -56,7 +56,7 @@ from ._compile import candidates as _compiled_candidates
 from ._compile import checked_port as _checked_port
 from ._compile import make_objects, map_address
 from ._compile import port_sets as _port_sets
-from .collector import collection_paused
+from .gcpause import collection_paused
 from .maps import (
     FRONTEND_KINDS,
     IPV6,

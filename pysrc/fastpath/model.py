@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fastpath.collector import collection_paused
+from fastpath.gcpause import collection_paused
 from fastpath.kubeyaml import load_yaml
 
 CLUSTER_FILE_SUFFIXES = (".yaml", ".yml", ".json")
