@@ -417,8 +417,7 @@ cdef class Engine:
         cdef Maps* m = &self.maps
         cdef uint32_t service_id = service.id
         cdef uint32_t n_backends = m.n_backends + len(new_backends)
-        members = _member_ids(service)
-        cdef uint32_t needed = _block_size(service, members)
+        cdef uint32_t needed = _block_size(service)
         cdef ServiceBlock* block = &m.blocks[service_id]
         # Everything that can fail first: a MemoryError leaves the engine as it was.
         if n_backends > m.backends_capacity:
@@ -431,14 +430,15 @@ cdef class Engine:
         for backend in new_backends:
             _set_backend(m, backend.id, backend)
         m.n_backends = n_backends
-        if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= members:
+        if not m.may_flush[service_id] and not _member_ids(self.py_maps.services[service_id - 1]) <= _member_ids(service):
             m.may_flush[service_id] = True  # its tracked UDP flows check their backend from now on
+        # (check_service_update has checked every id the sets name: the writes cannot fail)
         if needed <= block.size:
-            _write_block(m, service_id, m.services[service_id].first_cluster, service, members)  # in place
+            _write_block(m, service_id, m.services[service_id].first_cluster, service)  # in place
         else:
             m.garbage_slots += block.size
             block.size = needed
-            _write_block(m, service_id, m.n_slots, service, members)
+            _write_block(m, service_id, m.n_slots, service)
             m.n_slots += needed
         self.py_maps.services[service_id - 1] = service
         self.py_maps.backends.extend(new_backends)
@@ -980,8 +980,7 @@ cdef _build_maps(Maps* m, maps):
     """Fill the C maps from a fastpath.maps.Maps (m is freed by the caller on error)."""
     cdef uint32_t n_services = len(maps.services), n_backends = len(maps.backends)
     cdef uint32_t n_frontends = len(maps.frontends)
-    members = [_member_ids(s) for s in maps.services]
-    block_sizes = [_block_size(s, ids) for s, ids in zip(maps.services, members)]
+    block_sizes = [_block_size(s) for s in maps.services]
     cdef uint32_t n_slots = 1 + sum(block_sizes)
     cdef uint32_t n_ranges = sum(len(f.source_ranges) for f in maps.frontends)
     cdef uint32_t i, range_index = 0
@@ -1023,12 +1022,13 @@ cdef _build_maps(Maps* m, maps):
     m.slots_capacity = n_slots
     m.n_slots = 1
     i = 0
-    for service, ids, size in zip(maps.services, members, block_sizes):
+    for service, size in zip(maps.services, block_sizes):
         i += 1
-        if _int_or_zero(service.id) != i or not _ids_within(ids, n_backends):
+        if _int_or_zero(service.id) != i:
             _refuse(maps)
         m.blocks[i].size = size
-        _write_block(m, i, m.n_slots, service, ids)
+        if not _write_block(m, i, m.n_slots, service):  # (a set naming an id that is no backend)
+            _refuse(maps)
         m.n_slots += size
     cdef Addr address
     cdef FrontendEntry* entry
@@ -1095,15 +1095,6 @@ cdef inline int64_t _int_or_zero(value) except? -1:
     return 0 if overflow else number
 
 
-cdef bint _ids_within(frozenset ids, uint32_t count) except -1:
-    cdef int64_t number
-    for backend_id in ids:
-        number = _int_or_zero(backend_id)
-        if not 1 <= number <= count:
-            return False
-    return True
-
-
 cdef _set_backend(Maps* m, uint32_t backend_id, backend):
     """The entry of `backend`, whose id (checked by the caller) is `backend_id`."""
     ip = backend.ip  # (each field read once: a load reads a million backends)
@@ -1114,7 +1105,9 @@ cdef _set_backend(Maps* m, uint32_t backend_id, backend):
 
 
 # A service's block of slots: its cluster set, its local set, then a table of its members (the
-# backend ids of any set) with at least one free slot, so a lookup always ends.
+# backend ids of any set) with at least one free slot, so a lookup always ends. The table is
+# sized for every id the sets list, a repeated one counted again: no set of ids is made to
+# size it (a load has a hundred thousand services), at worst a table twice as big.
 
 cdef frozenset _member_ids(service):
     return frozenset((*service.backends, *service.local_backends, *service.serving))
@@ -1127,36 +1120,77 @@ cdef uint32_t _table_size(Py_ssize_t members):
     return size
 
 
-cdef uint32_t _block_size(service, frozenset members) except? 0:
-    return len(service.backends) + len(service.local_backends) + _table_size(len(members))
+cdef uint32_t _members_listed(cluster, local, serving) except? 0:
+    """How many ids the sets list together (the serving set not again when it is the cluster
+    set itself, as the compiler makes it when the two are equal)."""
+    return len(cluster) + len(local) + (0 if serving is cluster else len(serving))
 
 
-cdef _write_block(Maps* m, uint32_t service_id, uint32_t start, service, frozenset members):
-    """Lay the service's sets out from slots[start] (its block must fit there)."""
+cdef uint32_t _block_size(service) except? 0:
+    cluster, local = service.backends, service.local_backends
+    return len(cluster) + len(local) + _table_size(_members_listed(cluster, local, service.serving))
+
+
+cdef bint _write_block(Maps* m, uint32_t service_id, uint32_t start, service) except -1:
+    """Lay the service's sets out from slots[start], in its block (blocks[service_id].size
+    slots from there). False if a set names an id that is no backend, or the sets do not fit
+    the block (the block is then left half written: the caller refuses the maps)."""
     cdef ServiceEntry* entry = &m.services[service_id]
     cdef ServiceBlock* block = &m.blocks[service_id]
-    cdef uint32_t slot = start, i
-    cluster, local, timeout = service.backends, service.local_backends, service.affinity_timeout_s
+    cdef uint32_t slot = start, mask
+    cluster, local, serving = service.backends, service.local_backends, service.serving
+    timeout = service.affinity_timeout_s
+    mask = _table_size(_members_listed(cluster, local, serving)) - 1
+    if <size_t>len(cluster) + len(local) + mask + 1 > block.size:
+        return False
     entry.first_cluster = slot
     entry.n_cluster = len(cluster)
-    for backend_id in cluster:
-        m.slots[slot] = backend_id
-        slot += 1
+    if not _put_ids(m, &slot, cluster):
+        return False
     entry.first_local = slot
     entry.n_local = len(local)
-    for backend_id in local:
-        m.slots[slot] = backend_id
-        slot += 1
+    if not _put_ids(m, &slot, local):
+        return False
     block.first_member = slot
-    block.member_mask = _table_size(len(members)) - 1
-    memset(&m.slots[slot], 0, (block.member_mask + 1) * sizeof(uint32_t))
-    for backend_id in members:
-        i = member_hash(backend_id) & block.member_mask
-        while m.slots[slot + i] != 0:
-            i = (i + 1) & block.member_mask
-        m.slots[slot + i] = backend_id
+    block.member_mask = mask
+    memset(&m.slots[slot], 0, (mask + 1) * sizeof(uint32_t))
+    if not (_add_members(m, slot, mask, cluster) and _add_members(m, slot, mask, local)
+            and (serving is cluster or _add_members(m, slot, mask, serving))):
+        return False
     entry.affinity_timeout_ns = timeout * SECOND_NS
     m.any_affinity = m.any_affinity or timeout > 0
+    return True
+
+
+cdef bint _put_ids(Maps* m, uint32_t* slot, ids) except -1:
+    """Backend ids into consecutive slots from slot[0] (moved past them); False for an id that
+    is no backend."""
+    cdef int64_t number
+    for backend_id in ids:
+        number = _int_or_zero(backend_id)
+        if not 1 <= number <= m.n_backends:
+            return False
+        m.slots[slot[0]] = <uint32_t>number
+        slot[0] += 1
+    return True
+
+
+cdef bint _add_members(Maps* m, uint32_t table, uint32_t mask, ids) except -1:
+    """Backend ids into the member table at slots[table] (mask + 1 slots, with room for all of
+    them), each once; False for an id that is no backend."""
+    cdef int64_t number
+    cdef uint32_t i, found
+    for backend_id in ids:
+        number = _int_or_zero(backend_id)
+        if not 1 <= number <= m.n_backends:
+            return False
+        i = member_hash(<uint32_t>number) & mask
+        found = m.slots[table + i]
+        while found != 0 and found != number:
+            i = (i + 1) & mask
+            found = m.slots[table + i]
+        m.slots[table + i] = <uint32_t>number
+    return True
 
 
 cdef _make_room(Maps* m, uint32_t needed):

@@ -145,6 +145,24 @@ def test_load_refuses_ids_changed_after_the_maps_were_checked(engine_class, corr
     assert first[0] == Verdict.DNAT
 
 
+def test_load_refuses_sets_that_change_while_it_reads_them():
+    """A service object whose set grows between two reads (load() sizes its block, then writes
+    it) is refused, not written past its block."""
+    class Shifting:
+        id, name, family, affinity_timeout_s = 1, "default/web:http", 4, 0
+        local_backends = serving = ()
+        reads = 0
+
+        @property
+        def backends(self):
+            self.reads += 1
+            return (1, 2)[:self.reads]
+
+    maps = Maps.unchecked([Shifting()], [Frontend(ip4("10.96.0.10"), 80, 6, 1)], list(MAPS.backends), NodeView())
+    with pytest.raises(ValueError):
+        _core.Engine(maps)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_backend_ids_map_by_address_whatever_the_order(seed):
     """load()'s old id -> new id mapping of backends (by (ip, port), a key listed twice mapping to
