@@ -1272,42 +1272,55 @@ def _id_mapping(old, new):
 cdef list _merged_backend_ids(list old, list new):
     """_id_mapping's backend list by a merge of the two lists, for lists in strictly increasing
     (ip, port) order (the compiler's: a million backends mapped without a dict of a million
-    tuples); None as soon as either is found in any other order."""
+    tuples); None as soon as either is found in any other order. Each backend's ip and port are
+    read once, and compared as they are (no key tuple is made)."""
     cdef Py_ssize_t i = 0, j = 0, n_old = len(old), n_new = len(new)
     cdef list mapping = [0] * (n_old + 1)
-    previous_old = previous_new = None
+    cdef int order
+    ip_a = port_a = ip_b = port_b = None
+    if n_old:
+        ip_a, port_a = old[0].ip, old[0].port
+    if n_new:
+        ip_b, port_b = new[0].ip, new[0].port
     while i < n_old and j < n_new:
-        a, b = old[i], new[j]
-        key_a, key_b = (a.ip, a.port), (b.ip, b.port)
-        if key_a < key_b:
-            if previous_old is not None and not previous_old < key_a:
-                return None
-            previous_old = key_a
+        order = _compare_keys(ip_a, port_a, ip_b, port_b)
+        if order == 0:
+            mapping[i + 1] = new[j].id
+        if order <= 0:  # the old list moves on
             i += 1
-        elif key_b < key_a:
-            if previous_new is not None and not previous_new < key_b:
-                return None
-            previous_new = key_b
+            if i < n_old:
+                ip, port = old[i].ip, old[i].port
+                if _compare_keys(ip_a, port_a, ip, port) >= 0:
+                    return None
+                ip_a, port_a = ip, port
+        if order >= 0:  # the new list moves on
             j += 1
-        else:
-            if (previous_old is not None and not previous_old < key_a) or \
-                    (previous_new is not None and not previous_new < key_b):
-                return None
-            mapping[i + 1] = b.id
-            previous_old = previous_new = key_a
-            i += 1
-            j += 1
-    for i in range(i, n_old):  # (the rest of either list: still checked for its order)
-        key_a = (old[i].ip, old[i].port)
-        if previous_old is not None and not previous_old < key_a:
+            if j < n_new:
+                ip, port = new[j].ip, new[j].port
+                if _compare_keys(ip_b, port_b, ip, port) >= 0:
+                    return None
+                ip_b, port_b = ip, port
+    # The rest of either list: still checked for its order.
+    for i in range(i + 1, n_old):
+        ip, port = old[i].ip, old[i].port
+        if _compare_keys(ip_a, port_a, ip, port) >= 0:
             return None
-        previous_old = key_a
-    for j in range(j, n_new):
-        key_b = (new[j].ip, new[j].port)
-        if previous_new is not None and not previous_new < key_b:
+        ip_a, port_a = ip, port
+    for j in range(j + 1, n_new):
+        ip, port = new[j].ip, new[j].port
+        if _compare_keys(ip_b, port_b, ip, port) >= 0:
             return None
-        previous_new = key_b
+        ip_b, port_b = ip, port
     return mapping
+
+
+cdef int _compare_keys(ip_a, port_a, ip_b, port_b) except -2:
+    """-1, 0 or 1 as (ip_a, port_a) is below, equal to or above (ip_b, port_b)."""
+    if ip_a != ip_b:
+        return -1 if ip_a < ip_b else 1
+    if port_a != port_b:
+        return -1 if port_a < port_b else 1
+    return 0
 
 
 cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:
