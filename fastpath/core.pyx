@@ -1272,46 +1272,52 @@ def _id_mapping(old, new):
 cdef list _merged_backend_ids(list old, list new):
     """_id_mapping's backend list by a merge of the two lists, for lists in strictly increasing
     (ip, port) order (the compiler's: a million backends mapped without a dict of a million
-    tuples); None as soon as either is found in any other order. Each backend's ip and port are
-    read once, and compared as they are (no key tuple is made)."""
-    cdef Py_ssize_t i = 0, j = 0, n_old = len(old), n_new = len(new)
-    cdef list mapping = [0] * (n_old + 1)
+    tuples); None as soon as either is found in any other order."""
+    cdef list mapping = [0] * (len(old) + 1)
+    cdef _Walk a = _Walk(old), b = _Walk(new)
     cdef int order
-    ip_a = port_a = ip_b = port_b = None
-    if n_old:
-        ip_a, port_a = old[0].ip, old[0].port
-    if n_new:
-        ip_b, port_b = new[0].ip, new[0].port
-    while i < n_old and j < n_new:
-        order = _compare_keys(ip_a, port_a, ip_b, port_b)
+    while a.more() and b.more():
+        order = _compare_keys(a.ip, a.port, b.ip, b.port)
         if order == 0:
-            mapping[i + 1] = new[j].id
-        if order <= 0:  # the old list moves on
-            i += 1
-            if i < n_old:
-                ip, port = old[i].ip, old[i].port
-                if _compare_keys(ip_a, port_a, ip, port) >= 0:
-                    return None
-                ip_a, port_a = ip, port
-        if order >= 0:  # the new list moves on
-            j += 1
-            if j < n_new:
-                ip, port = new[j].ip, new[j].port
-                if _compare_keys(ip_b, port_b, ip, port) >= 0:
-                    return None
-                ip_b, port_b = ip, port
-    # The rest of either list: still checked for its order.
-    for i in range(i + 1, n_old):
-        ip, port = old[i].ip, old[i].port
-        if _compare_keys(ip_a, port_a, ip, port) >= 0:
+            mapping[a.at + 1] = new[b.at].id
+        if (order <= 0 and not a.step()) or (order >= 0 and not b.step()):
             return None
-        ip_a, port_a = ip, port
-    for j in range(j + 1, n_new):
-        ip, port = new[j].ip, new[j].port
-        if _compare_keys(ip_b, port_b, ip, port) >= 0:
+    while a.more():  # the rest of either list: still checked for its order
+        if not a.step():
             return None
-        ip_b, port_b = ip, port
+    while b.more():
+        if not b.step():
+            return None
     return mapping
+
+
+cdef class _Walk:
+    """A walk over backends that should be in strictly increasing (ip, port) order: the ip and
+    port of the one at `at`, each read once (no key tuple is made)."""
+    cdef list backends
+    cdef Py_ssize_t at
+    cdef object ip, port
+
+    def __cinit__(self, list backends):
+        self.backends, self.at = backends, 0
+        if backends:
+            self.ip, self.port = backends[0].ip, backends[0].port
+
+    cdef inline bint more(self):
+        return self.at < len(self.backends)
+
+    cdef bint step(self) except -1:
+        """To the next backend; False if it is not above the one before (the list is in another
+        order)."""
+        self.at += 1
+        if self.at == len(self.backends):
+            return True
+        backend = self.backends[self.at]
+        ip, port = backend.ip, backend.port
+        if _compare_keys(self.ip, self.port, ip, port) >= 0:
+            return False
+        self.ip, self.port = ip, port
+        return True
 
 
 cdef int _compare_keys(ip_a, port_a, ip_b, port_b) except -2:
