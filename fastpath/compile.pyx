@@ -27,6 +27,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memchr, memcpy, memset, strlen
 
+from ids cimport int_or_zero
 from prefetch cimport prefetch
 
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
@@ -964,7 +965,7 @@ def members_valid(list services, list backends, service_type, backend_type):
     cdef Fields backend_fields = Fields(backend_type, ("id", "ip"))
     cdef Fields service_fields = Fields(service_type, ("backends", "local_backends", "serving", "family"))
     cdef Py_ssize_t count = len(backends), i, number
-    cdef int family, overflow
+    cdef int family
     cdef uint8_t* families = <uint8_t*>PyMem_Malloc(count + 1)  # by id; 0: no backend
     if families == NULL:
         raise MemoryError()
@@ -974,8 +975,7 @@ def members_valid(list services, list backends, service_type, backend_type):
             backend = backends[i]
             if type(backend) is not backend_type:
                 return False
-            value = backend_fields.get(backend, 0)
-            if type(value) is not int or PyLong_AsLongLongAndOverflow(value, &overflow) != i + 1 or overflow:
+            if int_or_zero(backend_fields.get(backend, 0)) != i + 1:
                 return False
             value = backend_fields.get(backend, 1)
             if type(value) is not int:
@@ -998,10 +998,8 @@ def members_valid(list services, list backends, service_type, backend_type):
                 if type(ids) is not tuple:
                     return False
                 for value in <tuple>ids:
-                    if type(value) is not int:
-                        return False
-                    number = PyLong_AsLongLongAndOverflow(value, &overflow)
-                    if overflow or not 1 <= number <= count or families[number] != family:
+                    number = int_or_zero(value)
+                    if not 1 <= number <= count or families[number] != family:
                         return False
         return True
     finally:

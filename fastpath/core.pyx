@@ -7,7 +7,6 @@ byte for byte. Policy never lives here: the maps arrive fully decided from fastp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
-from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from array import array
 from copy import copy
@@ -33,6 +32,7 @@ from fragments cimport (
     fragments_record,
 )
 from hashing cimport flow_hash, scale_hash
+from ids cimport int_or_zero
 from lru cimport LRU_NIL, lru_touch
 from nat cimport (
     rewrite_addresses, rewrite_addresses6, translate, translate6, translate_icmp6_error,
@@ -1014,7 +1014,7 @@ cdef _build_maps(Maps* m, maps):
     i = 0
     for backend in maps.backends:
         i += 1
-        if _int_or_zero(backend.id) != i:
+        if int_or_zero(backend.id) != i:
             _refuse(maps)
         _set_backend(m, i, backend)
     # Service 0 (a flow whose service vanished) has no members: its table is slots[0], empty.
@@ -1024,7 +1024,7 @@ cdef _build_maps(Maps* m, maps):
     i = 0
     for service, size in zip(maps.services, block_sizes):
         i += 1
-        if _int_or_zero(service.id) != i:
+        if int_or_zero(service.id) != i:
             _refuse(maps)
         m.blocks[i].size = size
         if not _write_block(m, i, m.n_slots, service):  # (a set naming an id that is no backend)
@@ -1036,7 +1036,7 @@ cdef _build_maps(Maps* m, maps):
     for i, frontend in enumerate(maps.frontends):
         entry = &m.frontends[i]
         ip, ranges = frontend.ip, frontend.source_ranges
-        service_id = _int_or_zero(frontend.service)
+        service_id = int_or_zero(frontend.service)
         if not 1 <= service_id <= n_services:
             _refuse(maps)
         entry.service = <uint32_t>service_id
@@ -1083,16 +1083,6 @@ cdef _refuse(maps):
     """Raise the ValueError Maps.check() raises for `maps`, or a general one."""
     maps.check()
     raise ValueError("maps name an id that is out of range")
-
-
-cdef inline int64_t _int_or_zero(value) except? -1:
-    """An int id's value; 0 (never an id) for anything else."""
-    cdef int overflow
-    cdef long long number
-    if type(value) is not int:
-        return 0
-    number = PyLong_AsLongLongAndOverflow(value, &overflow)
-    return 0 if overflow else number
 
 
 cdef _set_backend(Maps* m, uint32_t backend_id, backend):
@@ -1167,7 +1157,7 @@ cdef bint _put_ids(Maps* m, uint32_t* slot, ids) except -1:
     is no backend."""
     cdef int64_t number
     for backend_id in ids:
-        number = _int_or_zero(backend_id)
+        number = int_or_zero(backend_id)
         if not 1 <= number <= m.n_backends:
             return False
         m.slots[slot[0]] = <uint32_t>number
@@ -1181,7 +1171,7 @@ cdef bint _add_members(Maps* m, uint32_t table, uint32_t mask, ids) except -1:
     cdef int64_t number
     cdef uint32_t i, found
     for backend_id in ids:
-        number = _int_or_zero(backend_id)
+        number = int_or_zero(backend_id)
         if not 1 <= number <= m.n_backends:
             return False
         i = member_hash(<uint32_t>number) & mask
