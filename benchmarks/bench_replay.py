@@ -8,8 +8,9 @@ records `cat_s` (best of 5 `cat CAPTURE > tmpfs/x`, the floor for one pass over 
   library_to_file     fastpath.replay(capture, output, Dataplane(maps)): pcap read, core, pcap
                       write (the Dataplane with an empty conntrack is built in untimed setup);
                       nothing is dropped, so every batch goes out straight from the input buffer.
-                      Reading ahead and writing behind run on threads of their own (the
-                      same with threads=False: bench_sharded.py's one_thread)
+                      Worker threads carry the chunks through read, core and write, each
+                      stage in capture order (the same with threads=False:
+                      bench_sharded.py's one_thread)
   library_to_file_built  the same with every batch copied by fastpath._pcap.build_records, the
                       path of a batch with a dropped packet (verbatim_span stubbed out)
   library_no_output   the same with output=None: read and core only

@@ -2,8 +2,9 @@
 
   one_thread              fastpath.replay(..., threads=False): reading, the core and writing one
                           after the other on one thread (the one-core figure)
-  pipelined               fastpath.replay(...) as it runs by default: the next chunk read and
-                          the last one written on threads of their own while the core runs;
+  pipelined               fastpath.replay(...) as it runs by default: a worker per CPU (up to
+                          three) carries each chunk through read, core and write, every stage
+                          taking the chunks in capture order (fastpath.pipeline);
                           `speedup` in extra_info is one_thread's median over this one's, and
                           the output is checked to be byte for byte one_thread's
   two_replays_at_once     two processes, each replaying the whole capture with threads=False

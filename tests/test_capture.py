@@ -360,6 +360,30 @@ def test_replay_output_and_stats_do_not_depend_on_the_write_path(tmp_path, monke
     assert fast.packets == len(packets)
 
 
+def test_verbatim_records_are_what_write_batch_writes(tmp_path):
+    packets = [(i * 10**9 + i * 1000, bytes([i]) * (60 + i), 60 + 2 * i) for i in range(12)]
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets))
+    with open_capture(src) as reader:
+        (batch,) = list(reader.batches())
+        keep_all, drop_one = array("B", [1] * 12), array("B", [1] * 12)
+        drop_one[4] = 3  # DROP
+        with open_output(tmp_path / "a.pcap", like=reader) as checked:
+            records = checked.verbatim_records(batch, keep_all, 2, 9)
+            assert records is not None and records.packets == 7
+            assert checked.verbatim_records(batch, drop_one) is None
+            assert checked.packets_written == 0  # checking writes nothing
+            checked.write_verbatim(records)
+            assert checked.packets_written == 7
+        with open_output(tmp_path / "b.pcap", like=reader) as written:
+            written.write_batch(batch, keep_all, 2, 9)
+        with open_output(tmp_path / "c.pcapng", like=dataclasses.replace(reader.info,
+                                                                       format="pcapng")) as ng:
+            assert ng.verbatim_records(batch, keep_all) is None  # other encoding: built
+    assert (tmp_path / "a.pcap").read_bytes() == (tmp_path / "b.pcap").read_bytes()
+    assert read_all(tmp_path / "a.pcap")[0] == packets[2:9]
+
+
 # --- damaged and odd files ------------------------------------------------------------------
 
 @pytest.mark.parametrize("cut", [1, 8, 15, 16, 17, 50])

@@ -1,4 +1,4 @@
-"""fastpath.pipeline (reading ahead, writing behind) and replay's threaded stages: same output,
+"""fastpath.pipeline (stages in order over worker threads) and replay's workers: same output,
 same errors, and no thread left behind."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 import os
 import random
 import threading
+import time
 
 import pytest
 from test_replay import write_pcap
@@ -14,118 +15,160 @@ from traffic import random_maps, random_traffic  # tests/: the differential test
 
 from fastpath import Dataplane, replay, replaying
 from fastpath.capture import CaptureError, CaptureWriter, open_capture
-from fastpath.pipeline import ReadAhead, WriteBehind
+from fastpath.pipeline import run_in_order
 
 
 def _no_worker_threads() -> bool:
     return not [t for t in threading.enumerate() if t.name.startswith("fastpath-")]
 
 
-# -- ReadAhead -------------------------------------------------------------------------------
+# -- run_in_order ----------------------------------------------------------------------------
 
-def test_read_ahead_keeps_order_and_pairs_each_item_with_the_probe_after_it():
-    produced = []
+class _Recorder:
+    """Stages that log (stage, item, thread name) and can be told to fail or to wait."""
 
-    def source():
-        for i in range(50):
-            produced.append(i)
-            yield i
+    STAGES = ("produce", "core", "write")
 
-    with ReadAhead(source(), depth=3, probe=lambda: len(produced)) as ahead:
-        got = list(ahead)
-    assert [item for item, _ in got] == list(range(50))
-    # The probe runs right after its item: it saw that item produced, and no later one.
-    assert [seen for _, seen in got] == list(range(1, 51))
+    def __init__(self, items: int, fail: dict | None = None, hooks: dict | None = None):
+        self.items = items
+        self.fail = fail or {}  # (stage, item) -> exception to raise there
+        self.hooks = hooks or {}  # (stage, item) -> callable run first
+        self.log: list[tuple[str, int, str]] = []
+        self._next = 0
+
+    def _step(self, stage: str, item: int) -> None:
+        hook = self.hooks.get((stage, item))
+        if hook is not None:
+            hook()
+        self.log.append((stage, item, threading.current_thread().name))
+        if (stage, item) in self.fail:
+            raise self.fail[(stage, item)]
+
+    def produce(self):
+        if self._next == self.items:
+            return None
+        item, self._next = self._next, self._next + 1
+        self._step("produce", item)
+        return item
+
+    def core(self, item):
+        self._step("core", item)
+        return item
+
+    def write(self, item):
+        self._step("write", item)
+
+    def run(self, workers: int) -> None:
+        run_in_order(self.produce, (self.core, self.write), workers)
+
+    def seen(self, stage: str) -> list[int]:
+        return [item for name, item, _ in self.log if name == stage]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_each_stage_takes_the_items_in_order_and_each_item_keeps_its_worker(workers):
+    recorder = _Recorder(200)
+    recorder.run(workers)
+    for stage in _Recorder.STAGES:
+        assert recorder.seen(stage) == list(range(200))
+    carriers: dict[int, set[str]] = {}
+    for _, item, thread in recorder.log:
+        carriers.setdefault(item, set()).add(thread)
+    assert all(len(threads) == 1 for threads in carriers.values())
+    used = set().union(*carriers.values())
+    assert threading.current_thread().name in used
+    assert len(used) == workers
     assert _no_worker_threads()
 
 
-def test_read_ahead_raises_the_source_error_after_the_items_before_it():
-    def source():
-        yield "a"
-        yield "b"
-        raise CaptureError("damaged record")
+def test_the_stages_of_different_items_overlap():
+    """Item 0's write waits until item 1 has been produced and run through the core: a runner
+    that finished one item before starting the next would time out here."""
+    core_ran = threading.Event()
+    reached = []
 
-    got = []
-    with ReadAhead(source()) as ahead, pytest.raises(CaptureError, match="damaged record"):
-        for item, _ in ahead:
-            got.append(item)
-    assert got == ["a", "b"]
+    def wait_for_item_1():
+        reached.append(core_ran.wait(timeout=10))
+
+    recorder = _Recorder(4, hooks={("write", 0): wait_for_item_1, ("core", 1): core_ran.set})
+    recorder.run(2)
+    assert reached == [True]
+    assert recorder.seen("write") == [0, 1, 2, 3]
 
 
-def test_read_ahead_closed_early_stops_and_closes_the_source_on_its_thread():
-    closed_on = []
+def test_a_failure_lets_the_items_before_it_finish_and_stops_those_after():
+    # Three workers: item 5 fails in the core while item 3 is writing (its write waits for
+    # the failure) and item 4 waits for its turn to write: both still finish.
+    item_5_failed = threading.Event()
 
-    def source():
-        try:
-            for i in range(10**6):
-                yield i
-        finally:
-            closed_on.append(threading.current_thread().name)
+    def fail_5():
+        item_5_failed.set()
+        raise CaptureError("bad packet 5")
 
-    with ReadAhead(source(), depth=2) as ahead:
-        for item, _ in ahead:
-            if item == 5:
-                break
-    assert closed_on == ["fastpath-read-ahead"]
+    def write_3():  # until item 5's failure is in (the pause only lets it be registered)
+        item_5_failed.wait(timeout=10)
+        time.sleep(0.05)
+
+    recorder = _Recorder(50, hooks={("core", 5): fail_5, ("write", 3): write_3})
+    with pytest.raises(CaptureError, match="bad packet 5"):
+        recorder.run(3)
+    assert item_5_failed.is_set()
+    assert recorder.seen("write") == [0, 1, 2, 3, 4]
+    assert recorder.seen("core") == [0, 1, 2, 3, 4]  # (item 5's raised before its log)
+    assert set(recorder.seen("produce")) <= set(range(8))
     assert _no_worker_threads()
 
 
-def test_depth_must_be_positive():
-    with pytest.raises(ValueError, match="depth"):
-        ReadAhead([], depth=0)
-    with pytest.raises(ValueError, match="depth"):
-        WriteBehind(print, depth=0)
+def test_the_earliest_items_failure_is_raised_whichever_came_first():
+    # Item 4 fails in the core first; item 3, already past the core, then fails in its write:
+    # one thread would have failed at item 3's write, so that is the error raised.
+    item_4_failed = threading.Event()
 
+    def fail_4():
+        item_4_failed.set()
+        raise OSError(errno.EIO, "core of item 4")
 
-# -- WriteBehind -----------------------------------------------------------------------------
-
-def test_write_behind_writes_every_item_in_order_on_its_thread():
-    written, threads = [], set()
-
-    def write(item):
-        written.append(item)
-        threads.add(threading.current_thread().name)
-
-    with WriteBehind(write, depth=2) as behind:
-        for i in range(200):
-            behind.submit(i)
-        behind.finish()
-    assert written == list(range(200))
-    assert threads == {"fastpath-write-behind"}
-    assert _no_worker_threads()
-
-
-def test_a_failed_write_is_raised_once_and_stops_the_writing():
-    written = []
-
-    def write(item):
-        if item == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(item)
-
-    behind = WriteBehind(write, depth=1)
+    recorder = _Recorder(
+        20,
+        fail={("write", 3): OSError(errno.ENOSPC, "No space left on device")},
+        hooks={("core", 4): fail_4, ("write", 3): lambda: item_4_failed.wait(timeout=10)},
+    )
     with pytest.raises(OSError, match="No space left"):
-        for i in range(100):
-            behind.submit(i)
-        behind.finish()
-    behind.finish()  # raised once: finishing again is quiet
-    assert written == [0, 1, 2]
+        recorder.run(2)
+    assert item_4_failed.is_set()
+    assert recorder.seen("write") == [0, 1, 2, 3]
+    assert _no_worker_threads()
 
 
-def test_closing_drops_what_waits():
-    gate = threading.Event()
-    written = []
+@pytest.mark.parametrize("stage", _Recorder.STAGES)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupt_on_the_callers_thread_stops_every_worker(stage, workers):
+    def interrupt():
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
 
-    def write(item):
-        gate.wait()
-        written.append(item)
+    # The caller's thread (worker 0) carries items 0, workers, 2 * workers, ...
+    recorder = _Recorder(10**6, hooks={(stage, 2 * workers): interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        recorder.run(workers)
+    assert len(recorder.seen("write")) < 10
+    assert _no_worker_threads()
 
-    behind = WriteBehind(write, depth=4)
-    for i in range(3):
-        behind.submit(i)
-    gate.set()
-    behind.close()
-    assert written in ([], [0])  # at most the write already under way
+
+def test_a_producer_error_comes_after_the_items_before_it():
+    recorder = _Recorder(10, fail={("produce", 7): CaptureError("damaged record")})
+    with pytest.raises(CaptureError, match="damaged record"):
+        recorder.run(3)
+    assert recorder.seen("write") == list(range(7))
+    assert _no_worker_threads()
+
+
+def test_no_items_and_bad_worker_counts():
+    recorder = _Recorder(0)
+    recorder.run(2)
+    assert recorder.log == []
+    with pytest.raises(ValueError, match="workers"):
+        run_in_order(lambda: None, (), 0)
     assert _no_worker_threads()
 
 
@@ -140,13 +183,22 @@ def _capture(path, seed: int, packets: int):
 
 
 @pytest.fixture
+def two_cpus(monkeypatch):
+    """Replay sees two usable CPUs (two workers), whatever the machine has."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+
+@pytest.fixture
 def small_chunks(monkeypatch):
     """Reads in 4 KiB chunks, so a short capture spans many read buffers (and reuses them)."""
     monkeypatch.setattr(replaying, "open_capture", functools.partial(open_capture, chunk_size=4096))
 
 
+@pytest.mark.parametrize("cpus", [2, 3, 8])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks, seed):
+def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks, monkeypatch,
+                                                        seed, cpus):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     maps = _capture(tmp_path / "in.pcap", seed=seed, packets=1200)
     results = {}
     for threads in (False, True):
@@ -164,7 +216,8 @@ def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks,
     assert _no_worker_threads()
 
 
-def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, small_chunks):
+def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, small_chunks,
+                                                                   two_cpus):
     maps = _capture(tmp_path / "in.pcap", seed=4, packets=800)
     seen = {}
     for threads in (False, True):
@@ -176,7 +229,8 @@ def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, sma
     assert seen[True][-1][0] == seen[True][-1][1] == (tmp_path / "in.pcap").stat().st_size
 
 
-def test_a_damaged_record_fails_the_threaded_replay_and_leaves_no_output(tmp_path, small_chunks):
+def test_a_damaged_record_fails_the_threaded_replay_and_leaves_no_output(tmp_path, small_chunks,
+                                                                        two_cpus):
     maps = _capture(tmp_path / "in.pcap", seed=5, packets=800)
     data = bytearray((tmp_path / "in.pcap").read_bytes())
     # Record 501's captured length becomes absurd: everything after it is unreadable.
@@ -197,26 +251,30 @@ def test_a_damaged_record_fails_the_threaded_replay_and_leaves_no_output(tmp_pat
     assert _no_worker_threads()
 
 
-def test_a_failed_write_fails_the_replay_and_leaves_nothing(tmp_path, small_chunks, monkeypatch):
+def test_a_failed_write_fails_the_replay_and_leaves_nothing(tmp_path, small_chunks, two_cpus,
+                                                             monkeypatch):
     maps = _capture(tmp_path / "in.pcap", seed=6, packets=800)
     calls = []
-    real = CaptureWriter.write_batch
 
-    def failing(self, *args, **kwargs):
-        calls.append(threading.current_thread().name)
-        if len(calls) == 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *args, **kwargs)
+    def failing(real):
+        def write(self, *args, **kwargs):
+            calls.append(threading.current_thread().name)
+            if len(calls) == 15:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, *args, **kwargs)
+        return write
 
-    monkeypatch.setattr(CaptureWriter, "write_batch", failing)
+    for method in ("write_batch", "write_verbatim"):
+        monkeypatch.setattr(CaptureWriter, method, failing(getattr(CaptureWriter, method)))
     with pytest.raises(OSError, match="No space left"):
         replay(tmp_path / "in.pcap", tmp_path / "out.pcap", Dataplane(maps), batch_packets=20)
-    assert set(calls) == {"fastpath-write-behind"}
+    assert len(calls) == 15
+    assert set(calls) == {"MainThread", "fastpath-worker-1"}  # both workers wrote
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap"]
     assert _no_worker_threads()
 
 
-def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks):
+def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks, two_cpus):
     maps = _capture(tmp_path / "in.pcap", seed=7, packets=800)
 
     def interrupt(done, total, packets):
@@ -230,8 +288,9 @@ def test_an_interrupt_stops_the_stages_and_leaves_nothing(tmp_path, small_chunks
     assert _no_worker_threads()
 
 
-def test_pipes_and_devices_run_on_the_callers_thread(tmp_path, monkeypatch):
-    """A FIFO capture and a device output can block a stage indefinitely: no worker for them."""
+def test_pipes_devices_and_streams_run_on_the_callers_thread(tmp_path, two_cpus, monkeypatch):
+    """A FIFO capture, a device output and a trace to a caller's stream can block a stage
+    indefinitely: no worker for them. Regular files get the second worker."""
     maps = _capture(tmp_path / "in.pcap", seed=8, packets=300)
     expected = replay(tmp_path / "in.pcap", tmp_path / "expected.pcap", Dataplane(maps)).to_dict()
     started = []
@@ -248,10 +307,17 @@ def test_pipes_and_devices_run_on_the_callers_thread(tmp_path, monkeypatch):
     feeder.start()
     got = replay(fifo, tmp_path / "out.pcap", Dataplane(maps)).to_dict()
     feeder.join()
-    assert started == [None, "fastpath-write-behind"]  # the feeder, then the writer only
+    assert started == [None]  # the feeder only
     assert (tmp_path / "out.pcap").read_bytes() == (tmp_path / "expected.pcap").read_bytes()
     assert got["verdicts"] == expected["verdicts"]
 
     started.clear()
     replay(tmp_path / "in.pcap", "/dev/null", Dataplane(maps))
-    assert started == ["fastpath-read-ahead"]
+    assert started == []
+    with open(tmp_path / "trace.jsonl", "w") as stream:
+        replay(tmp_path / "in.pcap", tmp_path / "out.pcap", Dataplane(maps), trace=stream)
+    assert started == []
+    replay(tmp_path / "in.pcap", tmp_path / "out.pcap", Dataplane(maps),
+           trace=tmp_path / "trace.jsonl")
+    replay(tmp_path / "in.pcap", None, Dataplane(maps))
+    assert started == ["fastpath-worker-1", "fastpath-worker-1"]

@@ -85,6 +85,9 @@ class AtomicWriter:
         self._tmp: str | None = None
         self._owned = True  # False: a caller's stream, flushed on commit, never closed
         self._file = None
+        # True when a temporary file beside the target is written: False for a caller's
+        # stream and for a target that is a FIFO or a device (written in place).
+        self.regular_file = False
 
     @property
     def name(self) -> str:

@@ -42,7 +42,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Union, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Union, cast
 
 from fastpath import _pcap
 from fastpath.atomicfile import AtomicWriter, open_beside
@@ -56,6 +56,7 @@ __all__ = [
     "CaptureInfo",
     "CaptureReader",
     "CaptureWriter",
+    "VerbatimRecords",
     "open_capture",
     "open_output",
 ]
@@ -66,10 +67,10 @@ __all__ = [
 # standard capture without output: 226 ms with 8 MiB chunks, 150 ms with 2 MiB, same load).
 DEFAULT_CHUNK_SIZE = 2 << 20
 DEFAULT_BATCH_PACKETS = 65536
-# Read buffers a pcap reader keeps for reuse: the chunks a replay's stages hold at once
-# (fastpath.pipeline: one being read, two queued, one in the core, two queued and one being
-# written) fit without allocating.
-_SPARE_BUFFERS = 6
+# Read buffers a pcap reader keeps for reuse: the chunks a replay's workers hold at once
+# (fastpath.pipeline: one each, up to three, besides the one being read) fit without
+# allocating.
+_SPARE_BUFFERS = 4
 DEFAULT_SNAPLEN = 262144  # tcpdump's default, also used when a file says 0
 MAX_RECORD = 16 << 20  # a captured length beyond this is a damaged file, whatever the snaplen
 RECORD_HEADER = 16
@@ -636,6 +637,13 @@ class _PcapngReader(CaptureReader):
 # Writing
 
 
+class VerbatimRecords(NamedTuple):
+    """Records to be written as they lie in a batch's buffer (CaptureWriter.verbatim_records)."""
+
+    data: memoryview
+    packets: int
+
+
 class CaptureWriter(AtomicWriter):
     """Writes a capture atomically: to a temporary file beside `path`, renamed over it on commit.
 
@@ -651,7 +659,6 @@ class CaptureWriter(AtomicWriter):
     def __init__(self, path: PathLike, info: CaptureInfo) -> None:
         super().__init__()
         self.path = os.fspath(path)
-        self.regular_file = False  # True once a temporary file beside path is being written
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
@@ -688,28 +695,22 @@ class CaptureWriter(AtomicWriter):
         self._check_open()
         stop = batch.count if stop is None else stop
         if self._ng is None:
-            span = _pcap.verbatim_span(
-                batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
-                batch.timestamps_ns, verdicts, batch.header_flags, self.info.header_flags,
-                start, stop,
-            )
-            if span is not None:
-                # Nothing dropped, headers as they are to be written: one write of the input.
-                self._file.write(memoryview(batch.buf)[span[0] : span[1]])  # type: ignore[union-attr]
-                kept = stop - start
-            else:
-                try:
-                    nbytes, kept = _pcap.build_records(
-                        batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
-                        batch.timestamps_ns, verdicts, batch.header_flags,
-                        self.info.header_flags, self._out, start, stop,
-                    )
-                except _pcap.TimestampError as error:
-                    raise CaptureError(
-                        f"{batch.describe(error.index)} cannot be written to {self.path}: "
-                        + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
-                    ) from None
-                self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
+            verbatim = self.verbatim_records(batch, verdicts, start, stop)
+            if verbatim is not None:
+                self.write_verbatim(verbatim)
+                return verbatim.packets
+            try:
+                nbytes, kept = _pcap.build_records(
+                    batch.buf, batch.offsets, batch.lengths, batch.wire_lengths,
+                    batch.timestamps_ns, verdicts, batch.header_flags,
+                    self.info.header_flags, self._out, start, stop,
+                )
+            except _pcap.TimestampError as error:
+                raise CaptureError(
+                    f"{batch.describe(error.index)} cannot be written to {self.path}: "
+                    + _beyond_pcap(error.timestamp_ns, self.info.nanosecond)
+                ) from None
+            self._file.write(memoryview(self._out)[:nbytes])  # type: ignore[union-attr]
         else:
             if verdicts is not None and len(verdicts) != batch.count:
                 raise ValueError(f"{len(verdicts)} verdicts for {batch.count} packets")
@@ -722,6 +723,29 @@ class CaptureWriter(AtomicWriter):
                     kept += 1
         self.packets_written += kept
         return kept
+
+    def verbatim_records(self, batch: Batch, verdicts: Any = None, start: int = 0,
+                         stop: int | None = None) -> VerbatimRecords | None:
+        """What write_batch would write for these packets when it is a span of the batch's own
+        buffer as it is, else None: a classic pcap batch read in this file's encoding, nothing
+        dropped. Reads the batch without writing, so it can run apart from the writes (a replay
+        checks a batch while an earlier one is being written); write_verbatim() writes it."""
+        if self._ng is not None:
+            return None
+        stop = batch.count if stop is None else stop
+        span = _pcap.verbatim_span(
+            batch.buf, batch.offsets, batch.lengths, batch.wire_lengths, batch.timestamps_ns,
+            verdicts, batch.header_flags, self.info.header_flags, start, stop,
+        )
+        if span is None:
+            return None
+        return VerbatimRecords(memoryview(batch.buf)[span[0] : span[1]], stop - start)
+
+    def write_verbatim(self, records: VerbatimRecords) -> None:
+        """Write what verbatim_records() returned (the batch unchanged since)."""
+        self._check_open()
+        self._file.write(records.data)  # type: ignore[union-attr]
+        self.packets_written += records.packets
 
     def write_packet(self, ts_ns: int, data: bytes, wire_len: int | None = None) -> None:
         """Write one record (e.g. a generated reply) after what was written so far."""

@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--one-thread", action="store_true",
-        help="read, process and write on one thread (default: for regular files the next "
-        "chunk is read and the last one written on threads of their own while the core runs; "
-        "the output is the same)",
+        help="read, process and write on one thread (default: when the capture, the output "
+        "and the trace are regular files, one worker thread per CPU, up to three, each "
+        "carrying a chunk from its read to its write, every stage taking the chunks in "
+        "capture order; the output is the same)",
     )
     replay.add_argument(
         "--core", choices=("compiled", "reference"), default="compiled",

@@ -1,156 +1,114 @@
-"""Reading ahead and writing behind on threads of their own, so a replay's stages overlap.
+"""A replay's stages on worker threads: each chunk carried by one worker from its read to its
+write, every stage taking the chunks one at a time and in capture order.
 
-A replay reads a chunk, runs it through the core and writes it out. The file reads and writes,
-the record scan and the core all run with the GIL released, so on a machine with more than one
-core the next chunk can be read and the last one written while the core works on this one.
-Each stage still sees the batches one at a time and in capture order, so the output is byte for
-byte what a single thread writes. The queues between the stages are short, so memory stays
-bounded by a few chunks whatever the capture's size.
+A replay reads a chunk, runs it through the core and writes it out. The reads, the record scan,
+the core and the writes all release the GIL, so the stages of different chunks can run at once
+on different cores. Each worker takes the next chunk and carries it through every stage itself,
+so a chunk is read, rewritten and written by the core whose cache already holds it. (A thread
+per stage moved every chunk between cores twice, and its three threads on a two-core machine
+left the slowest stage, the write, waiting for a core: the same replay took 1.3x as long.)
+
+A stage runs for chunk k only after it ran for chunk k-1, so each stage sees exactly the
+sequence one thread would give it, and the output is byte for byte the same: the conntrack
+decisions happen in capture order, and the output file is written in capture order. This is a
+pipeline of serial, in-order filters whose items keep their thread (the shape of TBB's
+parallel_pipeline). Memory stays bounded: a worker holds one chunk at a time.
 """
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
-
-T = TypeVar("T")
-
-_END = object()  # the producer has no more items
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-class _Failure:
-    """An exception raised on a worker thread, to be raised again on the caller's."""
+class _Turns:
+    """Whose turn it is at each stage; the run's end; its earliest failure."""
 
-    __slots__ = ("error",)
+    def __init__(self, stages: int) -> None:
+        self._changed = threading.Condition()
+        self._next = [0] * stages  # at each stage, the index of the item whose turn it is
+        self._end: int | None = None  # the index the first stage found no item for
+        self.failure: tuple[int, BaseException] | None = None  # (item index, its error)
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def wait(self, stage: int, index: int) -> bool:
+        """Wait for item `index`'s turn at `stage`; False if the item is not to run it: the
+        items ended before it, or an earlier item failed."""
+        with self._changed:
+            while True:
+                failure = self.failure
+                if failure is not None and failure[0] < index:
+                    return False
+                if self._end is not None and index >= self._end:
+                    return False
+                if self._next[stage] == index:
+                    return True
+                self._changed.wait()
+
+    def done(self, stage: int, index: int) -> None:
+        with self._changed:
+            self._next[stage] = index + 1
+            self._changed.notify_all()
+
+    def end(self, index: int) -> None:
+        with self._changed:
+            self._end = index
+            self._changed.notify_all()
+
+    def fail(self, index: int, error: BaseException) -> None:
+        with self._changed:
+            if self.failure is None or index < self.failure[0]:
+                self.failure = (index, error)
+            self._changed.notify_all()
 
 
-class ReadAhead(Generic[T]):
-    """Iterate `source` on a worker thread, at most `depth` items ahead of the consumer.
+def run_in_order(produce: Callable[[], Any], stages: Sequence[Callable[[Any], Any]],
+                 workers: int, name: str = "fastpath-worker") -> None:
+    """Run items through `stages` on `workers` threads, the caller's thread being one of them.
 
-    Each item comes paired with what `probe()` returned right after the source produced it
-    (a reader's byte position, say, which the worker moves on from). An exception the source
-    raises reaches the consumer after the items produced before it. close() (or leaving a
-    `with` block) stops the worker early and closes the source on the worker's thread.
+    produce() returns the next item, or None when there are no more; each stage maps an item
+    to what the next stage gets (the last stage's result is dropped). Item k is carried by one
+    worker through every stage; produce() and each stage run for one item at a time, in item
+    order. With one worker everything runs on the caller's thread, one item after the other.
+
+    An exception raised for item k, by produce() or a stage (KeyboardInterrupt on the caller's
+    thread included), ends the run as one thread would: the items before k finish, no item
+    after k runs another stage, and once every worker has stopped the exception of the
+    earliest failed item is raised on the caller's thread.
     """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    turns = _Turns(1 + len(stages))
 
-    def __init__(self, source: Iterable[T], depth: int = 2,
-                 probe: Callable[[], Any] | None = None) -> None:
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
-        self._source = source
-        self._probe = probe
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stopping = False
-        self._done = False
-        self._thread = threading.Thread(target=self._produce, name="fastpath-read-ahead",
-                                        daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        source = iter(self._source)
+    def work(first: int) -> None:
+        index = first
         try:
-            for item in source:
-                if self._stopping:
-                    break
-                self._queue.put((item, self._probe() if self._probe is not None else None))
-            self._queue.put(_END)
-        except BaseException as error:  # handed to the consumer, which raises it
-            self._queue.put(_Failure(error))
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            while turns.wait(0, index):
+                item = produce()
+                if item is None:
+                    turns.end(index)
+                    return
+                turns.done(0, index)
+                for stage_number, stage in enumerate(stages, 1):
+                    if not turns.wait(stage_number, index):
+                        return
+                    item = stage(item)
+                    turns.done(stage_number, index)
+                index += workers
+        except BaseException as error:  # raised again on the caller's thread
+            turns.fail(index, error)
 
-    def __iter__(self) -> Iterator[tuple[T, Any]]:
-        while not self._done:
-            entry = self._queue.get()
-            if entry is _END:
-                self._done = True
-                break
-            if isinstance(entry, _Failure):
-                self._done = True
-                raise entry.error
-            yield entry
-
-    def close(self) -> None:
-        """Stop the worker (it finishes the item it is producing) and wait for it."""
-        self._stopping = True
-        while self._thread.is_alive():
-            try:  # make room, so a worker blocked on a full queue sees the stop
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._done = True
-
-    def __enter__(self) -> ReadAhead[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class WriteBehind(Generic[T]):
-    """Call `write(item)` for every submitted item, in order, on a worker thread.
-
-    submit() blocks while `depth` items wait. If a write raises, the writing stops and the
-    error is raised again by the next submit() or by finish(); later items are dropped.
-    finish() waits for every write and raises the first error; close() abandons what is left.
-    """
-
-    def __init__(self, write: Callable[[T], None], depth: int = 2) -> None:
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
-        self._write = write
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None  # the failed write's, until raised
-        self._dropping = False  # after a failed write or close(): items are taken, not written
-        self._thread = threading.Thread(target=self._consume, name="fastpath-write-behind",
-                                        daemon=True)
-        self._thread.start()
-
-    def _consume(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if not self._dropping:
+    threads = [threading.Thread(target=work, args=(first,), name=f"{name}-{first}", daemon=True)
+               for first in range(1, workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        work(0)
+    finally:
+        for thread in threads:  # they stop at their next turn: the run ended or failed
+            while thread.is_alive():
                 try:
-                    self._write(item)
-                except BaseException as error:  # raised again on the caller's thread
-                    self._error, self._dropping = error, True
-
-    def submit(self, item: T) -> None:
-        self._raise_if_failed()
-        self._queue.put(item)
-
-    def finish(self) -> None:
-        """Wait until every submitted item is written; raise the first write's error."""
-        self._stop()
-        self._raise_if_failed()
-
-    def close(self) -> None:
-        """Stop without writing what is still waiting (after an error elsewhere)."""
-        self._dropping = True
-        self._stop()
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(_END)
-            self._thread.join()
-
-    def _raise_if_failed(self) -> None:
-        error = self._error  # (set once by the worker, which then only drops items)
-        if error is not None:
-            self._error = None  # raised once
-            raise error
-
-    def __enter__(self) -> WriteBehind[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+                    thread.join()
+                except BaseException as error:  # an interrupt while joining: stop them too
+                    turns.fail(-1, error)
+    if turns.failure is not None:
+        raise turns.failure[1]

@@ -134,6 +134,7 @@ class TraceWriter(AtomicWriter):
         else:
             self.path = os.fspath(destination)  # type: ignore[arg-type]
             fd, self._tmp = open_beside(self.path)
+            self.regular_file = self._tmp is not None
             self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=_BUFFER)
 
     def set_maps(self, maps: Maps) -> None:
