@@ -91,6 +91,13 @@ cdef enum:
     SNAT_TRIES = 64
     CACHED_COUNTER_BYTES = 256 * 1024   # per-service and per-backend counters up to this stay
                                         # in a core's L2 cache (512 KiB on the machine measured)
+    COUNT_LATER = 8                     # far counters: a packet's are added this many later
+    COUNT_LATER_MASK = COUNT_LATER - 1
+
+
+ctypedef struct LaterCounts:         # Engine.process: service and backend counts not yet added
+    uint32_t services[COUNT_LATER]
+    uint32_t backends[COUNT_LATER]
 
 
 ctypedef struct FrontendEntry:
@@ -513,10 +520,14 @@ cdef class Engine:
         cdef TraceOut trace
         cdef Parsed ring[RING]
         cdef Outputs out
-        # Counters beyond what stays cached (a million service ports) are fetched a packet ahead;
-        # smaller ones stay in cache, and fetching them would only cost instructions.
+        # Counters beyond what stays cached (a million service ports) are asked for when the
+        # packet's service and backend are known and added COUNT_LATER packets on, so the
+        # fetches overlap with the packets in between; smaller ones stay in cache and are
+        # added at once.
         cdef bint far_counters = ((<uint64_t>self.maps.n_services + self.maps.n_backends)
                                   * sizeof(uint64_t) > CACHED_COUNTER_BYTES)
+        cdef LaterCounts later
+        memset(&later, 0, sizeof(later))
         out.verdicts = &verdicts[0] if n else NULL
         out.reasons = &reasons[0] if n else NULL
         out.services = &services[0] if tracing and n else NULL
@@ -544,30 +555,31 @@ cdef class Engine:
                                     linktype, &ring[(i + PARSE_AHEAD) & RING_MASK])
                     if i + ENTRY_AHEAD < n:
                         self._prefetch_entry(&ring[(i + ENTRY_AHEAD) & RING_MASK])
-                    if far_counters and i + 1 < n:
-                        self._prefetch_counters(&ring[(i + 1) & RING_MASK])
                     self._account(i, self._packet(&ring[i & RING_MASK], timestamps_ns[i], &trace),
-                                  &trace, &out)
+                                  &trace, &out, not far_counters)
+                    if far_counters:
+                        self._count_later(&later, i, &trace)
+                if far_counters:
+                    self._count_pending(&later)
             elif bad < 0:
                 for i in range(n):
                     self._parse(base + offsets[i], lengths[i], linktype, &ring[0])
                     self._account(i, self._packet(&ring[0], timestamps_ns[i], &trace),
-                                  &trace, &out)
+                                  &trace, &out, True)
         if bad >= 0:
             raise ValueError(f"packet {bad} lies outside the buffer "
                              f"(offset {offsets[bad]}, length {lengths[bad]}, buffer {size})")
 
     cdef inline void _account(self, Py_ssize_t i, uint8_t reason, const TraceOut* trace,
-                              Outputs* out) noexcept nogil:
-        """Store packet i's verdict (and trace) and count it."""
+                              Outputs* out, bint count_flow) noexcept nogil:
+        """Store packet i's verdict (and trace) and count it; its service and backend only if
+        count_flow (else _count_later does)."""
         out.reasons[i] = reason
         out.verdicts[i] = VERDICT_OF[reason]
         self.reason_packets[reason] += 1
         self.verdict_packets[VERDICT_OF[reason]] += 1
-        if trace.service:
-            self.service_packets[trace.service] += 1
-        if trace.backend:
-            self.backend_packets[trace.backend] += 1
+        if count_flow:
+            self._count_flow(trace.service, trace.backend)
         if out.services != NULL:
             out.services[i] = trace.service
             out.backends[i] = trace.backend
@@ -604,15 +616,32 @@ cdef class Engine:
         if ref != CT_NIL:
             prefetch(&self.ct.entries[ct_slot(ref)])
 
-    cdef inline void _prefetch_counters(self, const Parsed* p) noexcept nogil:
-        """Ask for the packet counters of the flow in the first entry of the packet's bucket
-        (fetched by _prefetch_entry): usually the packet's own flow."""
-        cdef uint32_t ref = _first_ref(p)
-        cdef const CtEntry* e
-        if ref != CT_NIL:
-            e = &self.ct.entries[ct_slot(ref)]
-            prefetch(&self.service_packets[e.service])
-            prefetch(&self.backend_packets[e.backend])
+    cdef inline void _count_flow(self, uint32_t service, uint32_t backend) noexcept nogil:
+        if service:
+            self.service_packets[service] += 1
+        if backend:
+            self.backend_packets[backend] += 1
+
+    cdef inline void _count_later(self, LaterCounts* later, Py_ssize_t i,
+                                  const TraceOut* trace) noexcept nogil:
+        """Ask for packet i's service and backend counters, and add the ones asked for
+        COUNT_LATER packets ago, whose slot packet i takes."""
+        cdef Py_ssize_t slot = i & COUNT_LATER_MASK
+        self._count_flow(later.services[slot], later.backends[slot])
+        later.services[slot] = trace.service
+        later.backends[slot] = trace.backend
+        if trace.service:
+            prefetch(&self.service_packets[trace.service])
+        if trace.backend:
+            prefetch(&self.backend_packets[trace.backend])
+
+    cdef inline void _count_pending(self, LaterCounts* later) noexcept nogil:
+        """Add what _count_later still holds (the last COUNT_LATER packets')."""
+        cdef Py_ssize_t slot
+        for slot in range(COUNT_LATER):
+            self._count_flow(later.services[slot], later.backends[slot])
+            later.services[slot] = 0
+            later.backends[slot] = 0
 
     cdef inline uint8_t _packet(self, Parsed* p, uint64_t now, TraceOut* trace) noexcept nogil:
         trace.service = 0

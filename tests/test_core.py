@@ -85,6 +85,51 @@ def test_counters_by_service_and_backend():
     assert counters["conntrack"]["inserts"] == counters["conntrack"]["entries"] == 20
 
 
+def _many_services(n: int) -> Maps:
+    """n ClusterIP service ports, service k over backends k and k + 1 (n + 1 backends)."""
+    base, pods = ip4("10.96.0.1"), ip4("10.244.0.1")
+    return Maps(
+        services=[Service(k, f"default/s{k}:http", (k, k + 1)) for k in range(1, n + 1)],
+        frontends=[Frontend(base + k, 80, 6, k) for k in range(1, n + 1)],
+        backends=[Backend(k, pods + k, 8080, f"pod-{k}") for k in range(1, n + 2)],
+    )
+
+
+@pytest.mark.parametrize("services", [10, 40_000])  # counters in cache, and far from it
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 9, 500])
+def test_service_and_backend_counters_match_the_per_packet_trace(services, batch_size):
+    """Far counters are added a few packets after their packet: every packet still counts
+    once, whatever the batch size, including the last packets of a batch."""
+    maps = _many_services(services)
+    engine = _core.Engine(maps)
+    rng = random.Random(f"{services}:{batch_size}")
+    flows = [(f"10.0.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.randrange(1024, 65535),
+              f"10.96.{(k >> 8) & 0xFF}.{k & 0xFF}") for k in rng.sample(range(2, services + 2), 10)]
+    packets = [bytes(Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=80, flags=flags))
+               for src, sport, dst in flows for flags in ("S", "A", "A")]
+    packets.append(bytes(Ether() / IP(src="10.0.0.1", dst="192.0.2.1") / TCP(dport=80)))
+    rng.shuffle(packets)
+    services_seen, backends_seen = [0] * (services + 1), [0] * (services + 2)
+    for start in range(0, len(packets), batch_size):
+        chunk = packets[start:start + batch_size]
+        offsets, pos = array("Q"), 0
+        for packet in chunk:
+            offsets.append(pos)
+            pos += len(packet)
+        n = len(chunk)
+        trace_services, trace_backends = array("I", bytes(4 * n)), array("I", bytes(4 * n))
+        engine.process(bytearray(b"".join(chunk)), offsets, array("I", map(len, chunk)),
+                       array("Q", bytes(8 * n)), array("B", bytes(n)), array("B", bytes(n)), 1,
+                       trace_services, trace_backends, array("B", bytes(n)))
+        for service, backend in zip(trace_services, trace_backends):
+            services_seen[service] += 1
+            backends_seen[backend] += 1
+    counters = engine.counters()
+    assert sum(services_seen[1:]) == 30  # every service packet was attributed
+    assert counters["services"] == services_seen[1:]
+    assert counters["backends"] == backends_seen[1:]
+
+
 def test_load_keeps_tracked_flows():
     engine = _core.Engine(MAPS)
     _, _, first = engine.process_packet(syn(), 1)
