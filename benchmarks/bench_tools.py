@@ -28,7 +28,6 @@ tcprewrite missing: the suite tries `apt-get install -y tcpreplay` once when run
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import workload
-from conftest import fastpath_env, record_rates
+from conftest import apt_install, fastpath_env, record_rates
 
 pytest.importorskip("fastpath._core", reason="build the core first")
 from fastpath.dataplane import Dataplane  # noqa: E402
@@ -51,29 +50,11 @@ TARGET_X_CAT = 2.0
 _medians: dict[str, float] = {}
 
 
-def _install_tcprewrite() -> str:
-    """Try apt once; '' on success, else why not."""
-    if os.environ.get("FASTPATH_BENCH_NO_APT"):
-        return "FASTPATH_BENCH_NO_APT is set"
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "not root, or no apt-get"
-    for command in (["apt-get", "install", "-y", "-q", "tcpreplay"],
-                    ["sh", "-c", "apt-get update -q && apt-get install -y -q tcpreplay"]):
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
-                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"{' '.join(command)}: {error}"
-        if done.returncode == 0 and shutil.which("tcprewrite"):
-            return ""
-    return f"apt-get install -y tcpreplay failed: {done.stderr.strip().splitlines()[-1:]}"
-
-
 @pytest.fixture(scope="session")
 def tcprewrite() -> str:
     path = shutil.which("tcprewrite")
     if path is None:
-        why = _install_tcprewrite()
+        why = apt_install(["tcpreplay"], lambda: shutil.which("tcprewrite") is not None)
         path = shutil.which("tcprewrite")
         if path is None:
             pytest.skip(f"tcprewrite not found (Debian package tcpreplay; {why})")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -133,6 +134,27 @@ def fastpath_env(folder: Path | None = None, cache: Path | None = None) -> dict[
     if cache is not None:
         env["FASTPATH_CACHE_DIR"] = str(cache)
     return env
+
+
+def apt_install(packages: list[str], installed: Callable[[], bool]) -> str:
+    """Try to install Debian `packages` with apt-get (as root only, and not when
+    FASTPATH_BENCH_NO_APT is set); '' once `installed()` holds, else why not, for a skip."""
+    if os.environ.get("FASTPATH_BENCH_NO_APT"):
+        return "FASTPATH_BENCH_NO_APT is set"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not root, or no apt-get"
+    wanted = " ".join(packages)
+    done = None
+    for command in (["apt-get", "install", "-y", "-q", *packages],
+                    ["sh", "-c", f"apt-get update -q && apt-get install -y -q {wanted}"]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"{' '.join(command)}: {error}"
+        if done.returncode == 0 and installed():
+            return ""
+    return f"apt-get install -y {wanted} failed: {done.stderr.strip().splitlines()[-1:]}"
 
 
 def time_cat(capture: Path, target: Path, repeats: int = 5) -> float:
