@@ -29,10 +29,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent / "xdp"
 PROGRAM_SOURCE = HERE / "service_lb.bpf.c"
 LOOP_SOURCE = HERE / "test_run.c"
+LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")  # Debian's libbpf-dev
 
 XDP_PASS, XDP_TX = 2, 3
 CONNTRACK_ENTRIES = 2 * 524_288  # two per flow (the flow and its reply): fastpath's default flows
-_IPPROTO_TCP, _IPPROTO_UDP = 6, 17
 
 
 class XdpUnavailable(RuntimeError):
@@ -100,7 +100,7 @@ class KernelXdp:
             raise XdpUnavailable("clang not found (Debian package clang)")
         if cc is None:
             raise XdpUnavailable("no C compiler (cc)")
-        if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        if not LIBBPF_HEADER.exists():
             raise XdpUnavailable("libbpf headers not found (Debian package libbpf-dev)")
         program, loop = scratch / "service_lb.bpf.o", scratch / "test_run.so"
         _run([clang, "-O2", "-g", "-target", "bpf", *_multiarch_include(), "-c",
@@ -131,13 +131,9 @@ class KernelXdp:
                                  "(BPF needs root or CAP_BPF, and a kernel built with it)")
         self.service_lb_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(obj, b"service_lb"))
         self.pass_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(obj, b"pass"))
-        for name, entries in ((b"frontends", frontends.items()), (b"members", enumerate(members)),
-                              (b"backends", enumerate(backends))):
-            fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(obj, name))
-            for key, value in entries:
-                key_bytes = key if isinstance(key, bytes) else struct.pack("=I", key)
-                if lib.bpf_map_update_elem(fd, key_bytes, value, 0):
-                    raise XdpUnavailable(f"cannot fill map {name.decode()}: errno {ctypes.get_errno()}")
+        for name, values in ((b"members", members), (b"backends", backends)):
+            _fill(lib, obj, name, ((struct.pack("=I", i), value) for i, value in enumerate(values)))
+        _fill(lib, obj, b"frontends", frontends.items())
 
     def track(self, packet: bytes) -> None:
         """A conntrack entry translating the packet's flow to where it already goes (its own
@@ -148,10 +144,7 @@ class KernelXdp:
         sport, dport = packet[14 + ihl:16 + ihl], packet[16 + ihl:18 + ihl]
         key = saddr + daddr + sport + dport + bytes((packet[23], 0, 0, 0))
         value = daddr + dport + bytes(2)
-        lib = self._libbpf
-        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._object, b"conntrack"))
-        if lib.bpf_map_update_elem(fd, key, value, 0):
-            raise XdpUnavailable(f"cannot add a conntrack entry: errno {ctypes.get_errno()}")
+        _fill(self._libbpf, self._object, b"conntrack", [(key, value)])
 
     def run_batch(self, buf: bytearray, offsets: array, lengths: array, fd: int | None = None):
         """Every packet through the program once, rewritten in place in `buf`: (verdicts as
@@ -193,12 +186,20 @@ class KernelXdp:
         self.close()
 
 
+def _fill(lib: ctypes.CDLL, obj, name: bytes, entries) -> None:
+    """Put (key, value) byte strings into the loaded object's map `name`."""
+    fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(obj, name))
+    for key, value in entries:
+        if lib.bpf_map_update_elem(fd, key, value, 0):
+            raise XdpUnavailable(f"cannot fill map {name.decode()}: errno {ctypes.get_errno()}")
+
+
 def _map_entries(maps) -> tuple[dict[bytes, bytes], list[bytes], list[bytes]]:
     """fastpath's maps as the program's: frontend key -> (first member, count), the members
     (backend ids, every service's cluster set one after the other), backend id -> address, port.
     Only what the program implements: IPv4 TCP/UDP frontends without a traffic policy or
     source ranges (the standard workload's); anything else raises XdpUnavailable."""
-    from fastpath.maps import IPV6
+    from fastpath.maps import IPV6, PROTO_TCP, PROTO_UDP
 
     members: list[bytes] = []
     first: dict[int, tuple[int, int]] = {}
@@ -207,7 +208,7 @@ def _map_entries(maps) -> tuple[dict[bytes, bytes], list[bytes], list[bytes]]:
         members.extend(struct.pack("=I", backend) for backend in service.backends)
     frontends = {}
     for frontend in maps.frontends:
-        if (frontend.ip & IPV6 or frontend.proto not in (_IPPROTO_TCP, _IPPROTO_UDP)
+        if (frontend.ip & IPV6 or frontend.proto not in (PROTO_TCP, PROTO_UDP)
                 or frontend.local_policy or frontend.source_ranges):
             raise XdpUnavailable(f"the XDP reference implements IPv4 TCP/UDP ClusterIP "
                                  f"frontends only, not {frontend}")
