@@ -1,9 +1,10 @@
 # cython: language_level=3
-"""The compiler's per-endpoint loops, compiled (the module fastpath._compile).
+"""The model's and the compiler's per-endpoint loops, compiled (the module fastpath._compile).
 
-A big cluster has a million endpoints, and fastpath.compiler visits each one a few times: to
-read it out of its EndpointSlice, to choose a service port's sets, to number the backends, to
-list each service port's backend ids. Those loops live here, written against the same objects
+A big cluster has a million endpoints. fastpath.model reads each one out of its raw slice
+(plain_ipv4_endpoint), and fastpath.compiler visits each one a few times: to read it out of its
+EndpointSlice, to choose a service port's sets, to number the backends, to list each service
+port's backend ids. Those loops live here, written against the same objects
 the Python compiler passes around (the model's slotted dataclasses in, fastpath.compiler's named
 tuples and fastpath.maps' classes out); the rules they apply are the compiler's, documented
 where it calls them (pysrc/fastpath/compiler.py) and repeated in each function here.
@@ -30,8 +31,11 @@ from libc.string cimport memchr, memcpy, memset, strlen
 from ids cimport int_or_zero
 from prefetch cimport prefetch
 
+from dataclasses import fields as dataclass_fields
+
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference)
+from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
 
 cdef extern from "arpa/inet.h" nogil:
     struct in_addr:
@@ -219,6 +223,105 @@ cdef int parse_ipv6(str text, uint64_t* high, uint64_t* low) except -1:
         high[0] = high[0] << 8 | v6[i]
         low[0] = low[0] << 8 | v6[8 + i]
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an EndpointSlice's endpoints (fastpath.model)
+#
+# A big cluster's slices hold a million endpoints, nearly all written by the EndpointSlice
+# controller: canonical IPv4 addresses, conditions of true/false/null, no hints. The model reads
+# those here, each made as an Endpoint with its slots filled (a frozen dataclass's __init__ sets
+# each field through object.__setattr__: most of the time in Python); anything else is left to
+# the model's field-by-field reader, which also words the errors.
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    object PyList_AsTuple(object items)
+
+cdef Fields NEW_ENDPOINT = Fields(Endpoint, ("addresses", "conditions", "node_name", "zone",
+                                             "hints_for_zones", "hints_for_nodes", "target_ref"))
+cdef Fields NEW_REFERENCE = Fields(ObjectReference, ("kind", "namespace", "name"))
+if {field.name for field in dataclass_fields(Endpoint)} != set(NEW_ENDPOINT.names) or \
+        {field.name for field in dataclass_fields(ObjectReference)} != set(NEW_REFERENCE.names):
+    raise ImportError("Endpoint or ObjectReference has other fields than plain_ipv4_endpoint fills")
+
+# The model's shared conditions (model._CONDITIONS), by ready * 9 + serving * 3 + terminating,
+# each of them 0 for null, 1 for true, 2 for false.
+cdef tuple SHARED_CONDITIONS = tuple(SHARED_CONDITIONS_BY_VALUES[ready, serving, terminating]
+                                     for ready in (None, True, False) for serving in (None, True, False)
+                                     for terminating in (None, True, False))
+
+
+cdef inline int condition_value(object value) noexcept:
+    """0 for null, 1 for true, 2 for false (exactly: 1 is no condition), -1 for anything else."""
+    if value is None:
+        return 0
+    if value is True:
+        return 1
+    if value is False:
+        return 2
+    return -1
+
+
+cdef inline bint string_or_null(object value) noexcept:
+    return value is None or type(value) is str
+
+
+def plain_ipv4_endpoint(raw):
+    """The Endpoint an IPv4 slice's raw endpoint reads as when it is written as the EndpointSlice
+    controller writes it: a dict, canonical dotted-quad addresses, no hints, conditions of
+    true/false/null, strings or null elsewhere; None for anything else (the model's full reader
+    then reads it, and reports what is wrong). Equal to what the full reader makes of it."""
+    cdef Py_ssize_t size
+    cdef const char* text
+    cdef uint32_t v4
+    cdef int ready, serving, terminating
+    if type(raw) is not dict:
+        return None
+    addresses = (<dict>raw).get("addresses")
+    if type(addresses) is not list or not addresses or (<dict>raw).get("hints") is not None:
+        return None
+    for address in <list>addresses:
+        if type(address) is not str or not PyUnicode_IS_ASCII(address):
+            return None
+        text = PyUnicode_AsUTF8AndSize(address, &size)
+        if not canonical_ipv4(text, size, &v4):
+            return None
+    conditions = (<dict>raw).get("conditions")
+    if conditions is None:
+        ready = serving = terminating = 0
+    elif type(conditions) is dict:
+        ready = condition_value((<dict>conditions).get("ready"))
+        serving = condition_value((<dict>conditions).get("serving"))
+        terminating = condition_value((<dict>conditions).get("terminating"))
+        if ready < 0 or serving < 0 or terminating < 0:
+            return None
+    else:
+        return None
+    ref = (<dict>raw).get("targetRef")
+    target_ref = None
+    if ref is not None:
+        if type(ref) is not dict:
+            return None
+        kind, namespace, name = (<dict>ref).get("kind"), (<dict>ref).get("namespace"), (<dict>ref).get("name")
+        if not (string_or_null(kind) and string_or_null(namespace) and string_or_null(name)):
+            return None
+        target_ref = NEW_REFERENCE.new()
+        NEW_REFERENCE.fill(target_ref, 0, kind)
+        NEW_REFERENCE.fill(target_ref, 1, namespace)
+        NEW_REFERENCE.fill(target_ref, 2, name)
+    node_name, zone = (<dict>raw).get("nodeName"), (<dict>raw).get("zone")
+    if not (string_or_null(node_name) and string_or_null(zone)):
+        return None
+    endpoint = NEW_ENDPOINT.new()
+    NEW_ENDPOINT.fill(endpoint, 0, PyList_AsTuple(addresses))
+    NEW_ENDPOINT.fill(endpoint, 1, SHARED_CONDITIONS[ready * 9 + serving * 3 + terminating])
+    NEW_ENDPOINT.fill(endpoint, 2, node_name or None)
+    NEW_ENDPOINT.fill(endpoint, 3, zone or None)
+    NEW_ENDPOINT.fill(endpoint, 4, ())
+    NEW_ENDPOINT.fill(endpoint, 5, ())
+    NEW_ENDPOINT.fill(endpoint, 6, target_ref)
+    return endpoint
 
 
 # --------------------------------------------------------------------------------------------

@@ -511,7 +511,7 @@ CONDITION_STATES = [{"ready": True, "serving": True, "terminating": False},
 def _count_reads(monkeypatch) -> list[int]:
     """How many endpoints are read field by field (the plain IPv4 reader or _endpoint)."""
     reads = [0]
-    plain, full = model._plain_ipv4_endpoint, model._endpoint
+    plain, full = model._compiled.plain_ipv4_endpoint, model._endpoint
 
     def counting_plain(raw):
         reads[0] += 1
@@ -522,7 +522,7 @@ def _count_reads(monkeypatch) -> list[int]:
             reads[0] += 1
         return full(o, raw, path, family)
 
-    monkeypatch.setattr(model, "_plain_ipv4_endpoint", counting_plain)
+    monkeypatch.setattr(model._compiled, "plain_ipv4_endpoint", counting_plain)
     monkeypatch.setattr(model, "_endpoint", counting_full)
     return reads
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fastpath import model
 from fastpath.kubeyaml import _load_plain_yaml, _NotPlainData, load_yaml
 from fastpath.model import (
     ClusterError,
@@ -673,3 +674,96 @@ def test_pure_python_loader_gives_the_same_state(monkeypatch: pytest.MonkeyPatch
 def test_yaml_constructor_errors_are_reported_like_syntax_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "keys.yaml", "apiVersion: v1\nkind: Service\n? [a, b]\n: c\n")
     assert load_error(path) == f"{path}:3: invalid YAML: found unhashable key (column 3)"
+
+
+# ------------------------------------------------------------------------------------------------
+# The compiled reader of plain IPv4 endpoints (fastpath._compile.plain_ipv4_endpoint) against the
+# model's field-by-field reader: whatever it takes, it reads as the full reader does.
+
+_CANONICAL = ["10.244.1.5", "0.0.0.0", "255.255.255.255", "1.2.3.4"]
+_ADDRESS_TEXTS = st.sampled_from([
+    *_CANONICAL, "010.1.1.1", "1.2.3", "1.2.3.4.5", "256.1.1.1", " 1.2.3.4", "1.2.3.4\n", "1.2.3.4\x00",
+    "\u0661.2.3.4", "1.2.3.\ud800", "fd00::1", "::ffff:1.2.3.4", "", "1..2.3", "01.2.3.4", "1.2.3.04",
+])
+
+
+def _mostly(plain: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Values as the controller writes them two times in three, else anything (so that whole
+    endpoints are often plain, one field at a time not)."""
+    return st.one_of(plain, plain, anything)
+
+
+_STRINGS = _mostly(st.sampled_from([None, "", "node-a", "zone-a", "web-1", "default"]),
+                   st.one_of(st.integers(0, 3), st.booleans(), st.text(max_size=4)))
+_CONDITION_VALUES = _mostly(st.sampled_from([None, True, False]), st.sampled_from([0, 1, "true", "false", 1.0]))
+
+
+class _OtherDict(dict):
+    """Not what a decoder gives: the compiled reader leaves it to the full reader."""
+
+
+_raw_endpoints = st.fixed_dictionaries(
+    {"addresses": _mostly(st.lists(st.sampled_from(_CANONICAL), min_size=1, max_size=3),
+                          st.one_of(st.lists(_ADDRESS_TEXTS, max_size=3), st.lists(st.integers(0, 9), max_size=2),
+                                    st.none(), _ADDRESS_TEXTS, st.tuples(_ADDRESS_TEXTS)))},
+    optional={
+        "conditions": _mostly(
+            st.fixed_dictionaries({}, optional={"ready": _CONDITION_VALUES, "serving": _CONDITION_VALUES,
+                                                "terminating": _CONDITION_VALUES}),
+            st.one_of(st.none(), st.lists(st.booleans(), max_size=1),
+                      st.fixed_dictionaries({"other": _CONDITION_VALUES}))),
+        "targetRef": _mostly(
+            st.fixed_dictionaries({}, optional={"kind": _STRINGS, "namespace": _STRINGS, "name": _STRINGS,
+                                                "uid": _STRINGS}),
+            st.one_of(st.none(), st.just("pod"))),
+        "nodeName": _STRINGS,
+        "zone": _STRINGS,
+        "hints": _mostly(st.none(), st.one_of(st.just({}), st.just({"forZones": [{"name": "zone-a"}]}))),
+        "deprecatedTopology": st.just({"a": "b"}),
+    },
+)
+
+
+def _full_read(raw: Any) -> Any:
+    o = model._Object("cluster.yaml", "EndpointSlice default/web-1")
+    try:
+        return model._endpoint(o, o.mapping(raw, "endpoints[0]"), "endpoints[0]", 4)
+    except ClusterError as error:
+        return error
+
+
+@settings(max_examples=600, deadline=None)
+@given(_raw_endpoints, st.booleans())
+def test_compiled_plain_endpoint_reader_reads_as_the_full_reader(raw: dict[str, Any], other_dict: bool) -> None:
+    if other_dict:
+        raw = _OtherDict(raw)
+    plain = model._compiled.plain_ipv4_endpoint(raw)
+    full = _full_read(raw)
+    if plain is not None:
+        assert not other_dict
+        assert plain == full
+        assert type(plain.conditions) is EndpointConditions and plain.conditions == full.conditions
+    # What the EndpointSlice controller writes always takes the compiled path.
+    controller_shaped = (
+        type(raw) is dict and set(raw) <= {"addresses", "conditions", "targetRef", "nodeName", "zone", "hints"}
+        and type(raw["addresses"]) is list and raw["addresses"]
+        and all(a in _CANONICAL for a in raw["addresses"])
+        and raw.get("hints") is None
+        and (raw.get("conditions") is None or (type(raw["conditions"]) is dict and all(
+            value in (None, True, False) and type(value) is not int for value in raw["conditions"].values())
+            and "other" not in raw["conditions"]))
+        and (raw.get("targetRef") is None or (type(raw["targetRef"]) is dict and all(
+            value is None or type(value) is str for value in raw["targetRef"].values())))
+        and all(raw.get(key) is None or type(raw[key]) is str for key in ("nodeName", "zone")))
+    if controller_shaped:
+        assert plain is not None
+
+
+def test_compiled_plain_endpoint_reader_shares_the_model_conditions() -> None:
+    raw = {"addresses": ["10.244.1.5"], "conditions": {"ready": False, "serving": True, "terminating": True},
+           "nodeName": "", "zone": "", "targetRef": {"kind": "Pod", "name": "web-0"}}
+    endpoint = model._compiled.plain_ipv4_endpoint(raw)
+    assert endpoint.conditions is model._CONDITIONS[(False, True, True)]
+    assert (endpoint.node_name, endpoint.zone) == (None, None)  # "" is no node, as in the full reader
+    assert endpoint.target_ref == ObjectReference(kind="Pod", namespace=None, name="web-0")
+    assert endpoint == _full_read(raw)

@@ -1,5 +1,5 @@
-"""Typed stub of fastpath._compile (compiled from fastpath/compile.pyx): the compiler's
-per-endpoint loops."""
+"""Typed stub of fastpath._compile (compiled from fastpath/compile.pyx): the model's and the
+compiler's per-endpoint loops."""
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -11,6 +11,10 @@ MAPPED_IN_IPV6: str  # the `skipped` reason of an IPv4-mapped address in an IPv6
 def map_address(text: str) -> int:
     """A model address (canonical text) as a map address; OSError (ValueError for an embedded
     NUL) for text that is no address."""
+
+def plain_ipv4_endpoint(raw: Any) -> Any:
+    """The model Endpoint of an IPv4 slice's raw endpoint written as the EndpointSlice controller
+    writes it; None for any other (the model's full reader reads those)."""
 
 def checked_port(number: int) -> int:
     """A backend port in 0..65535 (ClusterError otherwise)."""

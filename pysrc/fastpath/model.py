@@ -662,38 +662,12 @@ _CONDITIONS = {(ready, serving, terminating): EndpointConditions(ready, serving,
                for terminating in (None, True, False)}
 
 
-def _plain_ipv4_endpoint(raw: Any) -> Endpoint | None:
-    """_endpoint() of an IPv4 slice's endpoint as the EndpointSlice controller writes it (canonical
-    addresses, no hints), without building an error path for every field; None for anything
-    else, which _endpoint() then reads (and reports) field by field. A big cluster has a million
-    endpoints."""
-    if type(raw) is not dict:
-        return None
-    addresses = raw.get("addresses")
-    if type(addresses) is not list or not addresses or raw.get("hints") is not None:
-        return None
-    for address in addresses:
-        if type(address) is not str or not _CANONICAL_IPV4.fullmatch(address):
-            return None
-    key = _plain_conditions(raw.get("conditions"))
-    if key is None:
-        return None
-    shared = _CONDITIONS[key]
-    ref = raw.get("targetRef")
-    target_ref = None
-    if ref is not None:
-        if type(ref) is not dict:
-            return None
-        kind, namespace, name = ref.get("kind"), ref.get("namespace"), ref.get("name")
-        if not ((kind is None or type(kind) is str) and (namespace is None or type(namespace) is str)
-                and (name is None or type(name) is str)):
-            return None
-        target_ref = ObjectReference(kind=kind, namespace=namespace, name=name)
-    node_name, zone = raw.get("nodeName"), raw.get("zone")
-    if not (node_name is None or type(node_name) is str) or not (zone is None or type(zone) is str):
-        return None
-    return Endpoint(addresses=tuple(addresses), conditions=shared, node_name=node_name or None, zone=zone or None,
-                    target_ref=target_ref)
+# Endpoints as the EndpointSlice controller writes them (a big cluster has a million) are read by
+# compiled code: fastpath._compile.plain_ipv4_endpoint, None for any other endpoint, which
+# _endpoint() then reads (and reports) field by field. That module reads this one's classes and
+# _CONDITIONS as it loads, so it is imported here, once they exist, and as a module: either of
+# the two may be the one loading first.
+import fastpath._compile as _compiled  # noqa: E402
 
 
 def _endpoint(o: _Object, raw: Mapping[str, Any], path: str, family: int | None) -> Endpoint:
@@ -1040,7 +1014,7 @@ def _slice_object(shell: EndpointSlice) -> _Object:
 
 
 def _read_endpoint(o: _Object, raw: Any, index: int, family: int | None) -> Endpoint:
-    endpoint = _plain_ipv4_endpoint(raw) if family == 4 else None
+    endpoint = _compiled.plain_ipv4_endpoint(raw) if family == 4 else None
     if endpoint is None:
         endpoint = _endpoint(o, o.mapping(raw, f"endpoints[{index}]"), f"endpoints[{index}]", family)
     return endpoint
