@@ -246,10 +246,15 @@ if {field.name for field in dataclass_fields(Endpoint)} != set(NEW_ENDPOINT.name
     raise ImportError("Endpoint or ObjectReference has other fields than plain_ipv4_endpoint fills")
 
 # The model's shared conditions (model._CONDITIONS), by ready * 9 + serving * 3 + terminating,
-# each of them 0 for null, 1 for true, 2 for false.
+# each of them 0 for null, 1 for true, 2 for false. They hold nothing but booleans: the cyclic
+# collector need not know them, nor (see make_objects) the endpoints read here, which hold
+# nothing else but strings and tuples of strings. A million of them made while a load pauses
+# the collector were otherwise all traversed by its first pass after.
 cdef tuple SHARED_CONDITIONS = tuple(SHARED_CONDITIONS_BY_VALUES[ready, serving, terminating]
                                      for ready in (None, True, False) for serving in (None, True, False)
                                      for terminating in (None, True, False))
+for conditions in SHARED_CONDITIONS:
+    gc_untrack(conditions)
 
 
 cdef inline int condition_value(object value) noexcept:
@@ -310,17 +315,21 @@ def plain_ipv4_endpoint(raw):
         NEW_REFERENCE.fill(target_ref, 0, kind)
         NEW_REFERENCE.fill(target_ref, 1, namespace)
         NEW_REFERENCE.fill(target_ref, 2, name)
+        gc_untrack(target_ref)
     node_name, zone = (<dict>raw).get("nodeName"), (<dict>raw).get("zone")
     if not (string_or_null(node_name) and string_or_null(zone)):
         return None
+    address_tuple = PyList_AsTuple(addresses)
+    gc_untrack(address_tuple)
     endpoint = NEW_ENDPOINT.new()
-    NEW_ENDPOINT.fill(endpoint, 0, PyList_AsTuple(addresses))
+    NEW_ENDPOINT.fill(endpoint, 0, address_tuple)
     NEW_ENDPOINT.fill(endpoint, 1, SHARED_CONDITIONS[ready * 9 + serving * 3 + terminating])
     NEW_ENDPOINT.fill(endpoint, 2, node_name or None)
     NEW_ENDPOINT.fill(endpoint, 3, zone or None)
     NEW_ENDPOINT.fill(endpoint, 4, ())
     NEW_ENDPOINT.fill(endpoint, 5, ())
     NEW_ENDPOINT.fill(endpoint, 6, target_ref)
+    gc_untrack(endpoint)
     return endpoint
 
 

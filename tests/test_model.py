@@ -1,6 +1,7 @@
 """fastpath.model: reading kubectl output into validated dataclasses, and its one-line errors."""
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 from collections import Counter
@@ -766,4 +767,15 @@ def test_compiled_plain_endpoint_reader_shares_the_model_conditions() -> None:
     assert endpoint.conditions is model._CONDITIONS[(False, True, True)]
     assert (endpoint.node_name, endpoint.zone) == (None, None)  # "" is no node, as in the full reader
     assert endpoint.target_ref == ObjectReference(kind="Pod", namespace=None, name="web-0")
+    assert endpoint == _full_read(raw)
+
+
+def test_plain_endpoints_are_left_out_of_the_cyclic_collector() -> None:
+    # They hold strings, tuples of strings and the shared conditions (booleans only): a million
+    # of them read while a load pauses the collector are not all traversed by its next pass.
+    raw = {"addresses": ["10.244.1.5"], "conditions": {"ready": True}, "targetRef": {"kind": "Pod", "name": "web-0"}}
+    endpoint = model._compiled.plain_ipv4_endpoint(raw)
+    assert not gc.is_tracked(endpoint)
+    assert not gc.is_tracked(endpoint.addresses) and not gc.is_tracked(endpoint.target_ref)
+    assert not any(gc.is_tracked(conditions) for conditions in model._CONDITIONS.values())
     assert endpoint == _full_read(raw)
