@@ -592,11 +592,14 @@ def _cluster_ips(o: _Object, spec: Mapping[str, Any]) -> tuple[bool, tuple[str, 
         if listed != ["None"] or primary not in (None, "", "None"):
             raise o.error(path, f'"None" (headless) cannot be combined with addresses, got {_shown(listed)}')
         return True, ()
-    paths = [path] if path == "spec.clusterIP" else [f"{path}[{index}]" for index in range(len(listed))]
-    addresses = tuple(o.ip(value, where) for value, where in zip(listed, paths))
-    if len(addresses) > 2 or len({ip_family(a) for a in addresses}) != len(addresses):
+    if path == "spec.clusterIP":
+        addresses: tuple[str, ...] = (o.ip(listed[0], path),) if listed else ()
+    else:
+        addresses = tuple([o.ip(value, f"{path}[{index}]") for index, value in enumerate(listed)])
+    if len(addresses) > 1 and (len(addresses) > 2 or ip_family(addresses[0]) == ip_family(addresses[1])):
         raise o.error("spec.clusterIPs", f"must hold at most one address per family, got {_shown(listed)}")
-    if primary and path == "spec.clusterIPs" and o.ip(primary, "spec.clusterIP") != addresses[0]:
+    # (the same text as clusterIPs[0], already read, is the same address)
+    if primary and path == "spec.clusterIPs" and primary != listed[0] and o.ip(primary, "spec.clusterIP") != addresses[0]:
         raise o.error("spec.clusterIP", f"must equal spec.clusterIPs[0] {_shown(listed[0])}, got {_shown(primary)}")
     return False, addresses
 
