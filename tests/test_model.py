@@ -751,7 +751,7 @@ def test_compiled_plain_endpoint_reader_reads_as_the_full_reader(raw: dict[str, 
         and all(a in _CANONICAL for a in raw["addresses"])
         and raw.get("hints") is None
         and (raw.get("conditions") is None or (type(raw["conditions"]) is dict and all(
-            value in (None, True, False) and type(value) is not int for value in raw["conditions"].values())
+            value is None or type(value) is bool for value in raw["conditions"].values())
             and "other" not in raw["conditions"]))
         and (raw.get("targetRef") is None or (type(raw["targetRef"]) is dict and all(
             value is None or type(value) is str for value in raw["targetRef"].values())))
