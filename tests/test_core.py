@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from array import array
 from types import SimpleNamespace
 
@@ -128,6 +129,59 @@ def test_service_and_backend_counters_match_the_per_packet_trace(services, batch
     assert sum(services_seen[1:]) == 30  # every service packet was attributed
     assert counters["services"] == services_seen[1:]
     assert counters["backends"] == backends_seen[1:]
+
+
+def _tcp_batch(tuples, flags):
+    """Ethernet + IPv4 + TCP packets, packet i of tuples[i] = (saddr, daddr, sport, dport) with
+    TCP flags flags[i] (checksums zero: the core updates them, never checks them)."""
+    layout = struct.Struct("!12xH BBHHHBBH II HHIIBBHHH")
+    buf = bytearray(layout.size * len(tuples))
+    for i, ((saddr, daddr, sport, dport), tcp_flags) in enumerate(zip(tuples, flags)):
+        layout.pack_into(buf, i * layout.size, 0x0800, 0x45, 0, 40, 0, 0x4000, 64, 6, 0, saddr, daddr,
+                         sport, dport, 0, 0, 0x50, tcp_flags, 0xFFFF, 0, 0)
+    return buf, array("Q", range(0, len(buf), layout.size)), array("I", [layout.size]) * len(tuples)
+
+
+def _process_traced(engine, buf, offsets, lengths):
+    n = len(offsets)
+    out = [array("B", bytes(n)), array("B", bytes(n)), array("I", bytes(4 * n)), array("I", bytes(4 * n)),
+           array("B", bytes(n))]
+    engine.process(buf, offsets, lengths, array("Q", [10**9]) * n, out[0], out[1], 1, *out[2:])
+    return out
+
+
+def test_a_conntrack_too_big_for_the_cache_is_pipelined_deeper_to_the_same_result():
+    """With more than 2 MiB of conntrack entries in use (32,768 flows), a batch runs a deeper
+    pipeline that also fetches the second entry of a bucket's chain: its verdicts, traces,
+    counters and bytes are those of the same packets processed one at a time (no pipeline)."""
+    flows, capacity = 40_000, 45_000  # a full table's chains: many buckets hold two or more
+    maps = _many_services(50)
+    rng = random.Random("far conntrack")
+    client, frontend = ip4("10.1.0.0"), ip4("10.96.0.1")
+    forward = [(client + k // 20_000, frontend + 1 + k % 50, 1024 + k % 20_000, 80) for k in range(flows)]
+    batched, single = (_core.Engine(maps, ct_capacity=capacity) for _ in range(2))
+    opening = _tcp_batch(forward, [0x02] * flows)
+    for engine in (batched, single):  # the same SYNs, the same state
+        _, _, _, backend_ids, _ = _process_traced(engine, bytearray(opening[0]), *opening[1:])
+    assert batched.counters()["conntrack"]["entries"] == flows
+    replies = [(maps.backends[b - 1].ip, client_ip, maps.backends[b - 1].port, sport)
+               for (client_ip, _, sport, _), b in zip(forward, backend_ids)]
+    # Tracked packets both ways, new flows, and traffic to no service, shuffled.
+    tuples = [forward[rng.randrange(flows)] for _ in range(15_000)]
+    tuples += [replies[rng.randrange(flows)] for _ in range(5_000)]
+    tuples += [(ip4("10.2.0.1"), frontend + 1 + k % 50, 2000 + k, 80) for k in range(500)]
+    tuples += [(ip4("10.2.0.2"), ip4("192.0.2.1"), 3000 + k, 80) for k in range(500)]
+    rng.shuffle(tuples)
+    flags = [0x02 if t[0] == ip4("10.2.0.1") else 0x10 for t in tuples]
+    buf, offsets, lengths = _tcp_batch(tuples, flags)
+    expected = bytearray(buf)
+    got = _process_traced(batched, buf, offsets, lengths)
+    one_by_one = [_process_traced(single, expected, offsets[i:i + 1], lengths[i:i + 1])
+                  for i in range(len(tuples))]
+    assert [list(column) for column in got] == [[out[k][0] for out in one_by_one] for k in range(5)]
+    assert buf == expected
+    assert batched.counters() == single.counters()
+    assert got[1].count(Reason.CT_ESTABLISHED) == 15_000 and got[1].count(Reason.CT_REPLY) == 5_000
 
 
 def test_load_keeps_tracked_flows():
