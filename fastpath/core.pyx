@@ -486,14 +486,19 @@ cdef class Engine:
 
     cdef _remap_state(self, const uint32_t[::1] service_ids, const uint32_t[::1] backend_ids):
         """Conntrack, fragment and affinity entries follow the new ids (old id -> new id)."""
-        cdef uint32_t index
+        cdef uint32_t index, seen = 0
         cdef uint32_t n_service_ids = service_ids.shape[0], n_backend_ids = backend_ids.shape[0]
         cdef CtEntry* e
         cdef FragEntry* fragment
+        if _identity(service_ids) and _identity(backend_ids):
+            return  # every id keeps its meaning (and a pass over a big table costs milliseconds)
         # Entries follow the ids; stale UDP ones are flushed later, by their own next packet.
-        for index in range(self.ct.never_used):
+        for index in range(self.ct.used_end):
+            if seen == self.ct.count:
+                break
             e = &self.ct.entries[index]
             if e.state != STATE_FREE:
+                seen += 1
                 e.service = service_ids[e.service] if e.service < n_service_ids else 0
                 e.backend = backend_ids[e.backend] if e.backend < n_backend_ids else 0
         # Fragment entries keep their verdict and addresses; their ids follow the mapping.
@@ -1377,6 +1382,15 @@ cdef int _compare_keys(ip_a, port_a, ip_b, port_b) except -2:
     if port_a != port_b:
         return -1 if port_a < port_b else 1
     return 0
+
+
+cdef bint _identity(const uint32_t[::1] new_ids) noexcept:
+    """Every old id keeps its number (new_ids[i] == i)."""
+    cdef uint32_t i
+    for i in range(<uint32_t>new_ids.shape[0]):
+        if new_ids[i] != i:
+            return False
+    return True
 
 
 cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:

@@ -86,6 +86,21 @@ def test_counters_by_service_and_backend():
     assert counters["conntrack"]["inserts"] == counters["conntrack"]["entries"] == 20
 
 
+@pytest.mark.parametrize("capacity", [1, 2, 3, 1000])
+def test_an_entry_whose_two_tuples_are_equal_is_seen_as_orig(capacity):
+    """Client, frontend and backend all 10.0.0.1:80 (the entry's orig and reply tuples are
+    equal): the entry sits in its home slot, holding the bucket both tuples chain into, and its
+    next packet is still a packet of the flow, not a reply."""
+    maps = Maps(services=[Service(1, "default/self:http", (1,))],
+                frontends=[Frontend(ip4("10.0.0.1"), 80, 6, 1)],
+                backends=[Backend(1, ip4("10.0.0.1"), 80, "self")])
+    engine = _core.Engine(maps, ct_capacity=capacity)
+    data = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.1") / TCP(sport=80, dport=80, flags="S"))
+    assert engine.process_packet(data, 1)[1] == Reason.NEW_FLOW
+    assert engine.process_packet(data, 1)[1] == Reason.CT_ESTABLISHED
+    assert engine.counters()["conntrack"]["entries"] == 1
+
+
 def _many_services(n: int) -> Maps:
     """n ClusterIP service ports, service k over backends k and k + 1 (n + 1 backends)."""
     base, pods = ip4("10.96.0.1"), ip4("10.244.0.1")

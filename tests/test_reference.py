@@ -65,6 +65,7 @@ from fastpath.reference import (
     SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
+    conntrack_home,
     crc32c,
     flow_hash,
     fmix64,
@@ -606,70 +607,107 @@ def _slots(eng) -> list[tuple[int, int, bool]]:
     return [(e.orig[2], e.slot, e.referenced) for e in eng.conntrack_entries()]
 
 
+def _port_at_home(home: int, capacity: int, taken: tuple[int, ...] = ()) -> int:
+    """The lowest client port above 1000, not in `taken`, whose flow CLIENT -> VIP:80/TCP has
+    its home conntrack slot at `home`."""
+    return next(port for port in range(1001, 65536) if port not in taken
+                and conntrack_home((ip4(CLIENT), ip4(VIP), port, 80, PROTO_TCP), capacity) == home)
+
+
+def _reply_of(port: int) -> bytes:
+    chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, port, 80, PROTO_TCP)
+    return eth(tcp(src=txt(chosen.ip), dst=CLIENT, sport=8080, dport=port, flags="SA"))
+
+
+def test_a_new_entry_takes_its_home_slot_when_free():
+    capacity = 1000
+    port = 1001
+    home = conntrack_home((ip4(CLIENT), ip4(VIP), port, 80, PROTO_TCP), capacity)
+    eng = engine(capacity=capacity)
+    run(eng, eth(tcp(sport=port)))
+    assert _slots(eng) == [(port, home, False)]
+    assert home == ((flow_hash(ip4(CLIENT), ip4(VIP), port, 80, PROTO_TCP) >> 32) * capacity) >> 32
+
+
 def test_clock_eviction_at_capacity():
     eng = engine(capacity=3)
-    for n, port in enumerate((1001, 1002, 1003)):
+    # Three flows whose home slots are 0, 1 and 2; then two more, anywhere.
+    a = _port_at_home(0, 3)
+    b = _port_at_home(1, 3)
+    c = _port_at_home(2, 3)
+    d, e = [port for port in range(1001, 1010) if port not in (a, b, c)][:2]
+    for n, port in enumerate((a, b, c)):
         assert run(eng, eth(tcp(sport=port)), T0 + n)[1] == Reason.NEW_FLOW
-    assert _slots(eng) == [(1001, 0, False), (1002, 1, False), (1003, 2, False)]
-    # A packet of flow 1001 sets its bit, so the hand (at slot 0) passes it over, clearing the
-    # bit, and evicts 1002; the new flow takes slot 1, right behind the hand.
-    assert run(eng, eth(tcp(sport=1001, flags="A")), T0 + 10)[1] == Reason.CT_ESTABLISHED
-    assert _slots(eng)[0] == (1001, 0, True)
-    assert run(eng, eth(tcp(sport=1004)), T0 + 11)[1] == Reason.NEW_FLOW
-    assert _slots(eng) == [(1001, 0, False), (1004, 1, False), (1003, 2, False)]
-    c = eng.counters()["conntrack"]
-    assert (c["inserts"], c["evictions"], c["entries"]) == (4, 1, 3)
+    assert _slots(eng) == [(a, 0, False), (b, 1, False), (c, 2, False)]
+    # A packet of flow a sets its bit, so the hand (at slot 0) passes it over, clearing the bit,
+    # and evicts b; the new flow takes slot 1 (the only free one), right behind the hand.
+    assert run(eng, eth(tcp(sport=a, flags="A")), T0 + 10)[1] == Reason.CT_ESTABLISHED
+    assert _slots(eng)[0] == (a, 0, True)
+    assert run(eng, eth(tcp(sport=d)), T0 + 11)[1] == Reason.NEW_FLOW
+    assert _slots(eng) == [(a, 0, False), (d, 1, False), (c, 2, False)]
+    c_ = eng.counters()["conntrack"]
+    assert (c_["inserts"], c_["evictions"], c_["entries"]) == (4, 1, 3)
     # A reply of the evicted flow is no longer known; its next forward packet is a mid-stream miss.
-    chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, 1002, 80, PROTO_TCP)
-    reply = eth(tcp(src=txt(chosen.ip), dst=CLIENT, sport=8080, dport=1002, flags="A"))
-    assert run(eng, reply, T0 + 12)[1] == Reason.PASS_NO_SERVICE
-    assert run(eng, eth(tcp(sport=1002, flags="A")), T0 + 13)[1] == Reason.NEW_FLOW
-    c = eng.counters()["conntrack"]
-    assert (c["inserts"], c["evictions"], c["non_syn_miss"], c["entries"]) == (5, 2, 1, 3)
-    assert _slots(eng) == [(1001, 0, False), (1004, 1, False), (1002, 2, False)]
-    # The hand wrapped round to slot 0: 1001, without a packet since its bit was cleared, is next.
-    assert run(eng, eth(tcp(sport=1005)), T0 + 14)[1] == Reason.NEW_FLOW
-    assert _slots(eng) == [(1005, 0, False), (1004, 1, False), (1002, 2, False)]
+    assert run(eng, _reply_of(b), T0 + 12)[1] == Reason.PASS_NO_SERVICE
+    assert run(eng, eth(tcp(sport=b, flags="A")), T0 + 13)[1] == Reason.NEW_FLOW
+    c_ = eng.counters()["conntrack"]
+    assert (c_["inserts"], c_["evictions"], c_["non_syn_miss"], c_["entries"]) == (5, 2, 1, 3)
+    assert _slots(eng) == [(a, 0, False), (d, 1, False), (b, 2, False)]
+    # The hand wrapped round to slot 0: a, without a packet since its bit was cleared, is next.
+    assert run(eng, eth(tcp(sport=e)), T0 + 14)[1] == Reason.NEW_FLOW
+    assert _slots(eng) == [(e, 0, False), (d, 1, False), (b, 2, False)]
 
 
 def test_clock_full_turn_when_every_entry_is_referenced():
     eng = engine(capacity=2)
-    for port in (1001, 1002):
+    a, b = _port_at_home(0, 2), _port_at_home(1, 2)
+    for port in (a, b):
         run(eng, eth(tcp(sport=port)), T0)
         run(eng, eth(tcp(sport=port, flags="A")), T0 + 1)
-    assert _slots(eng) == [(1001, 0, True), (1002, 1, True)]
-    # The hand clears both bits, comes back to slot 0 and evicts 1001.
-    run(eng, eth(tcp(sport=1003)), T0 + 2)
-    assert _slots(eng) == [(1003, 0, False), (1002, 1, False)]
+    assert _slots(eng) == [(a, 0, True), (b, 1, True)]
+    # The hand clears both bits, comes back to slot 0 and evicts a.
+    c = _port_at_home(0, 2, taken=(a,))
+    run(eng, eth(tcp(sport=c)), T0 + 2)
+    assert _slots(eng) == [(c, 0, False), (b, 1, False)]
     assert eng.counters()["conntrack"]["evictions"] == 1
 
 
 def test_reply_sets_the_referenced_bit():
     eng = engine(capacity=2)
-    run(eng, eth(tcp(sport=1001)), T0)
-    run(eng, eth(tcp(sport=1002)), T0 + 1)
-    chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, 1001, 80, PROTO_TCP)
-    reply = eth(tcp(src=txt(chosen.ip), dst=CLIENT, sport=8080, dport=1001, flags="SA"))
-    assert run(eng, reply, T0 + 2)[1] == Reason.CT_REPLY
-    run(eng, eth(tcp(sport=1003)), T0 + 3)
-    assert [e.orig[2] for e in eng.conntrack_entries()] == [1001, 1003]
+    a, b = _port_at_home(0, 2), _port_at_home(1, 2)
+    run(eng, eth(tcp(sport=a)), T0)
+    run(eng, eth(tcp(sport=b)), T0 + 1)
+    assert run(eng, _reply_of(a), T0 + 2)[1] == Reason.CT_REPLY
+    c = min({1001, 1002, 1003} - {a, b})
+    run(eng, eth(tcp(sport=c)), T0 + 3)
+    # The hand passed a (referenced by its reply) and evicted b.
+    assert [(port, slot) for port, slot, _ in _slots(eng)] == [(a, 0), (c, 1)]
 
 
-def test_freed_slots_are_reused_most_recent_first():
-    eng = engine(capacity=4)
-    for port in (1001, 1002, 1003):
+def test_slots_away_from_home_are_reused_most_recently_freed_first():
+    capacity = 5
+    ports: list[int] = []
+    for _ in range(6):
+        ports.append(_port_at_home(1, capacity, taken=tuple(ports)))
+    a, b, c, d, e, g = ports
+    f = _port_at_home(2, capacity)
+    eng = engine(capacity=capacity)
+    # a takes its home, slot 1; b, c and d (home 1 too) the lowest free slots: 0, then 2 (slot 1
+    # is passed over) and 3.
+    for port in (a, b, c, d):
         run(eng, eth(tcp(sport=port)), T0)
-    # Replies after the SYN_SENT timeout find 1002's, then 1001's entry expired: slots 1, then 0
-    # are freed (the replies themselves pass: they are not addressed to a service).
-    for port in (1002, 1001):
-        chosen = expected_backend((1, 2, 3, 4), CLIENT, VIP, port, 80, PROTO_TCP)
-        reply = eth(tcp(src=txt(chosen.ip), dst=CLIENT, sport=8080, dport=port, flags="SA"))
-        assert run(eng, reply, T0 + 100 * SECOND)[1] == Reason.PASS_NO_SERVICE
+    assert [(port, slot) for port, slot, _ in _slots(eng)] == [(b, 0), (a, 1), (c, 2), (d, 3)]
+    # Replies after the SYN_SENT timeout find c's, then b's entry expired: slots 2, then 0 are
+    # freed (the replies themselves pass: they are not addressed to a service).
+    for port in (c, b):
+        assert run(eng, _reply_of(port), T0 + 100 * SECOND)[1] == Reason.PASS_NO_SERVICE
     assert eng.counters()["conntrack"]["expired"] == 2
-    for port in (1004, 1005, 1006):
+    # f takes its home, slot 2, off the freed slots (under slot 0, freed later); e (home 1, in
+    # use) the most recently freed slot left, 0; g (home 1) finds none left and takes the lowest
+    # slot not yet handed out, 4.
+    for port in (f, e, g):
         run(eng, eth(tcp(sport=port)), T0 + 101 * SECOND)
-    # Slot 0 (freed last) first, then slot 1, then the never-used slot 3.
-    assert [(p, slot) for p, slot, _ in _slots(eng)] == [(1004, 0), (1005, 1), (1003, 2), (1006, 3)]
+    assert [(port, slot) for port, slot, _ in _slots(eng)] == [(e, 0), (a, 1), (f, 2), (d, 3), (g, 4)]
 
 
 def test_capacity_one():

@@ -87,8 +87,12 @@ approximation of least-recently-used order. An entry holds:
               the SNAT address and port when the flow is masqueraded, else the client's
   snat ip/port (0 when not masqueraded), frontend kind, service id, backend id, state,
   last_seen_ns, its slot, and a `referenced` bit.
-Slots: a new entry takes the most recently freed slot (deleting an entry frees its slot), else
-the lowest slot never used; it starts unreferenced. A packet of a tracked flow (step 4) sets the
+Slots: a new entry takes its home slot when that is free: ((flow_hash(orig tuple) >> 32) *
+capacity) >> 32, the slot whose cache line also holds the orig tuple's hash bucket, so a lookup
+of the orig tuple reads one line. Else it takes the most recently freed slot still free (deleting
+an entry frees its slot; slots freed at or above the "never used" mark below are not remembered),
+else the lowest free slot at or above the never-used mark (which starts at 0 and moves past the
+slot handed out). It starts unreferenced. A packet of a tracked flow (step 4) sets the
 bit. Eviction (a new flow into a table holding `capacity` entries, so every slot is in use): a
 hand, at slot 0 when the engine is made, looks at the entry in its slot and moves on one slot
 (after capacity - 1 comes 0); a referenced entry loses its bit and the hand goes on, the first
@@ -415,6 +419,7 @@ __all__ = [
     "fmix64",
     "fold_address",
     "flow_hash",
+    "conntrack_home",
     "crc32c",
     "select_backend",
     "ConntrackEntry",
@@ -696,15 +701,16 @@ class ConntrackEntry:
 class _Conntrack:
     """Fixed pool of `capacity` slots with CLOCK eviction and two indexes (orig tuple, reply tuple).
 
-    `slots[i]` is the entry in slot i (None: free); slots from len(slots) on were never used;
-    `free` holds freed slots, the most recently freed last; `hand` is the next slot eviction
-    looks at. `by_orig` and `by_reply` map a tuple to its entry.
+    `slots` maps each slot in use to its entry. Free slots below `never_used` are in `free`, the
+    most recently freed last (an ordered set); free slots from `never_used` on are in no list.
+    `hand` is the next slot eviction looks at. `by_orig` and `by_reply` map a tuple to its entry.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.slots: list[ConntrackEntry | None] = []
-        self.free: list[int] = []
+        self.slots: dict[int, ConntrackEntry] = {}
+        self.free: dict[int, None] = {}
+        self.never_used = 0
         self.hand = 0
         self.by_orig: dict[Tuple5, ConntrackEntry] = {}
         self.by_reply: dict[Tuple5, ConntrackEntry] = {}
@@ -714,7 +720,7 @@ class _Conntrack:
 
     def entries(self) -> list[ConntrackEntry]:
         """The entries in slot order."""
-        return [entry for entry in self.slots if entry is not None]
+        return [self.slots[slot] for slot in sorted(self.slots)]
 
     def lookup(self, key: Tuple5) -> tuple[ConntrackEntry | None, bool]:
         """(entry, is_reply). Orig tuples are searched first.
@@ -734,8 +740,9 @@ class _Conntrack:
         entry.referenced = True
 
     def delete(self, entry: ConntrackEntry) -> None:
-        self.slots[entry.slot] = None
-        self.free.append(entry.slot)
+        del self.slots[entry.slot]
+        if entry.slot < self.never_used:
+            self.free[entry.slot] = None
         del self.by_orig[entry.orig]
         del self.by_reply[entry.reply]
 
@@ -747,8 +754,7 @@ class _Conntrack:
         """CLOCK on a full table: from the hand on, referenced entries lose their bit and are
         passed; the first unreferenced one is deleted. The hand stops just after it."""
         while True:
-            entry = self.slots[self.hand]
-            assert entry is not None  # a full table has every slot in use
+            entry = self.slots[self.hand]  # a full table has every slot in use
             self.hand = (self.hand + 1) % self.capacity
             if not entry.referenced:
                 self.delete(entry)
@@ -756,16 +762,29 @@ class _Conntrack:
             entry.referenced = False
 
     def insert(self, entry: ConntrackEntry) -> None:
-        """Into the most recently freed slot, else the lowest never used; unreferenced."""
-        if self.free:
-            entry.slot = self.free.pop()
-            self.slots[entry.slot] = entry
+        """Into its home slot if free, else the most recently freed slot, else the lowest free
+        one from the never-used mark on; unreferenced."""
+        home = conntrack_home(entry.orig, self.capacity)
+        if home not in self.slots:
+            slot = home
+            self.free.pop(home, None)
+        elif self.free:
+            slot = self.free.popitem()[0]
         else:
-            entry.slot = len(self.slots)
-            self.slots.append(entry)
+            while self.never_used in self.slots:
+                self.never_used += 1
+            slot = self.never_used
+            self.never_used += 1
+        entry.slot = slot
+        self.slots[slot] = entry
         entry.referenced = False
         self.by_orig[entry.orig] = entry
         self.by_reply[entry.reply] = entry
+
+
+def conntrack_home(orig: Tuple5, capacity: int) -> int:
+    """The slot a new entry takes when it is free: where the orig tuple's hash bucket is."""
+    return ((flow_hash(*orig) >> 32) * capacity) >> 32
 
 
 @dataclass(slots=True)
