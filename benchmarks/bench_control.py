@@ -19,6 +19,8 @@ workload.cluster_objects() (the objects cluster_yaml() would print, never writte
                           (a full recompile and reload); target 50 us
   update_compile_only /   the two halves of that update: compile_maps(state) and
   update_load_only        Engine.load(maps)
+  update_load_with_flows  the same load on an engine tracking the standard batch's flows: the
+                          ids shift, so the conntrack table is passed over to remap its entries
   endpoint_readiness_change  the same change the incremental way: Dataplane.apply_endpoint_slice
                           (the decoded slice, one endpoint flipping not ready / ready), only that
                           service's sets derived again and swapped in place; target 50 us
@@ -36,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+from array import array
 
 import pytest
 import yaml
@@ -221,6 +224,28 @@ def test_update_load_only(benchmark, readiness_states, rounds):
         return (both[turn[0] % 2],), {}
 
     benchmark.pedantic(engine.load, setup=setup, rounds=rounds(20), warmup_rounds=2, iterations=1)
+
+
+@pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
+def test_update_load_with_flows(benchmark, readiness_states, rounds):
+    """update_load_only on an engine tracking the standard batch's flows (default conntrack
+    capacity): the endpoint leaving shifts backend ids, so every tracked entry is remapped."""
+    ready, not_ready, _, _ = readiness_states
+    both = (compile_maps(ready).maps, compile_maps(not_ready).maps)
+    engine = Engine(both[0])
+    batch = workload.workload_batch("standard")
+    engine.process(batch.fresh_buffer(), batch.offsets, batch.lengths, batch.timestamps_ns,
+                   array("B", bytes(batch.count)), array("B", bytes(batch.count)), batch.linktype)
+    turn = [0]
+
+    def setup():
+        turn[0] += 1
+        return (both[turn[0] % 2],), {}
+
+    benchmark.pedantic(engine.load, setup=setup, rounds=rounds(20), warmup_rounds=2, iterations=1)
+    conntrack = engine.counters()["conntrack"]
+    benchmark.extra_info.update(tracked_flows=conntrack["entries"], ct_capacity=engine.ct_capacity)
+    assert conntrack["entries"] > 0
 
 
 # --------------------------------------------------------------------------- YAML

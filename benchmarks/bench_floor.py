@@ -13,6 +13,12 @@ cost from the core's own work.
                        checksum of every packet of the whole 1M-packet batch (a fresh copy per
                        round, as in bench_core.py): the memory traffic any core must pay on this
                        batch, with no work at all. Skipped without a C compiler.
+  random_lines_floor[N]  the same kind of loop over a table of N 64-byte lines laid out like
+                       the core's conntrack (2 MiB-aligned, advised as huge pages): 1,000,000
+                       reads and writes of a line chosen at random, each asked for 32 accesses
+                       ahead; N = 1,250 (in cache) or 1,250,000 (80 MB, the table of
+                       bench_scale's million tracked flows). Per access, the least any lookup
+                       that must reach a random line of that table can cost.
 
 Compare: core cold (bench_core) - touch floor = what the core's instructions add on top of the
 memory traffic; core_cache_resident = the core's speed when memory is not the limit.
@@ -20,6 +26,7 @@ memory traffic; core_cache_resident = the core's speed when memory is not the li
 from __future__ import annotations
 
 import ctypes
+import random
 import shutil
 import subprocess
 import tempfile
@@ -53,6 +60,35 @@ uint64_t touch_headers(uint8_t *buf, const uint64_t *offsets, size_t n) {
     }
     return acc;
 }
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/* A zeroed table of `bytes` on a 2 MiB boundary, advised as transparent huge pages, as the
+   core lays out its conntrack table (NULL when out of memory; free() it). */
+void *huge_table(size_t bytes) {
+    void *table = NULL;
+    if (posix_memalign(&table, 2u << 20, bytes) != 0)
+        return NULL;
+    madvise(table, bytes, MADV_HUGEPAGE);
+    memset(table, 0, bytes);
+    return table;
+}
+
+/* Read and write one word of line index[i] of the table, for each i, asking for each line
+   32 accesses ahead: the floor of a lookup that must reach a random line. */
+uint64_t random_lines(uint8_t *table, const uint32_t *index, size_t n) {
+    uint64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 32 < n)
+            __builtin_prefetch(table + (size_t)index[i + 32] * 64);
+        uint64_t *line = (uint64_t *)(table + (size_t)index[i] * 64);
+        acc += line[0];
+        line[1] = i;
+    }
+    return acc;
+}
 """
 
 
@@ -71,6 +107,10 @@ def touch_library():
         lib = ctypes.CDLL(str(library))
         lib.touch_headers.restype = ctypes.c_uint64
         lib.touch_headers.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        lib.huge_table.restype = ctypes.c_void_p
+        lib.huge_table.argtypes = [ctypes.c_size_t]
+        lib.random_lines.restype = ctypes.c_uint64
+        lib.random_lines.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         yield lib
 
 
@@ -108,3 +148,25 @@ def test_touch_headers_floor(benchmark, batch, touch_library, rounds):
 
     benchmark.pedantic(run, setup=setup, rounds=rounds(10), warmup_rounds=1, iterations=1)
     record_rates(benchmark, n, sum(batch.lengths))
+
+
+RANDOM_ACCESSES = 1_000_000
+
+
+@pytest.mark.parametrize("lines", [1_250, 1_250_000])
+def test_random_lines_floor(benchmark, touch_library, rounds, lines):
+    rng = random.Random(lines)
+    index = array("I", (rng.randrange(lines) for _ in range(RANDOM_ACCESSES)))
+    table = touch_library.huge_table(lines * 64)
+    if not table:
+        pytest.skip(f"cannot allocate {lines * 64} bytes")
+    try:
+        benchmark.pedantic(touch_library.random_lines, args=(table, index.buffer_info()[0], len(index)),
+                           rounds=rounds(10), warmup_rounds=1, iterations=1)
+    finally:
+        ctypes.CDLL(None).free(ctypes.c_void_p(table))
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    benchmark.extra_info.update(lines=lines, table_bytes=lines * 64, accesses=RANDOM_ACCESSES)
+    if stats is not None:
+        benchmark.extra_info["ns_per_access_min"] = round(stats.min / RANDOM_ACCESSES * 1e9, 2)
+        benchmark.extra_info["ns_per_access_median"] = round(stats.median / RANDOM_ACCESSES * 1e9, 2)
