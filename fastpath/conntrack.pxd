@@ -65,6 +65,8 @@ ctypedef struct CtEntry:            # 64 bytes, a cache line, aligned
     uint8_t proto
     uint8_t state
     uint8_t flags                   # FLAG_KIND_MASK | FLAG_MASQUERADED | FLAG_IPV6 | FLAG_REFERENCED
+    uint8_t pending                 # packets of the flow not yet added to the engine's counters
+                                    # (ct_count_packet: the padding byte before `service`)
     uint32_t service                # ids for the per-service and per-backend counters
     uint32_t backend
     uint32_t chain[2]               # next ref in the bucket chain, per direction (a free slot
@@ -114,6 +116,8 @@ ctypedef struct Conntrack:
     uint32_t free_top               # the most recently freed slot on the free list (a free
                                     # slot's chain[0]: the next on it, chain[1]: the one before)
     uint32_t hand                   # CLOCK's hand: the next slot eviction looks at
+    uint64_t* service_packets       # the engine's per-service and per-backend counters, where
+    uint64_t* backend_packets       # entries' pending packets go (NULL: none yet)
     uint64_t timeout_ns[STATE_COUNT]
     FlowRateGuard guard
     CtStats stats
@@ -130,6 +134,8 @@ cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
     ct.used_end = 0
     ct.free_top = CT_NO_SLOT
     ct.hand = 0
+    ct.service_packets = NULL
+    ct.backend_packets = NULL
     return 0
 
 
@@ -242,10 +248,34 @@ cdef inline void ct_touch(Conntrack* ct, uint32_t index) noexcept nogil:
     ct.entries[index].flags |= FLAG_REFERENCED
 
 
+cdef inline void ct_count_pending(Conntrack* ct, CtEntry* e) noexcept nogil:
+    """Add the entry's pending packets to its service's and backend's counters (id 0: none)."""
+    if e.pending == 0 or ct.service_packets == NULL:
+        return
+    if e.service:
+        ct.service_packets[e.service] += e.pending
+    if e.backend:
+        ct.backend_packets[e.backend] += e.pending
+    e.pending = 0
+
+
+cdef inline void ct_count_packet(Conntrack* ct, CtEntry* e) noexcept nogil:
+    """Count a packet of the flow in its own entry, whose line the packet has in cache anyway:
+    with a million services their counters are a random line each. Every 256 packets go to the
+    counters at once (the byte wraps); the rest when the entry is deleted or the counters read."""
+    e.pending += 1
+    if e.pending == 0 and ct.service_packets != NULL:
+        if e.service:
+            ct.service_packets[e.service] += 256
+        if e.backend:
+            ct.backend_packets[e.backend] += 256
+
+
 cdef inline void ct_delete(Conntrack* ct, uint32_t index) noexcept nogil:
-    """Forget the entry; its slot goes on top of the free list (unless it is above never_used,
-    where a free slot is known by its state alone)."""
+    """Forget the entry, its pending packets counted; its slot goes on top of the free list
+    (unless it is above never_used, where a free slot is known by its state alone)."""
     cdef CtEntry* e = &ct.entries[index]
+    ct_count_pending(ct, e)
     ct_chain_unlink(ct, index, DIR_ORIG)
     ct_chain_unlink(ct, index, DIR_REPLY)
     e.state = STATE_FREE

@@ -19,9 +19,10 @@ from affinity cimport (
 )
 from conntrack cimport (
     CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_IPV6, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
-    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry, ct_delete,
-    ct_enable_ipv6, ct_expired, ct_free, ct_guard_allows, ct_guard_init, ct_init, ct_insert,
-    ct_direction, ct_head, ct_lookup, ct_matches, ct_slot, ct_touch, ct_tuple_present,
+    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry,
+    ct_count_packet, ct_count_pending, ct_delete, ct_enable_ipv6, ct_expired, ct_free,
+    ct_guard_allows, ct_guard_init, ct_init, ct_insert, ct_direction, ct_head, ct_lookup,
+    ct_matches, ct_slot, ct_touch, ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
@@ -199,6 +200,7 @@ ctypedef struct TraceOut:           # what one packet's trace records
     uint32_t service
     uint32_t backend
     uint8_t flags
+    bint counted                    # counted in its conntrack entry already (ct_count_packet)
 
 
 # The core's own numbering, exported so a test can check it against fastpath.verdicts.
@@ -475,6 +477,7 @@ cdef class Engine:
         if counts == NULL:
             raise MemoryError("cannot grow the backend counters")
         self.backend_packets = counts
+        self.ct.backend_packets = counts
         memset(&counts[m.backends_capacity + 1], 0,
                (capacity - m.backends_capacity) * sizeof(uint64_t))
         m.backends_capacity = capacity
@@ -483,6 +486,7 @@ cdef class Engine:
                          uint32_t n_backends):
         self.service_packets = _remapped(self.service_packets, service_ids, n_services)
         self.backend_packets = _remapped(self.backend_packets, backend_ids, n_backends)
+        self.ct.service_packets, self.ct.backend_packets = self.service_packets, self.backend_packets
 
     cdef _remap_state(self, const uint32_t[::1] service_ids, const uint32_t[::1] backend_ids):
         """Conntrack, fragment and affinity entries follow the new ids (old id -> new id)."""
@@ -600,7 +604,7 @@ cdef class Engine:
         out.verdicts[i] = VERDICT_OF[reason]
         self.reason_packets[reason] += 1
         self.verdict_packets[VERDICT_OF[reason]] += 1
-        if count_flow:
+        if count_flow and not trace.counted:
             self._count_flow(trace.service, trace.backend)
         if out.services != NULL:
             out.services[i] = trace.service
@@ -664,6 +668,10 @@ cdef class Engine:
         COUNT_LATER packets ago, whose slot packet i takes."""
         cdef Py_ssize_t slot = i & COUNT_LATER_MASK
         self._count_flow(later.services[slot], later.backends[slot])
+        later.services[slot] = 0
+        later.backends[slot] = 0
+        if trace.counted:
+            return
         later.services[slot] = trace.service
         later.backends[slot] = trace.backend
         if trace.service:
@@ -683,6 +691,7 @@ cdef class Engine:
         trace.service = 0
         trace.backend = 0
         trace.flags = 0
+        trace.counted = False
         cdef Packet* pkt = &p.pkt
         if p.ip_status == PARSED_FRAGMENT:
             return self._later_fragment(pkt, trace)
@@ -833,6 +842,8 @@ cdef class Engine:
         ct_touch(&self.ct, ct_slot(ref))
         if pkt.proto == IPPROTO_TCP:
             e.state = tcp_state_after(e.state, pkt.tcp_flags, ct_direction(ref))
+        ct_count_packet(&self.ct, e)
+        trace.counted = True
         trace.service = e.service
         trace.backend = e.backend
         trace.flags = e.flags & TRACE_FLAGS
@@ -948,6 +959,7 @@ cdef class Engine:
         flow.reply_port = reply_port
         flow.proto = pkt.proto
         flow.flags = frontend.kind | (FLAG_MASQUERADED if masq else 0)
+        flow.pending = 0  # this packet is counted the usual way (_account)
         flow.service = frontend.service
         flow.backend = backend_id
         flow.last_seen_ns = now
@@ -1013,8 +1025,21 @@ cdef class Engine:
                      verdicts, reasons, linktype)
         return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf)
 
+    cdef void _count_pending_entries(self) noexcept:
+        """Add every entry's pending packets to the counters (see ct_count_packet)."""
+        cdef uint32_t index, seen = 0
+        cdef CtEntry* e
+        for index in range(self.ct.used_end):
+            if seen == self.ct.count:
+                break
+            e = &self.ct.entries[index]
+            if e.state != STATE_FREE:
+                seen += 1
+                ct_count_pending(&self.ct, e)
+
     def counters(self):
         """Counts since the engine was made (see fastpath.reference for the shape)."""
+        self._count_pending_entries()
         s = self.ct.stats
         return {
             "verdicts": {v.name: self.verdict_packets[v] for v in Verdict},

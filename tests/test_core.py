@@ -101,6 +101,55 @@ def test_an_entry_whose_two_tuples_are_equal_is_seen_as_orig(capacity):
     assert engine.counters()["conntrack"]["entries"] == 1
 
 
+def test_packets_counted_in_their_conntrack_entries_reach_the_counters():
+    """A tracked flow's packets are counted in its entry and added to the service and backend
+    counters every 256 packets, when the entry goes (expiry, eviction) and when the counters are
+    read. Whatever happened in between (ids renumbered by load(), the backend counters grown by
+    update_service()), the counts equal the twin's after each step."""
+    maps = _many_services(4)
+    engines = (_core.Engine(maps, ct_capacity=3), ReferenceEngine(maps, ct_capacity=3))
+    second = 10**9
+
+    def send(packets, ts):
+        tuples = [(ip4("10.1.0.1"), ip4("10.96.0.1") + service, port, 80) for service, port in packets]
+        buf, offsets, lengths = _tcp_batch(tuples, [0x10] * len(tuples))
+        for engine in engines:
+            n = len(offsets)
+            engine.process(bytearray(buf), offsets, lengths, array("Q", [ts]) * n,
+                           array("B", bytes(n)), array("B", bytes(n)), 1)
+
+    def same_counts():
+        core, twin = (engine.counters() for engine in engines)
+        assert (core["services"], core["backends"]) == (twin["services"], twin["backends"])
+        return core
+
+    send([(1, 1000)] * 600 + [(2, 2000)] * 5, 1 * second)  # 600: the entry's byte wraps twice
+    assert same_counts()["services"][:2] == [600, 5]
+    send([(2, 2000)] * 7, 2 * second)
+    send([(3, 3000)] * 3 + [(4, 4000)], 3 * second)  # a full table: 4000 evicts a flow (CLOCK)
+    assert same_counts()["conntrack"]["evictions"] == 1
+    send([(1, 1000)] * 300, 4 * second)  # (re-tracked if it was the one evicted)
+    # Renumbered: service k becomes 5 - k, backend k stays; pending counts follow their entry.
+    reordered = Maps(services=[Service(5 - s.id, s.name, s.backends) for s in reversed(maps.services)],
+                     frontends=[Frontend(f.ip, f.port, f.proto, 5 - f.service) for f in maps.frontends],
+                     backends=maps.backends)
+    for engine in engines:
+        engine.load(reordered)
+    send([(2, 2000)] * 260, 5 * second)
+    same_counts()
+    # Many new backends: the backend counters are reallocated; then every entry expires
+    # (ESTABLISHED: 8,000 s), its pending packets counted as it goes.
+    extra = [Backend(len(maps.backends) + k, ip4("10.245.0.0") + k, 8080, f"new-{k}") for k in range(1, 5001)]
+    service = reordered.services[0]
+    for engine in engines:
+        engine.update_service(Service(service.id, service.name, (*service.backends, extra[-1].id)), extra)
+    send([(3, 3000)] * 9, 5 * second)
+    send([(1, 1000), (2, 2000), (3, 3000), (4, 4000)], 9000 * second)
+    counts = same_counts()
+    assert counts["conntrack"]["expired"] >= 3
+    assert sum(counts["services"]) == 600 + 5 + 7 + 3 + 1 + 300 + 260 + 9 + 4
+
+
 def _many_services(n: int) -> Maps:
     """n ClusterIP service ports, service k over backends k and k + 1 (n + 1 backends)."""
     base, pods = ip4("10.96.0.1"), ip4("10.244.0.1")
