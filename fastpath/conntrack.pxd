@@ -118,6 +118,7 @@ ctypedef struct Conntrack:
     uint32_t hand                   # CLOCK's hand: the next slot eviction looks at
     uint64_t* service_packets       # the engine's per-service and per-backend counters, where
     uint64_t* backend_packets       # entries' pending packets go (NULL: none yet)
+    bint counted_in_entries         # a packet was counted in an entry since the last pass
     uint64_t timeout_ns[STATE_COUNT]
     FlowRateGuard guard
     CtStats stats
@@ -136,6 +137,7 @@ cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
     ct.hand = 0
     ct.service_packets = NULL
     ct.backend_packets = NULL
+    ct.counted_in_entries = False
     return 0
 
 
@@ -264,6 +266,7 @@ cdef inline void ct_count_packet(Conntrack* ct, CtEntry* e) noexcept nogil:
     with a million services their counters are a random line each. Every 256 packets go to the
     counters at once (the byte wraps); the rest when the entry is deleted or the counters read."""
     e.pending += 1
+    ct.counted_in_entries = True
     if e.pending == 0 and ct.service_packets != NULL:
         if e.service:
             ct.service_packets[e.service] += 256

@@ -1026,9 +1026,13 @@ cdef class Engine:
         return Verdict(verdicts[0]), Reason(reasons[0]), bytes(buf)
 
     cdef void _count_pending_entries(self) noexcept:
-        """Add every entry's pending packets to the counters (see ct_count_packet)."""
+        """Add every entry's pending packets to the counters (see ct_count_packet): a pass over
+        the table, skipped when no packet was counted in an entry since the last one."""
         cdef uint32_t index, seen = 0
         cdef CtEntry* e
+        if not self.ct.counted_in_entries:
+            return
+        self.ct.counted_in_entries = False
         for index in range(self.ct.used_end):
             if seen == self.ct.count:
                 break
