@@ -15,6 +15,11 @@
 # find their home free). Else it takes a freed slot (a doubly linked free list, so a home slot
 # on it comes off in place), else the lowest one never handed out.
 #
+# A tracked flow's packets are counted in its entry (`pending`, a byte the entry's line has
+# spare) rather than in the engine's per-service and per-backend counters, a random line each
+# when there are a million services; every 256 packets, and when the entry is deleted or the
+# counters are read, the count goes to those counters.
+#
 # A chain link is a "ref": (slot + 1) * 2 + direction, so one bucket walk answers both "is this a
 # known flow?" and "is this a reply?" for a packet, and 0 (CT_NIL) is the end of a chain: the
 # zeroed pages calloc hands out are an empty index, touched only when used.
