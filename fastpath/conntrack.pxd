@@ -344,6 +344,20 @@ cdef inline uint32_t ct_take(Conntrack* ct, uint32_t home) noexcept nogil:
     return index
 
 
+cdef inline CtEntry* ct_next_in_use(Conntrack* ct, uint32_t* index, uint32_t* seen) noexcept nogil:
+    """The next entry in use from slot index[0] on (index[0] moves past it), NULL after the last
+    one: start both at 0 to pass over every tracked entry (the pass ends once `seen` has counted
+    them all; entries sit anywhere below used_end)."""
+    cdef CtEntry* e
+    while index[0] < ct.used_end and seen[0] < ct.count:
+        e = &ct.entries[index[0]]
+        index[0] += 1
+        if e.state != STATE_FREE:
+            seen[0] += 1
+            return e
+    return NULL
+
+
 cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_ns) noexcept nogil:
     # Capture timestamps may step backwards: an earlier packet never expires an entry.
     return now_ns > e.last_seen_ns and now_ns - e.last_seen_ns > ct.timeout_ns[e.state]

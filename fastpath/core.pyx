@@ -19,10 +19,10 @@ from affinity cimport (
 )
 from conntrack cimport (
     CT_NIL, DIR_ORIG, DIR_REPLY, FLAG_IPV6, FLAG_MASQUERADED, STATE_CLOSING, STATE_ESTABLISHED,
-    STATE_FREE, STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry,
+    STATE_OTHER, STATE_SYN_SENT, TRACE_FLAGS, Conntrack, CtAddrs6, CtEntry,
     ct_count_packet, ct_count_pending, ct_delete, ct_enable_ipv6, ct_expired, ct_free,
     ct_guard_allows, ct_guard_init, ct_init, ct_insert, ct_direction, ct_head, ct_lookup,
-    ct_matches, ct_slot, ct_touch, ct_tuple_present,
+    ct_matches, ct_next_in_use, ct_slot, ct_touch, ct_tuple_present,
 )
 from frontends cimport (
     FrontendMap, frontend_key, frontend_map_free, frontend_map_get, frontend_map_init,
@@ -497,14 +497,12 @@ cdef class Engine:
         if _identity(service_ids) and _identity(backend_ids):
             return  # every id keeps its meaning (and a pass over a big table costs milliseconds)
         # Entries follow the ids; stale UDP ones are flushed later, by their own next packet.
-        for index in range(self.ct.used_end):
-            if seen == self.ct.count:
-                break
-            e = &self.ct.entries[index]
-            if e.state != STATE_FREE:
-                seen += 1
-                e.service = service_ids[e.service] if e.service < n_service_ids else 0
-                e.backend = backend_ids[e.backend] if e.backend < n_backend_ids else 0
+        index = 0
+        e = ct_next_in_use(&self.ct, &index, &seen)
+        while e != NULL:
+            e.service = service_ids[e.service] if e.service < n_service_ids else 0
+            e.backend = backend_ids[e.backend] if e.backend < n_backend_ids else 0
+            e = ct_next_in_use(&self.ct, &index, &seen)
         # Fragment entries keep their verdict and addresses; their ids follow the mapping.
         index = self.fragments.lru.oldest
         while index != LRU_NIL:
@@ -1028,18 +1026,15 @@ cdef class Engine:
     cdef void _count_pending_entries(self) noexcept:
         """Add every entry's pending packets to the counters (see ct_count_packet): a pass over
         the table, skipped when no packet was counted in an entry since the last one."""
-        cdef uint32_t index, seen = 0
+        cdef uint32_t index = 0, seen = 0
         cdef CtEntry* e
         if not self.ct.counted_in_entries:
             return
         self.ct.counted_in_entries = False
-        for index in range(self.ct.used_end):
-            if seen == self.ct.count:
-                break
-            e = &self.ct.entries[index]
-            if e.state != STATE_FREE:
-                seen += 1
-                ct_count_pending(&self.ct, e)
+        e = ct_next_in_use(&self.ct, &index, &seen)
+        while e != NULL:
+            ct_count_pending(&self.ct, e)
+            e = ct_next_in_use(&self.ct, &index, &seen)
 
     def counters(self):
         """Counts since the engine was made (see fastpath.reference for the shape)."""
