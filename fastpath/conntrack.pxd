@@ -255,15 +255,21 @@ cdef inline void ct_touch(Conntrack* ct, uint32_t index) noexcept nogil:
     ct.entries[index].flags |= FLAG_REFERENCED
 
 
-cdef inline void ct_count_pending(Conntrack* ct, CtEntry* e) noexcept nogil:
-    """Add the entry's pending packets to its service's and backend's counters (id 0: none)."""
-    if e.pending == 0 or ct.service_packets == NULL:
+cdef inline void ct_add_to_counters(Conntrack* ct, const CtEntry* e, uint64_t packets) noexcept nogil:
+    """Add packets of the entry's flow to its service's and backend's counters (id 0: none)."""
+    if ct.service_packets == NULL:
         return
     if e.service:
-        ct.service_packets[e.service] += e.pending
+        ct.service_packets[e.service] += packets
     if e.backend:
-        ct.backend_packets[e.backend] += e.pending
-    e.pending = 0
+        ct.backend_packets[e.backend] += packets
+
+
+cdef inline void ct_count_pending(Conntrack* ct, CtEntry* e) noexcept nogil:
+    """Add the entry's pending packets to the counters."""
+    if e.pending:
+        ct_add_to_counters(ct, e, e.pending)
+        e.pending = 0
 
 
 cdef inline void ct_count_packet(Conntrack* ct, CtEntry* e) noexcept nogil:
@@ -272,11 +278,8 @@ cdef inline void ct_count_packet(Conntrack* ct, CtEntry* e) noexcept nogil:
     counters at once (the byte wraps); the rest when the entry is deleted or the counters read."""
     e.pending += 1
     ct.counted_in_entries = True
-    if e.pending == 0 and ct.service_packets != NULL:
-        if e.service:
-            ct.service_packets[e.service] += 256
-        if e.backend:
-            ct.backend_packets[e.backend] += 256
+    if e.pending == 0:
+        ct_add_to_counters(ct, e, 256)
 
 
 cdef inline void ct_delete(Conntrack* ct, uint32_t index) noexcept nogil:

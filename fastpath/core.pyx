@@ -666,9 +666,8 @@ cdef class Engine:
         COUNT_LATER packets ago, whose slot packet i takes."""
         cdef Py_ssize_t slot = i & COUNT_LATER_MASK
         self._count_flow(later.services[slot], later.backends[slot])
-        later.services[slot] = 0
-        later.backends[slot] = 0
-        if trace.counted:
+        if trace.counted:  # in its conntrack entry: nothing to add later
+            later.services[slot] = later.backends[slot] = 0
             return
         later.services[slot] = trace.service
         later.backends[slot] = trace.backend

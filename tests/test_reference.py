@@ -645,13 +645,14 @@ def test_clock_eviction_at_capacity():
     assert _slots(eng)[0] == (a, 0, True)
     assert run(eng, eth(tcp(sport=d)), T0 + 11)[1] == Reason.NEW_FLOW
     assert _slots(eng) == [(a, 0, False), (d, 1, False), (c, 2, False)]
-    c_ = eng.counters()["conntrack"]
-    assert (c_["inserts"], c_["evictions"], c_["entries"]) == (4, 1, 3)
+    counts = eng.counters()["conntrack"]
+    assert (counts["inserts"], counts["evictions"], counts["entries"]) == (4, 1, 3)
     # A reply of the evicted flow is no longer known; its next forward packet is a mid-stream miss.
     assert run(eng, _reply_of(b), T0 + 12)[1] == Reason.PASS_NO_SERVICE
     assert run(eng, eth(tcp(sport=b, flags="A")), T0 + 13)[1] == Reason.NEW_FLOW
-    c_ = eng.counters()["conntrack"]
-    assert (c_["inserts"], c_["evictions"], c_["non_syn_miss"], c_["entries"]) == (5, 2, 1, 3)
+    counts = eng.counters()["conntrack"]
+    assert (counts["inserts"], counts["evictions"], counts["non_syn_miss"],
+            counts["entries"]) == (5, 2, 1, 3)
     assert _slots(eng) == [(a, 0, False), (d, 1, False), (b, 2, False)]
     # The hand wrapped round to slot 0: a, without a packet since its bit was cleared, is next.
     assert run(eng, eth(tcp(sport=e)), T0 + 14)[1] == Reason.NEW_FLOW
