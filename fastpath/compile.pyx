@@ -68,17 +68,18 @@ cdef extern from *:
     #define fastpath_new_empty(cls) PyType_GenericAlloc((PyTypeObject*)(cls), 0)
     #define fastpath_fill_slot(item, offset, value) \
         do { Py_INCREF(value); fastpath_slot_at((item), (offset)) = (value); } while (0)
+    #define fastpath_give_slot(item, offset, value) (fastpath_slot_at((item), (offset)) = (value))
     """
     Py_ssize_t slot_offset "fastpath_slot_offset"(object descriptor)
     PyObject* slot_at "fastpath_slot_at"(object item, Py_ssize_t offset)
     object new_empty "fastpath_new_empty"(object cls)
     void fill_slot "fastpath_fill_slot"(object item, Py_ssize_t offset, object value)
+    void give_slot "fastpath_give_slot"(object item, Py_ssize_t offset, PyObject* value)
     void gc_untrack "PyObject_GC_UnTrack"(object item)
     bint gc_is_tracked "PyObject_GC_IsTracked"(object item)
 
 cdef enum:
     PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
-    PREFETCH_AHEAD = 8  # objects fetched this many endpoints ahead in a walk in random order
     WARM_AHEAD = 16  # endpoints of a slice fetched together, level by level (warm)
     MAX_FIELDS = 8  # of a class Fields reads
     KEY_BYTES = 24  # the bytes of Keyed.words
@@ -158,6 +159,10 @@ cdef class Fields:
 
     cdef inline void fill(self, item, Py_ssize_t index, value):
         fill_slot(item, self.offsets[index], value)
+
+    cdef inline void give(self, item, Py_ssize_t index, PyObject* value) noexcept:
+        """fill with a reference the caller owns: the slot takes it, `value` is not touched."""
+        give_slot(item, self.offsets[index], value)
 
 
 # The model fields the candidates loop reads, and their indexes in each Fields.
@@ -619,6 +624,7 @@ cdef class Gatherer:
     cdef Py_ssize_t scratch_capacity
     cdef uint32_t* table  # open addressing: a key's record - start + 1; 0 free
     cdef size_t table_mask, table_capacity
+    cdef bint numbered  # number() ran: the records' names went to the backends
 
     def __cinit__(self, node, zone, skipped):
         self.node, self.zone, self.skipped = node, zone, skipped
@@ -626,8 +632,9 @@ cdef class Gatherer:
     def __dealloc__(self):
         cdef Py_ssize_t i
         self.release_hints()
-        for i in range(self.count):
-            Py_XDECREF(self.keyed[i].name)
+        if not self.numbered:
+            for i in range(self.count):
+                Py_XDECREF(self.keyed[i].name)
         PyMem_Free(self.keyed)
         PyMem_Free(self.sets)
         PyMem_Free(self.port_ends)
@@ -647,6 +654,8 @@ cdef class Gatherer:
         """Room for a port of at most `most` records."""
         cdef Py_ssize_t capacity
         cdef size_t size = 8
+        if self.numbered:
+            raise RuntimeError("the gatherer's backends are numbered: it takes no more ports")
         if self.count + most > self.capacity:
             capacity = max(2 * self.capacity, self.count + most, 16)
             self.keyed = <Keyed*>grown(self.keyed, capacity * sizeof(Keyed))
@@ -834,39 +843,55 @@ cdef class Gatherer:
 
         Returns (backends, sets): the `backend_type` objects, and per port, in the order added,
         its (cluster, local, serving) backend ids, each a sorted tuple; serving is the cluster
-        tuple itself when the two sets are equal."""
-        cdef Py_ssize_t count = self.count, i, first, p, start, end
+        tuple itself when the two sets are equal. Once only: the records' names go to the
+        backends."""
+        cdef Py_ssize_t count = self.count, i = 0, first, p, start, end
         cdef uint32_t number = 0
-        cdef Keyed* keyed
+        cdef PyObject* name = NULL
+        cdef PyObject* other
         cdef uint32_t* ids = <uint32_t*>PyMem_Malloc(max(count, 1) * sizeof(uint32_t))  # by record
-        cdef Keyed* ordered = <Keyed*>PyMem_Malloc(max(count, 1) * sizeof(Keyed))
+        # The records sorted in place (the gatherer needs their gathering order no more: the
+        # ports' sets are read by position, from `sets` and `ids`), not a 40 MB copy of them.
+        cdef Keyed* ordered = self.keyed
+        cdef uint32_t* scratch = NULL  # a port's ids, for sorted_ids
+        cdef Py_ssize_t most = 0
         cdef list backends = []
         cdef list numbers = []  # the id ints, shared by the backends and the services' tuples
         cdef list port_sets = []
         cdef Fields slots = Fields(backend_type, ("id", "ip", "port", "name"))
         cdef list port_numbers = [None] * 0x10000  # one int object per port number
+        if self.numbered:
+            raise RuntimeError("the gatherer's backends are already numbered")
         try:
-            if ids == NULL or ordered == NULL:
+            for p in range(self.ports):
+                most = max(most, self.port_ends[p] - (self.port_ends[p - 1] if p else 0))
+            scratch = <uint32_t*>PyMem_Malloc(max(most, 1) * sizeof(uint32_t))
+            if ids == NULL or scratch == NULL:
                 raise MemoryError()
             for i in range(count):
-                ordered[i] = self.keyed[i]  # the names stay the gatherer's
                 ordered[i].position = i
             sort_by_key(ordered, count)
+            # The records' name references go to the backends (or are released) as the walk
+            # passes them: from here on the gatherer owns none. The walk is in key order, the
+            # names lie in gathering order, so a name touched here is a cache miss: it is only
+            # handed over, never read, but for a key gathered twice.
+            self.numbered = True
             i = 0
+            name = NULL  # the name of the backend being made, until it has it
             while i < count:
-                # The sorted walk reads the names in random order: fetch them ahead.
-                if i + PREFETCH_AHEAD < count:
-                    prefetch(ordered[i + PREFETCH_AHEAD].name)
                 # The records of one (ip, port): one backend, named by the smallest name.
                 first = i
-                name = <object>ordered[i].name
+                name = ordered[i].name
                 number += 1
+                ids[ordered[i].position] = number
+                i += 1
                 while i < count and same_key(&ordered[i], &ordered[first]):
+                    other = ordered[i].name
+                    if <object>other < <object>name:
+                        name, other = other, name
                     ids[ordered[i].position] = number
-                    other = <object>ordered[i].name
-                    if other < name:
-                        name = other
                     i += 1
+                    Py_XDECREF(other)  # the name not kept
                 backend = slots.new()
                 numbers.append(PyLong_FromSsize_t(number))
                 slots.fill(backend, 0, numbers[number - 1])
@@ -875,27 +900,34 @@ cdef class Gatherer:
                 if port is None:
                     port = port_numbers[ordered[first].words[2] & 0xFFFF] = PyLong_FromSsize_t(ordered[first].words[2] & 0xFFFF)
                 slots.fill(backend, 2, port)
-                slots.fill(backend, 3, name)
+                slots.give(backend, 3, name)
+                name = NULL
                 # A backend holds ints and a string: it can be in no reference cycle, so the
                 # cyclic collector need not know it. A million of them made while it was paused
                 # would otherwise all be traversed by its first pass after (a second per big
                 # compile).
                 gc_untrack(backend)
                 backends.append(backend)
-            start = 0  # (`ordered` is done with: it serves as sorted_ids' scratch)
+            start = 0
             for p in range(self.ports):
                 end = self.port_ends[p]
-                cluster_ids = self.sorted_ids(start, end, IN_CLUSTER, ids, <uint32_t*>ordered, numbers)
-                local_ids = self.sorted_ids(start, end, IN_LOCAL, ids, <uint32_t*>ordered, numbers)
+                cluster_ids = self.sorted_ids(start, end, IN_CLUSTER, ids, scratch, numbers)
+                local_ids = self.sorted_ids(start, end, IN_LOCAL, ids, scratch, numbers)
                 if self.serving_is_cluster[p]:
                     serving_ids = cluster_ids
                 else:
-                    serving_ids = self.sorted_ids(start, end, IN_SERVING, ids, <uint32_t*>ordered, numbers)
+                    serving_ids = self.sorted_ids(start, end, IN_SERVING, ids, scratch, numbers)
                 port_sets.append((cluster_ids, local_ids, serving_ids))
                 start = end
+        except BaseException:
+            if self.numbered:  # release the names the walk had not handed over
+                Py_XDECREF(name)
+                for first in range(i, count):
+                    Py_XDECREF(ordered[first].name)
+            raise
         finally:
             PyMem_Free(ids)
-            PyMem_Free(ordered)
+            PyMem_Free(scratch)
         return backends, port_sets
 
     cdef tuple sorted_ids(self, Py_ssize_t start, Py_ssize_t end, uint8_t bit, const uint32_t* ids,
@@ -909,6 +941,8 @@ cdef class Gatherer:
                 n += 1
         if n == 0:
             return ()
+        for i in range(n):  # the ids' ints lie in id order: fetch them while the ids sort
+            prefetch(PyList_GET_ITEM(numbers, scratch[i] - 1))
         if n > 16:
             qsort(scratch, n, sizeof(uint32_t), compare_ids)
         else:  # a service port's handful: insertion sort

@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import random
 import socket
+import sys
 
 import pytest
 
@@ -65,6 +66,28 @@ def test_numbering_follows_the_rules(seed: int) -> None:
     for sets, (cluster, _, serving) in zip(chosen, port_sets):
         if sets.serving == sets.cluster:
             assert serving is cluster  # equal sets share one tuple (Maps checks it once)
+
+
+def test_numbering_hands_each_name_to_its_backend_once() -> None:
+    """number() gives the gatherer's reference to each kept name to its backend and releases the
+    others (a key gathered twice, under two names): no name gains or loses a reference."""
+    rng = random.Random(7)
+    names = [f"name-{i}" for i in range(40)]  # built at run time: refcounts of their own
+    before = [sys.getrefcount(name) for name in names]
+    gatherer = compile_kernel.Gatherer("n1", None, None)
+    for _ in range(12):
+        keys = [random_key(rng) for _ in range(rng.randrange(1, 20))]
+        keys += rng.sample(keys, len(keys) // 2)  # keys gathered twice in a port, and across ports
+        gatherer.add_candidates([candidate(rng, key, rng.choice(names)) for key in keys])
+    backends, _ = gatherer.number(Backend)
+    assert {backend.name for backend in backends} <= set(names)
+    with pytest.raises(RuntimeError, match="already numbered"):
+        gatherer.number(Backend)
+    with pytest.raises(RuntimeError, match="numbered"):
+        gatherer.add_candidates([candidate(rng, random_key(rng), names[0])])
+    del gatherer, backends
+    gc.collect()
+    assert [sys.getrefcount(name) for name in names] == before
 
 
 def test_port_sets_keep_the_preferred_of_duplicates_in_first_seen_order() -> None:
