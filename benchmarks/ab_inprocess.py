@@ -1,10 +1,10 @@
 """A/B of two or more builds of the core in one process, round by round.
 
-    python benchmarks/ab_inprocess.py CASE [--rounds N] [--flows N,N] TREE [TREE...]
+    python benchmarks/ab_inprocess.py CASE [--rounds N] [--flows N,N] [--services N] TREE [TREE...]
 
 Each TREE is a checkout with the core built in place (`python setup.py build_ext --inplace`):
-its pysrc/fastpath/_core*.so is loaded under a package name of its own, so every build's Engine
-lives in this one process. Each round runs the case once per build, in turn, on a fresh engine
+its pysrc/fastpath/_core*.so (for `compile`, its _compile*.so) is loaded under a package name of
+its own, so every build's Engine lives in this one process. Each round runs the case once per build, in turn, on a fresh engine
 and a fresh copy of the batch, so a host whose speed drifts (this VM's moves 30 % from minute to
 minute) slows every build alike; the per-round ratio against the first TREE is the figure to
 trust, separate-process minima much less.
@@ -18,6 +18,9 @@ Cases (bench_scale.py's and bench_core.py's workloads):
   warm-ports  the same on engines that already track every flow (no selection left): what the
               table size costs a tracked packet
   new-flows   10 service ports, 1M SYNs of new flows (test_service_ports_new_flows[10])
+  compile     compile_maps of the --services Services x 10 endpoints cluster (default 100,000:
+              bench_control's test_compile_100k_gc_paused), run by each build's fastpath._compile
+              under this tree's fastpath.compiler; the first round checks the builds' maps equal
 
 Prints per case and build the minimum and median in ms, then against the first TREE the median
 and quartiles of the per-round time ratios and the rounds each build won.
@@ -39,20 +42,26 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "pysrc"), str(HERE)]
 import workload  # noqa: E402
 
-CASES = ("cold", "tracked", "ports", "warm-ports", "new-flows")
+CASES = ("cold", "tracked", "ports", "warm-ports", "new-flows", "compile")
+
+
+def load_module(tree: str, number: int, name: str) -> types.ModuleType:
+    """TREE's built fastpath.NAME (an extension module) as fastpath_abNUMBER.NAME."""
+    found = sorted(glob.glob(str(Path(tree) / "pysrc" / "fastpath" / f"{name}.*.so")))
+    if not found:
+        raise SystemExit(f"ab_inprocess: no built {name} in {tree}/pysrc/fastpath (build it in place first)")
+    package = f"fastpath_ab{number}"
+    if package not in sys.modules:
+        sys.modules[package] = types.ModuleType(package)
+        sys.modules[package].__path__ = []
+    spec = importlib.util.spec_from_file_location(f"{package}.{name}", found[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_engine(tree: str, number: int):
-    found = sorted(glob.glob(str(Path(tree) / "pysrc" / "fastpath" / "_core.*.so")))
-    if not found:
-        raise SystemExit(f"ab_inprocess: no built core in {tree}/pysrc/fastpath (build it in place first)")
-    package = f"fastpath_ab{number}"
-    sys.modules[package] = types.ModuleType(package)
-    sys.modules[package].__path__ = []
-    spec = importlib.util.spec_from_file_location(f"{package}._core", found[0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Engine
+    return load_module(tree, number, "_core").Engine
 
 
 def run(engine, batch) -> float:
@@ -86,21 +95,72 @@ def plan(case: str, flows: list[int]) -> list[tuple[str, object, object, object,
     return [("new flows", maps, workload.service_traffic(maps, 1_000_000, 1_000_000), None, 1_250_000)]
 
 
+def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
+    """Seconds per round and build of compile_maps(state), the collector paused."""
+    import dataclasses
+
+    import fastpath._compile
+    from fastpath import compiler
+    from fastpath.model import ClusterState
+    # compiler.py's globals that are fastpath._compile's objects (under whatever name it gives
+    # them): swapped for each build's own before its compile.
+    taken = {name: attribute for name, value in vars(compiler).items() for attribute in dir(fastpath._compile)
+             if not attribute.startswith("__") and getattr(fastpath._compile, attribute) is value}
+    builds = []
+    for number, tree in enumerate(trees):
+        module = load_module(tree, number, "_compile")
+        builds.append({name: getattr(module, attribute) for name, attribute in taken.items()})
+    spec = workload.CLUSTER_SPECS["control"]
+    spec = dataclasses.replace(spec, services=services, nodes=max(64, -(-services * 10 // 240)))
+    gc.disable()
+    state = ClusterState.from_objects(workload.cluster_objects(spec, workload.plan_cluster(spec)))
+    gc.enable()
+    gc.collect()
+    gc.freeze()  # the state: not traversed by each round's collection
+    times: list[list[float]] = [[] for _ in trees]
+    for done in range(rounds):
+        first = None
+        for number, names in enumerate(builds):
+            vars(compiler).update(names)
+            gc.collect()
+            gc.disable()
+            start = time.perf_counter()
+            maps = compiler.compile_maps(state).maps
+            times[number].append(time.perf_counter() - start)
+            gc.enable()
+            if done == 0:
+                if first is None:
+                    first = maps
+                elif maps != first:
+                    raise SystemExit(f"ab_inprocess: {trees[number]}'s maps differ from {trees[0]}'s")
+            del maps
+        if sys.stderr.isatty():
+            print(f"round {done + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)
+    vars(compiler).update(builds[0])
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("case", choices=CASES)
     parser.add_argument("trees", nargs="+", metavar="TREE", help="checkouts with the core built in place")
     parser.add_argument("--rounds", type=int, default=15, help="rounds (default 15)")
     parser.add_argument("--flows", default="1000,1000000", help="tracked: flow counts (default 1000,1000000)")
+    parser.add_argument("--services", type=int, default=100_000,
+                        help="compile: Services x 10 endpoints in the cluster (default 100,000)")
     args = parser.parse_args()
     try:
         flows = [int(text) for text in args.flows.split(",")]
     except ValueError:
         parser.error(f"--flows: {args.flows!r} is not a comma-separated list of integers")
-    if args.rounds < 1 or any(count < 1 for count in flows):
-        parser.error("--rounds and every --flows count must be at least 1")
-    engines = [load_engine(tree, number) for number, tree in enumerate(args.trees)]
+    if args.rounds < 1 or args.services < 1 or any(count < 1 for count in flows):
+        parser.error("--rounds, --services and every --flows count must be at least 1")
     names = [Path(tree).resolve().name or tree for tree in args.trees]
+    if args.case == "compile":
+        compiled = compile_rounds(args.trees, args.services, args.rounds)
+        report(f"compile, {args.services:,} Services", names, compiled, "s")
+        return
+    engines = [load_engine(tree, number) for number, tree in enumerate(args.trees)]
     cases = plan(args.case, flows)
 
     def fresh(engine_class, maps, opening, capacity):
@@ -125,22 +185,29 @@ def main() -> None:
         if sys.stderr.isatty():
             print(f"round {done + 1}/{args.rounds}", file=sys.stderr, end="\r", flush=True)
     for label, *_ in cases:
-        print(label)
-        for number, name in enumerate(names):
-            mine = times[label, number]
-            line = f"  {name}: {min(mine) * 1e3:.1f} ms min, {statistics.median(mine) * 1e3:.1f} median"
-            if number:
-                ratios = sorted(b / a for a, b in zip(times[label, 0], mine))
-                won = sum(ratio < 1 for ratio in ratios)
-                line += (f"; / {names[0]} per round: median {statistics.median(ratios):.3f}, quartiles "
-                         f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f}, won {won} of {len(ratios)}")
-            print(line)
+        report(label, names, [times[label, number] for number in range(len(engines))], "ms")
     if args.case in ("ports", "warm-ports"):
         small, large = (label for label, *_ in cases)
         for number, name in enumerate(names):
             ratios = sorted(a / b for a, b in zip(times[small, number], times[large, number]))
             print(f"{name}: {small} / {large} time per round: median {statistics.median(ratios):.3f} "
                   f"(the O(1) target: at least 0.8)")
+
+
+def report(label: str, names: list[str], times: list[list[float]], unit: str) -> None:
+    """Each build's minimum and median in `unit` ("ms" or "s"), and its per-round time ratios
+    to the first build's."""
+    scale, digits = (1e3, 1) if unit == "ms" else (1, 3)
+    print(label)
+    for number, name in enumerate(names):
+        mine = times[number]
+        line = f"  {name}: {min(mine) * scale:.{digits}f} {unit} min, {statistics.median(mine) * scale:.{digits}f} median"
+        if number:
+            ratios = sorted(b / a for a, b in zip(times[0], mine))
+            won = sum(ratio < 1 for ratio in ratios)
+            line += (f"; / {names[0]} per round: median {statistics.median(ratios):.3f}, quartiles "
+                     f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f}, won {won} of {len(ratios)}")
+        print(line)
 
 
 if __name__ == "__main__":
