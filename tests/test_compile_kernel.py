@@ -161,6 +161,36 @@ def test_slices_gather_as_their_candidates(seed: int) -> None:
     assert skipped_directly == skipped
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_backend_names_read_as_written_out(family: int) -> None:
+    """A backend is named "address:port (namespace/pod)" (IPv6 in brackets), with the slice's
+    namespace when the reference has none and the slice's own name when there is no pod; names
+    that are not plain ASCII strings (copied directly otherwise) are named alike."""
+    from collections import Counter
+
+    from fastpath.model import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, ObjectReference, ServicePort
+
+    class Label(str):
+        pass
+
+    refs = [ObjectReference("Pod", "team-a", "web-1"), ObjectReference("Pod", None, "web-2"),
+            ObjectReference("Pod", "", "web-3"), None, ObjectReference("Pod", "team-a", None),
+            ObjectReference("Pod", "équipe", "web-5"), ObjectReference("Pod", "team-a", "wéb-6"),
+            ObjectReference("Pod", "team-a", "\U0001f600"), ObjectReference("Pod", Label("team-b"), Label("web-8"))]
+    addresses = [f"10.0.0.{i}" if family == 4 else f"fd00::{i:x}" for i in range(1, len(refs) + 1)]
+    endpoints = tuple(Endpoint(addresses=(address,), conditions=EndpointConditions(ready=True), target_ref=ref)
+                      for address, ref in zip(addresses, refs))
+    endpoint_slice = EndpointSlice("slices-ns", "web-x1", "web", f"IPv{family}",
+                                   (EndpointPort("http", "TCP", 8080),), endpoints)
+    made = compile_kernel.candidates(ServicePort("http", "TCP", 80, 8080), family, [endpoint_slice], None,
+                                     Counter(), None, _Candidate)
+    shown = [address if family == 4 else f"[{address}]" for address in addresses]
+    owners = ["team-a/web-1", "slices-ns/web-2", "slices-ns/web-3", "slices-ns/web-x1", "slices-ns/web-x1",
+              "équipe/web-5", "team-a/wéb-6", "team-a/\U0001f600", "team-b/web-8"]
+    assert [c.name for c in made] == [f"{address}:8080 ({owner})" for address, owner in zip(shown, owners)]
+    assert all(type(c.name) is str for c in made)
+
+
 @pytest.mark.parametrize("text", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "fd00::1", "::", "::1",
                                   "::ffff:10.1.2.3", "2001:db8::ffff:1"])
 def test_map_address_reads_addresses_as_the_socket_module(text: str) -> None:
