@@ -18,6 +18,7 @@ same Gatherer code.
 Slotted objects are read and made through their slots' offsets (Fields), not attribute by
 attribute: at a million endpoints the attribute machinery was a quarter of the time.
 """
+from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromSsize_t, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -81,7 +82,7 @@ cdef extern from *:
 cdef enum:
     PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
     WARM_AHEAD = 16  # endpoints of a slice fetched together, level by level (warm)
-    MAX_FIELDS = 8  # of a class Fields reads
+    MAX_FIELDS = 16  # of a class Fields reads (the model's Service has 16)
     KEY_BYTES = 24  # the bytes of Keyed.words
 
 cdef enum:
@@ -1020,6 +1021,36 @@ def make_objects(cls, rows):
             gc_untrack(item)
         made.append(item)
     return made
+
+
+cdef class Maker:
+    """Maker(cls)(**fields): cls(**fields) for a slotted dataclass without __post_init__, every
+    field given by name (TypeError otherwise: defaults are not applied), its slots filled
+    directly, as unpickling fills them. A frozen dataclass's __init__ sets each field through
+    object.__setattr__: the model's readers make a Service (16 fields), its ports and its
+    EndpointSlice's shell for each Service of a dump, and those __init__ calls were a sixth of
+    reading a big one."""
+    cdef Fields fields
+
+    def __cinit__(self, type cls):
+        if getattr(cls, "__post_init__", None) is not None:
+            raise TypeError(f"{cls.__name__} has a __post_init__, which a Maker would skip")
+        self.fields = Fields(cls)
+
+    def __call__(self, **values):
+        cdef Py_ssize_t i
+        cdef PyObject* value
+        if len(values) == self.fields.count:
+            item = self.fields.new()
+            for i in range(self.fields.count):
+                value = PyDict_GetItem(values, self.fields.names[i])
+                if value == NULL:
+                    break
+                self.fields.fill(item, i, <object>value)
+            else:
+                return item
+        raise TypeError(f"{self.fields.cls.__name__} takes every one of its fields by name "
+                        f"({', '.join(self.fields.names)}), got {', '.join(values) or 'none'}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -233,6 +233,41 @@ def test_candidates_read_other_endpoint_types_by_attribute() -> None:
         ("10.0.0.1:8080 (a/p1)", True, True), ("10.0.0.2:8080 (a/p2)", False, True), ("10.0.0.3:8080 (a/p3)", True, True)]
 
 
+def test_maker_makes_what_the_constructor_makes() -> None:
+    """Maker(cls)(**fields) equals cls(**fields), field for field, for the model classes the
+    readers make with it; a field left out, or one the class does not have, is a TypeError (no
+    default is applied), and so is a class whose __post_init__ a Maker would skip."""
+    from fastpath.model import EndpointPort, LoadBalancerIngress, Service, ServicePort
+
+    port = ServicePort(name="http", protocol="TCP", port=80, target_port="web", node_port=30080)
+    values = dict(namespace="team-a", name="web", type="LoadBalancer", cluster_ips=("10.96.0.7", "fd00::7"),
+                  headless=False, ports=(port,), selector=(("app", "web"),), session_affinity="ClientIP",
+                  affinity_timeout=600, external_ips=("192.0.2.7",), external_traffic_policy="Local",
+                  internal_traffic_policy="Cluster", load_balancer_ingress=(LoadBalancerIngress("192.0.2.8"),),
+                  load_balancer_source_ranges=("192.0.2.0/24",), external_name=None, publish_not_ready_addresses=True)
+    made = compile_kernel.Maker(Service)(**values)
+    assert type(made) is Service and made == Service(**values) and hash(made) == hash(Service(**values))
+    assert [getattr(made, name) for name in values] == list(values.values())
+    assert compile_kernel.Maker(EndpointPort)(name="", protocol="UDP", port=None) == EndpointPort("", "UDP", None)
+    maker = compile_kernel.Maker(ServicePort)
+    with pytest.raises(TypeError, match="ServicePort takes every one of its fields by name"):
+        maker(name="http", protocol="TCP", port=80, target_port=8080)  # node_port left to its default
+    with pytest.raises(TypeError, match="got name, protocol, port, target_port, node_port, color"):
+        maker(name="http", protocol="TCP", port=80, target_port=8080, node_port=None, color="blue")
+    with pytest.raises(TypeError, match="got name, protocol, port, target_port, nodePort"):
+        maker(name="http", protocol="TCP", port=80, target_port=8080, nodePort=None)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        value: int
+
+        def __post_init__(self) -> None:
+            assert self.value >= 0
+
+    with pytest.raises(TypeError, match="__post_init__"):
+        compile_kernel.Maker(Checked)
+
+
 def test_make_objects_refuses_a_class_without_slots() -> None:
     @dataclasses.dataclass(frozen=True)
     class Plain:

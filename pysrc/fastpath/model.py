@@ -16,7 +16,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from itertools import repeat
 from pathlib import Path
@@ -556,7 +556,7 @@ def _parse_service(o: _Object, obj: Mapping[str, Any], namespace: str, name: str
                          for index, value in enumerate(o.list(spec.get("externalIPs"), "spec.externalIPs")))
     selector = o.labels(spec.get("selector"), "spec.selector")
 
-    return Service(
+    return _make_service(
         namespace=namespace,
         name=name,
         type=service_type,
@@ -616,7 +616,7 @@ def _service_port(o: _Object, raw: Mapping[str, Any], path: str) -> ServicePort:
     else:
         target = o.port(target, f"{path}.targetPort")
     node_port = raw.get("nodePort")
-    return ServicePort(
+    return _make_service_port(
         name=o.string(raw.get("name"), f"{path}.name") or "",
         protocol=o.protocol(raw.get("protocol"), f"{path}.protocol"),
         port=number,
@@ -642,7 +642,7 @@ def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, na
         path = f"ports[{index}]"
         entry = o.mapping(raw, path)
         number = entry.get("port")
-        port = EndpointPort(
+        port = _make_endpoint_port(
             name=o.string(entry.get("name"), f"{path}.name") or "",
             protocol=o.protocol(entry.get("protocol"), f"{path}.protocol"),
             port=None if number is None else o.port(number, f"{path}.port"),
@@ -655,8 +655,8 @@ def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, na
 
     endpoints = [_read_endpoint(o, raw, index, family)
                  for index, raw in enumerate(o.list(obj.get("endpoints"), "endpoints"))]
-    return EndpointSlice(namespace=namespace, name=name, service_name=service_name, address_type=address_type,
-                         ports=tuple(ports), endpoints=tuple(endpoints))
+    return _make_slice(namespace=namespace, name=name, service_name=service_name, address_type=address_type,
+                       ports=tuple(ports), endpoints=tuple(endpoints))
 
 
 # The conditions are few (each of three None, True or False): endpoints share them.
@@ -671,6 +671,15 @@ _CONDITIONS = {(ready, serving, terminating): EndpointConditions(ready, serving,
 # _CONDITIONS as it loads, so it is imported here, once they exist, and as a module: either of
 # the two may be the one loading first.
 import fastpath._compile as _compiled  # noqa: E402
+
+# What the readers make for each object of a dump, made with the slots filled directly
+# (fastpath._compile.Maker: every field given by name; a frozen dataclass's __init__ costs
+# several times as much).
+_make_service = _compiled.Maker(Service)
+_make_service_port = _compiled.Maker(ServicePort)
+_make_slice = _compiled.Maker(EndpointSlice)
+_make_endpoint_port = _compiled.Maker(EndpointPort)
+_make_endpoint = _compiled.Maker(Endpoint)
 
 
 def _endpoint(o: _Object, raw: Mapping[str, Any], path: str, family: int | None) -> Endpoint:
@@ -992,24 +1001,10 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
     return _new_slice(shell, tuple(endpoints))
 
 
-_SLICE_FIELDS = ("namespace", "name", "service_name", "address_type", "ports", "endpoints")
-_SLICE_SLOTS = tuple(EndpointSlice.__dict__[name].__set__ for name in _SLICE_FIELDS)
-if {f.name for f in fields(EndpointSlice)} != set(_SLICE_FIELDS):  # (every slot must be filled)
-    raise ImportError("EndpointSlice has other fields than _new_slice fills")
-
-
 def _new_slice(shell: EndpointSlice, endpoints: tuple[Endpoint, ...]) -> EndpointSlice:
-    """EndpointSlice(shell's fields, endpoints), its slots filled directly (a frozen dataclass's
-    __init__ sets each field through object.__setattr__, which costs more here)."""
-    made = object.__new__(EndpointSlice)
-    set_namespace, set_name, set_service_name, set_address_type, set_ports, set_endpoints = _SLICE_SLOTS
-    set_namespace(made, shell.namespace)
-    set_name(made, shell.name)
-    set_service_name(made, shell.service_name)
-    set_address_type(made, shell.address_type)
-    set_ports(made, shell.ports)
-    set_endpoints(made, endpoints)
-    return made
+    """EndpointSlice(shell's fields, endpoints)."""
+    return _make_slice(namespace=shell.namespace, name=shell.name, service_name=shell.service_name,
+                       address_type=shell.address_type, ports=shell.ports, endpoints=endpoints)
 
 
 def _slice_object(shell: EndpointSlice) -> _Object:
@@ -1104,23 +1099,9 @@ def _with_conditions(base: Endpoint, raw: Any) -> Endpoint | None:
     key = _plain_conditions(raw)
     if key is None:
         return None
-    # Endpoint(base's fields, conditions), its slots filled directly (see _new_slice)
-    made = object.__new__(Endpoint)
-    set_addresses, set_conditions, set_node_name, set_zone, set_zone_hints, set_node_hints, set_ref = _ENDPOINT_SLOTS
-    set_addresses(made, base.addresses)
-    set_conditions(made, _CONDITIONS[key])
-    set_node_name(made, base.node_name)
-    set_zone(made, base.zone)
-    set_zone_hints(made, base.hints_for_zones)
-    set_node_hints(made, base.hints_for_nodes)
-    set_ref(made, base.target_ref)
-    return made
-
-
-_ENDPOINT_FIELDS = ("addresses", "conditions", "node_name", "zone", "hints_for_zones", "hints_for_nodes", "target_ref")
-_ENDPOINT_SLOTS = tuple(Endpoint.__dict__[name].__set__ for name in _ENDPOINT_FIELDS)
-if {f.name for f in fields(Endpoint)} != set(_ENDPOINT_FIELDS):  # (every slot must be filled)
-    raise ImportError("Endpoint has other fields than _with_conditions fills")
+    return _make_endpoint(addresses=base.addresses, conditions=_CONDITIONS[key], node_name=base.node_name,
+                          zone=base.zone, hints_for_zones=base.hints_for_zones, hints_for_nodes=base.hints_for_nodes,
+                          target_ref=base.target_ref)
 
 
 def _trim(cache: dict[Hashable, Any], shell: EndpointSlice, endpoints: list[Endpoint]) -> None:
