@@ -9,6 +9,7 @@ import gc
 import random
 import socket
 import sys
+import weakref
 
 import pytest
 
@@ -266,6 +267,44 @@ def test_maker_makes_what_the_constructor_makes() -> None:
 
     with pytest.raises(TypeError, match="__post_init__"):
         compile_kernel.Maker(Checked)
+
+
+def test_maker_leaves_to_the_collector_only_what_can_be_in_a_cycle() -> None:
+    """An object a Maker makes of values that can be in no reference cycle (strings, ints, None,
+    tuples of those, frozen model objects it made) is not tracked by the cyclic collector, and
+    its tuples are untracked; anything holding a mutable container stays tracked, so a cycle
+    made through it later is still collected."""
+    from fastpath.model import EndpointPort, EndpointSlice, Service, ServicePort
+
+    port = compile_kernel.Maker(ServicePort)(name="http", protocol="TCP", port=80, target_port=8080, node_port=None)
+    selector = (("app", "web"), ("tier", "front"))
+    fields = dict(namespace="a", name="web", type="ClusterIP", cluster_ips=("10.96.0.7",), headless=False,
+                  ports=(port,), selector=selector, session_affinity="None", affinity_timeout=None, external_ips=(),
+                  external_traffic_policy="Cluster", internal_traffic_policy="Cluster", load_balancer_ingress=(),
+                  load_balancer_source_ranges=(), external_name=None, publish_not_ready_addresses=False)
+    service = compile_kernel.Maker(Service)(**fields)
+    assert not gc.is_tracked(port) and not gc.is_tracked(service)
+    assert not any(map(gc.is_tracked, (fields["ports"], selector, *selector)))
+
+    # A ServicePort made by its constructor is tracked: a Service holding it stays tracked.
+    assert gc.is_tracked(compile_kernel.Maker(Service)(**{**fields, "ports": (ServicePort("http", "TCP", 80, 8080),)}))
+
+    class Holder:  # a mutable object, untracked or not, may later close a cycle
+        pass
+
+    slice_maker = compile_kernel.Maker(EndpointSlice)
+    box: dict = {}  # untracked while it holds nothing the collector tracks
+    held = slice_maker(namespace="a", name="web-1", service_name="web", address_type="IPv4",
+                       ports=(compile_kernel.Maker(EndpointPort)(name="", protocol="TCP", port=80),),
+                       endpoints=(box,))
+    assert gc.is_tracked(held)
+    box["cycle"] = held  # held -> its endpoints tuple -> box -> held
+    marker = Holder()
+    box["marker"] = marker
+    gone = weakref.ref(marker)
+    del held, box, marker
+    gc.collect()
+    assert gone() is None  # the cycle was found and collected
 
 
 def test_make_objects_refuses_a_class_without_slots() -> None:
