@@ -1057,8 +1057,8 @@ cdef class Maker:
     field given by name (TypeError otherwise: defaults are not applied), its slots filled
     directly, as unpickling fills them. A frozen dataclass's __init__ sets each field through
     object.__setattr__: the model's readers make a Service (16 fields), its ports and its
-    EndpointSlice's shell for each Service of a dump, and those __init__ calls were a sixth of
-    reading a big one.
+    EndpointSlice's shell for each Service of a dump, and those __init__ calls took about a
+    tenth of reading a big one.
 
     An object of a frozen class whose values can be in no reference cycle (cycle_free) is not
     tracked by the cyclic collector either: a big dump's 100,000 Services and EndpointSlices,
