@@ -30,7 +30,6 @@ import dataclasses
 import gc
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,8 +39,8 @@ if any(PYSRC.glob("fastpath/_compile.*")):
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
-
-_spent: dict[str, float] = defaultdict(float)
+from steptimers import spent as _spent  # noqa: E402
+from steptimers import timed as _timed  # noqa: E402
 
 STEPS = {  # fastpath.compiler's function -> the step it is
     "_service_ports": "service ports",
@@ -52,16 +51,6 @@ STEPS = {  # fastpath.compiler's function -> the step it is
     "_node_info": "node",
 }
 GATHERER_STEPS = {"add_slices": "gather endpoints", "add_candidates": "gather endpoints", "number": "number backends"}
-
-
-def _timed(name, function):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            _spent[name] += time.perf_counter() - started
-    return wrapper
 
 
 def _instrument(compiler) -> None:

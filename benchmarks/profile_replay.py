@@ -34,7 +34,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,18 +43,9 @@ if any(PYSRC.glob("fastpath/_core.*")):
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
+from steptimers import spent as _spent  # noqa: E402
+from steptimers import timed as _timed  # noqa: E402
 
-_spent: dict[str, float] = defaultdict(float)
-
-
-def _timed(name, function):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            _spent[name] += time.perf_counter() - started
-    return wrapper
 
 
 class _TimedEngine:
