@@ -28,6 +28,7 @@ and quartiles of the per-round time ratios and the rounds each build won.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import glob
 import importlib.util
@@ -97,8 +98,6 @@ def plan(case: str, flows: list[int]) -> list[tuple[str, object, object, object,
 
 def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
     """Seconds per round and build of compile_maps(state), the collector paused."""
-    import dataclasses
-
     import fastpath._compile
     from fastpath import compiler
     from fastpath.model import ClusterState

@@ -999,36 +999,8 @@ def port_sets(list candidates, node, zone, sets_type):
 
 
 # --------------------------------------------------------------------------------------------
-# Objects of fastpath.maps' slotted dataclasses, in bulk
-
-def make_objects(cls, rows):
-    """[cls(*row) for row in rows] for a slotted dataclass, every field given in order (ValueError
-    otherwise), several times faster: neither __init__ nor __post_init__ runs, so nothing is
-    checked (Maps(...) checks what it is given; the compiler's own maps skip that, see
-    Maps.unchecked, and a core's load() checks the ids it indexes by).
-
-    An object whose values the cyclic collector does not track (ints, strings, the compiler's
-    id tuples) can be in no reference cycle: it is not tracked either, as CPython does for such
-    tuples. (A compile's 200,000 Services and Frontends were otherwise all traversed by the
-    collection that follows it: 80-100 ms.)"""
-    cdef Fields slots = Fields(cls)
-    cdef Py_ssize_t i
-    cdef list made = []
-    cdef bint leaf
-    for row in rows:
-        if len(row) != slots.count:
-            raise ValueError(f"{cls.__name__} has {slots.count} fields, a row has {len(row)}")
-        item = slots.new()
-        leaf = True
-        for i in range(slots.count):
-            value = row[i]
-            slots.fill(item, i, value)
-            leaf = leaf and not gc_is_tracked(value)
-        if leaf:
-            gc_untrack(item)
-        made.append(item)
-    return made
-
+# Objects of slotted dataclasses, their slots filled directly: the maps' in bulk (make_objects),
+# the model's one by one (Maker)
 
 IMMUTABLE.update((Endpoint, EndpointConditions, ObjectReference))  # (plain_ipv4_endpoint makes them)
 
@@ -1052,6 +1024,41 @@ cdef bint cycle_free(object value, int depth):
     return True
 
 
+cdef bint frozen_dataclass(type cls):
+    """Is cls a frozen dataclass (its objects keep their values: they may go untracked)?"""
+    params = getattr(cls, "__dataclass_params__", None)
+    return params is not None and params.frozen
+
+
+def make_objects(cls, rows):
+    """[cls(*row) for row in rows] for a slotted dataclass, every field given in order (ValueError
+    otherwise), several times faster: neither __init__ nor __post_init__ runs, so nothing is
+    checked (Maps(...) checks what it is given; the compiler's own maps skip that, see
+    Maps.unchecked, and a core's load() checks the ids it indexes by).
+
+    An object of a frozen class whose values can be in no reference cycle (ints, strings, the
+    compiler's id tuples: see cycle_free) is not tracked by the cyclic collector either, as
+    CPython does for such tuples. (A compile's 200,000 Services and Frontends were otherwise all
+    traversed by the collection that follows it: 80-100 ms.)"""
+    cdef Fields slots = Fields(cls)
+    cdef Py_ssize_t i
+    cdef list made = []
+    cdef bint frozen = frozen_dataclass(cls), leaf
+    for row in rows:
+        if len(row) != slots.count:
+            raise ValueError(f"{cls.__name__} has {slots.count} fields, a row has {len(row)}")
+        item = slots.new()
+        leaf = frozen
+        for i in range(slots.count):
+            value = row[i]
+            slots.fill(item, i, value)
+            leaf = leaf and cycle_free(value, 3)
+        if leaf:
+            gc_untrack(item)
+        made.append(item)
+    return made
+
+
 cdef class Maker:
     """Maker(cls)(**fields): cls(**fields) for a slotted dataclass without __post_init__, every
     field given by name (TypeError otherwise: defaults are not applied), its slots filled
@@ -1071,8 +1078,7 @@ cdef class Maker:
         if getattr(cls, "__post_init__", None) is not None:
             raise TypeError(f"{cls.__name__} has a __post_init__, which a Maker would skip")
         self.fields = Fields(cls)
-        params = getattr(cls, "__dataclass_params__", None)
-        self.frozen = params is not None and params.frozen
+        self.frozen = frozen_dataclass(cls)
         if self.frozen:
             IMMUTABLE.add(cls)
 
