@@ -3,8 +3,8 @@
     python benchmarks/ab_inprocess.py CASE [--rounds N] [--flows N,N] [--services N] TREE [TREE...]
 
 Each TREE is a checkout with the core built in place (`python setup.py build_ext --inplace`):
-its pysrc/fastpath/_core*.so (for `compile`, its _compile*.so) is loaded under a package name of
-its own, so every build's Engine lives in this one process. Each round runs the case once per build, in turn, on a fresh engine
+its pysrc/fastpath/_core*.so (for `compile`, its _compile*.so and compiler.py) is loaded under a
+name of its own, so every build's Engine lives in this one process. Each round runs the case once per build, in turn, on a fresh engine
 and a fresh copy of the batch, so a host whose speed drifts (this VM's moves 30 % from minute to
 minute) slows every build alike; the per-round ratio against the first TREE is the figure to
 trust, separate-process minima much less.
@@ -19,8 +19,9 @@ Cases (bench_scale.py's and bench_core.py's workloads):
               table size costs a tracked packet
   new-flows   10 service ports, 1M SYNs of new flows (test_service_ports_new_flows[10])
   compile     compile_maps of the --services Services x 10 endpoints cluster (default 100,000:
-              bench_control's test_compile_100k_gc_paused), run by each build's fastpath._compile
-              under this tree's fastpath.compiler; the first round checks the builds' maps equal
+              bench_control's test_compile_100k_gc_paused), run by each TREE's own compiler.py
+              and _compile build (over this tree's model and maps: the state is read once);
+              the first round checks the builds' maps equal
 
 Prints per case and build the minimum and median in ms, then against the first TREE the median
 and quartiles of the per-round time ratios and the rounds each build won.
@@ -96,19 +97,28 @@ def plan(case: str, flows: list[int]) -> list[tuple[str, object, object, object,
     return [("new flows", maps, workload.service_traffic(maps, 1_000_000, 1_000_000), None, 1_250_000)]
 
 
+def load_compiler(tree: str, number: int) -> types.ModuleType:
+    """TREE's pysrc/fastpath/compiler.py as fastpath._ab_compilerNUMBER, bound to TREE's built
+    _compile: its relative imports find this tree's model and maps, and TREE's _compile."""
+    compiled = load_module(tree, number, "_compile")
+    source = Path(tree) / "pysrc" / "fastpath" / "compiler.py"
+    spec = importlib.util.spec_from_file_location(f"fastpath._ab_compiler{number}", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up while it runs)
+    ours = sys.modules["fastpath._compile"]
+    sys.modules["fastpath._compile"] = compiled  # what `from ._compile import ...` finds, while it runs
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules["fastpath._compile"] = ours
+    return module
+
+
 def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
     """Seconds per round and build of compile_maps(state), the collector paused."""
-    import fastpath._compile
-    from fastpath import compiler
+    import fastpath._compile  # noqa: F401 (this tree's: the model's Makers, before the state is read)
     from fastpath.model import ClusterState
-    # compiler.py's globals that are fastpath._compile's objects (under whatever name it gives
-    # them): swapped for each build's own before its compile.
-    taken = {name: attribute for name, value in vars(compiler).items() for attribute in dir(fastpath._compile)
-             if not attribute.startswith("__") and getattr(fastpath._compile, attribute) is value}
-    builds = []
-    for number, tree in enumerate(trees):
-        module = load_module(tree, number, "_compile")
-        builds.append({name: getattr(module, attribute) for name, attribute in taken.items()})
+    compilers = [load_compiler(tree, number) for number, tree in enumerate(trees)]
     spec = workload.CLUSTER_SPECS["control"]
     spec = dataclasses.replace(spec, services=services, nodes=max(64, -(-services * 10 // 240)))
     gc.disable()
@@ -119,8 +129,7 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
     times: list[list[float]] = [[] for _ in trees]
     for done in range(rounds):
         first = None
-        for number, names in enumerate(builds):
-            vars(compiler).update(names)
+        for number, compiler in enumerate(compilers):
             gc.collect()
             gc.disable()
             start = time.perf_counter()
@@ -135,7 +144,6 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
             del maps
         if sys.stderr.isatty():
             print(f"round {done + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)
-    vars(compiler).update(builds[0])
     return times
 
 
