@@ -4,7 +4,8 @@
 A big cluster has a million endpoints. fastpath.model reads each one out of its raw slice
 (plain_ipv4_endpoint), and fastpath.compiler visits each one a few times: to read it out of its
 EndpointSlice, to choose a service port's sets, to number the backends, to list each service
-port's backend ids. Those loops live here, written against the same objects
+port's backend ids. It also walks every Service's ports once (service_ports: a hundred
+thousand of them took a fifth of a compile in Python). Those loops live here, written against the same objects
 the Python compiler passes around (the model's slotted dataclasses in, fastpath.compiler's named
 tuples and fastpath.maps' classes out); the rules they apply are the compiler's, documented
 where it calls them (pysrc/fastpath/compiler.py) and repeated in each function here.
@@ -40,8 +41,9 @@ from dataclasses import fields as dataclass_fields
 # still loading.
 cdef set IMMUTABLE = set()
 
+from fastpath.maps import PROTOCOL_NUMBERS
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-                            ObjectReference)
+                            ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
 
 cdef extern from "arpa/inet.h" nogil:
@@ -1100,6 +1102,137 @@ cdef class Maker:
                 return item
         raise TypeError(f"{self.fields.cls.__name__} takes every one of its fields by name "
                         f"({', '.join(self.fields.names)}), got {', '.join(values) or 'none'}")
+
+
+# --------------------------------------------------------------------------------------------
+# Service ports
+
+cdef Fields SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
+                                       "external_ips", "load_balancer_ingress"))
+cdef Fields SERVICE_PORT = Fields(ServicePort, ("name", "protocol"))
+cdef enum:
+    SV_NAMESPACE = 0, SV_NAME, SV_TYPE, SV_CLUSTER_IPS, SV_HEADLESS, SV_PORTS, SV_EXTERNAL_IPS, SV_INGRESS
+    PT_NAME = 0, PT_PROTOCOL
+    PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
+
+
+cdef struct PortOrder:
+    # A service port's sort key: (namespace, name, port name, protocol, family), then the order
+    # made (as a stable sort keeps ties). Borrowed: the services and _Ports hold them.
+    PyObject* key[4]
+    int family
+    Py_ssize_t made
+
+
+cdef extern from "Python.h":
+    # (Declared nogil for qsort's comparator type: it runs with the GIL held, inside service_ports.)
+    int unicode_compare "PyUnicode_Compare"(PyObject* left, PyObject* right) noexcept nogil
+
+
+cdef int compare_ports(const void* a, const void* b) noexcept nogil:
+    cdef const PortOrder* x = <const PortOrder*>a
+    cdef const PortOrder* y = <const PortOrder*>b
+    cdef int i, order
+    for i in range(4):
+        if x.key[i] != y.key[i]:
+            order = unicode_compare(x.key[i], y.key[i])  # strings (service_ports checks): cannot fail
+            if order:
+                return order
+    if x.family != y.family:
+        return -1 if x.family < y.family else 1
+    return -1 if x.made < y.made else (x.made > y.made)
+
+
+cdef int family_count(addresses, families) except -1:
+    """How many of the address texts are of no family in `families`."""
+    cdef int count = 0
+    for text in addresses:
+        count += (6 if map_address(text) >= IPV6 else 4) not in families
+    return count
+
+
+def service_ports(services, skipped, service_ips, port_type):
+    """compiler._service_ports (its rules are documented there): every TCP/UDP/SCTP service port
+    of each family the service has a cluster IP of, as `port_type` (compiler._Port) named tuples
+    sorted by (namespace, name, port name, protocol, family); `service_ips` (a set, or None)
+    gets every cluster IP of a service with ports."""
+    cdef list made = []
+    cdef PortOrder* order = NULL
+    cdef Py_ssize_t count = 0, i
+    cdef int k
+    cdef list held = []  # the sort keys, if a stand-in's attributes made them
+    cdef bint in_order = True
+    cdef object families  # family -> cluster IP, IPv4 first
+    for service in services:
+        kind = SERVICE.get(service, SV_TYPE)
+        if kind == "ExternalName":
+            skipped["ExternalName service"] += 1
+            continue
+        if SERVICE.get(service, SV_HEADLESS):
+            skipped["headless service"] += 1
+            continue
+        ports = SERVICE.get(service, SV_PORTS)
+        ip4 = ip6 = None  # the first cluster IP of each family (the API server allows no more)
+        for text in SERVICE.get(service, SV_CLUSTER_IPS):
+            address = map_address(text)
+            if address >= IPV6:
+                ip6 = address if ip6 is None else ip6
+            else:
+                ip4 = address if ip4 is None else ip4
+            if service_ips is not None and ports:
+                service_ips.add(address)
+        if ip4 is None and ip6 is None:
+            continue
+        families = {4: ip4, 6: ip6} if ip4 is not None and ip6 is not None else {4: ip4} if ip6 is None else {6: ip6}
+        external_ips, ingress = SERVICE.get(service, SV_EXTERNAL_IPS), SERVICE.get(service, SV_INGRESS)
+        if external_ips or ingress:
+            # A proxier of a family ignores the other family's external and load-balancer IPs.
+            for what, addresses in (("external IP", external_ips), ("load-balancer IP", service.load_balancer_vips)):
+                missed = family_count(addresses, families)
+                if missed:
+                    skipped[f"{what} of a family the service has no cluster IP of"] += missed
+        base = f"{SERVICE.get(service, SV_NAMESPACE)}/{SERVICE.get(service, SV_NAME)}"
+        for port in ports:
+            protocol = SERVICE_PORT.get(port, PT_PROTOCOL)
+            proto = PyDict_GetItem(PROTOCOL_NUMBERS, protocol) if type(protocol) is str else NULL
+            if proto == NULL:
+                skipped[f"{protocol} service port"] += 1
+                continue
+            port_name = SERVICE_PORT.get(port, PT_NAME)
+            name = f"{base}:{port_name}" if port_name else base
+            for family, cluster_ip in families.items():
+                entry = tuple_alloc(port_type, PORT_ITEMS)
+                for i, value in enumerate((service, port, family, cluster_ip, <object>proto, name)):
+                    fill(entry, i, value)
+                made.append(entry)
+    count = len(made)
+    if count < 2:
+        return made
+    order = <PortOrder*>PyMem_Malloc(count * sizeof(PortOrder))
+    if order == NULL:
+        raise MemoryError()
+    try:
+        for i in range(count):
+            entry = made[i]
+            service, port = item(entry, 0), item(entry, 1)
+            keys = (SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME),
+                    SERVICE_PORT.get(port, PT_NAME), SERVICE_PORT.get(port, PT_PROTOCOL))
+            if type(service) is not SERVICE.cls or type(port) is not SERVICE_PORT.cls:
+                held.append(keys)
+            for k in range(4):
+                if type(keys[k]) is not str:
+                    raise TypeError(f"a service's namespace, name, port name and protocol must be strings, "
+                                    f"got {type(keys[k]).__name__}")
+                order[i].key[k] = PyTuple_GET_ITEM(keys, k)
+            order[i].family = item(entry, 2)
+            order[i].made = i
+            in_order = in_order and (i == 0 or compare_ports(&order[i - 1], &order[i]) < 0)
+        if in_order:  # a dump lists services by namespace and name: often nothing to sort
+            return made
+        qsort(order, count, sizeof(PortOrder), compare_ports)
+        return [made[order[i].made] for i in range(count)]
+    finally:
+        PyMem_Free(order)
 
 
 # --------------------------------------------------------------------------------------------

@@ -332,3 +332,98 @@ def test_map_address_reads_any_ipv4_text_as_inet_aton() -> None:
         except (OSError, ValueError):
             got = None
         assert got == expected, text
+
+
+def expected_service_ports(services, skipped, service_ips) -> list[tuple]:
+    """compiler._service_ports' rules, written out: (service, port, family, cluster IP, proto,
+    name) per TCP/UDP/SCTP port and family of a cluster IP, sorted by (namespace, name, port
+    name, protocol, family), ties in input order."""
+    from fastpath.maps import PROTOCOL_NUMBERS, family_of
+
+    found = []
+    for service in services:
+        if service.type == "ExternalName":
+            skipped["ExternalName service"] += 1
+            continue
+        if service.headless:
+            skipped["headless service"] += 1
+            continue
+        families: dict[int, int] = {}
+        for text in service.cluster_ips:
+            address = compile_kernel.map_address(text)
+            families.setdefault(family_of(address), address)
+            if service.ports:
+                service_ips.add(address)
+        if not families:
+            continue
+        for what, addresses in (("external IP", service.external_ips),
+                                ("load-balancer IP", service.load_balancer_vips)):
+            missed = sum(family_of(compile_kernel.map_address(a)) not in families for a in addresses)
+            if missed:
+                skipped[f"{what} of a family the service has no cluster IP of"] += missed
+        for port in service.ports:
+            if port.protocol not in PROTOCOL_NUMBERS:
+                skipped[f"{port.protocol} service port"] += 1
+                continue
+            name = f"{service.namespace}/{service.name}" + (f":{port.name}" if port.name else "")
+            for family in sorted(families):
+                found.append(((service.namespace, service.name, port.name, port.protocol, family),
+                              (service, port, family, families[family], PROTOCOL_NUMBERS[port.protocol], name)))
+    found.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in found]
+
+
+def random_services(rng: random.Random) -> list:
+    from fastpath.model import LoadBalancerIngress, Service, ServicePort
+
+    # Names where string order and (namespace, name) pair order could part ("a-b" < "a/..." <
+    # "a0"), ports named alike under two protocols, the same service listed twice.
+    words = ("a", "a-b", "a0", "b", "web", "")
+    services = []
+    for _ in range(rng.randrange(0, 40)):
+        kind = rng.choice(("ClusterIP", "ClusterIP", "NodePort", "LoadBalancer", "ExternalName"))
+        headless = kind != "ExternalName" and rng.random() < 0.1
+        cluster_ips = () if headless else tuple(rng.sample(
+            [f"10.96.{rng.randrange(256)}.{rng.randrange(256)}", f"fd00::{rng.randrange(1, 0xFFFF):x}"],
+            rng.choice((0, 1, 1, 1, 2))))
+        ports = tuple(ServicePort(rng.choice(words[:-1] + ("",)), rng.choice(("TCP", "UDP", "SCTP", "ICMP")),
+                                  rng.randrange(1, 65536), 8080) for _ in range(rng.randrange(0, 4)))
+        external = tuple(rng.choice(("192.0.2.7", "2001:db8::7")) for _ in range(rng.randrange(0, 3)))
+        ingress = tuple(LoadBalancerIngress(rng.choice(("198.51.100.1", "2001:db8::9", None)), None,
+                                            rng.choice((None, "VIP", "Proxy"))) for _ in range(rng.randrange(0, 3)))
+        services.append(Service(rng.choice(words[:-1]), rng.choice(words[:-1]), kind, cluster_ips, headless,
+                                ports, None, external_ips=external, load_balancer_ingress=ingress))
+    if services and rng.random() < 0.3:  # listed again, other addresses: ties keep input order
+        services.append(dataclasses.replace(rng.choice(services), cluster_ips=("10.96.9.9",), headless=False))
+    if rng.random() < 0.3:  # as a dump lists them: in order already
+        services.sort(key=lambda s: (s.namespace, s.name))
+    return services
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_service_ports_follow_the_rules(seed: int) -> None:
+    from collections import Counter
+
+    from fastpath.compiler import _Port
+
+    rng = random.Random(seed)
+    services = random_services(rng)
+    skipped, expected_skipped = Counter(), Counter()
+    service_ips, expected_ips = set(), set()
+    made = compile_kernel.service_ports(services, skipped, service_ips, _Port)
+    assert all(type(entry) is _Port for entry in made)
+    assert [tuple(entry) for entry in made] == expected_service_ports(services, expected_skipped, expected_ips)
+    assert (skipped, service_ips) == (expected_skipped, expected_ips)
+    assert compile_kernel.service_ports(services, Counter(), None, _Port) == made
+
+
+def test_service_ports_refuse_a_name_that_is_no_string() -> None:
+    from collections import Counter
+
+    from fastpath.compiler import _Port
+    from fastpath.model import Service, ServicePort
+
+    port = ServicePort("http", "TCP", 80, 8080)
+    services = [Service("a", name, "ClusterIP", ("10.96.0.1",), False, (port,), None) for name in ("b", 7)]
+    with pytest.raises(TypeError, match="must be strings, got int"):
+        compile_kernel.service_ports(services, Counter(), None, _Port)

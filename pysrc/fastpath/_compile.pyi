@@ -1,5 +1,5 @@
 """Typed stub of fastpath._compile (compiled from fastpath/compile.pyx): the model's and the
-compiler's per-endpoint loops."""
+compiler's per-endpoint loops and its service ports."""
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -25,6 +25,11 @@ def candidates(port: Any, family: int, slices: Iterable[Any], node: str | None, 
 
 def port_sets(candidates: list[Any], node: str | None, zone: str | None, sets_type: type[_T]) -> _T:
     """A service port's (cluster, local, serving) candidate lists, as `sets_type`."""
+
+def service_ports(services: Iterable[Any], skipped: Counter[str], service_ips: set[int] | None,
+                  port_type: type[_T]) -> list[_T]:
+    """compiler._service_ports: every TCP/UDP/SCTP service port of each family the service has a
+    cluster IP of, as `port_type` named tuples in id order."""
 
 def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
     """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""

@@ -206,6 +206,13 @@ class Service:
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
+    @property
+    def load_balancer_vips(self) -> list[str]:
+        """The status.loadBalancer.ingress IPs kube-proxy serves: ipMode unset or VIP (with Proxy
+        the load balancer proxies the traffic itself)."""
+        return [ingress.ip for ingress in self.load_balancer_ingress
+                if ingress.ip is not None and ingress.ip_mode in (None, "VIP")]
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointPort:
