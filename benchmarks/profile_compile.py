@@ -6,22 +6,22 @@ Builds bench_control's cluster (--services Services x 10 endpoints, one port eac
 fastpath.compiler.compile_maps(state) --rounds times with timers wrapped around its steps
 (monkeypatched for this process only) and prints each round's steps, largest first:
 
-  gather endpoints   Gatherer.add_slices / add_candidates: each port's endpoints read from the
-                     model into records, its sets chosen (fastpath._compile)
+  gather endpoints   Gatherer.add_ports: each port's endpoints read from the model into
+                     records, its sets chosen (fastpath._compile)
   number backends    Gatherer.number: one Backend per (ip, port), every port's id tuples
-  service ports      _service_ports: the ports of every Service, sorted
+  service ports      _service_ports: the ports of every Service, sorted (fastpath._compile)
   frontends          _frontends: ClusterIP, NodePort, external and load-balancer frontends
   group slices       _slices_by_service
-  endpoint notes     _endpoint_notes
+  endpoint notes     _endpoint_notes (of the ports Gatherer.add_ports finds remarkable)
   make objects       make_objects (the maps' Services and Frontends)
   node               _node_info
-  python rest        compile_maps minus all of the above: the per-port loop, the Services'
-                     rows, the result
+  python rest        compile_maps minus all of the above: the Services' rows, the result,
+                     freeing what the compile made on the way
 
 A small cluster (--services 2000: everything in cache) shows what the work itself costs; the
 default one adds what a model of four million objects costs to walk. The collector is paused
-by compile_maps itself, as in bench_control's test_compile_100k. The timers add about 1 us a
-port (two timed calls per port), counted in the steps they wrap.
+by compile_maps itself, as in bench_control's test_compile_100k. The timers wrap calls made
+once per compile, but _endpoint_notes': once per remarkable port.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ STEPS = {  # fastpath.compiler's function -> the step it is
     "make_objects": "make objects",
     "_node_info": "node",
 }
-GATHERER_STEPS = {"add_slices": "gather endpoints", "add_candidates": "gather endpoints", "number": "number backends"}
+GATHERER_STEPS = {"add_ports": "gather endpoints", "number": "number backends"}
 
 
 def _instrument(compiler) -> None:

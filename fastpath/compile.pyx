@@ -4,9 +4,9 @@
 A big cluster has a million endpoints. fastpath.model reads each one out of its raw slice
 (plain_ipv4_endpoint), and fastpath.compiler visits each one a few times: to read it out of its
 EndpointSlice, to choose a service port's sets, to number the backends, to list each service
-port's backend ids. It also walks every Service's ports once (service_ports: a hundred
-thousand of them took a fifth of a compile in Python). Those loops live here, written against the same objects
-the Python compiler passes around (the model's slotted dataclasses in, fastpath.compiler's named
+port's backend ids. It also walks every Service's ports (service_ports; add_ports): a
+hundred thousand of them took half of a compile in Python. Those loops live here, written
+against the same objects the Python compiler passes around (the model's slotted dataclasses in, fastpath.compiler's named
 tuples and fastpath.maps' classes out); the rules they apply are the compiler's, documented
 where it calls them (pysrc/fastpath/compiler.py) and repeated in each function here.
 
@@ -446,6 +446,17 @@ cdef enum:
     SP_NAME = 0, SP_PROTOCOL, SP_PORT
 
 
+cdef Fields SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
+                                       "external_ips", "load_balancer_ingress", "internal_traffic_policy",
+                                       "external_traffic_policy"))
+cdef Fields SERVICE_PORT = Fields(ServicePort, ("name", "protocol"))
+cdef enum:
+    SV_NAMESPACE = 0, SV_NAME, SV_TYPE, SV_CLUSTER_IPS, SV_HEADLESS, SV_PORTS, SV_EXTERNAL_IPS, SV_INGRESS,
+    SV_INTERNAL_POLICY, SV_EXTERNAL_POLICY
+    PT_NAME = 0, PT_PROTOCOL
+    PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
+
+
 cdef class SliceReader:
     """Reads the endpoints of one EndpointSlice for one service port into records."""
     cdef object number  # the slice port's number for the service port; None: no such port
@@ -799,6 +810,36 @@ cdef class Gatherer:
         """Add a service port (compiler._Port.port) of the family from its EndpointSlices of the
         family (in name order: that order decides nothing but is kept). Returns (endpoints in its
         cluster set, whether they are ready ones, endpoints in its local set)."""
+        return self.gather_slices(port, family, slices)
+
+    def add_ports(self, list ports, slices, from_pods):
+        """Add every service port (compiler._Port tuples, in id order): from its EndpointSlices,
+        slices[(namespace, service name, family)], when there are any; else from the candidates
+        from_pods(entry) gives (compiler._Candidate tuples), or from none when it gives None.
+
+        Returns (index in `ports`, summary as add_slices returns it) for each port that may need
+        a note (compiler._endpoint_notes): one with no endpoint in its cluster set, none ready,
+        or none local while its service has a traffic policy Local."""
+        cdef list remarkable = []
+        cdef Py_ssize_t index
+        cdef tuple summary
+        for index in range(len(ports)):
+            entry = ports[index]
+            service, family = item(entry, 0), item(entry, 2)
+            port_slices = slices.get((SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME), family))
+            candidates = from_pods(entry) if port_slices is None else None
+            if candidates is None:
+                summary = self.gather_slices(item(entry, 1), family, port_slices or ())
+            else:
+                self.add_tuples(candidates)
+                summary = self.end_port()
+            cluster, ready, local = summary
+            if not cluster or not ready or not local and (SERVICE.get(service, SV_INTERNAL_POLICY) == "Local"
+                                                          or SERVICE.get(service, SV_EXTERNAL_POLICY) == "Local"):
+                remarkable.append((index, summary))
+        return remarkable
+
+    cdef tuple gather_slices(self, port, int family, slices):
         cdef list readers = []
         cdef SliceReader reader
         cdef Py_ssize_t most = 0, i
@@ -1106,15 +1147,6 @@ cdef class Maker:
 
 # --------------------------------------------------------------------------------------------
 # Service ports
-
-cdef Fields SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
-                                       "external_ips", "load_balancer_ingress"))
-cdef Fields SERVICE_PORT = Fields(ServicePort, ("name", "protocol"))
-cdef enum:
-    SV_NAMESPACE = 0, SV_NAME, SV_TYPE, SV_CLUSTER_IPS, SV_HEADLESS, SV_PORTS, SV_EXTERNAL_IPS, SV_INGRESS
-    PT_NAME = 0, PT_PROTOCOL
-    PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
-
 
 cdef struct PortOrder:
     # A service port's sort key: (namespace, name, port name, protocol, family), then the order

@@ -427,3 +427,55 @@ def test_service_ports_refuse_a_name_that_is_no_string() -> None:
     services = [Service("a", name, "ClusterIP", ("10.96.0.1",), False, (port,), None) for name in ("b", 7)]
     with pytest.raises(TypeError, match="must be strings, got int"):
         compile_kernel.service_ports(services, Counter(), None, _Port)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_add_ports_gathers_each_port_as_its_own_call_would(seed: int) -> None:
+    """add_ports: each port from its slices (add_slices) or, with none, from from_pods' candidates
+    (add_candidates) or from nothing; the ports it returns are those that may need a note."""
+    from collections import Counter
+
+    from fastpath.compiler import _Port
+    from fastpath.model import Service, ServicePort
+
+    rng = random.Random(seed)
+    node = rng.choice((None, "n1"))
+    port = ServicePort("http", "TCP", 80, 8080)
+    ports, slices, pod_candidates = [], {}, {}
+    for index in range(rng.randrange(0, 12)):
+        family = rng.choice((4, 6))
+        service = Service("a", f"s{index}", "ClusterIP", ("10.96.0.1",), False, (port,), None,
+                          internal_traffic_policy=rng.choice(("Cluster", "Local")),
+                          external_traffic_policy=rng.choice(("Cluster", "Local")))
+        ports.append(_Port(service, port, family, 0x0A600001, 6, f"a/s{index}:http"))
+        source = rng.random()
+        if source < 0.6:
+            slices[("a", f"s{index}", family)] = random_slices(rng, family)
+        elif source < 0.8:  # no slice: its candidates come from Pods
+            made = compile_kernel.candidates(port, family, random_slices(rng, family), node, Counter(), None, _Candidate)
+            pod_candidates[index] = made
+    asked = []
+
+    def from_pods(entry):
+        asked.append(entry)
+        return pod_candidates.get(ports.index(entry))
+
+    together = compile_kernel.Gatherer(node, None, Counter())
+    remarkable = together.add_ports(ports, slices, from_pods)
+    one_by_one = compile_kernel.Gatherer(node, None, Counter())
+    expected = []
+    for index, entry in enumerate(ports):
+        key = ("a", entry.service.name, entry.family)
+        if key in slices:
+            summary = one_by_one.add_slices(port, entry.family, slices[key])
+        elif index in pod_candidates:
+            summary = one_by_one.add_candidates(pod_candidates[index])
+        else:
+            summary = one_by_one.add_slices(port, entry.family, ())
+        cluster, ready, local = summary
+        policy_local = "Local" in (entry.service.internal_traffic_policy, entry.service.external_traffic_policy)
+        if not cluster or not ready or (not local and policy_local):
+            expected.append((index, summary))
+    assert remarkable == expected
+    assert asked == [entry for entry in ports if ("a", entry.service.name, entry.family) not in slices]
+    assert together.number(Backend) == one_by_one.number(Backend)

@@ -1,7 +1,7 @@
 """Typed stub of fastpath._compile (compiled from fastpath/compile.pyx): the model's and the
 compiler's per-endpoint loops and its service ports."""
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -45,6 +45,10 @@ class Gatherer:
         set, whether they are ready ones, endpoints in its local set)."""
     def add_candidates(self, candidates: list[Any]) -> tuple[int, bool, int]:
         """Add a service port from its candidate tuples; returns what add_slices returns."""
+    def add_ports(self, ports: list[Any], slices: Mapping[tuple[str, str, int], Sequence[Any]],
+                  from_pods: Callable[[Any], list[Any] | None]) -> list[tuple[int, tuple[int, bool, int]]]:
+        """Add every service port (compiler._Port) from its slices, else from from_pods(port)'s
+        candidates; (index, summary) of each port that may need a note."""
     def number(self, backend_type: type[_T]) -> tuple[list[_T], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
         """The backends, one per distinct (ip, port) in key order, and per port added its
         (cluster, local, serving) backend ids, sorted."""

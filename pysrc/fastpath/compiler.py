@@ -217,20 +217,20 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     # endpoint but its name): its sets chosen by the rules of endpoint_sets, then numbered.
     gatherer = _Gatherer(info.name, info.zone, skipped)
     from_pods: dict[tuple[str, str], list[tuple[dict[int, str], Pod]]] = {}
-    for entry in ports:
+
+    def pod_candidates(entry: _Port) -> list[_Candidate] | None:
+        """A port with no EndpointSlice of its family: its endpoints from Pods when its service
+        has a selector and no EndpointSlice at all (of any family); None: it has none."""
         service = entry.service
-        namespace, name = service.namespace, service.name
-        port_slices = slices.get((namespace, name, entry.family))
-        # A service with no EndpointSlice at all (of any family) gets its endpoints from Pods.
-        if port_slices is None and service.selector is not None and (namespace, name) not in with_slices:
-            key = namespace, name
-            if key not in from_pods:
-                from_pods[key] = pods.selected(service)
-            summary = gatherer.add_candidates(
-                _pod_candidates(service, entry.port, entry.family, from_pods[key], info.name))
-        else:
-            summary = gatherer.add_slices(entry.port, entry.family, port_slices or ())
-        _endpoint_notes(entry, summary, info, notes)
+        key = service.namespace, service.name
+        if service.selector is None or key in with_slices:
+            return None
+        if key not in from_pods:
+            from_pods[key] = pods.selected(service)
+        return _pod_candidates(service, entry.port, entry.family, from_pods[key], info.name)
+
+    for index, summary in gatherer.add_ports(ports, slices, pod_candidates):
+        _endpoint_notes(ports[index], summary, info, notes)
     if from_pods and state.pods:
         notes.append(f"endpoints of {len(from_pods)} service(s) built from Pods "
                      "(no EndpointSlice in the input for them)")
