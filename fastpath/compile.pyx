@@ -45,6 +45,7 @@ from fastpath.maps import PROTOCOL_NUMBERS
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
+from fastpath.model import SLICE_FAMILIES
 
 cdef extern from "arpa/inet.h" nogil:
     struct in_addr:
@@ -439,10 +440,11 @@ cpdef checked_port(number):
     return number
 
 
-cdef Fields SLICE = Fields(EndpointSlice, ("namespace", "name", "ports", "endpoints"))
+cdef Fields SLICE = Fields(EndpointSlice, ("namespace", "name", "ports", "endpoints", "service_name",
+                                         "address_type"))
 cdef Fields SLICE_PORT = Fields(EndpointPort, ("name", "protocol", "port"))
 cdef enum:
-    SL_NAMESPACE = 0, SL_NAME, SL_PORTS, SL_ENDPOINTS
+    SL_NAMESPACE = 0, SL_NAME, SL_PORTS, SL_ENDPOINTS, SL_SERVICE_NAME, SL_ADDRESS_TYPE
     SP_NAME = 0, SP_PROTOCOL, SP_PORT
 
 
@@ -455,6 +457,39 @@ cdef enum:
     SV_INTERNAL_POLICY, SV_EXTERNAL_POLICY
     PT_NAME = 0, PT_PROTOCOL
     PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
+
+
+def slices_by_service(slices, skipped, set labelled):
+    """compiler._slices_by_service (its rules are documented there): the IPv4 and IPv6 slices
+    grouped by (namespace, service name, family), each group in slice name order; `labelled`
+    gets the (namespace, service name) of every slice that names one."""
+    cdef dict grouped = {}
+    cdef list group
+    for endpoint_slice in slices:
+        namespace, service_name = SLICE.get(endpoint_slice, SL_NAMESPACE), SLICE.get(endpoint_slice, SL_SERVICE_NAME)
+        if service_name is None:
+            skipped["EndpointSlice without a service-name label"] += 1
+            continue
+        labelled.add((namespace, service_name))
+        address_type = SLICE.get(endpoint_slice, SL_ADDRESS_TYPE)
+        family = SLICE_FAMILIES.get(address_type)
+        if family is None:
+            skipped[f"{address_type} EndpointSlice"] += 1
+            continue
+        key = (namespace, service_name, family)
+        found = PyDict_GetItem(grouped, key)
+        if found == NULL:
+            grouped[key] = [endpoint_slice]
+        else:
+            (<list>found).append(endpoint_slice)
+    for group in grouped.values():
+        if len(group) > 1:  # the order that decides duplicates must not be the file order
+            group.sort(key=slice_name)
+    return grouped
+
+
+cdef object slice_name(endpoint_slice):
+    return SLICE.get(endpoint_slice, SL_NAME)
 
 
 cdef class SliceReader:

@@ -31,6 +31,11 @@ def service_ports(services: Iterable[Any], skipped: Counter[str], service_ips: s
     """compiler._service_ports: every TCP/UDP/SCTP service port of each family the service has a
     cluster IP of, as `port_type` named tuples in id order."""
 
+def slices_by_service(slices: Iterable[Any], skipped: Counter[str],
+                      labelled: set[tuple[str, str]]) -> dict[tuple[str, str, int], list[Any]]:
+    """compiler._slices_by_service: IPv4 and IPv6 slices by (namespace, service, family),
+    each group in name order."""
+
 def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
     """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""
 

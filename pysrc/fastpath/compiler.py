@@ -48,7 +48,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any, NamedTuple
 
 from ._compile import Gatherer as _Gatherer
@@ -57,6 +56,7 @@ from ._compile import checked_port as _checked_port
 from ._compile import make_objects, map_address
 from ._compile import port_sets as _port_sets
 from ._compile import service_ports as _compiled_service_ports
+from ._compile import slices_by_service as _compiled_slices_by_service
 from .gcpause import collection_paused
 from .maps import (
     FRONTEND_KINDS,
@@ -76,7 +76,6 @@ from .maps import Service as MapService
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
     NODE_PORT_ADDRESSES_PRIMARY,
-    SLICE_FAMILIES,
     ClusterError,
     ClusterState,
     EndpointSlice,
@@ -136,8 +135,6 @@ class _Candidate(NamedTuple):
     zone_hints: tuple[str, ...]
     node_hints: tuple[str, ...]
 
-
-_slice_name = attrgetter("name")
 
 # A backend's (ip, port) packed as ip << 16 | port: an int hashes and sorts several times faster
 # than the pair, in the same order (ports are 0..65535; _checked_port makes sure).
@@ -554,23 +551,13 @@ def _slices_by_service(
     slices: Iterable[EndpointSlice], skipped: Counter[str], labelled: set[tuple[str, str]]
 ) -> dict[tuple[str, str, int], list[EndpointSlice]]:
     """IPv4 and IPv6 slices grouped by (namespace, service name, family), each group sorted by
-    slice name; `labelled` gets the (namespace, service name) of every slice that names one."""
-    grouped: defaultdict[tuple[str, str, int], list[EndpointSlice]] = defaultdict(list)
-    for endpoint_slice in slices:
-        namespace, service_name = endpoint_slice.namespace, endpoint_slice.service_name
-        if service_name is None:
-            skipped["EndpointSlice without a service-name label"] += 1
-            continue
-        labelled.add((namespace, service_name))
-        family = SLICE_FAMILIES.get(endpoint_slice.address_type)
-        if family is None:
-            skipped[f"{endpoint_slice.address_type} EndpointSlice"] += 1
-        else:
-            grouped[(namespace, service_name, family)].append(endpoint_slice)
-    for group in grouped.values():
-        if len(group) > 1:  # the order that decides duplicates must not be the file order
-            group.sort(key=_slice_name)
-    return grouped
+    slice name (the order that decides duplicates must not be the file order); `labelled` gets
+    the (namespace, service name) of every slice that names one. A slice without the
+    service-name label, or of another address type (FQDN), is counted in `skipped`.
+
+    Compiled (fastpath._compile.slices_by_service): one pass over every slice of the cluster.
+    """
+    return _compiled_slices_by_service(slices, skipped, labelled)
 
 
 # Candidates remembered between calls (see endpoint_sets): (namespace, slice name) -> (slice port
