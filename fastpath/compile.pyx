@@ -459,10 +459,10 @@ cdef enum:
     PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
 
 
-def slices_by_service(slices, skipped, set labelled):
+def slices_by_service(slices, skipped, set other):
     """compiler._slices_by_service (its rules are documented there): the IPv4 and IPv6 slices
-    grouped by (namespace, service name, family), each group in slice name order; `labelled`
-    gets the (namespace, service name) of every slice that names one."""
+    grouped by (namespace, service name, family), each group in slice name order; `other` gets
+    the (namespace, service name) of every other slice (FQDN) that names one."""
     cdef dict grouped = {}
     cdef list group
     for endpoint_slice in slices:
@@ -470,11 +470,11 @@ def slices_by_service(slices, skipped, set labelled):
         if service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
             continue
-        labelled.add((namespace, service_name))
         address_type = SLICE.get(endpoint_slice, SL_ADDRESS_TYPE)
         family = SLICE_FAMILIES.get(address_type)
         if family is None:
             skipped[f"{address_type} EndpointSlice"] += 1
+            other.add((namespace, service_name))
             continue
         key = (namespace, service_name, family)
         found = PyDict_GetItem(grouped, key)
@@ -1218,6 +1218,18 @@ cdef int family_count(addresses, families) except -1:
     return count
 
 
+cdef inline object new_port(port_type, service, port, family, cluster_ip, proto, name):
+    """A compiler._Port (service, port, family, cluster_ip, proto, name), items set directly."""
+    entry = tuple_alloc(port_type, PORT_ITEMS)
+    fill(entry, 0, service)
+    fill(entry, 1, port)
+    fill(entry, 2, family)
+    fill(entry, 3, cluster_ip)
+    fill(entry, 4, proto)
+    fill(entry, 5, name)
+    return entry
+
+
 def service_ports(services, skipped, service_ips, port_type):
     """compiler._service_ports (its rules are documented there): every TCP/UDP/SCTP service port
     of each family the service has a cluster IP of, as `port_type` (compiler._Port) named tuples
@@ -1229,7 +1241,6 @@ def service_ports(services, skipped, service_ips, port_type):
     cdef int k
     cdef list held = []  # the sort keys, if a stand-in's attributes made them
     cdef bint in_order = True
-    cdef object families  # family -> cluster IP, IPv4 first
     for service in services:
         kind = SERVICE.get(service, SV_TYPE)
         if kind == "ExternalName":
@@ -1250,15 +1261,15 @@ def service_ports(services, skipped, service_ips, port_type):
                 service_ips.add(address)
         if ip4 is None and ip6 is None:
             continue
-        families = {4: ip4, 6: ip6} if ip4 is not None and ip6 is not None else {4: ip4} if ip6 is None else {6: ip6}
         external_ips, ingress = SERVICE.get(service, SV_EXTERNAL_IPS), SERVICE.get(service, SV_INGRESS)
         if external_ips or ingress:
             # A proxier of a family ignores the other family's external and load-balancer IPs.
+            families = [family for family, ip in ((4, ip4), (6, ip6)) if ip is not None]
             for what, addresses in (("external IP", external_ips), ("load-balancer IP", service.load_balancer_vips)):
                 missed = family_count(addresses, families)
                 if missed:
                     skipped[f"{what} of a family the service has no cluster IP of"] += missed
-        base = f"{SERVICE.get(service, SV_NAMESPACE)}/{SERVICE.get(service, SV_NAME)}"
+        namespace, service_name = SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME)
         for port in ports:
             protocol = SERVICE_PORT.get(port, PT_PROTOCOL)
             proto = PyDict_GetItem(PROTOCOL_NUMBERS, protocol) if type(protocol) is str else NULL
@@ -1266,12 +1277,11 @@ def service_ports(services, skipped, service_ips, port_type):
                 skipped[f"{protocol} service port"] += 1
                 continue
             port_name = SERVICE_PORT.get(port, PT_NAME)
-            name = f"{base}:{port_name}" if port_name else base
-            for family, cluster_ip in families.items():
-                entry = tuple_alloc(port_type, PORT_ITEMS)
-                for i, value in enumerate((service, port, family, cluster_ip, <object>proto, name)):
-                    fill(entry, i, value)
-                made.append(entry)
+            name = f"{namespace}/{service_name}:{port_name}" if port_name else f"{namespace}/{service_name}"
+            if ip4 is not None:
+                made.append(new_port(port_type, service, port, 4, ip4, <object>proto, name))
+            if ip6 is not None:
+                made.append(new_port(port_type, service, port, 6, ip6, <object>proto, name))
     count = len(made)
     if count < 2:
         return made
@@ -1282,15 +1292,14 @@ def service_ports(services, skipped, service_ips, port_type):
         for i in range(count):
             entry = made[i]
             service, port = item(entry, 0), item(entry, 1)
-            keys = (SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME),
-                    SERVICE_PORT.get(port, PT_NAME), SERVICE_PORT.get(port, PT_PROTOCOL))
-            if type(service) is not SERVICE.cls or type(port) is not SERVICE_PORT.cls:
-                held.append(keys)
-            for k in range(4):
-                if type(keys[k]) is not str:
+            for k in range(4):  # SV_NAMESPACE, SV_NAME, then PT_NAME, PT_PROTOCOL: 0 and 1 of each
+                key = SERVICE.get(service, k) if k < 2 else SERVICE_PORT.get(port, k - 2)
+                if type(key) is not str:
                     raise TypeError(f"a service's namespace, name, port name and protocol must be strings, "
-                                    f"got {type(keys[k]).__name__}")
-                order[i].key[k] = PyTuple_GET_ITEM(keys, k)
+                                    f"got {type(key).__name__}")
+                if type(service) is not SERVICE.cls or type(port) is not SERVICE_PORT.cls:
+                    held.append(key)  # perhaps made by an attribute read just now
+                order[i].key[k] = <PyObject*>key
             order[i].family = item(entry, 2)
             order[i].made = i
             in_order = in_order and (i == 0 or compare_ports(&order[i - 1], &order[i]) < 0)

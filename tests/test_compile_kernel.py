@@ -491,15 +491,16 @@ def test_slices_group_by_service_and_family_in_name_order(seed: int) -> None:
     slices = [EndpointSlice(rng.choice(("a", "b")), f"web-{rng.randrange(100):02d}",
                             rng.choice(("web", "db", None)), rng.choice(("IPv4", "IPv6", "IPv6", "FQDN")), (), ())
               for _ in range(rng.randrange(0, 30))]
-    skipped, labelled = Counter(), set()
-    grouped = compile_kernel.slices_by_service(slices, skipped, labelled)
+    skipped, other = Counter(), set()
+    grouped = compile_kernel.slices_by_service(slices, skipped, other)
     expected: dict = {}
     for endpoint_slice in slices:  # input order; each group then sorted by name (stable)
         if endpoint_slice.service_name is not None and endpoint_slice.address_type != "FQDN":
             key = (endpoint_slice.namespace, endpoint_slice.service_name, int(endpoint_slice.address_type[-1]))
             expected.setdefault(key, []).append(endpoint_slice)
     assert grouped == {key: sorted(group, key=lambda s: s.name) for key, group in expected.items()}
-    assert labelled == {(s.namespace, s.service_name) for s in slices if s.service_name is not None}
+    assert other == {(s.namespace, s.service_name) for s in slices
+                     if s.service_name is not None and s.address_type == "FQDN"}
     assert skipped == Counter({"EndpointSlice without a service-name label": sum(s.service_name is None for s in slices),
                                "FQDN EndpointSlice": sum(s.service_name is not None and s.address_type == "FQDN"
                                                          for s in slices)}) - Counter()

@@ -995,10 +995,13 @@ def test_slices_of_a_service_take_precedence_over_its_pods() -> None:
         svc("v6", [port(80, "http")], cluster_ip="10.96.0.2", selector={"app": "web"}),
         eps("v6-1", "v6", [port(8080, "http")], [ep("fd00::1")], address_type="IPv6"),
         svc("manual", [port(80, "http")], cluster_ip="10.96.0.3", selector=None),
+        svc("fqdn", [port(80, "http")], cluster_ip="10.96.0.4", selector={"app": "web"}),
+        eps("fqdn-1", "fqdn", [port(8080, "http")], [ep("db.example.com")], address_type="FQDN"),
         pod("web-a", "10.0.0.2", ports=[container_port(8080, "http")]),
     ])
     assert backend_addresses(result, "default/web:http") == ["10.0.0.1:8080"]
     assert backend_addresses(result, "default/v6:http") == []  # an IPv6 slice is a slice too
+    assert backend_addresses(result, "default/fqdn:http") == []  # and so is an FQDN one
     assert backend_addresses(result, "default/manual:http") == []  # no selector: nothing from pods
     assert not any("built from Pods" in note for note in result.notes)
 

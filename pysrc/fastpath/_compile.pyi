@@ -32,9 +32,9 @@ def service_ports(services: Iterable[Any], skipped: Counter[str], service_ips: s
     cluster IP of, as `port_type` named tuples in id order."""
 
 def slices_by_service(slices: Iterable[Any], skipped: Counter[str],
-                      labelled: set[tuple[str, str]]) -> dict[tuple[str, str, int], list[Any]]:
+                      other: set[tuple[str, str]]) -> dict[tuple[str, str, int], list[Any]]:
     """compiler._slices_by_service: IPv4 and IPv6 slices by (namespace, service, family),
-    each group in name order."""
+    each group in name order; `other` gets the services other slices (FQDN) name."""
 
 def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
     """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""

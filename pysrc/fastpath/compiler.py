@@ -206,8 +206,8 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     # The families the node's view matters for (IPv4 when there is no service port at all).
     families = tuple(sorted({entry.family for entry in ports})) or (4,)
     info = _node_info(state, node, config, families, notes, service_ips)
-    with_slices: set[tuple[str, str]] = set()
-    slices = _slices_by_service(state.endpoint_slices, skipped, with_slices)
+    with_other_slices: set[tuple[str, str]] = set()
+    slices = _slices_by_service(state.endpoint_slices, skipped, with_other_slices)
     pods = _PodIndex(state.pods)
 
     # Every service port's endpoints, gathered as compiled records (no Python object per
@@ -220,7 +220,8 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
         has a selector and no EndpointSlice at all (of any family); None: it has none."""
         service = entry.service
         key = service.namespace, service.name
-        if service.selector is None or key in with_slices:
+        if (service.selector is None or (*key, 4) in slices or (*key, 6) in slices
+                or key in with_other_slices):
             return None
         if key not in from_pods:
             from_pods[key] = pods.selected(service)
@@ -548,16 +549,16 @@ def backend_address(key: int) -> tuple[int, int]:
 
 
 def _slices_by_service(
-    slices: Iterable[EndpointSlice], skipped: Counter[str], labelled: set[tuple[str, str]]
+    slices: Iterable[EndpointSlice], skipped: Counter[str], other: set[tuple[str, str]]
 ) -> dict[tuple[str, str, int], list[EndpointSlice]]:
     """IPv4 and IPv6 slices grouped by (namespace, service name, family), each group sorted by
-    slice name (the order that decides duplicates must not be the file order); `labelled` gets
-    the (namespace, service name) of every slice that names one. A slice without the
-    service-name label, or of another address type (FQDN), is counted in `skipped`.
+    slice name (the order that decides duplicates must not be the file order). A slice without
+    the service-name label is counted in `skipped`; one of another address type (FQDN) too, and
+    its (namespace, service name) goes into `other`.
 
     Compiled (fastpath._compile.slices_by_service): one pass over every slice of the cluster.
     """
-    return _compiled_slices_by_service(slices, skipped, labelled)
+    return _compiled_slices_by_service(slices, skipped, other)
 
 
 # Candidates remembered between calls (see endpoint_sets): (namespace, slice name) -> (slice port
