@@ -240,8 +240,9 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     del gatherer
     # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
     services = make_objects(MapService, [
-        (service_id, entry.name, cluster, local, serving, _affinity_timeout(entry.service), entry.family)
-        for service_id, (entry, (cluster, local, serving)) in enumerate(zip(ports, id_sets), start=1)])
+        (service_id, name, cluster, local, serving, _affinity_timeout(service), family)
+        for service_id, ((service, _, family, _, _, name), (cluster, local, serving))
+        in enumerate(zip(ports, id_sets), start=1)])
     frontends = _frontends(ports, info, warnings, skipped)
 
     notes.extend(_config_notes(config))
@@ -440,11 +441,10 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
                skipped: Counter[str]) -> list[Frontend]:
     claims: list[_FrontendClaim] = []
     per_service: dict[tuple[str, str, int], tuple] = {}
-    for service_id, entry in enumerate(ports, start=1):
-        service, port, family = entry.service, entry.port, entry.family
-        claims.append(_new_claim(_FrontendClaim, (_CLUSTER_IP_ORDER, service_id, entry.cluster_ip, port.port,
-                                                  entry.proto, "ClusterIP",
-                                                  service.internal_traffic_policy == "Local", ())))
+    # (_Port unpacked: its field reads cost more than the rest of this loop's ClusterIP path.)
+    for service_id, (service, port, family, cluster_ip, proto, _) in enumerate(ports, start=1):
+        claims.append(_new_claim(_FrontendClaim, (_CLUSTER_IP_ORDER, service_id, cluster_ip, port.port, proto,
+                                                  "ClusterIP", service.internal_traffic_policy == "Local", ())))
         if not (service.load_balancer_ingress or service.external_ips or port.node_port is not None):
             continue  # a ClusterIP service port: that is all
         service_key = (*service.key, family)
@@ -459,7 +459,7 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
         wanted += [("ExternalIP", ip, port.port, external_local, ()) for ip in externals]
         if port.node_port is not None:
             wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips[family]]
-        claims.extend(_FrontendClaim(_CLAIM_ORDER[kind], service_id, ip, number, entry.proto, kind, local, source)
+        claims.extend(_FrontendClaim(_CLAIM_ORDER[kind], service_id, ip, number, proto, kind, local, source)
                       for kind, ip, number, local, source in wanted)
 
     claims.sort()
