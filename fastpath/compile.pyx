@@ -492,6 +492,9 @@ cdef object slice_name(endpoint_slice):
     return SLICE.get(endpoint_slice, SL_NAME)
 
 
+cdef dict PORT_TEXTS = {}  # port number -> ":8080 (" (at most 65,536 of them)
+
+
 cdef class SliceReader:
     """Reads the endpoints of one EndpointSlice for one service port into records."""
     cdef object number  # the slice port's number for the service port; None: no such port
@@ -500,7 +503,7 @@ cdef class SliceReader:
     cdef int family
     cdef uint32_t port
     cdef object node
-    cdef str slice_owner, port_text
+    cdef str port_text
 
     def __cinit__(self, endpoint_slice, port_name, protocol, int family, node):
         self.family, self.node = family, node
@@ -515,8 +518,11 @@ cdef class SliceReader:
         self.port = checked_port(self.number)
         self.endpoints = tuple(SLICE.get(endpoint_slice, SL_ENDPOINTS))
         self.namespace, self.name = SLICE.get(endpoint_slice, SL_NAMESPACE), SLICE.get(endpoint_slice, SL_NAME)
-        self.slice_owner = f"{self.namespace}/{self.name}"
-        self.port_text = f":{self.number} ("  # backend names: "10.244.1.5:8080 (namespace/pod)"
+        # Backend names: "10.244.1.5:8080 (namespace/pod)"; a cluster has a handful of port
+        # numbers, each one's text made once.
+        self.port_text = <str>PORT_TEXTS.get(self.port)
+        if self.port_text is None:
+            self.port_text = PORT_TEXTS[self.port] = f":{self.port} ("
 
     cdef int read(self, endpoint, Keyed* keyed, uint8_t* flags, PyObject** hints) except -1:
         """The endpoint's key, name (a new reference in keyed.name), flags and hints (new
@@ -548,7 +554,7 @@ cdef class SliceReader:
         if ref_name:
             name = f"{address}{self.port_text}{REFERENCE.get(ref, REF_NAMESPACE) or self.namespace}/{ref_name})"
         else:
-            name = f"{address}{self.port_text}{self.slice_owner})"
+            name = f"{address}{self.port_text}{self.namespace}/{self.name})"  # no pod named: the slice
         conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
         ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
         flags[0] = ((F_READY if ready is None or ready else 0) | (F_SERVING if serving is None or serving else 0)
