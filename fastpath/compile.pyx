@@ -6,9 +6,10 @@ A big cluster has a million endpoints. fastpath.model reads each one out of its 
 EndpointSlice, to choose a service port's sets, to number the backends, to list each service
 port's backend ids. It also walks every Service's ports (service_ports; add_ports): a
 hundred thousand of them took half of a compile in Python. Those loops live here, written
-against the same objects the Python compiler passes around (the model's slotted dataclasses in, fastpath.compiler's named
-tuples and fastpath.maps' classes out); the rules they apply are the compiler's, documented
-where it calls them (pysrc/fastpath/compiler.py) and repeated in each function here.
+against the same objects the Python compiler passes around (the model's slotted dataclasses
+in, fastpath.compiler's named tuples and fastpath.maps' classes out); the rules they apply are
+the compiler's, documented where it calls them (pysrc/fastpath/compiler.py) and repeated in
+each function here.
 
 The full compile keeps each endpoint as a C record (Gatherer): its key, its name and its
 conditions as bits, with no other Python object made or freed per endpoint. The incremental
@@ -41,7 +42,7 @@ from dataclasses import fields as dataclass_fields
 # still loading.
 cdef set IMMUTABLE = set()
 
-from fastpath.maps import PROTOCOL_NUMBERS
+from fastpath.maps import PROTOCOL_NUMBERS, family_of
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
@@ -1220,7 +1221,7 @@ cdef int family_count(addresses, families) except -1:
     """How many of the address texts are of no family in `families`."""
     cdef int count = 0
     for text in addresses:
-        count += (6 if map_address(text) >= IPV6 else 4) not in families
+        count += family_of(map_address(text)) not in families
     return count
 
 

@@ -713,5 +713,3 @@ def _prefixes(cidrs: Iterable[str]) -> tuple[tuple[int, int], ...]:
 
 def _loopback(ip: int) -> bool:
     return any(in_prefix(ip, *prefix) for prefix in _LOOPBACKS)
-
-
