@@ -20,6 +20,7 @@ same Gatherer code.
 Slotted objects are read and made through their slots' offsets (Fields), not attribute by
 attribute: at a million endpoints the attribute machinery was a quarter of the time.
 """
+cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromSsize_t, PyLong_FromUnsignedLongLong
@@ -47,6 +48,49 @@ from fastpath.model import (ClusterError, Endpoint, EndpointConditions, Endpoint
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
 from fastpath.model import SLICE_FAMILIES
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object text)
+    void* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+
+cdef extern from *:
+    # A str made of ASCII parts, copied byte by byte (the parts are a few bytes each: a libc
+    # memcpy call per part was most of the cost of making a backend's name); NULL, with no
+    # error set, when a part is no compact ASCII str (then the caller joins them as Python does).
+    """
+    static PyObject* fastpath_join_ascii(PyObject** parts, int count) {
+        Py_ssize_t size = 0;
+        for (int i = 0; i < count; i++) {
+            if (!PyUnicode_CheckExact(parts[i]) || !PyUnicode_IS_COMPACT_ASCII(parts[i])) return NULL;
+            size += PyUnicode_GET_LENGTH(parts[i]);
+        }
+        PyObject* joined = PyUnicode_New(size, 127);
+        if (joined == NULL) return NULL;
+        Py_UCS1* out = PyUnicode_1BYTE_DATA(joined);
+        for (int i = 0; i < count; i++) {
+            const Py_UCS1* part = PyUnicode_1BYTE_DATA(parts[i]);
+            for (Py_ssize_t j = 0, n = PyUnicode_GET_LENGTH(parts[i]); j < n; j++) *out++ = part[j];
+        }
+        return joined;
+    }
+    """
+    PyObject* join_ascii "fastpath_join_ascii"(PyObject** parts, int count) except? NULL
+
+cdef inline const char* text_bytes(str text, Py_ssize_t* size) except NULL:
+    """A str's UTF-8 bytes and their count: an ASCII string's own bytes, read in place."""
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        size[0] = PyUnicode_GET_LENGTH(text)
+        return <const char*>PyUnicode_DATA(text)
+    return PyUnicode_AsUTF8AndSize(text, size)
+
+
+cdef inline bint nonempty(object value) except -1:
+    """bool(value), without a call for a str."""
+    if type(value) is str:
+        return PyUnicode_GET_LENGTH(value) != 0
+    return bool(value)
+
 
 cdef extern from "arpa/inet.h" nogil:
     struct in_addr:
@@ -134,6 +178,7 @@ def map_address(str text):
     return IPV6 | PyLong_FromUnsignedLongLong(high) << 64 | PyLong_FromUnsignedLongLong(low)
 
 
+@cython.final  # its cdef methods called directly (and inlined), not through a vtable
 cdef class Fields:
     """The slots of one slotted class, by offset: read without the attribute lookup around the
     descriptor (the candidates loop reads eleven fields per endpoint), and filled in objects
@@ -163,6 +208,10 @@ cdef class Fields:
             value = slot_at(item, self.offsets[index])
             if value != NULL:
                 return <object>value
+        return self.by_attribute(item, index)
+
+    cdef object by_attribute(self, item, Py_ssize_t index):
+        # Out of line, so that get is small enough to be inlined where it is called.
         return getattr(item, self.names[index])
 
     cdef inline object new(self):
@@ -215,7 +264,12 @@ cdef inline bint canonical_ipv4(const char* text, Py_ssize_t size, uint32_t* val
 cdef int parse_ipv4(str text, uint32_t* value) except -1:
     """A dotted quad as its 32-bit value, read as socket.inet_aton reads it (OSError if not)."""
     cdef Py_ssize_t size
-    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
+    cdef const char* utf8 = text_bytes(text, &size)
+    return parse_ipv4_bytes(utf8, size, value)
+
+
+cdef int parse_ipv4_bytes(const char* utf8, Py_ssize_t size, uint32_t* value) except -1:
+    """parse_ipv4 of a text's UTF-8 bytes (NUL-terminated, `size` before the NUL)."""
     cdef in_addr v4
     if canonical_ipv4(utf8, size, value):
         return 0
@@ -228,7 +282,7 @@ cdef int parse_ipv4(str text, uint32_t* value) except -1:
 cdef int parse_ipv6(str text, uint64_t* high, uint64_t* low) except -1:
     """IPv6 text as its two 64-bit halves, read as socket.inet_pton reads it (OSError if not)."""
     cdef Py_ssize_t size
-    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &size)
+    cdef const char* utf8 = text_bytes(text, &size)
     cdef unsigned char v6[16]
     cdef int i
     if strlen(utf8) != <size_t>size:
@@ -494,8 +548,10 @@ cdef object slice_name(endpoint_slice):
 
 
 cdef dict PORT_TEXTS = {}  # port number -> ":8080 (" (at most 65,536 of them)
+cdef str SLASH = "/", CLOSE = ")"
 
 
+@cython.final  # its cdef methods called directly (and inlined), not through a vtable
 cdef class SliceReader:
     """Reads the endpoints of one EndpointSlice for one service port into records."""
     cdef object number  # the slice port's number for the service port; None: no such port
@@ -531,12 +587,13 @@ cdef class SliceReader:
         candidate: an IPv4-mapped address in an IPv6 slice (the API server refuses them)."""
         cdef str address = ENDPOINT.get(endpoint, EP_ADDRESSES)[0]  # only the first address counts
         cdef Py_ssize_t size
-        cdef const char* utf8 = PyUnicode_AsUTF8AndSize(address, &size)
+        cdef const char* utf8 = text_bytes(address, &size)
         cdef uint32_t v4
         cdef uint64_t high, low
-        cdef str name
+        cdef PyObject* name
+        cdef PyObject* parts[6]
         if self.family == 4:
-            parse_ipv4(address, &v4)
+            parse_ipv4_bytes(utf8, size, &v4)
             keyed.words[0] = keyed.words[1] = 0
             keyed.words[2] = (<uint64_t>v4) << PORT_BITS | self.port
         elif memchr(utf8, b":", size) == NULL:
@@ -552,20 +609,29 @@ cdef class SliceReader:
             address = f"[{address}]"
         ref = ENDPOINT.get(endpoint, EP_TARGET_REF)
         ref_name = REFERENCE.get(ref, REF_NAME) if ref is not None else None
-        if ref_name:
-            name = f"{address}{self.port_text}{REFERENCE.get(ref, REF_NAMESPACE) or self.namespace}/{ref_name})"
-        else:
-            name = f"{address}{self.port_text}{self.namespace}/{self.name})"  # no pod named: the slice
+        if nonempty(ref_name):
+            namespace = REFERENCE.get(ref, REF_NAMESPACE)
+            if not nonempty(namespace):
+                namespace = self.namespace
+        else:  # no pod named: the slice
+            namespace, ref_name = self.namespace, self.name
         conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
         ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
         flags[0] = ((F_READY if ready is None or ready else 0) | (F_SERVING if serving is None or serving else 0)
                     | (F_TERMINATING if CONDITIONS.get(conditions, IS_TERMINATING) else 0)
                     | (F_LOCAL if self.node is not None and ENDPOINT.get(endpoint, EP_NODE_NAME) == self.node else 0))
         zone_hints, node_hints = ENDPOINT.get(endpoint, EP_ZONE_HINTS), ENDPOINT.get(endpoint, EP_NODE_HINTS)
-        Py_INCREF(name)
+        # The name last: nothing after it can raise and leave its reference behind.
+        parts[0], parts[1], parts[2] = <PyObject*>address, <PyObject*>self.port_text, <PyObject*>namespace
+        parts[3], parts[4], parts[5] = <PyObject*>SLASH, <PyObject*>ref_name, <PyObject*>CLOSE
+        name = join_ascii(parts, 6)
+        if name == NULL:
+            text = f"{address}{self.port_text}{namespace}/{ref_name})"
+            Py_INCREF(text)
+            name = <PyObject*>text
         Py_INCREF(zone_hints)
         Py_INCREF(node_hints)
-        keyed.name, hints[0], hints[1] = <PyObject*>name, <PyObject*>zone_hints, <PyObject*>node_hints
+        keyed.name, hints[0], hints[1] = name, <PyObject*>zone_hints, <PyObject*>node_hints
         return 0
 
 
@@ -658,12 +724,20 @@ cdef void warm(tuple endpoints, Py_ssize_t start, Py_ssize_t end) noexcept:
             prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
 
 
+cdef inline bint is_local(object policy) except -1:
+    """policy == "Local" (a traffic policy), without a string comparison for "Cluster" or None."""
+    if policy is None or type(policy) is str and PyUnicode_GET_LENGTH(policy) != 5:
+        return False
+    return policy == "Local"
+
+
 cdef inline size_t key_slot(const Keyed* keyed, size_t mask) noexcept nogil:
     cdef uint64_t h = keyed.words[1] * <uint64_t>0xC2B2AE3D27D4EB4FULL
     h = (h ^ keyed.words[2] ^ keyed.words[0]) * <uint64_t>0x9E3779B97F4A7C15ULL
     return (h >> 32) & mask
 
 
+@cython.final  # its cdef methods called directly (and inlined), not through a vtable
 cdef class Gatherer:
     """Service ports' endpoints as records, port after port: each port's distinct by key (the
     preferred of duplicates kept, see prefer), marked with the sets they are in (choose); then
@@ -876,8 +950,8 @@ cdef class Gatherer:
                 self.add_tuples(candidates)
                 summary = self.end_port()
             cluster, ready, local = summary
-            if not cluster or not ready or not local and (SERVICE.get(service, SV_INTERNAL_POLICY) == "Local"
-                                                          or SERVICE.get(service, SV_EXTERNAL_POLICY) == "Local"):
+            if not cluster or not ready or not local and (is_local(SERVICE.get(service, SV_INTERNAL_POLICY))
+                                                          or is_local(SERVICE.get(service, SV_EXTERNAL_POLICY))):
                 remarkable.append((index, summary))
         return remarkable
 
