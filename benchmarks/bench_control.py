@@ -13,6 +13,9 @@ workload.cluster_objects() (the objects cluster_yaml() would print, never writte
                           load_cluster already does while reading: how much is the collector's
   engine_load_100k        Engine.load(maps) on an engine holding the same maps: the C tables
                           rebuilt and conntrack/counters remapped (the last step of an update)
+  update_100k             Dataplane.update(state) on a Dataplane holding that cluster's maps: a
+                          full resync as a node agent applies it (compile, Engine.load, and the
+                          old maps freed); `freed_s` in extra_info is what the free alone took
   update_one_endpoint     Dataplane.update(state) on the standard 1,000-Service cluster, the
                           states alternating between "all ready" and "one endpoint of one
                           Service not ready": what applying one readiness change costs today
@@ -151,6 +154,34 @@ def test_engine_load_100k(benchmark, control_spec, control_state, rounds):
     benchmark.pedantic(engine.load, args=(maps,), rounds=rounds(3), warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(services=control_spec.services, backends=len(maps.backends))
     _per_second(benchmark, control_spec.services, "service_ports", TARGET_PORTS_PER_S)
+
+
+@pytest.mark.benchmark(group="control: 100,000 service ports x 10 endpoints")
+def test_update_100k(benchmark, control_spec, control_state, rounds):
+    dataplane = Dataplane(control_state)
+    benchmark.pedantic(dataplane.update, args=(control_state,), rounds=rounds(2), warmup_rounds=1,
+                       iterations=1)
+    assert len(dataplane.maps.backends) == control_spec.services * control_spec.endpoints_per_service
+    # What the free of the replaced maps costs inside each update: the same drop, timed alone
+    # (the engine's copy of the maps and the Dataplane's, as update() releases them).
+    holder = [dataplane.maps]
+    dataplane.update(control_state)
+    freed = _timed_drop(holder)
+    benchmark.extra_info.update(services=control_spec.services, backends=len(dataplane.maps.backends),
+                                freed_s=round(freed, 3))
+    _per_second(benchmark, control_spec.services, "service_ports", TARGET_PORTS_PER_S)
+
+
+def _timed_drop(holder: list) -> float:
+    """Seconds to free what `holder` holds alone (its only item: `holder` is emptied)."""
+    import sys
+    import time
+
+    if sys.getrefcount(holder[0]) > 2:  # someone else still holds it: nothing would be freed
+        raise AssertionError("the replaced maps are still referenced")
+    start = time.perf_counter()
+    holder.clear()
+    return time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- one endpoint change
