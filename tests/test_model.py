@@ -760,6 +760,33 @@ def test_compiled_plain_endpoint_reader_reads_as_the_full_reader(raw: dict[str, 
         assert plain is not None
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_raw_endpoints, max_size=6))
+def test_a_slice_reads_its_endpoints_as_one_by_one(raws: list[dict[str, Any]]) -> None:
+    """An IPv4 slice's endpoints, read with the compiled reader in one call and the rest field by
+    field, are those reading them one at a time gives; with a bad one, the same (first) error."""
+    def one_by_one() -> Any:
+        o = model._Object("cluster.yaml", "EndpointSlice default/web-1")
+        try:
+            return [model._read_endpoint(o, raw, index, 4) for index, raw in enumerate(raws)]
+        except ClusterError as error:
+            return str(error)
+
+    def in_one_call() -> Any:
+        o = model._Object("cluster.yaml", "EndpointSlice default/web-1")
+        try:
+            return model._read_endpoints(o, raws, 4)
+        except ClusterError as error:
+            return str(error)
+
+    expected = one_by_one()
+    assert in_one_call() == expected
+    endpoints, missing = model._compiled.plain_ipv4_endpoints(raws)
+    assert [endpoint is None for endpoint in endpoints] == [
+        model._compiled.plain_ipv4_endpoint(raw) is None for raw in raws]
+    assert missing == sum(endpoint is None for endpoint in endpoints)
+
+
 def test_compiled_plain_endpoint_reader_shares_the_model_conditions() -> None:
     raw = {"addresses": ["10.244.1.5"], "conditions": {"ready": False, "serving": True, "terminating": True},
            "nodeName": "", "zone": "", "targetRef": {"kind": "Pod", "name": "web-0"}}

@@ -16,6 +16,10 @@ def plain_ipv4_endpoint(raw: Any) -> Any:
     """The model Endpoint of an IPv4 slice's raw endpoint written as the EndpointSlice controller
     writes it; None for any other (the model's full reader reads those)."""
 
+def plain_ipv4_endpoints(raws: list[Any]) -> tuple[list[Any], int]:
+    """plain_ipv4_endpoint of each raw endpoint in one call: (the list, None where one is not
+    plain; how many are None)."""
+
 def checked_port(number: int) -> int:
     """A backend port in 0..65535 (ClusterError otherwise)."""
 
