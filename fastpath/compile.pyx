@@ -22,7 +22,7 @@ attribute: at a million endpoints the attribute machinery was a quarter of the t
 """
 cimport cython
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_GET_ITEM
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromSsize_t, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
@@ -419,6 +419,183 @@ cdef object plain_endpoint(raw):
     NEW_ENDPOINT.fill(endpoint, 6, target_ref)
     gc_untrack(endpoint)
     return endpoint
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a Service (fastpath.model)
+#
+# A big cluster has a hundred thousand Services, nearly all written alike: a ClusterIP service with
+# one IPv4 cluster IP, ports of plain numbers and names, no affinity, no external or load-balancer
+# address. The model reads those here, its Service and ServicePorts made with their slots filled;
+# anything else (another type, a second family, a node port, affinity, ranges, anything odd or
+# wrong) is left to the model's field-by-field reader, which also words the errors.
+
+cdef Fields NEW_SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
+                                           "selector", "session_affinity", "affinity_timeout", "external_ips",
+                                           "external_traffic_policy", "internal_traffic_policy",
+                                           "load_balancer_ingress", "load_balancer_source_ranges",
+                                           "external_name", "publish_not_ready_addresses"))
+cdef Fields NEW_SERVICE_PORT = Fields(ServicePort, ("name", "protocol", "port", "target_port", "node_port"))
+if {field.name for field in dataclass_fields(Service)} != set(NEW_SERVICE.names) or \
+        {field.name for field in dataclass_fields(ServicePort)} != set(NEW_SERVICE_PORT.names):
+    raise ImportError("Service or ServicePort has other fields than plain_service fills")
+cdef tuple PROTOCOL_NAMES = ("TCP", "UDP", "SCTP")
+cdef tuple POLICIES = ("Cluster", "Local")
+
+
+cdef inline bint unset(object value) noexcept:
+    """None or "": a field the model reads as its default."""
+    return value is None or type(value) is str and PyUnicode_GET_LENGTH(value) == 0
+
+
+cdef inline bint empty_list(object value) noexcept:
+    """None or []: a list field the model reads as empty."""
+    return value is None or type(value) is list and PyList_GET_SIZE(value) == 0
+
+
+cdef inline object plain_choice(object value, tuple choices, str default):
+    """The model's reading of a choice (its default when unset) when `value` is one of `choices`
+    as a plain str; None otherwise."""
+    if unset(value):
+        return default
+    if type(value) is str and value in choices:
+        return value
+    return None
+
+
+cdef bint port_name_text(str text) noexcept:
+    """An ASCII target port name with a letter, as the model takes it (a name holds a letter)."""
+    cdef Py_ssize_t i
+    cdef Py_UCS4 c
+    if not PyUnicode_IS_ASCII(text):
+        return False
+    for i in range(PyUnicode_GET_LENGTH(text)):
+        c = text[i]
+        if u'a' <= c <= u'z' or u'A' <= c <= u'Z':
+            return True
+    return False
+
+
+cdef object plain_service_port(raw):
+    """A raw service port's ServicePort when it is plain (see plain_service), else None."""
+    if type(raw) is not dict:
+        return None
+    number, target, node_port = (<dict>raw).get("port"), (<dict>raw).get("targetPort"), (<dict>raw).get("nodePort")
+    if type(number) is not int or not 1 <= number <= 65535:
+        return None
+    if target is None or type(target) is int and target == 0:
+        target = number  # the API server's default
+    elif type(target) is int:
+        if not 1 <= target <= 65535:
+            return None
+    elif type(target) is not str or not port_name_text(target):
+        return None
+    if not (node_port is None or type(node_port) is int and node_port == 0):
+        return None
+    name = (<dict>raw).get("name")
+    if unset(name):
+        name = ""
+    elif type(name) is not str:
+        return None
+    protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOL_NAMES, "TCP")
+    if protocol is None:
+        return None
+    port = NEW_SERVICE_PORT.new()
+    NEW_SERVICE_PORT.fill(port, 0, name)
+    NEW_SERVICE_PORT.fill(port, 1, protocol)
+    NEW_SERVICE_PORT.fill(port, 2, number)
+    NEW_SERVICE_PORT.fill(port, 3, target)
+    NEW_SERVICE_PORT.fill(port, 4, None)
+    gc_untrack(port)  # strings and ints: in no cycle (see Maker)
+    return port
+
+
+def plain_service(obj, namespace, name):
+    """The Service a raw Service reads as when it is written as most are: spec and status dicts;
+    type ClusterIP (or unset); spec.clusterIP a canonical IPv4 address, spec.clusterIPs unset,
+    empty or that address alone; ports of plain numbers (1-65535), target ports of numbers or
+    ASCII names, no node port, no name or protocol twice; no session affinity; no external IPs,
+    source ranges or load-balancer ingress; a selector of strings; traffic policies and
+    publishNotReadyAddresses unset or valid. None for anything else (the model's full reader
+    then reads it, and reports what is wrong). Equal to what the full reader makes of it."""
+    cdef Py_ssize_t size
+    cdef uint32_t v4
+    cdef const char* text
+    if type(obj) is not dict or type(namespace) is not str or type(name) is not str:
+        return None
+    spec, status = (<dict>obj).get("spec"), (<dict>obj).get("status")
+    if type(spec) is not dict:
+        return None
+    if status is not None:
+        if type(status) is not dict:
+            return None
+        balancer = (<dict>status).get("loadBalancer")
+        if balancer is not None and (type(balancer) is not dict or not empty_list((<dict>balancer).get("ingress"))):
+            return None
+    if not unset((<dict>spec).get("type")) and (<dict>spec).get("type") != "ClusterIP":
+        return None
+    # One IPv4 cluster IP, written as the API server writes it.
+    primary, listed = (<dict>spec).get("clusterIP"), (<dict>spec).get("clusterIPs")
+    if type(primary) is not str or not PyUnicode_IS_ASCII(primary):
+        return None
+    text = PyUnicode_AsUTF8AndSize(primary, &size)
+    if not canonical_ipv4(text, size, &v4):
+        return None
+    if not empty_list(listed) and not (type(listed) is list and PyList_GET_SIZE(listed) == 1
+                                       and type((<list>listed)[0]) is str and (<list>listed)[0] == primary):
+        return None
+    if plain_choice((<dict>spec).get("sessionAffinity"), ("None",), "None") is None:
+        return None
+    if not empty_list((<dict>spec).get("externalIPs")) or not empty_list((<dict>spec).get("loadBalancerSourceRanges")):
+        return None
+    external_policy = plain_choice((<dict>spec).get("externalTrafficPolicy"), POLICIES, "Cluster")
+    internal_policy = plain_choice((<dict>spec).get("internalTrafficPolicy"), POLICIES, "Cluster")
+    publish = (<dict>spec).get("publishNotReadyAddresses")
+    if external_policy is None or internal_policy is None or not (publish is None or type(publish) is bool):
+        return None
+    raw_ports = (<dict>spec).get("ports")
+    if raw_ports is None:
+        raw_ports = []
+    elif type(raw_ports) is not list:
+        return None
+    ports = []
+    for raw in <list>raw_ports:
+        port = plain_service_port(raw)
+        if port is None:
+            return None
+        for other in ports:  # a service has a handful of ports: no name or number twice
+            if NEW_SERVICE_PORT.get(other, 1) == NEW_SERVICE_PORT.get(port, 1) and (
+                    NEW_SERVICE_PORT.get(other, 0) == NEW_SERVICE_PORT.get(port, 0)
+                    or NEW_SERVICE_PORT.get(other, 2) == NEW_SERVICE_PORT.get(port, 2)):
+                return None
+        ports.append(port)
+    raw_selector = (<dict>spec).get("selector")
+    selector = None
+    if raw_selector is not None:
+        if type(raw_selector) is not dict:
+            return None
+        pairs = []
+        for key, value in (<dict>raw_selector).items():
+            if type(key) is not str or type(value) is not str:
+                return None
+            pairs.append((key, value))
+        if pairs:
+            pairs.sort()
+            for pair in pairs:
+                gc_untrack(pair)
+            selector = PyList_AsTuple(pairs)
+            gc_untrack(selector)
+    cluster_ips = (primary,)
+    port_tuple = PyList_AsTuple(ports)
+    gc_untrack(cluster_ips)
+    gc_untrack(port_tuple)
+    service = NEW_SERVICE.new()
+    for index, value in enumerate((namespace, name, "ClusterIP", cluster_ips, False, port_tuple, selector, "None",
+                                   None, (), external_policy, internal_policy, (), (), None, publish is True)):
+        NEW_SERVICE.fill(service, index, value)
+    # Strings, ints, booleans, None and untracked tuples of them or of ServicePorts: in no cycle.
+    gc_untrack(service)
+    return service
 
 
 # --------------------------------------------------------------------------------------------

@@ -787,6 +787,100 @@ def test_a_slice_reads_its_endpoints_as_one_by_one(raws: list[dict[str, Any]]) -
     assert missing == sum(endpoint is None for endpoint in endpoints)
 
 
+# The compiled reader of plain Services (fastpath._compile.plain_service) against the model's
+# field-by-field reader, the same way.
+
+_ODD = st.one_of(st.none(), st.integers(-1, 70000), st.booleans(), st.text(max_size=3), st.just([]),
+                 st.just({}), st.floats(0, 1))
+_raw_service_ports = st.lists(st.fixed_dictionaries(
+    {"port": _mostly(st.sampled_from([80, 443, 53, 1, 65535]), _ODD)},
+    optional={
+        "name": _mostly(st.sampled_from([None, "", "http", "dns", "h\u00e9"]), _ODD),
+        "protocol": _mostly(st.sampled_from([None, "", "TCP", "UDP", "SCTP"]), st.sampled_from(["tcp", "ICMP", 6])),
+        "targetPort": _mostly(st.sampled_from([None, 0, 8080, "http", "web-2"]),
+                              st.sampled_from(["8080", "", "h\u00e9", "\u00e9", 70000, -1, False, 8080.0])),
+        "nodePort": _mostly(st.sampled_from([None, 0]), st.sampled_from([30080, False, 0.0])),
+        "appProtocol": st.just("http"),
+    }), max_size=3)
+_raw_service_specs = st.fixed_dictionaries(
+    {"clusterIP": _mostly(st.sampled_from(["10.96.0.10", "10.96.93.253"]),
+                          st.sampled_from([None, "", "None", "fd00::10", "010.96.0.1", "10.96.0.10 "]))},
+    optional={
+        "clusterIPs": _mostly(st.sampled_from([None, [], ["10.96.0.10"]]),
+                              st.sampled_from([["10.96.0.11"], ["10.96.0.10", "fd00::10"], "10.96.0.10", ["None"]])),
+        "type": _mostly(st.sampled_from([None, "", "ClusterIP"]), st.sampled_from(["NodePort", "Other", 3])),
+        "ports": _mostly(_raw_service_ports, st.one_of(st.none(), st.just("80"))),
+        "selector": _mostly(st.dictionaries(st.sampled_from(["app", "tier", "b"]), st.sampled_from(["web", "x"]),
+                                            max_size=3),
+                            st.one_of(st.none(), st.just({"app": 3}), st.just(["app"]))),
+        "sessionAffinity": _mostly(st.sampled_from([None, "", "None"]), st.sampled_from(["ClientIP", "none", 1])),
+        "externalIPs": _mostly(st.sampled_from([None, []]), st.sampled_from([["192.0.2.1"], "192.0.2.1"])),
+        "loadBalancerSourceRanges": _mostly(st.sampled_from([None, []]), st.just(["10.0.0.0/8"])),
+        "externalTrafficPolicy": _mostly(st.sampled_from([None, "", "Cluster", "Local"]), st.sampled_from(["local", 1])),
+        "internalTrafficPolicy": _mostly(st.sampled_from([None, "", "Cluster", "Local"]), st.sampled_from(["x", 1])),
+        "publishNotReadyAddresses": _mostly(st.sampled_from([None, True, False]), st.sampled_from([1, "true"])),
+        "externalName": st.just("db.example.com"),
+        "ipFamilies": st.just(["IPv4"]),
+    })
+_raw_services = st.fixed_dictionaries(
+    {"apiVersion": st.just("v1"), "kind": st.just("Service"),
+     "spec": _mostly(_raw_service_specs, st.one_of(st.none(), st.just([])))},
+    optional={"status": _mostly(st.sampled_from([None, {}, {"loadBalancer": {}}, {"loadBalancer": {"ingress": []}}]),
+                                st.sampled_from([{"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}},
+                                                 {"loadBalancer": []}, "up"]))})
+
+
+def _full_service(raw: Any) -> Any:
+    o = model._Object("cluster.yaml", "Service default/web")
+    try:
+        return model._read_service(o, raw, "default", "web")
+    except ClusterError as error:
+        return error
+
+
+@settings(max_examples=800, deadline=None)
+@given(_raw_services, st.booleans())
+def test_compiled_plain_service_reader_reads_as_the_full_reader(raw: dict[str, Any], other_dict: bool) -> None:
+    if other_dict:
+        raw = _OtherDict(raw)
+    plain = model._compiled.plain_service(raw, "default", "web")
+    full = _full_service(raw)
+    if plain is not None:
+        assert not other_dict
+        assert plain == full
+        assert [type(port) for port in plain.ports] == [ServicePort] * len(plain.ports)
+        assert not gc.is_tracked(plain) and not any(gc.is_tracked(port) for port in plain.ports)
+
+
+def test_a_service_as_the_api_server_writes_it_takes_the_compiled_reader() -> None:
+    raw = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+           "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "ClusterIP",
+                    "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                    "internalTrafficPolicy": "Cluster", "selector": {"tier": "web", "app": "web"},
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+                              {"name": "metrics", "port": 9090, "protocol": "TCP", "targetPort": 9090},
+                              {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
+           "status": {"loadBalancer": {}}}
+    plain = model._compiled.plain_service(raw, "default", "web")
+    assert plain is not None and plain == _full_service(raw)
+    assert plain.selector == (("app", "web"), ("tier", "web"))
+
+
+@pytest.mark.parametrize("ports, error", [
+    ([{"name": "http", "port": 80}, {"name": "http", "port": 81}], "spec.ports[1].name: duplicates spec.ports[0]"),
+    ([{"port": 80}, {"port": 81}], "spec.ports[1].name: duplicates spec.ports[0]"),
+    ([{"name": "a", "port": 80}, {"name": "b", "port": 80, "protocol": "TCP"}], "spec.ports[1].port: duplicates"),
+    ([{"name": "dns", "port": 53}, {"name": "dns", "port": 53, "protocol": "UDP"}], None),
+])
+def test_a_service_port_twice_is_left_to_the_full_reader(ports: list[dict[str, Any]], error: str | None) -> None:
+    raw = {"spec": {"clusterIP": "10.96.0.10", "ports": ports}}
+    plain, full = model._compiled.plain_service(raw, "default", "web"), _full_service(raw)
+    if error is None:  # one name and number per protocol: both are plain
+        assert plain is not None and plain == full
+    else:
+        assert plain is None and isinstance(full, ClusterError) and error in str(full)
+
+
 def test_compiled_plain_endpoint_reader_shares_the_model_conditions() -> None:
     raw = {"addresses": ["10.244.1.5"], "conditions": {"ready": False, "serving": True, "terminating": True},
            "nodeName": "", "zone": "", "targetRef": {"kind": "Pod", "name": "web-0"}}

@@ -509,6 +509,13 @@ def _parse_go_duration(text: str) -> float | None:
 
 
 def _parse_service(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> Service:
+    """A Service: read by compiled code when it is written as most are (see
+    fastpath._compile.plain_service), else field by field (_read_service)."""
+    service = _compiled.plain_service(obj, namespace, name)
+    return service if service is not None else _read_service(o, obj, namespace, name)
+
+
+def _read_service(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> Service:
     spec = o.mapping(obj.get("spec"), "spec")
     status = o.mapping(obj.get("status"), "status")
     service_type = o.choice(spec.get("type"), "spec.type", SERVICE_TYPES, "ClusterIP")
