@@ -47,7 +47,7 @@ from fastpath.maps import PROTOCOL_NUMBERS, family_of
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
-from fastpath.model import SLICE_FAMILIES
+from fastpath.model import LABEL_SERVICE_NAME, SLICE_FAMILIES
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object text)
@@ -419,6 +419,78 @@ cdef object plain_endpoint(raw):
     NEW_ENDPOINT.fill(endpoint, 6, target_ref)
     gc_untrack(endpoint)
     return endpoint
+
+
+cdef Fields NEW_SLICE = Fields(EndpointSlice, ("namespace", "name", "service_name", "address_type", "ports",
+                                             "endpoints"))
+cdef Fields NEW_SLICE_PORT = Fields(EndpointPort, ("name", "protocol", "port"))
+if {field.name for field in dataclass_fields(EndpointSlice)} != set(NEW_SLICE.names) or \
+        {field.name for field in dataclass_fields(EndpointPort)} != set(NEW_SLICE_PORT.names):
+    raise ImportError("EndpointSlice or EndpointPort has other fields than plain_ipv4_slice fills")
+
+
+def plain_ipv4_slice(obj, namespace, name):
+    """The EndpointSlice a raw one reads as when it is written as the EndpointSlice controller
+    writes it: addressType IPv4, metadata and its labels dicts (the service-name label a string
+    or unset), ports of plain names, protocols and numbers (1-65535 or unset; no name and protocol
+    twice), and only plain endpoints (plain_ipv4_endpoint). None for anything else (the model's
+    full reader then reads it, and reports what is wrong). Equal to what the full reader makes of
+    it."""
+    if type(obj) is not dict or type(namespace) is not str or type(name) is not str:
+        return None
+    address_type, metadata = (<dict>obj).get("addressType"), (<dict>obj).get("metadata")
+    if type(address_type) is not str or address_type != "IPv4" or type(metadata) is not dict:
+        return None
+    labels = (<dict>metadata).get("labels")
+    service_name = None
+    if labels is not None:
+        if type(labels) is not dict:
+            return None
+        service_name = (<dict>labels).get(LABEL_SERVICE_NAME)
+        if service_name is not None and type(service_name) is not str:
+            return None
+    raw_ports, raw_endpoints = (<dict>obj).get("ports"), (<dict>obj).get("endpoints")
+    if raw_ports is None:
+        raw_ports = []
+    if raw_endpoints is None:
+        raw_endpoints = []
+    if type(raw_ports) is not list or type(raw_endpoints) is not list:
+        return None
+    ports = []
+    for raw in <list>raw_ports:
+        if type(raw) is not dict:
+            return None
+        port_name, number = (<dict>raw).get("name"), (<dict>raw).get("port")
+        if unset(port_name):
+            port_name = ""
+        elif type(port_name) is not str:
+            return None
+        protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOL_NAMES, "TCP")
+        if protocol is None or not (number is None or type(number) is int and 1 <= number <= 65535):
+            return None
+        for other in ports:  # matching by name and protocol must be unambiguous
+            if NEW_SLICE_PORT.get(other, 0) == port_name and NEW_SLICE_PORT.get(other, 1) == protocol:
+                return None
+        port = NEW_SLICE_PORT.new()
+        NEW_SLICE_PORT.fill(port, 0, port_name)
+        NEW_SLICE_PORT.fill(port, 1, protocol)
+        NEW_SLICE_PORT.fill(port, 2, number)
+        gc_untrack(port)  # strings and ints: in no cycle (see Maker)
+        ports.append(port)
+    endpoints = []
+    for raw in <list>raw_endpoints:
+        endpoint = plain_endpoint(raw)
+        if endpoint is None:
+            return None
+        endpoints.append(endpoint)
+    port_tuple, endpoint_tuple = PyList_AsTuple(ports), PyList_AsTuple(endpoints)
+    gc_untrack(port_tuple)
+    gc_untrack(endpoint_tuple)
+    made = NEW_SLICE.new()
+    for index, value in enumerate((namespace, name, service_name, "IPv4", port_tuple, endpoint_tuple)):
+        NEW_SLICE.fill(made, index, value)
+    gc_untrack(made)  # strings and untracked tuples of untracked model objects: in no cycle
+    return made
 
 
 # --------------------------------------------------------------------------------------------

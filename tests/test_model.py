@@ -881,6 +881,61 @@ def test_a_service_port_twice_is_left_to_the_full_reader(ports: list[dict[str, A
         assert plain is None and isinstance(full, ClusterError) and error in str(full)
 
 
+_raw_slices = st.fixed_dictionaries(
+    {"apiVersion": st.just("discovery.k8s.io/v1"), "kind": st.just("EndpointSlice"),
+     "addressType": _mostly(st.just("IPv4"), st.sampled_from(["IPv6", "FQDN", None, "ipv4"])),
+     "metadata": _mostly(st.fixed_dictionaries({"name": st.just("web-1")}, optional={"labels": _mostly(
+         st.fixed_dictionaries({}, optional={"kubernetes.io/service-name": _mostly(st.sampled_from(["web", ""]),
+                                                                                   _ODD),
+                                             "app": st.just("web")}),
+         st.one_of(st.none(), st.just(["web"])))}),
+         st.one_of(st.none(), st.just("web-1")))},
+    optional={
+        "ports": _mostly(st.lists(st.fixed_dictionaries({}, optional={
+            "name": _mostly(st.sampled_from([None, "", "http", "dns"]), _ODD),
+            "protocol": _mostly(st.sampled_from([None, "", "TCP", "UDP"]), st.sampled_from(["udp", 17])),
+            "port": _mostly(st.sampled_from([None, 8080, 53]), _ODD),
+            "appProtocol": st.just("http")}), max_size=3), st.one_of(st.none(), st.just({"port": 80}))),
+        "endpoints": _mostly(st.lists(_raw_endpoints, max_size=4), st.one_of(st.none(), st.just("10.0.0.1"))),
+    })
+
+
+def _full_slice(raw: Any) -> Any:
+    o = model._Object("cluster.yaml", "EndpointSlice default/web-1")
+    try:
+        return model._read_endpoint_slice(o, raw, "default", "web-1")
+    except ClusterError as error:
+        return error
+
+
+@settings(max_examples=800, deadline=None)
+@given(_raw_slices, st.booleans())
+def test_compiled_plain_slice_reader_reads_as_the_full_reader(raw: dict[str, Any], other_dict: bool) -> None:
+    if other_dict:
+        raw = _OtherDict(raw)
+    plain = model._compiled.plain_ipv4_slice(raw, "default", "web-1")
+    full = _full_slice(raw)
+    if plain is not None:
+        assert not other_dict
+        assert plain == full
+        assert not gc.is_tracked(plain) and not any(gc.is_tracked(port) for port in plain.ports)
+
+
+@pytest.mark.parametrize("ports, plain", [
+    ([{"name": "http", "port": 8080}, {"name": "http", "port": 8081}], False),
+    ([{"port": 8080}, {"port": 8081, "protocol": "TCP"}], False),
+    ([{"name": "dns", "port": 53}, {"name": "dns", "port": 53, "protocol": "UDP"}], True),
+])
+def test_a_slice_port_twice_is_left_to_the_full_reader(ports: list[dict[str, Any]], plain: bool) -> None:
+    raw = {"addressType": "IPv4", "metadata": {"labels": {"kubernetes.io/service-name": "web"}}, "ports": ports,
+           "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": True}}]}
+    made, full = model._compiled.plain_ipv4_slice(raw, "default", "web-1"), _full_slice(raw)
+    if plain:
+        assert made is not None and made == full and made.service_name == "web"
+    else:
+        assert made is None and isinstance(full, ClusterError) and "duplicates ports[0]" in str(full)
+
+
 def test_compiled_plain_endpoint_reader_shares_the_model_conditions() -> None:
     raw = {"addresses": ["10.244.1.5"], "conditions": {"ready": False, "serving": True, "terminating": True},
            "nodeName": "", "zone": "", "targetRef": {"kind": "Pod", "name": "web-0"}}

@@ -20,6 +20,10 @@ def plain_ipv4_endpoints(raws: list[Any]) -> tuple[list[Any], int]:
     """plain_ipv4_endpoint of each raw endpoint in one call: (the list, None where one is not
     plain; how many are None)."""
 
+def plain_ipv4_slice(obj: Any, namespace: str, name: str) -> Any:
+    """The model EndpointSlice of a raw IPv4 slice written as the EndpointSlice controller writes
+    it (plain ports, plain endpoints); None for any other (the model's full reader reads those)."""
+
 def plain_service(obj: Any, namespace: str, name: str) -> Any:
     """The model Service of a raw Service written as most are (ClusterIP, one IPv4 cluster IP,
     plain ports); None for any other (the model's full reader reads those)."""

@@ -643,6 +643,14 @@ _SERVICE_NAME_PATH = f"metadata.labels[{_shown(LABEL_SERVICE_NAME)}]"  # (once: 
 
 
 def _parse_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
+    """An EndpointSlice: read by compiled code when it is written as the EndpointSlice controller
+    writes IPv4 slices (see fastpath._compile.plain_ipv4_slice), else field by field
+    (_read_endpoint_slice)."""
+    endpoint_slice = _compiled.plain_ipv4_slice(obj, namespace, name)
+    return endpoint_slice if endpoint_slice is not None else _read_endpoint_slice(o, obj, namespace, name)
+
+
+def _read_endpoint_slice(o: _Object, obj: Mapping[str, Any], namespace: str, name: str) -> EndpointSlice:
     labels = o.mapping(o.mapping(obj.get("metadata"), "metadata").get("labels"), "metadata.labels")
     service_name = o.string(labels.get(LABEL_SERVICE_NAME), _SERVICE_NAME_PATH)
     address_type = obj.get("addressType")
