@@ -830,12 +830,26 @@ _raw_services = st.fixed_dictionaries(
                                                  {"loadBalancer": []}, "up"]))})
 
 
-def _full_service(raw: Any) -> Any:
-    o = model._Object("cluster.yaml", "Service default/web")
+def _full_read_of(reader: Any, raw: Any, label: str) -> Any:
+    """What the model's full `reader` makes of `raw` (object default/`label`), or its error."""
+    o = model._Object("cluster.yaml", f"default/{label}")
     try:
-        return model._read_service(o, raw, "default", "web")
+        return reader(o, raw, "default", label)
     except ClusterError as error:
         return error
+
+
+def _full_service(raw: Any) -> Any:
+    return _full_read_of(model._read_service, raw, "web")
+
+
+def _assert_read_as_the_full_reader(plain: Any, full: Any, other_dict: bool) -> None:
+    """A compiled reader's object (None: it left `raw` to the full reader) equals the full
+    reader's, and it and its ports are left out of the cyclic collector."""
+    if plain is not None:
+        assert not other_dict
+        assert plain == full
+        assert not gc.is_tracked(plain) and not any(gc.is_tracked(port) for port in plain.ports)
 
 
 @settings(max_examples=800, deadline=None)
@@ -844,12 +858,9 @@ def test_compiled_plain_service_reader_reads_as_the_full_reader(raw: dict[str, A
     if other_dict:
         raw = _OtherDict(raw)
     plain = model._compiled.plain_service(raw, "default", "web")
-    full = _full_service(raw)
+    _assert_read_as_the_full_reader(plain, _full_service(raw), other_dict)
     if plain is not None:
-        assert not other_dict
-        assert plain == full
         assert [type(port) for port in plain.ports] == [ServicePort] * len(plain.ports)
-        assert not gc.is_tracked(plain) and not any(gc.is_tracked(port) for port in plain.ports)
 
 
 def test_a_service_as_the_api_server_writes_it_takes_the_compiled_reader() -> None:
@@ -901,11 +912,7 @@ _raw_slices = st.fixed_dictionaries(
 
 
 def _full_slice(raw: Any) -> Any:
-    o = model._Object("cluster.yaml", "EndpointSlice default/web-1")
-    try:
-        return model._read_endpoint_slice(o, raw, "default", "web-1")
-    except ClusterError as error:
-        return error
+    return _full_read_of(model._read_endpoint_slice, raw, "web-1")
 
 
 @settings(max_examples=800, deadline=None)
@@ -914,11 +921,7 @@ def test_compiled_plain_slice_reader_reads_as_the_full_reader(raw: dict[str, Any
     if other_dict:
         raw = _OtherDict(raw)
     plain = model._compiled.plain_ipv4_slice(raw, "default", "web-1")
-    full = _full_slice(raw)
-    if plain is not None:
-        assert not other_dict
-        assert plain == full
-        assert not gc.is_tracked(plain) and not any(gc.is_tracked(port) for port in plain.ports)
+    _assert_read_as_the_full_reader(plain, _full_slice(raw), other_dict)
 
 
 @pytest.mark.parametrize("ports, plain", [
