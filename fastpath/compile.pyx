@@ -47,7 +47,7 @@ from fastpath.maps import PROTOCOL_NUMBERS, family_of
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
-from fastpath.model import LABEL_SERVICE_NAME, SLICE_FAMILIES
+from fastpath.model import LABEL_SERVICE_NAME, PROTOCOLS, SLICE_FAMILIES, TRAFFIC_POLICIES
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object text)
@@ -226,6 +226,14 @@ cdef class Fields:
         give_slot(item, self.offsets[index], value)
 
 
+cdef Fields every_field(type cls, tuple names):
+    """Fields of `names`, which must be every field of the dataclass `cls`: its objects are made
+    here with each slot filled (ImportError if the class has other fields)."""
+    if {field.name for field in dataclass_fields(cls)} != set(names):
+        raise ImportError(f"{cls.__name__} has other fields than fastpath._compile fills")
+    return Fields(cls, names)
+
+
 # The model fields the candidates loop reads, and their indexes in each Fields.
 cdef Fields ENDPOINT = Fields(Endpoint, ("addresses", "conditions", "node_name", "hints_for_zones",
                                          "hints_for_nodes", "target_ref"))
@@ -235,6 +243,27 @@ cdef enum:
     EP_ADDRESSES, EP_CONDITIONS, EP_NODE_NAME, EP_ZONE_HINTS, EP_NODE_HINTS, EP_TARGET_REF
     IS_READY = 0, IS_SERVING, IS_TERMINATING
     REF_NAMESPACE = 0, REF_NAME
+
+# Slices and Services: read by the compiler's loops, made by the model's readers (every field).
+cdef Fields SLICE = every_field(EndpointSlice, ("namespace", "name", "ports", "endpoints", "service_name",
+                                                "address_type"))
+cdef Fields SLICE_PORT = every_field(EndpointPort, ("name", "protocol", "port"))
+cdef enum:
+    SL_NAMESPACE = 0, SL_NAME, SL_PORTS, SL_ENDPOINTS, SL_SERVICE_NAME, SL_ADDRESS_TYPE
+    SP_NAME = 0, SP_PROTOCOL, SP_PORT
+
+cdef Fields SERVICE = every_field(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
+                                            "external_ips", "load_balancer_ingress", "internal_traffic_policy",
+                                            "external_traffic_policy", "selector", "session_affinity",
+                                            "affinity_timeout", "load_balancer_source_ranges", "external_name",
+                                            "publish_not_ready_addresses"))
+cdef Fields SERVICE_PORT = every_field(ServicePort, ("name", "protocol", "port", "target_port", "node_port"))
+cdef enum:
+    SV_NAMESPACE = 0, SV_NAME, SV_TYPE, SV_CLUSTER_IPS, SV_HEADLESS, SV_PORTS, SV_EXTERNAL_IPS, SV_INGRESS,
+    SV_INTERNAL_POLICY, SV_EXTERNAL_POLICY, SV_SELECTOR, SV_AFFINITY, SV_AFFINITY_TIMEOUT, SV_SOURCE_RANGES,
+    SV_EXTERNAL_NAME, SV_PUBLISH_NOT_READY
+    PT_NAME = 0, PT_PROTOCOL, PT_PORT, PT_TARGET_PORT, PT_NODE_PORT
+    PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
 
 
 cdef inline bint canonical_ipv4(const char* text, Py_ssize_t size, uint32_t* value) noexcept nogil:
@@ -309,12 +338,9 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
     object PyList_AsTuple(object items)
 
-cdef Fields NEW_ENDPOINT = Fields(Endpoint, ("addresses", "conditions", "node_name", "zone",
-                                             "hints_for_zones", "hints_for_nodes", "target_ref"))
-cdef Fields NEW_REFERENCE = Fields(ObjectReference, ("kind", "namespace", "name"))
-if {field.name for field in dataclass_fields(Endpoint)} != set(NEW_ENDPOINT.names) or \
-        {field.name for field in dataclass_fields(ObjectReference)} != set(NEW_REFERENCE.names):
-    raise ImportError("Endpoint or ObjectReference has other fields than plain_ipv4_endpoint fills")
+cdef Fields NEW_ENDPOINT = every_field(Endpoint, ("addresses", "conditions", "node_name", "zone",
+                                                  "hints_for_zones", "hints_for_nodes", "target_ref"))
+cdef Fields NEW_REFERENCE = every_field(ObjectReference, ("kind", "namespace", "name"))
 
 # The model's shared conditions (model._CONDITIONS), by ready * 9 + serving * 3 + terminating,
 # each of them 0 for null, 1 for true, 2 for false. They hold nothing but booleans: the cyclic
@@ -421,12 +447,47 @@ cdef object plain_endpoint(raw):
     return endpoint
 
 
-cdef Fields NEW_SLICE = Fields(EndpointSlice, ("namespace", "name", "service_name", "address_type", "ports",
-                                             "endpoints"))
-cdef Fields NEW_SLICE_PORT = Fields(EndpointPort, ("name", "protocol", "port"))
-if {field.name for field in dataclass_fields(EndpointSlice)} != set(NEW_SLICE.names) or \
-        {field.name for field in dataclass_fields(EndpointPort)} != set(NEW_SLICE_PORT.names):
-    raise ImportError("EndpointSlice or EndpointPort has other fields than plain_ipv4_slice fills")
+# --------------------------------------------------------------------------------------------
+# Reading an EndpointSlice's shell and a Service (fastpath.model)
+#
+# A big cluster has a hundred thousand of each, nearly all written alike: IPv4 slices as the
+# EndpointSlice controller writes them; ClusterIP services with one IPv4 cluster IP, ports of
+# plain numbers and names, no affinity, no external or load-balancer address. The model reads
+# those here, each made with its slots filled (SLICE, SERVICE); anything else (another type or
+# family, a node port, affinity, ranges, anything odd or wrong) is left to the model's
+# field-by-field reader, which also words the errors.
+
+cdef inline bint unset(object value) noexcept:
+    """None or "": a field the model reads as its default."""
+    return value is None or type(value) is str and PyUnicode_GET_LENGTH(value) == 0
+
+
+cdef inline bint empty_list(object value) noexcept:
+    """None or []: a list field the model reads as empty."""
+    return value is None or type(value) is list and PyList_GET_SIZE(value) == 0
+
+
+cdef inline object plain_choice(object value, tuple choices, str default):
+    """The model's reading of a choice (its default when unset) when `value` is one of `choices`
+    as a plain str; None otherwise."""
+    if unset(value):
+        return default
+    if type(value) is str and value in choices:
+        return value
+    return None
+
+
+cdef bint port_name_text(str text) noexcept:
+    """An ASCII target port name with a letter, as the model takes it (a name holds a letter)."""
+    cdef Py_ssize_t i
+    cdef Py_UCS4 c
+    if not PyUnicode_IS_ASCII(text):
+        return False
+    for i in range(PyUnicode_GET_LENGTH(text)):
+        c = text[i]
+        if u'a' <= c <= u'z' or u'A' <= c <= u'Z':
+            return True
+    return False
 
 
 def plain_ipv4_slice(obj, namespace, name):
@@ -465,16 +526,16 @@ def plain_ipv4_slice(obj, namespace, name):
             port_name = ""
         elif type(port_name) is not str:
             return None
-        protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOL_NAMES, "TCP")
+        protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOLS, "TCP")
         if protocol is None or not (number is None or type(number) is int and 1 <= number <= 65535):
             return None
         for other in ports:  # matching by name and protocol must be unambiguous
-            if NEW_SLICE_PORT.get(other, 0) == port_name and NEW_SLICE_PORT.get(other, 1) == protocol:
+            if SLICE_PORT.get(other, SP_NAME) == port_name and SLICE_PORT.get(other, SP_PROTOCOL) == protocol:
                 return None
-        port = NEW_SLICE_PORT.new()
-        NEW_SLICE_PORT.fill(port, 0, port_name)
-        NEW_SLICE_PORT.fill(port, 1, protocol)
-        NEW_SLICE_PORT.fill(port, 2, number)
+        port = SLICE_PORT.new()
+        SLICE_PORT.fill(port, SP_NAME, port_name)
+        SLICE_PORT.fill(port, SP_PROTOCOL, protocol)
+        SLICE_PORT.fill(port, SP_PORT, number)
         gc_untrack(port)  # strings and ints: in no cycle (see Maker)
         ports.append(port)
     endpoints = []
@@ -486,66 +547,15 @@ def plain_ipv4_slice(obj, namespace, name):
     port_tuple, endpoint_tuple = PyList_AsTuple(ports), PyList_AsTuple(endpoints)
     gc_untrack(port_tuple)
     gc_untrack(endpoint_tuple)
-    made = NEW_SLICE.new()
-    for index, value in enumerate((namespace, name, service_name, "IPv4", port_tuple, endpoint_tuple)):
-        NEW_SLICE.fill(made, index, value)
+    made = SLICE.new()
+    SLICE.fill(made, SL_NAMESPACE, namespace)
+    SLICE.fill(made, SL_NAME, name)
+    SLICE.fill(made, SL_SERVICE_NAME, service_name)
+    SLICE.fill(made, SL_ADDRESS_TYPE, "IPv4")
+    SLICE.fill(made, SL_PORTS, port_tuple)
+    SLICE.fill(made, SL_ENDPOINTS, endpoint_tuple)
     gc_untrack(made)  # strings and untracked tuples of untracked model objects: in no cycle
     return made
-
-
-# --------------------------------------------------------------------------------------------
-# Reading a Service (fastpath.model)
-#
-# A big cluster has a hundred thousand Services, nearly all written alike: a ClusterIP service with
-# one IPv4 cluster IP, ports of plain numbers and names, no affinity, no external or load-balancer
-# address. The model reads those here, its Service and ServicePorts made with their slots filled;
-# anything else (another type, a second family, a node port, affinity, ranges, anything odd or
-# wrong) is left to the model's field-by-field reader, which also words the errors.
-
-cdef Fields NEW_SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
-                                           "selector", "session_affinity", "affinity_timeout", "external_ips",
-                                           "external_traffic_policy", "internal_traffic_policy",
-                                           "load_balancer_ingress", "load_balancer_source_ranges",
-                                           "external_name", "publish_not_ready_addresses"))
-cdef Fields NEW_SERVICE_PORT = Fields(ServicePort, ("name", "protocol", "port", "target_port", "node_port"))
-if {field.name for field in dataclass_fields(Service)} != set(NEW_SERVICE.names) or \
-        {field.name for field in dataclass_fields(ServicePort)} != set(NEW_SERVICE_PORT.names):
-    raise ImportError("Service or ServicePort has other fields than plain_service fills")
-cdef tuple PROTOCOL_NAMES = ("TCP", "UDP", "SCTP")
-cdef tuple POLICIES = ("Cluster", "Local")
-
-
-cdef inline bint unset(object value) noexcept:
-    """None or "": a field the model reads as its default."""
-    return value is None or type(value) is str and PyUnicode_GET_LENGTH(value) == 0
-
-
-cdef inline bint empty_list(object value) noexcept:
-    """None or []: a list field the model reads as empty."""
-    return value is None or type(value) is list and PyList_GET_SIZE(value) == 0
-
-
-cdef inline object plain_choice(object value, tuple choices, str default):
-    """The model's reading of a choice (its default when unset) when `value` is one of `choices`
-    as a plain str; None otherwise."""
-    if unset(value):
-        return default
-    if type(value) is str and value in choices:
-        return value
-    return None
-
-
-cdef bint port_name_text(str text) noexcept:
-    """An ASCII target port name with a letter, as the model takes it (a name holds a letter)."""
-    cdef Py_ssize_t i
-    cdef Py_UCS4 c
-    if not PyUnicode_IS_ASCII(text):
-        return False
-    for i in range(PyUnicode_GET_LENGTH(text)):
-        c = text[i]
-        if u'a' <= c <= u'z' or u'A' <= c <= u'Z':
-            return True
-    return False
 
 
 cdef object plain_service_port(raw):
@@ -569,15 +579,15 @@ cdef object plain_service_port(raw):
         name = ""
     elif type(name) is not str:
         return None
-    protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOL_NAMES, "TCP")
+    protocol = plain_choice((<dict>raw).get("protocol"), PROTOCOLS, "TCP")
     if protocol is None:
         return None
-    port = NEW_SERVICE_PORT.new()
-    NEW_SERVICE_PORT.fill(port, 0, name)
-    NEW_SERVICE_PORT.fill(port, 1, protocol)
-    NEW_SERVICE_PORT.fill(port, 2, number)
-    NEW_SERVICE_PORT.fill(port, 3, target)
-    NEW_SERVICE_PORT.fill(port, 4, None)
+    port = SERVICE_PORT.new()
+    SERVICE_PORT.fill(port, PT_NAME, name)
+    SERVICE_PORT.fill(port, PT_PROTOCOL, protocol)
+    SERVICE_PORT.fill(port, PT_PORT, number)
+    SERVICE_PORT.fill(port, PT_TARGET_PORT, target)
+    SERVICE_PORT.fill(port, PT_NODE_PORT, None)
     gc_untrack(port)  # strings and ints: in no cycle (see Maker)
     return port
 
@@ -604,13 +614,14 @@ def plain_service(obj, namespace, name):
         balancer = (<dict>status).get("loadBalancer")
         if balancer is not None and (type(balancer) is not dict or not empty_list((<dict>balancer).get("ingress"))):
             return None
-    if not unset((<dict>spec).get("type")) and (<dict>spec).get("type") != "ClusterIP":
+    service_type = (<dict>spec).get("type")
+    if not unset(service_type) and service_type != "ClusterIP":
         return None
     # One IPv4 cluster IP, written as the API server writes it.
     primary, listed = (<dict>spec).get("clusterIP"), (<dict>spec).get("clusterIPs")
     if type(primary) is not str or not PyUnicode_IS_ASCII(primary):
         return None
-    text = PyUnicode_AsUTF8AndSize(primary, &size)
+    text = text_bytes(primary, &size)
     if not canonical_ipv4(text, size, &v4):
         return None
     if not empty_list(listed) and not (type(listed) is list and PyList_GET_SIZE(listed) == 1
@@ -620,8 +631,8 @@ def plain_service(obj, namespace, name):
         return None
     if not empty_list((<dict>spec).get("externalIPs")) or not empty_list((<dict>spec).get("loadBalancerSourceRanges")):
         return None
-    external_policy = plain_choice((<dict>spec).get("externalTrafficPolicy"), POLICIES, "Cluster")
-    internal_policy = plain_choice((<dict>spec).get("internalTrafficPolicy"), POLICIES, "Cluster")
+    external_policy = plain_choice((<dict>spec).get("externalTrafficPolicy"), TRAFFIC_POLICIES, "Cluster")
+    internal_policy = plain_choice((<dict>spec).get("internalTrafficPolicy"), TRAFFIC_POLICIES, "Cluster")
     publish = (<dict>spec).get("publishNotReadyAddresses")
     if external_policy is None or internal_policy is None or not (publish is None or type(publish) is bool):
         return None
@@ -636,9 +647,9 @@ def plain_service(obj, namespace, name):
         if port is None:
             return None
         for other in ports:  # a service has a handful of ports: no name or number twice
-            if NEW_SERVICE_PORT.get(other, 1) == NEW_SERVICE_PORT.get(port, 1) and (
-                    NEW_SERVICE_PORT.get(other, 0) == NEW_SERVICE_PORT.get(port, 0)
-                    or NEW_SERVICE_PORT.get(other, 2) == NEW_SERVICE_PORT.get(port, 2)):
+            if SERVICE_PORT.get(other, PT_PROTOCOL) == SERVICE_PORT.get(port, PT_PROTOCOL) and (
+                    SERVICE_PORT.get(other, PT_NAME) == SERVICE_PORT.get(port, PT_NAME)
+                    or SERVICE_PORT.get(other, PT_PORT) == SERVICE_PORT.get(port, PT_PORT)):
                 return None
         ports.append(port)
     raw_selector = (<dict>spec).get("selector")
@@ -661,10 +672,23 @@ def plain_service(obj, namespace, name):
     port_tuple = PyList_AsTuple(ports)
     gc_untrack(cluster_ips)
     gc_untrack(port_tuple)
-    service = NEW_SERVICE.new()
-    for index, value in enumerate((namespace, name, "ClusterIP", cluster_ips, False, port_tuple, selector, "None",
-                                   None, (), external_policy, internal_policy, (), (), None, publish is True)):
-        NEW_SERVICE.fill(service, index, value)
+    service = SERVICE.new()
+    SERVICE.fill(service, SV_NAMESPACE, namespace)
+    SERVICE.fill(service, SV_NAME, name)
+    SERVICE.fill(service, SV_TYPE, "ClusterIP")
+    SERVICE.fill(service, SV_CLUSTER_IPS, cluster_ips)
+    SERVICE.fill(service, SV_HEADLESS, False)
+    SERVICE.fill(service, SV_PORTS, port_tuple)
+    SERVICE.fill(service, SV_SELECTOR, selector)
+    SERVICE.fill(service, SV_AFFINITY, "None")
+    SERVICE.fill(service, SV_AFFINITY_TIMEOUT, None)
+    SERVICE.fill(service, SV_EXTERNAL_IPS, ())
+    SERVICE.fill(service, SV_EXTERNAL_POLICY, external_policy)
+    SERVICE.fill(service, SV_INTERNAL_POLICY, internal_policy)
+    SERVICE.fill(service, SV_INGRESS, ())
+    SERVICE.fill(service, SV_SOURCE_RANGES, ())
+    SERVICE.fill(service, SV_EXTERNAL_NAME, None)
+    SERVICE.fill(service, SV_PUBLISH_NOT_READY, publish is True)
     # Strings, ints, booleans, None and untracked tuples of them or of ServicePorts: in no cycle.
     gc_untrack(service)
     return service
@@ -761,23 +785,6 @@ cpdef checked_port(number):
     return number
 
 
-cdef Fields SLICE = Fields(EndpointSlice, ("namespace", "name", "ports", "endpoints", "service_name",
-                                         "address_type"))
-cdef Fields SLICE_PORT = Fields(EndpointPort, ("name", "protocol", "port"))
-cdef enum:
-    SL_NAMESPACE = 0, SL_NAME, SL_PORTS, SL_ENDPOINTS, SL_SERVICE_NAME, SL_ADDRESS_TYPE
-    SP_NAME = 0, SP_PROTOCOL, SP_PORT
-
-
-cdef Fields SERVICE = Fields(Service, ("namespace", "name", "type", "cluster_ips", "headless", "ports",
-                                       "external_ips", "load_balancer_ingress", "internal_traffic_policy",
-                                       "external_traffic_policy"))
-cdef Fields SERVICE_PORT = Fields(ServicePort, ("name", "protocol"))
-cdef enum:
-    SV_NAMESPACE = 0, SV_NAME, SV_TYPE, SV_CLUSTER_IPS, SV_HEADLESS, SV_PORTS, SV_EXTERNAL_IPS, SV_INGRESS,
-    SV_INTERNAL_POLICY, SV_EXTERNAL_POLICY
-    PT_NAME = 0, PT_PROTOCOL
-    PORT_ITEMS = 6  # a compiler._Port: (service, port, family, cluster_ip, proto, name)
 
 
 def slices_by_service(slices, skipped, set other):

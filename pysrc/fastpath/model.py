@@ -1012,8 +1012,7 @@ def parse_endpoint_slice(obj: Any, cache: dict[Hashable, Any] | None = None) -> 
     if type(raws) is not list:
         raws = _slice_object(shell).list(raws, "endpoints")
     if cache is None:
-        o = _slice_object(shell)
-        endpoints = [_read_endpoint(o, raw, index, family) for index, raw in enumerate(raws)]
+        endpoints = _read_endpoints(_slice_object(shell), raws, family)
     else:
         endpoints = _cached_endpoints(shell, raws, family, cache)
         if shell_key is not None and not known_shell:  # (one found is of the family: still cached)
