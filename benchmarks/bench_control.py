@@ -41,6 +41,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import sys
+import time
 from array import array
 
 import pytest
@@ -174,9 +176,6 @@ def test_update_100k(benchmark, control_spec, control_state, rounds):
 
 def _timed_drop(holder: list) -> float:
     """Seconds to free what `holder` holds alone (its only item: `holder` is emptied)."""
-    import sys
-    import time
-
     if sys.getrefcount(holder[0]) > 2:  # someone else still holds it: nothing would be freed
         raise AssertionError("the replaced maps are still referenced")
     start = time.perf_counter()
@@ -388,8 +387,6 @@ def test_endpoint_readiness_change(benchmark, readiness_slices, rounds):
 def _engine_update_us(dataplane, prefix: str, rounds: int = 200) -> float:
     """The engine's share (Engine.update_service alone, the service's sets without and with one
     of its backends), the fastest of `rounds`, in microseconds."""
-    import time
-
     service = next(s for s in dataplane.maps.services if s.name.startswith(prefix + ":"))
     fewer = dataclasses.replace(service, backends=service.backends[1:], serving=service.serving[1:])
     best = float("inf")
