@@ -43,7 +43,8 @@ from dataclasses import fields as dataclass_fields
 # still loading.
 cdef set IMMUTABLE = set()
 
-from fastpath.maps import PROTOCOL_NUMBERS, family_of
+from fastpath.maps import FRONTEND_KINDS, PROTOCOL_NUMBERS, Frontend, family_of
+from fastpath.maps import Service as MapService
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
@@ -1663,6 +1664,207 @@ def service_ports(services, skipped, service_ips, port_type):
         return [made[order[i].made] for i in range(count)]
     finally:
         PyMem_Free(order)
+
+
+# --------------------------------------------------------------------------------------------
+# The maps' Services and Frontends
+
+cdef Fields MAP_SERVICE = every_field(MapService, ("id", "name", "backends", "local_backends", "serving",
+                                                   "affinity_timeout_s", "family"))
+cdef Fields FRONTEND = every_field(Frontend, ("ip", "port", "proto", "service", "kind", "local_policy",
+                                              "source_ranges"))
+cdef bint MAP_OBJECTS_FROZEN = frozen_dataclass(MapService) and frozen_dataclass(Frontend)
+cdef str CLUSTER_IP = FRONTEND_KINDS[0]  # first in both of compiler._frontends' orders (see frontends)
+cdef object NO_AFFINITY = 0
+cdef tuple ALL_SOURCES = ()
+cdef enum:
+    # A compiler._FrontendClaim: (order, service, ip, port, proto, kind, local_policy, source_ranges).
+    CL_SERVICE = 1, CL_IP, CL_PORT, CL_PROTO, CL_KIND, CL_LOCAL, CL_SOURCES
+    CLAIM_ITEMS = 8
+
+
+cdef object new_filled(Fields fields, PyObject** values):
+    """An object of `fields`' class, its slots filled with `values` (borrowed), left untracked
+    by the cyclic collector as make_objects leaves it when every value is cycle_free."""
+    cdef Py_ssize_t i
+    cdef bint leaf = MAP_OBJECTS_FROZEN
+    made = fields.new()
+    for i in range(fields.count):
+        fields.fill(made, i, <object>values[i])
+        leaf = leaf and cycle_free(<object>values[i], 3)
+    if leaf:
+        gc_untrack(made)
+    return made
+
+
+cdef inline object port_entry(list ports, Py_ssize_t index):
+    entry = ports[index]
+    if not isinstance(entry, tuple) or PyTuple_GET_SIZE(entry) != PORT_ITEMS:
+        raise TypeError(f"a service port is a compiler._Port, not {type(entry).__name__}")
+    return entry
+
+
+def map_services(list ports, list id_sets, affinity_timeout):
+    """compiler._compile's maps' Services, in id order: service port i of `ports` (compiler._Port
+    tuples) is Service(i + 1, its name, its (cluster, local, serving) id tuples from `id_sets`,
+    its affinity timeout, its family). `affinity_timeout(service)` (the compiler's rule) is asked
+    only of a Service whose session affinity is set to something other than "None"; the others
+    have 0. Made as make_objects makes them (a row tuple, a call and an attribute read per port
+    were 0.1 s of a 100,000-Service compile)."""
+    cdef Py_ssize_t i, count = len(ports)
+    cdef list made = []
+    cdef PyObject* values[7]
+    if len(id_sets) != count:
+        raise ValueError(f"{count} service ports, {len(id_sets)} id sets")
+    for i in range(count):
+        entry, sets = port_entry(ports, i), id_sets[i]
+        if type(sets) is not tuple or PyTuple_GET_SIZE(sets) != 3:
+            raise TypeError("a service port's id sets are a (cluster, local, serving) tuple")
+        service = item(entry, 0)
+        affinity = SERVICE.get(service, SV_AFFINITY)
+        timeout = NO_AFFINITY if affinity is None or affinity == "None" else affinity_timeout(service)
+        number = PyLong_FromSsize_t(i + 1)
+        values[0], values[1] = <PyObject*>number, PyTuple_GET_ITEM(entry, 5)
+        values[2], values[3], values[4] = PyTuple_GET_ITEM(sets, 0), PyTuple_GET_ITEM(sets, 1), PyTuple_GET_ITEM(sets, 2)
+        values[5], values[6] = <PyObject*>timeout, PyTuple_GET_ITEM(entry, 2)
+        made.append(new_filled(MAP_SERVICE, values))
+    return made
+
+
+cdef int claim_words(object ip, object port, object proto, Keyed* claim) except -1:
+    """A claim's (ip, port, proto) as key words: the address in the first two, then its family,
+    the port and the protocol in the third."""
+    cdef long long address
+    cdef long number = port, protocol = proto
+    cdef int overflow
+    if not 0 <= number <= 0xFFFF or not 0 <= protocol <= 0xFF:
+        raise ValueError(f"a frontend's port {number} or protocol {protocol} is out of range")
+    address = PyLong_AsLongLongAndOverflow(ip, &overflow)
+    if overflow == 0 and 0 <= address <= 0xFFFFFFFF:
+        claim.words[0], claim.words[1] = 0, <uint64_t>address
+        claim.words[2] = <uint64_t>(number << 8 | protocol)
+    elif address_family(ip) == 6:
+        claim.words[0] = PyLong_AsUnsignedLongLong((ip & IPV6_MASK) >> 64)
+        claim.words[1] = PyLong_AsUnsignedLongLong(ip & WORD_MASK)
+        claim.words[2] = <uint64_t>(1 << 24 | number << 8 | protocol)
+    else:
+        raise ValueError(f"a frontend's address {ip!r} is no map address")
+    return 0
+
+
+cdef Py_ssize_t claim_owner(Py_ssize_t* table, size_t mask, Keyed* claims, Py_ssize_t index) noexcept:
+    """The claim owning claims[index]'s (ip, port, proto), or -1 after making claims[index] its
+    owner (open addressing, linear probing: the table holds claim indexes, -1 when free)."""
+    cdef size_t slot = key_slot(&claims[index], mask)
+    while table[slot] >= 0:
+        if same_key(&claims[table[slot]], &claims[index]):
+            return table[slot]
+        slot = (slot + 1) & mask
+    table[slot] = index
+    return -1
+
+
+def frontends(list ports, external_claims, kept_order):
+    """compiler._frontends (its rules are documented there): the maps' Frontends of `ports`
+    (compiler._Port tuples, in id order) and the refused claims.
+
+    Each port's ClusterIP claim is read here and never made as a tuple; the others are asked of
+    `external_claims(service_id, entry)` (compiler._FrontendClaim tuples), only for a port whose
+    Service has load-balancer ingress or external IPs, or which has a node port. The ClusterIP
+    claims come first in claim order, in port order (one per port; compiler._CLAIM_ORDER puts
+    ClusterIP first), then the others sorted. The first claim of an (ip, port, proto) owns it.
+
+    Returns (frontends, refused). The frontends: per service id, its ClusterIP frontend (if it
+    kept its claim; FRONTEND_KINDS puts ClusterIP first), then its other kept claims as sorted by
+    `kept_order` (service id first). Refused: a (claim, owner) pair per claim that found another
+    service port's claim, or another kind's, owning its (ip, port, proto), in claim order; a
+    ClusterIP claim is given as its port's index in `ports`, any other as its claim tuple."""
+    cdef Py_ssize_t count = len(ports), total, i, owner, k, kept_count, service_id
+    cdef list others = []
+    cdef list refused = []
+    cdef list kept_others = []
+    cdef list made = []
+    cdef Keyed* claims = NULL
+    cdef Py_ssize_t* table = NULL
+    cdef uint8_t* kept = NULL
+    cdef size_t capacity = 16
+    cdef PyObject* values[7]
+    cdef object local  # (an object: values[5] points at it)
+    try:
+        kept = <uint8_t*>PyMem_Malloc(count + 1)
+        claims = <Keyed*>PyMem_Malloc((count + 1) * sizeof(Keyed))
+        if kept == NULL or claims == NULL:
+            raise MemoryError()
+        for i in range(count):
+            entry = port_entry(ports, i)
+            service, port = item(entry, 0), item(entry, 1)
+            claim_words(item(entry, 3), SERVICE_PORT.get(port, PT_PORT), item(entry, 4), &claims[i])
+            claims[i].position = i
+            if (nonempty(SERVICE.get(service, SV_INGRESS)) or nonempty(SERVICE.get(service, SV_EXTERNAL_IPS))
+                    or SERVICE_PORT.get(port, PT_NODE_PORT) is not None):
+                others.extend(external_claims(i + 1, entry))
+        others.sort()
+        total = count + len(others)
+        claims = <Keyed*>grown(claims, (total + 1) * sizeof(Keyed))
+        for i in range(len(others)):
+            claim = others[i]
+            if not isinstance(claim, tuple) or PyTuple_GET_SIZE(claim) != CLAIM_ITEMS:
+                raise TypeError(f"a frontend claim is a compiler._FrontendClaim, not {type(claim).__name__}")
+            claim_words(item(claim, CL_IP), item(claim, CL_PORT), item(claim, CL_PROTO), &claims[count + i])
+            claims[count + i].position = count + i
+        while capacity < <size_t>total * 2:
+            capacity <<= 1
+        table = <Py_ssize_t*>PyMem_Malloc(capacity * sizeof(Py_ssize_t))
+        if table == NULL:
+            raise MemoryError()
+        memset(table, 0xFF, capacity * sizeof(Py_ssize_t))  # every slot -1: free
+        for i in range(count):
+            owner = claim_owner(table, capacity - 1, claims, i)
+            kept[i] = owner < 0
+            if owner >= 0:  # another port's ClusterIP claim (a port has one)
+                refused.append((i, owner))
+        for i in range(count, total):
+            owner = claim_owner(table, capacity - 1, claims, i)
+            claim = others[i - count]
+            if owner < 0:
+                kept_others.append(claim)
+            elif owner < count:
+                refused.append((claim, owner))
+            else:
+                owning = others[owner - count]
+                if not (item(owning, CL_SERVICE) == item(claim, CL_SERVICE)
+                        and item(owning, CL_KIND) == item(claim, CL_KIND)):
+                    refused.append((claim, owning))  # (the same address listed twice: nothing to say)
+        kept_others.sort(key=kept_order)
+        k, kept_count = 0, len(kept_others)
+        for i in range(count):
+            number = PyLong_FromSsize_t(i + 1)
+            if kept[i]:
+                entry = ports[i]
+                port_number = SERVICE_PORT.get(item(entry, 1), PT_PORT)
+                local = True if is_local(SERVICE.get(item(entry, 0), SV_INTERNAL_POLICY)) else False
+                values[0], values[1] = PyTuple_GET_ITEM(entry, 3), <PyObject*>port_number
+                values[2], values[3] = PyTuple_GET_ITEM(entry, 4), <PyObject*>number
+                values[4], values[5], values[6] = <PyObject*>CLUSTER_IP, <PyObject*>local, <PyObject*>ALL_SOURCES
+                made.append(new_filled(FRONTEND, values))
+            while k < kept_count:
+                claim = kept_others[k]
+                service_id = item(claim, CL_SERVICE)
+                if service_id != i + 1:
+                    break
+                values[0], values[1] = PyTuple_GET_ITEM(claim, CL_IP), PyTuple_GET_ITEM(claim, CL_PORT)
+                values[2], values[3] = PyTuple_GET_ITEM(claim, CL_PROTO), PyTuple_GET_ITEM(claim, CL_SERVICE)
+                values[4], values[5] = PyTuple_GET_ITEM(claim, CL_KIND), PyTuple_GET_ITEM(claim, CL_LOCAL)
+                values[6] = PyTuple_GET_ITEM(claim, CL_SOURCES)
+                made.append(new_filled(FRONTEND, values))
+                k += 1
+        if k != kept_count:
+            raise ValueError("a claim names no service port, or kept_order does not sort by service id first")
+        return made, refused
+    finally:
+        PyMem_Free(table)
+        PyMem_Free(claims)
+        PyMem_Free(kept)
 
 
 # --------------------------------------------------------------------------------------------

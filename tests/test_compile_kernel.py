@@ -504,3 +504,111 @@ def test_slices_group_by_service_and_family_in_name_order(seed: int) -> None:
     assert skipped == Counter({"EndpointSlice without a service-name label": sum(s.service_name is None for s in slices),
                                "FQDN EndpointSlice": sum(s.service_name is not None and s.address_type == "FQDN"
                                                          for s in slices)}) - Counter()
+
+
+def expected_frontends(ports, info) -> tuple[list, list[str]]:
+    """compiler._frontends' rules, written out: every claim made as a tuple, all of them sorted,
+    the first of each (ip, port, proto) kept; the kept ones sorted into the frontends' order."""
+    from fastpath.compiler import (_CLAIM_ORDER, _KIND_ORDER, _address, _endpoint_text, _external_policy_local,
+                                   _source_ranges)
+    from fastpath.maps import PROTOCOL_NAMES, Frontend, family_of
+
+    claims = []
+    for service_id, (service, port, family, cluster_ip, proto, _) in enumerate(ports, start=1):
+        claims.append((_CLAIM_ORDER["ClusterIP"], service_id, cluster_ip, port.port, proto, "ClusterIP",
+                       service.internal_traffic_policy == "Local", ()))
+        vips = [ip for ip in map(_address, service.load_balancer_vips) if family_of(ip) == family]
+        externals = [ip for ip in map(_address, service.external_ips) if family_of(ip) == family]
+        ranges = _source_ranges(service, vips, info.primary(family), family)
+        local = _external_policy_local(service)
+        wanted = [("LoadBalancer", ip, port.port, ranges) for ip in vips]
+        wanted += [("ExternalIP", ip, port.port, ()) for ip in externals]
+        if port.node_port is not None:
+            wanted += [("NodePort", ip, port.node_port, ()) for ip in info.node_port_ips[family]]
+        claims += [(_CLAIM_ORDER[kind], service_id, ip, number, proto, kind, local, source)
+                   for kind, ip, number, source in wanted]
+    owners, kept, warnings = {}, [], []
+    for claim in sorted(claims):
+        _, service_id, ip, number, proto, kind, local, source = claim
+        owner = owners.setdefault((ip, number, proto), claim)
+        if owner is claim:
+            kept.append((service_id, _KIND_ORDER[kind], ip, number, proto, kind, local, source))
+        elif not (owner[1] == service_id and owner[5] == kind):
+            warnings.append(f"{ports[service_id - 1].label}: {_endpoint_text(ip, number)}/{PROTOCOL_NAMES[proto]} "
+                            f"({kind}) is already the {owner[5]} frontend of {ports[owner[1] - 1].label}; ignored")
+    frontends = [Frontend(ip, number, proto, service_id, kind, local, source)
+                 for service_id, _, ip, number, proto, kind, local, source in sorted(kept)]
+    return frontends, warnings
+
+
+def random_frontend_services(rng: random.Random) -> list:
+    """Services whose addresses collide often: cluster IPs, external and load-balancer IPs and
+    node ports drawn from small pools, some IPv6, some with Local policies and source ranges."""
+    from fastpath.model import LoadBalancerIngress, Service, ServicePort
+
+    cluster = ("10.96.0.1", "10.96.0.2", "10.96.0.3", "fd00::1", "fd00::2")
+    outside = ("192.0.2.7", "10.96.0.2", "198.51.100.1", "2001:db8::7", "fd00::1")
+    services = []
+    for number in range(rng.randrange(0, 30)):
+        kind = rng.choice(("ClusterIP", "NodePort", "LoadBalancer"))
+        ports = tuple(ServicePort(f"p{index}", rng.choice(("TCP", "UDP")), rng.choice((53, 80, 443)), 8080,
+                                  rng.choice((30080, 30443)) if kind != "ClusterIP" and rng.random() < 0.8 else None)
+                      for index in range(rng.randrange(1, 4)))
+        services.append(Service(
+            "ns", f"s{number}", kind, tuple(rng.sample(cluster, rng.choice((1, 1, 2)))), False, ports, None,
+            external_ips=tuple(rng.choices(outside, k=rng.choice((0, 0, 1, 2)))),  # perhaps one twice
+            external_traffic_policy=rng.choice(("Cluster", "Local")),
+            internal_traffic_policy=rng.choice(("Cluster", "Local")),
+            load_balancer_ingress=tuple(LoadBalancerIngress(ip, None, None) for ip in rng.sample(
+                outside, rng.choice((0, 1, 2)) if kind == "LoadBalancer" else 0)),
+            load_balancer_source_ranges=rng.choice(((), ("203.0.113.0/24",), ("192.168.0.0/16", "0.0.0.0/0")))))
+    return services
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_frontends_resolve_claims_as_written_out(seed: int) -> None:
+    from collections import Counter
+
+    from fastpath.compiler import _frontends, _NodeInfo, _Port
+    from fastpath.maps import NodeView
+
+    rng = random.Random(seed)
+    ports = compile_kernel.service_ports(random_frontend_services(rng), Counter(), None, _Port)
+    node_ips = rng.choice(((0xC0A80001,), (0xC0A80001, 0x0A600002), ()))
+    info = _NodeInfo("n1", None, NodeView(primary_ip=0xC0A80001), {4: node_ips, 6: (IPV6 | 0xFD01 << 112 | 1,)})
+    warnings: list[str] = []
+    made = _frontends(ports, info, warnings)
+    assert (made, warnings) == expected_frontends(ports, info)
+    assert not any(map(gc.is_tracked, made))  # ints, strings and untracked tuples only
+
+
+def test_frontend_kinds_put_cluster_ip_first() -> None:
+    """The compiled frontends take each port's ClusterIP claim before any other claim, and its
+    ClusterIP frontend before its others: both orders must put ClusterIP first."""
+    from fastpath.compiler import _CLAIM_ORDER
+    from fastpath.maps import FRONTEND_KINDS
+
+    assert min(_CLAIM_ORDER, key=_CLAIM_ORDER.get) == "ClusterIP" == FRONTEND_KINDS[0]
+    assert sorted(_CLAIM_ORDER.values()).count(_CLAIM_ORDER["ClusterIP"]) == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_map_services_are_made_as_the_rows_say(seed: int) -> None:
+    from collections import Counter
+
+    from fastpath.compiler import _affinity_timeout, _Port
+    from fastpath.maps import Service as MapService
+
+    rng = random.Random(seed)
+    services = [dataclasses.replace(service, session_affinity=affinity, affinity_timeout=timeout)
+                for service, (affinity, timeout) in zip(
+                    random_frontend_services(rng), iter(lambda: rng.choice((("None", None), ("ClientIP", None),
+                                                                             ("ClientIP", 60))), None))]
+    ports = compile_kernel.service_ports(services, Counter(), None, _Port)
+    id_sets = [tuple(tuple(sorted(rng.sample(range(1, 50), rng.randrange(4)))) for _ in range(3)) for _ in ports]
+    made = compile_kernel.map_services(ports, id_sets, _affinity_timeout)
+    assert made == [MapService(number, entry.name, *sets, _affinity_timeout(entry.service), entry.family)
+                    for number, (entry, sets) in enumerate(zip(ports, id_sets), start=1)]
+    assert not any(map(gc.is_tracked, made))
+    with pytest.raises(ValueError, match="id sets"):
+        compile_kernel.map_services(ports, id_sets + [((), (), ())], _affinity_timeout)

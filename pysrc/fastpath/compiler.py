@@ -53,7 +53,9 @@ from typing import Any, NamedTuple
 from ._compile import Gatherer as _Gatherer
 from ._compile import candidates as _compiled_candidates
 from ._compile import checked_port as _checked_port
-from ._compile import make_objects, map_address
+from ._compile import frontends as _compiled_frontends
+from ._compile import map_address
+from ._compile import map_services as _map_services
 from ._compile import port_sets as _port_sets
 from ._compile import service_ports as _compiled_service_ports
 from ._compile import slices_by_service as _compiled_slices_by_service
@@ -72,7 +74,6 @@ from .maps import (
     in_prefix,
     service_label,
 )
-from .maps import Service as MapService
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
     NODE_PORT_ADDRESSES_PRIMARY,
@@ -238,12 +239,9 @@ def _compile(state: ClusterState, node: str | None) -> CompileResult:
     # slices, is one backend named by the smallest name. Per service port, each set's ids sorted.
     backends, id_sets = gatherer.number(Backend)
     del gatherer
-    # MapService(id, name, backends, local_backends, serving, affinity_timeout_s, family)
-    services = make_objects(MapService, [
-        (service_id, name, cluster, local, serving, _affinity_timeout(service), family)
-        for service_id, ((service, _, family, _, _, name), (cluster, local, serving))
-        in enumerate(zip(ports, id_sets), start=1)])
-    frontends = _frontends(ports, info, warnings, skipped)
+    # MapService(id, name, cluster set, local set, serving set, _affinity_timeout, family) per port
+    services = _map_services(ports, id_sets, _affinity_timeout)
+    frontends = _frontends(ports, info, warnings)
 
     notes.extend(_config_notes(config))
     notes.extend(f"skipped {count} {what}" for what, count in sorted(skipped.items()))
@@ -433,20 +431,26 @@ class _FrontendClaim(NamedTuple):
     source_ranges: tuple[tuple[int, int], ...]
 
 
-_new_claim = tuple.__new__  # _FrontendClaim(...) without the named tuple's Python-level __new__
 _CLUSTER_IP_ORDER = _CLAIM_ORDER["ClusterIP"]
 
 
-def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
-               skipped: Counter[str]) -> list[Frontend]:
-    claims: list[_FrontendClaim] = []
+def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str]) -> list[Frontend]:
+    """The maps' frontends, by claims. Every service port claims its ClusterIP (ip, port, proto);
+    one whose service has load-balancer ingress or external IPs, or which has a node port, also
+    claims those addresses (_external_claims). Claims are taken in (_CLAIM_ORDER of their kind,
+    service id, ip, port, proto) order, and the first claim of an (ip, port, proto) owns it: a
+    later one, by another service port or of another kind, is ignored with a warning (the same
+    address listed twice by one port is not worth one). The frontends are in (service id, kind's
+    place in FRONTEND_KINDS, ip, port, proto) order.
+
+    Compiled (fastpath._compile.frontends): the ClusterIP claims never leave C. At 100,000
+    services this loop's tuples and dict were a tenth of the compile. ClusterIP comes first in
+    both orders, which the compiled code relies on.
+    """
     per_service: dict[tuple[str, str, int], tuple] = {}
-    # (_Port unpacked: its field reads cost more than the rest of this loop's ClusterIP path.)
-    for service_id, (service, port, family, cluster_ip, proto, _) in enumerate(ports, start=1):
-        claims.append(_new_claim(_FrontendClaim, (_CLUSTER_IP_ORDER, service_id, cluster_ip, port.port, proto,
-                                                  "ClusterIP", service.internal_traffic_policy == "Local", ())))
-        if not (service.load_balancer_ingress or service.external_ips or port.node_port is not None):
-            continue  # a ClusterIP service port: that is all
+
+    def external_claims(service_id: int, entry: _Port) -> list[_FrontendClaim]:
+        service, port, family, _, proto, _ = entry
         service_key = (*service.key, family)
         if service_key not in per_service:  # the same for every port of the service
             vips = [ip for ip in (_address(a) for a in service.load_balancer_vips) if family_of(ip) == family]
@@ -459,28 +463,27 @@ def _frontends(ports: Sequence[_Port], info: _NodeInfo, warnings: list[str],
         wanted += [("ExternalIP", ip, port.port, external_local, ()) for ip in externals]
         if port.node_port is not None:
             wanted += [("NodePort", ip, port.node_port, external_local, ()) for ip in info.node_port_ips[family]]
-        claims.extend(_FrontendClaim(_CLAIM_ORDER[kind], service_id, ip, number, proto, kind, local, source)
-                      for kind, ip, number, local, source in wanted)
+        return [_FrontendClaim(_CLAIM_ORDER[kind], service_id, ip, number, proto, kind, local, source)
+                for kind, ip, number, local, source in wanted]
 
-    claims.sort()
-    owners: dict[tuple[int, int, int], _FrontendClaim] = {}
-    # Kept claims as (service, kind's place in FRONTEND_KINDS, ip, port, proto, kind, local_policy,
-    # source_ranges): sorted as they are, the frontends' order. (Plain tuples unpacked: a named
-    # tuple's field reads cost more than the rest of this loop.)
-    kept: list[tuple] = []
-    for claim in claims:
-        _, service_id, ip, number, proto, kind, local, source = claim
-        owner = owners.setdefault((ip, number, proto), claim)
-        if owner is claim:
-            kept.append((service_id, _KIND_ORDER[kind], ip, number, proto, kind, local, source))
-        elif not (owner.service == service_id and owner.kind == kind):  # the same address listed twice: nothing to say
-            warnings.append(f"{ports[service_id - 1].label}: {_endpoint_text(ip, number)}/{PROTOCOL_NAMES[proto]} "
-                            f"({kind}) is already the {owner.kind} frontend of {ports[owner.service - 1].label}; "
-                            "ignored")
-    kept.sort()  # (service, kind, ip, port) is unique: a service port has one protocol
-    # Frontend(ip, port, proto, service, kind, local_policy, source_ranges), made in bulk
-    return make_objects(Frontend, [(ip, number, proto, service_id, kind, local, source)
-                                   for service_id, _, ip, number, proto, kind, local, source in kept])
+    def cluster_ip_claim(index: int) -> _FrontendClaim:
+        service, port, _, cluster_ip, proto, _ = ports[index]
+        return _FrontendClaim(_CLUSTER_IP_ORDER, index + 1, cluster_ip, port.port, proto, "ClusterIP",
+                              service.internal_traffic_policy == "Local", ())
+
+    frontends, refused = _compiled_frontends(ports, external_claims, _kept_order)
+    for claim, owner in refused:
+        claim = cluster_ip_claim(claim) if type(claim) is int else claim
+        owner = cluster_ip_claim(owner) if type(owner) is int else owner
+        warnings.append(f"{ports[claim.service - 1].label}: {_endpoint_text(claim.ip, claim.port)}/"
+                        f"{PROTOCOL_NAMES[claim.proto]} ({claim.kind}) is already the {owner.kind} frontend of "
+                        f"{ports[owner.service - 1].label}; ignored")
+    return frontends
+
+
+def _kept_order(claim: _FrontendClaim) -> tuple:
+    """A kept claim's place among the frontends: (service id, kind's place in FRONTEND_KINDS, ...)."""
+    return (claim.service, _KIND_ORDER[claim.kind], claim.ip, claim.port, claim.proto)
 
 
 def _external_policy_local(service: Service) -> bool:
