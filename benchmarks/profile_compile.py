@@ -11,12 +11,13 @@ fastpath.compiler.compile_maps(state) --rounds times with timers wrapped around 
   number backends    Gatherer.number: one Backend per (ip, port), every port's id tuples
   service ports      _service_ports: the ports of every Service, sorted (fastpath._compile)
   frontends          _frontends: ClusterIP, NodePort, external and load-balancer frontends
+                     (fastpath._compile)
   group slices       _slices_by_service
   endpoint notes     _endpoint_notes (of the ports Gatherer.add_ports finds remarkable)
-  make objects       make_objects (the maps' Services and Frontends)
+  map services       _map_services: the maps' Services (fastpath._compile)
   node               _node_info
-  python rest        compile_maps minus all of the above: the Services' rows, the result,
-                     freeing what the compile made on the way
+  python rest        compile_maps minus all of the above: the result, freeing what the
+                     compile made on the way
 
 A small cluster (--services 2000: everything in cache) shows what the work itself costs; the
 default one adds what a model of four million objects costs to walk. The collector is paused
@@ -47,7 +48,7 @@ STEPS = {  # fastpath.compiler's function -> the step it is
     "_frontends": "frontends",
     "_slices_by_service": "group slices",
     "_endpoint_notes": "endpoint notes",
-    "make_objects": "make objects",
+    "_map_services": "map services",
     "_node_info": "node",
 }
 GATHERER_STEPS = {"add_ports": "gather endpoints", "number": "number backends"}
