@@ -695,6 +695,73 @@ def plain_service(obj, namespace, name):
     return service
 
 
+cdef str DEFAULT_NAMESPACE = "default"  # where kubectl (and model._Collector) puts an object without one
+
+
+@cython.final  # its cdef methods called directly, not through a vtable
+cdef class PlainCollector:
+    """fastpath.model's collector (_Collector), for the objects most of a big dump is: a Service
+    or EndpointSlice of the kind's current apiVersion, its metadata a dict holding a name and a
+    namespace (or none: "default") that are strings, which plain_service or plain_ipv4_slice
+    reads. collect(obj, source) checks and reads such an object in one call, records it in
+    `first_seen` ((kind, namespace, name) -> source) and appends it to `objects[kind]`, as the
+    collector's own add() would. For anything else (another kind or version, a List, other
+    metadata, a name seen before, a field the readers leave to the model) it returns False
+    having changed nothing, and the collector reads the object in Python, wording its errors.
+    (At 100,000 Services that Python was a third of reading their decoded dicts.)"""
+    cdef dict first_seen
+    cdef list services, slices
+    cdef str service_version, slice_version
+
+    def __cinit__(self, dict first_seen, dict objects, str service_version, str slice_version):
+        self.first_seen = first_seen
+        self.services, self.slices = objects["Service"], objects["EndpointSlice"]
+        self.service_version, self.slice_version = service_version, slice_version
+
+    def collect(self, obj, source):
+        cdef PyObject* value
+        cdef bint service
+        if type(obj) is not dict:
+            return False
+        value = PyDict_GetItem(obj, "kind")
+        if value == NULL or type(<object>value) is not str:
+            return False
+        kind = <object>value
+        if kind == "Service":
+            service, version = True, self.service_version
+        elif kind == "EndpointSlice":
+            service, version = False, self.slice_version
+        else:
+            return False
+        value = PyDict_GetItem(obj, "apiVersion")
+        if value == NULL or type(<object>value) is not str or <object>value != version:
+            return False
+        value = PyDict_GetItem(obj, "metadata")
+        if value == NULL or type(<object>value) is not dict:
+            return False
+        metadata = <object>value
+        value = PyDict_GetItem(metadata, "name")
+        if value == NULL or type(<object>value) is not str or PyUnicode_GET_LENGTH(<object>value) == 0:
+            return False
+        name = <object>value
+        value = PyDict_GetItem(metadata, "namespace")
+        if value == NULL or <object>value is None:
+            namespace = DEFAULT_NAMESPACE
+        elif type(<object>value) is str:
+            namespace = <object>value if PyUnicode_GET_LENGTH(<object>value) else DEFAULT_NAMESPACE
+        else:
+            return False
+        key = (kind, namespace, name)
+        if key in self.first_seen:
+            return False  # a duplicate: the collector says so
+        made = plain_service(obj, namespace, name) if service else plain_ipv4_slice(obj, namespace, name)
+        if made is None:
+            return False
+        self.first_seen[key] = source
+        (self.services if service else self.slices).append(made)
+        return True
+
+
 # --------------------------------------------------------------------------------------------
 # Endpoints as records
 #

@@ -958,3 +958,77 @@ def test_plain_endpoints_are_left_out_of_the_cyclic_collector() -> None:
     assert not gc.is_tracked(endpoint.addresses) and not gc.is_tracked(endpoint.target_ref)
     assert not any(gc.is_tracked(conditions) for conditions in model._CONDITIONS.values())
     assert endpoint == _full_read(raw)
+
+
+# The collector's compiled fast path (fastpath._compile.PlainCollector) against the collector
+# without it: the same state, or the same error, for lists of objects whose kind, apiVersion
+# and metadata are mostly plain, one at a time not, with names that repeat.
+
+_NAMES = _mostly(st.sampled_from(["web", "db"]), st.sampled_from([None, "", 3, ["web"]]))
+_NAMESPACES = _mostly(st.sampled_from(["default", "kube-system"]), st.sampled_from([None, "", 0, ["x"], "ns\u00e9"]))
+
+
+@st.composite
+def _collected_objects(draw: st.DrawFn) -> dict[str, Any]:
+    service = draw(st.booleans())
+    obj = dict(draw(_raw_services if service else _raw_slices))
+    metadata = obj.get("metadata")
+    metadata = dict(metadata) if type(metadata) is dict else {}
+    metadata["name"] = draw(_NAMES)
+    if draw(st.booleans()):
+        metadata["namespace"] = draw(_NAMESPACES)
+    obj["metadata"] = draw(_mostly(st.just(metadata), st.sampled_from([None, "web", [metadata]])))
+    obj["apiVersion"] = draw(_mostly(st.just(obj["apiVersion"]), st.sampled_from(
+        ["discovery.k8s.io/v1beta1", "v2", "", None, 1, "example.com/v1"])))
+    if draw(st.integers(0, 9)) == 0:
+        obj["kind"] = draw(st.sampled_from(["Pod", "ServiceList", "", None]))
+    return obj
+
+
+def _from_objects(objects: list[Any], collect_plain: Any) -> Any:
+    """from_objects with the collector's compiled path replaced by collect_plain(compiled, obj,
+    source): the state and what it skipped, or the error."""
+    original = model._Collector.__init__
+
+    def init(collector: Any) -> None:
+        original(collector)
+        compiled = collector._collect_plain
+        collector._collect_plain = lambda obj, source: collect_plain(compiled, obj, source)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model._Collector, "__init__", init)
+        try:
+            state = ClusterState.from_objects(objects, "cluster.json")
+        except ClusterError as error:
+            return str(error)
+    return state, dict(state.skipped)
+
+
+def _counting(taken: list[bool]) -> Any:
+    def collect_plain(compiled: Any, obj: Any, source: str) -> bool:
+        taken.append(compiled(obj, source))
+        return taken[-1]
+    return collect_plain
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_collected_objects(), max_size=5))
+def test_the_collectors_compiled_path_collects_as_the_collector(objects: list[Any]) -> None:
+    assert _from_objects(objects, _counting([])) == _from_objects(objects, lambda compiled, obj, source: False)
+
+
+@pytest.mark.parametrize("namespace", [{}, {"namespace": None}, {"namespace": ""}, {"namespace": "default"}])
+def test_plain_objects_take_the_collectors_compiled_path(namespace: dict[str, Any]) -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", **namespace},
+               "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    endpoint_slice = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                      "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}, **namespace},
+                      "ports": [{"port": 8080}], "endpoints": [{"addresses": ["10.244.1.5"]}]}
+    taken: list[bool] = []
+    state, _ = _from_objects([service, endpoint_slice], _counting(taken))
+    assert taken == [True, True]
+    assert (state.services[0].namespace, state.endpoint_slices[0].namespace) == ("default", "default")
+    assert _from_objects([service, endpoint_slice], lambda compiled, obj, source: False)[0] == state
+    # A second object of the same kind and name is the collector's error, not the compiled path's.
+    error = _from_objects([service, endpoint_slice, service], _counting(taken))
+    assert error == "cluster.json: Service default/web: duplicate object (appears twice in this file)"

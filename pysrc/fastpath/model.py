@@ -907,9 +907,15 @@ class _Collector:
         self.objects: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
         self.first_seen: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> source
         self.skipped: Counter[str] = Counter()
+        # Services and IPv4 slices as most are written, with plain metadata: checked, read and
+        # recorded by compiled code, as add() below would (False: add() reads it).
+        self._collect_plain = _compiled.PlainCollector(self.first_seen, self.objects, _KINDS["Service"].api_version,
+                                                       _KINDS["EndpointSlice"].api_version).collect
 
     def add(self, obj: Any, source: str, where: str) -> None:
         """One decoded document or array element: an object, a List of objects, or nothing."""
+        if self._collect_plain(obj, source):
+            return
         if obj is None:  # an empty YAML document ("---" at the end of a file)
             return
         if type(obj) is not dict and not isinstance(obj, Mapping):
