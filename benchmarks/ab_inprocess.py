@@ -22,6 +22,8 @@ Cases (bench_scale.py's and bench_core.py's workloads):
               bench_control's test_compile_100k_gc_paused), run by each TREE's own compiler.py
               and _compile build (over this tree's model and maps: the state is read once);
               the first round checks the builds' maps equal
+  load        Engine.load of that cluster's maps (compiled once, by this tree) on an engine of
+              each TREE already holding them (bench_control's test_engine_load_100k)
 
 Prints per case and build the minimum and median in ms, then against the first TREE the median
 and quartiles of the per-round time ratios and the rounds each build won.
@@ -44,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "pysrc"), str(HERE)]
 import workload  # noqa: E402
 
-CASES = ("cold", "tracked", "ports", "warm-ports", "new-flows", "compile")
+CASES = ("cold", "tracked", "ports", "warm-ports", "new-flows", "compile", "load")
 
 
 def load_module(tree: str, number: int, name: str) -> types.ModuleType:
@@ -114,18 +116,25 @@ def load_compiler(tree: str, number: int) -> types.ModuleType:
     return module
 
 
-def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
-    """Seconds per round and build of compile_maps(state), the collector paused."""
+def control_state(services: int):
+    """bench_control's cluster of `services` Services x 10 endpoints, read by this tree's model
+    (frozen: not traversed by each round's collection)."""
     import fastpath._compile  # noqa: F401 (this tree's: the model's Makers, before the state is read)
     from fastpath.model import ClusterState
-    compilers = [load_compiler(tree, number) for number, tree in enumerate(trees)]
     spec = workload.CLUSTER_SPECS["control"]
     spec = dataclasses.replace(spec, services=services, nodes=max(64, -(-services * 10 // 240)))
     gc.disable()
     state = ClusterState.from_objects(workload.cluster_objects(spec, workload.plan_cluster(spec)))
     gc.enable()
     gc.collect()
-    gc.freeze()  # the state: not traversed by each round's collection
+    gc.freeze()
+    return state
+
+
+def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
+    """Seconds per round and build of compile_maps(state), the collector paused."""
+    compilers = [load_compiler(tree, number) for number, tree in enumerate(trees)]
+    state = control_state(services)
     times: list[list[float]] = [[] for _ in trees]
     for done in range(rounds):
         first = None
@@ -147,6 +156,23 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
     return times
 
 
+def load_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
+    """Seconds per round and build of Engine.load(maps) on an engine holding those maps."""
+    from fastpath.compiler import compile_maps
+    maps = compile_maps(control_state(services)).maps
+    engines = [load_engine(tree, number)(maps) for number, tree in enumerate(trees)]
+    times: list[list[float]] = [[] for _ in trees]
+    for done in range(rounds):
+        for number, engine in enumerate(engines):
+            gc.collect()
+            start = time.perf_counter()
+            engine.load(maps)
+            times[number].append(time.perf_counter() - start)
+        if sys.stderr.isatty():
+            print(f"round {done + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("case", choices=CASES)
@@ -154,7 +180,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="rounds (default 15)")
     parser.add_argument("--flows", default="1000,1000000", help="tracked: flow counts (default 1000,1000000)")
     parser.add_argument("--services", type=int, default=100_000,
-                        help="compile: Services x 10 endpoints in the cluster (default 100,000)")
+                        help="compile, load: Services x 10 endpoints in the cluster (default 100,000)")
     args = parser.parse_args()
     try:
         flows = [int(text) for text in args.flows.split(",")]
@@ -166,6 +192,9 @@ def main() -> None:
     if args.case == "compile":
         compiled = compile_rounds(args.trees, args.services, args.rounds)
         report(f"compile, {args.services:,} Services", names, compiled, "s")
+        return
+    if args.case == "load":
+        report(f"Engine.load, {args.services:,} Services", names, load_rounds(args.trees, args.services, args.rounds), "s")
         return
     engines = [load_engine(tree, number) for number, tree in enumerate(args.trees)]
     cases = plan(args.case, flows)

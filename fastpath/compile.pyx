@@ -34,6 +34,7 @@ from libc.string cimport memchr, memcpy, memset, strlen
 
 from ids cimport int_or_zero
 from prefetch cimport prefetch
+from slots cimport fill_slot, give_slot, new_empty, offset_of, slot_at
 
 from dataclasses import fields as dataclass_fields
 
@@ -109,28 +110,7 @@ cdef extern from *:
     """
     object tuple_alloc "fastpath_tuple_alloc"(object cls, Py_ssize_t size)
 
-cdef extern from *:
-    # A slotted object's field read where its member descriptor says it lives (what the
-    # descriptor's __get__ does, without the attribute lookup around it). NULL: the slot is unset.
-    # A new object of a slotted class is made empty (its slots NULL) and filled the same way,
-    # as unpickling does it: a frozen dataclass's __setattr__ (and __init__) are skipped.
-    """
-    #include "structmember.h"
-    static Py_ssize_t fastpath_slot_offset(PyObject* descriptor) {  /* -1: no object slot */
-        PyMemberDef* member = ((PyMemberDescrObject*)descriptor)->d_member;
-        return member->type == T_OBJECT_EX ? member->offset : -1;
-    }
-    #define fastpath_slot_at(item, offset) (*(PyObject**)((char*)(item) + (offset)))
-    #define fastpath_new_empty(cls) PyType_GenericAlloc((PyTypeObject*)(cls), 0)
-    #define fastpath_fill_slot(item, offset, value) \
-        do { Py_INCREF(value); fastpath_slot_at((item), (offset)) = (value); } while (0)
-    #define fastpath_give_slot(item, offset, value) (fastpath_slot_at((item), (offset)) = (value))
-    """
-    Py_ssize_t slot_offset "fastpath_slot_offset"(object descriptor)
-    PyObject* slot_at "fastpath_slot_at"(object item, Py_ssize_t offset)
-    object new_empty "fastpath_new_empty"(object cls)
-    void fill_slot "fastpath_fill_slot"(object item, Py_ssize_t offset, object value)
-    void give_slot "fastpath_give_slot"(object item, Py_ssize_t offset, PyObject* value)
+cdef extern from "Python.h":
     void gc_untrack "PyObject_GC_UnTrack"(object item)
     bint gc_is_tracked "PyObject_GC_IsTracked"(object item)
     bint gc_type "PyObject_IS_GC"(object item)
@@ -191,17 +171,13 @@ cdef class Fields:
 
     def __cinit__(self, type cls, names=None):
         from dataclasses import fields
-        from types import MemberDescriptorType
         if names is None:  # every field of a dataclass, in order
             names = tuple(field.name for field in fields(cls))
         if len(names) > MAX_FIELDS:
             raise TypeError(f"{cls.__name__} has more than {MAX_FIELDS} fields")
         self.cls, self.names, self.count = cls, tuple(names), len(names)
         for index, name in enumerate(self.names):
-            descriptor = cls.__dict__.get(name)
-            if type(descriptor) is not MemberDescriptorType or slot_offset(descriptor) < 0:
-                raise TypeError(f"{cls.__name__}.{name} is not a slot")
-            self.offsets[index] = slot_offset(descriptor)
+            self.offsets[index] = offset_of(cls, name)
 
     cdef inline object get(self, item, Py_ssize_t index):
         cdef PyObject* value

@@ -262,6 +262,26 @@ def test_load_keeps_tracked_flows():
     assert engine.process_packet(syn(sport=40001), 3)[1] == Reason.REJECT_NO_ENDPOINT
 
 
+def test_load_reads_other_map_objects_by_attribute():
+    """load() reads the map classes' fields from their slots, and objects of any other type by
+    attribute: stand-ins for every backend, service and frontend route as the map objects do,
+    reloads between the two included."""
+    def stand_in(item):
+        return SimpleNamespace(**{name: getattr(item, name) for name in item.__slots__})
+
+    standing_in = Maps.unchecked([stand_in(s) for s in MAPS.services], [stand_in(f) for f in MAPS.frontends],
+                                 [stand_in(b) for b in MAPS.backends], NodeView())
+    packets = [syn(sport=port) for port in range(40000, 40032)] + [syn("10.96.0.11")]
+    expected = [_core.Engine(MAPS).process_packet(packet, 1) for packet in packets]
+    engine = _core.Engine(standing_in)
+    assert [engine.process_packet(packet, 1) for packet in packets] == expected
+    for reloaded in (MAPS, standing_in):  # tracked flows keep their backends (mapped by address)
+        engine.load(reloaded)
+        again = [engine.process_packet(packet, 2) for packet in packets]
+        assert [(verdict, reason) for verdict, reason, _ in again[:32]] == [(Verdict.DNAT, Reason.CT_ESTABLISHED)] * 32
+        assert [rewritten for _, _, rewritten in again] == [rewritten for _, _, rewritten in expected]
+
+
 def test_duplicate_frontend_is_refused():
     with pytest.raises(ValueError, match="duplicate frontend"):
         Maps(services=MAPS.services,
