@@ -1076,6 +1076,7 @@ cdef Py_ssize_t SERVICE_ID = offset_of(MapService, "id"), SERVICE_BACKENDS = off
 cdef Py_ssize_t SERVICE_LOCAL = offset_of(MapService, "local_backends")
 cdef Py_ssize_t SERVICE_SERVING = offset_of(MapService, "serving")
 cdef Py_ssize_t SERVICE_TIMEOUT = offset_of(MapService, "affinity_timeout_s")
+cdef Py_ssize_t SERVICE_NAME = offset_of(MapService, "name"), SERVICE_FAMILY = offset_of(MapService, "family")
 cdef Py_ssize_t FRONTEND_IP = offset_of(Frontend, "ip"), FRONTEND_PORT = offset_of(Frontend, "port")
 cdef Py_ssize_t FRONTEND_PROTO = offset_of(Frontend, "proto"), FRONTEND_SERVICE = offset_of(Frontend, "service")
 cdef Py_ssize_t FRONTEND_KIND = offset_of(Frontend, "kind"), FRONTEND_LOCAL = offset_of(Frontend, "local_policy")
@@ -1373,8 +1374,8 @@ def _id_mapping(old, new):
     # A name or address listed twice maps to its lowest id.
     by_name = {}
     for service in new.services:
-        by_name.setdefault((service.name, service.family), service.id)
-    services = [0] + [by_name.get((service.name, service.family), 0) for service in old.services]
+        by_name.setdefault(_service_key(service), service_field(service, SERVICE_ID, "id"))
+    services = [0] + [by_name.get(_service_key(service), 0) for service in old.services]
     backends = _merged_backend_ids(old.backends, new.backends)
     if backends is None:
         by_address = {}
@@ -1382,6 +1383,10 @@ def _id_mapping(old, new):
             by_address.setdefault((backend.ip, backend.port), backend.id)
         backends = [0] + [by_address.get((backend.ip, backend.port), 0) for backend in old.backends]
     return services, backends
+
+
+cdef inline tuple _service_key(service):
+    return service_field(service, SERVICE_NAME, "name"), service_field(service, SERVICE_FAMILY, "family")
 
 
 cdef list _merged_backend_ids(list old, list new):
