@@ -257,13 +257,13 @@ def test_update_load_only(benchmark, readiness_states, rounds):
 
 
 @pytest.mark.benchmark(group="control: one endpoint readiness change (1,000 services)")
-def test_update_load_with_flows(benchmark, readiness_states, rounds):
+def test_update_load_with_flows(benchmark, readiness_states, workload_files, rounds):
     """update_load_only on an engine tracking the standard batch's flows (default conntrack
     capacity): the endpoint leaving shifts backend ids, so every tracked entry is remapped."""
     ready, not_ready, _, _ = readiness_states
     both = (compile_maps(ready).maps, compile_maps(not_ready).maps)
     engine = Engine(both[0])
-    batch = workload.workload_batch("standard")
+    batch = workload.load_batch(workload_files.capture, workload_files.index)  # (the states' workload)
     engine.process(batch.fresh_buffer(), batch.offsets, batch.lengths, batch.timestamps_ns,
                    array("B", bytes(batch.count)), array("B", bytes(batch.count)), batch.linktype)
     turn = [0]
