@@ -133,8 +133,8 @@ def control_state(services: int):
 
 def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[float]]:
     """Seconds per round and build of compile_maps(state), the collector paused."""
+    state = control_state(services)  # (first: the model binds this tree's _compile as it is imported)
     compilers = [load_compiler(tree, number) for number, tree in enumerate(trees)]
-    state = control_state(services)
     times: list[list[float]] = [[] for _ in trees]
     for done in range(rounds):
         first = None
