@@ -549,7 +549,9 @@ cdef object plain_service_port(raw):
             return None
     elif type(target) is not str or not port_name_text(target):
         return None
-    if not (node_port is None or type(node_port) is int and node_port == 0):
+    if node_port is None or type(node_port) is int and node_port == 0:
+        node_port = None
+    elif type(node_port) is not int or not 1 <= node_port <= 65535:
         return None
     name = (<dict>raw).get("name")
     if unset(name):
@@ -564,18 +566,22 @@ cdef object plain_service_port(raw):
     SERVICE_PORT.fill(port, PT_PROTOCOL, protocol)
     SERVICE_PORT.fill(port, PT_PORT, number)
     SERVICE_PORT.fill(port, PT_TARGET_PORT, target)
-    SERVICE_PORT.fill(port, PT_NODE_PORT, None)
+    SERVICE_PORT.fill(port, PT_NODE_PORT, node_port)
     gc_untrack(port)  # strings and ints: in no cycle (see Maker)
     return port
 
 
+cdef tuple PLAIN_SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")  # (ExternalName: not read as one)
+
+
 def plain_service(obj, namespace, name):
     """The Service a raw Service reads as when it is written as most are: spec and status dicts;
-    type ClusterIP (or unset); spec.clusterIP a canonical IPv4 address, spec.clusterIPs unset,
-    empty or that address alone; ports of plain numbers (1-65535), target ports of numbers or
-    ASCII names, no node port, no name or protocol twice; no session affinity; no external IPs,
-    source ranges or load-balancer ingress; a selector of strings; traffic policies and
-    publishNotReadyAddresses unset or valid. None for anything else (the model's full reader
+    type ClusterIP (or unset), NodePort, or LoadBalancer without ingress yet; spec.clusterIP a
+    canonical IPv4 address, spec.clusterIPs unset, empty or that address alone; ports of plain
+    numbers (1-65535), target ports of numbers or ASCII names, node ports unset, 0 or plain
+    numbers, no name or protocol twice; no session affinity; no external IPs, source ranges or
+    load-balancer ingress; a selector of strings; traffic policies and publishNotReadyAddresses
+    unset or valid. None for anything else (the model's full reader
     then reads it, and reports what is wrong). Equal to what the full reader makes of it."""
     cdef Py_ssize_t size
     cdef uint32_t v4
@@ -591,8 +597,8 @@ def plain_service(obj, namespace, name):
         balancer = (<dict>status).get("loadBalancer")
         if balancer is not None and (type(balancer) is not dict or not empty_list((<dict>balancer).get("ingress"))):
             return None
-    service_type = (<dict>spec).get("type")
-    if not unset(service_type) and service_type != "ClusterIP":
+    service_type = plain_choice((<dict>spec).get("type"), PLAIN_SERVICE_TYPES, "ClusterIP")
+    if service_type is None:
         return None
     # One IPv4 cluster IP, written as the API server writes it.
     primary, listed = (<dict>spec).get("clusterIP"), (<dict>spec).get("clusterIPs")
@@ -652,7 +658,7 @@ def plain_service(obj, namespace, name):
     service = SERVICE.new()
     SERVICE.fill(service, SV_NAMESPACE, namespace)
     SERVICE.fill(service, SV_NAME, name)
-    SERVICE.fill(service, SV_TYPE, "ClusterIP")
+    SERVICE.fill(service, SV_TYPE, service_type)
     SERVICE.fill(service, SV_CLUSTER_IPS, cluster_ips)
     SERVICE.fill(service, SV_HEADLESS, False)
     SERVICE.fill(service, SV_PORTS, port_tuple)

@@ -799,7 +799,8 @@ _raw_service_ports = st.lists(st.fixed_dictionaries(
         "protocol": _mostly(st.sampled_from([None, "", "TCP", "UDP", "SCTP"]), st.sampled_from(["tcp", "ICMP", 6])),
         "targetPort": _mostly(st.sampled_from([None, 0, 8080, "http", "web-2"]),
                               st.sampled_from(["8080", "", "h\u00e9", "\u00e9", 70000, -1, False, 8080.0])),
-        "nodePort": _mostly(st.sampled_from([None, 0]), st.sampled_from([30080, False, 0.0])),
+        "nodePort": _mostly(st.sampled_from([None, 0, 30080, 1, 65535]),
+                            st.sampled_from([False, True, 0.0, 70000, -1, "30080"])),
         "appProtocol": st.just("http"),
     }), max_size=3)
 _raw_service_specs = st.fixed_dictionaries(
@@ -808,7 +809,8 @@ _raw_service_specs = st.fixed_dictionaries(
     optional={
         "clusterIPs": _mostly(st.sampled_from([None, [], ["10.96.0.10"]]),
                               st.sampled_from([["10.96.0.11"], ["10.96.0.10", "fd00::10"], "10.96.0.10", ["None"]])),
-        "type": _mostly(st.sampled_from([None, "", "ClusterIP"]), st.sampled_from(["NodePort", "Other", 3])),
+        "type": _mostly(st.sampled_from([None, "", "ClusterIP", "NodePort", "LoadBalancer"]),
+                        st.sampled_from(["ExternalName", "nodeport", "Other", 3])),
         "ports": _mostly(_raw_service_ports, st.one_of(st.none(), st.just("80"))),
         "selector": _mostly(st.dictionaries(st.sampled_from(["app", "tier", "b"]), st.sampled_from(["web", "x"]),
                                             max_size=3),
@@ -875,6 +877,41 @@ def test_a_service_as_the_api_server_writes_it_takes_the_compiled_reader() -> No
     plain = model._compiled.plain_service(raw, "default", "web")
     assert plain is not None and plain == _full_service(raw)
     assert plain.selector == (("app", "web"), ("tier", "web"))
+
+
+def test_node_port_and_pending_load_balancer_services_take_the_compiled_reader() -> None:
+    raw = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+           "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "NodePort",
+                    "externalTrafficPolicy": "Local", "selector": {"app": "web"},
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080},
+                              {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53}]},
+           "status": {"loadBalancer": {}}}
+    for service_type in ("NodePort", "LoadBalancer"):  # a LoadBalancer not given an address yet
+        raw["spec"]["type"] = service_type
+        plain = model._compiled.plain_service(raw, "default", "web")
+        assert plain is not None and plain == _full_service(raw)
+        assert (plain.type, [port.node_port for port in plain.ports]) == (service_type, [30080, None])
+    raw["status"]["loadBalancer"]["ingress"] = [{"ip": "192.0.2.9"}]  # with one: the full reader's
+    assert model._compiled.plain_service(raw, "default", "web") is None
+
+
+@pytest.mark.parametrize("change, compiled", [
+    ({"type": "ExternalName"}, False), ({"type": "ExternalName", "externalName": "db.example.com"}, False),
+    ({"type": "nodeport"}, False), ({"nodePort": 70000}, False), ({"nodePort": -1}, False),
+    ({"nodePort": True}, False), ({"nodePort": False}, False), ({"nodePort": "30080"}, False),
+    ({"nodePort": 0.0}, False), ({"nodePort": 65535}, True), ({"nodePort": 0}, True), ({}, True),
+])
+def test_a_node_port_service_reads_as_the_full_reader(change: dict[str, Any], compiled: bool) -> None:
+    """One field of a NodePort Service changed at a time: the compiled reader takes it or not as
+    said, and what it takes reads as the full reader reads it."""
+    port = {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}
+    spec = {"clusterIP": "10.96.0.10", "type": "NodePort", "ports": [port]}
+    for key, value in change.items():
+        (port if key == "nodePort" else spec)[key] = value
+    raw = {"spec": spec}
+    plain, full = model._compiled.plain_service(raw, "default", "web"), _full_service(raw)
+    assert (plain is not None) == compiled
+    assert plain is None or plain == full
 
 
 @pytest.mark.parametrize("ports, error", [
