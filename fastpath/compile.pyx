@@ -49,7 +49,8 @@ from fastpath.maps import Service as MapService
 from fastpath.model import (ClusterError, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
                             ObjectReference, Service, ServicePort)
 from fastpath.model import _CONDITIONS as SHARED_CONDITIONS_BY_VALUES
-from fastpath.model import LABEL_SERVICE_NAME, PROTOCOLS, SLICE_FAMILIES, TRAFFIC_POLICIES
+from fastpath.model import (DEFAULT_NAMESPACE, LABEL_SERVICE_NAME, PROTOCOLS, SERVICE_TYPES, SLICE_FAMILIES,
+                            TRAFFIC_POLICIES)
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object text)
@@ -321,7 +322,7 @@ cdef Fields NEW_REFERENCE = every_field(ObjectReference, ("kind", "namespace", "
 
 # The model's shared conditions (model._CONDITIONS), by ready * 9 + serving * 3 + terminating,
 # each of them 0 for null, 1 for true, 2 for false. They hold nothing but booleans: the cyclic
-# collector need not know them, nor (see make_objects) the endpoints read here, which hold
+# collector need not know them, nor (see Maker) the endpoints read here, which hold
 # nothing else but strings and tuples of strings. A million of them made while a load pauses
 # the collector were otherwise all traversed by its first pass after.
 cdef tuple SHARED_CONDITIONS = tuple(SHARED_CONDITIONS_BY_VALUES[ready, serving, terminating]
@@ -571,7 +572,7 @@ cdef object plain_service_port(raw):
     return port
 
 
-cdef tuple PLAIN_SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")  # (ExternalName: not read as one)
+cdef tuple PLAIN_SERVICE_TYPES = tuple(kind for kind in SERVICE_TYPES if kind != "ExternalName")  # (no cluster IP read)
 
 
 def plain_service(obj, namespace, name):
@@ -675,9 +676,6 @@ def plain_service(obj, namespace, name):
     # Strings, ints, booleans, None and untracked tuples of them or of ServicePorts: in no cycle.
     gc_untrack(service)
     return service
-
-
-cdef str DEFAULT_NAMESPACE = "default"  # where kubectl (and model._Collector) puts an object without one
 
 
 @cython.final  # its cdef methods called directly, not through a vtable
@@ -1481,8 +1479,8 @@ def port_sets(list candidates, node, zone, sets_type):
 
 
 # --------------------------------------------------------------------------------------------
-# Objects of slotted dataclasses, their slots filled directly: the maps' in bulk (make_objects),
-# the model's one by one (Maker)
+# Objects of slotted dataclasses, their slots filled directly: the maps' (new_filled, below the
+# service ports), the model's (Maker)
 
 IMMUTABLE.update((Endpoint, EndpointConditions, ObjectReference))  # (plain_ipv4_endpoint makes them)
 
@@ -1510,35 +1508,6 @@ cdef bint frozen_dataclass(type cls):
     """Is cls a frozen dataclass (its objects keep their values: they may go untracked)?"""
     params = getattr(cls, "__dataclass_params__", None)
     return params is not None and params.frozen
-
-
-def make_objects(cls, rows):
-    """[cls(*row) for row in rows] for a slotted dataclass, every field given in order (ValueError
-    otherwise), several times faster: neither __init__ nor __post_init__ runs, so nothing is
-    checked (Maps(...) checks what it is given; the compiler's own maps skip that, see
-    Maps.unchecked, and a core's load() checks the ids it indexes by).
-
-    An object of a frozen class whose values can be in no reference cycle (ints, strings, the
-    compiler's id tuples: see cycle_free) is not tracked by the cyclic collector either, as
-    CPython does for such tuples. (A compile's 200,000 Services and Frontends were otherwise all
-    traversed by the collection that follows it: 80-100 ms.)"""
-    cdef Fields slots = Fields(cls)
-    cdef Py_ssize_t i
-    cdef list made = []
-    cdef bint frozen = frozen_dataclass(cls), leaf
-    for row in rows:
-        if len(row) != slots.count:
-            raise ValueError(f"{cls.__name__} has {slots.count} fields, a row has {len(row)}")
-        item = slots.new()
-        leaf = frozen
-        for i in range(slots.count):
-            value = row[i]
-            slots.fill(item, i, value)
-            leaf = leaf and cycle_free(value, 3)
-        if leaf:
-            gc_untrack(item)
-        made.append(item)
-    return made
 
 
 cdef class Maker:
@@ -1733,8 +1702,13 @@ cdef enum:
 
 
 cdef object new_filled(Fields fields, PyObject** values):
-    """An object of `fields`' class, its slots filled with `values` (borrowed), left untracked
-    by the cyclic collector as make_objects leaves it when every value is cycle_free."""
+    """An object of `fields`' class (a map class: MAP_OBJECTS_FROZEN), its slots filled with
+    `values` (borrowed): neither __init__ nor __post_init__ runs, so nothing is checked (the
+    compiler's maps are right by construction, see Maps.unchecked, and a core's load() checks
+    the ids it indexes by). When every value can be in no reference cycle (ints, strings, the
+    compiler's id tuples: see cycle_free), the object is not tracked by the cyclic collector
+    either, as CPython does for such tuples (a compile's 200,000 Services and Frontends were
+    otherwise all traversed by the collection that follows it: 80-100 ms)."""
     cdef Py_ssize_t i
     cdef bint leaf = MAP_OBJECTS_FROZEN
     made = fields.new()
@@ -1758,8 +1732,8 @@ def map_services(list ports, list id_sets, affinity_timeout):
     tuples) is Service(i + 1, its name, its (cluster, local, serving) id tuples from `id_sets`,
     its affinity timeout, its family). `affinity_timeout(service)` (the compiler's rule) is asked
     only of a Service whose session affinity is set to something other than "None"; the others
-    have 0. Made as make_objects makes them (a row tuple, a call and an attribute read per port
-    were 0.1 s of a 100,000-Service compile)."""
+    have 0. Made by new_filled (a row tuple, a call and an attribute read per port were 0.1 s of a
+    100,000-Service compile)."""
     cdef Py_ssize_t i, count = len(ports)
     cdef list made = []
     cdef PyObject* values[7]

@@ -307,13 +307,13 @@ def test_maker_leaves_to_the_collector_only_what_can_be_in_a_cycle() -> None:
     assert gone() is None  # the cycle was found and collected
 
 
-def test_make_objects_refuses_a_class_without_slots() -> None:
+def test_maker_refuses_a_class_without_slots() -> None:
     @dataclasses.dataclass(frozen=True)
     class Plain:
         x: int
 
     with pytest.raises(TypeError, match="not a slot"):
-        compile_kernel.make_objects(Plain, [(1,)])
+        compile_kernel.Maker(Plain)
 
 
 def test_map_address_reads_any_ipv4_text_as_inet_aton() -> None:
@@ -610,5 +610,29 @@ def test_map_services_are_made_as_the_rows_say(seed: int) -> None:
     assert made == [MapService(number, entry.name, *sets, _affinity_timeout(entry.service), entry.family)
                     for number, (entry, sets) in enumerate(zip(ports, id_sets), start=1)]
     assert not any(map(gc.is_tracked, made))
+    if made:  # the map class's own objects: frozen, hashed as the constructor's
+        assert hash(made[0]) == hash(dataclasses.replace(made[0]))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made[0].family = 6  # type: ignore[misc]
     with pytest.raises(ValueError, match="id sets"):
         compile_kernel.map_services(ports, id_sets + [((), (), ())], _affinity_timeout)
+
+
+def test_map_services_leave_to_the_collector_only_what_can_cycle() -> None:
+    """A Service holding only values the collector does not track can be in no cycle: it is not
+    tracked either. One holding a container the collector tracks (a list) is."""
+    from collections import Counter
+
+    from fastpath.compiler import _affinity_timeout, _Port
+    from fastpath.model import Service, ServicePort
+
+    services = [Service("a", name, "ClusterIP", ("10.96.0.1",), False, (ServicePort("http", "TCP", 80, 8080),),
+                        None) for name in ("leaf", "holder")]
+    ports = compile_kernel.service_ports(services, Counter(), None, _Port)
+    ids = tuple(range(1, 4))
+    gc.collect()  # (a tuple of ints is untracked by the collection after it is made)
+    holder, leaf = compile_kernel.map_services(ports, [([1], (), ()), (ids, (), ids)], _affinity_timeout)
+    assert not gc.is_tracked(ids) and not gc.is_tracked(leaf)
+    assert gc.is_tracked(holder)
+    holder.backends.append(holder)  # the kind of cycle the collector must still see
+    assert holder in gc.get_referrers(holder.backends)

@@ -1,5 +1,4 @@
-"""fastpath.maps: Maps' bulk checks reject what the item-by-item checks reject, with their errors;
-fastpath._compile.make_objects builds the same objects as the constructors."""
+"""fastpath.maps: Maps' bulk checks reject what the item-by-item checks reject, with their errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -138,36 +137,3 @@ def test_random_corruptions_never_pass_the_bulk_checks_alone() -> None:
             continue
         assert not bulk_valid(bad) or "node" in expected
         assert construct_error(bad) == expected
-
-
-def test_make_objects_equals_the_constructors() -> None:
-    make_objects = pytest.importorskip("fastpath._compile", reason="build the core first").make_objects
-    rows = [(1, 0x0A000001, 8080, "10.0.0.1:8080 (a/p)"), (2, V6 | 1, 53, "[fd00::1]:53 (a/q)")]
-    assert make_objects(Backend, rows) == [Backend(*row) for row in rows]
-    service_rows = [(1, "a/web:http", (1,), (), (1,), 0, 4), (2, "a/web:http", (2,), (2,), (2,), 30, 6)]
-    assert make_objects(Service, service_rows) == [Service(*row) for row in service_rows]
-    frontend_rows = [(0x0A600001, 80, PROTO_TCP, 1, "ClusterIP", False, ()),
-                     (0xC6336401, 80, PROTO_TCP, 1, "LoadBalancer", True, ((0xCB007100, 24),))]
-    made = make_objects(Frontend, frontend_rows)
-    assert made == [Frontend(*row) for row in frontend_rows]
-    assert hash(made[1]) == hash(Frontend(*frontend_rows[1]))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        made[0].port = 81  # type: ignore[misc]
-    with pytest.raises(ValueError):
-        make_objects(Frontend, [frontend_rows[0][:-1]])  # every field is given
-
-
-def test_make_objects_leaves_objects_of_leaves_to_the_collector_only_when_they_can_cycle() -> None:
-    """An object holding only values the collector does not track can be in no cycle: it is not
-    tracked either. One holding a container the collector tracks (a list, a dict) is."""
-    import gc
-
-    make_objects = pytest.importorskip("fastpath._compile", reason="build the core first").make_objects
-    ids = tuple(range(1, 4))
-    gc.collect()  # (a tuple of ints is untracked by the collection after it is made)
-    leaf, holder = make_objects(Service, [(1, "a/web:http", ids, (), ids, 0, 4),
-                                          (2, "a/web:http", [1], (), (), 0, 4)])
-    assert not gc.is_tracked(ids) and not gc.is_tracked(leaf)
-    assert gc.is_tracked(holder)
-    holder.backends.append(holder)  # the kind of cycle the collector must still see
-    assert holder in gc.get_referrers(holder.backends)

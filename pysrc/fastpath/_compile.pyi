@@ -25,8 +25,25 @@ def plain_ipv4_slice(obj: Any, namespace: str, name: str) -> Any:
     it (plain ports, plain endpoints); None for any other (the model's full reader reads those)."""
 
 def plain_service(obj: Any, namespace: str, name: str) -> Any:
-    """The model Service of a raw Service written as most are (ClusterIP, one IPv4 cluster IP,
-    plain ports); None for any other (the model's full reader reads those)."""
+    """The model Service of a raw Service written as most are (ClusterIP, NodePort or a
+    LoadBalancer without ingress yet, one IPv4 cluster IP, plain ports); None for any other (the
+    model's full reader reads those)."""
+
+class PlainCollector:
+    """model._Collector's compiled path: a plain Service or IPv4 EndpointSlice of the kind's
+    current apiVersion with plain metadata, read and recorded in one call."""
+
+    def __init__(self, first_seen: dict[tuple[str, str, str], str], objects: dict[str, list[Any]],
+                 service_version: str, slice_version: str) -> None: ...
+    def collect(self, obj: Any, source: str) -> bool:
+        """True: `obj` was read and recorded as the collector's add() would; False: nothing
+        changed, the collector reads it."""
+
+class Maker:
+    """Maker(cls)(**fields): cls(**fields) for a slotted dataclass, its slots filled directly."""
+
+    def __init__(self, cls: type) -> None: ...
+    def __call__(self, **values: Any) -> Any: ...
 
 def checked_port(number: int) -> int:
     """A backend port in 0..65535 (ClusterError otherwise)."""
@@ -48,8 +65,14 @@ def slices_by_service(slices: Iterable[Any], skipped: Counter[str],
     """compiler._slices_by_service: IPv4 and IPv6 slices by (namespace, service, family),
     each group in name order; `other` gets the services other slices (FQDN) name."""
 
-def make_objects(cls: type[_T], rows: Iterable[Sequence[Any]]) -> list[_T]:
-    """[cls(*row) for row in rows] for a slotted dataclass, without __init__ or checks."""
+def map_services(ports: list[Any], id_sets: list[tuple[Any, Any, Any]],
+                 affinity_timeout: Callable[[Any], int]) -> list[Any]:
+    """The maps' Services of compiler._compile, in id order, from its ports and id sets."""
+
+def frontends(ports: list[Any], external_claims: Callable[[int, Any], list[Any]],
+              kept_order: Callable[[Any], Any]) -> tuple[list[Any], list[tuple[Any, Any]]]:
+    """compiler._frontends' claims resolved: (the maps' Frontends, the refused (claim, owner)
+    pairs, a ClusterIP claim given as its port's index)."""
 
 class Gatherer:
     """Service ports' endpoints as compiled records, port after port (no Python object per

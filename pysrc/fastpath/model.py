@@ -30,6 +30,7 @@ from fastpath.kubeyaml import load_yaml
 CLUSTER_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+DEFAULT_NAMESPACE = "default"  # where kubectl applies an object that names none
 LABEL_ZONE = "topology.kubernetes.io/zone"
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -952,7 +953,7 @@ class _Collector:
         metadata = raw_metadata if type(raw_metadata) is dict or isinstance(raw_metadata, Mapping) else {}
         name = metadata.get("name")
         # Hand-written objects often leave the namespace out; kubectl would apply them to "default".
-        namespace = (metadata.get("namespace") or "default") if spec.namespaced else ""
+        namespace = (metadata.get("namespace") or DEFAULT_NAMESPACE) if spec.namespaced else ""
         if not spec.named and not name:
             label = kind
         else:
