@@ -88,6 +88,29 @@ cdef inline const char* text_bytes(str text, Py_ssize_t* size) except NULL:
     return PyUnicode_AsUTF8AndSize(text, size)
 
 
+cdef inline bint truth(object value) except -1:
+    """bool(value), without a call for the booleans and None."""
+    if value is True:
+        return True
+    if value is False or value is None:
+        return False
+    return bool(value)
+
+
+cdef inline bint true_or_null(object value) except -1:
+    """value is None or bool(value): a condition the API reads as true when absent."""
+    return value is None or truth(value)
+
+
+cdef inline bint same_text(object value, object text) except -1:
+    """value == text, without the generic comparison's calls when both are str."""
+    if value is text:
+        return True
+    if type(value) is str and type(text) is str:
+        return <str>value == <str>text
+    return value == text
+
+
 cdef inline bint nonempty(object value) except -1:
     """bool(value), without a call for a str."""
     if type(value) is str:
@@ -119,6 +142,9 @@ cdef extern from "Python.h":
 cdef enum:
     PORT_BITS = 16  # a backend key is ip << 16 | port (fastpath.compiler._backend_key)
     WARM_AHEAD = 16  # endpoints of a slice fetched together, level by level (warm)
+    LOOKUP_AHEAD = 4  # ports between fetching a port's Service and its name's strings (add_ports)
+    WARM_STAGES = 5  # levels of a port's objects (warm_port), each fetched a port ahead of the next
+    WARM_PORT_MOST = 32  # endpoints of a slice warm_port fetches (warm, the rest: a multiple of WARM_AHEAD)
     MAX_FIELDS = 16  # of a class Fields reads (the model's Service has 16)
     KEY_BYTES = 24  # the bytes of Keyed.words
 
@@ -247,24 +273,29 @@ cdef enum:
 cdef inline bint canonical_ipv4(const char* text, Py_ssize_t size, uint32_t* value) noexcept nogil:
     """Canonical dotted decimal (four parts 0..255, no leading zero) as its 32-bit value, which is
     what inet_aton reads it as; False for any other text (inet_aton decides, at ten times the
-    cost: it reads each part with strtoul)."""
-    cdef uint32_t result = 0, part
-    cdef Py_ssize_t i = 0, first
-    cdef int parts
-    for parts in range(4):
-        if parts and (i >= size or text[i] != c"."):
-            return False
-        i += parts != 0
-        first, part = i, 0
-        while i < size and i - first < 3 and c"0" <= text[i] <= c"9":
-            part = part * 10 + (text[i] - c"0")
-            i += 1
-        if i == first or part > 255 or (text[first] == c"0" and i - first > 1):
-            return False
-        result = result << 8 | part
-    if i != size:
+    cost: it reads each part with strtoul). One pass, one test per byte for a digit."""
+    cdef uint32_t result = 0, part = 0
+    cdef int digits = 0, dots = 0
+    cdef Py_ssize_t i
+    cdef unsigned char digit
+    if size < 7 or size > 15:
         return False
-    value[0] = result
+    for i in range(size):
+        digit = <unsigned char>text[i] - c'0'
+        if digit <= 9:
+            if digits == 3 or (digits and part == 0):  # a fourth digit, a leading zero
+                return False
+            part = part * 10 + digit
+            digits += 1
+        elif text[i] == c'.' and digits and dots < 3 and part <= 255:
+            result = result << 8 | part
+            part = digits = 0
+            dots += 1
+        else:
+            return False
+    if dots != 3 or not digits or part > 255:
+        return False
+    value[0] = result << 8 | part
     return True
 
 
@@ -937,10 +968,11 @@ cdef class SliceReader:
         else:  # no pod named: the slice
             namespace, ref_name = self.namespace, self.name
         conditions = ENDPOINT.get(endpoint, EP_CONDITIONS)
-        ready, serving = CONDITIONS.get(conditions, IS_READY), CONDITIONS.get(conditions, IS_SERVING)
-        flags[0] = ((F_READY if ready is None or ready else 0) | (F_SERVING if serving is None or serving else 0)
-                    | (F_TERMINATING if CONDITIONS.get(conditions, IS_TERMINATING) else 0)
-                    | (F_LOCAL if self.node is not None and ENDPOINT.get(endpoint, EP_NODE_NAME) == self.node else 0))
+        flags[0] = ((F_READY if true_or_null(CONDITIONS.get(conditions, IS_READY)) else 0)
+                    | (F_SERVING if true_or_null(CONDITIONS.get(conditions, IS_SERVING)) else 0)
+                    | (F_TERMINATING if truth(CONDITIONS.get(conditions, IS_TERMINATING)) else 0)
+                    | (F_LOCAL if self.node is not None and same_text(ENDPOINT.get(endpoint, EP_NODE_NAME), self.node)
+                       else 0))
         zone_hints, node_hints = ENDPOINT.get(endpoint, EP_ZONE_HINTS), ENDPOINT.get(endpoint, EP_NODE_HINTS)
         # The name last: nothing after it can raise and leave its reference behind.
         parts[0], parts[1], parts[2] = <PyObject*>address, <PyObject*>self.port_text, <PyObject*>namespace
@@ -1043,6 +1075,75 @@ cdef void warm(tuple endpoints, Py_ssize_t start, Py_ssize_t end) noexcept:
         if value != NULL and type(<object>value) is REFERENCE.cls:
             prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
             prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
+
+
+cdef inline void warm_service(object service) noexcept:
+    if type(service) is SERVICE.cls:
+        prefetch(slot_at(service, SERVICE.offsets[SV_NAMESPACE]))
+        prefetch(slot_at(service, SERVICE.offsets[SV_NAME]))
+
+
+cdef void warm_port(object port_slices, int stage) noexcept:
+    """Fetch one level of what reading a port's slices will touch: stage 0 the slices, 1 their
+    endpoint and port tuples, 2 the Endpoints and EndpointPorts, 3 the objects those hold, 4
+    the strings those hold. add_ports runs stage s for the port s + 1 ahead, so each level is
+    fetched a port's reading after the level it is read from, and a port's objects spread over
+    memory arrive together instead of one miss after another. Only lists and tuples of the
+    model's own classes are warmed; anything else is read as it comes."""
+    cdef Py_ssize_t i, j, slice_count
+    cdef PyObject* endpoint_slice
+    cdef PyObject* items
+    cdef PyObject* member
+    cdef PyObject* value
+    if type(port_slices) is list:
+        slice_count = PyList_GET_SIZE(port_slices)
+    elif type(port_slices) is tuple:
+        slice_count = PyTuple_GET_SIZE(port_slices)
+    else:
+        return
+    for i in range(slice_count):
+        endpoint_slice = (PyList_GET_ITEM(port_slices, i) if type(port_slices) is list
+                          else PyTuple_GET_ITEM(port_slices, i))
+        if stage == 0:
+            prefetch(endpoint_slice)
+            continue
+        if type(<object>endpoint_slice) is not SLICE.cls:
+            continue
+        if stage == 1:
+            prefetch(slot_at(<object>endpoint_slice, SLICE.offsets[SL_ENDPOINTS]))
+            prefetch(slot_at(<object>endpoint_slice, SLICE.offsets[SL_PORTS]))
+            continue
+        items = slot_at(<object>endpoint_slice, SLICE.offsets[SL_PORTS])
+        if items != NULL and type(<object>items) is tuple:
+            for j in range(min(PyTuple_GET_SIZE(<object>items), WARM_PORT_MOST)):
+                member = PyTuple_GET_ITEM(<object>items, j)
+                if stage == 2:
+                    prefetch(member)
+                elif stage == 3 and type(<object>member) is SLICE_PORT.cls:
+                    prefetch(slot_at(<object>member, SLICE_PORT.offsets[SP_NAME]))
+        items = slot_at(<object>endpoint_slice, SLICE.offsets[SL_ENDPOINTS])
+        if items == NULL or type(<object>items) is not tuple:
+            continue
+        for j in range(min(PyTuple_GET_SIZE(<object>items), WARM_PORT_MOST)):
+            member = PyTuple_GET_ITEM(<object>items, j)
+            if stage == 2:
+                prefetch(member)
+                continue
+            if type(<object>member) is not ENDPOINT.cls:
+                continue
+            if stage == 3:
+                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_ADDRESSES]))
+                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_CONDITIONS]))
+                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_TARGET_REF]))
+                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_NODE_NAME]))
+                continue
+            value = slot_at(<object>member, ENDPOINT.offsets[EP_ADDRESSES])
+            if value != NULL and type(<object>value) is tuple and PyTuple_GET_SIZE(<object>value):
+                prefetch(PyTuple_GET_ITEM(<object>value, 0))
+            value = slot_at(<object>member, ENDPOINT.offsets[EP_TARGET_REF])
+            if value != NULL and type(<object>value) is REFERENCE.cls:
+                prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
+                prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
 
 
 cdef inline bint is_local(object policy) except -1:
@@ -1247,7 +1348,7 @@ cdef class Gatherer:
         """Add a service port (compiler._Port.port) of the family from its EndpointSlices of the
         family (in name order: that order decides nothing but is kept). Returns (endpoints in its
         cluster set, whether they are ready ones, endpoints in its local set)."""
-        return self.gather_slices(port, family, slices)
+        return self.gather_slices(port, family, slices, 0)
 
     def add_ports(self, list ports, slices, from_pods):
         """Add every service port (compiler._Port tuples, in id order): from its EndpointSlices,
@@ -1258,15 +1359,29 @@ cdef class Gatherer:
         a note (compiler._endpoint_notes): one with no endpoint in its cluster set, none ready,
         or none local while its service has a traffic policy Local."""
         cdef list remarkable = []
-        cdef Py_ssize_t index
+        cdef Py_ssize_t index, count = len(ports), ahead
         cdef tuple summary
-        for index in range(len(ports)):
+        # Each port's slices looked up first, in a loop of its own: the lookups do not wait on
+        # one another there, and the slices of the ports ahead are known to warm_port.
+        cdef list found = []
+        for index in range(count):
+            if index + 2 * LOOKUP_AHEAD < count and isinstance(ports[index + 2 * LOOKUP_AHEAD], tuple):
+                prefetch(PyTuple_GET_ITEM(ports[index + 2 * LOOKUP_AHEAD], 0))
+            if index + LOOKUP_AHEAD < count:
+                warm_service(item(ports[index + LOOKUP_AHEAD], 0))
+            entry = ports[index]
+            service = item(entry, 0)
+            found.append(slices.get((SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME), item(entry, 2))))
+        for index in range(count):
+            for ahead in range(1, WARM_STAGES + 1):
+                if index + ahead < count:
+                    warm_port(<object>PyList_GET_ITEM(found, index + ahead), ahead - 1)
             entry = ports[index]
             service, family = item(entry, 0), item(entry, 2)
-            port_slices = slices.get((SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME), family))
+            port_slices = <object>PyList_GET_ITEM(found, index)
             candidates = from_pods(entry) if port_slices is None else None
             if candidates is None:
-                summary = self.gather_slices(item(entry, 1), family, port_slices or ())
+                summary = self.gather_slices(item(entry, 1), family, port_slices or (), WARM_PORT_MOST)
             else:
                 self.add_tuples(candidates)
                 summary = self.end_port()
@@ -1276,7 +1391,8 @@ cdef class Gatherer:
                 remarkable.append((index, summary))
         return remarkable
 
-    cdef tuple gather_slices(self, port, int family, slices):
+    cdef tuple gather_slices(self, port, int family, slices, Py_ssize_t warmed):
+        """add_slices; `warmed`: endpoints at the start of each slice warm_port fetched."""
         cdef list readers = []
         cdef SliceReader reader
         cdef Py_ssize_t most = 0, i
@@ -1294,7 +1410,7 @@ cdef class Gatherer:
         for reader in readers:
             endpoints = reader.endpoints
             for i in range(len(endpoints)):
-                if i % WARM_AHEAD == 0:
+                if i >= warmed and i % WARM_AHEAD == 0:
                     warm(endpoints, i, min(i + WARM_AHEAD, len(endpoints)))
                 if reader.read(endpoints[i], &keyed, &flags, hints):
                     self.skipped[MAPPED_IN_IPV6] += 1
@@ -1896,7 +2012,8 @@ def frontends(list ports, external_claims, kept_order):
 cdef int sort_by_key(Keyed* items, Py_ssize_t count) except -1:
     """Sort by key, ties in gathering order: an LSD radix sort by bytes (stable), skipping the
     bytes every key shares (a cluster's backends share their first address bytes and often
-    their port). A million endpoints sort in a few passes; qsort took ten times as long."""
+    their port), found in a first pass that also keeps their histograms from being counted. A
+    million endpoints sort in a few passes; qsort took ten times as long."""
     cdef size_t (*histograms)[256]
     cdef size_t offsets[256]
     cdef size_t total
@@ -1904,36 +2021,46 @@ cdef int sort_by_key(Keyed* items, Py_ssize_t count) except -1:
     cdef Keyed* swap
     cdef Keyed* original = items
     cdef Py_ssize_t i
-    cdef int word, digit, value
+    cdef int word, digit, shift, value, k, passes = 0
+    cdef uint64_t varying[3]  # the bits some key differs from the first in
+    cdef int byte_word[KEY_BYTES]  # the bytes sorted on, least significant first: their word
+    cdef int byte_shift[KEY_BYTES]  # and their shift in it
     if count < 2:
         return 0
-    histograms = <size_t (*)[256]>PyMem_Malloc(KEY_BYTES * 256 * sizeof(size_t))
+    varying[0] = varying[1] = varying[2] = 0
+    for i in range(count):
+        for word in range(3):
+            varying[word] |= items[i].words[word] ^ items[0].words[word]
+    for word in range(2, -1, -1):  # least significant word first
+        for digit in range(8):
+            if varying[word] >> (8 * digit) & 0xFF:
+                byte_word[passes], byte_shift[passes] = word, 8 * digit
+                passes += 1
+    if passes == 0:  # one key: sorted, ties in their order
+        return 0
+    histograms = <size_t (*)[256]>PyMem_Malloc(passes * 256 * sizeof(size_t))
     spare = <Keyed*>PyMem_Malloc(count * sizeof(Keyed))
     if histograms == NULL or spare == NULL:
         PyMem_Free(histograms)
         PyMem_Free(spare)
         raise MemoryError()
-    memset(histograms, 0, KEY_BYTES * 256 * sizeof(size_t))
-    for i in range(count):  # every byte's histogram in one pass
-        for word in range(3):
-            for digit in range(8):
-                histograms[word * 8 + digit][(items[i].words[word] >> (8 * digit)) & 0xFF] += 1
-    for word in range(2, -1, -1):  # least significant word first
-        for digit in range(8):
-            value = (items[0].words[word] >> (8 * digit)) & 0xFF
-            if histograms[word * 8 + digit][value] == <size_t>count:
-                continue  # every key has this byte
-            total = 0
-            for value in range(256):
-                offsets[value] = total
-                total += histograms[word * 8 + digit][value]
-            for i in range(count):
-                value = (items[i].words[word] >> (8 * digit)) & 0xFF
-                spare[offsets[value]] = items[i]
-                offsets[value] += 1
-            swap = items
-            items = spare
-            spare = swap
+    memset(histograms, 0, passes * 256 * sizeof(size_t))
+    for i in range(count):  # every sorted byte's histogram in one pass
+        for k in range(passes):
+            histograms[k][(items[i].words[byte_word[k]] >> byte_shift[k]) & 0xFF] += 1
+    for k in range(passes):
+        total = 0
+        for value in range(256):
+            offsets[value] = total
+            total += histograms[k][value]
+        word, shift = byte_word[k], byte_shift[k]
+        for i in range(count):
+            value = (items[i].words[word] >> shift) & 0xFF
+            spare[offsets[value]] = items[i]
+            offsets[value] += 1
+        swap = items
+        items = spare
+        spare = swap
     if items != original:  # an odd number of passes: the sorted keys are in the spare buffer
         memcpy(original, items, count * sizeof(Keyed))
         spare = items

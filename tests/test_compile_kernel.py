@@ -103,7 +103,7 @@ def test_port_sets_keep_the_preferred_of_duplicates_in_first_seen_order() -> Non
     assert [c.name for c in sets.serving] == ["y"]
 
 
-def random_slices(rng: random.Random, family: int) -> list:
+def random_slices(rng: random.Random, family: int, most: int = 12) -> list:
     from fastpath.model import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, ObjectReference
 
     def address() -> str:
@@ -125,7 +125,7 @@ def random_slices(rng: random.Random, family: int) -> list:
                      hints_for_zones=rng.choice(((), ("z1",), ("z2", "z1"))),
                      hints_for_nodes=rng.choice(((), ("n1",), ("n2",))),
                      target_ref=rng.choice((None, ObjectReference("Pod", rng.choice(("", "b")), f"p{i}"))))
-            for i in range(rng.randrange(0, 12)))
+            for i in range(rng.randrange(0, most)))
         ports = rng.choice(((EndpointPort("http", "TCP", 8080),), (EndpointPort("dns", "UDP", 53),),
                             (EndpointPort("http", "TCP", None),)))
         slices.append(EndpointSlice("a", f"web-{index}", "web", f"IPv{family}", ports, endpoints))
@@ -432,7 +432,9 @@ def test_service_ports_refuse_a_name_that_is_no_string() -> None:
 @pytest.mark.parametrize("seed", range(40))
 def test_add_ports_gathers_each_port_as_its_own_call_would(seed: int) -> None:
     """add_ports: each port from its slices (add_slices) or, with none, from from_pods' candidates
-    (add_candidates) or from nothing; the ports it returns are those that may need a note."""
+    (add_candidates) or from nothing; the ports it returns are those that may need a note. The
+    slices it fetches ahead (a list or a tuple of them, some longer than it fetches ahead) read
+    the same as any others."""
     from collections import Counter
 
     from fastpath.compiler import _Port
@@ -450,7 +452,8 @@ def test_add_ports_gathers_each_port_as_its_own_call_would(seed: int) -> None:
         ports.append(_Port(service, port, family, 0x0A600001, 6, f"a/s{index}:http"))
         source = rng.random()
         if source < 0.6:
-            slices[("a", f"s{index}", family)] = random_slices(rng, family)
+            found = random_slices(rng, family, rng.choice((12, 12, 80)))
+            slices[("a", f"s{index}", family)] = tuple(found) if rng.random() < 0.3 else found
         elif source < 0.8:  # no slice: its candidates come from Pods
             made = compile_kernel.candidates(port, family, random_slices(rng, family), node, Counter(), None, _Candidate)
             pod_candidates[index] = made
