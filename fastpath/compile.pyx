@@ -144,6 +144,7 @@ cdef enum:
     WARM_AHEAD = 16  # endpoints of a slice fetched together, level by level (warm)
     LOOKUP_AHEAD = 4  # ports between fetching a port's Service and its name's strings (add_ports)
     WARM_STAGES = 5  # levels of a port's objects (warm_port), each fetched a port ahead of the next
+    IDS_AHEAD = 4  # ports between fetching a port's id ints and making its sets (number)
     WARM_PORT_MOST = 32  # endpoints of a slice warm_port fetches (warm, the rest: a multiple of WARM_AHEAD)
     MAX_FIELDS = 16  # of a class Fields reads (the model's Service has 16)
     KEY_BYTES = 24  # the bytes of Keyed.words
@@ -1449,7 +1450,7 @@ cdef class Gatherer:
         its (cluster, local, serving) backend ids, each a sorted tuple; serving is the cluster
         tuple itself when the two sets are equal. Once only: the records' names go to the
         backends."""
-        cdef Py_ssize_t count = self.count, i = 0, first, p, start, end
+        cdef Py_ssize_t count = self.count, i = 0, first, p, start, end, ahead
         cdef uint32_t number = 0
         cdef PyObject* name = NULL
         cdef PyObject* other
@@ -1515,6 +1516,9 @@ cdef class Gatherer:
             start = 0
             for p in range(self.ports):
                 end = self.port_ends[p]
+                if p + IDS_AHEAD < self.ports:  # the id ints of a port ahead, random lines: their counts change
+                    for ahead in range(self.port_ends[p + IDS_AHEAD - 1], self.port_ends[p + IDS_AHEAD]):
+                        prefetch(PyList_GET_ITEM(numbers, ids[ahead] - 1))
                 cluster_ids = self.sorted_ids(start, end, IN_CLUSTER, ids, scratch, numbers)
                 local_ids = self.sorted_ids(start, end, IN_LOCAL, ids, scratch, numbers)
                 if self.serving_is_cluster[p]:
@@ -1545,8 +1549,6 @@ cdef class Gatherer:
                 n += 1
         if n == 0:
             return ()
-        for i in range(n):  # the ids' ints lie in id order: fetch them while the ids sort
-            prefetch(PyList_GET_ITEM(numbers, scratch[i] - 1))
         if n > 16:
             qsort(scratch, n, sizeof(uint32_t), compare_ids)
         else:  # a service port's handful: insertion sort
