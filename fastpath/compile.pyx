@@ -30,7 +30,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTu
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
-from libc.string cimport memchr, memcpy, memset, strlen
+from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 from ids cimport int_or_zero
 from prefetch cimport prefetch
@@ -107,7 +107,10 @@ cdef inline bint same_text(object value, object text) except -1:
     if value is text:
         return True
     if type(value) is str and type(text) is str:
-        return <str>value == <str>text
+        if PyUnicode_GET_LENGTH(value) != PyUnicode_GET_LENGTH(text):
+            return False
+        if PyUnicode_IS_COMPACT_ASCII(value) and PyUnicode_IS_COMPACT_ASCII(text):
+            return memcmp(PyUnicode_DATA(value), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(value)) == 0
     return value == text
 
 

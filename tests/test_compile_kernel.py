@@ -132,6 +132,25 @@ def random_slices(rng: random.Random, family: int, most: int = 12) -> list:
     return slices
 
 
+@pytest.mark.parametrize("node", ["n1", "nœud-1", "n10"])
+def test_endpoints_are_local_by_their_node_name_text(node: str) -> None:
+    """An endpoint is local when its nodeName equals the node's name: the same text in another
+    string object (as a parsed dump has it) counts, a name differing in length or a letter not."""
+    from collections import Counter
+
+    from fastpath.model import Endpoint, EndpointPort, EndpointSlice, ServicePort
+
+    names = (node, "n2", "n1x", "nœud-2", None)
+    endpoints = tuple(Endpoint(addresses=(f"10.0.0.{i + 1}",), node_name="".join(list(name)) if name else None)
+                      for i, name in enumerate(names))
+    slices = [EndpointSlice("a", "web-1", "web", "IPv4", (EndpointPort("http", "TCP", 8080),), endpoints)]
+    own_name = "".join(list(node))
+    assert own_name is not node or len(node) == 1
+    made = compile_kernel.candidates(ServicePort("http", "TCP", 80, 8080), 4, slices, own_name, Counter(), None,
+                                     _Candidate)
+    assert [c.local for c in made] == [True, False, False, False, False]
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_slices_gather_as_their_candidates(seed: int) -> None:
     """The full compile reads slices straight into records (add_slices); the incremental path
