@@ -870,13 +870,34 @@ cpdef checked_port(number):
 
 
 
+cdef inline void warm_slice(object slices, Py_ssize_t index, int stage) noexcept:
+    """Fetch slices[index] (a list or a tuple; past its end, nothing), stage 0, or the strings
+    slices_by_service reads of it, stage 1."""
+    cdef Py_ssize_t size = PyList_GET_SIZE(slices) if type(slices) is list else PyTuple_GET_SIZE(slices)
+    cdef PyObject* endpoint_slice
+    if index >= size:
+        return
+    endpoint_slice = PyList_GET_ITEM(slices, index) if type(slices) is list else PyTuple_GET_ITEM(slices, index)
+    if stage == 0:
+        prefetch(endpoint_slice)
+    elif type(<object>endpoint_slice) is SLICE.cls:
+        prefetch(slot_at(<object>endpoint_slice, SLICE.offsets[SL_NAMESPACE]))
+        prefetch(slot_at(<object>endpoint_slice, SLICE.offsets[SL_SERVICE_NAME]))
+
+
 def slices_by_service(slices, skipped, set other):
     """compiler._slices_by_service (its rules are documented there): the IPv4 and IPv6 slices
     grouped by (namespace, service name, family), each group in slice name order; `other` gets
     the (namespace, service name) of every other slice (FQDN) that names one."""
     cdef dict grouped = {}
     cdef list group
+    cdef Py_ssize_t index = 0
+    cdef bint warmed = type(slices) is list or type(slices) is tuple
     for endpoint_slice in slices:
+        if warmed:  # the slice two ahead, and the strings of the one ahead (their hashes are read)
+            warm_slice(slices, index + 2, 0)
+            warm_slice(slices, index + 1, 1)
+            index += 1
         namespace, service_name = SLICE.get(endpoint_slice, SL_NAMESPACE), SLICE.get(endpoint_slice, SL_SERVICE_NAME)
         if service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
@@ -1731,72 +1752,74 @@ def service_ports(services, skipped, service_ips, port_type):
     gets every cluster IP of a service with ports."""
     cdef list made = []
     cdef PortOrder* order = NULL
-    cdef Py_ssize_t count = 0, i
-    cdef int k
+    cdef Py_ssize_t count = 0, capacity = 0, i
+    cdef int family
     cdef list held = []  # the sort keys, if a stand-in's attributes made them
     cdef bint in_order = True
-    for service in services:
-        kind = SERVICE.get(service, SV_TYPE)
-        if kind == "ExternalName":
-            skipped["ExternalName service"] += 1
-            continue
-        if SERVICE.get(service, SV_HEADLESS):
-            skipped["headless service"] += 1
-            continue
-        ports = SERVICE.get(service, SV_PORTS)
-        ip4 = ip6 = None  # the first cluster IP of each family (the API server allows no more)
-        for text in SERVICE.get(service, SV_CLUSTER_IPS):
-            address = map_address(text)
-            if address >= IPV6:
-                ip6 = address if ip6 is None else ip6
-            else:
-                ip4 = address if ip4 is None else ip4
-            if service_ips is not None and ports:
-                service_ips.add(address)
-        if ip4 is None and ip6 is None:
-            continue
-        external_ips, ingress = SERVICE.get(service, SV_EXTERNAL_IPS), SERVICE.get(service, SV_INGRESS)
-        if external_ips or ingress:
-            # A proxier of a family ignores the other family's external and load-balancer IPs.
-            families = [family for family, ip in ((4, ip4), (6, ip6)) if ip is not None]
-            for what, addresses in (("external IP", external_ips), ("load-balancer IP", service.load_balancer_vips)):
-                missed = family_count(addresses, families)
-                if missed:
-                    skipped[f"{what} of a family the service has no cluster IP of"] += missed
-        namespace, service_name = SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME)
-        for port in ports:
-            protocol = SERVICE_PORT.get(port, PT_PROTOCOL)
-            proto = PyDict_GetItem(PROTOCOL_NUMBERS, protocol) if type(protocol) is str else NULL
-            if proto == NULL:
-                skipped[f"{protocol} service port"] += 1
-                continue
-            port_name = SERVICE_PORT.get(port, PT_NAME)
-            name = f"{namespace}/{service_name}:{port_name}" if port_name else f"{namespace}/{service_name}"
-            if ip4 is not None:
-                made.append(new_port(port_type, service, port, 4, ip4, <object>proto, name))
-            if ip6 is not None:
-                made.append(new_port(port_type, service, port, 6, ip6, <object>proto, name))
-    count = len(made)
-    if count < 2:
-        return made
-    order = <PortOrder*>PyMem_Malloc(count * sizeof(PortOrder))
-    if order == NULL:
-        raise MemoryError()
+    not_text = None  # the type of a sort key that is no str (TypeError, if there is sorting to do)
     try:
-        for i in range(count):
-            entry = made[i]
-            service, port = item(entry, 0), item(entry, 1)
-            for k in range(4):  # SV_NAMESPACE, SV_NAME, then PT_NAME, PT_PROTOCOL: 0 and 1 of each
-                key = SERVICE.get(service, k) if k < 2 else SERVICE_PORT.get(port, k - 2)
-                if type(key) is not str:
-                    raise TypeError(f"a service's namespace, name, port name and protocol must be strings, "
-                                    f"got {type(key).__name__}")
+        for service in services:
+            kind = SERVICE.get(service, SV_TYPE)
+            if kind == "ExternalName":
+                skipped["ExternalName service"] += 1
+                continue
+            if SERVICE.get(service, SV_HEADLESS):
+                skipped["headless service"] += 1
+                continue
+            ports = SERVICE.get(service, SV_PORTS)
+            ip4 = ip6 = None  # the first cluster IP of each family (the API server allows no more)
+            for text in SERVICE.get(service, SV_CLUSTER_IPS):
+                address = map_address(text)
+                if address >= IPV6:
+                    ip6 = address if ip6 is None else ip6
+                else:
+                    ip4 = address if ip4 is None else ip4
+                if service_ips is not None and ports:
+                    service_ips.add(address)
+            if ip4 is None and ip6 is None:
+                continue
+            external_ips, ingress = SERVICE.get(service, SV_EXTERNAL_IPS), SERVICE.get(service, SV_INGRESS)
+            if external_ips or ingress:
+                # A proxier of a family ignores the other family's external and load-balancer IPs.
+                families = [family for family, ip in ((4, ip4), (6, ip6)) if ip is not None]
+                for what, addresses in (("external IP", external_ips), ("load-balancer IP", service.load_balancer_vips)):
+                    missed = family_count(addresses, families)
+                    if missed:
+                        skipped[f"{what} of a family the service has no cluster IP of"] += missed
+            namespace, service_name = SERVICE.get(service, SV_NAMESPACE), SERVICE.get(service, SV_NAME)
+            for port in ports:
+                protocol = SERVICE_PORT.get(port, PT_PROTOCOL)
+                proto = PyDict_GetItem(PROTOCOL_NUMBERS, protocol) if type(protocol) is str else NULL
+                if proto == NULL:
+                    skipped[f"{protocol} service port"] += 1
+                    continue
+                port_name = SERVICE_PORT.get(port, PT_NAME)
+                name = f"{namespace}/{service_name}:{port_name}" if port_name else f"{namespace}/{service_name}"
                 if type(service) is not SERVICE.cls or type(port) is not SERVICE_PORT.cls:
-                    held.append(key)  # perhaps made by an attribute read just now
-                order[i].key[k] = <PyObject*>key
-            order[i].family = item(entry, 2)
-            order[i].made = i
-            in_order = in_order and (i == 0 or compare_ports(&order[i - 1], &order[i]) < 0)
+                    held.append((namespace, service_name, port_name, protocol))  # perhaps made by attribute reads
+                for key in (namespace, service_name, port_name):
+                    if type(key) is not str and not_text is None:
+                        not_text = type(key)
+                for family, ip in ((4, ip4), (6, ip6)):
+                    if ip is None:
+                        continue
+                    made.append(new_port(port_type, service, port, family, ip, <object>proto, name))
+                    # The sort key, recorded while the service's objects are in cache (a pass
+                    # after this one would fetch them all again).
+                    if count == capacity:
+                        capacity = max(2 * capacity, 64)
+                        order = <PortOrder*>grown(order, capacity * sizeof(PortOrder))
+                    order[count].key[0], order[count].key[1] = <PyObject*>namespace, <PyObject*>service_name
+                    order[count].key[2], order[count].key[3] = <PyObject*>port_name, <PyObject*>protocol
+                    order[count].family, order[count].made = family, count
+                    if not_text is None and count:
+                        in_order = in_order and compare_ports(&order[count - 1], &order[count]) < 0
+                    count += 1
+        if count < 2:
+            return made
+        if not_text is not None:
+            raise TypeError(f"a service's namespace, name, port name and protocol must be strings, "
+                            f"got {not_text.__name__}")
         if in_order:  # a dump lists services by namespace and name: often nothing to sort
             return made
         qsort(order, count, sizeof(PortOrder), compare_ports)

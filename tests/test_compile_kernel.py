@@ -436,6 +436,35 @@ def test_service_ports_follow_the_rules(seed: int) -> None:
     assert compile_kernel.service_ports(services, Counter(), None, _Port) == made
 
 
+class _Fresh:
+    """A stand-in whose every string attribute is a new object at each read (as a property
+    computing it would give): nothing it hands out is held by anything else."""
+
+    def __init__(self, wrapped, **members) -> None:
+        self.wrapped, self.members = wrapped, members
+
+    def __getattr__(self, name: str):
+        if name in self.members:
+            return self.members[name]
+        value = getattr(self.wrapped, name)
+        return "".join(list(value)) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_service_ports_sort_stand_ins_whose_keys_are_made_when_read(seed: int) -> None:
+    from collections import Counter
+
+    from fastpath.compiler import _Port
+
+    rng = random.Random(seed)
+    services = random_services(rng)
+    rng.shuffle(services)
+    fresh = [_Fresh(s, ports=tuple(_Fresh(p) for p in s.ports)) for s in services]
+    made = compile_kernel.service_ports(services, Counter(), None, _Port)
+    through_stand_ins = compile_kernel.service_ports(fresh, Counter(), None, _Port)
+    assert [(e.service.wrapped, e.port.wrapped, *tuple(e)[2:]) for e in through_stand_ins] == [tuple(e) for e in made]
+
+
 def test_service_ports_refuse_a_name_that_is_no_string() -> None:
     from collections import Counter
 
