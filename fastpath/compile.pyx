@@ -1073,36 +1073,45 @@ cdef inline void fill(object item, Py_ssize_t index, object value):
     PyTuple_SET_ITEM(item, index, value)
 
 
-cdef void warm(tuple endpoints, Py_ssize_t start, Py_ssize_t end) noexcept:
-    """Fetch what reading endpoints start..end will touch, level by level: the Endpoints, then
-    the objects their slots hold, then the strings those hold. A model is a graph of small
-    objects spread over memory, six of them per endpoint; fetched one level at a time for a
-    handful of endpoints, their misses overlap instead of coming one after another."""
-    cdef Py_ssize_t i
-    cdef PyObject* endpoint
+cdef inline void warm_endpoint(PyObject* endpoint, int level) noexcept:
+    """Fetch one level of what reading an endpoint touches: 0 the Endpoint, 1 the objects its
+    slots hold, 2 the strings those hold (each level read from the one before, so fetched after
+    it has arrived)."""
     cdef PyObject* value
-    for i in range(start, end):
-        prefetch(PyTuple_GET_ITEM(endpoints, i))
-    for i in range(start, end):
-        endpoint = PyTuple_GET_ITEM(endpoints, i)
-        if type(<object>endpoint) is ENDPOINT.cls:
-            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES]))
-            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_CONDITIONS]))
-            prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF]))
-    for i in range(start, end):
-        endpoint = PyTuple_GET_ITEM(endpoints, i)
-        if type(<object>endpoint) is not ENDPOINT.cls:
-            continue
-        value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES])
-        if value != NULL and type(<object>value) is tuple and PyTuple_GET_SIZE(<object>value):
-            prefetch(PyTuple_GET_ITEM(<object>value, 0))
-        value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF])
-        if value != NULL and type(<object>value) is REFERENCE.cls:
-            prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
-            prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
+    if level == 0:
+        prefetch(endpoint)
+        return
+    if type(<object>endpoint) is not ENDPOINT.cls:
+        return
+    if level == 1:
+        prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES]))
+        prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_CONDITIONS]))
+        prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF]))
+        prefetch(slot_at(<object>endpoint, ENDPOINT.offsets[EP_NODE_NAME]))
+        return
+    value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_ADDRESSES])
+    if value != NULL and type(<object>value) is tuple and PyTuple_GET_SIZE(<object>value):
+        prefetch(PyTuple_GET_ITEM(<object>value, 0))
+    value = slot_at(<object>endpoint, ENDPOINT.offsets[EP_TARGET_REF])
+    if value != NULL and type(<object>value) is REFERENCE.cls:
+        prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
+        prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
+
+
+cdef void warm(tuple endpoints, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """Fetch what reading endpoints start..end will touch, level by level (warm_endpoint). A
+    model is a graph of small objects spread over memory, six of them per endpoint; fetched one
+    level at a time for a handful of endpoints, their misses overlap instead of coming one after
+    another."""
+    cdef Py_ssize_t i
+    cdef int level
+    for level in range(3):
+        for i in range(start, end):
+            warm_endpoint(PyTuple_GET_ITEM(endpoints, i), level)
 
 
 cdef inline void warm_service(object service) noexcept:
+    """Fetch the strings add_ports reads of a port's Service to look its slices up (their hashes)."""
     if type(service) is SERVICE.cls:
         prefetch(slot_at(service, SERVICE.offsets[SV_NAMESPACE]))
         prefetch(slot_at(service, SERVICE.offsets[SV_NAME]))
@@ -1110,16 +1119,15 @@ cdef inline void warm_service(object service) noexcept:
 
 cdef void warm_port(object port_slices, int stage) noexcept:
     """Fetch one level of what reading a port's slices will touch: stage 0 the slices, 1 their
-    endpoint and port tuples, 2 the Endpoints and EndpointPorts, 3 the objects those hold, 4
-    the strings those hold. add_ports runs stage s for the port s + 1 ahead, so each level is
-    fetched a port's reading after the level it is read from, and a port's objects spread over
-    memory arrive together instead of one miss after another. Only lists and tuples of the
-    model's own classes are warmed; anything else is read as it comes."""
+    endpoint and port tuples, 2 to 4 the levels of their endpoints (warm_endpoint) and ports.
+    add_ports runs stage s for the port s + 1 ahead, so each level is fetched a port's reading
+    after the level it is read from, and a port's objects spread over memory arrive together
+    instead of one miss after another. Only lists and tuples of the model's own classes are
+    warmed; anything else is read as it comes."""
     cdef Py_ssize_t i, j, slice_count
     cdef PyObject* endpoint_slice
     cdef PyObject* items
     cdef PyObject* member
-    cdef PyObject* value
     if type(port_slices) is list:
         slice_count = PyList_GET_SIZE(port_slices)
     elif type(port_slices) is tuple:
@@ -1139,36 +1147,17 @@ cdef void warm_port(object port_slices, int stage) noexcept:
             prefetch(slot_at(<object>endpoint_slice, SLICE.offsets[SL_PORTS]))
             continue
         items = slot_at(<object>endpoint_slice, SLICE.offsets[SL_PORTS])
-        if items != NULL and type(<object>items) is tuple:
+        if items != NULL and type(<object>items) is tuple and stage < 4:
             for j in range(min(PyTuple_GET_SIZE(<object>items), WARM_PORT_MOST)):
                 member = PyTuple_GET_ITEM(<object>items, j)
                 if stage == 2:
                     prefetch(member)
-                elif stage == 3 and type(<object>member) is SLICE_PORT.cls:
+                elif type(<object>member) is SLICE_PORT.cls:
                     prefetch(slot_at(<object>member, SLICE_PORT.offsets[SP_NAME]))
         items = slot_at(<object>endpoint_slice, SLICE.offsets[SL_ENDPOINTS])
-        if items == NULL or type(<object>items) is not tuple:
-            continue
-        for j in range(min(PyTuple_GET_SIZE(<object>items), WARM_PORT_MOST)):
-            member = PyTuple_GET_ITEM(<object>items, j)
-            if stage == 2:
-                prefetch(member)
-                continue
-            if type(<object>member) is not ENDPOINT.cls:
-                continue
-            if stage == 3:
-                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_ADDRESSES]))
-                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_CONDITIONS]))
-                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_TARGET_REF]))
-                prefetch(slot_at(<object>member, ENDPOINT.offsets[EP_NODE_NAME]))
-                continue
-            value = slot_at(<object>member, ENDPOINT.offsets[EP_ADDRESSES])
-            if value != NULL and type(<object>value) is tuple and PyTuple_GET_SIZE(<object>value):
-                prefetch(PyTuple_GET_ITEM(<object>value, 0))
-            value = slot_at(<object>member, ENDPOINT.offsets[EP_TARGET_REF])
-            if value != NULL and type(<object>value) is REFERENCE.cls:
-                prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAME]))
-                prefetch(slot_at(<object>value, REFERENCE.offsets[REF_NAMESPACE]))
+        if items != NULL and type(<object>items) is tuple:
+            for j in range(min(PyTuple_GET_SIZE(<object>items), WARM_PORT_MOST)):
+                warm_endpoint(PyTuple_GET_ITEM(<object>items, j), stage - 2)
 
 
 cdef inline bint is_local(object policy) except -1:
