@@ -68,6 +68,14 @@ def load_engine(tree: str, number: int):
     return load_module(tree, number, "_core").Engine
 
 
+def turn(done: int, count: int) -> list[int]:
+    """The builds' order in round `done`: rotated each round, so that no build always runs in
+    the same place. Position matters: with a million service ports the engine made second in a
+    round ran 1.5x slower than the first, the same build both times (glibc serves its tables
+    from what the first one freed: fixing glibc's mmap threshold evened the two)."""
+    return [(done + k) % count for k in range(count)]
+
+
 def run(engine, batch) -> float:
     n = batch.count
     verdicts, reasons = array("B", bytes(n)), array("B", bytes(n))
@@ -138,7 +146,8 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
     times: list[list[float]] = [[] for _ in trees]
     for done in range(rounds):
         first = None
-        for number, compiler in enumerate(compilers):
+        for number in turn(done, len(compilers)):
+            compiler = compilers[number]
             gc.collect()
             gc.disable()
             start = time.perf_counter()
@@ -149,7 +158,7 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
                 if first is None:
                     first = maps
                 elif maps != first:
-                    raise SystemExit(f"ab_inprocess: {trees[number]}'s maps differ from {trees[0]}'s")
+                    raise SystemExit(f"ab_inprocess: {trees[number]}'s maps differ from {trees[turn(done, len(trees))[0]]}'s")
             del maps
         if sys.stderr.isatty():
             print(f"round {done + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)
@@ -163,7 +172,8 @@ def load_rounds(trees: list[str], services: int, rounds: int) -> list[list[float
     engines = [load_engine(tree, number)(maps) for number, tree in enumerate(trees)]
     times: list[list[float]] = [[] for _ in trees]
     for done in range(rounds):
-        for number, engine in enumerate(engines):
+        for number in turn(done, len(engines)):
+            engine = engines[number]
             gc.collect()
             start = time.perf_counter()
             engine.load(maps)
@@ -214,8 +224,8 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {(c[0], k): [] for c in cases for k in range(len(engines))}
     for done in range(args.rounds):
         for label, maps, batch, opening, capacity in cases:
-            for number, engine_class in enumerate(engines):
-                engine = warm.get((label, number)) or fresh(engine_class, maps, opening, capacity)
+            for number in turn(done, len(engines)):
+                engine = warm.get((label, number)) or fresh(engines[number], maps, opening, capacity)
                 times[label, number].append(run(engine, batch))
                 del engine
         if sys.stderr.isatty():
