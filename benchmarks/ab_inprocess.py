@@ -158,7 +158,7 @@ def compile_rounds(trees: list[str], services: int, rounds: int) -> list[list[fl
                 if first is None:
                     first = maps
                 elif maps != first:
-                    raise SystemExit(f"ab_inprocess: {trees[number]}'s maps differ from {trees[turn(done, len(trees))[0]]}'s")
+                    raise SystemExit(f"ab_inprocess: {trees[number]}'s maps differ from {trees[0]}'s")  # (round 0's first)
             del maps
         if sys.stderr.isatty():
             print(f"round {done + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)

@@ -870,14 +870,27 @@ cpdef checked_port(number):
 
 
 
+cdef inline PyObject* listed_item(object items, Py_ssize_t index) noexcept:
+    """An item of a list or a tuple (borrowed), unchecked: what the warm functions walk."""
+    return PyList_GET_ITEM(items, index) if type(items) is list else PyTuple_GET_ITEM(items, index)
+
+
+cdef inline Py_ssize_t listed_size(object items) noexcept:
+    """The items of a list or a tuple; 0 for anything else (the warm functions fetch nothing)."""
+    if type(items) is list:
+        return PyList_GET_SIZE(items)
+    if type(items) is tuple:
+        return PyTuple_GET_SIZE(items)
+    return 0
+
+
 cdef inline void warm_slice(object slices, Py_ssize_t index, int stage) noexcept:
     """Fetch slices[index] (a list or a tuple; past its end, nothing), stage 0, or the strings
     slices_by_service reads of it, stage 1."""
-    cdef Py_ssize_t size = PyList_GET_SIZE(slices) if type(slices) is list else PyTuple_GET_SIZE(slices)
     cdef PyObject* endpoint_slice
-    if index >= size:
+    if index >= listed_size(slices):
         return
-    endpoint_slice = PyList_GET_ITEM(slices, index) if type(slices) is list else PyTuple_GET_ITEM(slices, index)
+    endpoint_slice = listed_item(slices, index)
     if stage == 0:
         prefetch(endpoint_slice)
     elif type(<object>endpoint_slice) is SLICE.cls:
@@ -892,12 +905,11 @@ def slices_by_service(slices, skipped, set other):
     cdef dict grouped = {}
     cdef list group
     cdef Py_ssize_t index = 0
-    cdef bint warmed = type(slices) is list or type(slices) is tuple
     for endpoint_slice in slices:
-        if warmed:  # the slice two ahead, and the strings of the one ahead (their hashes are read)
-            warm_slice(slices, index + 2, 0)
-            warm_slice(slices, index + 1, 1)
-            index += 1
+        # The slice two ahead, and the strings of the one ahead (their hashes are read).
+        warm_slice(slices, index + 2, 0)
+        warm_slice(slices, index + 1, 1)
+        index += 1
         namespace, service_name = SLICE.get(endpoint_slice, SL_NAMESPACE), SLICE.get(endpoint_slice, SL_SERVICE_NAME)
         if service_name is None:
             skipped["EndpointSlice without a service-name label"] += 1
@@ -1124,19 +1136,12 @@ cdef void warm_port(object port_slices, int stage) noexcept:
     after the level it is read from, and a port's objects spread over memory arrive together
     instead of one miss after another. Only lists and tuples of the model's own classes are
     warmed; anything else is read as it comes."""
-    cdef Py_ssize_t i, j, slice_count
+    cdef Py_ssize_t i, j
     cdef PyObject* endpoint_slice
     cdef PyObject* items
     cdef PyObject* member
-    if type(port_slices) is list:
-        slice_count = PyList_GET_SIZE(port_slices)
-    elif type(port_slices) is tuple:
-        slice_count = PyTuple_GET_SIZE(port_slices)
-    else:
-        return
-    for i in range(slice_count):
-        endpoint_slice = (PyList_GET_ITEM(port_slices, i) if type(port_slices) is list
-                          else PyTuple_GET_ITEM(port_slices, i))
+    for i in range(listed_size(port_slices)):
+        endpoint_slice = listed_item(port_slices, i)
         if stage == 0:
             prefetch(endpoint_slice)
             continue
@@ -1379,7 +1384,7 @@ cdef class Gatherer:
         # one another there, and the slices of the ports ahead are known to warm_port.
         cdef list found = []
         for index in range(count):
-            if index + 2 * LOOKUP_AHEAD < count and isinstance(ports[index + 2 * LOOKUP_AHEAD], tuple):
+            if index + 2 * LOOKUP_AHEAD < count:
                 prefetch(PyTuple_GET_ITEM(ports[index + 2 * LOOKUP_AHEAD], 0))
             if index + LOOKUP_AHEAD < count:
                 warm_service(item(ports[index + LOOKUP_AHEAD], 0))
