@@ -3,10 +3,10 @@
   conntrack_bytes_per_entry   `python benchmarks/memprobe.py conntrack 1048576` in a fresh
                               interpreter: an Engine with ct_capacity 2**20 filled with 2**20
                               distinct flows; RSS growth (VmRSS) minus its maps, divided by the
-                              capacity (`bytes_per_entry`), split into what creating the table
-                              touches (`created_bytes_per_entry`: nothing but the allocation, as
-                              the hash index lives in the entries) and what filling it touches
-                              (`fill_bytes_per_entry`: the entries and their bucket heads).
+                              capacity (`bytes_per_entry`), split into what creating the engine
+                              makes resident (`created_bytes_per_entry`: the whole table, which is
+                              preallocated, the hash index inside its entries) and what filling
+                              it adds (`fill_bytes_per_entry`: nothing left to fault in).
                               `struct` is sizeof(CtEntry) as the C ABI lays out the fields of
                               fastpath/conntrack.pxd (ctypes). Timed: the whole probe (fill batch
                               generation included), for the record only.

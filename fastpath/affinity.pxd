@@ -4,7 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
-from aligned cimport aligned_calloc
+from aligned cimport table_calloc, table_free
 from hashing cimport fmix64
 from lru cimport LRU_NIL, Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -23,8 +23,8 @@ ctypedef struct AffinityEntry:      # 64 bytes
 
 
 ctypedef struct Affinity:
-    AffinityEntry* entries          # NULL until a service with affinity is loaded; cache-line
-    void* block                     # aligned, inside `block`
+    AffinityEntry* entries          # NULL until a service with affinity is loaded; a table
+                                    # (aligned.pxd)
     uint32_t* buckets
     uint32_t bucket_mask
     Lru lru
@@ -36,7 +36,7 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
     cdef uint64_t nbuckets = 16, i
     while nbuckets < <uint64_t>capacity:
         nbuckets <<= 1
-    a.entries = <AffinityEntry*>aligned_calloc(capacity, sizeof(AffinityEntry), &a.block)
+    a.entries = <AffinityEntry*>table_calloc(capacity, sizeof(AffinityEntry))
     a.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
     if a.entries == NULL or a.buckets == NULL:
         affinity_free(a)
@@ -50,9 +50,8 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
 
 
 cdef inline void affinity_free(Affinity* a) noexcept nogil:
-    free(a.block)
+    table_free(a.entries)
     free(a.buckets)
-    a.block = NULL
     a.entries = NULL
     a.buckets = NULL
 

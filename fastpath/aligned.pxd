@@ -1,23 +1,46 @@
-# Zeroed arrays laid out for the tables the core hits at random, and huge-page advice for big
-# ones allocated otherwise.
+# Zeroed tables laid out for the core's random reads: table_calloc, table_realloc, table_free.
 # - Cache-line aligned: glibc's large calloc blocks start 16 bytes into a page, so an array of
 #   64-byte entries from plain calloc puts every entry across two cache lines.
-# - Big ones (HUGE_FROM and up) on 2 MiB boundaries, advised to the kernel as transparent huge
-#   page candidates: a table hit at random touches every page soon, and one fault and one TLB
-#   entry per 2 MiB instead of per 4 KiB is what keeps a cold start and a million flows fast.
-#   (Where THP is off the advice is a no-op.)
+# - Big ones (HUGE_FROM and up) are preallocated, as a BPF hash map is unless told otherwise: a
+#   mapping of their own, on 2 MiB boundaries, advised to the kernel as transparent huge pages
+#   and populated when made, so no packet takes a page fault and one TLB entry covers 2 MiB of a
+#   table hit at random. Freed, they are unmapped. Left to malloc they fared worse twice over:
+#   once an engine was freed, glibc served the next engine's tables from the heap it left, on
+#   4 KiB pages the advice no longer changed; and a table touched lazily faulted its pages in
+#   on the packet path (on a VM that hands freed memory back to its host, a fault there costs
+#   the host's too: fresh engines ran up to 1.5x slower, and unevenly).
+#   (Where THP is off the advice is a no-op; where populating is unknown, pages fault when used.)
+# Each table keeps a header in the cache line before it: where its memory came from, and its size.
+from libc.errno cimport ENOMEM, errno
 from libc.stdint cimport uintptr_t
-from libc.stdlib cimport calloc
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
     #include <sys/mman.h>
+    #include <unistd.h>
     #ifndef MADV_HUGEPAGE  /* not Linux: no transparent huge pages, the advice is a no-op */
     #define MADV_HUGEPAGE MADV_NORMAL
     #endif
+    #ifndef MADV_POPULATE_WRITE
+    #ifdef __linux__
+    #define MADV_POPULATE_WRITE 23  /* Linux 5.14; older kernels refuse it, and pages fault when used */
+    #else
+    #define MADV_POPULATE_WRITE MADV_NORMAL
+    #endif
+    #endif
+    #ifndef MAP_ANONYMOUS
+    #define MAP_ANONYMOUS MAP_ANON
+    #endif
     """
     int madvise(void* addr, size_t length, int advice) nogil
-    int MADV_HUGEPAGE
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset) nogil
+    int munmap(void* addr, size_t length) nogil
+    int MADV_HUGEPAGE, MADV_POPULATE_WRITE, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
+    void* MAP_FAILED
+    long sysconf(int name) nogil
+    int _SC_PHYS_PAGES, _SC_PAGESIZE
 
 cdef enum:
     CACHE_LINE = 64
@@ -25,32 +48,70 @@ cdef enum:
     HUGE_FROM = 4 * HUGE_PAGE
 
 
+ctypedef struct TableHeader:        # in the cache line before a table
+    void* base                      # what calloc or mmap returned
+    size_t mapped                   # the mapping's length; 0: base is calloc's
+    size_t size                     # the table's bytes
+
+
 cdef inline uintptr_t _align_up(uintptr_t address, uintptr_t alignment) noexcept nogil:
     return (address + alignment - 1) & ~(alignment - 1)
 
 
-cdef inline void advise_huge(void* start, size_t size) noexcept nogil:
-    """Advise the whole 2 MiB pages inside a big table from plain calloc or realloc as
-    transparent huge page candidates (again after each realloc: a table that outgrows the heap
-    moves to a new mapping)."""
-    if size < HUGE_FROM:
-        return
-    cdef uintptr_t first = _align_up(<uintptr_t>start, HUGE_PAGE)
-    cdef uintptr_t end = (<uintptr_t>start + size) & ~(<uintptr_t>HUGE_PAGE - 1)
-    if end > first:
-        madvise(<void*>first, end - first, MADV_HUGEPAGE)
+cdef inline TableHeader* _header(void* table) noexcept nogil:
+    return <TableHeader*>(<uintptr_t>table - CACHE_LINE)
 
 
-cdef inline void* aligned_calloc(size_t count, size_t size, void** block) noexcept nogil:
-    """count * size zeroed bytes (NULL when out of memory); free block[0] to release them. Like
-    calloc, pages stay unallocated until written."""
-    cdef size_t total = count * size
-    cdef bint huge = total >= HUGE_FROM
-    block[0] = calloc(total + (HUGE_PAGE if huge else CACHE_LINE), 1)
-    if block[0] == NULL:
+cdef inline void* table_calloc(size_t count, size_t size) noexcept nogil:
+    """count * size zeroed bytes, cache-line aligned (NULL when out of memory); table_free them.
+    A big table's pages are allocated now (a small one's, as calloc's, when first written)."""
+    if size and count > (<size_t>-1 - 2 * HUGE_PAGE) // size:
         return NULL
-    if not huge:
-        return <void*>_align_up(<uintptr_t>block[0], CACHE_LINE)
-    cdef void* start = <void*>_align_up(<uintptr_t>block[0], HUGE_PAGE)
-    advise_huge(start, total)
-    return start
+    cdef size_t total = count * size
+    cdef void* base
+    cdef size_t mapped = 0
+    cdef uintptr_t start
+    if total >= HUGE_FROM:
+        if total > <size_t>sysconf(_SC_PHYS_PAGES) * <size_t>sysconf(_SC_PAGESIZE):
+            return NULL  # more than the machine has: refused here, not by the OOM killer later
+        mapped = total + HUGE_PAGE + CACHE_LINE  # room for the header and the alignment
+        base = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if base == MAP_FAILED:
+            return NULL
+        start = _align_up(<uintptr_t>base + CACHE_LINE, HUGE_PAGE)
+        madvise(base, mapped, MADV_HUGEPAGE)
+        if madvise(<void*>start, total, MADV_POPULATE_WRITE) != 0 and errno == ENOMEM:
+            munmap(base, mapped)  # (any other refusal: a kernel without it, pages fault when used)
+            return NULL
+    else:
+        base = calloc(total + 2 * CACHE_LINE, 1)
+        if base == NULL:
+            return NULL
+        start = _align_up(<uintptr_t>base + CACHE_LINE, CACHE_LINE)
+    cdef TableHeader* header = _header(<void*>start)
+    header.base, header.mapped, header.size = base, mapped, total
+    return <void*>start
+
+
+cdef inline void table_free(void* table) noexcept nogil:
+    """Free a table from table_calloc or table_realloc (NULL: nothing)."""
+    if table == NULL:
+        return
+    cdef TableHeader* header = _header(table)
+    if header.mapped:
+        munmap(header.base, header.mapped)
+    else:
+        free(header.base)
+
+
+cdef inline void* table_realloc(void* table, size_t count, size_t size) noexcept nogil:
+    """The table resized to count * size bytes, its contents kept and any new bytes zeroed
+    (NULL when out of memory, the table left as it was). A copy: a grown big table needs a
+    mapping of its own, 2 MiB aligned, which moving the old one cannot promise."""
+    cdef void* resized = table_calloc(count, size)
+    if resized == NULL or table == NULL:
+        return resized
+    cdef size_t kept = _header(table).size
+    memcpy(resized, table, kept if kept < count * size else count * size)
+    table_free(table)
+    return resized

@@ -22,16 +22,15 @@
 #
 # A chain link is a "ref": (slot + 1) * 2 + direction, so one bucket walk answers both "is this a
 # known flow?" and "is this a reply?" for a packet, and 0 (CT_NIL) is the end of a chain: the
-# zeroed pages calloc hands out are an empty index, touched only when used.
+# zeroed pages table_calloc hands out are an empty index, touched only when used.
 #
 # IPv4 and IPv6 flows share the pool. An IPv6 entry holds the 32-bit folds of its addresses (for
 # hashing and a quick compare) and its whole addresses in a side array at the same slot, so an
 # IPv4 entry stays one cache line.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
-from aligned cimport aligned_calloc
+from aligned cimport table_calloc, table_free
 from hashing cimport flow_hash
 
 cdef enum:
@@ -110,8 +109,7 @@ ctypedef struct FlowRateGuard:      # a token bucket in nanoseconds of packet ti
 
 
 ctypedef struct Conntrack:
-    CtEntry* entries                # cache-line aligned, inside `block`
-    void* block
+    CtEntry* entries                # a table (aligned.pxd)
     CtAddrs6* addrs6                # NULL until IPv6 frontends are loaded
     uint32_t capacity
     uint32_t count
@@ -130,7 +128,7 @@ ctypedef struct Conntrack:
 
 
 cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
-    ct.entries = <CtEntry*>aligned_calloc(capacity, sizeof(CtEntry), &ct.block)
+    ct.entries = <CtEntry*>table_calloc(capacity, sizeof(CtEntry))
     if ct.entries == NULL:
         return -1
     ct.addrs6 = NULL
@@ -147,9 +145,8 @@ cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
 
 
 cdef inline void ct_free(Conntrack* ct) noexcept nogil:
-    free(ct.block)
-    free(ct.addrs6)
-    ct.block = NULL
+    table_free(ct.entries)
+    table_free(ct.addrs6)
     ct.entries = NULL
     ct.addrs6 = NULL
 
@@ -157,7 +154,7 @@ cdef inline void ct_free(Conntrack* ct) noexcept nogil:
 cdef inline int ct_enable_ipv6(Conntrack* ct) noexcept nogil:
     """Allocate the IPv6 side array (untouched pages cost nothing until IPv6 flows arrive)."""
     if ct.addrs6 == NULL:
-        ct.addrs6 = <CtAddrs6*>calloc(ct.capacity, sizeof(CtAddrs6))
+        ct.addrs6 = <CtAddrs6*>table_calloc(ct.capacity, sizeof(CtAddrs6))
         if ct.addrs6 == NULL:
             return -1
     return 0

@@ -5,13 +5,12 @@ The behaviour is specified in fastpath/reference.py (the pure-Python twin); the 
 byte for byte. Policy never lives here: the maps arrive fully decided from fastpath.compiler.
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from array import array
 from copy import copy
 
-from aligned cimport advise_huge
+from aligned cimport table_calloc, table_free, table_realloc
 from address cimport Addr, Prefix, addr_eq, addr_v4, fold6, in_prefixes, load_addr6
 from affinity cimport (
     AFF_NIL, Affinity, affinity_delete, affinity_find, affinity_free, affinity_init,
@@ -259,16 +258,16 @@ cdef void maps_free(Maps* m) noexcept nogil:
     frontend_map_free(&m.frontend_map)
     frontend_map_free(&m.service_ips)
     frontend_map_free(&m.frontend_ips)
-    free(m.frontends)
-    free(m.ranges)
-    free(m.services)
-    free(m.blocks)
-    free(m.may_flush)
-    free(m.slots)
-    free(m.backends)
-    free(m.local_ips)
-    free(m.pod_cidrs)
-    free(m.service_cidrs)
+    table_free(m.frontends)
+    table_free(m.ranges)
+    table_free(m.services)
+    table_free(m.blocks)
+    table_free(m.may_flush)
+    table_free(m.slots)
+    table_free(m.backends)
+    table_free(m.local_ips)
+    table_free(m.pod_cidrs)
+    table_free(m.service_cidrs)
     memset(m, 0, sizeof(Maps))
 
 
@@ -370,7 +369,8 @@ cdef class Engine:
             raise ValueError(f"new_flow_rate must be an integer from 0 (off) to {MAX_NEW_FLOW_RATE}, "
                              f"got {new_flow_rate!r}")
         if ct_init(&self.ct, ct_capacity) != 0:
-            raise MemoryError(f"cannot allocate a conntrack table of {ct_capacity} entries")
+            raise MemoryError(f"cannot allocate a conntrack table of {ct_capacity:,} entries "
+                              f"({ct_capacity * sizeof(CtEntry) / 2**30:.1f} GiB)")
         if fragments_init(&self.fragments) != 0:
             raise MemoryError("cannot allocate the fragment table")
         timeouts = dict(DEFAULT_TIMEOUTS_S)
@@ -387,8 +387,8 @@ cdef class Engine:
         ct_free(&self.ct)
         affinity_free(&self.affinity)
         fragments_free(&self.fragments)
-        free(self.service_packets)
-        free(self.backend_packets)
+        table_free(self.service_packets)
+        table_free(self.backend_packets)
 
     @property
     def ct_capacity(self):
@@ -468,20 +468,17 @@ cdef class Engine:
     cdef _grow_backends(self, uint32_t capacity):
         """Room for backend ids up to `capacity`, in the table and the per-backend counters."""
         cdef Maps* m = &self.maps
-        cdef BackendEntry* backends = <BackendEntry*>realloc(
-            m.backends, (<size_t>capacity + 1) * sizeof(BackendEntry))
+        cdef BackendEntry* backends = <BackendEntry*>table_realloc(
+            m.backends, <size_t>capacity + 1, sizeof(BackendEntry))
         if backends == NULL:
             raise MemoryError("cannot grow the backend table")
         m.backends = backends
-        advise_huge(backends, (<size_t>capacity + 1) * sizeof(BackendEntry))
-        cdef uint64_t* counts = <uint64_t*>realloc(self.backend_packets,
-                                                   (<size_t>capacity + 1) * sizeof(uint64_t))
+        cdef uint64_t* counts = <uint64_t*>table_realloc(self.backend_packets, <size_t>capacity + 1,
+                                                         sizeof(uint64_t))
         if counts == NULL:
             raise MemoryError("cannot grow the backend counters")
         self.backend_packets = counts
         self.ct.backend_packets = counts
-        memset(&counts[m.backends_capacity + 1], 0,
-               (capacity - m.backends_capacity) * sizeof(uint64_t))
         m.backends_capacity = capacity
 
     cdef _remap_counters(self, list service_ids, list backend_ids, uint32_t n_services,
@@ -1109,24 +1106,21 @@ cdef _build_maps(Maps* m, maps):
     if frontend_map_init(&m.frontend_map, n_frontends) != 0 \
             or frontend_map_init(&m.service_ips, len(node.service_ips)) != 0:
         raise MemoryError("cannot allocate the frontend maps")
-    m.frontends = <FrontendEntry*>calloc(n_frontends + 1, sizeof(FrontendEntry))
-    m.ranges = <Prefix*>calloc(n_ranges + 1, sizeof(Prefix))
-    m.services = <ServiceEntry*>calloc(n_services + 1, sizeof(ServiceEntry))
-    m.blocks = <ServiceBlock*>calloc(n_services + 1, sizeof(ServiceBlock))
-    m.may_flush = <uint8_t*>calloc(n_services + 1, sizeof(uint8_t))
-    m.slots = <uint32_t*>calloc(n_slots, sizeof(uint32_t))
-    m.backends = <BackendEntry*>calloc(n_backends + 1, sizeof(BackendEntry))
-    m.local_ips = <Addr*>calloc(len(node.local_ips) + 1, sizeof(Addr))
-    m.pod_cidrs = <Prefix*>calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
-    m.service_cidrs = <Prefix*>calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
+    # (The tables a new flow reads at random, frontends, services, slots and backends, are on huge
+    # pages when big: see aligned.pxd.)
+    m.frontends = <FrontendEntry*>table_calloc(n_frontends + 1, sizeof(FrontendEntry))
+    m.ranges = <Prefix*>table_calloc(n_ranges + 1, sizeof(Prefix))
+    m.services = <ServiceEntry*>table_calloc(n_services + 1, sizeof(ServiceEntry))
+    m.blocks = <ServiceBlock*>table_calloc(n_services + 1, sizeof(ServiceBlock))
+    m.may_flush = <uint8_t*>table_calloc(n_services + 1, sizeof(uint8_t))
+    m.slots = <uint32_t*>table_calloc(n_slots, sizeof(uint32_t))
+    m.backends = <BackendEntry*>table_calloc(n_backends + 1, sizeof(BackendEntry))
+    m.local_ips = <Addr*>table_calloc(len(node.local_ips) + 1, sizeof(Addr))
+    m.pod_cidrs = <Prefix*>table_calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
+    m.service_cidrs = <Prefix*>table_calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
     if not (m.frontends and m.ranges and m.services and m.blocks and m.may_flush and m.slots and m.backends
             and m.local_ips and m.pod_cidrs and m.service_cidrs):
         raise MemoryError("cannot allocate the service maps")
-    # The tables a new flow reads at random: huge pages spare a TLB walk per read when big.
-    advise_huge(m.frontends, (n_frontends + 1) * sizeof(FrontendEntry))
-    advise_huge(m.services, (n_services + 1) * sizeof(ServiceEntry))
-    advise_huge(m.slots, n_slots * sizeof(uint32_t))
-    advise_huge(m.backends, (n_backends + 1) * sizeof(BackendEntry))
     m.n_services = n_services
     m.n_backends = n_backends
     m.backends_capacity = n_backends
@@ -1320,7 +1314,7 @@ cdef _make_room(Maps* m, uint32_t needed):
     cdef uint32_t* slots
     if m.garbage_slots > m.n_slots // 2:
         capacity = 2 * (live + needed)
-        slots = <uint32_t*>calloc(capacity, sizeof(uint32_t))
+        slots = <uint32_t*>table_calloc(capacity, sizeof(uint32_t))
         if slots == NULL:
             raise MemoryError("cannot compact the service slots")
         position = 1  # slots[0] stays service 0's empty member table
@@ -1331,18 +1325,17 @@ cdef _make_room(Maps* m, uint32_t needed):
             block.first_member = block.first_member - entry.first_cluster + position
             entry.first_cluster = position
             position += block.size
-        free(m.slots)
+        table_free(m.slots)
         m.slots = slots
         m.n_slots = position
         m.garbage_slots = 0
     else:
         capacity = max(m.n_slots + needed, 2 * m.slots_capacity)
-        slots = <uint32_t*>realloc(m.slots, <size_t>capacity * sizeof(uint32_t))
+        slots = <uint32_t*>table_realloc(m.slots, capacity, sizeof(uint32_t))
         if slots == NULL:
             raise MemoryError("cannot grow the service slots")
         m.slots = slots
     m.slots_capacity = capacity
-    advise_huge(m.slots, <size_t>capacity * sizeof(uint32_t))
 
 
 cdef void _inherit_may_flush(Maps* m, const Maps* old, const uint32_t* service_ids,
@@ -1461,7 +1454,7 @@ cdef bint _identity(const uint32_t[::1] new_ids) noexcept:
 
 cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:
     """Counters for ids 0..new_n, each old id's count moved to its new id."""
-    cdef uint64_t* remapped = <uint64_t*>calloc(<size_t>new_n + 1, sizeof(uint64_t))
+    cdef uint64_t* remapped = <uint64_t*>table_calloc(<size_t>new_n + 1, sizeof(uint64_t))
     if remapped == NULL:
         raise MemoryError("cannot allocate counters")
     cdef Py_ssize_t old_id
@@ -1469,5 +1462,5 @@ cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except?
         for old_id in range(1, len(new_ids)):
             if new_ids[old_id]:
                 remapped[<uint32_t>new_ids[old_id]] += counts[old_id]
-        free(counts)
+        table_free(counts)
     return remapped

@@ -2,10 +2,9 @@
 # Addresses of both families (IPv4 as IPv4-mapped, see address.pxd); port 0 and protocol 0 key
 # the address sets (ClusterIPs, every frontend address).
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
 
 from address cimport Addr
-from aligned cimport advise_huge
+from aligned cimport table_calloc, table_free
 from hashing cimport fmix64
 
 
@@ -47,16 +46,15 @@ cdef inline int frontend_map_init(FrontendMap* m, uint32_t count) noexcept nogil
     cdef uint64_t size = 16
     while size < 2 * <uint64_t>count:
         size <<= 1
-    m.slots = <FrontendSlot*>calloc(size, sizeof(FrontendSlot))
+    m.slots = <FrontendSlot*>table_calloc(size, sizeof(FrontendSlot))  # probed at random
     m.mask = <uint32_t>(size - 1)
     if m.slots == NULL:
         return -1
-    advise_huge(m.slots, size * sizeof(FrontendSlot))  # probed at random
     return 0
 
 
 cdef inline void frontend_map_free(FrontendMap* m) noexcept nogil:
-    free(m.slots)
+    table_free(m.slots)
     m.slots = NULL
     m.mask = 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -115,6 +116,19 @@ def test_missing_capture_is_one_line_error(tmp_path, demo_cluster):
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "nope.pcap" in result.stderr
+
+
+@pytest.mark.skipif(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >= 2**31 * 64,
+                    reason="a machine with 128 GiB or more could make the table")
+def test_a_conntrack_beyond_the_machine_is_one_line_error(tmp_path, demo_capture, demo_cluster):
+    """The table is allocated when the engine is made: 2**31-1 entries (128 GiB) are refused
+    there, before anything is written."""
+    result = fastpath("replay", demo_capture, "--cluster", demo_cluster, "-o", tmp_path / "out.pcap",
+                      "--ct-capacity", 2**31 - 1)
+    assert result.returncode == 1
+    assert result.stderr == ("fastpath: error: out of memory: cannot allocate a conntrack table "
+                             "of 2,147,483,647 entries (128.0 GiB)\n")
+    assert not (tmp_path / "out.pcap").exists()
 
 
 def test_cluster_syntax_error_names_the_file(tmp_path, demo_capture):

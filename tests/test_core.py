@@ -1,8 +1,10 @@
 """The compiled Engine's own contract: vocabulary, argument checking, counters, conntrack size."""
 from __future__ import annotations
 
+import os
 import random
 import struct
+import sys
 from array import array
 from types import SimpleNamespace
 
@@ -40,6 +42,31 @@ def test_defaults_match_the_twin():
     assert _core.DEFAULT_CT_CAPACITY == DEFAULT_CT_CAPACITY
     assert _core.DEFAULT_TIMEOUTS_S == DEFAULT_TIMEOUTS_S
     assert _core.Engine(MAPS).ct_capacity == DEFAULT_CT_CAPACITY
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _kernel_populates() -> bool:
+    """Linux 5.14 and later: madvise(MADV_POPULATE_WRITE), which big tables are made with."""
+    release = os.uname().release.split(".")
+    return sys.platform.startswith("linux") and tuple(map(int, release[:2])) >= (5, 14)
+
+
+@pytest.mark.skipif(not _kernel_populates(), reason="needs Linux 5.14+ (MADV_POPULATE_WRITE)")
+def test_a_big_conntrack_is_allocated_when_made_and_returned_when_freed():
+    """A big table is preallocated: the 64 MiB of a 2**20-entry conntrack are resident as soon
+    as the engine exists (no packet takes a page fault), and go back to the system with it."""
+    table = 2**20 * 64
+    before = _resident_bytes()
+    engine = _core.Engine(MAPS, ct_capacity=2**20)
+    made = _resident_bytes()
+    assert made - before >= table
+    assert made - before < table + 8 * 2**20  # the entries, not the slack around them
+    del engine
+    assert _resident_bytes() < before + 8 * 2**20
 
 
 @pytest.mark.parametrize("capacity", [0, -1, 2**31, 1.5, "10"])

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--ct-capacity", metavar="N", type=_positive_int, default=None,
-        help="conntrack table capacity in entries (default 524288); when it is full, a flow "
+        help="conntrack table capacity in entries (default 524288; 64 bytes each, allocated at "
+        "start); when it is full, a flow "
         "not seen recently is evicted (CLOCK, an approximation of least recently used)",
     )
     replay.add_argument(
@@ -418,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(error, OSError):
             where = f"{error.filename}: " if error.filename else ""
             print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
+        elif isinstance(error, MemoryError):  # e.g. a --ct-capacity beyond the machine
+            print(f"{PROG}: error: out of memory: {error or 'no detail'}", file=sys.stderr)
         else:
             raise
     return 1
