@@ -152,7 +152,7 @@ cdef inline void ct_free(Conntrack* ct) noexcept nogil:
 
 
 cdef inline int ct_enable_ipv6(Conntrack* ct) noexcept nogil:
-    """Allocate the IPv6 side array (untouched pages cost nothing until IPv6 flows arrive)."""
+    """Allocate the IPv6 side array, when the first IPv6 frontends are loaded."""
     if ct.addrs6 == NULL:
         ct.addrs6 = <CtAddrs6*>table_calloc(ct.capacity, sizeof(CtAddrs6))
         if ct.addrs6 == NULL:
