@@ -70,9 +70,10 @@ def load_engine(tree: str, number: int):
 
 def turn(done: int, count: int) -> list[int]:
     """The builds' order in round `done`: rotated each round, so that no build always runs in
-    the same place. Position matters: with a million service ports the engine made second in a
-    round ran 1.5x slower than the first, the same build both times (glibc serves its tables
-    from what the first one freed: fixing glibc's mmap threshold evened the two)."""
+    the same place. Position has mattered: with a million service ports the engine made second
+    in a round ran 1.5x slower than the first, the same build both times, while the core's big
+    tables came from malloc and faulted in lazily (fastpath/aligned.pxd says why); a build
+    against itself still shows 1.10 either way."""
     return [(done + k) % count for k in range(count)]
 
 
