@@ -4,7 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
 from address cimport Addr, addr_eq
-from aligned cimport table_calloc, table_free
+from aligned cimport PREALLOCATED, table_calloc, table_free
 from hashing cimport fmix64
 from lru cimport LRU_NIL, Lru, LruLinks, lru_init, lru_release, lru_take, lru_touch
 
@@ -36,7 +36,7 @@ cdef inline int affinity_init(Affinity* a, uint32_t capacity) noexcept nogil:
     cdef uint64_t nbuckets = 16, i
     while nbuckets < <uint64_t>capacity:
         nbuckets <<= 1
-    a.entries = <AffinityEntry*>table_calloc(capacity, sizeof(AffinityEntry))
+    a.entries = <AffinityEntry*>table_calloc(capacity, sizeof(AffinityEntry), PREALLOCATED)
     a.buckets = <uint32_t*>calloc(nbuckets, sizeof(uint32_t))
     if a.entries == NULL or a.buckets == NULL:
         affinity_free(a)

@@ -22,7 +22,7 @@
 #
 # A chain link is a "ref": (slot + 1) * 2 + direction, so one bucket walk answers both "is this a
 # known flow?" and "is this a reply?" for a packet, and 0 (CT_NIL) is the end of a chain: the
-# zeroed pages table_calloc hands out are an empty index, touched only when used.
+# zeroed table is an empty index.
 #
 # IPv4 and IPv6 flows share the pool. An IPv6 entry holds the 32-bit folds of its addresses (for
 # hashing and a quick compare) and its whole addresses in a side array at the same slot, so an
@@ -30,7 +30,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from address cimport Addr, addr_eq
-from aligned cimport table_calloc, table_free
+from aligned cimport PREALLOCATED, table_calloc, table_free
 from hashing cimport flow_hash
 
 cdef enum:
@@ -128,7 +128,7 @@ ctypedef struct Conntrack:
 
 
 cdef inline int ct_init(Conntrack* ct, uint32_t capacity) noexcept nogil:
-    ct.entries = <CtEntry*>table_calloc(capacity, sizeof(CtEntry))
+    ct.entries = <CtEntry*>table_calloc(capacity, sizeof(CtEntry), PREALLOCATED)
     if ct.entries == NULL:
         return -1
     ct.addrs6 = NULL
@@ -154,7 +154,7 @@ cdef inline void ct_free(Conntrack* ct) noexcept nogil:
 cdef inline int ct_enable_ipv6(Conntrack* ct) noexcept nogil:
     """Allocate the IPv6 side array, when the first IPv6 frontends are loaded."""
     if ct.addrs6 == NULL:
-        ct.addrs6 = <CtAddrs6*>table_calloc(ct.capacity, sizeof(CtAddrs6))
+        ct.addrs6 = <CtAddrs6*>table_calloc(ct.capacity, sizeof(CtAddrs6), PREALLOCATED)
         if ct.addrs6 == NULL:
             return -1
     return 0

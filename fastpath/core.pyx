@@ -10,7 +10,7 @@ from libc.string cimport memcpy, memset
 from array import array
 from copy import copy
 
-from aligned cimport table_calloc, table_free, table_realloc
+from aligned cimport PREALLOCATED, WRITTEN_WHOLE, table_calloc, table_free, table_realloc
 from address cimport Addr, Prefix, addr_eq, addr_v4, fold6, in_prefixes, load_addr6
 from affinity cimport (
     AFF_NIL, Affinity, affinity_delete, affinity_find, affinity_free, affinity_init,
@@ -469,12 +469,12 @@ cdef class Engine:
         """Room for backend ids up to `capacity`, in the table and the per-backend counters."""
         cdef Maps* m = &self.maps
         cdef BackendEntry* backends = <BackendEntry*>table_realloc(
-            m.backends, <size_t>capacity + 1, sizeof(BackendEntry))
+            m.backends, <size_t>capacity + 1, sizeof(BackendEntry), WRITTEN_WHOLE)
         if backends == NULL:
             raise MemoryError("cannot grow the backend table")
         m.backends = backends
         cdef uint64_t* counts = <uint64_t*>table_realloc(self.backend_packets, <size_t>capacity + 1,
-                                                         sizeof(uint64_t))
+                                                         sizeof(uint64_t), PREALLOCATED)
         if counts == NULL:
             raise MemoryError("cannot grow the backend counters")
         self.backend_packets = counts
@@ -1108,16 +1108,16 @@ cdef _build_maps(Maps* m, maps):
         raise MemoryError("cannot allocate the frontend maps")
     # (The tables a new flow reads at random, frontends, services, slots and backends, are on huge
     # pages when big: see aligned.pxd.)
-    m.frontends = <FrontendEntry*>table_calloc(n_frontends + 1, sizeof(FrontendEntry))
-    m.ranges = <Prefix*>table_calloc(n_ranges + 1, sizeof(Prefix))
-    m.services = <ServiceEntry*>table_calloc(n_services + 1, sizeof(ServiceEntry))
-    m.blocks = <ServiceBlock*>table_calloc(n_services + 1, sizeof(ServiceBlock))
-    m.may_flush = <uint8_t*>table_calloc(n_services + 1, sizeof(uint8_t))
-    m.slots = <uint32_t*>table_calloc(n_slots, sizeof(uint32_t))
-    m.backends = <BackendEntry*>table_calloc(n_backends + 1, sizeof(BackendEntry))
-    m.local_ips = <Addr*>table_calloc(len(node.local_ips) + 1, sizeof(Addr))
-    m.pod_cidrs = <Prefix*>table_calloc(len(node.pod_cidrs) + 1, sizeof(Prefix))
-    m.service_cidrs = <Prefix*>table_calloc(len(node.service_cidrs) + 1, sizeof(Prefix))
+    m.frontends = <FrontendEntry*>table_calloc(n_frontends + 1, sizeof(FrontendEntry), WRITTEN_WHOLE)
+    m.ranges = <Prefix*>table_calloc(n_ranges + 1, sizeof(Prefix), WRITTEN_WHOLE)
+    m.services = <ServiceEntry*>table_calloc(n_services + 1, sizeof(ServiceEntry), WRITTEN_WHOLE)
+    m.blocks = <ServiceBlock*>table_calloc(n_services + 1, sizeof(ServiceBlock), WRITTEN_WHOLE)
+    m.may_flush = <uint8_t*>table_calloc(n_services + 1, sizeof(uint8_t), WRITTEN_WHOLE)
+    m.slots = <uint32_t*>table_calloc(n_slots, sizeof(uint32_t), WRITTEN_WHOLE)
+    m.backends = <BackendEntry*>table_calloc(n_backends + 1, sizeof(BackendEntry), WRITTEN_WHOLE)
+    m.local_ips = <Addr*>table_calloc(len(node.local_ips) + 1, sizeof(Addr), WRITTEN_WHOLE)
+    m.pod_cidrs = <Prefix*>table_calloc(len(node.pod_cidrs) + 1, sizeof(Prefix), WRITTEN_WHOLE)
+    m.service_cidrs = <Prefix*>table_calloc(len(node.service_cidrs) + 1, sizeof(Prefix), WRITTEN_WHOLE)
     if not (m.frontends and m.ranges and m.services and m.blocks and m.may_flush and m.slots and m.backends
             and m.local_ips and m.pod_cidrs and m.service_cidrs):
         raise MemoryError("cannot allocate the service maps")
@@ -1314,7 +1314,7 @@ cdef _make_room(Maps* m, uint32_t needed):
     cdef uint32_t* slots
     if m.garbage_slots > m.n_slots // 2:
         capacity = 2 * (live + needed)
-        slots = <uint32_t*>table_calloc(capacity, sizeof(uint32_t))
+        slots = <uint32_t*>table_calloc(capacity, sizeof(uint32_t), WRITTEN_WHOLE)
         if slots == NULL:
             raise MemoryError("cannot compact the service slots")
         position = 1  # slots[0] stays service 0's empty member table
@@ -1331,7 +1331,7 @@ cdef _make_room(Maps* m, uint32_t needed):
         m.garbage_slots = 0
     else:
         capacity = max(m.n_slots + needed, 2 * m.slots_capacity)
-        slots = <uint32_t*>table_realloc(m.slots, capacity, sizeof(uint32_t))
+        slots = <uint32_t*>table_realloc(m.slots, capacity, sizeof(uint32_t), WRITTEN_WHOLE)
         if slots == NULL:
             raise MemoryError("cannot grow the service slots")
         m.slots = slots
@@ -1454,7 +1454,7 @@ cdef bint _identity(const uint32_t[::1] new_ids) noexcept:
 
 cdef uint64_t* _remapped(uint64_t* counts, list new_ids, uint32_t new_n) except? NULL:
     """Counters for ids 0..new_n, each old id's count moved to its new id."""
-    cdef uint64_t* remapped = <uint64_t*>table_calloc(<size_t>new_n + 1, sizeof(uint64_t))
+    cdef uint64_t* remapped = <uint64_t*>table_calloc(<size_t>new_n + 1, sizeof(uint64_t), PREALLOCATED)
     if remapped == NULL:
         raise MemoryError("cannot allocate counters")
     cdef Py_ssize_t old_id

@@ -4,7 +4,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from address cimport Addr
-from aligned cimport table_calloc, table_free
+from aligned cimport WRITTEN_WHOLE, table_calloc, table_free
 from hashing cimport fmix64
 
 
@@ -46,7 +46,7 @@ cdef inline int frontend_map_init(FrontendMap* m, uint32_t count) noexcept nogil
     cdef uint64_t size = 16
     while size < 2 * <uint64_t>count:
         size <<= 1
-    m.slots = <FrontendSlot*>table_calloc(size, sizeof(FrontendSlot))  # probed at random
+    m.slots = <FrontendSlot*>table_calloc(size, sizeof(FrontendSlot), WRITTEN_WHOLE)  # filled by load()
     m.mask = <uint32_t>(size - 1)
     if m.slots == NULL:
         return -1
