@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 import sys
 from array import array
@@ -51,8 +52,9 @@ def _resident_bytes() -> int:
 
 def _kernel_populates() -> bool:
     """Linux 5.14 and later: madvise(MADV_POPULATE_WRITE), which big tables are made with."""
-    release = os.uname().release.split(".")
-    return sys.platform.startswith("linux") and tuple(map(int, release[:2])) >= (5, 14)
+    version = re.match(r"(\d+)\.(\d+)", os.uname().release)  # e.g. "6.18.44-fc", "5.15-rc1"
+    return sys.platform.startswith("linux") and version is not None \
+        and (int(version[1]), int(version[2])) >= (5, 14)
 
 
 @pytest.mark.skipif(not _kernel_populates(), reason="needs Linux 5.14+ (MADV_POPULATE_WRITE)")
