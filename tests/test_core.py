@@ -277,6 +277,53 @@ def test_a_conntrack_too_big_for_the_cache_is_pipelined_deeper_to_the_same_resul
     assert got[1].count(Reason.CT_ESTABLISHED) == 15_000 and got[1].count(Reason.CT_REPLY) == 5_000
 
 
+def test_a_frontend_map_too_big_for_the_cache_is_pipelined_deeper_to_the_same_result():
+    """With a frontend map over 2 MiB (40,000 service ports), a batch fetches a likely new flow's
+    frontend map slot, frontend, service and backend slot stages ahead: its verdicts, traces,
+    counters and bytes are those of the same packets processed one at a time (no pipeline)."""
+    n = 40_000
+    big = _many_services(n)
+    empty, local = ip4("10.97.0.1"), ip4("10.97.0.2")
+    maps = Maps(services=[*big.services, Service(n + 1, "default/empty:http", ()),
+                          Service(n + 2, "default/local:http", (1, 2, 3), local_backends=(2,))],
+                frontends=[*big.frontends, Frontend(empty, 80, 6, n + 1),
+                           Frontend(local, 80, 6, n + 2, local_policy=True)],
+                backends=big.backends,
+                node=NodeView(service_ips=tuple(f.ip for f in big.frontends[:1_000])))
+    rng = random.Random("far maps")
+    frontend = ip4("10.96.0.1")
+    tracked = [(ip4("10.1.0.1") + k, frontend + 1 + rng.randrange(n), 1024 + k, 80) for k in range(2_000)]
+    batched, single = (_core.Engine(maps) for _ in range(2))
+    opening = _tcp_batch(tracked, [0x02] * len(tracked))
+    for engine in (batched, single):  # the same SYNs, the same state
+        _, _, _, backend_ids, _ = _process_traced(engine, bytearray(opening[0]), *opening[1:])
+    replies = [(maps.backends[b - 1].ip, client_ip, maps.backends[b - 1].port, sport)
+               for (client_ip, _, sport, _), b in zip(tracked, backend_ids)]
+    # Tracked packets both ways among new flows opened by a SYN or by another packet (an empty
+    # bucket), to no endpoint, a local set, an unknown port, and traffic to no service.
+    client = ip4("10.2.0.1")
+    packets = [(t, 0x10) for t in rng.choices(tracked, k=6_000)]
+    packets += [(t, 0x10) for t in rng.choices(replies, k=2_000)]
+    packets += [((client, frontend + 1 + rng.randrange(n), 2000 + k, 80), 0x02) for k in range(3_000)]
+    packets += [((client + 1, frontend + 1 + rng.randrange(n), 2000 + k, 80), 0x10) for k in range(1_000)]
+    packets += [((client + 2, address, 2000 + k, 80), 0x02) for k in range(300) for address in (empty, local)]
+    packets += [((client + 3, frontend + 1 + rng.randrange(1_000), 2000 + k, 81), 0x02) for k in range(300)]
+    packets += [((client + 4, ip4("192.0.2.1"), 2000 + k, 80), 0x02) for k in range(300)]
+    rng.shuffle(packets)
+    buf, offsets, lengths = _tcp_batch([t for t, _ in packets], [f for _, f in packets])
+    expected = bytearray(buf)
+    got = _process_traced(batched, buf, offsets, lengths)
+    one_by_one = [_process_traced(single, expected, offsets[i:i + 1], lengths[i:i + 1])
+                  for i in range(len(packets))]
+    assert [list(column) for column in got] == [[out[k][0] for out in one_by_one] for k in range(5)]
+    assert buf == expected
+    assert batched.counters() == single.counters()
+    reasons = got[1]
+    assert reasons.count(Reason.NEW_FLOW) == 3_000 + 1_000 + 300
+    assert reasons.count(Reason.REJECT_NO_ENDPOINT) == reasons.count(Reason.REJECT_UNKNOWN_PORT) == 300
+    assert {backend for backend, address in zip(got[3], [t[1] for t, _ in packets]) if address == local} == {2}
+
+
 def test_load_keeps_tracked_flows():
     engine = _core.Engine(MAPS)
     _, _, first = engine.process_packet(syn(), 1)
