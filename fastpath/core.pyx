@@ -93,8 +93,8 @@ cdef enum:
     # (1,000,000 flows: to memory): the stages are four times as far apart, and a fourth one
     # fetches the second entry of the bucket's chain when the first is another flow's (a third
     # of the lookups in a full table). Not for smaller tables: the extra stage costs a cached
-    # one 10-15 %, and at 20,000 flows (1.3 MB) the two pipelines are even. (Twice as far apart
-    # was 10 % slower at 1,000,000 flows on a core of 2024, whose packets take 25 ns.)
+    # one 10-15 %, and at 20,000 flows (1.3 MB) the two pipelines are even. (Half these
+    # distances made 1,000,000 flows 10 % slower on the EPYC measured, 25 ns a cached packet.)
     FAR_HEADER_AHEAD = 64
     FAR_PARSE_AHEAD = 32
     FAR_ENTRY_AHEAD = 16
