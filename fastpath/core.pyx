@@ -100,7 +100,7 @@ cdef enum:
     FAR_ENTRY_AHEAD = 16
     FAR_NEXT_AHEAD = 8
     FAR_CONNTRACK_BYTES = 2 * 1024 * 1024
-    # With a frontend map beyond the caches (100,000 service ports and up), a new flow's lookups
+    # With a frontend map beyond the caches (over 32,768 frontends), a new flow's lookups
     # are a chain of misses: frontend map slot, frontend, service, the backend's slot. A packet
     # likely to open a flow (a TCP SYN, or a tuple whose conntrack bucket is empty) has each
     # link fetched a stage ahead (its frontend's slot once its bucket is in), the whole
