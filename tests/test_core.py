@@ -243,6 +243,20 @@ def _process_traced(engine, buf, offsets, lengths):
     return out
 
 
+def _same_as_one_by_one(batched, single, buf, offsets, lengths):
+    """Process the batch in `batched` and its packets one at a time (no pipeline) in `single`,
+    an engine in the same state: the verdicts, traces, bytes and counters must agree. Returns
+    the batch's outputs."""
+    expected = bytearray(buf)
+    got = _process_traced(batched, buf, offsets, lengths)
+    one_by_one = [_process_traced(single, expected, offsets[i:i + 1], lengths[i:i + 1])
+                  for i in range(len(offsets))]
+    assert [list(column) for column in got] == [[out[k][0] for out in one_by_one] for k in range(5)]
+    assert buf == expected
+    assert batched.counters() == single.counters()
+    return got
+
+
 def test_a_conntrack_too_big_for_the_cache_is_pipelined_deeper_to_the_same_result():
     """With more than 2 MiB of conntrack entries in use (32,768 flows), a batch runs a deeper
     pipeline that also fetches the second entry of a bucket's chain: its verdicts, traces,
@@ -267,13 +281,7 @@ def test_a_conntrack_too_big_for_the_cache_is_pipelined_deeper_to_the_same_resul
     rng.shuffle(tuples)
     flags = [0x02 if t[0] == ip4("10.2.0.1") else 0x10 for t in tuples]
     buf, offsets, lengths = _tcp_batch(tuples, flags)
-    expected = bytearray(buf)
-    got = _process_traced(batched, buf, offsets, lengths)
-    one_by_one = [_process_traced(single, expected, offsets[i:i + 1], lengths[i:i + 1])
-                  for i in range(len(tuples))]
-    assert [list(column) for column in got] == [[out[k][0] for out in one_by_one] for k in range(5)]
-    assert buf == expected
-    assert batched.counters() == single.counters()
+    got = _same_as_one_by_one(batched, single, buf, offsets, lengths)
     assert got[1].count(Reason.CT_ESTABLISHED) == 15_000 and got[1].count(Reason.CT_REPLY) == 5_000
 
 
@@ -311,13 +319,7 @@ def test_a_frontend_map_too_big_for_the_cache_is_pipelined_deeper_to_the_same_re
     packets += [((client + 4, ip4("192.0.2.1"), 2000 + k, 80), 0x02) for k in range(300)]
     rng.shuffle(packets)
     buf, offsets, lengths = _tcp_batch([t for t, _ in packets], [f for _, f in packets])
-    expected = bytearray(buf)
-    got = _process_traced(batched, buf, offsets, lengths)
-    one_by_one = [_process_traced(single, expected, offsets[i:i + 1], lengths[i:i + 1])
-                  for i in range(len(packets))]
-    assert [list(column) for column in got] == [[out[k][0] for out in one_by_one] for k in range(5)]
-    assert buf == expected
-    assert batched.counters() == single.counters()
+    got = _same_as_one_by_one(batched, single, buf, offsets, lengths)
     reasons = got[1]
     assert reasons.count(Reason.NEW_FLOW) == 3_000 + 1_000 + 300
     assert reasons.count(Reason.REJECT_NO_ENDPOINT) == reasons.count(Reason.REJECT_UNKNOWN_PORT) == 300
