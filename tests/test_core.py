@@ -1,6 +1,8 @@
 """The compiled Engine's own contract: vocabulary, argument checking, counters, conntrack size."""
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import os
 import random
 import re
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import ip4
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from fastpath import _core
@@ -324,6 +327,29 @@ def test_a_frontend_map_too_big_for_the_cache_is_pipelined_deeper_to_the_same_re
     assert reasons.count(Reason.NEW_FLOW) == 3_000 + 1_000 + 300
     assert reasons.count(Reason.REJECT_NO_ENDPOINT) == reasons.count(Reason.REJECT_UNKNOWN_PORT) == 300
     assert {backend for backend, address in zip(got[3], [t[1] for t, _ in packets]) if address == local} == {2}
+
+
+def test_the_far_maps_stages_key_ipv6_frontends_by_the_whole_address():
+    """New IPv6 flows to 40,000 IPv6 service ports (a far frontend map), and further packets of
+    them, route as the same packets one at a time."""
+    n, base, pods = 40_000, int(ipaddress.IPv6Address("fd00:96::")), int(ipaddress.IPv6Address("fd00:244::"))
+    maps = Maps(services=[Service(k, f"default/s{k}:http", (k, k + 1), family=6) for k in range(1, n + 1)],
+                frontends=[Frontend(IPV6 | (base + k), 80, 6, k) for k in range(1, n + 1)],
+                backends=[Backend(k, IPV6 | (pods + k), 8080, f"pod-{k}") for k in range(1, n + 2)])
+    rng = random.Random("far maps, IPv6")
+    flows = [(f"fd00:1::{k + 1:x}", str(ipaddress.IPv6Address(base + 1 + rng.randrange(n))), 1024 + k)
+             for k in range(1_500)]
+    order = [(flow, "S") for flow in flows] + [(flow, "A") for flow in rng.choices(flows, k=1_500)]
+    order += [(("fd00:2::1", "fd00:97::1", 2000 + k), "S") for k in range(300)]  # to no service
+    packets = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(src=src, dst=dst)
+                     / TCP(sport=sport, dport=80, flags=flags))
+               for (src, dst, sport), flags in order]
+    buf = bytearray(b"".join(packets))
+    offsets = array("Q", itertools.accumulate((len(p) for p in packets[:-1]), initial=0))
+    lengths = array("I", [len(p) for p in packets])
+    got = _same_as_one_by_one(_core.Engine(maps), _core.Engine(maps), buf, offsets, lengths)
+    assert got[1].count(Reason.NEW_FLOW) == 1_500 and got[1].count(Reason.CT_ESTABLISHED) == 1_500
+    assert got[1].count(Reason.PASS_NO_SERVICE) == 300
 
 
 def test_load_keeps_tracked_flows():
