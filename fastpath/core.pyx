@@ -38,7 +38,7 @@ from nat cimport (
     rewrite_addresses, rewrite_addresses6, translate, translate6, translate_icmp6_error,
     translate_icmp_error,
 )
-from prefetch cimport prefetch
+from prefetch cimport prefetch, prefetch_item
 from slots cimport offset_of, slot_or_attribute
 from wire cimport (
     CT_ESTABLISHED, CT_REPLY, DROP_BAD_IP_HEADER, DROP_FLOW_RATE, DROP_UNALLOCATED_SERVICE_IP, DROP_BAD_L4_HEADER, DROP_FRAG_NOT_FOUND,
@@ -677,7 +677,8 @@ cdef class Engine:
                                   and p.pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)):
             dst = packet_dst(&p.pkt)
             key = frontend_key(&dst, p.pkt.dport, p.pkt.proto)
-            prefetch(&self.maps.frontend_map.slots[frontend_slot(&self.maps.frontend_map, &key)])
+            prefetch_item(&self.maps.frontend_map.slots[frontend_slot(&self.maps.frontend_map, &key)],
+                          sizeof(FrontendSlot))
             p.likely_new = True
 
     cdef inline void _prefetch_frontend(self, Parsed* p) noexcept nogil:
@@ -690,11 +691,12 @@ cdef class Engine:
                                      frontend_key(&dst, p.pkt.dport, p.pkt.proto))
             if index >= 0:
                 p.frontend = <uint32_t>index + 1
-                prefetch(&self.maps.frontends[index])
+                prefetch_item(&self.maps.frontends[index], sizeof(FrontendEntry))
 
     cdef inline void _prefetch_service(self, const Parsed* p) noexcept nogil:
         if p.frontend:
-            prefetch(&self.maps.services[self.maps.frontends[p.frontend - 1].service])
+            prefetch_item(&self.maps.services[self.maps.frontends[p.frontend - 1].service],
+                          sizeof(ServiceEntry))
 
     cdef inline void _prefetch_backend_slot(self, const Parsed* p) noexcept nogil:
         """The slots _new_flow will pick the backend from, by the flow's hash."""

@@ -16,3 +16,10 @@ cdef extern from *:
     } while (0)
     """
     void prefetch "fp_prefetch"(const void* p) nogil
+
+
+cdef inline void prefetch_item(const void* item, size_t size) noexcept nogil:
+    """Both lines of an item that may straddle two (a 24-byte frontend map slot does one time
+    in four, a 40-byte frontend more often)."""
+    prefetch(item)
+    prefetch(<const char*>item + size - 1)
