@@ -712,17 +712,19 @@ cdef class Engine:
 
     cdef inline void _prefetch_next_entry(self, const Parsed* p) noexcept nogil:
         """Ask for the second entry in the packet's bucket when the first one (fetched by
-        _prefetch_entry) is another flow's."""
+        _prefetch_entry) is another flow's. Told apart by source address and port alone, and
+        without a branch (whether the first entry is the packet's own is a coin toss to the
+        branch predictor): otherwise the first entry is asked for again, already in cache."""
         cdef uint32_t ref = _first_ref(p)
-        cdef const Packet* pkt = &p.pkt
-        if ref == CT_NIL or ct_matches(&self.ct, ct_slot(ref), ct_direction(ref), pkt.saddr,
-                                       pkt.daddr, pkt.sport, pkt.dport, pkt.proto,
-                                       &pkt.src6 if pkt.ipv6 else NULL,
-                                       &pkt.dst6 if pkt.ipv6 else NULL):
+        if ref == CT_NIL:
             return
-        ref = self.ct.entries[ct_slot(ref)].chain[ct_direction(ref)]
-        if ref != CT_NIL:
-            prefetch(&self.ct.entries[ct_slot(ref)])
+        cdef uint32_t slot = ct_slot(ref), direction = ct_direction(ref)
+        cdef const CtEntry* e = &self.ct.entries[slot]
+        cdef uint32_t next = e.chain[direction]
+        cdef uint32_t addr = e.backend_addr if direction else e.client_addr
+        cdef uint16_t port = e.backend_port if direction else e.client_port
+        cdef bint fetch_next = ((addr != p.pkt.saddr) | (port != p.pkt.sport)) & (next != CT_NIL)
+        prefetch(&self.ct.entries[ct_slot(next) if fetch_next else slot])
 
     cdef inline void _count_flow(self, uint32_t service, uint32_t backend) noexcept nogil:
         if service:
