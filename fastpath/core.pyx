@@ -568,9 +568,10 @@ cdef class Engine:
         cdef Py_ssize_t header_ahead = FAR_HEADER_AHEAD if far_conntrack else HEADER_AHEAD
         cdef Py_ssize_t parse_ahead = FAR_PARSE_AHEAD if far_conntrack else PARSE_AHEAD
         cdef Py_ssize_t entry_ahead = FAR_ENTRY_AHEAD if far_conntrack else ENTRY_AHEAD
-        if far_maps:
-            header_ahead, parse_ahead, entry_ahead = (MAPS_HEADER_AHEAD, MAPS_PARSE_AHEAD,
-                                                      MAPS_ENTRY_AHEAD)
+        if far_maps:  # room for the new-flow stages; a far conntrack's distances are longer still
+            header_ahead = max(header_ahead, MAPS_HEADER_AHEAD)
+            parse_ahead = max(parse_ahead, MAPS_PARSE_AHEAD)
+            entry_ahead = max(entry_ahead, MAPS_ENTRY_AHEAD)
         out.verdicts = &verdicts[0] if n else NULL
         out.reasons = &reasons[0] if n else NULL
         out.services = &services[0] if tracing and n else NULL

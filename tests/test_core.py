@@ -290,8 +290,9 @@ def test_a_conntrack_too_big_for_the_cache_is_pipelined_deeper_to_the_same_resul
 
 def test_a_frontend_map_too_big_for_the_cache_is_pipelined_deeper_to_the_same_result():
     """With a frontend map over 2 MiB (40,000 service ports), a batch fetches a likely new flow's
-    frontend map slot, frontend, service and backend slot stages ahead: its verdicts, traces,
-    counters and bytes are those of the same packets processed one at a time (no pipeline)."""
+    frontend map slot, frontend, service and backend slot stages ahead, here beside a far
+    conntrack's stages (40,000 tracked flows): its verdicts, traces, counters and bytes are those
+    of the same packets processed one at a time (no pipeline)."""
     n = 40_000
     big = _many_services(n)
     empty, local = ip4("10.97.0.1"), ip4("10.97.0.2")
@@ -303,7 +304,9 @@ def test_a_frontend_map_too_big_for_the_cache_is_pipelined_deeper_to_the_same_re
                 node=NodeView(service_ips=tuple(f.ip for f in big.frontends[:1_000])))
     rng = random.Random("far maps")
     frontend = ip4("10.96.0.1")
-    tracked = [(ip4("10.1.0.1") + k, frontend + 1 + rng.randrange(n), 1024 + k, 80) for k in range(2_000)]
+    # 40,000 tracked flows: the conntrack is far too (2.4 MiB of entries), its distances the longer
+    tracked = [(ip4("10.1.0.1") + k // 20_000, frontend + 1 + rng.randrange(n), 1024 + k % 20_000, 80)
+               for k in range(40_000)]
     batched, single = (_core.Engine(maps) for _ in range(2))
     opening = _tcp_batch(tracked, [0x02] * len(tracked))
     for engine in (batched, single):  # the same SYNs, the same state
