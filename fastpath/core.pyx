@@ -358,6 +358,13 @@ cdef Prefix _prefix(network, length) except *:
     return p
 
 
+cdef inline FrontendKey _frontend_key_of(const Packet* pkt) noexcept nogil:
+    """The frontend map key of a packet's destination: the one _new_flow looks up, so the
+    stages that fetch it ahead fetch the same slot."""
+    cdef Addr dst = packet_dst(pkt)
+    return frontend_key(&dst, pkt.dport, pkt.proto)
+
+
 cdef inline uint32_t _first_ref(const Parsed* p) noexcept nogil:
     """The first ref in a parsed packet's conntrack bucket; CT_NIL for an empty bucket or a
     packet that has no flow tuple (its bucket was never looked up)."""
@@ -668,28 +675,24 @@ cdef class Engine:
     cdef inline void _prefetch_entry(self, Parsed* p, bint far_maps) noexcept nogil:
         """Ask for the first conntrack entry in the packet's bucket (fetched by _parse); with
         far maps, for a packet likely to open a flow, its frontend map slot."""
-        cdef uint32_t ref = _first_ref(p)
-        cdef Addr dst
+        if p.ip_status != PARSED or p.l4_status != PARSED:
+            return  # no flow tuple: no bucket, no frontend
+        cdef uint32_t ref = p.head[0]
         cdef FrontendKey key
         if ref != CT_NIL:
             prefetch(&self.ct.entries[ct_slot(ref)])
-        if far_maps and p.ip_status == PARSED and p.l4_status == PARSED and (
-                ref == CT_NIL or (p.pkt.proto == IPPROTO_TCP
-                                  and p.pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)):
-            dst = packet_dst(&p.pkt)
-            key = frontend_key(&dst, p.pkt.dport, p.pkt.proto)
+        if far_maps and (ref == CT_NIL or (p.pkt.proto == IPPROTO_TCP
+                                           and p.pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)):
+            key = _frontend_key_of(&p.pkt)
             prefetch_item(&self.maps.frontend_map.slots[frontend_slot(&self.maps.frontend_map, &key)],
                           sizeof(FrontendSlot))
             p.likely_new = True
 
     cdef inline void _prefetch_frontend(self, Parsed* p) noexcept nogil:
         """A likely new flow's frontend (its map slot fetched by _prefetch_entry)."""
-        cdef Addr dst
         cdef int64_t index
         if p.likely_new:
-            dst = packet_dst(&p.pkt)
-            index = frontend_map_get(&self.maps.frontend_map,
-                                     frontend_key(&dst, p.pkt.dport, p.pkt.proto))
+            index = frontend_map_get(&self.maps.frontend_map, _frontend_key_of(&p.pkt))
             if index >= 0:
                 p.frontend = <uint32_t>index + 1
                 prefetch_item(&self.maps.frontends[index], sizeof(FrontendEntry))
@@ -938,8 +941,7 @@ cdef class Engine:
                                   TraceOut* trace) noexcept nogil:
         cdef Maps* m = &self.maps
         cdef Addr src = packet_src(pkt), dst = packet_dst(pkt)
-        cdef int64_t index = frontend_map_get(&m.frontend_map,
-                                              frontend_key(&dst, pkt.dport, pkt.proto))
+        cdef int64_t index = frontend_map_get(&m.frontend_map, _frontend_key_of(pkt))
         if index < 0:
             if frontend_map_get(&m.service_ips, frontend_key(&dst, 0, 0)) >= 0:
                 return REJECT_UNKNOWN_PORT
