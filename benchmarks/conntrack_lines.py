@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pysrc"))
-from fastpath.reference import conntrack_home, flow_hash  # noqa: E402
+from fastpath.reference import bucket_hash, conntrack_home  # noqa: E402
 
 
 def _bucket(hash_: int, capacity: int) -> int:
@@ -57,7 +57,7 @@ def count(flows: int, fill: float, seed: int, home: bool, kept: bool) -> tuple[f
         slot_of.append(slot)
         tuples.append((orig, reply))
         for direction, key in ((1, reply), (0, orig)):  # reply first, as the core links them
-            hash_ = flow_hash(*key)
+            hash_ = bucket_hash(*key)
             chain = chains.setdefault(_bucket(hash_, capacity), [])
             head_slot = ((hash_ >> 32) * capacity) >> 32
             if kept and chain and slot_of[chain[0][0]] == head_slot and chain[0][0] != flow:
@@ -67,7 +67,7 @@ def count(flows: int, fill: float, seed: int, home: bool, kept: bool) -> tuple[f
     lines = [0, 0]
     for flow, pair in enumerate(tuples):
         for direction, key in enumerate(pair):
-            hash_ = flow_hash(*key)
+            hash_ = bucket_hash(*key)
             read = {((hash_ >> 32) * capacity) >> 32}
             for other, other_direction in chains[_bucket(hash_, capacity)]:
                 read.add(slot_of[other])

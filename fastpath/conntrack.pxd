@@ -28,16 +28,23 @@
 # hashing and a quick compare) and its whole addresses in a side array at the same slot, so an
 # IPv4 entry stays one cache line.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 from address cimport Addr, addr_eq
 from aligned cimport PREALLOCATED, table_calloc, table_free
-from hashing cimport flow_hash
+from hashing cimport bucket_hash
 
 cdef enum:
     CT_NIL = 0                      # no ref: the end of a chain, an empty bucket
     CT_NO_SLOT = 0xFFFFFFFF         # no slot: the ends of the free list
     DIR_ORIG = 0
     DIR_REPLY = 1
+
+cdef enum:                          # an entry's address and port fields by number (ct_addr)
+    FIELD_CLIENT = 0                # DIR_ORIG's tuple: client -> frontend
+    FIELD_FRONTEND = 1
+    FIELD_BACKEND = 2               # DIR_REPLY's: backend -> reply address
+    FIELD_REPLY = 3
 
 cdef enum:
     STATE_FREE = 0
@@ -58,6 +65,8 @@ cdef enum:
 
 ctypedef struct CtEntry:            # 64 bytes, a cache line, aligned
     uint64_t last_seen_ns
+    # The tuples' fields in FIELD_* order, four addresses then four ports (ct_addr, ct_port;
+    # ct_layout_ok checks the compiler kept them so):
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
     uint32_t backend_addr           # reply tuple: backend -> reply address (SNAT or client)
@@ -179,28 +188,65 @@ cdef inline uint32_t* ct_head(const Conntrack* ct, uint64_t hash) noexcept nogil
     return &ct.entries[ct_home(ct, hash)].heads[(((hash >> 16) & 0xFFFF) * 3) >> 16]
 
 
+cdef inline uint32_t ct_addr(const CtEntry* e, uint32_t field) noexcept nogil:
+    """Address field FIELD_CLIENT, _FRONTEND, _BACKEND or _REPLY: a direction's tuple is
+    fields 2 * direction (source) and 2 * direction + 1 (destination), so a packet's direction
+    picks its fields without a branch (whether a packet is a reply is a coin toss to the
+    branch predictor)."""
+    return (&e.client_addr)[field]
+
+
+cdef inline uint16_t ct_port(const CtEntry* e, uint32_t field) noexcept nogil:
+    return (&e.client_port)[field]
+
+
+cdef inline bint ct_layout_ok() noexcept nogil:
+    """The address and port fields follow each other as ct_addr and ct_port number them."""
+    cdef CtEntry e
+    return (<char*>&e.reply_addr - <char*>&e.client_addr == 3 * sizeof(uint32_t)
+            and <char*>&e.frontend_addr - <char*>&e.client_addr == sizeof(uint32_t)
+            and <char*>&e.backend_addr - <char*>&e.client_addr == 2 * sizeof(uint32_t)
+            and <char*>&e.frontend_port - <char*>&e.client_port == sizeof(uint16_t)
+            and <char*>&e.backend_port - <char*>&e.client_port == 2 * sizeof(uint16_t)
+            and <char*>&e.reply_port - <char*>&e.client_port == 3 * sizeof(uint16_t))
+
+
+cdef inline uint64_t ct_pair64(uint32_t first, uint32_t second) noexcept nogil:
+    """Two adjacent 32-bit fields as one 64-bit word, as memory holds them (either byte order)."""
+    cdef uint32_t pair[2]
+    cdef uint64_t word
+    pair[0] = first
+    pair[1] = second
+    memcpy(&word, pair, 8)
+    return word
+
+
+cdef inline uint32_t ct_pair32(uint16_t first, uint16_t second) noexcept nogil:
+    cdef uint16_t pair[2]
+    cdef uint32_t word
+    pair[0] = first
+    pair[1] = second
+    memcpy(&word, pair, 4)
+    return word
+
+
 cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direction,
                             uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
                             uint8_t proto, const Addr* src6, const Addr* dst6) noexcept nogil:
-    """src6/dst6: the tuple's IPv6 addresses (saddr/daddr are their folds), NULL for IPv4."""
+    """src6/dst6: the tuple's IPv6 addresses (saddr/daddr are their folds), NULL for IPv4.
+    The direction's two addresses are compared as one word, its two ports as another."""
     cdef const CtEntry* e = &ct.entries[index]
-    if e.proto != proto or ((e.flags & FLAG_IPV6) != 0) != (src6 != NULL):
-        return False
-    cdef const CtAddrs6* a
+    cdef uint64_t addrs
+    cdef uint32_t ports
+    memcpy(&addrs, &(&e.client_addr)[2 * direction], 8)
+    memcpy(&ports, &(&e.client_port)[2 * direction], 4)
+    cdef bint same = ((addrs == ct_pair64(saddr, daddr)) & (ports == ct_pair32(sport, dport))
+                      & (e.proto == proto) & (((e.flags & FLAG_IPV6) != 0) == (src6 != NULL)))
+    if not same or src6 == NULL:
+        return same
+    cdef const CtAddrs6* a = &ct.addrs6[index]
     if direction == DIR_ORIG:
-        if not (e.client_addr == saddr and e.frontend_addr == daddr and e.client_port == sport
-                and e.frontend_port == dport):
-            return False
-        if src6 == NULL:
-            return True
-        a = &ct.addrs6[index]
         return addr_eq(&a.client, src6) and addr_eq(&a.frontend, dst6)
-    if not (e.backend_addr == saddr and e.reply_addr == daddr and e.backend_port == sport
-            and e.reply_port == dport):
-        return False
-    if src6 == NULL:
-        return True
-    a = &ct.addrs6[index]
     return addr_eq(&a.backend, src6) and addr_eq(&a.reply, dst6)
 
 
@@ -219,8 +265,8 @@ cdef inline uint32_t ct_lookup(const Conntrack* ct, const uint32_t* head, uint32
 
 cdef inline uint64_t ct_tuple_hash(const CtEntry* e, uint32_t direction) noexcept nogil:
     if direction == DIR_ORIG:
-        return flow_hash(e.client_addr, e.frontend_addr, e.client_port, e.frontend_port, e.proto)
-    return flow_hash(e.backend_addr, e.reply_addr, e.backend_port, e.reply_port, e.proto)
+        return bucket_hash(e.client_addr, e.frontend_addr, e.client_port, e.frontend_port, e.proto)
+    return bucket_hash(e.backend_addr, e.reply_addr, e.backend_port, e.reply_port, e.proto)
 
 
 cdef inline void ct_chain_link(Conntrack* ct, uint32_t index, uint32_t direction) noexcept nogil:
@@ -366,7 +412,7 @@ cdef inline bint ct_expired(const Conntrack* ct, const CtEntry* e, uint64_t now_
 cdef inline bint ct_tuple_present(const Conntrack* ct, uint32_t saddr, uint32_t daddr,
                                   uint16_t sport, uint16_t dport, uint8_t proto,
                                   const Addr* src6, const Addr* dst6) noexcept nogil:
-    cdef const uint32_t* head = ct_head(ct, flow_hash(saddr, daddr, sport, dport, proto))
+    cdef const uint32_t* head = ct_head(ct, bucket_hash(saddr, daddr, sport, dport, proto))
     return ct_lookup(ct, head, saddr, daddr, sport, dport, proto, src6, dst6) != CT_NIL
 
 cdef inline void ct_guard_init(Conntrack* ct, uint64_t new_flows_per_second) noexcept nogil:

@@ -65,6 +65,7 @@ from fastpath.reference import (
     SNAT_TRIES,
     ReferenceEngine,
     _csum_update_word,
+    bucket_hash,
     conntrack_home,
     crc32c,
     flow_hash,
@@ -216,6 +217,22 @@ def test_flow_hash_matches_spec_formula():
         ports = (sport << 24) | (dport << 8) | proto
         want = fmix64((((ip4(src) << 32) | ip4(dst)) ^ fmix64(ports)))
         assert flow_hash(ip4(src), ip4(dst), sport, dport, proto) == want
+
+
+def test_bucket_hash_matches_spec_formula_and_never_selects():
+    for src, dst, sport, dport, proto in [
+        (CLIENT, VIP, 40000, 80, 6),
+        ("0.0.0.0", "255.255.255.255", 0, 65535, 17),
+        ("1.2.3.4", "5.6.7.8", 65535, 0, 255),
+    ]:
+        ports = (sport << 24) | (dport << 8) | proto
+        x = (((ip4(src) << 32) | ip4(dst)) ^ (ports * 0x9E3779B97F4A7C15)) & (2**64 - 1)
+        x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+        assert bucket_hash(ip4(src), ip4(dst), sport, dport, proto) == x ^ (x >> 32)
+    # Pinned: the compiled core's conntrack index must place entries exactly so.
+    assert bucket_hash(1, 2, 3, 4, 6) == 16867414855220944709
+    # Selection stays on flow_hash: the same tuple, another hash.
+    assert bucket_hash(1, 2, 3, 4, 6) != flow_hash(1, 2, 3, 4, 6)
 
 
 def test_select_backend_rule_and_empty():
@@ -626,7 +643,7 @@ def test_a_new_entry_takes_its_home_slot_when_free():
     eng = engine(capacity=capacity)
     run(eng, eth(tcp(sport=port)))
     assert _slots(eng) == [(port, home, False)]
-    assert home == ((flow_hash(ip4(CLIENT), ip4(VIP), port, 80, PROTO_TCP) >> 32) * capacity) >> 32
+    assert home == ((bucket_hash(ip4(CLIENT), ip4(VIP), port, 80, PROTO_TCP) >> 32) * capacity) >> 32
 
 
 def test_clock_eviction_at_capacity():
@@ -3157,6 +3174,8 @@ def test_ipv6_flow_hash_and_selection_use_the_fold():
         ports = (sport << 24) | (dport << 8) | proto
         want = fmix64(((spec_fold(src) << 32) | spec_fold(dst)) ^ fmix64(ports))
         assert flow_hash(ip6(src), ip6(dst), sport, dport, proto) == want
+        assert bucket_hash(ip6(src), ip6(dst), sport, dport, proto) == bucket_hash(
+            spec_fold(src), spec_fold(dst), sport, dport, proto)
     # IPv4 hashing is unchanged by the fold.
     assert flow_hash(1, 2, 3, 4, 6) == 18248133996163371442
     eng = v6_engine()

@@ -68,10 +68,13 @@ SCTP: fewer than 12 bytes (the common header) in the L4 region -> DROP_TRUNCATED
   timeout), but SCTP flows are never flushed (only UDP ones, step 3b).
 Flags used: SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04. "Pure SYN" = SYN set and ACK clear.
 
-Hash (selection and conntrack buckets), all arithmetic modulo 2**64:
+Hashes (selection, conntrack buckets), all arithmetic modulo 2**64:
   fmix64(x): x ^= x >> 33; x *= 0xFF51AFD7ED558CCD; x ^= x >> 33; x *= 0xC4CEB9FE1A85EC53; x ^= x >> 33
   flow_hash(saddr, daddr, sport, dport, proto) =
       fmix64(((fold(saddr) << 32) | fold(daddr)) ^ fmix64((sport << 24) | (dport << 8) | proto))
+  bucket_hash(saddr, daddr, sport, dport, proto) (the conntrack index's; never selects) =
+      x = (((fold(saddr) << 32) | fold(daddr)) ^ ((sport << 24) | (dport << 8) | proto) * 0x9E3779B97F4A7C15)
+          * 0xD6E8FEB86659FD93;  x ^ (x >> 32)
   fold(a) = a for IPv4; for IPv6 the XOR of the four big-endian 32-bit words of the 128-bit
   address (so IPv4 hashing is unchanged; conntrack tuples still compare whole addresses).
   backend choice for a service with n backends: backends[((flow_hash & 0xFFFFFFFF) * n) >> 32]
@@ -87,7 +90,7 @@ approximation of least-recently-used order. An entry holds:
               the SNAT address and port when the flow is masqueraded, else the client's
   snat ip/port (0 when not masqueraded), frontend kind, service id, backend id, state,
   last_seen_ns, its slot, and a `referenced` bit.
-Slots: a new entry takes its home slot when that is free: ((flow_hash(orig tuple) >> 32) *
+Slots: a new entry takes its home slot when that is free: ((bucket_hash(orig tuple) >> 32) *
 capacity) >> 32, the slot whose cache line also holds the orig tuple's hash bucket, so a lookup
 of the orig tuple reads one line. Else it takes the most recently freed slot still free (deleting
 an entry frees its slot; slots freed at or above the "never used" mark below are not remembered),
@@ -419,6 +422,7 @@ __all__ = [
     "fmix64",
     "fold_address",
     "flow_hash",
+    "bucket_hash",
     "conntrack_home",
     "crc32c",
     "select_backend",
@@ -563,6 +567,14 @@ def flow_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int) -> int
     """64-bit hash of a 5-tuple (map addresses folded to 32 bits, ports 16-bit, proto 8-bit)."""
     ports = (sport << 24) | (dport << 8) | proto
     return fmix64((((fold_address(saddr) << 32) | fold_address(daddr)) ^ fmix64(ports)) & MASK64)
+
+
+def bucket_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int) -> int:
+    """64-bit hash of a 5-tuple for the conntrack index (home slots): one multiply-xorshift."""
+    ports = (sport << 24) | (dport << 8) | proto
+    x = ((fold_address(saddr) << 32) | fold_address(daddr)) ^ ((ports * 0x9E3779B97F4A7C15) & MASK64)
+    x = (x * 0xD6E8FEB86659FD93) & MASK64
+    return x ^ (x >> 32)
 
 
 def select_backend(
@@ -784,7 +796,7 @@ class _Conntrack:
 
 def conntrack_home(orig: Tuple5, capacity: int) -> int:
     """The slot a new entry takes when it is free: where the orig tuple's hash bucket is."""
-    return ((flow_hash(*orig) >> 32) * capacity) >> 32
+    return ((bucket_hash(*orig) >> 32) * capacity) >> 32
 
 
 @dataclass(slots=True)
