@@ -40,12 +40,6 @@ cdef enum:
     DIR_ORIG = 0
     DIR_REPLY = 1
 
-cdef enum:                          # an entry's address and port fields by number (ct_addr)
-    FIELD_CLIENT = 0                # DIR_ORIG's tuple: client -> frontend
-    FIELD_FRONTEND = 1
-    FIELD_BACKEND = 2               # DIR_REPLY's: backend -> reply address
-    FIELD_REPLY = 3
-
 cdef enum:
     STATE_FREE = 0
     STATE_SYN_SENT = 1
@@ -65,8 +59,8 @@ cdef enum:
 
 ctypedef struct CtEntry:            # 64 bytes, a cache line, aligned
     uint64_t last_seen_ns
-    # The tuples' fields in FIELD_* order, four addresses then four ports (ct_addr, ct_port;
-    # ct_layout_ok checks the compiler kept them so):
+    # Each direction's tuple: two adjacent addresses, then (below) two adjacent ports, at
+    # 2 * direction from the first (ct_matches reads them so; ct_layout_ok checks it).
     uint32_t client_addr            # original tuple: client -> frontend
     uint32_t frontend_addr
     uint32_t backend_addr           # reply tuple: backend -> reply address (SNAT or client)
@@ -188,20 +182,8 @@ cdef inline uint32_t* ct_head(const Conntrack* ct, uint64_t hash) noexcept nogil
     return &ct.entries[ct_home(ct, hash)].heads[(((hash >> 16) & 0xFFFF) * 3) >> 16]
 
 
-cdef inline uint32_t ct_addr(const CtEntry* e, uint32_t field) noexcept nogil:
-    """Address field FIELD_CLIENT, _FRONTEND, _BACKEND or _REPLY: a direction's tuple is
-    fields 2 * direction (source) and 2 * direction + 1 (destination), so a packet's direction
-    picks its fields without a branch (whether a packet is a reply is a coin toss to the
-    branch predictor)."""
-    return (&e.client_addr)[field]
-
-
-cdef inline uint16_t ct_port(const CtEntry* e, uint32_t field) noexcept nogil:
-    return (&e.client_port)[field]
-
-
 cdef inline bint ct_layout_ok() noexcept nogil:
-    """The address and port fields follow each other as ct_addr and ct_port number them."""
+    """The tuples' addresses and ports follow each other as ct_matches reads them."""
     cdef CtEntry e
     return (<char*>&e.reply_addr - <char*>&e.client_addr == 3 * sizeof(uint32_t)
             and <char*>&e.frontend_addr - <char*>&e.client_addr == sizeof(uint32_t)
@@ -234,7 +216,9 @@ cdef inline bint ct_matches(const Conntrack* ct, uint32_t index, uint32_t direct
                             uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
                             uint8_t proto, const Addr* src6, const Addr* dst6) noexcept nogil:
     """src6/dst6: the tuple's IPv6 addresses (saddr/daddr are their folds), NULL for IPv4.
-    The direction's two addresses are compared as one word, its two ports as another."""
+    The direction's two addresses are compared as one word, its two ports as another, and
+    picked by the direction's number rather than a branch on it (whether a packet is a reply
+    is a coin toss to the branch predictor)."""
     cdef const CtEntry* e = &ct.entries[index]
     cdef uint64_t addrs
     cdef uint32_t ports
