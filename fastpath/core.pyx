@@ -189,6 +189,7 @@ ctypedef struct Maps:
     bint masquerade_all
     FrontendMap service_ips         # ClusterIPs, keyed frontend_key(ip, 0, 0)
     FrontendMap frontend_ips        # every frontend address and ClusterIP, same keys
+    bint address_first              # a new flow looks its address up there first (see _new_flow)
     bint any_affinity
     bint any_ipv6
     # What only update_service and stale UDP flows use (after the fields every packet reads)
@@ -950,6 +951,15 @@ cdef class Engine:
     cdef inline uint8_t _new_flow(self, Packet* pkt, uint64_t now, TraceOut* trace) noexcept nogil:
         cdef Maps* m = &self.maps
         cdef Addr src = packet_src(pkt), dst = packet_dst(pkt)
+        # A packet to no service address at all (a pod talking to the outside: a tenth of the
+        # standard batch) is told so by one lookup of the address set, not by missing the
+        # frontend map and then the ClusterIPs, two probe runs whose ends the branch predictor
+        # misses (0.96 of the standard batch's time, paired). Not with the set beyond the
+        # caches: a new flow there has its frontend map slot fetched ahead, not the set's.
+        if m.address_first and frontend_map_get(&m.frontend_ips, frontend_key(&dst, 0, 0)) < 0:
+            if in_prefixes(&dst, m.service_cidrs, m.n_service_cidrs):
+                return DROP_UNALLOCATED_SERVICE_IP
+            return PASS_NO_SERVICE
         cdef int64_t index = frontend_map_get(&m.frontend_map, _frontend_key_of(pkt))
         if index < 0:
             if frontend_map_get(&m.service_ips, frontend_key(&dst, 0, 0)) >= 0:
@@ -1283,6 +1293,7 @@ cdef _build_maps(Maps* m, maps):
         frontend_map_put(&m.frontend_ips, frontend_key(&address, 0, 0), 0)
     for i in range(n_frontends):
         frontend_map_put(&m.frontend_ips, frontend_key(&m.frontends[i].addr, 0, 0), 0)
+    m.address_first = (<uint64_t>m.frontend_ips.mask + 1) * sizeof(FrontendSlot) <= FAR_MAPS_BYTES
 
 
 cdef _refuse(maps):
