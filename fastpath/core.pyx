@@ -956,17 +956,13 @@ cdef class Engine:
         # frontend map and then the ClusterIPs, two probe runs whose ends the branch predictor
         # misses (0.96 of the standard batch's time, paired). Not with the set beyond the
         # caches: a new flow there has its frontend map slot fetched ahead, not the set's.
-        if m.address_first and frontend_map_get(&m.frontend_ips, frontend_key(&dst, 0, 0)) < 0:
-            if in_prefixes(&dst, m.service_cidrs, m.n_service_cidrs):
-                return DROP_UNALLOCATED_SERVICE_IP
-            return PASS_NO_SERVICE
+        if m.address_first and not self._to_frontend_address(pkt):
+            return self._no_frontend(&dst)
         cdef int64_t index = frontend_map_get(&m.frontend_map, _frontend_key_of(pkt))
         if index < 0:
             if frontend_map_get(&m.service_ips, frontend_key(&dst, 0, 0)) >= 0:
                 return REJECT_UNKNOWN_PORT
-            if in_prefixes(&dst, m.service_cidrs, m.n_service_cidrs):
-                return DROP_UNALLOCATED_SERVICE_IP
-            return PASS_NO_SERVICE
+            return self._no_frontend(&dst)
         cdef FrontendEntry* frontend = &m.frontends[index]
         cdef ServiceEntry* service = &m.services[frontend.service]
         trace.service = frontend.service
@@ -1077,6 +1073,13 @@ cdef class Engine:
                 ct_insert(&self.ct, &flow, NULL)
             translate(pkt, True, backend.addr32, backend.port, masq, reply32, reply_port)
         return NEW_FLOW
+
+    cdef inline uint8_t _no_frontend(self, const Addr* dst) noexcept nogil:
+        """The verdict of a new flow to no frontend and no ClusterIP: dropped inside a
+        ServiceCIDR (an address no service has been given), else passed."""
+        if in_prefixes(dst, self.maps.service_cidrs, self.maps.n_service_cidrs):
+            return DROP_UNALLOCATED_SERVICE_IP
+        return PASS_NO_SERVICE
 
     cdef inline bint _node_local(self, const Addr* addr) noexcept nogil:
         cdef uint32_t i

@@ -24,7 +24,6 @@ cdef inline uint32_t scale_hash(uint64_t h, uint32_t n) noexcept nogil:
     return <uint32_t>(((h & 0xFFFFFFFFULL) * n) >> 32)
 
 
-
 cdef inline uint64_t bucket_hash(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
                                  uint8_t proto) noexcept nogil:
     """The conntrack index's hash of a 5-tuple: one multiply-xorshift where flow_hash has two
