@@ -7,6 +7,12 @@
                           taking the chunks in capture order (fastpath.pipeline);
                           `speedup` in extra_info is one_thread's median over this one's, and
                           the output is checked to be byte for byte one_thread's
+  pipelined_paired        pipelined's rounds again, each right after a one-thread replay timed
+                          in its untimed setup: `speedup_paired` is the median of the rounds'
+                          one-thread / pipelined ratios (min and max beside it). Each ratio
+                          compares two runs a second apart, where `speedup` compares medians
+                          taken a minute apart, which the host's drift moves (1.60 and 1.91 in
+                          two runs of this file back to back)
   two_replays_at_once     two processes, each replaying the whole capture with threads=False
                           into its own output, started together: what two cores give two
                           replays that share nothing (no conntrack, no file, no GIL). `speedup`
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import statistics
+import time
 
 import pytest
 
@@ -66,6 +74,37 @@ def test_pipelined(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, ca
     if "one-thread.pcap" in _digests:  # the same bytes as one thread (sanity, not timing)
         assert _digests["pipelined.pcap"] == _digests["one-thread.pcap"]
         benchmark.extra_info["identical_to_one_thread"] = True
+
+
+def test_pipelined_paired(benchmark, maps, workload_files, tmpfs_capture, tmpfs_dir, rounds):
+    one_thread_output, output = tmpfs_dir / "paired-one-thread.pcap", tmpfs_dir / "paired.pcap"
+    one_thread_s: list[float] = []
+
+    def setup():
+        for path in (one_thread_output, output):
+            if path.exists():
+                path.unlink()
+        dataplane = Dataplane(maps)
+        started = time.perf_counter()
+        replay(tmpfs_capture, one_thread_output, dataplane, threads=False)
+        one_thread_s.append(time.perf_counter() - started)
+        one_thread_output.unlink()  # (its pages freed here, not in the timed round)
+        return (tmpfs_capture, output, Dataplane(maps)), {}
+
+    benchmark.pedantic(replay, setup=setup, rounds=rounds(7), warmup_rounds=1, iterations=1)
+    output.unlink()
+    capture = workload_files.meta["capture"]
+    record_rates(benchmark, capture["packets"], capture["bytes"])
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        pipelined_s = list(stats.data)  # the timed rounds, in order; the warm-up's pair dropped
+        ratios = sorted(one / two for one, two in zip(one_thread_s[-len(pipelined_s):],
+                                                      pipelined_s))
+        benchmark.extra_info.update(
+            speedup_paired=round(statistics.median(ratios), 3),
+            speedup_paired_min=round(ratios[0], 3), speedup_paired_max=round(ratios[-1], 3),
+            one_thread_s_median=round(statistics.median(one_thread_s[-len(pipelined_s):]), 4))
+    benchmark.extra_info["target_speedup"] = TARGET_SPEEDUP
 
 
 def _worker(connection, maps, capture: str, output: str) -> None:

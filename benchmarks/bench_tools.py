@@ -18,6 +18,10 @@ Everything reads the workload's capture copied to tmpfs (/dev/shm) and writes th
                              issue's "about 1,000 packets/s" (scapy is a fastpath dependency)
   fastpath_cli               `python -m fastpath replay CAPTURE --cluster cluster.yaml -o OUT`
                              end to end (start-up, YAML, compile, replay, write)
+  fastpath_cli_paired        fastpath_cli's rounds again, each right after a tcprewrite run
+                             (CIDR map) timed in its untimed setup: `x_tcprewrite_paired` is the
+                             median of the rounds' tcprewrite / CLI ratios (min and max beside
+                             it), two runs a second apart rather than medians taken minutes apart
   fastpath_library           fastpath.replay(capture, output, Dataplane(maps)) in process (the
                              Dataplane built in untimed setup): the replay path without the
                              CLI's fixed cost
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -272,6 +277,47 @@ def test_fastpath_cli(benchmark, request, workload_files, tmpfs_capture, tmpfs_c
     meta = workload_files.meta["capture"]
     record_rates(benchmark, meta["packets"], meta["bytes"])
     _ratios(benchmark, _references(request, workload_files, tmpfs_capture, tmpfs_dir))
+
+
+def test_fastpath_cli_paired(benchmark, tcprewrite, workload_files, tmpfs_capture, tmpfs_cluster,
+                             tmpfs_dir, rounds):
+    output, reference = tmpfs_dir / "fastpath-cli-paired.pcap", tmpfs_dir / "tcprewrite-paired.pcap"
+    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
+    command = [sys.executable, "-m", "fastpath", "replay", str(tmpfs_capture), "--cluster",
+               str(tmpfs_cluster), "-o", str(output), "-q", "--progress", "never"]
+    reference_command = _cidr_command(tcprewrite, workload_files, tmpfs_capture, reference)
+    tcprewrite_s: list[float] = []
+
+    def setup():
+        for path in (output, reference):
+            if path.exists():
+                path.unlink()
+        started = time.perf_counter()
+        _run(reference_command)
+        tcprewrite_s.append(time.perf_counter() - started)
+        reference.unlink()  # (its pages freed here, not in the timed round)
+
+    def run():
+        done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"fastpath replay exited {done.returncode}: {done.stderr}")
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds(5), warmup_rounds=1, iterations=1)
+    assert output.stat().st_size == tmpfs_capture.stat().st_size
+    output.unlink()
+    meta = workload_files.meta["capture"]
+    record_rates(benchmark, meta["packets"], meta["bytes"])
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:
+        cli_s = list(stats.data)  # the timed rounds, in order; the warm-up's pair dropped
+        ratios = sorted(one / two for one, two in zip(tcprewrite_s[-len(cli_s):], cli_s))
+        benchmark.extra_info.update(
+            x_tcprewrite_paired=round(statistics.median(ratios), 3),
+            x_tcprewrite_paired_min=round(ratios[0], 3),
+            x_tcprewrite_paired_max=round(ratios[-1], 3),
+            tcprewrite_s_median=round(statistics.median(tcprewrite_s[-len(cli_s):]), 4),
+            target_x_tcprewrite=TARGET_X_TCPREWRITE)
 
 
 def test_fastpath_library(benchmark, request, maps, workload_files, tmpfs_capture, tmpfs_dir,

@@ -62,3 +62,31 @@ def test_columns_that_do_not_fit_the_classes_are_refused():
         compactmaps.unpack(((names[:-1], columns[:-1]), *packed[1:]))
     with pytest.raises(ValueError):
         compactmaps.unpack(((names, [*columns[:-1], []]), *packed[1:]))
+
+
+def test_objects_from_columns_fills_every_slot_and_keeps_the_class_frozen():
+    from dataclasses import FrozenInstanceError
+
+    from fastpath._core import objects_from_columns
+
+    names = ("id", "ip", "port", "name")
+    made = objects_from_columns(Backend, names, [[1, 2], [10, 20], [80, 81], ["a", "b"]])
+    assert made == [Backend(1, 10, 80, "a"), Backend(2, 20, 81, "b")]
+    assert all(type(item) is Backend for item in made)
+    with pytest.raises(FrozenInstanceError):
+        made[0].port = 1
+    assert objects_from_columns(Backend, names, [[], [], [], []]) == []
+
+
+def test_objects_from_columns_refuses_what_does_not_fit():
+    from fastpath._core import objects_from_columns
+
+    names = ("id", "ip", "port", "name")
+    with pytest.raises(ValueError):  # a column short
+        objects_from_columns(Backend, names, [[1, 2], [10, 20], [80], ["a", "b"]])
+    with pytest.raises(ValueError):  # a column missing
+        objects_from_columns(Backend, names, [[1], [10], [80]])
+    with pytest.raises(ValueError):  # not a list
+        objects_from_columns(Backend, names, [(1,), [10], [80], ["a"]])
+    with pytest.raises(TypeError):  # no such slot
+        objects_from_columns(Backend, ("id", "ip", "port", "nom"), [[1], [10], [80], ["a"]])

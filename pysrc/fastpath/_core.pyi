@@ -13,6 +13,7 @@ REASON_NUMBERS: dict[str, int]
 VERDICT_NUMBERS: dict[str, int]
 
 def verdict_of_reason(reason: int) -> int: ...
+def objects_from_columns(cls: type, names: tuple[str, ...], columns: list[list[Any]]) -> list[Any]: ...
 
 class Engine:
     def __init__(

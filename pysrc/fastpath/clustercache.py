@@ -152,14 +152,25 @@ def _fingerprint(paths: list[str]) -> Fingerprint:
 
 def _digests(files: Iterable[str]) -> Fingerprint:
     found = []
+    chunk = bytearray(1 << 18)
     for file in files:
         try:
-            with open(file, "rb") as handle:
-                digest: bytes | None = hashlib.sha256(handle.read()).digest()
+            digest: bytes | None = _sha256(file, chunk)
         except OSError:
             digest = None  # load_cluster will say what is wrong
         found.append((file, os.path.realpath(file), digest))
     return tuple(found)
+
+
+def _sha256(file: str, chunk: bytearray) -> bytes:
+    """The file's SHA-256, read through `chunk`: reading a 4 MB dump whole into fresh memory
+    costs a fresh process as much as hashing it (4.5 against 2.7 ms)."""
+    digest = hashlib.sha256()
+    view = memoryview(chunk)
+    with open(file, "rb", buffering=0) as handle:
+        while size := handle.readinto(chunk):
+            digest.update(view[:size])
+    return digest.digest()
 
 
 def _shapes(paths: list[str]) -> tuple[Shape, ...]:

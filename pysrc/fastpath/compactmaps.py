@@ -3,15 +3,14 @@
 Pickling Maps as they are costs about 3 us per object to load back (dataclasses' __setstate__
 looks the fields up again for every object): 35 ms for 1,000 Services with 10,000 backends.
 As columns (one list of values per field) the pickle holds no objects of ours, loads in a
-couple of milliseconds, and the objects are rebuilt by C-level loops: each made empty and its
-slots filled through the slot descriptors, which is what unpickling does too (neither
-__init__ nor __post_init__ runs: they are the compiler's maps, see Maps.unchecked).
+couple of milliseconds, and the objects are rebuilt in compiled code
+(fastpath._core.objects_from_columns): each made empty and its slots filled, which is what
+unpickling does too (neither __init__ nor __post_init__ runs: they are the compiler's maps,
+see Maps.unchecked).
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import fields
-from itertools import repeat
 from types import MemberDescriptorType
 from typing import Any
 
@@ -57,12 +56,6 @@ def _rebuild(cls: type, columns: Columns) -> list[Any]:
     names, values = columns
     if names != _names(cls) or len({len(column) for column in values}) > 1:
         raise ValueError(f"{cls.__name__} columns do not match its fields")
-    objects: list[Any] = list(map(object.__new__, repeat(cls, len(values[0]) if values else 0)))
-    _fill(cls, objects, names, values)
-    return objects
+    from fastpath._core import objects_from_columns
 
-
-def _fill(cls: type, objects: list[Any], names: tuple[str, ...], values: list[list[Any]]) -> None:
-    for name, column in zip(names, values, strict=True):
-        # The slot descriptor's __set__ skips a frozen class's __setattr__, like unpickling.
-        deque(map(cls.__dict__[name].__set__, objects, column), maxlen=0)
+    return objects_from_columns(cls, names, values)
