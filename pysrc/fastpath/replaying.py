@@ -10,7 +10,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from operator import attrgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, sub
 from typing import IO, TYPE_CHECKING, Union
 
 from fastpath.capture import Batch, VerbatimRecords, open_capture, open_output
@@ -211,8 +212,8 @@ def _fill_counts(stats: ReplayStats, before: dict, after: dict, maps) -> None:
 
     def moved(section: str, objects, label) -> dict[str, int]:
         old, new = before[section], after[section]
-        return {label(objects[i]): n for i, count in enumerate(new)
-                if (n := count - (old[i] if i < len(old) else 0))}
+        deltas = list(map(sub, new, chain(old, repeat(0, len(new) - len(old)))))
+        return {label(objects[i]): deltas[i] for i in compress(range(len(deltas)), deltas)}
 
     stats.services = moved("services", maps.services, service_label)
     stats.backends = moved("backends", maps.backends, attrgetter("name"))
