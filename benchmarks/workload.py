@@ -812,9 +812,17 @@ class MemoryBatch(NamedTuple):
     def count(self) -> int:
         return len(self.offsets)
 
-    def fresh_buffer(self) -> bytearray:
-        """A copy of the original bytes (the core rewrites packets in place)."""
-        return bytearray(self.buf)
+    def fresh_buffer(self, plain: bool = False):
+        """A copy of the original bytes (the core rewrites packets in place), in a buffer made
+        as fastpath's capture reader makes its chunks (fastpath.capture.packet_buffer: huge
+        pages where the OS has them); plain=True: in a bytearray."""
+        if plain:
+            return bytearray(self.buf)
+        from fastpath.capture import packet_buffer
+
+        buf = packet_buffer(len(self.buf))
+        buf[:len(self.buf)] = self.buf
+        return buf
 
 
 def load_batch(capture: str | os.PathLike, index: str | os.PathLike | None = None) -> MemoryBatch:

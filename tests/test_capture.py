@@ -17,11 +17,13 @@ from hypothesis import strategies as st
 
 from fastpath import _pcap
 from fastpath.capture import (
+    HUGE_PAGE,
     Batch,
     CaptureError,
     CaptureInfo,
     open_capture,
     open_output,
+    packet_buffer,
 )
 
 DROP, PASS = 3, 0
@@ -272,6 +274,34 @@ def test_streaming_reads_reuse_two_buffers_and_held_batches_stay_valid(tmp_path,
         assert list(held.packets()) == want
     assert want + got == [(ts, data) for ts, data, _ in packets]
     assert len(chunks) == 3
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, HUGE_PAGE // 2 - 1, HUGE_PAGE // 2, HUGE_PAGE,
+                                  HUGE_PAGE + 1])
+def test_packet_buffers_are_zeroed_writable_and_big_enough(size):
+    view = memoryview(packet_buffer(size))
+    assert len(view) >= size and not view.readonly and view.format == "B"
+    assert view[:size] == bytes(size)
+    if size >= HUGE_PAGE // 2 and sys.platform == "linux":
+        assert len(view) % HUGE_PAGE == 0  # (whole huge pages)
+    view[:size] = b"\xff" * size
+
+
+def test_reads_into_huge_page_buffers_give_the_same_batches(tmp_path):
+    packets = make_packets(400, seed=21)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+
+    def read(chunk_size):
+        with open_capture(src, chunk_size=chunk_size) as reader:
+            batches = [(type(b.buf), list(b.packets())) for b in reader.batches(max_packets=64)]
+        return {kind.__name__ for kind, _ in batches}, [p for _, got in batches for p in got]
+
+    (small_kinds, small), (large_kinds, large) = read(4096), read(HUGE_PAGE)
+    assert small == large == [(ts, data) for ts, data, _ in packets]
+    assert small_kinds == {"bytearray"}
+    if sys.platform == "linux":
+        assert large_kinds == {"mmap"}
 
 
 def test_bytes_read_counts_captured_bytes(tmp_path):
