@@ -32,7 +32,7 @@ import time
 import pytest
 
 from bench_replay import _library_case, _record
-from conftest import record_rates
+from conftest import record_paired, record_rates
 
 pytest.importorskip("fastpath._core", reason="build the core first")
 from fastpath.dataplane import Dataplane  # noqa: E402
@@ -95,16 +95,9 @@ def test_pipelined_paired(benchmark, maps, workload_files, tmpfs_capture, tmpfs_
     output.unlink()
     capture = workload_files.meta["capture"]
     record_rates(benchmark, capture["packets"], capture["bytes"])
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    if stats is not None:
-        pipelined_s = list(stats.data)  # the timed rounds, in order; the warm-up's pair dropped
-        ratios = sorted(one / two for one, two in zip(one_thread_s[-len(pipelined_s):],
-                                                      pipelined_s))
-        benchmark.extra_info.update(
-            speedup_paired=round(statistics.median(ratios), 3),
-            speedup_paired_min=round(ratios[0], 3), speedup_paired_max=round(ratios[-1], 3),
-            one_thread_s_median=round(statistics.median(one_thread_s[-len(pipelined_s):]), 4))
-    benchmark.extra_info["target_speedup"] = TARGET_SPEEDUP
+    record_paired(benchmark, "speedup_paired", one_thread_s)
+    benchmark.extra_info.update(one_thread_s_median=round(statistics.median(one_thread_s), 4),
+                                target_speedup=TARGET_SPEEDUP)
 
 
 def _worker(connection, maps, capture: str, output: str) -> None:

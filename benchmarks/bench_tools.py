@@ -48,7 +48,7 @@ from pathlib import Path
 import pytest
 
 import workload
-from conftest import apt_install, fastpath_env, record_rates
+from conftest import apt_install, fastpath_env, record_paired, record_rates
 
 Engine = pytest.importorskip("fastpath._core", reason="build the core first").Engine
 from fastpath.dataplane import Dataplane  # noqa: E402
@@ -253,10 +253,8 @@ def _ratios(benchmark, references: dict[str, float]) -> None:
 def test_fastpath_cli(benchmark, request, workload_files, tmpfs_capture, tmpfs_cluster, tmpfs_dir,
                       rounds):
     output = tmpfs_dir / "fastpath-cli.pcap"
-    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
-    command = [sys.executable, "-m", "fastpath", "replay", str(tmpfs_capture), "--cluster",
-               str(tmpfs_cluster), "-o", str(output), "-q", "--progress", "never"]
-    benchmark.extra_info["command"] = " ".join(command)
+    run = _fastpath_cli(tmpfs_capture, tmpfs_cluster, tmpfs_dir, output)
+    benchmark.extra_info["command"] = " ".join(run.command)
 
     def setup():
         # Each round writes a new file, as cat and tcprewrite do (their outputs are removed
@@ -264,12 +262,6 @@ def test_fastpath_cli(benchmark, request, workload_files, tmpfs_capture, tmpfs_c
         # pages inside the timed run (44 ms on this host).
         if output.exists():
             output.unlink()
-
-    def run():
-        done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, check=False)
-        if done.returncode != 0:
-            raise AssertionError(f"fastpath replay exited {done.returncode}: {done.stderr}")
 
     benchmark.pedantic(run, setup=setup, rounds=rounds(5), warmup_rounds=1, iterations=1)
     assert output.stat().st_size == tmpfs_capture.stat().st_size
@@ -282,9 +274,7 @@ def test_fastpath_cli(benchmark, request, workload_files, tmpfs_capture, tmpfs_c
 def test_fastpath_cli_paired(benchmark, tcprewrite, workload_files, tmpfs_capture, tmpfs_cluster,
                              tmpfs_dir, rounds):
     output, reference = tmpfs_dir / "fastpath-cli-paired.pcap", tmpfs_dir / "tcprewrite-paired.pcap"
-    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
-    command = [sys.executable, "-m", "fastpath", "replay", str(tmpfs_capture), "--cluster",
-               str(tmpfs_cluster), "-o", str(output), "-q", "--progress", "never"]
+    run = _fastpath_cli(tmpfs_capture, tmpfs_cluster, tmpfs_dir, output)
     reference_command = _cidr_command(tcprewrite, workload_files, tmpfs_capture, reference)
     tcprewrite_s: list[float] = []
 
@@ -297,27 +287,31 @@ def test_fastpath_cli_paired(benchmark, tcprewrite, workload_files, tmpfs_captur
         tcprewrite_s.append(time.perf_counter() - started)
         reference.unlink()  # (its pages freed here, not in the timed round)
 
+    benchmark.pedantic(run, setup=setup, rounds=rounds(5), warmup_rounds=1, iterations=1)
+    assert output.stat().st_size == tmpfs_capture.stat().st_size
+    output.unlink()
+    meta = workload_files.meta["capture"]
+    record_rates(benchmark, meta["packets"], meta["bytes"])
+    record_paired(benchmark, "x_tcprewrite_paired", tcprewrite_s)
+    benchmark.extra_info.update(tcprewrite_s_median=round(statistics.median(tcprewrite_s), 4),
+                                target_x_tcprewrite=TARGET_X_TCPREWRITE)
+
+
+def _fastpath_cli(capture: Path, cluster: Path, tmpfs_dir: Path, output: Path):
+    """A callable running `python -m fastpath replay CAPTURE --cluster CLUSTER -o OUTPUT` (its
+    dump cache in tmpfs_dir), raising on failure; its `command` attribute is the command."""
+    env = fastpath_env(tmpfs_dir, tmpfs_dir / "cluster-cache")
+    command = [sys.executable, "-m", "fastpath", "replay", str(capture), "--cluster",
+               str(cluster), "-o", str(output), "-q", "--progress", "never"]
+
     def run():
         done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, check=False)
         if done.returncode != 0:
             raise AssertionError(f"fastpath replay exited {done.returncode}: {done.stderr}")
 
-    benchmark.pedantic(run, setup=setup, rounds=rounds(5), warmup_rounds=1, iterations=1)
-    assert output.stat().st_size == tmpfs_capture.stat().st_size
-    output.unlink()
-    meta = workload_files.meta["capture"]
-    record_rates(benchmark, meta["packets"], meta["bytes"])
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    if stats is not None:
-        cli_s = list(stats.data)  # the timed rounds, in order; the warm-up's pair dropped
-        ratios = sorted(one / two for one, two in zip(tcprewrite_s[-len(cli_s):], cli_s))
-        benchmark.extra_info.update(
-            x_tcprewrite_paired=round(statistics.median(ratios), 3),
-            x_tcprewrite_paired_min=round(ratios[0], 3),
-            x_tcprewrite_paired_max=round(ratios[-1], 3),
-            tcprewrite_s_median=round(statistics.median(tcprewrite_s[-len(cli_s):]), 4),
-            target_x_tcprewrite=TARGET_X_TCPREWRITE)
+    run.command = command
+    return run
 
 
 def test_fastpath_library(benchmark, request, maps, workload_files, tmpfs_capture, tmpfs_dir,

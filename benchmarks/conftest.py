@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,6 +172,21 @@ def time_cat(capture: Path, target: Path, repeats: int = 5) -> float:
 @pytest.fixture(scope="session")
 def cat_seconds(tmpfs_capture: Path, tmpfs_dir: Path) -> float:
     return time_cat(tmpfs_capture, tmpfs_dir / "cat.out")
+
+
+def record_paired(benchmark, name: str, reference_s: list[float]) -> None:
+    """Per-round ratios into extra_info: reference_s holds a reference run's seconds, timed in
+    the setup of each round (the warm-up's included), and `name` gets the median of reference
+    over the round's own time (name_min and name_max beside it): two runs a second apart, which
+    the host's drift over a session cannot move as it moves medians taken minutes apart."""
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None:
+        return
+    timed_s = list(stats.data)  # the timed rounds, in order (the warm-up's pair dropped below)
+    ratios = sorted(ref / own for ref, own in zip(reference_s[-len(timed_s):], timed_s))
+    benchmark.extra_info.update({name: round(statistics.median(ratios), 3),
+                                 f"{name}_min": round(ratios[0], 3),
+                                 f"{name}_max": round(ratios[-1], 3)})
 
 
 def record_rates(benchmark, packets: int, nbytes: int, **extra) -> None:
