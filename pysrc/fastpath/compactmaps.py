@@ -54,8 +54,8 @@ def _columns(objects: list[Any], cls: type) -> Columns:
 
 def _rebuild(cls: type, columns: Columns) -> list[Any]:
     names, values = columns
-    if names != _names(cls) or len({len(column) for column in values}) > 1:
+    if names != _names(cls):
         raise ValueError(f"{cls.__name__} columns do not match its fields")
     from fastpath._core import objects_from_columns
 
-    return objects_from_columns(cls, names, values)
+    return objects_from_columns(cls, names, values)  # (ValueError for uneven columns)
