@@ -86,8 +86,52 @@ cdef inline uint64_t _decode_ts(const uint8_t* hdr, int flags) noexcept nogil:
     return sec * _NS_PER_S + frac * 1000
 
 
+ctypedef struct _Walk:
+    Py_ssize_t count                # records indexed so far
+    Py_ssize_t pos                  # where the walk stopped
+    Py_ssize_t need
+    int status
+
+
+cdef inline void _walk_records(_Walk* w, const uint8_t* base, Py_ssize_t end, bint big,
+                               int header_flags, uint32_t max_caplen, Py_ssize_t limit,
+                               uint64_t* off_p, uint32_t* len_p, uint32_t* wire_p,
+                               uint64_t* ts_p) noexcept nogil:
+    """Index records from w.pos on into the arrays at w.count, until w.count reaches `limit`
+    (status FULL), the data ends or cuts a record (NEED_MORE), or a record is impossible."""
+    cdef Py_ssize_t pos = w.pos, count = w.count
+    cdef uint32_t caplen
+    cdef const uint8_t* hdr
+    w.status = _SCAN_NEED_MORE
+    while True:
+        if end - pos < _RECORD_HEADER:
+            w.need = _RECORD_HEADER
+            break
+        hdr = base + pos
+        caplen = _load32(hdr + 8, big)
+        # Checked before completeness: a damaged length must not make the caller buffer GiBs.
+        if caplen > max_caplen:
+            w.status = _SCAN_BAD_RECORD
+            w.need = caplen
+            break
+        if end - pos - _RECORD_HEADER < <Py_ssize_t>caplen:
+            w.need = _RECORD_HEADER + caplen
+            break
+        if count == limit:
+            w.status = _SCAN_FULL
+            break
+        off_p[count] = <uint64_t>(pos + _RECORD_HEADER)
+        len_p[count] = caplen
+        wire_p[count] = _load32(hdr + 12, big)
+        ts_p[count] = _decode_ts(hdr, header_flags)
+        count += 1
+        pos += _RECORD_HEADER + caplen
+    w.pos = pos
+    w.count = count
+
+
 def scan_records(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t end, int header_flags,
-                 uint32_t max_caplen, Py_ssize_t max_packets):
+                 uint32_t max_caplen, Py_ssize_t max_packets, tuple into=None):
     """Index the complete pcap records in buf[start:end], at most max_packets of them.
 
     Returns (offsets, lengths, wire_lengths, timestamps_ns, pos, status, need): arrays sized to
@@ -95,59 +139,73 @@ def scan_records(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t end, int h
     pos is where scanning stopped; status is SCAN_*; need is the size in bytes of the record at
     pos (header included; 16 when its header itself is cut) when status is SCAN_NEED_MORE, and
     its captured length when status is SCAN_BAD_RECORD (caplen > max_caplen).
+
+    into: four arrays ('Q', 'I', 'I', 'Q') to fill and return instead of new ones, resized to
+    the records found (so none may be exporting its buffer). Their length on entry is taken as
+    a guess of the count: a reader passes the arrays of a batch it no longer holds, whose
+    memory is then reused instead of allocated again for every chunk.
     """
     if start < 0 or end < start or end > buf.shape[0]:
         raise ValueError(f"scan range [{start}, {end}) outside a buffer of {buf.shape[0]} bytes")
     if max_packets < 1:
         raise ValueError("max_packets must be at least 1")
     # At most one record per 16 bytes: no need to allocate max_packets entries for a small tail.
-    cdef Py_ssize_t capacity = min(max_packets, (end - start) // _RECORD_HEADER)
-    cdef array.array offsets = array.clone(_u64_template, capacity, False)
-    cdef array.array lengths = array.clone(_u32_template, capacity, False)
-    cdef array.array wire_lengths = array.clone(_u32_template, capacity, False)
-    cdef array.array timestamps = array.clone(_u64_template, capacity, False)
-    cdef uint64_t* off_p = <uint64_t*>offsets.data.as_ulonglongs
-    cdef uint32_t* len_p = <uint32_t*>lengths.data.as_uints
-    cdef uint32_t* wire_p = <uint32_t*>wire_lengths.data.as_uints
-    cdef uint64_t* ts_p = <uint64_t*>timestamps.data.as_ulonglongs
-
+    cdef Py_ssize_t most = min(max_packets, (end - start) // _RECORD_HEADER)
+    cdef array.array offsets, lengths, wire_lengths, timestamps
+    cdef Py_ssize_t capacity
+    if into is None:
+        capacity = most
+        offsets = array.clone(_u64_template, capacity, False)
+        lengths = array.clone(_u32_template, capacity, False)
+        wire_lengths = array.clone(_u32_template, capacity, False)
+        timestamps = array.clone(_u64_template, capacity, False)
+    else:
+        offsets, lengths, wire_lengths, timestamps = into
+        if (offsets.ob_descr.typecode != c'Q' or lengths.ob_descr.typecode != c'I'
+                or wire_lengths.ob_descr.typecode != c'I' or timestamps.ob_descr.typecode != c'Q'):
+            raise TypeError("into: expected arrays of typecodes 'Q', 'I', 'I', 'Q'")
+        for held in into:
+            _refuse_exported(held)
+        capacity = min(most, len(offsets) + len(offsets) // 8 + 64)
     cdef const uint8_t* base = &buf[0] if buf.shape[0] > 0 else NULL
     cdef bint big = (header_flags & _HDR_BIG_ENDIAN) != 0
-    cdef Py_ssize_t pos = start, count = 0, need = 0
-    cdef int status = _SCAN_NEED_MORE
-    cdef uint32_t caplen
-    cdef const uint8_t* hdr
-    with nogil:
-        while True:
-            if end - pos < _RECORD_HEADER:
-                need = _RECORD_HEADER
-                break
-            hdr = base + pos
-            caplen = _load32(hdr + 8, big)
-            # Checked before completeness: a damaged length must not make the caller buffer GiBs.
-            if caplen > max_caplen:
-                status = _SCAN_BAD_RECORD
-                need = caplen
-                break
-            if end - pos - _RECORD_HEADER < <Py_ssize_t>caplen:
-                need = _RECORD_HEADER + caplen
-                break
-            if count == capacity:
-                # Only reachable when capacity == max_packets: fewer records cannot fill it.
-                status = _SCAN_FULL
-                break
-            off_p[count] = <uint64_t>(pos + _RECORD_HEADER)
-            len_p[count] = caplen
-            wire_p[count] = _load32(hdr + 12, big)
-            ts_p[count] = _decode_ts(hdr, header_flags)
-            count += 1
-            pos += _RECORD_HEADER + caplen
-    if count < capacity:
-        array.resize(offsets, count)
-        array.resize(lengths, count)
-        array.resize(wire_lengths, count)
-        array.resize(timestamps, count)
-    return offsets, lengths, wire_lengths, timestamps, pos, status, need
+    cdef _Walk walk
+    walk.count = walk.need = 0
+    walk.pos = start
+    while True:
+        if into is not None:
+            _resize(offsets, capacity)
+            _resize(lengths, capacity)
+            _resize(wire_lengths, capacity)
+            _resize(timestamps, capacity)
+        with nogil:
+            _walk_records(&walk, base, end, big, header_flags, max_caplen, capacity,
+                          <uint64_t*>offsets.data.as_ulonglongs, <uint32_t*>lengths.data.as_uints,
+                          <uint32_t*>wire_lengths.data.as_uints,
+                          <uint64_t*>timestamps.data.as_ulonglongs)
+        if walk.status != _SCAN_FULL or capacity == most:
+            break
+        capacity = min(most, 2 * capacity)  # the guess was short: more records follow
+    if walk.count < len(offsets):
+        _resize(offsets, walk.count)
+        _resize(lengths, walk.count)
+        _resize(wire_lengths, walk.count)
+        _resize(timestamps, walk.count)
+    return offsets, lengths, wire_lengths, timestamps, walk.pos, walk.status, walk.need
+
+
+cdef int _refuse_exported(array.array a) except -1:
+    """BufferError if a view of `a` is alive. array.resize (Cython's) does not ask, and would
+    leave the view pointing at freed memory; the array's own append refuses."""
+    a.append(0)
+    a.pop()
+    return 0
+
+
+cdef int _resize(array.array a, Py_ssize_t n) except -1:
+    if len(a) != n:
+        array.resize(a, n)
+    return 0
 
 
 cdef Py_ssize_t _checked_range(Py_ssize_t n, Py_ssize_t n_lengths, Py_ssize_t n_wire,

@@ -276,6 +276,58 @@ def test_streaming_reads_reuse_two_buffers_and_held_batches_stay_valid(tmp_path,
     assert len(chunks) == 3
 
 
+def _index_arrays(length: int) -> tuple[array, array, array, array]:
+    return (array("Q", [7] * length), array("I", [7] * length), array("I", [7] * length),
+            array("Q", [7] * length))
+
+
+@pytest.mark.parametrize("guess", [0, 1, 63, 299, 300, 301, 5000])
+def test_scan_records_fills_the_arrays_given_whatever_their_length(guess):
+    buf = bytearray(pcap_bytes(make_packets(300, seed=21), "<", True))
+    flags = _pcap.HDR_NANOSECOND
+    for max_packets in (65536, 7):  # every record; a limit reached (SCAN_FULL)
+        want = _pcap.scan_records(buf, 24, len(buf), flags, 65535, max_packets)
+        into = _index_arrays(guess)
+        got = _pcap.scan_records(buf, 24, len(buf), flags, 65535, max_packets, into)
+        assert all(array_got is given for array_got, given in zip(got, into))
+        assert got == want
+        assert len(got[0]) == (300 if max_packets > 300 else max_packets)
+
+
+def test_scan_records_refuses_arrays_it_cannot_fill():
+    buf = bytearray(pcap_bytes(make_packets(10, seed=22)))
+    wrong = (array("I"), array("I"), array("I"), array("Q"))
+    with pytest.raises(TypeError, match="typecodes"):
+        _pcap.scan_records(buf, 24, len(buf), 0, 65535, 100, wrong)
+    exported = _index_arrays(0)
+    with memoryview(exported[0]), pytest.raises(BufferError):
+        _pcap.scan_records(buf, 24, len(buf), 0, 65535, 100, exported)
+
+
+def test_streaming_reads_refill_the_index_arrays_of_dropped_batches_only(tmp_path, monkeypatch):
+    packets = _small_packets(300, seed=17)
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(packets, nanosecond=True))
+    scan = _pcap.scan_records
+    reused = []  # per scan: whether it was given arrays to fill
+
+    def recording(*args):
+        reused.append(len(args) > 6 and args[6] is not None)
+        return scan(*args)
+
+    monkeypatch.setattr(_pcap, "scan_records", recording)
+    with open_capture(src, chunk_size=4096) as reader:
+        got = [p for batch in reader.batches(max_packets=5) for p in batch.packets()]
+    assert got == [(ts, data) for ts, data, _ in packets]
+    assert len(reused) >= 60 and reused.count(False) <= 2  # then they take turns
+
+    reused.clear()
+    with open_capture(src, chunk_size=4096) as reader:
+        held = list(reader.batches(max_packets=5))  # nothing to reuse: every batch is held
+    assert [p for batch in held for p in batch.packets()] == [(ts, d) for ts, d, _ in packets]
+    assert len(reused) >= 60 and not any(reused)
+
+
 @pytest.mark.parametrize("size", [0, 1, 4096, HUGE_PAGE // 2 - 1, HUGE_PAGE // 2, HUGE_PAGE,
                                   HUGE_PAGE + 1])
 def test_packet_buffers_are_zeroed_writable_and_big_enough(size):

@@ -27,9 +27,11 @@ def scan_records(
     header_flags: int,
     max_caplen: int,
     max_packets: int,
+    into: tuple[array[int], array[int], array[int], array[int]] | None = None,
 ) -> tuple[array[int], array[int], array[int], array[int], int, int, int]:
     """Index complete records in buf[start:end]: (offsets 'Q', lengths 'I', wire_lengths 'I',
-    timestamps_ns 'Q', pos, status, need)."""
+    timestamps_ns 'Q', pos, status, need); `into`: those four arrays to fill instead of new
+    ones."""
 
 def build_records(
     buf: Buffer,

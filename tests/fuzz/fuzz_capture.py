@@ -17,8 +17,9 @@ timestamp resolution), and checks:
 - the output: pcap to pcap is byte for byte the input's header and kept records; other
   conversions read back (fastpath's reader) to the kept packets, timestamps to the output's
   resolution;
-- fastpath._pcap.scan_records and build_records, run on the records placed against PROT_NONE
-  guard pages (fuzzinput.GuardArena), never touch a byte outside the records and agree with the
+- fastpath._pcap.scan_records (given new arrays, and the last scan's to refill) and
+  build_records, run on the records placed against PROT_NONE guard pages
+  (fuzzinput.GuardArena), never touch a byte outside the records and agree with the
   independent parser.
 
     python tests/fuzz/fuzz_capture.py -atheris_runs=50000          # default corpus under /tmp
@@ -347,10 +348,13 @@ def check_pcap_loops(parsed: PcapParse, content: bytes, opts: Options) -> None:
         start = a.slot_end(0) - len(body) if at_end else a.slot_start(0)
         a.view[start : start + len(body)] = body
         end = start + len(body)
-        pos, records = start, []
+        pos, records, into = start, [], None
         while True:
             offsets, lengths, wires, stamps, pos, status, _ = _pcap.scan_records(
-                a.view, pos, end, flags, limit, opts.batch_size)
+                a.view, pos, end, flags, limit, opts.batch_size, into)
+            # The start-aligned pass has each scan refill the last one's arrays, as a reader
+            # does with a dropped batch's: growing and shrinking them.
+            into = None if at_end else (offsets, lengths, wires, stamps)
             records += [(stamps[i], bytes(a.view[offsets[i] : offsets[i] + lengths[i]]), wires[i])
                         for i in range(len(offsets))]
             if len(offsets):
