@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import struct
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastpath import _pcap
+from fastpath.atomicfile import prepare_output
 from fastpath.capture import (
     HUGE_PAGE,
     Batch,
@@ -621,6 +623,72 @@ def test_converting_encodings_re_encodes_headers(tmp_path):
             for batch in reader.batches(max_packets=9):
                 writer.write_batch(batch)
     assert (tmp_path / "out.pcap").read_bytes() == pcap_bytes(packets, ">", True)
+
+
+def _allocated(path_or_fd) -> int:
+    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
+    return st.st_blocks * 512
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="space is reserved with Linux's fallocate")
+def test_space_reservation_allocates_without_growing_the_file(tmp_path):
+    with open(tmp_path / "f", "wb") as file:
+        fd = file.fileno()
+        reservation = _pcap.SpaceReservation(fd, 3 << 20, step=1 << 20)
+        reservation.run()
+        assert (reservation.reserved, reservation.error) == (3 << 20, 0)
+        assert os.fstat(fd).st_size == 0 and _allocated(fd) >= 3 << 20
+
+        cancelled = _pcap.SpaceReservation(fd, 8 << 20)
+        cancelled.cancel()
+        cancelled.run()
+        assert cancelled.reserved == 0
+    not_open = _pcap.SpaceReservation(2**30, 1 << 20)  # no such descriptor
+    not_open.run()
+    assert (not_open.reserved, not_open.error) == (0, errno.EBADF)
+    with pytest.raises(ValueError):
+        _pcap.SpaceReservation(1, -1)
+
+
+@pytest.mark.parametrize("packets_dropped", [False, True])
+def test_a_prepared_output_is_written_like_a_path_and_keeps_no_spare_space(
+        tmp_path, packets_dropped):
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap_bytes(make_packets(60, seed=23)))
+    drop = (lambda i: i % 2 == 0) if packets_dropped else (lambda i: False)
+    copy_capture(src, tmp_path / "by-path.pcap", drop=drop, max_packets=7)
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"previous contents")
+    prepared = prepare_output(out, 4 << 20)  # far more than the output needs
+    assert out.read_bytes() == b"previous contents"  # nothing visible before the commit
+    copy_capture(src, prepared, drop=drop, max_packets=7)
+    assert out.read_bytes() == (tmp_path / "by-path.pcap").read_bytes()
+    assert _allocated(out) < (1 << 20) and _leftovers(tmp_path) == []
+    prepared.discard()  # taken over by the writer: nothing left to do
+    assert out.exists() and _leftovers(tmp_path) == []
+    with pytest.raises(ValueError, match="already taken"):
+        open_output(prepared, like=CaptureInfo("pcap", 1, 65535, False, "<"))
+
+
+def test_a_prepared_output_never_written_leaves_nothing(tmp_path):
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"previous contents")
+    with prepare_output(out, 1 << 20):
+        assert len(_leftovers(tmp_path)) == 1
+    assert out.read_bytes() == b"previous contents" and _leftovers(tmp_path) == []
+    prepared = prepare_output(tmp_path / "new.pcap", 1 << 20)
+    with pytest.raises(RuntimeError):
+        with prepared, open_output(prepared, like=("pcap", 1, 65535, False)) as writer:
+            writer.write_packet(0, b"abc")
+            raise RuntimeError
+    assert not (tmp_path / "new.pcap").exists() and _leftovers(tmp_path) == []
+
+
+def test_devices_and_folders_are_not_prepared(tmp_path):
+    assert prepare_output(os.devnull, 1 << 20) is None
+    assert prepare_output(tmp_path, 1 << 20) is None  # the writer reports the folder
+    with pytest.raises(FileNotFoundError):
+        prepare_output(tmp_path / "no-such-folder" / "out.pcap", 1 << 20)
 
 
 # --- pcapng ---------------------------------------------------------------------------------

@@ -55,3 +55,18 @@ def test_package_replay_stays_the_function_after_its_module_is_imported():
 
     importlib.import_module("fastpath.replaying")
     assert callable(fastpath.replay) and fastpath.replay is replay
+
+
+def test_a_prepared_output_gets_the_same_capture_as_its_path(tmp_path):
+    from fastpath.atomicfile import prepare_output
+
+    rng = random.Random(9)
+    maps = random_maps(rng)
+    write_pcap(tmp_path / "in.pcap", random_traffic(maps, rng, 600))
+    by_path = replay(tmp_path / "in.pcap", tmp_path / "by-path.pcap", Dataplane(maps))
+    prepared = prepare_output(tmp_path / "out.pcap", (tmp_path / "in.pcap").stat().st_size)
+    stats = replay(tmp_path / "in.pcap", prepared, Dataplane(maps))
+    assert stats.output == str(tmp_path / "out.pcap")
+    assert stats.packets_written == by_path.packets_written
+    assert (tmp_path / "out.pcap").read_bytes() == (tmp_path / "by-path.pcap").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-path.pcap", "in.pcap", "out.pcap"]

@@ -1,7 +1,8 @@
 """Output files written atomically: into a temporary file beside the target, renamed over it
 only once complete, so a failure or Ctrl-C never leaves a half-written file (and a file that was
 there before stays as it was). Shared by the capture writer, the trace writer and --stats;
-AtomicWriter is the two writers' commit/abort lifecycle."""
+AtomicWriter is the two writers' commit/abort lifecycle; PreparedOutput a temporary file opened
+early, its space allocated while the caller does other work."""
 from __future__ import annotations
 
 import os
@@ -41,6 +42,89 @@ def open_beside(path: str) -> tuple[int, str | None]:
         return fd, temporary
 
 
+class PreparedOutput:
+    """The temporary file of an output opened before anything is ready to be written to it,
+    its space allocated meanwhile on a thread of its own (prepare_output). A writer given it
+    instead of a path takes it over (take()); until then discard() removes it.
+
+    On tmpfs about two thirds of what writing a file costs is the kernel allocating its pages.
+    A command with other work to do first (the CLI loading the cluster state) has them
+    allocated by the other core meanwhile, and the replay's writes then only copy. What the
+    writes do not fill is released when the writer commits (truncate_reserved).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], size: int) -> None:
+        import threading
+
+        from fastpath._pcap import SpaceReservation
+
+        self.path = os.fspath(path)
+        fd, temporary = open_beside(self.path)
+        if temporary is None:
+            os.close(fd)
+            raise ValueError(f"{self.path}: not a regular file, nothing to prepare")
+        self._fd: int | None = fd
+        self._tmp: str | None = temporary
+        self._reservation = SpaceReservation(fd, max(size, 0))
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._reservation.run, name="fastpath-reserve", daemon=True)
+        self._thread.start()
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._reservation.cancel()
+            self._thread.join()
+            self._thread = None
+
+    def take(self) -> tuple[int, str]:
+        """Stop allocating (after the step under way) and hand over the descriptor and the
+        temporary file's name, which the caller then owns."""
+        self._stop()
+        if self._fd is None or self._tmp is None:
+            raise ValueError(f"{self.path}: prepared output already taken or discarded")
+        taken = self._fd, self._tmp
+        self._fd = self._tmp = None
+        return taken
+
+    def discard(self) -> None:
+        """Stop allocating and remove the temporary file, unless a writer took it over."""
+        self._stop()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        discard(None, self._tmp)
+        self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def __del__(self) -> None:
+        if getattr(self, "_tmp", None) is not None:
+            self.discard()
+
+
+def prepare_output(path: str | os.PathLike[str], size: int) -> PreparedOutput | None:
+    """Open the temporary file for `path` now and allocate `size` bytes of it in the background
+    (PreparedOutput); None when `path` exists and is not a regular file (a device or a FIFO is
+    written in place, opened by its writer). Errors are open_beside's."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return None
+    return PreparedOutput(path, size)
+
+
+def truncate_reserved(file: IO[Any]) -> None:
+    """Release the space reserved beyond what was written to `file` (flushed first)."""
+    file.flush()
+    os.ftruncate(file.fileno(), file.tell())
+
+
 def move_into_place(file: IO[Any], temporary: str | None, path: str) -> None:
     """Flush and close `file`, then rename the temporary file over `path`."""
     file.flush()
@@ -68,8 +152,8 @@ def discard(file: IO[Any] | None, temporary: str | None) -> None:
 class AtomicWriter:
     """The commit-on-success lifecycle shared by the capture and trace writers.
 
-    A subclass opens `_file` (through open_beside, keeping the temporary name in `_tmp`, or a
-    caller's stream with `_owned` False) and sets `path`. As a context manager it commits on
+    A subclass opens `_file` (through _open_target, which sets `path` and keeps the temporary
+    name in `_tmp`, or a caller's stream with `_owned` False). As a context manager it commits on
     normal exit and discards everything on an exception (KeyboardInterrupt included); outside
     `with`, call commit() then close(): close() without commit() discards the output, and so
     does the garbage collector for a writer abandoned open.
@@ -88,6 +172,20 @@ class AtomicWriter:
         # True when a temporary file beside the target is written: False for a caller's
         # stream and for a target that is a FIFO or a device (written in place).
         self.regular_file = False
+        self._reserved = False  # a PreparedOutput taken over: trim its space on commit
+
+    def _open_target(self, target: str | os.PathLike[str] | PreparedOutput) -> int:
+        """The descriptor to write `target` through, a path (open_beside) or a PreparedOutput
+        (taken over); sets `path`, `_tmp` and `regular_file`."""
+        if isinstance(target, PreparedOutput):
+            self.path = target.path
+            fd, self._tmp = target.take()
+            self._reserved = True
+        else:
+            self.path = os.fspath(target)
+            fd, self._tmp = open_beside(self.path)
+        self.regular_file = self._tmp is not None
+        return fd
 
     @property
     def name(self) -> str:
@@ -108,6 +206,8 @@ class AtomicWriter:
             assert self._file is not None
             if self._owned:
                 assert self.path is not None
+                if self._reserved:
+                    truncate_reserved(self._file)
                 move_into_place(self._file, self._tmp, self.path)
                 self._tmp = None
             else:

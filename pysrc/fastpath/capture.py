@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Union, cast
 
 from fastpath import _pcap
-from fastpath.atomicfile import AtomicWriter, open_beside
+from fastpath.atomicfile import AtomicWriter, PreparedOutput
 
 if TYPE_CHECKING:
     import logging  # imported when scapy is (pcapng only), not for classic pcap
@@ -710,17 +710,16 @@ class CaptureWriter(AtomicWriter):
 
     path: str
 
-    def __init__(self, path: PathLike, info: CaptureInfo) -> None:
+    def __init__(self, path: PathLike | PreparedOutput, info: CaptureInfo) -> None:
         super().__init__()
-        self.path = os.fspath(path)
+        self.path = path.path if isinstance(path, PreparedOutput) else os.fspath(path)
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
         self._ng: Any = None
         if info.format not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {info.format!r}")
-        fd, self._tmp = open_beside(self.path)
-        self.regular_file = self._tmp is not None
+        fd = self._open_target(path)
         try:
             if info.format == "pcap":
                 self._file = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -838,11 +837,12 @@ class CaptureWriter(AtomicWriter):
 
 
 def open_output(
-    path: PathLike,
+    path: PathLike | PreparedOutput,
     like: CaptureReader | CaptureInfo | tuple[Any, ...],
 ) -> CaptureWriter:
     """Open an atomic capture writer.
 
+    path: the output file, or a fastpath.atomicfile.PreparedOutput of it (taken over).
     like: a CaptureReader (same format, link type, snaplen, timestamp resolution and byte order
     as that input), a CaptureInfo, or a tuple (format, linktype, snaplen, nanosecond[, byteorder]).
     Use dataclasses.replace(reader.info, format="pcapng") to convert.

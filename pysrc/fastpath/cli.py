@@ -5,9 +5,12 @@ import argparse
 import os
 import sys
 import time
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from fastpath import __version__
+
+if TYPE_CHECKING:
+    from fastpath.atomicfile import PreparedOutput
 
 # Everything else is imported where it is used: a replay whose compiled dump comes from the cache
 # imports neither the cluster model nor the compiler nor PyYAML (see fastpath.clustercache).
@@ -253,15 +256,19 @@ def _replay_dataplane(args: argparse.Namespace):
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from fastpath.atomicfile import PreparedOutput
     from fastpath.replaying import DEFAULT_BATCH_PACKETS, replay
 
-    dataplane, dump = _replay_dataplane(args)
-    show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-    bar = ProgressBar(sys.stderr) if show_progress else None
-    trace_to_stdout = args.trace == "-"
+    output = _prepared_output(args)
+    bar = None
     try:
+        dataplane, dump = _replay_dataplane(args)
+        show_progress = args.progress == "always" or (
+            args.progress == "auto" and sys.stderr.isatty())
+        bar = ProgressBar(sys.stderr) if show_progress else None
+        trace_to_stdout = args.trace == "-"
         stats = replay(
-            args.capture, args.output, dataplane,
+            args.capture, output, dataplane,
             batch_packets=args.batch or DEFAULT_BATCH_PACKETS,
             progress=bar.update if bar else None,
             trace=sys.stdout if trace_to_stdout else args.trace,
@@ -270,6 +277,8 @@ def run_replay(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.close()
+        if isinstance(output, PreparedOutput):
+            output.discard()  # (nothing left to do once the replay took it over)
     if trace_to_stdout:
         sys.stdout.flush()
     if stats.truncated_tail:
@@ -284,6 +293,21 @@ def run_replay(args: argparse.Namespace) -> int:
         print_summary(stats, out)
         print_cluster(dump, dataplane, out)
     return 0
+
+
+def _prepared_output(args: argparse.Namespace) -> str | PreparedOutput | None:
+    """The replay's output: with threads, a PreparedOutput whose space the other core
+    allocates while this one loads the cluster (on tmpfs, two thirds of what the writes would
+    otherwise cost); the path as given for --one-thread, a device or a FIFO."""
+    if args.output is None or args.one_thread:
+        return args.output
+    from fastpath.atomicfile import prepare_output
+
+    try:
+        size = os.path.getsize(args.capture)
+    except OSError:
+        return args.output  # the replay says what is wrong with the capture
+    return prepare_output(args.output, size) or args.output
 
 
 def run_explain(args: argparse.Namespace) -> int:

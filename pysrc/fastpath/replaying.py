@@ -14,6 +14,7 @@ from itertools import chain, compress, repeat
 from operator import attrgetter, sub
 from typing import IO, TYPE_CHECKING, Union
 
+from fastpath.atomicfile import PreparedOutput
 from fastpath.capture import Batch, VerbatimRecords, open_capture, open_output
 from fastpath.maps import service_label
 from fastpath.pipeline import run_in_order
@@ -79,7 +80,7 @@ class ReplayStats:
 
 def replay(
     capture: str | os.PathLike,
-    output: str | os.PathLike | None,
+    output: str | os.PathLike | PreparedOutput | None,
     dataplane: Dataplane,
     *,
     batch_packets: int = DEFAULT_BATCH_PACKETS,
@@ -87,7 +88,8 @@ def replay(
     trace: TraceTarget | None = None,
     threads: bool = True,
 ) -> ReplayStats:
-    """Replay `capture` through `dataplane`, writing kept packets to `output` (None: no output).
+    """Replay `capture` through `dataplane`, writing kept packets to `output` (None: no output;
+    a fastpath.atomicfile.PreparedOutput is taken over: its space was allocated meanwhile).
 
     trace: also write one JSON line per input packet (verdict, reason, service, frontend,
     backend, masquerade; see fastpath.trace) to this path (atomically, committed together with
@@ -109,7 +111,7 @@ def replay(
     with open_capture(capture) as reader:
         stats = ReplayStats(
             capture=os.fspath(capture),
-            output=os.fspath(output) if output is not None else None,
+            output=_output_name(output),
             format=reader.format,
             linktype=reader.linktype,
         )
@@ -177,6 +179,12 @@ def replay(
     stats.packets_written = (stats.packets - stats.verdicts.get(Verdict.DROP.name, 0)
                              - stats.verdicts.get(Verdict.REJECT.name, 0) + replies)
     return stats
+
+
+def _output_name(output: str | os.PathLike | PreparedOutput | None) -> str | None:
+    if isinstance(output, PreparedOutput):
+        return output.path
+    return os.fspath(output) if output is not None else None
 
 
 def _workers(threads: bool, reader, writer, tracer) -> int:
