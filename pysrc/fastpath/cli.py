@@ -257,11 +257,12 @@ def _replay_dataplane(args: argparse.Namespace):
 
 def run_replay(args: argparse.Namespace) -> int:
     from fastpath.atomicfile import PreparedOutput
-    from fastpath.replaying import DEFAULT_BATCH_PACKETS, replay
 
-    output = _prepared_output(args)
+    output = _prepared_output(args)  # first: its space is allocated while the rest loads
     bar = None
     try:
+        from fastpath.replaying import DEFAULT_BATCH_PACKETS, replay
+
         dataplane, dump = _replay_dataplane(args)
         show_progress = args.progress == "always" or (
             args.progress == "auto" and sys.stderr.isatty())
