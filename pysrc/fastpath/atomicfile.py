@@ -65,10 +65,16 @@ class PreparedOutput:
             raise ValueError(f"{self.path}: not a regular file, nothing to prepare")
         self._fd: int | None = fd
         self._tmp: str | None = temporary
-        self._reservation = SpaceReservation(fd, max(size, 0))
-        self._thread: threading.Thread | None = threading.Thread(
-            target=self._reservation.run, name="fastpath-reserve", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        try:
+            self._reservation = SpaceReservation(fd, max(size, 0))
+            thread = threading.Thread(target=self._reservation.run, name="fastpath-reserve",
+                                      daemon=True)
+            thread.start()
+        except BaseException:
+            self.discard()
+            raise
+        self._thread = thread
 
     def _stop(self) -> None:
         if self._thread is not None:
