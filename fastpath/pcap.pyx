@@ -1,8 +1,9 @@
 # cython: language_level=3
 """Classic pcap record scanning and writing, compiled (the module fastpath._pcap).
 
-Only the per-batch loops live here, and the loop reserving an output's space ahead of its
-writes (SpaceReservation); pysrc/fastpath/capture.py owns files, chunks and errors.
+Only the per-batch loops live here, and two helpers of an output file's writes: the loop
+reserving its space ahead of them (SpaceReservation) and the writes of a replay's workers taking
+turns without the GIL (WriteTurns); pysrc/fastpath/capture.py owns files, chunks and errors.
 
 Batch layout shared with capture.py: packet i is buf[offsets[i] : offsets[i] + lengths[i]] and the
 16 bytes before it are the slot of its pcap record header. A batch read from a classic pcap file
@@ -16,9 +17,11 @@ must never make us read outside it).
 from cpython cimport array
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memcpy
 
 import array as _array_module
+import os
 
 cdef enum:
     # header_flags bits: how a pcap record header is encoded.
@@ -420,3 +423,150 @@ cdef class SpaceReservation:
     def error(self) -> int:
         """The errno that stopped run(), 0 if none did."""
         return self._error
+
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <time.h>
+    #include <unistd.h>
+    typedef struct {
+        pthread_mutex_t lock;
+        pthread_cond_t changed;
+        long long next;         /* the item whose turn it is */
+        int failed;             /* the run failed: no turn comes any more */
+    } fp_turns;
+
+    static void fp_turns_init(fp_turns* t) {
+        pthread_mutex_init(&t->lock, NULL);
+        pthread_cond_init(&t->changed, NULL);
+        t->next = 0;
+        t->failed = 0;
+    }
+
+    static void fp_turns_destroy(fp_turns* t) {
+        pthread_cond_destroy(&t->changed);
+        pthread_mutex_destroy(&t->lock);
+    }
+
+    /* Wait at most ms milliseconds for item index's turn: 1 when it came, 0 when the time ran
+       out, -1 when the run failed first. */
+    static int fp_turns_wait(fp_turns* t, long long index, int ms) {
+        struct timespec until;
+        int result = 0;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&t->lock);
+        while (!t->failed && t->next != index) {
+            if (pthread_cond_timedwait(&t->changed, &t->lock, &until) == ETIMEDOUT) break;
+        }
+        result = t->failed ? -1 : (t->next == index ? 1 : 0);
+        pthread_mutex_unlock(&t->lock);
+        return result;
+    }
+
+    /* Pass the turn from item index to the next one; `failed`: end the run instead. */
+    static void fp_turns_pass(fp_turns* t, long long index, int failed) {
+        pthread_mutex_lock(&t->lock);
+        if (failed) t->failed = 1;
+        else if (t->next == index) t->next = index + 1;
+        pthread_cond_broadcast(&t->changed);
+        pthread_mutex_unlock(&t->lock);
+    }
+
+    /* Write all n bytes; 0 or an errno. */
+    static int fp_write_all(int fd, const unsigned char* p, size_t n) {
+        while (n > 0) {
+            ssize_t done = write(fd, p, n);
+            if (done < 0) {
+                if (errno == EINTR) continue;
+                return errno;
+            }
+            p += done;
+            n -= (size_t)done;
+        }
+        return 0;
+    }
+
+    /* In item index's turn (waiting at most ms), write the n bytes and pass the turn on: 1 when
+       written, 0 when the time ran out first, -1 when the run failed (*error: the write's errno,
+       0 when an earlier failure ended the run). */
+    static int fp_turns_write(fp_turns* t, long long index, int ms, int fd,
+                              const unsigned char* p, size_t n, int* error) {
+        int turn = fp_turns_wait(t, index, ms);
+        *error = 0;
+        if (turn <= 0) return turn;
+        *error = fp_write_all(fd, p, n);
+        fp_turns_pass(t, index, *error != 0);
+        return *error ? -1 : 1;
+    }
+    """
+    ctypedef struct fp_turns:
+        pass
+    void fp_turns_init(fp_turns* turns) nogil
+    void fp_turns_destroy(fp_turns* turns) nogil
+    int fp_turns_wait(fp_turns* turns, long long index, int ms) nogil
+    void fp_turns_pass(fp_turns* turns, long long index, int failed) nogil
+    int fp_turns_write(fp_turns* turns, long long index, int ms, int fd, const uint8_t* data,
+                       size_t n, int* error) nogil
+
+
+cdef enum:
+    _TURN_WAIT_MS = 50  # a waiting thread looks at pending signals (Ctrl-C) this often
+
+
+cdef class WriteTurns:
+    """Writes of items 0, 1, 2... to one file from several threads, each in its turn: the write
+    of item k waits, the GIL released, for item k-1's write to be done, then writes and passes
+    the turn on, all before it takes the GIL again. So the turn goes from one thread's write to
+    the next one's without either running Python (a replay's workers handing the write over
+    through a Python condition waited about 40 us a chunk, mostly for the GIL).
+
+    write() for an item written as one span; wait() and done() around an item written by other
+    means (Python writes, flushed before done()). fail() ends the run: every waiter returns
+    False, and no turn comes any more.
+    """
+    cdef fp_turns _turns
+
+    def __cinit__(self):
+        fp_turns_init(&self._turns)
+
+    def __dealloc__(self):
+        fp_turns_destroy(&self._turns)
+
+    def write(self, long long index, int fd, const uint8_t[::1] data) -> bool:
+        """Write all of `data` to `fd` in item index's turn, then pass the turn on: True, or
+        False (nothing written) if the run failed first. A failed write fails the run and raises
+        OSError."""
+        cdef const uint8_t* start = &data[0] if data.shape[0] > 0 else NULL
+        cdef size_t n = <size_t>data.shape[0]
+        cdef int result, error = 0
+        while True:
+            with nogil:
+                result = fp_turns_write(&self._turns, index, _TURN_WAIT_MS, fd, start, n, &error)
+            if result != 0:
+                break
+            PyErr_CheckSignals()
+        if error:
+            raise OSError(error, os.strerror(error))
+        return result > 0
+
+    def wait(self, long long index) -> bool:
+        """Wait for item index's turn (True) or the run's failure (False)."""
+        cdef int result
+        while True:
+            with nogil:
+                result = fp_turns_wait(&self._turns, index, _TURN_WAIT_MS)
+            if result != 0:
+                return result > 0
+            PyErr_CheckSignals()
+
+    def done(self, long long index) -> None:
+        """Pass the turn from item `index` (whose writes are done) to the next one."""
+        fp_turns_pass(&self._turns, index, 0)
+
+    def fail(self) -> None:
+        """End the run: waiting writes return False, and so do later ones."""
+        fp_turns_pass(&self._turns, -1, 1)

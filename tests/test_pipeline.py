@@ -14,6 +14,7 @@ from test_replay import write_pcap
 from traffic import random_maps, random_traffic  # tests/: the differential tests' traffic
 
 from fastpath import Dataplane, replay, replaying
+from fastpath._pcap import WriteTurns
 from fastpath.capture import CaptureError, CaptureWriter, open_capture
 from fastpath.pipeline import run_in_order
 
@@ -172,6 +173,86 @@ def test_no_items_and_bad_worker_counts():
     assert _no_worker_threads()
 
 
+# -- writes taking turns without the GIL (fastpath._pcap.WriteTurns) ------------------------
+
+def _turns_recorder(items: int, path, turns: WriteTurns, hooks: dict | None = None):
+    """A _Recorder whose items end in finish(): item k's bytes written to `path` in its turn."""
+    recorder = _Recorder(items, hooks=hooks)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+    def finish(item):
+        recorder._step("finish", item)
+        turns.write(item, fd, b"%d," % item)
+
+    def run(workers):
+        try:
+            run_in_order(recorder.produce, (recorder.core,), workers, finish=finish,
+                         abort=turns.fail)
+        finally:
+            os.close(fd)
+
+    return recorder, run
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_finish_step_ordered_by_write_turns_writes_every_item_in_order(tmp_path, workers):
+    recorder, run = _turns_recorder(300, tmp_path / "out", WriteTurns())
+    run(workers)
+    assert (tmp_path / "out").read_bytes() == b"".join(b"%d," % i for i in range(300))
+    assert recorder.seen("core") == list(range(300))
+    threads = {thread for name, _, thread in recorder.log if name == "finish"}
+    assert len(threads) == workers
+    assert _no_worker_threads()
+
+
+def test_a_failure_releases_the_workers_waiting_for_a_turn(tmp_path):
+    """Item 4 fails in the core while item 3's finish waits for item 2's write, which waits
+    for the failure: abort() lets both go, and the run raises item 4's error."""
+    turns = WriteTurns()
+    item_4_failed = threading.Event()
+
+    def fail_4():
+        item_4_failed.set()
+        raise CaptureError("bad packet 4")
+
+    recorder, run = _turns_recorder(
+        50, tmp_path / "out", turns,
+        hooks={("core", 4): fail_4, ("finish", 2): lambda: item_4_failed.wait(timeout=10)})
+    with pytest.raises(CaptureError, match="bad packet 4"):
+        run(3)
+    assert (tmp_path / "out").read_bytes() == b"0,1,"  # item 2 on: the run had failed
+    assert not turns.wait(5) and not turns.write(5, 1, b"late")
+    assert _no_worker_threads()
+
+
+def test_a_failed_write_in_turn_raises_and_ends_the_run():
+    turns = WriteTurns()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # EPIPE (SIGPIPE is ignored by Python)
+    with pytest.raises(OSError) as caught:
+        turns.write(0, write_end, b"x")
+    os.close(write_end)
+    assert caught.value.errno == errno.EPIPE
+    assert not turns.wait(1)
+    assert turns.wait(0) is False  # no turn comes any more, not even the failed one's
+
+
+def test_turns_pass_by_done_for_items_written_otherwise(tmp_path):
+    turns = WriteTurns()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    assert turns.wait(0)
+    os.write(fd, b"zero,")
+    turns.done(0)
+    writer = threading.Thread(target=turns.write, args=(2, fd, b"two"))
+    writer.start()
+    time.sleep(0.05)  # item 2 waits for item 1
+    assert (tmp_path / "out").read_bytes() == b"zero,"
+    assert turns.write(1, fd, b"one,")
+    writer.join()
+    os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"zero,one,two"
+
+
 # -- replay with and without threads ---------------------------------------------------------
 
 def _capture(path, seed: int, packets: int):
@@ -194,26 +275,53 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(replaying, "open_capture", functools.partial(open_capture, chunk_size=4096))
 
 
+@pytest.mark.parametrize("traced", [True, False], ids=["traced", "writes-in-turn"])
 @pytest.mark.parametrize("cpus", [2, 3, 8])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_threads_change_nothing_in_output_trace_or_stats(tmp_path, small_chunks, monkeypatch,
-                                                        seed, cpus):
+                                                        seed, cpus, traced):
+    """With a trace the write stage takes Python turns; without one, the writes take turns by
+    themselves (WriteTurns): both give one thread's output."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     maps = _capture(tmp_path / "in.pcap", seed=seed, packets=1200)
     results = {}
     for threads in (False, True):
         out, trace = tmp_path / f"out-{threads}.pcap", tmp_path / f"trace-{threads}.jsonl"
         stats = replay(tmp_path / "in.pcap", out, Dataplane(maps), batch_packets=7,
-                       trace=trace, threads=threads).to_dict()
+                       trace=trace if traced else None, threads=threads).to_dict()
         for varying in ("elapsed_s", "packets_per_second", "output", "trace"):
             del stats[varying]
-        results[threads] = (out.read_bytes(), trace.read_bytes(), stats)
+        results[threads] = (out.read_bytes(), trace.read_bytes() if traced else b"", stats)
     single, threaded = results[False], results[True]
     assert single[2]["verdicts"].get("REJECT") and single[2]["verdicts"].get("DROP")
     assert threaded[0] == single[0]
     assert threaded[1] == single[1]
     assert threaded[2] == single[2]
     assert _no_worker_threads()
+
+
+def test_writes_in_turn_carry_verbatim_and_rebuilt_batches(tmp_path, monkeypatch, two_cpus):
+    """Batches that go out as they were read are written in turn without the GIL, the others
+    (dropped or rejected packets) by Python in their turn: the same bytes as one thread."""
+    maps = _capture(tmp_path / "in.pcap", seed=9, packets=3000)
+    ways = []
+
+    def recording(method):
+        real = getattr(CaptureWriter, method)
+
+        def write(self, *args, **kwargs):
+            ways.append(method)
+            return real(self, *args, **kwargs)
+        return write
+
+    for method in ("write_verbatim_in_turn", "write_batch"):
+        monkeypatch.setattr(CaptureWriter, method, recording(method))
+    replay(tmp_path / "in.pcap", tmp_path / "one.pcap", Dataplane(maps), threads=False,
+           batch_packets=5)
+    ways.clear()
+    replay(tmp_path / "in.pcap", tmp_path / "two.pcap", Dataplane(maps), batch_packets=5)
+    assert set(ways) == {"write_verbatim_in_turn", "write_batch"}
+    assert (tmp_path / "two.pcap").read_bytes() == (tmp_path / "one.pcap").read_bytes()
 
 
 def test_progress_reports_the_position_of_the_batch_just_processed(tmp_path, small_chunks,
@@ -264,7 +372,7 @@ def test_a_failed_write_fails_the_replay_and_leaves_nothing(tmp_path, small_chun
             return real(self, *args, **kwargs)
         return write
 
-    for method in ("write_batch", "write_verbatim"):
+    for method in ("write_batch", "write_verbatim", "write_verbatim_in_turn"):
         monkeypatch.setattr(CaptureWriter, method, failing(getattr(CaptureWriter, method)))
     with pytest.raises(OSError, match="No space left"):
         replay(tmp_path / "in.pcap", tmp_path / "out.pcap", Dataplane(maps), batch_packets=20)

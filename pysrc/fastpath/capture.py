@@ -800,6 +800,22 @@ class CaptureWriter(AtomicWriter):
         self._file.write(records.data)  # type: ignore[union-attr]
         self.packets_written += records.packets
 
+    def write_verbatim_in_turn(self, records: VerbatimRecords, turns: Any, index: int) -> bool:
+        """write_verbatim() in item `index`'s turn of `turns` (fastpath._pcap.WriteTurns): the
+        turn is waited for and the records written straight to the file, the GIL released
+        throughout. False (nothing written) if the run failed first. What the writer wrote
+        before must have been flushed (flush())."""
+        self._check_open()
+        if not turns.write(index, self._file.fileno(), records.data):  # type: ignore[union-attr]
+            return False
+        self.packets_written += records.packets
+        return True
+
+    def flush(self) -> None:
+        """Hand what was written so far to the file (before writes made on its descriptor)."""
+        self._check_open()
+        self._file.flush()  # type: ignore[union-attr]
+
     def write_packet(self, ts_ns: int, data: bytes, wire_len: int | None = None) -> None:
         """Write one record (e.g. a generated reply) after what was written so far."""
         self._check_open()

@@ -62,7 +62,9 @@ class _Turns:
 
 
 def run_in_order(produce: Callable[[], Any], stages: Sequence[Callable[[Any], Any]],
-                 workers: int, name: str = "fastpath-worker") -> None:
+                 workers: int, name: str = "fastpath-worker", *,
+                 finish: Callable[[Any], Any] | None = None,
+                 abort: Callable[[], Any] | None = None) -> None:
     """Run items through `stages` on `workers` threads, the caller's thread being one of them.
 
     produce() returns the next item, or None when there are no more; each stage maps an item
@@ -70,14 +72,25 @@ def run_in_order(produce: Callable[[], Any], stages: Sequence[Callable[[Any], An
     worker through every stage; produce() and each stage run for one item at a time, in item
     order. With one worker everything runs on the caller's thread, one item after the other.
 
+    finish(item), when given, gets the last stage's result on the same worker, without waiting
+    for a turn: a last step that keeps the items' order by itself (a write waiting for its turn
+    without the GIL, fastpath._pcap.WriteTurns). abort() is then called when the run fails, so
+    that no worker waits in finish() for an item that will not come.
+
     An exception raised for item k, by produce() or a stage (KeyboardInterrupt on the caller's
-    thread included), ends the run as one thread would: the items before k finish, no item
-    after k runs another stage, and once every worker has stopped the exception of the
-    earliest failed item is raised on the caller's thread.
+    thread included), ends the run as one thread would: the items before k finish (but for
+    their finish(), which abort() may cut short), no item after k runs another stage, and once
+    every worker has stopped the exception of the earliest failed item is raised on the
+    caller's thread.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     turns = _Turns(1 + len(stages))
+
+    def fail(index: int, error: BaseException) -> None:
+        turns.fail(index, error)
+        if abort is not None:
+            abort()
 
     def work(first: int) -> None:
         index = first
@@ -93,9 +106,11 @@ def run_in_order(produce: Callable[[], Any], stages: Sequence[Callable[[Any], An
                         return
                     item = stage(item)
                     turns.done(stage_number, index)
+                if finish is not None:
+                    finish(item)
                 index += workers
         except BaseException as error:  # raised again on the caller's thread
-            turns.fail(index, error)
+            fail(index, error)
 
     threads = [threading.Thread(target=work, args=(first,), name=f"{name}-{first}", daemon=True)
                for first in range(1, workers)]
@@ -109,6 +124,6 @@ def run_in_order(produce: Callable[[], Any], stages: Sequence[Callable[[Any], An
                 try:
                     thread.join()
                 except BaseException as error:  # an interrupt while joining: stop them too
-                    turns.fail(-1, error)
+                    fail(-1, error)
     if turns.failure is not None:
         raise turns.failure[1]

@@ -10,10 +10,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from itertools import chain, compress, repeat
+from itertools import chain, compress, count, repeat
 from operator import attrgetter, sub
 from typing import IO, TYPE_CHECKING, Union
 
+from fastpath._pcap import WriteTurns
 from fastpath.atomicfile import PreparedOutput
 from fastpath.capture import Batch, VerbatimRecords, open_capture, open_output
 from fastpath.maps import service_label
@@ -29,9 +30,11 @@ DEFAULT_BATCH_PACKETS = 65536
 # More workers than stages would only wait for a turn.
 _STAGES = 3
 
-# A batch after the core: its read position, the core's result, and the records to write as
-# they lie in the read buffer when that is what the output gets (else None).
-_Processed = tuple[Batch, int, "BatchResult", Union[VerbatimRecords, None]]
+# A batch read: its number in the capture, the batch, the read position after it.
+_Read = tuple[int, Batch, int]
+# A batch after the core: its number, the batch, the core's result, and the records to write
+# as they lie in the read buffer when that is what the output gets (else None).
+_Processed = tuple[int, Batch, "BatchResult", Union[VerbatimRecords, None]]
 
 # progress(bytes_done, bytes_total, packets_done) is called after every batch.
 ProgressCallback = Callable[[int, int, int], None]
@@ -100,8 +103,9 @@ def replay(
     (fastpath.pipeline): the next chunk is read and the last one written while the core runs
     on this one. Only when the capture, the output and the trace are regular files (a pipe or
     a device can block a stage indefinitely). The output, the trace and the stats are the same
-    either way; progress is then called on whichever worker delivered the batch, still in
-    order. False runs every stage on the caller's thread.
+    either way; progress is then called on whichever worker processed the batch, still in
+    order (after the core, the batch's write may follow). False runs every stage on the
+    caller's thread.
 
     Counts in the returned stats are those of this replay only, even if the dataplane ran other
     traffic before.
@@ -131,13 +135,15 @@ def replay(
                 stats.trace = tracer.name
             tracing = tracer is not None
             batches = reader.batches(max_packets=batch_packets)
+            numbers = count()
 
-            def read() -> tuple[Batch, int] | None:
+            def read() -> _Read | None:
                 batch = next(batches, None)
-                return None if batch is None else (batch, reader.position_bytes)
+                return None if batch is None else (next(numbers), batch, reader.position_bytes)
 
-            def run_core(item: tuple[Batch, int]) -> _Processed:
-                batch, position = item
+            def run_core(item: _Read) -> _Processed:
+                nonlocal replies
+                index, batch, position = item
                 result = dataplane.process(batch, reader.linktype, trace=tracing)
                 # Whether the batch goes out as it lies in the read buffer is checked here,
                 # while its records are in this core's cache, and not in the write stage,
@@ -145,23 +151,39 @@ def replay(
                 verbatim = None
                 if writer is not None and not result.replies:
                     verbatim = writer.verbatim_records(batch, result.verdicts)
-                return batch, position, result, verbatim
+                stats.packets += batch.count
+                replies += len(result.replies)
+                if progress is not None:
+                    progress(position, total, stats.packets)
+                return index, batch, result, verbatim
 
-            def deliver(item: _Processed) -> None:
-                nonlocal replies
-                batch, position, result, verbatim = item
+            def deliver(item: _Processed) -> None:  # in this stage's turn
+                _, batch, result, verbatim = item
                 if verbatim is not None:
                     writer.write_verbatim(verbatim)  # type: ignore[union-attr]
                 elif writer is not None:
                     _write(writer, batch, result)
                 if tracer is not None:
                     tracer.write_batch(batch, result)
-                stats.packets += batch.count
-                replies += len(result.replies)
-                if progress is not None:
-                    progress(position, total, stats.packets)
 
-            run_in_order(read, (run_core, deliver), _workers(threads, reader, writer, tracer))
+            def deliver_in_turn(item: _Processed) -> None:  # waits for its turn itself
+                index, batch, result, verbatim = item
+                assert writer is not None and turns is not None
+                if verbatim is not None:
+                    writer.write_verbatim_in_turn(verbatim, turns, index)
+                elif turns.wait(index):
+                    _write(writer, batch, result)
+                    writer.flush()
+                    turns.done(index)
+
+            workers = _workers(threads, reader, writer, tracer)
+            turns = _write_turns(workers, writer, tracer)
+            if turns is None:
+                run_in_order(read, (run_core, deliver), workers)
+            else:
+                writer.flush()  # type: ignore[union-attr]  (the file header, before its turns)
+                run_in_order(read, (run_core,), workers, finish=deliver_in_turn,
+                             abort=turns.fail)
             if writer is not None:
                 writer.commit()
             if tracer is not None and tracer is not trace:
@@ -185,6 +207,16 @@ def _output_name(output: str | os.PathLike | PreparedOutput | None) -> str | Non
     if isinstance(output, PreparedOutput):
         return output.path
     return os.fspath(output) if output is not None else None
+
+
+def _write_turns(workers: int, writer, tracer) -> WriteTurns | None:
+    """With workers and only a classic pcap output, its writes take turns by themselves
+    (fastpath._pcap.WriteTurns): a worker whose chunk is ready writes it as soon as the chunk
+    before is written, waiting and writing without the GIL. Through a stage's Python turn it
+    waited about 40 us a chunk, mostly for the GIL held by the worker that wrote last."""
+    if workers < 2 or writer is None or tracer is not None or writer.info.format != "pcap":
+        return None
+    return WriteTurns()
 
 
 def _workers(threads: bool, reader, writer, tracer) -> int:
