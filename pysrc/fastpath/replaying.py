@@ -181,7 +181,8 @@ def replay(
             if turns is None:
                 run_in_order(read, (run_core, deliver), workers)
             else:
-                writer.flush()  # type: ignore[union-attr]  (the file header, before its turns)
+                assert writer is not None  # (there are turns only for an output)
+                writer.flush()  # the file's header, before the turns' writes
                 run_in_order(read, (run_core,), workers, finish=deliver_in_turn,
                              abort=turns.fail)
             if writer is not None:
