@@ -2,11 +2,15 @@
 
   conntrack_bytes_per_entry   `python benchmarks/memprobe.py conntrack 1048576` in a fresh
                               interpreter: an Engine with ct_capacity 2**20 filled with 2**20
-                              distinct flows; RSS growth (VmRSS) minus its maps, divided by the
-                              capacity (`bytes_per_entry`), split into what creating the engine
-                              makes resident (`created_bytes_per_entry`: the whole table, which is
-                              preallocated, the hash index inside its entries) and what filling
-                              it adds (`fill_bytes_per_entry`: nothing left to fault in).
+                              distinct flows; what the conntrack table's own mapping holds
+                              resident, divided by the capacity (`bytes_per_entry`: the whole
+                              table is preallocated, the hash index inside its entries), and
+                              what filling it adds to the process (`fill_bytes_per_entry`:
+                              nothing left to fault in). Also the process's RSS growth (VmRSS)
+                              on creating the engine, less a small engine's maps
+                              (`growth_less_maps_bytes_per_entry`, the figure reported until
+                              2026-11-30: it reads 0.4-0.6 low, the big engine's maps reusing
+                              the small one's freed pages).
                               `struct` is sizeof(CtEntry) as the C ABI lays out the fields of
                               fastpath/conntrack.pxd (ctypes). Timed: the whole probe (fill batch
                               generation included), for the record only.
