@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11 on
 
 
+def _special_target(path: str | os.PathLike[str]) -> os.stat_result | None:
+    """The target's stat when it exists and is not a regular file (a device, a FIFO, a folder):
+    such a target is not written through a temporary file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return None if stat.S_ISREG(st.st_mode) else st
+
+
 def open_beside(path: str) -> tuple[int, str | None]:
     """A descriptor to write `path` through, and the temporary file's name.
 
@@ -21,11 +31,8 @@ def open_beside(path: str) -> tuple[int, str | None]:
     rename stays on one file system. A target that exists and is not a regular file (/dev/null,
     a FIFO) is opened and written in place: the name returned is then None.
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
+    st = _special_target(path)
+    if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{path}: is a directory")
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC), None
@@ -116,11 +123,7 @@ def prepare_output(path: str | os.PathLike[str], size: int) -> PreparedOutput | 
     """Open the temporary file for `path` now and allocate `size` bytes of it in the background
     (PreparedOutput); None when `path` exists and is not a regular file (a device or a FIFO is
     written in place, opened by its writer). Errors are open_beside's."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
+    if _special_target(path) is not None:
         return None
     return PreparedOutput(path, size)
 

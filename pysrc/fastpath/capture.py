@@ -712,7 +712,6 @@ class CaptureWriter(AtomicWriter):
 
     def __init__(self, path: PathLike | PreparedOutput, info: CaptureInfo) -> None:
         super().__init__()
-        self.path = path.path if isinstance(path, PreparedOutput) else os.fspath(path)
         self.info = info
         self.packets_written = 0
         self._out = bytearray()  # reused output buffer for write_batch
