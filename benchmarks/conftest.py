@@ -174,11 +174,13 @@ def cat_seconds(tmpfs_capture: Path, tmpfs_dir: Path) -> float:
     return time_cat(tmpfs_capture, tmpfs_dir / "cat.out")
 
 
-def record_paired(benchmark, name: str, reference_s: list[float]) -> None:
+def record_paired(benchmark, name: str, reference_s: list[float], reference: str) -> None:
     """Per-round ratios into extra_info: reference_s holds a reference run's seconds, timed in
     the setup of each round (the warm-up's included), and `name` gets the median of reference
     over the round's own time (name_min and name_max beside it): two runs a second apart, which
-    the host's drift over a session cannot move as it moves medians taken minutes apart."""
+    the host's drift over a session cannot move as it moves medians taken minutes apart. The
+    reference's own median goes in as `{reference}_s_median`."""
+    benchmark.extra_info[f"{reference}_s_median"] = round(statistics.median(reference_s), 4)
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:
         return
